@@ -1,0 +1,120 @@
+"""``edgebn build``: train -> convert -> verify -> inspect -> bench -> report, in one call."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgebn.analysis import InspectResult, inspect_tflite
+from edgebn.bench import BenchResult, BenchSettings, bench
+from edgebn.convert import REPRESENTATIVE_SAMPLES, ConvertResult, Quantize, convert
+from edgebn.data import DatasetName, load_dataset
+from edgebn.errors import EdgebnError
+from edgebn.models import DEFAULT_ARCH, Arch
+from edgebn.report import write_report
+from edgebn.runtime import Backend
+from edgebn.stages import timed
+from edgebn.train import TrainConfig, TrainResult, save_keras, train
+from edgebn.verify import VerifyResult, verify
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    out: Path = Path("build")
+    dataset: DatasetName = DatasetName.digits
+    data_dir: Path | None = None
+    image_size: int = 32
+    color: str = "grayscale"
+    limit: int | None = None  # cap on samples, for quick runs on big datasets
+    arch: Arch = DEFAULT_ARCH
+    bn: bool = True
+    epochs: int = 40
+    batch_size: int = 32
+    seed: int = 0
+    quantize: Quantize = Quantize.none
+    twin: bool = True  # also train the BN-free twin, as the benchmark's baseline
+    bench: bool = True
+    bench_settings: BenchSettings = field(default_factory=BenchSettings)
+    runtime: Backend = Backend.auto
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    out: Path
+    report: dict[str, Any]
+    trained: TrainResult
+    converted: ConvertResult
+    verified: VerifyResult
+    inspected: InspectResult
+    benched: BenchResult | None
+
+
+def check_out_dir(out: Path) -> Path:
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise EdgebnError(f"--out {out}: exists and is not a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise EdgebnError(f"--out {out}: cannot create directory ({exc.strerror})") from exc
+    return out
+
+
+def build(config: BuildConfig, log: Callable[[str], None] = print,
+          verbose: int = 2) -> BuildResult:
+    """Run every stage into ``config.out``; write report.json and report.md last."""
+    out = check_out_dir(config.out)
+    timings: dict[str, float] = {}
+
+    log(f"[1/6] data: {config.data_dir or config.dataset.value}")
+    with timed() as t:
+        ds = load_dataset(config.dataset, config.data_dir, config.image_size, config.color,
+                          config.seed, limit=config.limit)
+    timings["data_s"] = t.seconds
+
+    log(f"[2/6] train: {config.arch.value}{'' if config.bn else ' (no BN)'} on {ds.name}, "
+        f"{len(ds.y_train)} samples")
+    tc = TrainConfig(arch=config.arch, bn=config.bn, epochs=config.epochs,
+                     batch_size=config.batch_size, seed=config.seed)
+    trained = train(ds, tc, verbose=verbose)
+    save_keras(trained.model, out / "model.keras")
+    timings["train_s"] = trained.train_s
+    twin = None
+    if config.twin and config.bn:
+        log("      training the BN-free twin (benchmark baseline)")
+        twin = train(ds, TrainConfig(**{**tc.__dict__, "bn": False}), verbose=0)
+        save_keras(twin.model, out / "twin.keras")
+        timings["train_twin_s"] = twin.train_s
+
+    log(f"[3/6] convert: quantize={config.quantize.value}")
+    representative = ds.x_train[:REPRESENTATIVE_SAMPLES]
+    converted = convert(trained.model, out / "model.tflite", config.quantize, representative)
+    timings["convert_s"] = converted.convert_s
+    if twin is not None:
+        convert(twin.model, out / "twin.tflite", config.quantize, representative)
+
+    log("[4/6] verify against Keras on the test split")
+    with timed() as t:
+        verified = verify(converted.path, ds.x_test, ds.y_test, trained.model, config.runtime)
+    timings["verify_s"] = t.seconds
+
+    log("[5/6] inspect the .tflite for BN residue")
+    inspected = inspect_tflite(converted.path, trained.bn_layers)
+    timings["inspect_s"] = inspected.elapsed_ms / 1e3
+
+    benched = None
+    if config.bench:
+        log("[6/6] bench TFLite against Keras")
+        settings = BenchSettings(**{**config.bench_settings.__dict__, "backend": config.runtime})
+        with timed() as t:
+            benched = bench(converted.path, settings, keras_model=out / "model.keras",
+                            baseline=out / "twin.tflite" if twin else None,
+                            keras_baseline=out / "twin.keras" if twin else None,
+                            data=ds.x_test)
+        timings["bench_s"] = t.seconds
+
+    report = write_report(out, config, ds, trained, twin, converted, verified, inspected,
+                          benched, timings)
+    return BuildResult(out, report, trained, converted, verified, inspected, benched)

@@ -1,0 +1,60 @@
+"""Helpers every stage uses: atomic writes and stage timing, in one place."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``target``; rename it over ``target`` only on success.
+
+    The temporary name keeps the target's suffix (Keras insists on ``.keras``), and
+    an interrupted writer leaves at most a hidden ``.tmp-*`` file, never a
+    half-written artifact under the real name.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{target.stem}-", suffix=target.suffix,
+                               dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp_path, target)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def write_atomic(target: str | Path, data: bytes | str) -> Path:
+    """Write ``data`` to ``target`` atomically (temp file + rename)."""
+    with atomic_path(target) as tmp:
+        if isinstance(data, str):
+            tmp.write_text(data, encoding="utf-8")
+        else:
+            tmp.write_bytes(data)
+    return Path(target)
+
+
+@dataclass
+class Timer:
+    seconds: float = 0.0
+
+
+@contextlib.contextmanager
+def timed() -> Iterator[Timer]:
+    """``with timed() as t: ...`` then ``t.seconds`` holds the wall time of the block."""
+    t = Timer()
+    start = time.perf_counter()
+    try:
+        yield t
+    finally:
+        t.seconds = time.perf_counter() - start
