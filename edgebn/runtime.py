@@ -33,7 +33,7 @@ class Backend(str, Enum):
 _MODULES = {
     Backend.litert: ("ai_edge_litert.interpreter", "ai-edge-litert", "ai_edge_litert"),
     Backend.tflite_runtime: ("tflite_runtime.interpreter", "tflite-runtime", "tflite_runtime"),
-    Backend.tensorflow: ("tensorflow.lite", "tensorflow", "tensorflow"),
+    Backend.tensorflow: ("tensorflow.lite.python.interpreter", "tensorflow", "tensorflow"),
 }
 
 

@@ -340,3 +340,26 @@ def _tensor(t, index: int, buffers, dtype_names, budget: _Budget) -> Tensor:
 def tensor_bytes(tensor: Tensor) -> int:
     """Bytes of the tensor's data at its stored shape (dynamic dims count as 1)."""
     return max(tensor.num_elements, 0) * _DTYPE_BYTES.get(tensor.dtype, 0)
+
+
+def strip_names(data: bytes) -> bytes:
+    """The same model with every tensor and subgraph name and signature removed.
+
+    Re-packs through the schema's object API. Useful to check that analysis does
+    not lean on names, and to ship a model that leaks no layer names.
+    """
+    import flatbuffers
+
+    parse_tflite(data)  # refuse invalid input before the unchecked object API sees it
+    schema = _schema()
+    model = schema.ModelT.InitFromPackedBuf(bytearray(data), 0)
+    for sg in model.subgraphs or []:
+        sg.name = None
+        for t in sg.tensors or []:
+            t.name = None
+    model.signatureDefs = None
+    model.metadata = None
+    model.metadataBuffer = None
+    builder = flatbuffers.Builder(len(data) + 1024)
+    builder.Finish(model.Pack(builder), file_identifier=FILE_IDENTIFIER)
+    return bytes(builder.Output())

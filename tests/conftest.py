@@ -1,0 +1,82 @@
+"""Shared, session-scoped fixtures: each small model is trained and converted once."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest
+
+from edgebn.tflite import strip_names
+
+
+@pytest.fixture(scope="session")
+def digits():
+    from edgebn.data import load_dataset
+
+    return load_dataset("digits")
+
+
+@pytest.fixture(scope="session")
+def workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("edgebn")
+
+
+@pytest.fixture(scope="session")
+def cnn(digits, workdir):
+    """The default architecture, trained briefly, saved and converted (float32)."""
+    from edgebn.convert import convert
+    from edgebn.train import TrainConfig, save_keras, train
+
+    result = train(digits, TrainConfig(epochs=4, patience=4), verbose=0)
+    keras_path = save_keras(result.model, workdir / "cnn.keras")
+    converted = convert(result.model, workdir / "cnn.tflite")
+    return {"result": result, "keras": keras_path, "tflite": converted.path}
+
+
+@pytest.fixture(scope="session")
+def cnn_twin(digits, workdir):
+    from edgebn.convert import convert
+    from edgebn.train import TrainConfig, save_keras, train
+
+    result = train(digits, TrainConfig(bn=False, epochs=2, patience=2), verbose=0)
+    keras_path = save_keras(result.model, workdir / "cnn_twin.keras")
+    converted = convert(result.model, workdir / "cnn_twin.tflite")
+    return {"result": result, "keras": keras_path, "tflite": converted.path}
+
+
+@pytest.fixture(scope="session")
+def pattern_files(workdir):
+    """{(pattern, quantize, stripped): path} for every BN pattern, float32 and int8."""
+    from patterns import PATTERNS, build_pattern, representative
+
+    from edgebn.convert import convert
+
+    files = {}
+    for name in PATTERNS:
+        model = build_pattern(name)
+        for quantize in ("none", "int8"):
+            path = workdir / f"pattern_{name}_{quantize}.tflite"
+            convert(model, path, quantize, representative())
+            files[(name, quantize, False)] = path
+            stripped = workdir / f"pattern_{name}_{quantize}_stripped.tflite"
+            stripped.write_bytes(strip_names(path.read_bytes()))
+            files[(name, quantize, True)] = stripped
+    return files
+
+
+@pytest.fixture(scope="session")
+def mlp_fitted(digits, workdir):
+    """The textbook MLP after fit(): the converter folds all three BNs."""
+    from edgebn.convert import convert
+    from edgebn.models import Arch
+    from edgebn.train import TrainConfig, train
+
+    result = train(digits, TrainConfig(arch=Arch.mlp, epochs=2, patience=2), verbose=0)
+    paths = {}
+    for quantize in ("none", "int8"):
+        path = workdir / f"mlp_{quantize}.tflite"
+        convert(result.model, path, quantize, digits.x_train[:64])
+        paths[quantize] = path
+    return {"result": result, "paths": paths}

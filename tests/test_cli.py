@@ -1,0 +1,139 @@
+import json
+import random
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from edgebn.cli import app
+
+runner = CliRunner()
+
+
+def _one_error_line(result, needle):
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("Error: ") and needle in lines[0]
+    assert "Traceback" not in result.output
+
+
+def test_every_command_has_help():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("inspect", "train", "convert", "build", "bench"):
+        assert command in result.stdout
+        sub = runner.invoke(app, [command, "--help"])
+        assert sub.exit_code == 0 and "Usage" in sub.stdout
+
+
+def test_inspect_clean_exits_0_and_residual_exits_1(cnn, pattern_files):
+    clean = runner.invoke(app, ["inspect", str(cnn["tflite"])])
+    assert clean.exit_code == 0 and "BN verdict: clean" in clean.stdout
+    residual = runner.invoke(app, ["inspect", str(pattern_files[("bn_last", "none", False)])])
+    assert residual.exit_code == 1 and "BN verdict: residual" in residual.stdout
+
+
+def test_inspect_json_is_the_contract_document(pattern_files):
+    path = pattern_files[("add_bn", "int8", True)]
+    result = runner.invoke(app, ["inspect", str(path), "--json"])
+    assert result.exit_code == 1
+    doc = json.loads(result.stdout)
+    assert doc["path"] == str(path) and doc["size_bytes"] == path.stat().st_size
+    assert doc["bn"]["verdict"] == "residual" and doc["bn"]["residual"][0]["source"] is None
+    assert sum(doc["op_counts"].values()) == len(doc["subgraphs"][0]["operators"])
+
+
+def test_inspect_tensors_table(cnn):
+    result = runner.invoke(app, ["inspect", str(cnn["tflite"]), "--tensors"])
+    assert result.exit_code == 0 and "FLOAT32" in result.stdout
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["inspect", "/nonexistent/model.tflite"], "no such file"),
+    (["inspect"], "Missing argument"),
+    (["build", "--arch", "resnet"], "'resnet' is not one of"),
+    (["build", "--dataset", "imagenet"], "'imagenet' is not one of"),
+    (["build", "--epochs", "0"], "--epochs"),
+    (["bench", "/nonexistent.tflite"], "no such file"),
+    (["convert", "/nonexistent.keras"], "no such file"),
+    (["nonsense"], "No such command"),
+])
+def test_bad_usage_is_one_line_exit_2(args, needle):
+    _one_error_line(runner.invoke(app, args), needle)
+
+
+def test_bad_files_are_one_line_exit_2(tmp_path):
+    empty = tmp_path / "empty.tflite"
+    empty.write_bytes(b"")
+    _one_error_line(runner.invoke(app, ["inspect", str(empty)]), "too short")
+    text = tmp_path / "model.tflite"
+    text.write_text("hello, this is not a flatbuffer")
+    _one_error_line(runner.invoke(app, ["inspect", str(text)]), "file identifier")
+    _one_error_line(runner.invoke(app, ["bench", str(text)]), "file identifier")
+    fake_keras = tmp_path / "model.keras"
+    fake_keras.write_text("not a zip")
+    _one_error_line(runner.invoke(app, ["convert", str(fake_keras)]), "not a Keras model")
+    _one_error_line(runner.invoke(app, ["inspect", str(tmp_path)]), "not a regular file")
+
+
+def test_build_bad_inputs(tmp_path):
+    a_file = tmp_path / "out"
+    a_file.write_text("x")
+    _one_error_line(runner.invoke(app, ["build", "--out", str(a_file)]), "not a directory")
+    _one_error_line(runner.invoke(app, ["build", "--out", str(tmp_path / "o"), "--data-dir",
+                                        str(tmp_path / "missing")]), "no such directory")
+    (tmp_path / "empty").mkdir()
+    _one_error_line(runner.invoke(app, ["build", "--out", str(tmp_path / "o"), "--data-dir",
+                                        str(tmp_path / "empty")]), "no images found")
+
+
+def test_bench_cli_writes_json_and_plot(cnn, cnn_twin, tmp_path):
+    out, png = tmp_path / "bench.json", tmp_path / "bench.png"
+    result = runner.invoke(app, ["bench", str(cnn["tflite"]), "--keras", str(cnn["keras"]),
+                                 "--baseline", str(cnn_twin["tflite"]), "--dataset", "digits",
+                                 "--runs", "20", "--warmup", "2", "--json", str(out),
+                                 "--plot", str(png)])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(out.read_text())
+    assert {"environment", "tflite", "baseline", "keras", "speedup"} <= set(doc)
+    assert doc["tflite"]["runs"] == 20 and doc["tflite"]["threads"] == 1
+    assert png.stat().st_size > 1000
+    assert "speedup" in result.stdout
+
+
+def test_bench_bad_data_file(cnn, tmp_path):
+    bad = tmp_path / "x.npy"
+    bad.write_text("no")
+    _one_error_line(runner.invoke(app, ["bench", str(cnn["tflite"]), "--data", str(bad)]),
+                    "not a readable .npy")
+
+
+def test_inspect_never_imports_tensorflow(cnn):
+    code = ("import sys; from typer.testing import CliRunner; from edgebn.cli import app; "
+            f"r = CliRunner().invoke(app, ['inspect', {str(cnn['tflite'])!r}, '--json']); "
+            "assert r.exit_code == 0, r.output; "
+            "print('tensorflow' in sys.modules, 'keras' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
+
+
+def test_fuzzed_files_through_the_cli_exit_0_1_or_2(cnn, tmp_path):
+    data = cnn["tflite"].read_bytes()
+    rng = random.Random(7)
+    codes = set()
+    for i in range(200):
+        b = bytearray(data)
+        if i % 2:
+            b = b[: rng.randrange(len(b))]
+        else:
+            for _ in range(4):
+                b[rng.randrange(len(b))] = rng.randrange(256)
+        path = tmp_path / "f.tflite"
+        path.write_bytes(bytes(b))
+        result = runner.invoke(app, ["inspect", str(path), "--json"])
+        assert result.exit_code in (0, 1, 2), result.output
+        assert result.exception is None or isinstance(result.exception, SystemExit)
+        codes.add(result.exit_code)
+    assert 2 in codes

@@ -1,0 +1,82 @@
+"""Round trips per architecture x quantize mode, at tiny epochs (Ultralytics-style matrix)."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from edgebn.analysis import inspect_tflite
+from edgebn.convert import Quantize, convert, convert_file
+from edgebn.errors import EdgebnError, InvalidModelError
+from edgebn.models import ZOO, Arch, bn_layer_names, build_model
+from edgebn.train import TrainConfig, load_keras, train
+from edgebn.verify import predict_tflite, verify
+
+MATRIX = [(a, q) for a, q in itertools.product(Arch, Quantize)
+          if not (a is Arch.mlp_prebn and q is Quantize.float16)]  # keep the suite small
+
+
+@pytest.fixture(scope="module")
+def trained(digits):
+    return {a: train(digits, TrainConfig(arch=a, epochs=2, patience=2), verbose=0) for a in Arch}
+
+
+@pytest.mark.parametrize("arch, quantize", MATRIX, ids=[f"{a.value}-{q.value}" for a, q in MATRIX])
+def test_round_trip(trained, digits, tmp_path, arch, quantize):
+    result = trained[arch]
+    out = convert(result.model, tmp_path / "m.tflite", quantize, digits.x_train[:100])
+    assert out.path.stat().st_size == out.size_bytes
+    v = verify(out.path, digits.x_test, digits.y_test, result.model)
+    assert v.samples == len(digits.y_test)
+    assert v.top1_agreement >= (0.99 if quantize in (Quantize.none, Quantize.float16) else 0.9)
+    if quantize is Quantize.none:
+        assert v.max_abs_diff < 1e-4
+        assert v.tflite_accuracy == pytest.approx(v.keras_accuracy, abs=0.005)
+    assert inspect_tflite(out.path, result.bn_layers).bn.verdict == "clean"
+    if quantize is Quantize.int8:
+        inp = inspect_tflite(out.path).model.subgraphs[0]
+        assert inp.tensors[inp.inputs[0]].dtype == "INT8"
+
+
+@pytest.mark.parametrize("arch", list(Arch))
+def test_twin_has_no_bn_and_same_widths(arch):
+    with_bn = build_model(arch, (8, 8, 1), 10, bn=True)
+    twin = build_model(arch, (8, 8, 1), 10, bn=False)
+    assert bn_layer_names(twin) == [] and len(bn_layer_names(with_bn)) >= 2
+    widths = lambda m: [getattr(x, "units", None) or getattr(x, "filters", None)  # noqa: E731
+                        for x in m.layers if hasattr(x, "kernel")]
+    assert widths(twin) == widths(with_bn)
+    assert set(ZOO) == set(Arch)
+
+
+def test_convert_file_round_trips_a_saved_model(cnn, tmp_path):
+    res = convert_file(cnn["keras"], tmp_path / "again.tflite")
+    assert res.inspected.clean
+    x = np.random.default_rng(0).random((5, 8, 8, 1), dtype=np.float32)
+    a, _ = predict_tflite(res.converted.path, x)
+    b, _ = predict_tflite(cnn["tflite"], x)
+    np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_convert_file_int8_needs_matching_calibration_data(cnn, tmp_path):
+    res = convert_file(cnn["keras"], tmp_path / "q.tflite", "int8", "digits")
+    assert res.inspected.clean and res.converted.quantize == "int8"
+
+
+@pytest.mark.parametrize("content, suffix, message", [
+    (None, ".keras", "no such file"),
+    (b"not a zip", ".keras", "not a Keras model"),
+    (b"PK\x05\x06" + b"\x00" * 18, ".keras", "cannot load as a Keras model"),
+    (b"x", ".h5", "expected a .keras file"),
+])
+def test_bad_keras_files_are_refused(tmp_path, content, suffix, message):
+    path = tmp_path / f"m{suffix}"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(InvalidModelError, match=message):
+        load_keras(path)
+
+
+def test_convert_out_must_be_tflite(cnn, tmp_path):
+    with pytest.raises(EdgebnError, match="must end in .tflite"):
+        convert_file(cnn["keras"], tmp_path / "x.bin")

@@ -1,0 +1,49 @@
+#!/usr/bin/env python3
+"""How long does `edgebn inspect` take on a ~1 MB model, as a user runs it?
+
+Builds a BN MLP of about 1 MB (Dense 512x512 float32), converts it, then times the
+whole `edgebn inspect --json` process (interpreter start-up included) five times.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def main() -> None:
+    import keras
+
+    from edgebn.convert import convert
+
+    tmp = Path(tempfile.mkdtemp(prefix="edgebn-inspect-"))
+    inputs = keras.Input((512,))
+    x = keras.layers.Dense(512, use_bias=False)(inputs)
+    x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.ReLU()(x)
+    outputs = keras.layers.Dense(10)(x)
+    path = convert(keras.Model(inputs, outputs), tmp / "big.tflite").path
+    size = path.stat().st_size
+    walls = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "edgebn.cli", "inspect", str(path), "--json"],
+                              capture_output=True, text=True, env=os.environ)
+        walls.append(time.perf_counter() - t0)
+        assert proc.returncode in (0, 1), proc.stderr
+    from edgebn.analysis import inspect_tflite
+
+    lib = min(inspect_tflite(path).elapsed_ms for _ in range(5))
+    print(f"{path.name}: {size / 1e6:.2f} MB")
+    print(f"edgebn inspect --json, whole process: median {statistics.median(walls):.3f} s, "
+          f"max {max(walls):.3f} s over {len(walls)} runs")
+    print(f"library parse + BN analysis alone: {lib:.1f} ms (best of 5)")
+
+
+if __name__ == "__main__":
+    main()
