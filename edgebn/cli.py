@@ -367,6 +367,48 @@ def render_bench(result) -> None:
                       + ", ".join(f"{k} {v:.3f}x" for k, v in cost.items()))
 
 
+# ---------------------------------------------------------------- check
+
+
+@app.command()
+def check(
+    report: Annotated[Path, typer.Argument(help="The new build's report.json.")],
+    baseline: Annotated[Path, typer.Option("--baseline", help="The baseline's report.json.")],
+    max_accuracy_drop: Annotated[float, typer.Option(
+        "--max-accuracy-drop", help="Largest allowed accuracy drop (0.01 = 1 point).")] = 0.01,
+    max_latency_regression: Annotated[float, typer.Option(
+        "--max-latency-regression", help="Largest allowed p50 increase (0.10 = 10 %).")] = 0.10,
+    max_size_growth: Annotated[float, typer.Option(
+        "--max-size-growth", help="Largest allowed file growth (0.05 = 5 %).")] = 0.05,
+    allow_op: Annotated[list[str] | None, typer.Option(
+        "--allow-op", help="An op the new model may add (repeatable).")] = None,
+    bench_time: Annotated[float, typer.Option(
+        "--bench-time", min=0.01, help="Seconds per model for the latency ratio.")] = 1.0,
+    as_json: JsonFlag = False,
+) -> None:
+    """Gate a build against a baseline: accuracy, latency, size, op set, BN (exit 1 on regression)."""
+    from edgebn.bench import BenchSettings
+    from edgebn.check import Thresholds
+    from edgebn.check import check as run_check
+
+    result = run_check(report, baseline, Thresholds(max_accuracy_drop, max_latency_regression,
+                                                    max_size_growth, tuple(allow_op or ())),
+                       BenchSettings(min_time_s=bench_time))
+    if as_json:
+        _print_json(result.to_json())
+    else:
+        table = Table(title=f"edgebn check {report} against {baseline}")
+        for col in ("metric", "baseline", "current", "threshold", "result"):
+            table.add_column(col)
+        for m in result.metrics:
+            table.add_row(m.name, str(m.baseline), str(m.current), m.threshold,
+                          "[green]pass[/]" if m.passed else "[red]FAIL[/]")
+        console.print(table)
+        console.print("[green]no regression[/]" if result.passed else "[red]regression[/]")
+    if not result.passed:
+        raise typer.Exit(EXIT_PROBLEM)
+
+
 def main() -> None:
     app()
 

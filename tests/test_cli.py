@@ -137,3 +137,24 @@ def test_fuzzed_files_through_the_cli_exit_0_1_or_2(cnn, tmp_path):
         assert result.exception is None or isinstance(result.exception, SystemExit)
         codes.add(result.exit_code)
     assert 2 in codes
+
+
+def test_train_then_convert_as_separate_steps(tmp_path):
+    keras_path = tmp_path / "m.keras"
+    trained = runner.invoke(app, ["train", "--out", str(keras_path), "--arch", "mlp-prebn",
+                                  "--epochs", "1", "--json"])
+    assert trained.exit_code == 0, trained.output
+    summary = json.loads(trained.stdout)
+    assert summary["arch"] == "mlp-prebn" and summary["bn_layers"] == ["bn1", "bn2"]
+    assert keras_path.stat().st_size > 0 and not list(tmp_path.glob(".tmp-*"))
+    converted = runner.invoke(app, ["convert", str(keras_path), "--json"])
+    assert converted.exit_code == 0, converted.output
+    doc = json.loads(converted.stdout)
+    assert doc["out"] == str(tmp_path / "m.tflite")
+    assert doc["inspect"]["bn"]["verdict"] == "clean"
+    assert sorted(f["source"] for f in doc["inspect"]["bn"]["folded"]) == ["bn1", "bn2"]
+
+
+def test_train_out_must_be_keras(tmp_path):
+    _one_error_line(runner.invoke(app, ["train", "--out", str(tmp_path / "m.h5")]),
+                    "must end in .keras")

@@ -1,0 +1,125 @@
+"""``edgebn check``: the regression gate between a new build and a baseline build.
+
+Only the accuracies are taken from the reports; everything else is measured on the
+artifacts the reports point to: sizes from the files, the op set and BN verdict by
+inspecting the new .tflite, and latency as a ratio from one interleaved benchmark of
+both files on this machine (absolute times move between machines, ratios do not).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgebn.analysis import inspect_tflite
+from edgebn.bench import BenchSettings, bench_tflite
+from edgebn.errors import EdgebnError
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    max_accuracy_drop: float = 0.01  # absolute, in accuracy units (0.01 = 1 point)
+    max_latency_regression: float = 0.10  # new p50 may be at most 10 % above the baseline's
+    max_size_growth: float = 0.05  # new file may be at most 5 % larger
+    allow_ops: tuple[str, ...] = ()  # ops the new model may add over the baseline's set
+
+    def validate(self) -> None:
+        for name in ("max_accuracy_drop", "max_latency_regression", "max_size_growth"):
+            if getattr(self, name) < 0:
+                raise EdgebnError(f"--{name.replace('_', '-')} must be >= 0. "
+                                  f"Received: {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    baseline: Any
+    current: Any
+    threshold: str
+    passed: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {"metric": self.name, "baseline": self.baseline, "current": self.current,
+                "threshold": self.threshold, "passed": self.passed}
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    report: str
+    baseline: str
+    metrics: tuple[Metric, ...]
+    environment: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return all(m.passed for m in self.metrics)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"report": self.report, "baseline": self.baseline, "passed": self.passed,
+                "metrics": [m.to_json() for m in self.metrics]}
+
+
+@dataclass(frozen=True)
+class _Build:
+    report_path: Path
+    tflite: Path
+    test_accuracy: float
+
+
+def _load(path: str | Path, what: str) -> _Build:
+    p = Path(path)
+    if not p.is_file():
+        raise EdgebnError(f"{what} {p}: no such file")
+    try:
+        doc = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise EdgebnError(f"{what} {p}: not a readable JSON report ({exc})") from exc
+    try:
+        rel = doc["tflite"]["path"]
+        accuracy = float(doc["tflite"]["test_accuracy"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise EdgebnError(f"{what} {p}: not an edgebn build report "
+                          f"(needs tflite.path and tflite.test_accuracy)") from exc
+    tflite = (p.parent / rel) if not Path(rel).is_absolute() else Path(rel)
+    if not tflite.is_file():
+        raise EdgebnError(f"{what} {p}: its model {tflite} does not exist")
+    return _Build(p, tflite, accuracy)
+
+
+def check(report: str | Path, baseline: str | Path, thresholds: Thresholds = Thresholds(),
+          bench_settings: BenchSettings | None = None) -> CheckResult:
+    """Compare the build behind ``report`` with the one behind ``baseline``."""
+    thresholds.validate()
+    bench_settings = bench_settings or BenchSettings()
+    cur, base = _load(report, "report"), _load(baseline, "--baseline")
+    metrics = []
+
+    drop = base.test_accuracy - cur.test_accuracy
+    metrics.append(Metric("accuracy", round(base.test_accuracy, 6), round(cur.test_accuracy, 6),
+                          f"drop <= {thresholds.max_accuracy_drop}",
+                          drop <= thresholds.max_accuracy_drop + 1e-12))
+
+    cur_size, base_size = cur.tflite.stat().st_size, base.tflite.stat().st_size
+    metrics.append(Metric("size_bytes", base_size, cur_size,
+                          f"growth <= {thresholds.max_size_growth:.0%}",
+                          cur_size <= base_size * (1 + thresholds.max_size_growth)))
+
+    cur_inspect, base_inspect = inspect_tflite(cur.tflite), inspect_tflite(base.tflite)
+    base_ops = set(base_inspect.model.op_counts())
+    cur_ops = set(cur_inspect.model.op_counts())
+    new_ops = sorted(cur_ops - base_ops - set(thresholds.allow_ops))
+    metrics.append(Metric("new_ops", sorted(base_ops), new_ops or "none",
+                          "none beyond the baseline's (or --allow-op)", not new_ops))
+    metrics.append(Metric("bn_verdict", base_inspect.bn.verdict, cur_inspect.bn.verdict,
+                          "clean", cur_inspect.clean))
+
+    cur_stats, base_stats = bench_tflite(cur.tflite, bench_settings, baseline=base.tflite)
+    ratio = cur_stats.latency_us.p50 / base_stats.latency_us.p50
+    metrics.append(Metric("latency_p50_ratio", round(base_stats.latency_us.p50, 3),
+                          round(cur_stats.latency_us.p50, 3),
+                          f"ratio <= {1 + thresholds.max_latency_regression:.2f} "
+                          f"(measured {ratio:.3f}, one interleaved run)",
+                          ratio <= 1 + thresholds.max_latency_regression))
+    return CheckResult(str(report), str(baseline), tuple(metrics))
