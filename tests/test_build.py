@@ -97,3 +97,14 @@ def test_interrupted_write_leaves_the_old_file_and_no_temp(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]
     write_atomic(target, "new")
     assert target.read_text() == "new"
+
+
+def test_atomic_writes_get_the_umask_mode_not_mkstemp_0600(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        path = write_atomic(tmp_path / "m.tflite", b"x")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644
