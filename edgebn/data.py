@@ -104,9 +104,10 @@ def load_dataset(
             raise DatasetError("--dataset folder needs --data-dir DIR (one sub-folder per class)")
         x, y, classes, pre = _folder(Path(data_dir), image_size, color)
         split = _split(x, y, seed, test_fraction, val_fraction, limit)
+    x_train, y_train, x_val, y_val, x_test, y_test = split
     return Dataset(name.value if data_dir is None else f"folder:{Path(data_dir).name}",
-                   tuple(classes), pre, *(pre.apply(a) if i % 2 == 0 else a
-                                         for i, a in enumerate(split)))
+                   tuple(classes), pre, pre.apply(x_train), y_train, pre.apply(x_val), y_val,
+                   pre.apply(x_test), y_test)
 
 
 def _digits():

@@ -15,7 +15,3 @@ class DatasetError(EdgebnError):
 
 class RuntimeBackendError(EdgebnError):
     """No usable TFLite interpreter backend, or the one asked for cannot run here."""
-
-
-class FoldError(EdgebnError):
-    """A folded model that would differ from its original beyond the tolerance."""

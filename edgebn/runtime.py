@@ -55,7 +55,8 @@ def _version(dist: str) -> str:
         return "unknown"
 
 
-def _import_backend(backend: Backend) -> tuple[Any, BackendInfo]:
+def _import_backend(backend: Backend) -> tuple[Any, str, str]:
+    """The backend's Interpreter class, its package name and its installed version."""
     module, dist, short = _MODULES[backend]
     version = _version(dist)
     if backend is Backend.tflite_runtime and int(np.__version__.split(".")[0]) >= 2:
@@ -69,8 +70,7 @@ def _import_backend(backend: Backend) -> tuple[Any, BackendInfo]:
         mod = importlib.import_module(module)
     except ImportError as exc:
         raise RuntimeBackendError(f"--runtime {backend.value}: cannot import {module} ({exc})") from exc
-    interpreter_cls = mod.Interpreter
-    return interpreter_cls, BackendInfo(short, version, 1, True)
+    return mod.Interpreter, short, version
 
 
 def resolve_backend(backend: Backend | str = Backend.auto) -> Backend:
@@ -104,17 +104,18 @@ def load_interpreter(
         raise RuntimeBackendError(f"threads must be >= 1. Received: threads={threads}")
     read_tflite(model_path)
     chosen = resolve_backend(backend)
-    cls, info = _import_backend(chosen)
+    cls, name, version = _import_backend(chosen)
+    label = f"{name} {version}"
     kwargs: dict[str, Any] = {"model_path": os.fspath(model_path), "num_threads": threads}
     if not xnnpack:
         op_resolver = getattr(importlib.import_module(cls.__module__), "OpResolverType", None)
         if op_resolver is None:
-            raise RuntimeBackendError(f"{info}: cannot turn XNNPACK off with this backend")
+            raise RuntimeBackendError(f"{label}: cannot turn XNNPACK off with this backend")
         kwargs["experimental_op_resolver_type"] = op_resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES
     try:
         interpreter = cls(**kwargs)
         interpreter.allocate_tensors()
     except (ValueError, RuntimeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise RuntimeBackendError(f"{model_path}: {info} cannot load this model: {first}") from exc
-    return interpreter, BackendInfo(info.name, info.version, threads, xnnpack)
+        raise RuntimeBackendError(f"{model_path}: {label} cannot load this model: {first}") from exc
+    return interpreter, BackendInfo(name, version, threads, xnnpack)
