@@ -145,6 +145,11 @@ class BenchResult:
                 out[f"keras_{mode}"] = s.latency_us.p50 / self.keras_baseline[mode].latency_us.p50
         return out
 
+    def fold_gain(self) -> dict[str, float]:
+        """What folding in Keras buys inside Keras: the BN model's p50 over the folded one's."""
+        return {f"keras_{mode}": s.latency_us.p50 / self.keras_folded[mode].latency_us.p50
+                for mode, s in self.keras.items() if mode in self.keras_folded}
+
     def to_json(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"environment": self.environment, "tflite": self.tflite.to_json()}
         if self.baseline is not None:
@@ -156,6 +161,8 @@ class BenchResult:
             doc["keras_baseline"] = {m: s.to_json() for m, s in self.keras_baseline.items()}
         if self.keras_folded:
             doc["keras_folded"] = {m: s.to_json() for m, s in self.keras_folded.items()}
+        if self.fold_gain():
+            doc["fold_gain"] = self.fold_gain()
         if self.bn_cost():
             doc["bn_cost"] = self.bn_cost()
         return doc

@@ -9,7 +9,14 @@ from typing import Any
 
 from edgebn.analysis import InspectResult, inspect_tflite
 from edgebn.bench import BenchResult, BenchSettings, bench
-from edgebn.convert import REPRESENTATIVE_SAMPLES, ConvertResult, Quantize, convert
+from edgebn.convert import (
+    REPRESENTATIVE_SAMPLES,
+    ConvertResult,
+    FoldedConversion,
+    Quantize,
+    convert,
+    convert_model,
+)
 from edgebn.data import DatasetName, load_dataset
 from edgebn.errors import EdgebnError
 from edgebn.models import DEFAULT_ARCH, Arch
@@ -34,6 +41,8 @@ class BuildConfig:
     batch_size: int = 32
     seed: int = 0
     quantize: Quantize = Quantize.none
+    fold: bool = True  # fold BN in Keras before converting; the converter-only file is kept too
+    tolerance: float = 1e-5  # the fold's max |Δ|, relative to the largest output
     twin: bool = True  # also train the BN-free twin, as the benchmark's baseline
     bench: bool = True
     bench_settings: BenchSettings = field(default_factory=BenchSettings)
@@ -46,6 +55,7 @@ class BuildResult:
     report: dict[str, Any]
     trained: TrainResult
     converted: ConvertResult
+    conversion: FoldedConversion
     verified: VerifyResult
     inspected: InspectResult
     benched: BenchResult | None
@@ -88,10 +98,20 @@ def build(config: BuildConfig, log: Callable[[str], None] = print,
         save_keras(twin.model, out / "twin.keras")
         timings["train_twin_s"] = twin.train_s
 
-    log(f"[3/6] convert: quantize={config.quantize.value}")
+    fold = config.fold and bool(trained.bn_layers)
+    log(f"[3/6] {'fold BN in Keras, then ' if fold else ''}convert: "
+        f"quantize={config.quantize.value}")
     representative = ds.x_train[:REPRESENTATIVE_SAMPLES]
-    converted = convert(trained.model, out / "model.tflite", config.quantize, representative)
-    timings["convert_s"] = converted.convert_s
+    with timed() as t:
+        conversion = convert_model(
+            trained.model, out / "model.tflite", config.quantize, representative,
+            fold_inputs=ds.x_test if fold else None, tolerance=config.tolerance,
+            fold_source=f"{ds.name} test split",
+            converter_only_out=out / "converter_only.tflite" if fold else None)
+    converted = conversion.converted
+    timings["convert_s"] = t.seconds
+    if conversion.fold is not None:
+        save_keras(conversion.fold.model, out / "folded.keras")
     if twin is not None:
         convert(twin.model, out / "twin.tflite", config.quantize, representative)
 
@@ -103,6 +123,9 @@ def build(config: BuildConfig, log: Callable[[str], None] = print,
     log("[5/6] inspect the .tflite for BN residue")
     inspected = inspect_tflite(converted.path, trained.bn_layers)
     timings["inspect_s"] = inspected.elapsed_ms / 1e3
+    if conversion.fold is not None:
+        log(f"      converter alone: {conversion.converter_only.bn.verdict}; "
+            f"folded first: {inspected.bn.verdict}")
 
     benched = None
     if config.bench:
@@ -112,9 +135,10 @@ def build(config: BuildConfig, log: Callable[[str], None] = print,
             benched = bench(converted.path, settings, keras_model=out / "model.keras",
                             baseline=out / "twin.tflite" if twin else None,
                             keras_baseline=out / "twin.keras" if twin else None,
+                            keras_folded=conversion.fold.model if conversion.fold else None,
                             data=ds.x_test)
         timings["bench_s"] = t.seconds
 
-    report = write_report(out, config, ds, trained, twin, converted, verified, inspected,
+    report = write_report(out, config, ds, trained, twin, conversion, verified, inspected,
                           benched, timings)
-    return BuildResult(out, report, trained, converted, verified, inspected, benched)
+    return BuildResult(out, report, trained, converted, conversion, verified, inspected, benched)

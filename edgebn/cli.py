@@ -78,6 +78,12 @@ BatchSizeOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Training
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for split, init and shuffling.")]
 QuantizeOpt = Annotated[Quantize, typer.Option("--quantize", help="Post-training quantization.")]
 ThreadsOpt = Annotated[int, typer.Option("--threads", min=1, help="Interpreter threads (a Pi: 4).")]
+FoldOpt = Annotated[bool, typer.Option(
+    "--fold/--no-fold", help="Fold BN in Keras before converting (and show the converter's own "
+                             "verdict beside it).")]
+ToleranceOpt = Annotated[float, typer.Option(
+    "--tolerance",
+    help="Largest max |Δ| between folded and original outputs, relative to the largest output.")]
 
 
 def _print_json(doc: Any) -> None:
@@ -190,26 +196,88 @@ def convert(
     model: Annotated[Path, typer.Argument(help="The .keras model to convert.")],
     out: Annotated[Path | None, typer.Option("--out", help="Output .tflite path.")] = None,
     quantize: QuantizeOpt = Quantize.none,
+    fold: FoldOpt = True,
+    tolerance: ToleranceOpt = 1e-5,
     dataset: Annotated[DatasetName, typer.Option(
-        "--dataset", help="Calibration data for --quantize int8.")] = DatasetName.digits,
+        "--dataset", help="Calibration data for --quantize int8, and the fold's check.")
+    ] = DatasetName.digits,
     data_dir: DataDirOpt = None,
     image_size: ImageSizeOpt = 32,
     color: ColorOpt = "grayscale",
     as_json: JsonFlag = False,
 ) -> None:
-    """Convert a .keras model to .tflite, then inspect the result for BN residue."""
+    """Convert a .keras model to .tflite (folding BN first), then inspect the result."""
     from edgebn.convert import convert_file
 
     result = convert_file(model, out or model.with_suffix(".tflite"), quantize, dataset,
-                          data_dir, image_size, color)
+                          data_dir, image_size, color, fold=fold, tolerance=tolerance)
     if as_json:
         _print_json({"model": str(model), "out": str(result.converted.path),
                      "size_bytes": result.converted.size_bytes, "quantize": quantize.value,
-                     "inspect": result.inspected.to_json()})
+                     "fold": result.fold_json(), "inspect": result.inspected.to_json()})
     else:
         console.print(f"wrote {result.converted.path} ({result.converted.size_bytes} bytes, "
                       f"quantize {quantize.value})")
         render_inspect(result.inspected)
+        if result.fold is not None:
+            render_fold(result.fold)
+            render_verdicts(result.fold_json())
+    if not result.inspected.clean:
+        raise typer.Exit(EXIT_PROBLEM)
+
+
+@app.command()
+def fold(
+    model: Annotated[Path, typer.Argument(help="The .keras model to fold.")],
+    out: Annotated[Path, typer.Option("--out", help="Where to write the folded .keras.")],
+    tolerance: ToleranceOpt = 1e-5,
+    data: Annotated[Path | None, typer.Option(
+        "--data", help="Inputs for the equivalence check: a .npy of preprocessed samples.")] = None,
+    dataset: Annotated[DatasetName, typer.Option(
+        "--dataset", help="Else this dataset's test split, when it fits the model.")
+    ] = DatasetName.digits,
+    data_dir: DataDirOpt = None,
+    image_size: ImageSizeOpt = 32,
+    color: ColorOpt = "grayscale",
+    as_json: JsonFlag = False,
+) -> None:
+    """Fold every BN into the layer before or after it, in Keras, checked on real inputs.
+
+    Exit 0 when every BN folded, 1 when some had to stay (each with its reason), 2 when
+    the folded model would differ beyond --tolerance (nothing is written then).
+    """
+    from edgebn.fold import fold_file
+
+    result = fold_file(model, out, tolerance, data, dataset, data_dir, image_size, color)
+    if as_json:
+        _print_json(result.to_json())
+    else:
+        render_fold(result)
+        console.print(f"wrote {out}")
+    if not result.all_folded:
+        raise typer.Exit(EXIT_PROBLEM)
+
+
+def render_fold(result) -> None:
+    table = Table(title=f"fold: max |Δ| {result.max_abs_diff:.3g} ({result.max_rel_diff:.3g} "
+                        f"relative, tolerance {result.tolerance:g}) on {result.samples} inputs "
+                        f"({result.inputs})")
+    for col in ("BN", "result", "into / reason"):
+        table.add_column(col)
+    for f in result.layers:
+        if f.folded:
+            table.add_row(f.bn, f"[green]folded {f.direction}[/]", f.into)
+        else:
+            table.add_row(f.bn, "[red]kept[/]", f.reason)
+    console.print(table)
+
+
+def render_verdicts(doc: dict[str, Any]) -> None:
+    for label, key in (("converter alone", "converter_only"), ("folded first", "pre_folded")):
+        v = doc[key]
+        colour = "green" if v["verdict"] == "clean" else "red"
+        console.print(f"{label}: [{colour}]{v['verdict']}[/] ({v['residual']} residual BN, "
+                      f"{v['size_bytes']} bytes)")
 
 
 # ---------------------------------------------------------------- build
@@ -229,6 +297,8 @@ def build(
     batch_size: BatchSizeOpt = 32,
     seed: SeedOpt = 0,
     quantize: QuantizeOpt = Quantize.none,
+    fold: FoldOpt = True,
+    tolerance: ToleranceOpt = 1e-5,
     twin: Annotated[bool, typer.Option(help="Also train the BN-free twin as bench baseline.")] = True,
     run_bench: Annotated[bool, typer.Option("--bench/--no-bench", help="Benchmark.")] = True,
     bench_time: Annotated[float, typer.Option(
@@ -244,7 +314,8 @@ def build(
 
     config = BuildConfig(out=out, dataset=dataset, data_dir=data_dir, image_size=image_size,
                          color=color, limit=limit, arch=arch, bn=not no_bn, epochs=epochs,
-                         batch_size=batch_size, seed=seed, quantize=quantize, twin=twin,
+                         batch_size=batch_size, seed=seed, quantize=quantize, fold=fold,
+                         tolerance=tolerance, twin=twin,
                          bench=run_bench, runtime=runtime,
                          bench_settings=BenchSettings(threads=threads, min_time_s=bench_time))
     log = (lambda msg: typer.echo(msg, err=True)) if as_json else console.print
@@ -272,6 +343,13 @@ def render_build(report: dict[str, Any], out: Path) -> None:
     table.add_row("TFLite size", f"{t['size_bytes']} bytes ({t['quantize']})")
     table.add_row("BN verdict", f"{bn['verdict']} ({len(bn['residual'])} residual, "
                                 f"{len(bn['folded'])} folded)")
+    fd = report.get("fold")
+    if fd:
+        table.add_row("Keras fold", f"{fd['folded']} folded, {fd['kept']} kept, "
+                                    f"max |Δ| {fd['max_abs_diff']:.3g}")
+        table.add_row("converter alone / folded first",
+                      f"{fd['converter_only']['verdict']} ({fd['converter_only']['residual']}) / "
+                      f"{fd['pre_folded']['verdict']} ({fd['pre_folded']['residual']})")
     b = report.get("bench")
     if b:
         table.add_row("TFLite p50", f"{b['tflite']['latency_us']['p50']:.1f} µs")
@@ -283,6 +361,8 @@ def render_build(report: dict[str, Any], out: Path) -> None:
                           f"{sp['vs_fastest_keras']:.1f}x ({sp['fastest_keras']})")
         for key, v in b.get("bn_cost", {}).items():
             table.add_row(f"BN cost {key}", f"{v:.3f}x vs BN-free twin")
+        for key, v in b.get("fold_gain", {}).items():
+            table.add_row(f"fold gain {key}", f"{v:.3f}x (BN p50 / folded p50)")
     console.print(table)
     console.print(f"report: {out / 'report.json'}, {out / 'report.md'}")
 
@@ -298,6 +378,9 @@ def bench(
         "--baseline", help="Another .tflite (e.g. the BN-free twin), timed interleaved.")] = None,
     keras_baseline: Annotated[Path | None, typer.Option(
         "--keras-baseline", help="The baseline's .keras, to show BN's cost inside Keras.")] = None,
+    keras_folded: Annotated[Path | None, typer.Option(
+        "--keras-folded", help="The folded .keras (edgebn fold), to show the fold's effect in Keras.")
+    ] = None,
     data: Annotated[Path | None, typer.Option(
         "--data", help="Inputs: a .npy of preprocessed samples (N, H, W, C).")] = None,
     dataset: Annotated[DatasetName | None, typer.Option(
@@ -325,7 +408,8 @@ def bench(
     settings = BenchSettings(threads=threads, batch=batch, warmup=warmup, runs=runs,
                              min_time_s=min_time, backend=runtime, xnnpack=xnnpack)
     result = run_bench(model, settings, keras_model=keras, baseline=baseline,
-                       keras_baseline=keras_baseline, data=inputs, isolate=isolate, xla=xla)
+                       keras_baseline=keras_baseline, keras_folded=keras_folded, data=inputs,
+                       isolate=isolate, xla=xla)
     render_bench(result)
     if json_out is not None:
         write_atomic(json_out, json.dumps(result.to_json(), indent=2) + "\n")
@@ -365,6 +449,10 @@ def render_bench(result) -> None:
     if cost:
         console.print("BN cost (BN model p50 / BN-free p50): "
                       + ", ".join(f"{k} {v:.3f}x" for k, v in cost.items()))
+    gain = result.fold_gain()
+    if gain:
+        console.print("fold in Keras (BN model p50 / folded p50): "
+                      + ", ".join(f"{k} {v:.3f}x" for k, v in gain.items()))
 
 
 # ---------------------------------------------------------------- check

@@ -89,21 +89,69 @@ def convert(model: Any, out: str | Path, quantize: Quantize | str = Quantize.non
 
 
 @dataclass(frozen=True)
-class ConvertFileResult:
+class FoldedConversion:
+    """The file at ``out`` and its inspection; with a fold, also what the converter alone made."""
+
     converted: ConvertResult
-    inspected: Any  # analysis.InspectResult
+    inspected: Any  # analysis.InspectResult of the written file
+    fold: Any = None  # fold.FoldResult, when the model was folded in Keras first
+    converter_only: Any = None  # analysis.InspectResult of the unfolded model's conversion
+
+    def fold_json(self) -> dict[str, Any] | None:
+        """The fold and the two verdicts side by side, for reports and --json."""
+        if self.fold is None:
+            return None
+        only, pre = self.converter_only.bn, self.inspected.bn
+        return {**self.fold.to_json(),
+                "converter_only": {"verdict": only.verdict, "residual": len(only.residual),
+                                   "residual_sources": [r.source for r in only.residual],
+                                   "size_bytes": self.converter_only.model.size_bytes},
+                "pre_folded": {"verdict": pre.verdict, "residual": len(pre.residual),
+                               "residual_sources": [r.source for r in pre.residual],
+                               "size_bytes": self.inspected.model.size_bytes}}
+
+
+def convert_model(model: Any, out: str | Path, quantize: Quantize | str = Quantize.none,
+                  representative: np.ndarray | None = None, fold_inputs: np.ndarray | None = None,
+                  tolerance: float | None = None, fold_source: str = "given",
+                  converter_only_out: str | Path | None = None) -> FoldedConversion:
+    """Convert ``model`` to ``out``; with ``fold_inputs``, fold its BN in Keras first.
+
+    The fold is checked on ``fold_inputs`` (FoldError above ``tolerance``). The unfolded
+    model is converted too, so the caller sees the converter's own verdict beside the
+    pre-folded one; that file is kept at ``converter_only_out`` or discarded.
+    """
+    import tempfile
+
+    from edgebn.analysis import inspect_tflite
+    from edgebn.models import bn_layer_names
+
+    bn_layers = bn_layer_names(model)
+    if fold_inputs is None or not bn_layers:
+        converted = convert(model, out, quantize, representative)
+        return FoldedConversion(converted, inspect_tflite(converted.path, bn_layers))
+    from edgebn.fold import DEFAULT_TOLERANCE, fold_model
+
+    folded = fold_model(model, fold_inputs, tolerance or DEFAULT_TOLERANCE, inputs=fold_source)
+    with tempfile.TemporaryDirectory(prefix="edgebn-") as tmp:
+        only_path = converter_only_out or Path(tmp) / "converter_only.tflite"
+        convert(model, only_path, quantize, representative)
+        converter_only = inspect_tflite(only_path, bn_layers)
+    converted = convert(folded.model, out, quantize, representative)
+    return FoldedConversion(converted, inspect_tflite(converted.path, bn_layers), folded,
+                            converter_only)
 
 
 def convert_file(model_path: str | Path, out: str | Path, quantize: Quantize | str = Quantize.none,
                  dataset="digits", data_dir=None, image_size: int = 32, color: str = "grayscale",
-                 seed: int = 0) -> ConvertFileResult:
-    """``edgebn convert``: load a .keras (safe mode), convert, and inspect the result.
+                 seed: int = 0, fold: bool = True, tolerance: float | None = None,
+                 data: str | Path | None = None) -> FoldedConversion:
+    """``edgebn convert``: load a .keras (safe mode), fold (default), convert, inspect.
 
     int8 calibration draws from the training split of ``dataset`` (or ``data_dir``),
-    which must have the model's input shape.
+    which must have the model's input shape. The fold is checked on ``data`` (a .npy),
+    else that dataset's test split when it fits the model, else random inputs.
     """
-    from edgebn.analysis import inspect_tflite
-    from edgebn.models import bn_layer_names
     from edgebn.train import load_keras
 
     quantize = Quantize(quantize)
@@ -120,5 +168,10 @@ def convert_file(model_path: str | Path, out: str | Path, quantize: Quantize | s
             raise EdgebnError(f"calibration data has input shape {list(ds.input_shape)}, the "
                               f"model expects {list(want)}: pass the dataset it was trained on")
         representative = ds.x_train[:REPRESENTATIVE_SAMPLES]
-    converted = convert(model, out, quantize, representative)
-    return ConvertFileResult(converted, inspect_tflite(converted.path, bn_layer_names(model)))
+    fold_inputs, source = None, "given"
+    if fold:
+        from edgebn.fold import equivalence_inputs
+
+        fold_inputs, source = equivalence_inputs(model, data, dataset, data_dir, image_size,
+                                                 color, seed=seed)
+    return convert_model(model, out, quantize, representative, fold_inputs, tolerance, source)

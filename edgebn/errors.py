@@ -15,3 +15,7 @@ class DatasetError(EdgebnError):
 
 class RuntimeBackendError(EdgebnError):
     """No usable TFLite interpreter backend, or the one asked for cannot run here."""
+
+
+class FoldError(EdgebnError):
+    """A fold that cannot be trusted: the folded model's outputs differ beyond the tolerance."""

@@ -84,12 +84,12 @@ def _cnn(input_shape, classes: int, bn: bool):
         return layers.ReLU(name=n("relu"))(x)
 
     inputs = Input(input_shape, name="image")
-    x = block(inputs, layers.Conv2D(16, 3, padding="same", use_bias=not bn, name=n("conv")))
+    x = block(inputs, layers.Conv2D(64, 3, padding="same", use_bias=not bn, name=n("conv")))
     x = block(x, layers.DepthwiseConv2D(3, padding="same", use_bias=not bn, name=n("dwconv")))
-    x = block(x, layers.Conv2D(32, 1, use_bias=not bn, name=n("conv")))
+    x = block(x, layers.Conv2D(64, 1, use_bias=not bn, name=n("conv")))
     if input_shape[0] >= 16:
         x = layers.MaxPooling2D(2, name="pool")(x)
-    x = block(x, layers.Conv2D(32, 3, padding="same", use_bias=not bn, name=n("conv")))
+    x = block(x, layers.Conv2D(64, 3, padding="same", use_bias=not bn, name=n("conv")))
     x = layers.GlobalAveragePooling2D(name="gap")(x)
     outputs = layers.Dense(classes, activation="softmax", name="head")(x)
     return Model(inputs, outputs, name="cnn" if bn else "cnn_nobn")

@@ -17,8 +17,9 @@ def _rel(path: Path, out: Path) -> str:
         return str(path)
 
 
-def build_report(out, config, ds, trained, twin, converted, verified, inspected, benched,
+def build_report(out, config, ds, trained, twin, conversion, verified, inspected, benched,
                  timings) -> dict[str, Any]:
+    converted = conversion.converted
     inspect_doc = inspected.to_json()
     inspect_doc["path"] = _rel(Path(inspect_doc["path"]), out)
     report: dict[str, Any] = {
@@ -37,6 +38,11 @@ def build_report(out, config, ds, trained, twin, converted, verified, inspected,
                    "max_abs_diff": verified.max_abs_diff, "backend": verified.backend},
         "inspect": inspect_doc,
     }
+    fold = conversion.fold_json()
+    if fold is not None:
+        fold["model"], fold["out"] = "model.keras", "folded.keras"
+        fold["converter_only"]["path"] = "converter_only.tflite"
+        report["fold"] = fold
     if twin is not None:
         report["twin"] = {"keras_path": "twin.keras", "tflite_path": "twin.tflite",
                           "params": twin.params, "test_accuracy": twin.test_accuracy}
@@ -76,6 +82,18 @@ def render_markdown(report: dict[str, Any]) -> str:
     for r in bn["residual"]:
         lines.append(f"- residual {r['kind']} BN {r['source'] or '(unnamed)'}: ops {r['ops']}, "
                      f"{r['channels']} channels, {r['cost_elements']} elements per inference")
+    fd = report.get("fold")
+    if fd:
+        only, pre = fd["converter_only"], fd["pre_folded"]
+        lines += ["", f"## Fold in Keras (max |Δ| {fd['max_abs_diff']:.3g}, "
+                      f"{fd['max_rel_diff']:.3g} relative, on {fd['samples']} inputs: "
+                      f"{fd['inputs']})", "",
+                  f"Converter alone: {only['verdict']} ({only['residual']} residual BN, "
+                  f"{only['size_bytes']} bytes); folded first: {pre['verdict']} "
+                  f"({pre['residual']} residual BN, {pre['size_bytes']} bytes).", ""]
+        for f in fd["layers"]:
+            lines.append(f"- {f['bn']}: folded {f['direction']} into {f['into']}" if f["folded"]
+                         else f"- {f['bn']}: kept, {f['reason']}")
     b = report.get("bench")
     if b:
         tl = b["tflite"]
@@ -85,6 +103,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         rows = [("TFLite", tl)] + ([("TFLite BN-free twin", b["baseline"])] if "baseline" in b else [])
         rows += [(f"Keras {mode}", s) for mode, s in b.get("keras", {}).items()]
         rows += [(f"Keras twin {mode}", s) for mode, s in b.get("keras_baseline", {}).items()]
+        rows += [(f"Keras folded {mode}", s) for mode, s in b.get("keras_folded", {}).items()]
         for name, s in rows:
             lat = s["latency_us"]
             lines.append(f"| {name} | {lat['p50']:.1f} | {lat['p90']:.1f} | {lat['p99']:.1f} "
@@ -97,12 +116,16 @@ def render_markdown(report: dict[str, Any]) -> str:
         if cost:
             lines += ["", "BN cost (BN model p50 / BN-free twin p50): "
                       + ", ".join(f"{k_} {v:.3f}x" for k_, v in cost.items()) + "."]
+        gain = b.get("fold_gain")
+        if gain:
+            lines += ["", "Fold in Keras (BN model p50 / folded model p50): "
+                      + ", ".join(f"{k_} {v:.3f}x" for k_, v in gain.items()) + "."]
     return "\n".join(lines) + "\n"
 
 
-def write_report(out, config, ds, trained, twin, converted, verified, inspected, benched,
+def write_report(out, config, ds, trained, twin, conversion, verified, inspected, benched,
                  timings) -> dict[str, Any]:
-    report = build_report(out, config, ds, trained, twin, converted, verified, inspected,
+    report = build_report(out, config, ds, trained, twin, conversion, verified, inspected,
                           benched, timings)
     write_atomic(Path(out) / "report.json", json.dumps(report, indent=2) + "\n")
     write_atomic(Path(out) / "report.md", render_markdown(report))
