@@ -152,6 +152,13 @@ def test_train_then_convert_as_separate_steps(tmp_path):
     doc = json.loads(converted.stdout)
     assert doc["out"] == str(tmp_path / "m.tflite")
     assert doc["inspect"]["bn"]["verdict"] == "clean"
+    # Folded in Keras first: the file has no BN left to trace; the fold says where each went.
+    assert [(f["bn"], f["into"]) for f in doc["fold"]["layers"]] == [("bn1", "fc1"), ("bn2", "fc2")]
+    assert doc["fold"]["converter_only"]["verdict"] == "clean"
+    plain = runner.invoke(app, ["convert", str(keras_path), "--no-fold", "--json"])
+    assert plain.exit_code == 0, plain.output
+    doc = json.loads(plain.stdout)
+    assert doc["fold"] is None
     assert sorted(f["source"] for f in doc["inspect"]["bn"]["folded"]) == ["bn1", "bn2"]
 
 

@@ -1,0 +1,272 @@
+"""edgebn fold: exact on the zoo and every foldable pattern, refused with reasons elsewhere."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from patterns import FOLD_PATTERNS, INPUT_SHAPE, build_fold_pattern, representative, set_random_bn
+from typer.testing import CliRunner
+
+from edgebn.cli import app
+from edgebn.errors import FoldError
+from edgebn.fold import fold_file, fold_model
+from edgebn.models import Arch, bn_layer_names, build_model
+
+runner = CliRunner()
+EXACT = 1e-5  # max |Δ| relative to the largest output, float32
+
+
+def _outputs(model, x):
+    return np.asarray(model(x, training=False), np.float64)
+
+
+def _relative_diff(original, folded, x) -> float:
+    a, b = _outputs(original, x), _outputs(folded, x)
+    return float(np.max(np.abs(a - b)) / np.max(np.abs(a)))
+
+
+@pytest.mark.parametrize("name", list(FOLD_PATTERNS))
+def test_fold_patterns(name):
+    model = build_fold_pattern(name)
+    x = representative(64)
+    result = fold_model(model, x)
+    expected = FOLD_PATTERNS[name][2]
+    assert [f.bn for f in result.layers] == bn_layer_names(model)
+    assert len(result.layers) == len(expected)
+    for fold, want in zip(result.layers, expected, strict=True):
+        if want in ("backward", "forward"):
+            assert fold.folded and fold.direction == want, fold
+            assert fold.into in [la.name for la in result.model.layers]
+        else:
+            assert not fold.folded and re.search(want, fold.reason), fold.reason
+    kept = {f.bn for f in result.layers if not f.folded}
+    assert set(bn_layer_names(result.model)) == kept  # folded BNs are gone, kept ones stay
+    # Independent of the library's own check: the folded model computes the same function.
+    assert _relative_diff(model, result.model, x) <= EXACT
+    assert result.max_rel_diff <= EXACT
+
+
+@pytest.mark.parametrize("arch", list(Arch))
+def test_every_zoo_architecture_folds_exactly(arch):
+    import keras
+
+    keras.utils.set_random_seed(1)
+    model = build_model(arch, (8, 8, 3), 10)
+    set_random_bn(model, seed=1)
+    x = representative(64)
+    result = fold_model(model, x)
+    assert result.all_folded, [f.reason for f in result.layers if not f.folded]
+    assert len(result.layers) == len(bn_layer_names(model)) >= 2
+    assert bn_layer_names(result.model) == []
+    assert _relative_diff(model, result.model, x) <= EXACT
+    assert result.model.count_params() < model.count_params()
+
+
+def test_trained_model_folds_exactly_on_real_data(cnn, digits):
+    model = cnn["result"].model
+    result = fold_model(model, digits.x_test)
+    assert result.all_folded
+    assert [f.direction for f in result.layers] == ["backward"] * 4
+    assert [f.into for f in result.layers] == ["conv1", "dwconv1", "conv2", "conv3"]
+    assert _relative_diff(model, result.model, digits.x_test) <= EXACT
+    assert result.model.inputs[0].name == "image"  # names survive the rebuild
+
+
+def test_sequential_models_fold():
+    import keras
+    from keras import layers
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((6,)), layers.Dense(5, use_bias=False),
+                              layers.BatchNormalization(), layers.Dense(3)])
+    set_random_bn(model)
+    x = np.random.default_rng(0).random((32, 6), dtype=np.float32)
+    result = fold_model(model, x)
+    assert result.all_folded and _relative_diff(model, result.model, x) <= EXACT
+
+
+def test_a_fold_beyond_the_tolerance_is_refused_and_nothing_is_written(cnn, tmp_path):
+    out = tmp_path / "folded.keras"
+    with pytest.raises(FoldError, match=r"above the tolerance 1e-12: nothing written"):
+        fold_file(cnn["keras"], out, tolerance=1e-12)
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------- the algebra, as properties
+
+_LAYERS = {
+    "dense": lambda L: L.Dense(4, use_bias=True),
+    "conv": lambda L: L.Conv2D(4, 3, use_bias=False),
+    "depthwise": lambda L: L.DepthwiseConv2D(3, depth_multiplier=2, use_bias=True),
+    "transpose": lambda L: L.Conv2DTranspose(4, 3, strides=2, use_bias=True),
+}
+
+
+@pytest.fixture(scope="module")
+def backward_models():
+    import keras
+    from keras import layers
+
+    models = {}
+    for kind, make in _LAYERS.items():
+        inputs = keras.Input((5, 5, 3))
+        x = layers.Flatten()(inputs) if kind == "dense" else inputs
+        linear = make(layers)
+        models[kind] = (keras.Model(inputs, layers.BatchNormalization(epsilon=1e-3)(linear(x))),
+                        linear)
+    return models
+
+
+def _random_bn(rng, c, log_var_min):
+    gamma = rng.uniform(0.1, 3.0, c) * rng.choice([-1.0, 1.0], c)
+    var = 10.0 ** rng.uniform(log_var_min, 1.0, c)  # down to 1e-6: tiny variances
+    return gamma, rng.normal(0, 1, c), rng.normal(0, 1, c), var
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(kind=st.sampled_from(sorted(_LAYERS)), seed=st.integers(0, 2**31 - 1),
+       log_var_min=st.floats(-6.0, 0.0))
+def test_backward_fold_is_the_seed_formula(backward_models, kind, seed, log_var_min):
+    """W' = γ⊗W/σ and b' = γ⊗(b − μ)/σ + β, σ = sqrt(var + ε), in each kernel layout."""
+    model, linear = backward_models[kind]
+    bn = model.layers[-1]
+    rng = np.random.default_rng(seed)
+    gamma, beta, mean, var = _random_bn(rng, bn.gamma.shape[0], log_var_min)
+    bn.set_weights([gamma, beta, mean, var])
+    weights = [rng.normal(0, 1, w.shape) for w in linear.get_weights()]
+    linear.set_weights(weights)
+    kernel = weights[0]
+    bias = weights[1] if len(weights) > 1 else np.zeros(bn.gamma.shape[0])
+
+    x = rng.random((16, 5, 5, 3), dtype=np.float32)
+    result = fold_model(model, x)
+    assert result.all_folded and result.layers[0].direction == "backward"
+    folded = result.model.get_layer(linear.name).get_weights()
+
+    sigma = np.sqrt(var + bn.epsilon)
+    scale = gamma / sigma
+    if kind == "depthwise":  # (kh, kw, in, multiplier): output channel = in * multiplier + m
+        want_kernel = kernel * scale.reshape(kernel.shape[-2:])
+    elif kind == "transpose":  # (kh, kw, out, in)
+        want_kernel = kernel * scale[:, None]
+    else:
+        want_kernel = kernel * scale
+    want_bias = gamma * (bias - mean) / sigma + beta
+    np.testing.assert_allclose(folded[0], want_kernel, rtol=1e-6, atol=1e-6 * np.abs(want_kernel).max())
+    np.testing.assert_allclose(folded[1], want_bias, rtol=1e-6, atol=1e-6 * np.abs(want_bias).max())
+    assert _relative_diff(model, result.model, x) <= EXACT
+
+
+@pytest.fixture(scope="module")
+def forward_models():
+    import keras
+    from keras import layers
+
+    models = {}
+    inputs = keras.Input((6, 6, 3))
+    y = layers.Dense(5)(layers.Flatten()(layers.BatchNormalization()(layers.ReLU()(inputs))))
+    models["dense"] = keras.Model(inputs, y)
+    inputs = keras.Input((6, 6, 3))
+    y = layers.Conv2D(4, 3)(layers.BatchNormalization()(layers.ReLU()(inputs)))
+    models["conv"] = keras.Model(inputs, y)
+    inputs = keras.Input((6, 6, 3))
+    y = layers.DepthwiseConv2D(3, depth_multiplier=2)(layers.BatchNormalization()(inputs))
+    models["depthwise"] = keras.Model(inputs, y)
+    return models
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(kind=st.sampled_from(["dense", "conv", "depthwise"]), seed=st.integers(0, 2**31 - 1),
+       log_var_min=st.floats(-6.0, 0.0))
+def test_forward_fold_is_exact(forward_models, kind, seed, log_var_min):
+    model = forward_models[kind]
+    bn = next(la for la in model.layers if type(la).__name__ == "BatchNormalization")
+    rng = np.random.default_rng(seed)
+    bn.set_weights(list(_random_bn(rng, bn.gamma.shape[0], log_var_min)))
+    x = rng.random((16, 6, 6, 3), dtype=np.float32)
+    result = fold_model(model, x)
+    assert result.all_folded and result.layers[0].direction == "forward"
+    assert _relative_diff(model, result.model, x) <= EXACT
+
+
+# ---------------------------------------------------------------- the converter, before and after
+
+
+@pytest.mark.parametrize("name", ["bn_before_conv", "add_bn_gap_dense", "relu_bn_pool_dense"])
+def test_converter_residue_converts_clean_after_fold(name, tmp_path):
+    from edgebn.train import save_keras
+
+    keras_path = save_keras(build_fold_pattern(name), tmp_path / "m.keras")
+    out = tmp_path / "m.tflite"
+    res = runner.invoke(app, ["convert", str(keras_path), "--out", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["fold"]["converter_only"]["verdict"] == "residual"
+    assert doc["fold"]["converter_only"]["residual"] == 1
+    assert doc["fold"]["pre_folded"] == {**doc["fold"]["pre_folded"], "verdict": "clean",
+                                         "residual": 0}
+    assert doc["fold"]["inputs"].startswith("random")  # digits do not fit an 8x8x3 input
+    proof = runner.invoke(app, ["inspect", str(out), "--json"])
+    assert proof.exit_code == 0 and json.loads(proof.stdout)["bn"]["verdict"] == "clean"
+    unfolded = runner.invoke(app, ["convert", str(keras_path), "--out", str(tmp_path / "u.tflite"),
+                                   "--no-fold"])
+    assert unfolded.exit_code == 1  # the converter alone leaves the MUL+ADD
+
+
+# ---------------------------------------------------------------- the command
+
+
+def test_fold_cli_json_is_the_contract_document(cnn, tmp_path):
+    out = tmp_path / "folded.keras"
+    res = runner.invoke(app, ["fold", str(cnn["keras"]), "--out", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["model"] == str(cnn["keras"]) and doc["out"] == str(out)
+    assert 0 <= doc["max_abs_diff"] < 1e-5
+    assert doc["inputs"] == "digits test split"
+    assert [la["folded"] for la in doc["layers"]] == [True] * 4
+    assert {"bn", "folded", "into", "direction"} <= set(doc["layers"][0])
+    from edgebn.train import load_keras
+
+    assert bn_layer_names(load_keras(out)) == []
+
+
+def test_fold_cli_exits_1_when_some_bn_stays(tmp_path):
+    from edgebn.train import save_keras
+
+    keras_path = save_keras(build_fold_pattern("bn_before_conv_same"), tmp_path / "m.keras")
+    out = tmp_path / "f.keras"
+    res = runner.invoke(app, ["fold", str(keras_path), "--out", str(out), "--json"])
+    assert res.exit_code == 1
+    layer = json.loads(res.stdout)["layers"][0]
+    assert layer["folded"] is False and "padding='same'" in layer["reason"]
+    assert out.exists()  # the output is written; the kept BN is in it
+    table = runner.invoke(app, ["fold", str(keras_path), "--out", str(out)])
+    assert table.exit_code == 1 and "kept" in table.stdout
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--tolerance", "1e-12"], "above the tolerance"),
+    (["--tolerance", "0"], "--tolerance must be > 0"),
+    (["--out", "x.h5"], "--out must end in .keras"),
+])
+def test_fold_cli_refusals_are_one_line_exit_2(cnn, tmp_path, args, needle):
+    argv = ["fold", str(cnn["keras"]), "--out", str(tmp_path / "f.keras"), *args]
+    res = runner.invoke(app, argv)
+    assert res.exit_code == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], res.stderr
+    assert not (tmp_path / "f.keras").exists()
+
+
+def test_fold_data_must_fit_the_model(cnn, tmp_path):
+    data = tmp_path / "x.npy"
+    np.save(data, np.zeros((4, *INPUT_SHAPE), np.float32))
+    res = runner.invoke(app, ["fold", str(cnn["keras"]), "--out", str(tmp_path / "f.keras"),
+                              "--data", str(data)])
+    assert res.exit_code == 2 and "the model expects [8, 8, 1]" in res.stderr
