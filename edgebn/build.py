@@ -7,8 +7,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from edgebn.analysis import InspectResult, inspect_tflite
 from edgebn.bench import BenchResult, BenchSettings, bench
+from edgebn.bundle import GOLDEN_SAMPLES
 from edgebn.convert import (
     REPRESENTATIVE_SAMPLES,
     ConvertResult,
@@ -20,9 +23,9 @@ from edgebn.convert import (
 from edgebn.data import DatasetName, load_dataset
 from edgebn.errors import EdgebnError
 from edgebn.models import DEFAULT_ARCH, Arch
-from edgebn.report import write_report
+from edgebn.report import write_report, write_report_json
 from edgebn.runtime import Backend
-from edgebn.stages import timed
+from edgebn.stages import atomic_path, timed
 from edgebn.train import TrainConfig, TrainResult, save_keras, train
 from edgebn.verify import VerifyResult, verify
 
@@ -47,6 +50,8 @@ class BuildConfig:
     bench: bool = True
     bench_settings: BenchSettings = field(default_factory=BenchSettings)
     runtime: Backend = Backend.auto
+    bundle: bool = False  # also write OUT/bundle, the device bundle
+    emulate: tuple[str, ...] = ()  # run the bundle's self-test on an emulated arm64 Pi, per runtime
 
 
 @dataclass(frozen=True)
@@ -139,6 +144,20 @@ def build(config: BuildConfig, log: Callable[[str], None] = print,
                             data=ds.x_test)
         timings["bench_s"] = t.seconds
 
+    with atomic_path(out / "samples.npy") as tmp:  # golden inputs for a device bundle
+        np.save(tmp, ds.x_test[:GOLDEN_SAMPLES])
     report = write_report(out, config, ds, trained, twin, conversion, verified, inspected,
                           benched, timings)
+    if config.bundle or config.emulate:
+        from edgebn.bundle import bundle
+
+        log(f"      bundle for the device: {out / 'bundle'}")
+        bundled = bundle(out, out / "bundle")
+        report["bundle"] = {"path": "bundle", "selftest_here": bundled.selftest}
+        if config.emulate:
+            from edgebn.emulate import emulate
+
+            log(f"      self-test on an emulated arm64 Raspberry Pi: {', '.join(config.emulate)}")
+            report["emulation"] = emulate(out / "bundle", config.emulate).to_json()
+        write_report_json(out, report)
     return BuildResult(out, report, trained, converted, conversion, verified, inspected, benched)

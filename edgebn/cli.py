@@ -300,6 +300,11 @@ def build(
     fold: FoldOpt = True,
     tolerance: ToleranceOpt = 1e-5,
     twin: Annotated[bool, typer.Option(help="Also train the BN-free twin as bench baseline.")] = True,
+    make_bundle: Annotated[bool, typer.Option(
+        "--bundle", help="Also write OUT/bundle, the self-verifying device bundle.")] = False,
+    emulate: Annotated[list[str] | None, typer.Option(
+        "--emulate", help="Run the bundle's self-test on an emulated arm64 Pi with this runtime "
+                          "(tflite-runtime, ai-edge-litert; repeatable). Implies --bundle.")] = None,
     run_bench: Annotated[bool, typer.Option("--bench/--no-bench", help="Benchmark.")] = True,
     bench_time: Annotated[float, typer.Option(
         "--bench-time", min=0.01, help="Seconds per benchmarked runtime.")] = 1.0,
@@ -315,7 +320,8 @@ def build(
     config = BuildConfig(out=out, dataset=dataset, data_dir=data_dir, image_size=image_size,
                          color=color, limit=limit, arch=arch, bn=not no_bn, epochs=epochs,
                          batch_size=batch_size, seed=seed, quantize=quantize, fold=fold,
-                         tolerance=tolerance, twin=twin,
+                         tolerance=tolerance, twin=twin, bundle=make_bundle,
+                         emulate=tuple(emulate or ()),
                          bench=run_bench, runtime=runtime,
                          bench_settings=BenchSettings(threads=threads, min_time_s=bench_time))
     log = (lambda msg: typer.echo(msg, err=True)) if as_json else console.print
@@ -364,6 +370,8 @@ def render_build(report: dict[str, Any], out: Path) -> None:
         for key, v in b.get("fold_gain", {}).items():
             table.add_row(f"fold gain {key}", f"{v:.3f}x (BN p50 / folded p50)")
     console.print(table)
+    if "emulation" in report:
+        render_emulation(report["emulation"])
     console.print(f"report: {out / 'report.json'}, {out / 'report.md'}")
 
 
@@ -453,6 +461,67 @@ def render_bench(result) -> None:
     if gain:
         console.print("fold in Keras (BN model p50 / folded p50): "
                       + ", ".join(f"{k} {v:.3f}x" for k, v in gain.items()))
+
+
+# ---------------------------------------------------------------- bundle / emulate
+
+
+@app.command()
+def bundle(
+    build_dir: Annotated[Path, typer.Argument(help="A build directory (edgebn build --out).")],
+    out: Annotated[Path, typer.Option("--out", help="The bundle directory to write.")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Write a self-verifying device bundle: model, labels, predict.py, golden I/O, manifest."""
+    from edgebn.bundle import bundle as make_bundle
+
+    result = make_bundle(build_dir, out)
+    if as_json:
+        _print_json(result.to_json())
+    else:
+        st = result.selftest
+        console.print(f"wrote {out}: {', '.join(sorted(result.files))}, manifest.json")
+        console.print(f"self-test here: {'passed' if st['passed'] else 'FAILED'} "
+                      f"({st['samples']} golden inputs, {st['runtime']})")
+        console.print(f"on the device: python3 {out.name}/predict.py --selftest")
+
+
+@app.command()
+def emulate(
+    bundle_dir: Annotated[Path, typer.Argument(help="A bundle directory (edgebn bundle).")],
+    runtime: Annotated[list[str] | None, typer.Option(
+        "--runtime", help="tflite-runtime and/or ai-edge-litert (default: both).")] = None,
+    cache: Annotated[Path | None, typer.Option(
+        "--cache", help="Userland and wheel cache (default $EDGEBN_PI_CACHE or "
+                        "~/.cache/edgebn/pi-bookworm-arm64).")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Run the bundle's self-test on an emulated 64-bit Raspberry Pi OS (exit 1 if it fails)."""
+    from edgebn.emulate import RUNTIMES
+    from edgebn.emulate import emulate as run_emulate
+
+    result = run_emulate(bundle_dir, tuple(runtime or RUNTIMES), cache,
+                         log=lambda msg: typer.echo(msg, err=True))
+    if as_json:
+        _print_json(result.to_json())
+    else:
+        render_emulation(result.to_json())
+    if not result.passed:
+        raise typer.Exit(EXIT_PROBLEM)
+
+
+def render_emulation(doc: dict[str, Any]) -> None:
+    table = Table(title=f"self-test on {doc['platform']}")
+    for col in ("runtime", "result", "NumPy", "max |diff|", "top-1", "seconds"):
+        table.add_column(col)
+    for r in doc["runs"]:
+        st = r["selftest"] or {}
+        table.add_row(st.get("runtime", r["runtime"]),
+                      "[green]passed[/]" if r["passed"] else f"[red]FAILED[/] {r['error'] or ''}",
+                      str(st.get("numpy", "-")),
+                      f"{st['max_abs_diff']:.3g} {st['units']}" if st else "-",
+                      _fmt(st.get("top1_agreement"), ".3f"), f"{r['seconds']:.1f}")
+    console.print(table)
 
 
 # ---------------------------------------------------------------- check

@@ -120,13 +120,25 @@ def render_markdown(report: dict[str, Any]) -> str:
         if gain:
             lines += ["", "Fold in Keras (BN model p50 / folded model p50): "
                       + ", ".join(f"{k_} {v:.3f}x" for k_, v in gain.items()) + "."]
+    em = report.get("emulation")
+    if em:
+        lines += ["", f"## Self-test on an emulated arm64 Raspberry Pi ({em['platform']})", ""]
+        for r in em["runs"]:
+            st = r.get("selftest") or {}
+            lines.append(f"- {r['runtime']}: {'passed' if r['passed'] else 'FAILED'}"
+                         + (f" ({st.get('runtime')}, NumPy {st.get('numpy')}, max |diff| "
+                            f"{st.get('max_abs_diff')})" if st else f" ({r.get('error')})"))
     return "\n".join(lines) + "\n"
+
+
+def write_report_json(out, report: dict[str, Any]) -> None:
+    write_atomic(Path(out) / "report.json", json.dumps(report, indent=2) + "\n")
+    write_atomic(Path(out) / "report.md", render_markdown(report))
 
 
 def write_report(out, config, ds, trained, twin, conversion, verified, inspected, benched,
                  timings) -> dict[str, Any]:
     report = build_report(out, config, ds, trained, twin, conversion, verified, inspected,
                           benched, timings)
-    write_atomic(Path(out) / "report.json", json.dumps(report, indent=2) + "\n")
-    write_atomic(Path(out) / "report.md", render_markdown(report))
+    write_report_json(out, report)
     return report

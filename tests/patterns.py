@@ -166,7 +166,7 @@ FOLD_PATTERNS = {
     "dwconv_bn": (_dwconv_bn, False, ["backward"]),
     "dense_bn": (_dense_bn, False, ["backward"]),
     "relu_bn_pool": (_relu_bn_pool, False, [r"max-pool .* channels have γ < 0"]),
-    "add_bn": (_add_bn, False, [r"add \(Add\), not a Dense.*reaches the model output"]),
+    "add_bn": (_add_bn, False, [r"add\w* \(Add\), not a Dense.*reaches the model output"]),
     "bn_last": (_bn_last, False, [r"applies relu before the BN; forward: nothing linear follows"]),
     "bn_before_conv": (_bn_before_conv, False, ["forward"]),
     "relu_bn_pool_dense": (_fold_relu_bn_pool_dense, True, ["forward"]),
