@@ -510,6 +510,40 @@ def emulate(
         raise typer.Exit(EXIT_PROBLEM)
 
 
+@app.command()
+def deploy(
+    bundle_dir: Annotated[Path, typer.Argument(help="A bundle directory (edgebn bundle).")],
+    host: Annotated[str, typer.Option("--host", help="user@host, as ssh takes it.")],
+    dest: Annotated[str, typer.Option("--dest", help="Directory on the device.")] = "edgebn",
+    selftest: Annotated[bool, typer.Option(
+        "--selftest", help="Run predict.py --selftest on the device and bring its JSON back.")
+    ] = False,
+    python: Annotated[str, typer.Option("--python", help="The device's Python.")] = "python3",
+    port: Annotated[int | None, typer.Option("--port", min=1, max=65535)] = None,
+    identity: Annotated[Path | None, typer.Option("--identity", "-i", help="ssh key file.")] = None,
+    ssh_option: Annotated[list[str] | None, typer.Option(
+        "--ssh-option", "-o", help="An ssh -o option (repeatable).")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Copy a bundle to a device over ssh; with --selftest, run it there (exit 1 if it fails)."""
+    from edgebn.deploy import deploy as run_deploy
+
+    result = run_deploy(bundle_dir, host, dest, selftest, python, port, identity,
+                        tuple(ssh_option or ()))
+    if as_json:
+        _print_json(result.to_json())
+    else:
+        console.print(f"copied {bundle_dir} to {host}:{result.path} ({result.bytes_sent} bytes, "
+                      f"{result.seconds:.1f} s)")
+        st = result.selftest
+        if st is not None:
+            console.print(f"self-test on {host}: {'passed' if result.passed else 'FAILED'} "
+                          f"({st['runtime']}, NumPy {st['numpy']}, {st['machine']}, max |diff| "
+                          f"{st['max_abs_diff']:.3g} {st['units']})")
+    if not result.passed:
+        raise typer.Exit(EXIT_PROBLEM)
+
+
 def render_emulation(doc: dict[str, Any]) -> None:
     table = Table(title=f"self-test on {doc['platform']}")
     for col in ("runtime", "result", "NumPy", "max |diff|", "top-1", "seconds"):

@@ -80,3 +80,26 @@ def mlp_fitted(digits, workdir):
         convert(result.model, path, quantize, digits.x_train[:64])
         paths[quantize] = path
     return {"result": result, "paths": paths}
+
+
+@pytest.fixture(scope="session")
+def small_builds(tmp_path_factory):
+    """The default architecture, briefly trained, built float32 and int8 (no bench, no twin)."""
+    from edgebn.build import BuildConfig, build
+    from edgebn.convert import Quantize
+
+    out = {}
+    for quantize in ("none", "int8"):
+        d = tmp_path_factory.mktemp(f"build-{quantize}")
+        build(BuildConfig(out=d, epochs=3, quantize=Quantize(quantize), twin=False, bench=False),
+              log=lambda m: None, verbose=0)
+        out[quantize] = d
+    return out
+
+
+@pytest.fixture(scope="session")
+def bundles(small_builds, tmp_path_factory):
+    from edgebn.bundle import bundle
+
+    root = tmp_path_factory.mktemp("bundles")
+    return {q: bundle(d, root / f"bundle-{q}").out for q, d in small_builds.items()}

@@ -16,7 +16,7 @@ runner = CliRunner()
 def default_build(tmp_path_factory):
     out = tmp_path_factory.mktemp("build")
     result = runner.invoke(app, ["build", "--out", str(out), "--epochs", "3",
-                                 "--bench-time", "0.05"])
+                                 "--bench-time", "0.05", "--bundle"])
     assert result.exit_code == 0, result.output
     return out, result
 
@@ -44,6 +44,17 @@ def test_default_build_writes_every_artifact_and_the_report(default_build):
     md = (out / "report.md").read_text()
     assert "BN verdict: **clean**" in md and "Speedup of TFLite" in md
     assert "speedup vs fastest Keras" in result.stdout
+    # The fold (on by default): both verdicts, the folded model, and its bench rows.
+    fold = report["fold"]
+    assert fold["folded"] == 4 and fold["kept"] == 0 and fold["max_rel_diff"] <= 1e-5
+    assert fold["converter_only"]["verdict"] == fold["pre_folded"]["verdict"] == "clean"
+    assert (out / "folded.keras").is_file() and (out / "converter_only.tflite").is_file()
+    assert set(b["keras_folded"]) == set(b["keras"]) and set(b["fold_gain"]) == {
+        f"keras_{m}" for m in b["keras"]}
+    assert "## Fold in Keras" in md and "Keras folded compiled" in md
+    # --bundle: the device bundle, self-tested here.
+    assert report["bundle"]["path"] == "bundle" and report["bundle"]["selftest_here"]["passed"]
+    assert (out / "bundle" / "manifest.json").is_file() and (out / "samples.npy").is_file()
 
 
 @pytest.mark.slow

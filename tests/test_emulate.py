@@ -1,0 +1,76 @@
+"""The bundle's self-test on an emulated arm64 Raspberry Pi OS (qemu-user, Debian bookworm).
+
+Needs qemu-user-static and debootstrap (.ci/run and tools/pi-emulate install them), and
+Debian's packages and PyPI for the first run (the userland is cached after). When those
+cannot be reached the tests say so in a skip, never a pass.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from edgebn.emulate import RUNTIMES, EmulationUnavailable, emulate, site_packages, userland
+
+pytestmark = pytest.mark.emulation
+
+
+@pytest.fixture(scope="session")
+def pi_cache(tmp_path_factory):
+    """The cached userland and wheels, made once; a skip with the reason when it cannot be."""
+    from edgebn.emulate import cache_dir
+
+    try:
+        userland()
+        for runtime in RUNTIMES:
+            site_packages(runtime)
+    except EmulationUnavailable as exc:
+        pytest.skip(f"arm64 emulation unavailable: {exc}")
+    return cache_dir()
+
+
+@pytest.mark.parametrize("quantize", ["none", "int8"])
+def test_selftest_passes_on_an_emulated_pi_with_both_runtimes(pi_cache, bundles, quantize):
+    result = emulate(bundles[quantize], tuple(RUNTIMES))
+    assert [r.runtime for r in result.runs] == list(RUNTIMES)
+    for run in result.runs:
+        assert run.passed, run
+        st = run.selftest
+        assert st["machine"] == "aarch64" and st["python"].startswith("3.11")
+        assert st["numpy"].startswith("1.24")  # Debian bookworm's NumPy, as on the Pi
+        assert st["top1_agreement"] == 1.0 and st["max_abs_diff"] <= st["atol"]
+    assert result.runs[0].selftest["runtime"] == "tflite_runtime 2.14.0"
+    assert result.runs[1].selftest["runtime"].startswith("ai_edge_litert")
+    assert result.passed
+
+
+def test_a_changed_byte_is_refused_on_the_emulated_pi(pi_cache, bundles, tmp_path):
+    b = shutil.copytree(bundles["int8"], tmp_path / "b")
+    data = bytearray((b / "model.tflite").read_bytes())
+    data[100] ^= 0xFF
+    (b / "model.tflite").write_bytes(bytes(data))
+    run = emulate(b, ("tflite-runtime",)).runs[0]
+    assert not run.passed and run.exit_code == 2
+    assert "model.tflite: sha256" in run.error and "does not match the manifest" in run.error
+
+
+def test_unreachable_debian_mirror_is_reported_not_passed(tmp_path, monkeypatch):
+    """Nothing listens on port 9: debootstrap fails to fetch, and the reason says so."""
+    import edgebn.emulate as em
+
+    if shutil.which("debootstrap") is None:
+        pytest.skip("debootstrap is not installed")
+    monkeypatch.setattr(em, "MIRROR", "http://127.0.0.1:9/debian")
+    with pytest.raises(EmulationUnavailable, match="Debian's packages cannot be reached"):
+        userland(tmp_path / "cache")
+    assert not (tmp_path / "cache" / "root").exists()
+
+
+def test_unreachable_pypi_is_reported_not_passed(tmp_path, monkeypatch):
+    for key, value in {"PIP_INDEX_URL": "http://127.0.0.1:9/simple", "PIP_EXTRA_INDEX_URL": "",
+                       "PIP_FIND_LINKS": "", "PIP_RETRIES": "0", "PIP_CONFIG_FILE": "/dev/null",
+                       "PIP_TIMEOUT": "5"}.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(EmulationUnavailable, match="PyPI cannot be reached"):
+        site_packages("tflite-runtime", tmp_path / "cache")
