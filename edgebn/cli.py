@@ -347,9 +347,10 @@ def render_build(report: dict[str, Any], out: Path) -> None:
     table.add_row("top-1 agreement", _fmt(t["top1_agreement"]))
     table.add_row("max |Δp|", _fmt(t["max_abs_diff"], ".3g"))
     table.add_row("TFLite size", f"{t['size_bytes']} bytes ({t['quantize']})")
-    table.add_row("BN verdict", f"{bn['verdict']} ({len(bn['residual'])} residual, "
-                                f"{len(bn['folded'])} folded)")
     fd = report.get("fold")
+    by = f"{fd['folded']} folded in Keras, " if fd else ""
+    table.add_row("BN verdict", f"{bn['verdict']} ({len(bn['residual'])} residual; {by}"
+                                f"{len(bn['folded'])} folded by the converter)")
     if fd:
         table.add_row("Keras fold", f"{fd['folded']} folded, {fd['kept']} kept, "
                                     f"max |Δ| {fd['max_abs_diff']:.3g}")

@@ -75,9 +75,12 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"Top-1 agreement TFLite vs Keras: {t['top1_agreement']:.4f}; "
         f"max |Δp|: {t['max_abs_diff']:.3g}.",
         "",
-        f"BN verdict: **{bn['verdict']}** ({len(bn['residual'])} residual, "
-        f"{len(bn['folded'])} folded: "
-        + ", ".join(f"{f['source']} → {f['into']}" for f in bn["folded"]) + ").",
+        f"BN verdict: **{bn['verdict']}** ({len(bn['residual'])} residual"
+        + (f"; {report['fold']['folded']} folded in Keras before conversion" if "fold" in report
+           else "")
+        + (f"; folded by the converter: "
+           + ", ".join(f"{f['source']} → {f['into']}" for f in bn["folded"]) if bn["folded"]
+           else "") + ").",
     ]
     for r in bn["residual"]:
         lines.append(f"- residual {r['kind']} BN {r['source'] or '(unnamed)'}: ops {r['ops']}, "

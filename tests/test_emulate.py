@@ -74,3 +74,19 @@ def test_unreachable_pypi_is_reported_not_passed(tmp_path, monkeypatch):
         monkeypatch.setenv(key, value)
     with pytest.raises(EmulationUnavailable, match="PyPI cannot be reached"):
         site_packages("tflite-runtime", tmp_path / "cache")
+
+
+def test_build_records_the_emulated_selftest_in_its_report(pi_cache, tmp_path):
+    import json
+
+    from edgebn.build import BuildConfig, build
+
+    out = tmp_path / "build"
+    build(BuildConfig(out=out, epochs=2, twin=False, bench=False,
+                      emulate=("tflite-runtime", "ai-edge-litert")), log=lambda m: None, verbose=0)
+    report = json.loads((out / "report.json").read_text())
+    em = report["emulation"]
+    assert em["passed"] and [r["runtime"] for r in em["runs"]] == ["tflite-runtime", "ai-edge-litert"]
+    assert all(r["selftest"]["machine"] == "aarch64" for r in em["runs"])
+    assert "qemu-aarch64-static" in em["platform"] and "-cpu cortex-a72" in em["platform"]
+    assert "## Self-test on an emulated arm64 Raspberry Pi" in (out / "report.md").read_text()

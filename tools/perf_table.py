@@ -4,7 +4,8 @@
     python tools/perf_table.py [BUILD_DIR]   # default: runs `edgebn build` into a temp dir
 
 Each run benches model.tflite against model.keras (eager, predict, tf.function) and
-the BN-free twin (.tflite interleaved, .keras), at batch 1 and 1 thread, with
+the BN-free twin (.tflite interleaved, .keras) and the model edgebn folded in Keras
+(folded.keras), at batch 1 and 1 thread, with
 `edgebn bench`'s defaults. The two runs show how repeatable p50 is on this machine.
 """
 
@@ -28,7 +29,8 @@ def main() -> None:
 
     data = load_dataset("digits").x_test
     runs = [bench(out / "model.tflite", BenchSettings(), keras_model=out / "model.keras",
-                  baseline=out / "twin.tflite", keras_baseline=out / "twin.keras", data=data)
+                  baseline=out / "twin.tflite", keras_baseline=out / "twin.keras",
+                  keras_folded=out / "folded.keras", data=data)
             for _ in range(2)]
     env = runs[0].environment
     print(f"{env['cpu']}, {env['cores']} cores, Python {env['python']}, NumPy {env['numpy']}, "
@@ -41,6 +43,8 @@ def main() -> None:
         yield "TFLite, BN-free twin", r.baseline.latency_us
         for m, s in r.keras.items():
             yield f"Keras {m}, BN model", s.latency_us
+        for m, s in r.keras_folded.items():
+            yield f"Keras {m}, BN folded by edgebn", s.latency_us
         for m, s in r.keras_baseline.items():
             yield f"Keras {m}, BN-free twin", s.latency_us
 
@@ -50,7 +54,9 @@ def main() -> None:
         sp, cost = r.speedup(), r.bn_cost()
         print(f"\nrun {i}: TFLite speedup vs fastest Keras ({sp['fastest_keras']}) "
               f"{sp['vs_fastest_keras']:.1f}x; BN cost (BN / twin p50): "
-              + ", ".join(f"{k} {v:.3f}x" for k, v in cost.items()))
+              + ", ".join(f"{k} {v:.3f}x" for k, v in cost.items())
+              + "; fold gain in Keras (BN / folded p50): "
+              + ", ".join(f"{k} {v:.3f}x" for k, v in r.fold_gain().items()))
 
 
 if __name__ == "__main__":
