@@ -110,7 +110,10 @@ def _read_build(build_dir: Path) -> tuple[dict[str, Any], Path, np.ndarray]:
         raise EdgebnError(f"{tflite}: the build's model is missing")
     samples = build_dir / "samples.npy"
     if samples.is_file():
-        x = np.load(samples, allow_pickle=False)
+        try:
+            x = np.load(samples, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as exc:
+            raise InvalidModelError(f"{samples}: not a readable .npy of inputs ({exc})") from exc
     elif dataset["name"] in ("digits", "mnist", "fashion-mnist"):
         from edgebn.data import load_dataset
 

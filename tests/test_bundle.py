@@ -145,3 +145,20 @@ def test_bundle_refuses_a_directory_that_is_not_a_build(tmp_path):
     res = runner.invoke(app, ["bundle", str(tmp_path), "--out", str(tmp_path / "b")])
     assert res.exit_code == 2 and "not a build directory" in res.stderr
     assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("victim, content, needle", [
+    ("report.json", b"{not json", "not an edgebn build report"),
+    ("samples.npy", b"\x93NUMPY garbage", "not a readable .npy"),
+    ("model.tflite", b"TFL3" + b"\xff" * 64, "model.tflite"),
+])
+def test_bundle_refuses_a_damaged_build_in_one_line(small_builds, tmp_path, victim, content, needle):
+    import shutil
+
+    build = shutil.copytree(small_builds["none"], tmp_path / "build")
+    (build / victim).write_bytes(content)
+    res = runner.invoke(app, ["bundle", str(build), "--out", str(tmp_path / "b")])
+    assert res.exit_code == 2, res.output
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0]
+    assert not (tmp_path / "b").exists()
