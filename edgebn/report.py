@@ -78,7 +78,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"BN verdict: **{bn['verdict']}** ({len(bn['residual'])} residual"
         + (f"; {report['fold']['folded']} folded in Keras before conversion" if "fold" in report
            else "")
-        + (f"; folded by the converter: "
+        + ("; folded by the converter: "
            + ", ".join(f"{f['source']} → {f['into']}" for f in bn["folded"]) if bn["folded"]
            else "") + ").",
     ]
