@@ -204,13 +204,15 @@ def convert(
     data_dir: DataDirOpt = None,
     image_size: ImageSizeOpt = 32,
     color: ColorOpt = "grayscale",
+    data: Annotated[Path | None, typer.Option(
+        "--data", help="Inputs for the fold's check: a .npy of preprocessed samples.")] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Convert a .keras model to .tflite (folding BN first), then inspect the result."""
     from edgebn.convert import convert_file
 
     result = convert_file(model, out or model.with_suffix(".tflite"), quantize, dataset,
-                          data_dir, image_size, color, fold=fold, tolerance=tolerance)
+                          data_dir, image_size, color, fold=fold, tolerance=tolerance, data=data)
     if as_json:
         _print_json({"model": str(model), "out": str(result.converted.path),
                      "size_bytes": result.converted.size_bytes, "quantize": quantize.value,

@@ -470,7 +470,7 @@ def fold_model(model, x: np.ndarray, tolerance: float = DEFAULT_TOLERANCE,
     if not tolerance > 0:
         raise FoldError(f"--tolerance must be > 0. Received: {tolerance}")
     functional, folds, state, removed = plan_fold(model)
-    folded = _rebuild(functional, state, removed) if removed else _rebuild(functional, {}, set())
+    folded = _rebuild(functional, state, removed)
     x = np.asarray(x, np.float32)
     diff, rel = equivalence(functional, folded, x)
     if not np.isfinite(diff) or rel > tolerance:
