@@ -33,6 +33,7 @@ DEFAULT_WARMUP = 100
 KERAS_MIN_TIME_S = 1.0
 KERAS_MIN_RUNS = 10
 KERAS_MAX_RUNS = 5000
+KERAS_BLOCK = 5  # calls per turn when several Keras models are timed interleaved
 INTERLEAVE_BLOCK = 50  # invocations per model before switching, with --baseline
 
 
@@ -337,34 +338,53 @@ def bench_keras(model: Any, x: np.ndarray, modes=("eager", "predict", "compiled"
                 min_time_s: float = KERAS_MIN_TIME_S, runs: int | None = None,
                 xla: bool = False) -> dict[str, KerasStats]:
     """Time ``model`` on the batch ``x`` in each of ``modes``."""
+    return bench_keras_models({"model": model}, x, modes, min_time_s, runs, xla)["model"]
+
+
+def bench_keras_models(models: dict[str, Any], x: np.ndarray,
+                       modes=("eager", "predict", "compiled"),
+                       min_time_s: float = KERAS_MIN_TIME_S, runs: int | None = None,
+                       xla: bool = False) -> dict[str, dict[str, KerasStats]]:
+    """Time several Keras models on the batch ``x``, mode by mode, interleaved.
+
+    Within a mode the models take turns in blocks of KERAS_BLOCK calls, so that drift
+    on a shared machine hits them alike (the same as the .tflite baseline); each model
+    gets ``min_time_s`` of timed calls (or exactly ``runs``).
+    """
     import tensorflow as tf
 
     x_tensor = tf.constant(x)
-    compiled = tf.function(lambda t: model(t, training=False), jit_compile=xla)
-    calls = {
-        "eager": lambda: model(x_tensor, training=False),
-        "predict": lambda: model.predict(x, batch_size=len(x), verbose=0),
-        "compiled": lambda: compiled(x_tensor),
-    }
-    out = {}
+
+    def calls_for(model):
+        compiled = tf.function(lambda t: model(t, training=False), jit_compile=xla)
+        return {"eager": lambda: model(x_tensor, training=False),
+                "predict": lambda: model.predict(x, batch_size=len(x), verbose=0),
+                "compiled": lambda: compiled(x_tensor)}
+
+    calls = {name: calls_for(model) for name, model in models.items()}
+    out: dict[str, dict[str, KerasStats]] = {name: {} for name in models}
     for mode in modes:
-        call = calls[mode]
-        for _ in range(3):  # warm-up: tracing, first allocations
-            call()
-        samples: list[int] = []
-        deadline = time.perf_counter() + min_time_s
+        for name in models:
+            for _ in range(3):  # warm-up: tracing, first allocations
+                calls[name][mode]()
+        samples: dict[str, list[int]] = {name: [] for name in models}
+        deadline = time.perf_counter() + min_time_s * len(models)
         while True:
-            t0 = time.perf_counter_ns()
-            call()
-            samples.append(time.perf_counter_ns() - t0)
-            n = len(samples)
+            for name in models:
+                call = calls[name][mode]
+                for _ in range(KERAS_BLOCK):
+                    t0 = time.perf_counter_ns()
+                    call()
+                    samples[name].append(time.perf_counter_ns() - t0)
+            n = min(len(v) for v in samples.values())
             if runs is not None:
                 if n >= runs:
                     break
             elif (time.perf_counter() >= deadline and n >= KERAS_MIN_RUNS) or n >= KERAS_MAX_RUNS:
                 break
-        arr = np.array(samples, dtype=np.int64)
-        out[mode] = KerasStats(mode, len(arr), Latency.from_ns(arr), arr)
+        for name, v in samples.items():
+            arr = np.array(v[:runs] if runs is not None else v, dtype=np.int64)
+            out[name][mode] = KerasStats(mode, len(arr), Latency.from_ns(arr), arr)
     return out
 
 
@@ -420,15 +440,13 @@ def bench(model: str | Path, settings: BenchSettings = BenchSettings(),
         from edgebn.train import load_keras
 
         x = keras_input(model, settings.batch, data)
-        kwargs = dict(modes=keras_modes, runs=settings.runs, xla=xla)
-        if keras_model is not None:
-            keras_stats = bench_keras(load_keras(keras_model), x, **kwargs)
-        if keras_baseline is not None:
-            keras_base = bench_keras(load_keras(keras_baseline), x, **kwargs)
-        if keras_folded is not None:
-            folded = keras_folded if not isinstance(keras_folded, (str, Path)) \
-                else load_keras(keras_folded)
-            keras_fold = bench_keras(folded, x, **kwargs)
+        given = {"model": keras_model, "baseline": keras_baseline, "folded": keras_folded}
+        loaded = {k: load_keras(m) if isinstance(m, (str, Path)) else m
+                  for k, m in given.items() if m is not None}
+        timed_models = bench_keras_models(loaded, x, keras_modes, runs=settings.runs, xla=xla)
+        keras_stats = timed_models.get("model", {})
+        keras_base = timed_models.get("baseline", {})
+        keras_fold = timed_models.get("folded", {})
     env = environment(tfl.backend, tfl.xnnpack, tfl.threads)
     return BenchResult(env, tfl, base, keras_stats, keras_base, keras_fold)
 
