@@ -447,8 +447,9 @@ def _rebuild(model, state: dict[str, dict[str, np.ndarray]], removed: set[str]):
 def equivalence(original, folded, x: np.ndarray, batch: int = 256) -> tuple[float, float]:
     """(max |Δ|, max |Δ| / max |original|) over ``x``, in inference mode."""
     diff, peak = 0.0, 0.0
-    for start in range(0, len(x), batch):
-        xb = x[start:start + batch]
+    several = isinstance(x, (list, tuple))  # a model with several inputs
+    for start in range(0, len(x[0]) if several else len(x), batch):
+        xb = [xi[start:start + batch] for xi in x] if several else x[start:start + batch]
         a = [np.asarray(o, np.float64) for o in _outputs(original(xb, training=False))]
         b = [np.asarray(o, np.float64) for o in _outputs(folded(xb, training=False))]
         for ya, yb in zip(a, b, strict=True):
@@ -471,13 +472,15 @@ def fold_model(model, x: np.ndarray, tolerance: float = DEFAULT_TOLERANCE,
         raise FoldError(f"--tolerance must be > 0. Received: {tolerance}")
     functional, folds, state, removed = plan_fold(model)
     folded = _rebuild(functional, state, removed)
-    x = np.asarray(x, np.float32)
+    x = [np.asarray(xi, np.float32) for xi in x] if isinstance(x, (list, tuple)) \
+        else np.asarray(x, np.float32)
+    samples = len(x[0]) if isinstance(x, list) else len(x)
     diff, rel = equivalence(functional, folded, x)
     if not np.isfinite(diff) or rel > tolerance:
         raise FoldError(f"the folded model differs from the original by {diff:.3g} "
-                        f"({rel:.3g} relative) on {len(x)} inputs, above the tolerance "
+                        f"({rel:.3g} relative) on {samples} inputs, above the tolerance "
                         f"{tolerance:g}: nothing written")
-    return FoldResult(folded, tuple(folds), diff, rel, len(x), inputs, tolerance)
+    return FoldResult(folded, tuple(folds), diff, rel, samples, inputs, tolerance)
 
 
 def equivalence_inputs(model, data: str | Path | None = None, dataset: str | None = "digits",
@@ -491,6 +494,9 @@ def equivalence_inputs(model, data: str | Path | None = None, dataset: str | Non
     """
     from edgebn.errors import EdgebnError
 
+    if len(model.inputs) != 1:
+        raise EdgebnError(f"the model has {len(model.inputs)} inputs: edgebn fold checks "
+                          "single-input models (call edgebn.fold.fold_model with a list of arrays)")
     want = tuple(model.input_shape[1:])
     if data is not None:
         from edgebn.bench import load_inputs

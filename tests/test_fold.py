@@ -270,3 +270,32 @@ def test_fold_data_must_fit_the_model(cnn, tmp_path):
     res = runner.invoke(app, ["fold", str(cnn["keras"]), "--out", str(tmp_path / "f.keras"),
                               "--data", str(data)])
     assert res.exit_code == 2 and "the model expects [8, 8, 1]" in res.stderr
+
+
+def test_nested_models_and_several_inputs():
+    import keras
+    from keras import layers as L
+
+    keras.utils.set_random_seed(0)
+    inner_in = keras.Input((6, 6, 3))
+    inner = keras.Model(inner_in, L.BatchNormalization()(L.Conv2D(4, 3)(inner_in)), name="inner")
+    x_in = keras.Input((6, 6, 3))
+    y = L.BatchNormalization(name="outer_bn")(L.Conv2D(2, 1)(inner(x_in)))
+    model = keras.Model(x_in, L.GlobalAveragePooling2D()(y))
+    set_random_bn(inner)
+    set_random_bn(model)
+    x = np.random.default_rng(0).random((8, 6, 6, 3), dtype=np.float32)
+    result = fold_model(model, x)
+    assert [(f.bn, f.folded) for f in result.layers] == [("outer_bn", True), ("inner", False)]
+    assert "nested model inner" in result.layers[1].reason
+    assert _relative_diff(model, result.model, x) <= EXACT
+
+    a, b = keras.Input((5,)), keras.Input((5,))
+    h = L.BatchNormalization()(L.Dense(4, use_bias=False)(L.Concatenate()([a, b])))
+    two = keras.Model([a, b], [L.Dense(2)(h), L.Dense(3)(L.ReLU()(h))])
+    set_random_bn(two)
+    xa = np.random.default_rng(1).random((8, 5), dtype=np.float32)
+    result = fold_model(two, [xa, xa])
+    assert result.all_folded and result.samples == 8
+    for got, want in zip(result.model([xa, xa]), two([xa, xa]), strict=True):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6)
