@@ -6,7 +6,12 @@ TFLite has no BatchNorm builtin, so residue is found from structure:
   axis, whose output feeds, as its only consumer, an ADD (or SUB) of a constant
   of the same per-channel shape: ``y = x * scale + shift`` is an unfolded BN
   (kind ``decomposed``); a scalar affine such as a Rescaling layer is not BN;
-* a Flex or custom op whose code names FusedBatchNorm (kind ``flex``).
+* a Flex or custom op whose code names FusedBatchNorm (kind ``flex``);
+* BN still in training mode, normalizing with the batch's own statistics:
+  ``MEAN(x)`` over axes that include the batch axis but not the channel axis,
+  ``SQUARED_DIFFERENCE(x, that mean)``, ``MEAN`` of it (kind ``batch_stats``). It
+  cannot be folded, and at batch 1 it computes something else than the trained
+  model. A LayerNormalization reduces over the channel axis and is not BN.
 
 Provenance comes from tensor names where they survive: the converter joins the
 names of fused ops with ';', so a BN layer's scope (``.../batch_normalization_3/
@@ -32,7 +37,7 @@ _BN_LAYER = re.compile(r"^batch_normalization(_\d+)*$")
 class ResidualBN:
     subgraph: int
     ops: tuple[int, ...]
-    kind: str  # "decomposed" (MUL+ADD) or "flex"
+    kind: str  # "decomposed" (MUL+ADD), "flex", or "batch_stats" (training-mode BN)
     channels: int | None
     cost_elements: int  # elements multiplied and added per inference
     source: str | None
@@ -117,7 +122,7 @@ def analyse_bn(model: TFLiteModel, bn_layers: list[str] | None = None) -> BNAnal
     residual: list[ResidualBN] = []
     folded: list[FoldedBN] = []
     for sg in model.subgraphs:
-        sg_residual = _residual_in(sg, bn_layers)
+        sg_residual = _residual_in(sg, bn_layers) + _batch_stats_in(model, sg, bn_layers)
         residual.extend(sg_residual)
         claimed = {r.source for r in sg_residual if r.source}
         claimed_ops = {i for r in sg_residual for i in r.ops}
@@ -173,6 +178,47 @@ def _residual_in(sg: Subgraph, bn_layers) -> list[ResidualBN]:
         found.append(ResidualBN(sg.index, (op.index, nxt.index), "decomposed", channels,
                                 cost_elements=sg.tensors[out].num_elements, source=source))
     return found
+
+
+def _batch_stats_in(model: TFLiteModel, sg: Subgraph, bn_layers) -> list[ResidualBN]:
+    """Training-mode BN: mean and variance over the batch (and spatial) axes, per channel."""
+    producer = {t: op for op in sg.operators for t in op.outputs if t >= 0}
+    consumers: dict[int, list[Operator]] = {}
+    for op in sg.operators:
+        for t in op.inputs:
+            if t >= 0:
+                consumers.setdefault(t, []).append(op)
+    found = []
+    for op in sg.operators:
+        if (op.op != "SQUARED_DIFFERENCE" or len(op.inputs) != 2 or min(op.inputs) < 0
+                or len(op.outputs) != 1):
+            continue
+        for x, m in (op.inputs, op.inputs[::-1]):
+            mean = producer.get(m)
+            if mean is None or mean.op != "MEAN" or len(mean.inputs) != 2 or mean.inputs[0] != x:
+                continue
+            data = sg.tensors[x]
+            axes = _axes(model, sg, mean.inputs[1], len(data.shape))
+            if axes is None or 0 not in axes or len(data.shape) - 1 in axes:
+                continue
+            var = [u for u in consumers.get(op.outputs[0], []) if u.op == "MEAN"]
+            if not var:
+                continue
+            ops = (mean.index, op.index, var[0].index)
+            source = _first([n for o in ops for n in _sources(sg, sg.operators[o], bn_layers)])
+            found.append(ResidualBN(sg.index, ops, "batch_stats", data.shape[-1],
+                                    cost_elements=data.num_elements, source=source))
+            break
+    return found
+
+
+def _axes(model: TFLiteModel, sg: Subgraph, index: int, rank: int) -> set[int] | None:
+    if index < 0 or rank == 0:
+        return None
+    values = model.constant(sg.tensors[index])
+    if values is None or values.dtype.kind not in "iu":
+        return None
+    return {int(a) % rank for a in values.reshape(-1)}
 
 
 def _data_and_channel_const(sg: Subgraph, inputs) -> tuple[Tensor, Tensor] | None:

@@ -68,3 +68,50 @@ def test_inspect_json_has_the_contract_fields(pattern_files):
     r = doc["bn"]["residual"][0]
     assert {"subgraph", "ops", "kind", "channels", "source"} <= set(r)
     assert doc["op_counts"] == {"ADD": 1, "CONV_2D": 1, "MAX_POOL_2D": 1, "MUL": 1}
+
+
+def _training_mode_bn_tflite(path):
+    """A graph that normalizes with batch statistics (FusedBatchNormV3, is_training=True)."""
+    import numpy as np
+    import tensorflow as tf
+
+    scale = tf.Variable(np.linspace(0.5, 2.0, 4).astype(np.float32))
+    offset = tf.Variable(np.zeros(4, np.float32))
+
+    @tf.function(input_signature=[tf.TensorSpec([1, 6, 6, 4], tf.float32)], autograph=False)
+    def normalize(x):
+        y, *_ = tf.raw_ops.FusedBatchNormV3(x=x, scale=scale, offset=offset, mean=[], variance=[],
+                                            epsilon=1e-3, is_training=True)
+        return y
+
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [normalize.get_concrete_function()])
+    path.write_bytes(converter.convert())
+    return path
+
+
+def test_training_mode_bn_is_residue_of_kind_batch_stats(tmp_path):
+    result = inspect_tflite(_training_mode_bn_tflite(tmp_path / "train_bn.tflite"))
+    ops = [o.op for o in result.model.subgraphs[0].operators]
+    assert "SQUARED_DIFFERENCE" in ops and "RSQRT" in ops  # lowered to builtins, no Flex op
+    assert result.bn.verdict == "residual"
+    [r] = result.bn.residual
+    assert r.kind == "batch_stats" and r.channels == 4 and r.cost_elements == 144
+    assert [ops[i] for i in r.ops] == ["MEAN", "SQUARED_DIFFERENCE", "MEAN"]
+
+
+def test_layer_normalization_is_not_bn(tmp_path):
+    import keras
+    import numpy as np
+    from keras import layers
+
+    from edgebn.convert import convert
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((6, 6, 3))
+    model = keras.Model(inputs, layers.LayerNormalization()(layers.Conv2D(4, 3)(inputs)))
+    model.layers[-1].set_weights([np.array([1.5, -0.5, 2.0, 0.7], np.float32),
+                                  np.array([0.1, 0.2, -0.3, 0.4], np.float32)])
+    result = inspect_tflite(convert(model, tmp_path / "ln.tflite").path)
+    assert "SQUARED_DIFFERENCE" in result.model.op_counts()  # it normalizes at runtime...
+    assert result.bn.verdict == "clean"  # ...over the channel axis: not BN

@@ -147,3 +147,22 @@ def test_forged_vector_length_is_refused_without_looping(tmp_path):
     data[vec - 4:vec] = (2**31 - 1).to_bytes(4, "little")
     with pytest.raises(InvalidModelError, match="subgraphs claims"):
         parse_tflite(bytes(data), "forged.tflite")
+
+
+def test_fuzz_the_batch_statistics_detector(tmp_path):
+    """Mutations of a training-mode BN graph, so the MEAN/SQUARED_DIFFERENCE path meets hostile input."""
+    from test_analysis import _training_mode_bn_tflite
+
+    data = _training_mode_bn_tflite(tmp_path / "train_bn.tflite").read_bytes()
+    rng = random.Random(99)
+    outcomes = {"ok": 0, "invalid": 0, "batch_stats": 0}
+    for mutated in _mutations(data, rng, 1000):
+        try:
+            result = analyse_bn(parse_tflite(mutated, "fuzz.tflite"))
+            outcomes["ok"] += 1
+            outcomes["batch_stats"] += any(r.kind == "batch_stats" for r in result.residual)
+        except InvalidModelError as exc:
+            assert str(exc).startswith("fuzz.tflite:") and "\n" not in str(exc)
+            outcomes["invalid"] += 1
+    assert outcomes["ok"] + outcomes["invalid"] == 1000
+    assert outcomes["invalid"] > 0 and outcomes["batch_stats"] > 0
