@@ -351,18 +351,18 @@ class _Folder:
                 return f"{layer.name} (Dense) reads the last axis, the BN scales axis {axis}"
         elif in_axis != _channel_axis(layer, in_rank):
             return f"BN axis {axis} is not the input channel axis of {layer.name}"
-        w = _weights(layer, self.state)
-        kernel = w["kernel"]
         shifted = bool(np.any(t != 0))
         if kind in ("conv", "depthwise") and shifted and layer.padding != "valid":
             return (f"shift cannot pass the zero padding of {layer.name} "
                     f"(padding={layer.padding!r})")
         if kind == "conv" and getattr(layer, "groups", 1) != 1:
             return f"{layer.name} is a grouped convolution (groups={layer.groups})"
+        if kind == "transpose" and shifted:
+            return (f"shift cannot pass the transposed convolution {layer.name} "
+                    "(its outputs sum different numbers of kernel taps)")
+        w = _weights(layer, self.state)  # only now: a refused layer keeps its own weights
+        kernel = w["kernel"]
         if kind == "transpose":
-            if shifted:
-                return (f"shift cannot pass the transposed convolution {layer.name} "
-                        "(its outputs sum different numbers of kernel taps)")
             w["kernel"] = kernel * s  # (*k, out, in)
         elif kind == "depthwise":  # (*k, in, m): output channel c*m + j reads input channel c
             taps = kernel * t[:, None]

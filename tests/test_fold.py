@@ -299,3 +299,20 @@ def test_nested_models_and_several_inputs():
     assert result.all_folded and result.samples == 8
     for got, want in zip(result.model([xa, xa]), two([xa, xa]), strict=True):
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6)
+
+
+def test_a_refused_forward_fold_leaves_the_next_layer_untouched():
+    import keras
+    from keras import layers as L
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input(INPUT_SHAPE)
+    y = L.BatchNormalization()(L.ReLU()(inputs))
+    conv = L.Conv2D(5, 3, padding="same", use_bias=False)
+    model = keras.Model(inputs, conv(y))
+    set_random_bn(model)
+    result = fold_model(model, representative(16))
+    assert not result.layers[0].folded and "padding='same'" in result.layers[0].reason
+    folded_conv = result.model.get_layer(conv.name)
+    assert not folded_conv.use_bias and folded_conv.count_params() == conv.count_params()
+    np.testing.assert_array_equal(folded_conv.get_weights()[0], conv.get_weights()[0])
