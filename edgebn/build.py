@@ -80,7 +80,15 @@ def check_out_dir(out: Path) -> Path:
 def build(config: BuildConfig, log: Callable[[str], None] = print,
           verbose: int = 2) -> BuildResult:
     """Run every stage into ``config.out``; write report.json and report.md last."""
+    if config.emulate:  # refuse a bad runtime before training, not after
+        from edgebn.emulate import check_runtimes
+
+        check_runtimes(config.emulate)
     out = check_out_dir(config.out)
+    if config.bundle or config.emulate:
+        from edgebn.bundle import check_bundle_out
+
+        check_bundle_out(out / "bundle")
     timings: dict[str, float] = {}
 
     log(f"[1/6] data: {config.data_dir or config.dataset.value}")

@@ -132,6 +132,7 @@ def bundle(build_dir: str | Path, out: str | Path) -> BundleResult:
     from edgebn.tflite import read_tflite
 
     build_dir, out = Path(build_dir), Path(out)
+    check_bundle_out(out)
     report, tflite, golden_x = _read_build(build_dir)
     model = read_tflite(tflite)
     sg = model.subgraphs[0]
@@ -190,6 +191,15 @@ def bundle(build_dir: str | Path, out: str | Path) -> BundleResult:
         if not selftest["passed"]:
             raise EdgebnError(f"the bundle's self-test fails on this machine: {selftest}")
     return BundleResult(out, files, spec, selftest)
+
+
+def check_bundle_out(out: Path) -> None:
+    """OUT is replaced whole: refuse anything there that is not an earlier bundle."""
+    if out.exists() and not out.is_dir():
+        raise EdgebnError(f"--out {out}: exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not (out / "manifest.json").is_file():
+        raise EdgebnError(f"--out {out}: a non-empty directory that is not an edgebn bundle "
+                          "(no manifest.json); it would be replaced whole: choose another path")
 
 
 def _sha256(path: Path) -> str:

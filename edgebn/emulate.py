@@ -204,10 +204,15 @@ def _raspberry_pi_cpu(root: Path) -> None:
         path.write_text(text + "\n")
 
 
+def check_runtimes(runtimes) -> None:
+    for r in runtimes:
+        if r not in RUNTIMES:
+            raise EdgebnError(f"unknown runtime {r!r}: choose from {', '.join(RUNTIMES)}")
+
+
 def site_packages(runtime: str, cache: Path | None = None, log=lambda msg: None) -> Path:
     """The runtime's aarch64 wheel from PyPI, unpacked into a directory for PYTHONPATH."""
-    if runtime not in RUNTIMES:
-        raise EdgebnError(f"unknown runtime {runtime!r}: choose from {', '.join(RUNTIMES)}")
+    check_runtimes((runtime,))
     cache = Path(cache or cache_dir())
     site = cache / f"site-{runtime}"
     if (site / READY).is_file():
@@ -272,9 +277,7 @@ def emulate(bundle: str | Path, runtimes=tuple(RUNTIMES), cache: Path | None = N
     if not (bundle / "predict.py").is_file() or not (bundle / "manifest.json").is_file():
         raise EdgebnError(f"{bundle}: not a bundle (no predict.py and manifest.json): "
                           "run edgebn bundle")
-    for r in runtimes:
-        if r not in RUNTIMES:
-            raise EdgebnError(f"unknown runtime {r!r}: choose from {', '.join(RUNTIMES)}")
+    check_runtimes(runtimes)
     root = userland(cache, log)
     qemu = _run([shutil.which("qemu-aarch64-static"), "--version"], 30, "qemu --version")
     version = qemu.stdout.split("\n")[0].replace("qemu-aarch64 version ", "")

@@ -162,3 +162,26 @@ def test_bundle_refuses_a_damaged_build_in_one_line(small_builds, tmp_path, vict
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0]
     assert not (tmp_path / "b").exists()
+
+
+def test_bundle_never_replaces_what_is_not_a_bundle(small_builds, tmp_path):
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "important.txt").write_text("mine")
+    for out, needle in ((a_file, "exists and is not a directory"),
+                        (docs, "not an edgebn bundle (no manifest.json)")):
+        res = runner.invoke(app, ["bundle", str(small_builds["none"]), "--out", str(out)])
+        assert res.exit_code == 2 and needle in res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1
+    assert a_file.read_text() == "mine" and (docs / "important.txt").read_text() == "mine"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert runner.invoke(app, ["bundle", str(small_builds["none"]), "--out", str(empty)]).exit_code == 0
+
+
+def test_build_refuses_a_bad_emulate_runtime_before_training(tmp_path):
+    res = runner.invoke(app, ["build", "--out", str(tmp_path / "b"), "--emulate", "foo"])
+    assert res.exit_code == 2 and "unknown runtime 'foo'" in res.stderr
+    assert not (tmp_path / "b").exists()  # refused before the out dir, so before training
