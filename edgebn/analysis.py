@@ -138,11 +138,7 @@ def analyse_bn(model: TFLiteModel, bn_layers: list[str] | None = None) -> BNAnal
 
 
 def _residual_in(sg: Subgraph, bn_layers) -> list[ResidualBN]:
-    consumers: dict[int, list[Operator]] = {}
-    for op in sg.operators:
-        for t in op.inputs:
-            if t >= 0:
-                consumers.setdefault(t, []).append(op)
+    consumers = _consumers(sg)
     graph_outputs = set(sg.outputs)
     found = []
     for op in sg.operators:
@@ -180,14 +176,20 @@ def _residual_in(sg: Subgraph, bn_layers) -> list[ResidualBN]:
     return found
 
 
-def _batch_stats_in(model: TFLiteModel, sg: Subgraph, bn_layers) -> list[ResidualBN]:
-    """Training-mode BN: mean and variance over the batch (and spatial) axes, per channel."""
-    producer = {t: op for op in sg.operators for t in op.outputs if t >= 0}
+def _consumers(sg: Subgraph) -> dict[int, list[Operator]]:
+    """Tensor index -> the operators that read it."""
     consumers: dict[int, list[Operator]] = {}
     for op in sg.operators:
         for t in op.inputs:
             if t >= 0:
                 consumers.setdefault(t, []).append(op)
+    return consumers
+
+
+def _batch_stats_in(model: TFLiteModel, sg: Subgraph, bn_layers) -> list[ResidualBN]:
+    """Training-mode BN: mean and variance over the batch (and spatial) axes, per channel."""
+    producer = {t: op for op in sg.operators for t in op.outputs if t >= 0}
+    consumers = _consumers(sg)
     found = []
     for op in sg.operators:
         if (op.op != "SQUARED_DIFFERENCE" or len(op.inputs) != 2 or min(op.inputs) < 0

@@ -334,13 +334,6 @@ def bench_tflite(path: str | Path, settings: BenchSettings = BenchSettings(),
 # ---------------------------------------------------------------- Keras
 
 
-def bench_keras(model: Any, x: np.ndarray, modes=("eager", "predict", "compiled"),
-                min_time_s: float = KERAS_MIN_TIME_S, runs: int | None = None,
-                xla: bool = False) -> dict[str, KerasStats]:
-    """Time ``model`` on the batch ``x`` in each of ``modes``."""
-    return bench_keras_models({"model": model}, x, modes, min_time_s, runs, xla)["model"]
-
-
 def bench_keras_models(models: dict[str, Any], x: np.ndarray,
                        modes=("eager", "predict", "compiled"),
                        min_time_s: float = KERAS_MIN_TIME_S, runs: int | None = None,

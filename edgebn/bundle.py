@@ -187,7 +187,7 @@ def bundle(build_dir: str | Path, out: str | Path) -> BundleResult:
         files = {str(f.relative_to(tmp)): _sha256(f) for f in sorted(tmp.rglob("*")) if f.is_file()}
         (tmp / "manifest.json").write_text(json.dumps({"edgebn": __version__, "files": files},
                                                       indent=2) + "\n", encoding="utf-8")
-        selftest = predict.selftest(predict.Model(str(tmp), spec, 1, "auto"), str(tmp), spec)
+        selftest = predict.selftest(here, str(tmp), spec)
         if not selftest["passed"]:
             raise EdgebnError(f"the bundle's self-test fails on this machine: {selftest}")
     return BundleResult(out, files, spec, selftest)

@@ -81,6 +81,8 @@ ThreadsOpt = Annotated[int, typer.Option("--threads", min=1, help="Interpreter t
 FoldOpt = Annotated[bool, typer.Option(
     "--fold/--no-fold", help="Fold BN in Keras before converting (and show the converter's own "
                              "verdict beside it).")]
+FoldDataOpt = Annotated[Path | None, typer.Option(
+    "--data", help="Inputs for the fold's equivalence check: a .npy of preprocessed samples.")]
 ToleranceOpt = Annotated[float, typer.Option(
     "--tolerance",
     help="Largest max |Δ| between folded and original outputs, relative to the largest output.")]
@@ -204,8 +206,7 @@ def convert(
     data_dir: DataDirOpt = None,
     image_size: ImageSizeOpt = 32,
     color: ColorOpt = "grayscale",
-    data: Annotated[Path | None, typer.Option(
-        "--data", help="Inputs for the fold's check: a .npy of preprocessed samples.")] = None,
+    data: FoldDataOpt = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Convert a .keras model to .tflite (folding BN first), then inspect the result."""
@@ -233,8 +234,7 @@ def fold(
     model: Annotated[Path, typer.Argument(help="The .keras model to fold.")],
     out: Annotated[Path, typer.Option("--out", help="Where to write the folded .keras.")],
     tolerance: ToleranceOpt = 1e-5,
-    data: Annotated[Path | None, typer.Option(
-        "--data", help="Inputs for the equivalence check: a .npy of preprocessed samples.")] = None,
+    data: FoldDataOpt = None,
     dataset: Annotated[DatasetName, typer.Option(
         "--dataset", help="Else this dataset's test split, when it fits the model.")
     ] = DatasetName.digits,

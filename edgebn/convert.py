@@ -158,7 +158,7 @@ def convert_file(model_path: str | Path, out: str | Path, quantize: Quantize | s
     if Path(out).suffix != ".tflite":
         raise EdgebnError(f"--out must end in .tflite. Received: {out}")
     model = load_keras(model_path)
-    representative = None
+    representative, ds = None, None
     if quantize is Quantize.int8:
         from edgebn.data import load_dataset
 
@@ -173,5 +173,5 @@ def convert_file(model_path: str | Path, out: str | Path, quantize: Quantize | s
         from edgebn.fold import equivalence_inputs
 
         fold_inputs, source = equivalence_inputs(model, data, dataset, data_dir, image_size,
-                                                 color, seed=seed)
+                                                 color, seed=seed, loaded=ds)
     return convert_model(model, out, quantize, representative, fold_inputs, tolerance, source)

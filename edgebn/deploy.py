@@ -58,6 +58,10 @@ def ssh_command(host: str, port: int | None = None, identity: str | Path | None 
     return [*cmd, host]
 
 
+def _last_line(stderr: bytes, default: str = "(no message)") -> str:
+    return (stderr.decode(errors="replace").strip().splitlines() or [default])[-1]
+
+
 def _ssh(base: list[str], remote: str, what: str, stdin=None) -> subprocess.CompletedProcess:
     try:
         done = subprocess.run([*base, remote], stdin=stdin, capture_output=True,
@@ -68,8 +72,7 @@ def _ssh(base: list[str], remote: str, what: str, stdin=None) -> subprocess.Comp
     except subprocess.TimeoutExpired as exc:
         raise EdgebnError(f"{what}: ssh timed out after {SSH_TIMEOUT_S} s") from exc
     if done.returncode == 255:  # ssh's own failure: connection, authentication, host key
-        err = (done.stderr.decode(errors="replace").strip().splitlines() or ["(no message)"])[-1]
-        raise EdgebnError(f"{what}: ssh {base[-1]} failed: {err}")
+        raise EdgebnError(f"{what}: ssh {base[-1]} failed: {_last_line(done.stderr)}")
     return done
 
 
@@ -102,8 +105,8 @@ def deploy(bundle: str | Path, host: str, dest: str = "edgebn", selftest: bool =
                   f"mv {stage}/{q_name} {q_dest}/{q_name}; rmdir {stage}")
         done = _ssh(base, remote, "copy", stdin=stream)
     if done.returncode != 0:
-        err = (done.stderr.decode(errors="replace").strip().splitlines() or ["(no message)"])[-1]
-        raise EdgebnError(f"copy to {host}:{dest}/{name} failed (exit {done.returncode}): {err}")
+        raise EdgebnError(f"copy to {host}:{dest}/{name} failed (exit {done.returncode}): "
+                          f"{_last_line(done.stderr)}")
     doc, code = None, None
     if selftest:
         run = _ssh(base, f"cd {q_dest}/{q_name} && {python} predict.py --selftest --json",
@@ -112,6 +115,6 @@ def deploy(bundle: str | Path, host: str, dest: str = "edgebn", selftest: bool =
         try:
             doc = json.loads(run.stdout.decode())["selftest"]
         except (ValueError, KeyError, TypeError):
-            err = (run.stderr.decode(errors="replace").strip().splitlines() or ["(no output)"])[-1]
-            raise EdgebnError(f"self-test on {host} did not run (exit {code}): {err}") from None
+            raise EdgebnError(f"self-test on {host} did not run (exit {code}): "
+                              f"{_last_line(run.stderr, '(no output)')}") from None
     return DeployResult(host, f"{dest}/{name}", sent, time.perf_counter() - start, doc, code)

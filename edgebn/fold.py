@@ -31,7 +31,7 @@ Weights are folded in float64 and stored in the layer's dtype.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -486,11 +486,12 @@ def fold_model(model, x: np.ndarray, tolerance: float = DEFAULT_TOLERANCE,
 def equivalence_inputs(model, data: str | Path | None = None, dataset: str | None = "digits",
                        data_dir: str | Path | None = None, image_size: int = 32,
                        color: str = "grayscale", samples: int = 256,
-                       seed: int = 0) -> tuple[np.ndarray, str]:
+                       seed: int = 0, loaded: Any = None) -> tuple[np.ndarray, str]:
     """Real inputs for the equivalence check, and a word on where they came from.
 
     ``data`` (a .npy of inputs) first; else the dataset's test split when its shape is
-    the model's; else uniform random values in [0, 1) (said so in the result).
+    the model's (``loaded``, when the caller already has it); else uniform random values
+    in [0, 1) (said so in the result).
     """
     from edgebn.errors import EdgebnError
 
@@ -506,10 +507,10 @@ def equivalence_inputs(model, data: str | Path | None = None, dataset: str | Non
             raise EdgebnError(f"--data {data}: inputs of shape {list(x.shape[1:])}, the model "
                               f"expects {list(want)}")
         return x[:samples].astype(np.float32), f"{Path(data).name} ({min(len(x), samples)})"
-    if dataset is not None or data_dir is not None:
+    if loaded is not None or dataset is not None or data_dir is not None:
         from edgebn.data import load_dataset
 
-        ds = load_dataset(dataset or "folder", data_dir, image_size, color, seed)
+        ds = loaded or load_dataset(dataset or "folder", data_dir, image_size, color, seed)
         if tuple(ds.input_shape) == want:
             return ds.x_test[:samples], f"{ds.name} test split"
     rng = np.random.default_rng(seed)
@@ -530,4 +531,4 @@ def fold_file(model_path: str | Path, out: str | Path, tolerance: float = DEFAUL
     x, where = equivalence_inputs(model, data, dataset, data_dir, image_size, color, seed=seed)
     result = fold_model(model, x, tolerance, inputs=where)
     save_keras(result.model, out)
-    return FoldResult(**{**result.__dict__, "source": str(model_path), "out": str(out)})
+    return replace(result, source=str(model_path), out=str(out))
