@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from edgebn.errors import EdgebnError
 from edgebn.tflite import Operator, Subgraph, Tensor, TFLiteModel, read_tflite, tensor_bytes
 
 _BN_MARKERS = ("batchnorm", "FusedBatchNorm")
@@ -105,15 +106,39 @@ class InspectResult:
             "bn": self.bn.to_json(),
         }
 
+    def to_json_line(self) -> str:
+        """One compact JSON line per file (``edgebn inspect A B ... --json``): the verdict."""
+        import json
+
+        return json.dumps({"path": self.model.path, "size_bytes": self.model.size_bytes,
+                           "op_counts": self.model.op_counts(), "bn": self.bn.to_json()})
+
+
+def inspect_files(paths: list[Path]) -> tuple[list[InspectResult], list[EdgebnError]]:
+    """Inspect several files (a model directory's audit): results, and each unreadable file's error."""
+    results, errors = [], []
+    for path in paths:
+        try:
+            results.append(inspect_tflite(path))
+        except EdgebnError as exc:
+            errors.append(exc)
+    return results, errors
+
 
 def inspect_tflite(path: str | Path, bn_layers: list[str] | None = None) -> InspectResult:
-    """Read ``path`` and analyse it for BN residue.
+    """Read ``path`` and analyse it for BN residue (``edgebn inspect``)."""
+    start = time.perf_counter()
+    result = inspect_model(read_tflite(path), bn_layers)
+    return replace(result, elapsed_ms=(time.perf_counter() - start) * 1e3)
+
+
+def inspect_model(model: TFLiteModel, bn_layers: list[str] | None = None) -> InspectResult:
+    """Analyse a parsed model for BN residue.
 
     ``bn_layers`` (the Keras model's BN layer names, when known) lets provenance
     report real layer names instead of the export's name scopes.
     """
     start = time.perf_counter()
-    model = read_tflite(path)
     bn = analyse_bn(model, bn_layers)
     return InspectResult(model, bn, elapsed_ms=(time.perf_counter() - start) * 1e3)
 

@@ -11,13 +11,6 @@ shared machine hits both alike.
 
 from __future__ import annotations
 
-import importlib.metadata
-import json
-import os
-import platform
-import resource
-import subprocess
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,7 +19,10 @@ from typing import Any
 import numpy as np
 
 from edgebn.errors import EdgebnError
+from edgebn.machine import environment, peak_rss_mb
 from edgebn.runtime import Backend, load_interpreter
+from edgebn.tensors import make_inputs
+from edgebn.tflite import TFLiteModel, read_tflite
 
 DEFAULT_MIN_TIME_S = 1.0
 DEFAULT_WARMUP = 100
@@ -34,6 +30,7 @@ KERAS_MIN_TIME_S = 1.0
 KERAS_MIN_RUNS = 10
 KERAS_MAX_RUNS = 5000
 KERAS_BLOCK = 5  # calls per turn when several Keras models are timed interleaved
+KERAS_MODES = ("eager", "predict", "compiled")
 INTERLEAVE_BLOCK = 50  # invocations per model before switching, with --baseline
 
 
@@ -63,18 +60,19 @@ class BenchSettings:
     min_time_s: float = DEFAULT_MIN_TIME_S
     backend: Backend = Backend.auto
     xnnpack: bool = True
+    isolate: bool = False  # the interpreter in a fresh process: memory without TensorFlow
+    xla: bool = False  # jit_compile the Keras tf.function
+    keras_time_s: float = KERAS_MIN_TIME_S  # seconds of timed calls per Keras model and mode
 
     def validate(self) -> None:
-        if self.threads < 1:
-            raise EdgebnError(f"--threads must be >= 1. Received: {self.threads}")
-        if self.batch < 1:
-            raise EdgebnError(f"--batch must be >= 1. Received: {self.batch}")
-        if self.warmup < 0:
-            raise EdgebnError(f"--warmup must be >= 0. Received: {self.warmup}")
+        for name, low in (("threads", 1), ("batch", 1), ("warmup", 0)):
+            if getattr(self, name) < low:
+                raise EdgebnError(f"{name} must be >= {low}. Received: {getattr(self, name)}")
         if self.runs is not None and self.runs < 1:
-            raise EdgebnError(f"--runs must be >= 1. Received: {self.runs}")
-        if not self.min_time_s > 0:
-            raise EdgebnError(f"--min-time must be > 0. Received: {self.min_time_s}")
+            raise EdgebnError(f"runs must be >= 1. Received: {self.runs}")
+        for name in ("min_time_s", "keras_time_s"):
+            if not getattr(self, name) > 0:
+                raise EdgebnError(f"{name} must be > 0. Received: {getattr(self, name)}")
 
 
 @dataclass(frozen=True)
@@ -119,6 +117,17 @@ class KerasStats:
 
 
 @dataclass(frozen=True)
+class BenchRow:
+    """One timed runtime: the unit of the table, the Markdown and the plot."""
+
+    label: str
+    key: str  # where it sits in the JSON: tflite, baseline, keras.eager, keras_folded.compiled, ...
+    runs: int
+    latency_us: Latency
+    samples_ns: np.ndarray = field(repr=False, compare=False)
+
+
+@dataclass(frozen=True)
 class BenchResult:
     environment: dict[str, Any]
     tflite: TFLiteStats
@@ -126,14 +135,30 @@ class BenchResult:
     keras: dict[str, KerasStats] = field(default_factory=dict)
     keras_baseline: dict[str, KerasStats] = field(default_factory=dict)
     keras_folded: dict[str, KerasStats] = field(default_factory=dict)
+    baseline_label: str = "baseline"  # what the baseline is ("BN-free twin" in a build)
 
-    def speedup(self) -> dict[str, float]:
+    def rows(self) -> list[BenchRow]:
+        rows = [BenchRow(f"TFLite {Path(self.tflite.model).name}", "tflite", self.tflite.runs,
+                         self.tflite.latency_us, self.tflite.samples_ns)]
+        if self.baseline is not None:
+            rows.append(BenchRow(f"TFLite {self.baseline_label} ({Path(self.baseline.model).name})",
+                                 "baseline", self.baseline.runs, self.baseline.latency_us,
+                                 self.baseline.samples_ns))
+        for key, label, group in (("keras", "Keras", self.keras),
+                                  ("keras_baseline", f"Keras {self.baseline_label}",
+                                   self.keras_baseline),
+                                  ("keras_folded", "Keras folded", self.keras_folded)):
+            rows += [BenchRow(f"{label} {m}", f"{key}.{m}", s.runs, s.latency_us, s.samples_ns)
+                     for m, s in group.items()]
+        return rows
+
+    def speedup(self) -> dict[str, Any]:
         p50 = self.tflite.latency_us.p50
-        out = {f"vs_{mode}": s.latency_us.p50 / p50 for mode, s in self.keras.items()}
+        out: dict[str, Any] = {f"vs_{mode}": s.latency_us.p50 / p50 for mode, s in self.keras.items()}
         if self.keras:
             fastest = min(self.keras.values(), key=lambda s: s.latency_us.p50)
             out["vs_fastest_keras"] = fastest.latency_us.p50 / p50
-            out["fastest_keras"] = fastest.mode  # type: ignore[assignment]
+            out["fastest_keras"] = fastest.mode
         return out
 
     def bn_cost(self) -> dict[str, float]:
@@ -154,7 +179,7 @@ class BenchResult:
     def to_json(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"environment": self.environment, "tflite": self.tflite.to_json()}
         if self.baseline is not None:
-            doc["baseline"] = self.baseline.to_json()
+            doc["baseline"] = self.baseline.to_json() | {"label": self.baseline_label}
         if self.keras:
             doc["keras"] = {m: s.to_json() for m, s in self.keras.items()}
             doc["speedup"] = self.speedup()
@@ -169,99 +194,15 @@ class BenchResult:
         return doc
 
 
-def environment(backend: str | None = None, xnnpack: bool | None = None,
-                threads: int | None = None) -> dict[str, Any]:
-    """Where the numbers came from. Reads versions without importing TensorFlow."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith(("model name", "hardware", "cpu model")):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-
-    def version(dist: str) -> str | None:
-        try:
-            return importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            return None
-
-    env = {"cpu": cpu, "machine": platform.machine(), "cores": os.cpu_count(),
-           "python": platform.python_version(), "numpy": np.__version__,
-           "tensorflow": version("tensorflow")}
-    if backend is not None:
-        env |= {"backend": backend, "xnnpack": xnnpack, "threads": threads}
-    return env
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident set size so far, in MiB.
-
-    VmHWM from /proc is preferred: ru_maxrss survives fork+exec on Linux, so an
-    isolated worker would report its parent's peak.
-    """
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
-
-
-# ---------------------------------------------------------------- inputs
-
-
-def make_inputs(shape, dtype, quant: tuple[float, int] | None, count: int,
-                data: np.ndarray | None = None, seed: int = 0) -> list[np.ndarray]:
-    """``count`` input tensors of ``shape``: real samples when ``data`` is given, else random.
-
-    Real samples are float (preprocessed) and get quantized for an int8/uint8 input;
-    random ones span the dtype's range (integers) or [0, 1) (floats).
-    """
-    rng = np.random.default_rng(seed)
-    batch = int(shape[0])
-    dtype = np.dtype(dtype)
-    out = []
-    for i in range(count):
-        if data is not None and len(data):
-            idx = (np.arange(batch) + i * batch) % len(data)
-            x = data[idx].reshape(shape)
-            if np.issubdtype(dtype, np.integer):
-                x = quantize(x, quant, dtype)
-            out.append(x.astype(dtype))
-        elif np.issubdtype(dtype, np.integer):
-            info = np.iinfo(dtype)
-            out.append(rng.integers(info.min, info.max, size=shape, endpoint=True, dtype=dtype))
-        else:
-            out.append(rng.random(shape, dtype=np.float32).astype(dtype))
-    return out
-
-
-def quantize(x: np.ndarray, quant: tuple[float, int] | None, dtype) -> np.ndarray:
-    scale, zero_point = quant if quant and quant[0] else (1.0, 0)
-    info = np.iinfo(dtype)
-    return np.clip(np.round(x / scale + zero_point), info.min, info.max).astype(dtype)
-
-
-def dequantize(y: np.ndarray, quant: tuple[float, int] | None) -> np.ndarray:
-    if not np.issubdtype(y.dtype, np.integer):
-        return y.astype(np.float32)
-    scale, zero_point = quant if quant and quant[0] else (1.0, 0)
-    return (y.astype(np.float32) - zero_point) * scale
-
-
 # ---------------------------------------------------------------- TFLite
 
 
 class _Runner:
     """One loaded interpreter with its inputs, ready to be invoked and timed."""
 
-    def __init__(self, path, settings: BenchSettings, data: np.ndarray | None):
+    def __init__(self, model: TFLiteModel, settings: BenchSettings, data: np.ndarray | None):
         t0 = time.perf_counter_ns()
-        self.interp, self.info = load_interpreter(path, settings.backend, settings.threads,
+        self.interp, self.info = load_interpreter(model, settings.backend, settings.threads,
                                                   settings.xnnpack)
         detail = self.interp.get_input_details()[0]
         if settings.batch != 1:
@@ -270,7 +211,7 @@ class _Runner:
             self.interp.allocate_tensors()
             detail = self.interp.get_input_details()[0]
         self.init_ms = (time.perf_counter_ns() - t0) / 1e6
-        self.path = str(path)
+        self.path = model.path
         self.index = detail["index"]
         self.inputs = make_inputs(detail["shape"], detail["dtype"], detail["quantization"],
                                   count=16, data=data)
@@ -304,14 +245,18 @@ class _Runner:
                            self.first_us, Latency.from_ns(samples), peak_rss_mb(), samples)
 
 
-def bench_tflite(path: str | Path, settings: BenchSettings = BenchSettings(),
-                 data: np.ndarray | None = None,
-                 baseline: str | Path | None = None) -> tuple[TFLiteStats, TFLiteStats | None]:
-    """Time ``path`` (and ``baseline``, interleaved in blocks) with the interpreter."""
+def _parsed(model: TFLiteModel | str | Path) -> TFLiteModel:
+    return model if isinstance(model, TFLiteModel) else read_tflite(model)
+
+
+def bench_tflite(model: TFLiteModel | str | Path, settings: BenchSettings = BenchSettings(),
+                 data: np.ndarray | None = None, baseline: TFLiteModel | str | Path | None = None
+                 ) -> tuple[TFLiteStats, TFLiteStats | None]:
+    """Time ``model`` (and ``baseline``, interleaved in blocks) with the interpreter."""
     settings.validate()
-    runners = [_Runner(path, settings, data)]
+    runners = [_Runner(_parsed(model), settings, data)]
     if baseline is not None:
-        runners.append(_Runner(baseline, settings, data))
+        runners.append(_Runner(_parsed(baseline), settings, data))
     for r in runners:
         r.run(settings.warmup, keep=False)
     # Interleave in blocks when there is a baseline; otherwise check the clock every 256 runs.
@@ -334,34 +279,33 @@ def bench_tflite(path: str | Path, settings: BenchSettings = BenchSettings(),
 # ---------------------------------------------------------------- Keras
 
 
-def bench_keras_models(models: dict[str, Any], x: np.ndarray,
-                       modes=("eager", "predict", "compiled"),
-                       min_time_s: float = KERAS_MIN_TIME_S, runs: int | None = None,
-                       xla: bool = False) -> dict[str, dict[str, KerasStats]]:
+def _keras_calls(model, x: np.ndarray, xla: bool) -> dict[str, Any]:
+    import tensorflow as tf
+
+    x_tensor = tf.constant(x)
+    compiled = tf.function(lambda t: model(t, training=False), jit_compile=xla)
+    return {"eager": lambda: model(x_tensor, training=False),
+            "predict": lambda: model.predict(x, batch_size=len(x), verbose=0),
+            "compiled": lambda: compiled(x_tensor)}
+
+
+def bench_keras_models(models: dict[str, Any], x: np.ndarray, settings: BenchSettings,
+                       modes=KERAS_MODES) -> dict[str, dict[str, KerasStats]]:
     """Time several Keras models on the batch ``x``, mode by mode, interleaved.
 
     Within a mode the models take turns in blocks of KERAS_BLOCK calls, so that drift
     on a shared machine hits them alike (the same as the .tflite baseline); each model
-    gets ``min_time_s`` of timed calls (or exactly ``runs``).
+    gets ``settings.keras_time_s`` of timed calls (or exactly ``settings.runs``).
     """
-    import tensorflow as tf
-
-    x_tensor = tf.constant(x)
-
-    def calls_for(model):
-        compiled = tf.function(lambda t: model(t, training=False), jit_compile=xla)
-        return {"eager": lambda: model(x_tensor, training=False),
-                "predict": lambda: model.predict(x, batch_size=len(x), verbose=0),
-                "compiled": lambda: compiled(x_tensor)}
-
-    calls = {name: calls_for(model) for name, model in models.items()}
+    runs = settings.runs
+    calls = {name: _keras_calls(model, x, settings.xla) for name, model in models.items()}
     out: dict[str, dict[str, KerasStats]] = {name: {} for name in models}
     for mode in modes:
         for name in models:
             for _ in range(3):  # warm-up: tracing, first allocations
                 calls[name][mode]()
         samples: dict[str, list[int]] = {name: [] for name in models}
-        deadline = time.perf_counter() + min_time_s * len(models)
+        deadline = time.perf_counter() + settings.keras_time_s * len(models)
         while True:
             for name in models:
                 call = calls[name][mode]
@@ -381,147 +325,52 @@ def bench_keras_models(models: dict[str, Any], x: np.ndarray,
     return out
 
 
-def load_inputs(data: str | Path | None = None, dataset: str | None = None) -> np.ndarray | None:
-    """Real samples for ``edgebn bench``: a .npy file, or a dataset's test split."""
-    if data is not None and dataset is not None:
-        raise EdgebnError("give --data or --dataset, not both")
-    if data is not None:
-        p = Path(data)
-        if not p.is_file():
-            raise EdgebnError(f"--data {p}: no such file")
-        try:
-            arr = np.load(p, allow_pickle=False)
-        except (ValueError, OSError, EOFError) as exc:
-            raise EdgebnError(f"--data {p}: not a readable .npy file ({exc})") from exc
-        if arr.ndim < 2 or not np.issubdtype(arr.dtype, np.number):
-            raise EdgebnError(f"--data {p}: expected numeric samples (N, ...). "
-                              f"Received: shape={arr.shape}, dtype={arr.dtype}")
-        return arr.astype(np.float32)
-    if dataset is not None:
-        from edgebn.data import load_dataset
-
-        return load_dataset(dataset).x_test
-    return None
-
-
-def keras_input(path: str | Path, batch: int, data: np.ndarray | None) -> np.ndarray:
-    """The float batch Keras sees: the same real samples the interpreter gets, else random."""
-    from edgebn.tflite import read_tflite
-
-    model = read_tflite(path)
-    sg = model.subgraphs[0]
-    shape = [batch, *sg.tensors[sg.inputs[0]].shape[1:]]
-    return make_inputs(shape, np.float32, None, 1, data)[0]
-
-
 # ---------------------------------------------------------------- the command
 
 
-def bench(model: str | Path, settings: BenchSettings = BenchSettings(),
-          keras_model: str | Path | None = None, baseline: str | Path | None = None,
-          keras_baseline: str | Path | None = None, keras_folded: Any = None,
-          data: np.ndarray | None = None, isolate: bool = False,
-          keras_modes=("eager", "predict", "compiled"), xla: bool = False) -> BenchResult:
-    """TFLite (and optional baseline) against Keras, same inputs, same batch."""
-    settings.validate()
-    if isolate:
-        tfl, base = _isolated_tflite(model, settings, data, baseline)
-    else:
-        tfl, base = bench_tflite(model, settings, data, baseline)
-    keras_stats, keras_base, keras_fold = {}, {}, {}
-    if keras_model is not None or keras_baseline is not None or keras_folded is not None:
+@dataclass(frozen=True)
+class BenchTargets:
+    """What to time: a .tflite, optionally a baseline .tflite, and the Keras models behind them.
+
+    Each model is given parsed (or as a path); each Keras model in memory (or as a .keras path).
+    """
+
+    tflite: TFLiteModel | str | Path
+    baseline: TFLiteModel | str | Path | None = None
+    keras: Any = None
+    keras_baseline: Any = None
+    keras_folded: Any = None
+    baseline_label: str = "baseline"
+
+    def keras_models(self) -> dict[str, Any]:
         from edgebn.train import load_keras
 
-        x = keras_input(model, settings.batch, data)
-        given = {"model": keras_model, "baseline": keras_baseline, "folded": keras_folded}
-        loaded = {k: load_keras(m) if isinstance(m, (str, Path)) else m
-                  for k, m in given.items() if m is not None}
-        timed_models = bench_keras_models(loaded, x, keras_modes, runs=settings.runs, xla=xla)
-        keras_stats = timed_models.get("model", {})
-        keras_base = timed_models.get("baseline", {})
-        keras_fold = timed_models.get("folded", {})
+        given = {"model": self.keras, "baseline": self.keras_baseline,
+                 "folded": self.keras_folded}
+        return {k: load_keras(m) if isinstance(m, (str, Path)) else m
+                for k, m in given.items() if m is not None}
+
+
+def bench(targets: BenchTargets, settings: BenchSettings = BenchSettings(),
+          data: np.ndarray | None = None) -> BenchResult:
+    """TFLite (and optional baseline) against Keras, same inputs, same batch."""
+    settings.validate()
+    model = _parsed(targets.tflite)
+    baseline = _parsed(targets.baseline) if targets.baseline is not None else None
+    if settings.isolate:
+        from edgebn.isolate import isolated_tflite
+
+        tfl, base = isolated_tflite(model, settings, data, baseline)
+    else:
+        tfl, base = bench_tflite(model, settings, data, baseline)
+    timed_models: dict[str, dict[str, KerasStats]] = {}
+    keras_models = targets.keras_models()
+    if keras_models:
+        sg = model.subgraphs[0]
+        shape = [settings.batch, *sg.tensors[sg.inputs[0]].shape[1:]]
+        x = make_inputs(shape, np.float32, None, 1, data)[0]  # the interpreter's samples
+        timed_models = bench_keras_models(keras_models, x, settings)
     env = environment(tfl.backend, tfl.xnnpack, tfl.threads)
-    return BenchResult(env, tfl, base, keras_stats, keras_base, keras_fold)
-
-
-def _isolated_tflite(model, settings: BenchSettings, data, baseline):
-    """Run the interpreter side in a fresh process, so TensorFlow's memory is not counted."""
-    import tempfile
-
-    with tempfile.TemporaryDirectory(prefix="edgebn-bench-") as tmp:
-        data_path = None
-        if data is not None:
-            data_path = os.path.join(tmp, "data.npy")
-            np.save(data_path, data)
-        job = {"model": str(model), "baseline": str(baseline) if baseline else None,
-               "data": data_path, "settings": asdict(settings) | {"backend": settings.backend.value}}
-        out_path = os.path.join(tmp, "out.npz")
-        job["out"] = out_path
-        proc = subprocess.run([sys.executable, "-m", "edgebn.bench", json.dumps(job)],
-                              capture_output=True, text=True)
-        if proc.returncode != 0:
-            lines = (proc.stderr or "").strip().splitlines()
-            raise EdgebnError(f"isolated benchmark failed: {lines[-1] if lines else proc.returncode}")
-        results = json.loads(proc.stdout.strip().splitlines()[-1])
-        samples = np.load(out_path)
-    stats = []
-    for key in ("tflite", "baseline"):
-        doc = results.get(key)
-        if doc is None:
-            stats.append(None)
-            continue
-        stats.append(TFLiteStats(
-            doc["model"], doc["backend"], doc["xnnpack"], doc["threads"], doc["batch"],
-            doc["runs"], doc["warmup"], doc["init_ms"], doc["first_us"],
-            Latency(**doc["latency_us"]), doc["peak_rss_mb"], samples[key]))
-    return stats[0], stats[1]
-
-
-def _worker(job: dict[str, Any]) -> None:
-    settings = BenchSettings(**(job["settings"] | {"backend": Backend(job["settings"]["backend"])}))
-    data = np.load(job["data"]) if job["data"] else None
-    tfl, base = bench_tflite(job["model"], settings, data, job["baseline"])
-    arrays = {"tflite": tfl.samples_ns}
-    doc = {"tflite": tfl.to_json(), "baseline": base.to_json() if base else None}
-    if base is not None:
-        arrays["baseline"] = base.samples_ns
-    np.savez(job["out"], **arrays)
-    print(json.dumps(doc))
-
-
-# ---------------------------------------------------------------- plot
-
-
-def plot(result: BenchResult, out: str | Path) -> Path:
-    """Latency distributions per runtime on a log axis, written atomically as PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from edgebn.stages import atomic_path
-
-    rows = [(f"TFLite {Path(result.tflite.model).name}", result.tflite.samples_ns)]
-    if result.baseline is not None:
-        rows.append((f"TFLite {Path(result.baseline.model).name}", result.baseline.samples_ns))
-    for prefix, group in (("Keras", result.keras), ("Keras twin", result.keras_baseline),
-                          ("Keras folded", result.keras_folded)):
-        rows.extend((f"{prefix} {m}", s.samples_ns) for m, s in group.items())
-    fig, ax = plt.subplots(figsize=(8, 0.6 * len(rows) + 1.5))
-    ax.boxplot([np.asarray(s) / 1e3 for _, s in rows], vert=False, whis=(1, 99),
-               showfliers=False)
-    ax.set_yticks(range(1, len(rows) + 1), [label for label, _ in rows])
-    ax.set_xscale("log")
-    ax.set_xlabel("latency per call (µs, log scale); box: p25–p75, whiskers: p1–p99")
-    env = result.environment
-    ax.set_title(f"{env.get('cpu', '')}, {result.tflite.threads} thread(s), "
-                 f"batch {result.tflite.batch}", fontsize=9)
-    fig.tight_layout()
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return Path(out)
-
-
-if __name__ == "__main__":  # the --isolate worker
-    _worker(json.loads(sys.argv[1]))
+    return BenchResult(env, tfl, base, timed_models.get("model", {}),
+                       timed_models.get("baseline", {}), timed_models.get("folded", {}),
+                       targets.baseline_label)

@@ -1,171 +1,185 @@
-"""``edgebn build``: train -> convert -> verify -> inspect -> bench -> report, in one call."""
+"""``edgebn build``: one pipeline, each stage once, results handed down in memory.
+
+    data -> train (and the BN-free twin) -> fold -> convert (folded and converter-only)
+    -> verify -> inspect -> bench -> bundle -> emulate -> report
+
+Every .tflite is converted to bytes, parsed once and kept: verify, inspect, bench and
+the bundle use that parse; the Keras models stay in memory. ``report.json`` and
+``report.md`` are written once, at the end, from the typed :class:`BuildResult`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from edgebn.analysis import InspectResult, inspect_tflite
-from edgebn.bench import BenchResult, BenchSettings, bench
+from edgebn.analysis import inspect_model
+from edgebn.bench import BenchResult, BenchSettings, BenchTargets, bench
 from edgebn.bundle import GOLDEN_SAMPLES
 from edgebn.convert import (
     REPRESENTATIVE_SAMPLES,
-    ConvertResult,
-    FoldedConversion,
-    Quantize,
-    convert,
-    convert_model,
+    ConversionResult,
+    Converted,
+    ConvertOptions,
+    to_tflite,
 )
-from edgebn.data import DatasetName, load_dataset
+from edgebn.data import Dataset, DataSpec
 from edgebn.errors import EdgebnError
-from edgebn.models import DEFAULT_ARCH, Arch
-from edgebn.report import write_report, write_report_json
+from edgebn.report import BuildResult, write_report
 from edgebn.runtime import Backend
-from edgebn.stages import atomic_path, timed
-from edgebn.train import TrainConfig, TrainResult, save_keras, train
-from edgebn.verify import VerifyResult, verify
+from edgebn.stages import SILENT, Progress, Stages, atomic_path
+from edgebn.train import TrainConfig, TrainResult, given_model, save_keras, train
+from edgebn.verify import verify
 
 
 @dataclass(frozen=True)
 class BuildConfig:
     out: Path = Path("build")
-    dataset: DatasetName = DatasetName.digits
-    data_dir: Path | None = None
-    image_size: int = 32
-    color: str = "grayscale"
-    limit: int | None = None  # cap on samples, for quick runs on big datasets
-    arch: Arch = DEFAULT_ARCH
-    bn: bool = True
-    epochs: int = 40
-    batch_size: int = 32
-    seed: int = 0
-    quantize: Quantize = Quantize.none
-    fold: bool = True  # fold BN in Keras before converting; the converter-only file is kept too
-    tolerance: float = 1e-5  # the fold's max |Δ|, relative to the largest output
+    model: Path | None = None  # a .keras to build instead of training one from the zoo
+    data: DataSpec = field(default_factory=DataSpec)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    convert: ConvertOptions = field(default_factory=ConvertOptions)
+    bench: BenchSettings = field(default_factory=BenchSettings)  # its backend also verifies
+    run_bench: bool = True
     twin: bool = True  # also train the BN-free twin, as the benchmark's baseline
-    bench: bool = True
-    bench_settings: BenchSettings = field(default_factory=BenchSettings)
-    runtime: Backend = Backend.auto
     bundle: bool = False  # also write OUT/bundle, the device bundle
-    emulate: tuple[str, ...] = ()  # run the bundle's self-test on an emulated arm64 Pi, per runtime
+    emulate: tuple[Backend, ...] = ()  # run the bundle's self-test on an emulated Pi, per runtime
 
-
-@dataclass(frozen=True)
-class BuildResult:
-    out: Path
-    report: dict[str, Any]
-    trained: TrainResult
-    converted: ConvertResult
-    conversion: FoldedConversion
-    verified: VerifyResult
-    inspected: InspectResult
-    benched: BenchResult | None
+    @property
+    def runtime(self) -> Backend:
+        return self.bench.backend
 
 
 def check_out_dir(out: Path) -> Path:
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise EdgebnError(f"--out {out}: exists and is not a directory")
+        raise EdgebnError(f"{out}: exists and is not a directory")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise EdgebnError(f"--out {out}: cannot create directory ({exc.strerror})") from exc
+        raise EdgebnError(f"{out}: cannot create directory ({exc.strerror})") from exc
     return out
 
 
-def build(config: BuildConfig, log: Callable[[str], None] = print,
-          verbose: int = 2) -> BuildResult:
+def build(config: BuildConfig, progress: Progress = SILENT) -> BuildResult:
     """Run every stage into ``config.out``; write report.json and report.md last."""
-    if config.emulate:  # refuse a bad runtime before training, not after
+    _refuse_early(config)
+    out = check_out_dir(config.out)
+    stages = Stages(progress)
+    with stages.stage("data", config.data.name):
+        ds = config.data.load()
+    trained, twin = _train(config, ds, stages)
+    conversion, twin_tflite = _convert(config, ds, trained, twin, stages)
+    with stages.stage("verify", f"{len(ds.y_test)} test samples against Keras"):
+        verified = verify(conversion.converted.model, ds.x_test, ds.y_test, trained.model,
+                          config.runtime)
+    benched = _bench(config, ds, trained, twin, conversion, twin_tflite, stages)
+    with atomic_path(out / "samples.npy") as tmp:  # golden inputs for a later edgebn bundle
+        np.save(tmp, ds.x_test[:GOLDEN_SAMPLES])
+    result = BuildResult(out, config.data, ds, trained, twin, conversion, verified, benched,
+                         seconds=dict(stages.seconds))
+    result = _device(config, result, stages)
+    with stages.stage("report", str(out / "report.json")):
+        write_report(result)
+    return result
+
+
+def _refuse_early(config: BuildConfig) -> None:
+    """Refuse what would fail late (a bad runtime, an --out that is not ours) before training."""
+    if config.emulate:
         from edgebn.emulate import check_runtimes
 
         check_runtimes(config.emulate)
-    out = check_out_dir(config.out)
     if config.bundle or config.emulate:
         from edgebn.bundle import check_bundle_out
 
-        check_bundle_out(out / "bundle")
-    timings: dict[str, float] = {}
+        check_bundle_out(Path(config.out) / "bundle")
+    config.train.validate()
+    config.bench.validate()
 
-    log(f"[1/6] data: {config.data_dir or config.dataset.value}")
-    with timed() as t:
-        ds = load_dataset(config.dataset, config.data_dir, config.image_size, config.color,
-                          config.seed, limit=config.limit)
-    timings["data_s"] = t.seconds
 
-    log(f"[2/6] train: {config.arch.value}{'' if config.bn else ' (no BN)'} on {ds.name}, "
-        f"{len(ds.y_train)} samples")
-    tc = TrainConfig(arch=config.arch, bn=config.bn, epochs=config.epochs,
-                     batch_size=config.batch_size, seed=config.seed)
-    trained = train(ds, tc, verbose=verbose)
-    save_keras(trained.model, out / "model.keras")
-    timings["train_s"] = trained.train_s
+def _train(config: BuildConfig, ds: Dataset,
+           stages: Stages) -> tuple[TrainResult, TrainResult | None]:
+    tc = config.train
+    if config.model is not None:
+        with stages.stage("load", str(config.model)):
+            trained = given_model(config.model)
+            save_keras(trained.model, config.out / "model.keras")
+        return trained, None  # the BN-free twin exists only for zoo models
+    with stages.stage("train", f"{tc.arch.value}{'' if tc.bn else ' (no BN)'} on {ds.name}, "
+                               f"{len(ds.y_train)} samples"):
+        trained = train(ds, tc, stages.progress)
+        save_keras(trained.model, config.out / "model.keras")
     twin = None
-    if config.twin and config.bn:
-        log("      training the BN-free twin (benchmark baseline)")
-        twin = train(ds, TrainConfig(**{**tc.__dict__, "bn": False}), verbose=0)
-        save_keras(twin.model, out / "twin.keras")
-        timings["train_twin_s"] = twin.train_s
+    if config.twin and tc.bn:
+        from dataclasses import replace
 
-    fold = config.fold and bool(trained.bn_layers)
-    log(f"[3/6] {'fold BN in Keras, then ' if fold else ''}convert: "
-        f"quantize={config.quantize.value}")
+        with stages.stage("twin", "the BN-free twin, the benchmark's baseline"):
+            twin = train(ds, replace(tc, bn=False), stages.progress)
+            save_keras(twin.model, config.out / "twin.keras")
+    return trained, twin
+
+
+def _convert(config: BuildConfig, ds: Dataset, trained: TrainResult, twin: TrainResult | None,
+             stages: Stages) -> tuple[ConversionResult, Converted | None]:
+    from edgebn.fold import all_bn_layer_names, fold_model
+
+    options, out = config.convert, config.out
     representative = ds.x_train[:REPRESENTATIVE_SAMPLES]
-    with timed() as t:
-        conversion = convert_model(
-            trained.model, out / "model.tflite", config.quantize, representative,
-            fold_inputs=ds.x_test if fold else None, tolerance=config.tolerance,
-            fold_source=f"{ds.name} test split",
-            converter_only_out=out / "converter_only.tflite" if fold else None)
-    converted = conversion.converted
-    timings["convert_s"] = t.seconds
-    if conversion.fold is not None:
-        save_keras(conversion.fold.model, out / "folded.keras")
-    if twin is not None:
-        convert(twin.model, out / "twin.tflite", config.quantize, representative)
+    bn_layers = all_bn_layer_names(trained.model)
+    folded = None
+    if options.fold and bn_layers:
+        with stages.stage("fold", f"{len(bn_layers)} BN layers, checked on the test split"):
+            folded = fold_model(trained.model, ds.x_test, options.tolerance,
+                                inputs=f"{ds.name} test split")
+            save_keras(folded.model, out / "folded.keras")
+    with stages.stage("convert", f"quantize {options.quantize.value}"):
+        only = None
+        if folded is not None:
+            only = to_tflite(trained.model, out / "converter_only.tflite", options.quantize,
+                             representative)
+        converted = to_tflite(folded.model if folded else trained.model, out / "model.tflite",
+                              options.quantize, representative)
+        twin_tflite = None if twin is None else to_tflite(
+            twin.model, out / "twin.tflite", options.quantize, representative)
+    with stages.stage("inspect", "BN residue in model.tflite"):
+        conversion = ConversionResult(
+            converted, inspect_model(converted.model, bn_layers), folded,
+            None if only is None else inspect_model(only.model, bn_layers), "model.keras")
+    return conversion, twin_tflite
 
-    log("[4/6] verify against Keras on the test split")
-    with timed() as t:
-        verified = verify(converted.path, ds.x_test, ds.y_test, trained.model, config.runtime)
-    timings["verify_s"] = t.seconds
 
-    log("[5/6] inspect the .tflite for BN residue")
-    inspected = inspect_tflite(converted.path, trained.bn_layers)
-    timings["inspect_s"] = inspected.elapsed_ms / 1e3
-    if conversion.fold is not None:
-        log(f"      converter alone: {conversion.converter_only.bn.verdict}; "
-            f"folded first: {inspected.bn.verdict}")
+def _bench(config: BuildConfig, ds: Dataset, trained: TrainResult, twin: TrainResult | None,
+           conversion: ConversionResult, twin_tflite: Converted | None,
+           stages: Stages) -> BenchResult | None:
+    if not config.run_bench:
+        return None
+    targets = BenchTargets(
+        conversion.converted.model, twin_tflite.model if twin_tflite else None,
+        keras=trained.model, keras_baseline=twin.model if twin else None,
+        keras_folded=conversion.fold.model if conversion.fold else None,
+        baseline_label="BN-free twin")
+    with stages.stage("bench", "TFLite against Keras"):
+        return bench(targets, config.bench, data=ds.x_test)
 
-    benched = None
-    if config.bench:
-        log("[6/6] bench TFLite against Keras")
-        settings = BenchSettings(**{**config.bench_settings.__dict__, "backend": config.runtime})
-        with timed() as t:
-            benched = bench(converted.path, settings, keras_model=out / "model.keras",
-                            baseline=out / "twin.tflite" if twin else None,
-                            keras_baseline=out / "twin.keras" if twin else None,
-                            keras_folded=conversion.fold.model if conversion.fold else None,
-                            data=ds.x_test)
-        timings["bench_s"] = t.seconds
 
-    with atomic_path(out / "samples.npy") as tmp:  # golden inputs for a device bundle
-        np.save(tmp, ds.x_test[:GOLDEN_SAMPLES])
-    report = write_report(out, config, ds, trained, twin, conversion, verified, inspected,
-                          benched, timings)
-    if config.bundle or config.emulate:
-        from edgebn.bundle import bundle
+def _device(config: BuildConfig, result: BuildResult, stages: Stages) -> BuildResult:
+    """The bundle and its emulated self-test, when asked for."""
+    from dataclasses import replace
 
-        log(f"      bundle for the device: {out / 'bundle'}")
-        bundled = bundle(out, out / "bundle")
-        report["bundle"] = {"path": "bundle", "selftest_here": bundled.selftest}
-        if config.emulate:
-            from edgebn.emulate import emulate
+    if not (config.bundle or config.emulate):
+        return result
+    from edgebn.bundle import BundleSource, bundle
 
-            log(f"      self-test on an emulated arm64 Raspberry Pi: {', '.join(config.emulate)}")
-            report["emulation"] = emulate(out / "bundle", config.emulate).to_json()
-        write_report_json(out, report)
-    return BuildResult(out, report, trained, converted, conversion, verified, inspected, benched)
+    with stages.stage("bundle", str(config.out / "bundle")):
+        source = BundleSource.from_build(result, result.dataset.x_test)
+        bundled = bundle(source, config.out / "bundle")
+    emulated = None
+    if config.emulate:
+        from edgebn.emulate import emulate
+
+        with stages.stage("emulate", ", ".join(r.value for r in config.emulate)):
+            emulated = emulate(config.out / "bundle", config.emulate, log=stages.progress.note)
+    return replace(result, bundled=bundled, emulated=emulated, seconds=dict(stages.seconds))

@@ -27,8 +27,10 @@ from typing import Any
 import numpy as np
 
 from edgebn import __version__
+from edgebn.data import Preprocessing
 from edgebn.errors import EdgebnError, InvalidModelError
 from edgebn.stages import atomic_dir
+from edgebn.tflite import TFLiteModel, read_tflite
 
 DEVICE_DIR = Path(__file__).parent / "device"
 GOLDEN_SAMPLES = 16
@@ -69,7 +71,7 @@ Built by edgebn {version}: test accuracy {accuracy}, BN verdict {verdict}.
 
 predict.py checks every file against manifest.json before it loads anything: a
 bundle with one changed byte is refused (exit 2). Exit 1 means the self-test failed.
-Images are converted to {color}, resized to {hw} and scaled as in training:
+Images are converted to {color}, resized to {hw} ({resize} filter) and scaled as in training:
 x = pixel * {raw_scale} * {scale} + {offset}.
 """
 
@@ -85,6 +87,10 @@ class BundleResult:
         return {"out": str(self.out), "files": self.files, "selftest": self.selftest,
                 "input": self.spec["input"], "output": self.spec["output"]}
 
+    def summary_json(self, out: Path) -> dict[str, Any]:
+        """The build report's view: where, relative to the build directory, and the self-test."""
+        return {"path": _rel(self.out, out), "selftest_here": self.selftest}
+
 
 def load_predict_module():
     """The bundle's predict.py as a module, so that this machine runs the device's code."""
@@ -94,96 +100,113 @@ def load_predict_module():
     return module
 
 
-def _read_build(build_dir: Path) -> tuple[dict[str, Any], Path, np.ndarray]:
-    report_path = build_dir / "report.json"
-    if not report_path.is_file():
-        raise EdgebnError(f"{build_dir}: not a build directory (no report.json): run edgebn build")
-    try:
-        report = json.loads(report_path.read_text(encoding="utf-8"))
-        tflite = build_dir / report["tflite"]["path"]
-        dataset = report["dataset"]
-        dataset["preprocessing"]["input_shape"]
-        dataset["class_names"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise InvalidModelError(f"{report_path}: not an edgebn build report ({exc})") from exc
-    if not tflite.is_file():
-        raise EdgebnError(f"{tflite}: the build's model is missing")
-    samples = build_dir / "samples.npy"
-    if samples.is_file():
+@dataclass(frozen=True)
+class BundleSource:
+    """Everything a bundle is made of, in memory: a build's model, labels and golden inputs."""
+
+    model: TFLiteModel
+    preprocessing: Preprocessing
+    labels: tuple[str, ...]
+    golden_inputs: np.ndarray  # preprocessed float inputs (N, H, W, C)
+    arch: str
+    quantize: str
+    test_accuracy: float
+    bn_verdict: str
+
+    @classmethod
+    def from_build(cls, result: Any, golden_inputs: np.ndarray) -> BundleSource:
+        """From an ``edgebn build`` still in memory (a :class:`edgebn.report.BuildResult`)."""
+        converted = result.conversion.converted
+        return cls(converted.model, result.dataset.preprocessing, result.dataset.class_names,
+                   np.asarray(golden_inputs[:GOLDEN_SAMPLES], np.float32), result.arch,
+                   converted.quantize.value, result.verified.tflite_accuracy,
+                   result.conversion.inspected.bn.verdict)
+
+    @classmethod
+    def from_build_dir(cls, build_dir: str | Path) -> BundleSource:
+        """From a build directory on disk: its report.json, model and samples.npy."""
+        from edgebn.report import read_report
+
+        build_dir = Path(build_dir)
+        report = read_report(build_dir / "report.json")
+        if report.preprocessing is None or report.labels is None:
+            raise InvalidModelError(f"{report.path}: not an edgebn build report (no "
+                                    "dataset.preprocessing or dataset.class_names)")
+        samples = build_dir / "samples.npy"
+        if not samples.is_file():
+            raise EdgebnError(f"{samples}: missing (rebuild with this edgebn to bundle it)")
         try:
             x = np.load(samples, allow_pickle=False)
         except (OSError, ValueError, EOFError) as exc:
             raise InvalidModelError(f"{samples}: not a readable .npy of inputs ({exc})") from exc
-    elif dataset["name"] in ("digits", "mnist", "fashion-mnist"):
-        from edgebn.data import load_dataset
-
-        x = load_dataset(dataset["name"], seed=report["model"].get("seed", 0)).x_test
-    else:
-        raise EdgebnError(f"{samples}: missing (rebuild with this edgebn to bundle a "
-                          f"folder dataset)")
-    want = tuple(dataset["preprocessing"]["input_shape"])
-    if x.ndim != 4 or tuple(x.shape[1:]) != want:
-        raise InvalidModelError(f"{samples}: shape {list(x.shape)}, expected (N, {list(want)})")
-    return report, tflite, x[:GOLDEN_SAMPLES].astype(np.float32)
+        want = tuple(report.preprocessing.input_shape)
+        if x.ndim != 4 or tuple(x.shape[1:]) != want or x.dtype.kind != "f":
+            raise InvalidModelError(f"{samples}: shape {list(x.shape)} ({x.dtype}), expected "
+                                    f"float (N, {', '.join(map(str, want))})")
+        return cls(read_tflite(report.tflite), report.preprocessing, report.labels,
+                   x[:GOLDEN_SAMPLES].astype(np.float32), report.arch, report.quantize,
+                   report.test_accuracy, report.bn_verdict)
 
 
-def bundle(build_dir: str | Path, out: str | Path) -> BundleResult:
-    """Assemble OUT from a build directory; run the self-test here; swap OUT in atomically."""
-    from edgebn.tflite import read_tflite
+def _tensor_spec(model: TFLiteModel, index: int) -> dict[str, Any]:
+    t = model.subgraphs[0].tensors[index]
+    q = t.quantization
+    return {"shape": list(t.shape), "dtype": t.dtype.lower(),
+            "quantization": [float(q.scale[0]), int(q.zero_point[0])] if q and len(q.scale)
+            else None}
 
-    build_dir, out = Path(build_dir), Path(out)
-    check_bundle_out(out)
-    report, tflite, golden_x = _read_build(build_dir)
-    model = read_tflite(tflite)
-    sg = model.subgraphs[0]
+
+def _spec(source: BundleSource) -> dict[str, Any]:
+    sg = source.model.subgraphs[0]
     if len(sg.inputs) != 1 or len(sg.outputs) != 1:
-        raise InvalidModelError(f"{tflite}: a bundle needs one input and one output tensor")
-    dataset = report["dataset"]
-
-    def tensor_spec(index: int) -> dict[str, Any]:
-        t = sg.tensors[index]
-        q = t.quantization
-        return {"shape": list(t.shape), "dtype": t.dtype.lower(),
-                "quantization": [float(q.scale[0]), int(q.zero_point[0])] if q and len(q.scale)
-                else None}
-
-    inp, outp = tensor_spec(sg.inputs[0]), tensor_spec(sg.outputs[0])
+        raise InvalidModelError(f"{source.model.path}: a bundle needs one input and one output "
+                                "tensor")
+    inp, outp = _tensor_spec(source.model, sg.inputs[0]), _tensor_spec(source.model, sg.outputs[0])
     quantized_out = outp["dtype"] in ("int8", "uint8", "int16")
-    spec = {
+    return {
         "edgebn": __version__,
         "model": "model.tflite",
-        "labels": list(dataset["class_names"]),
-        "preprocessing": dataset["preprocessing"],
+        "labels": list(source.labels),
+        "preprocessing": source.preprocessing.to_json(),
         "input": inp, "output": outp,
         "selftest": {"inputs": "golden/inputs.npy", "outputs": "golden/outputs.npy",
                      "atol": INT8_ATOL if quantized_out else FLOAT_ATOL,
                      "units": f"{outp['dtype']} steps" if quantized_out else "probability"},
-        "build": {"arch": report["model"]["arch"], "quantize": report["tflite"]["quantize"],
-                  "test_accuracy": report["tflite"]["test_accuracy"],
-                  "bn_verdict": report["inspect"]["bn"]["verdict"],
-                  "size_bytes": report["tflite"]["size_bytes"]},
+        "build": {"arch": source.arch, "quantize": source.quantize,
+                  "test_accuracy": source.test_accuracy, "bn_verdict": source.bn_verdict,
+                  "size_bytes": source.model.size_bytes},
     }
+
+
+def _readme(name: str, spec: dict[str, Any]) -> str:
+    p, inp, b = spec["preprocessing"], spec["input"], spec["build"]
+    return DEVICE_README.format(
+        name=name, arch=b["arch"], classes=len(spec["labels"]), shape=inp["shape"][1:],
+        shape_csv=", ".join(map(str, inp["shape"][1:])), input_dtype=inp["dtype"],
+        quantize=b["quantize"], version=__version__, accuracy=f"{b['test_accuracy']:.4f}",
+        verdict=b["bn_verdict"], color=p["color"], resize=p["resize"],
+        hw=f"{p['input_shape'][0]}x{p['input_shape'][1]}", raw_scale=f"{p['raw_max']}/255",
+        scale=p["scale"], offset=p["offset"])
+
+
+def bundle(source: BundleSource, out: str | Path) -> BundleResult:
+    """Assemble OUT from ``source``; run the self-test here; swap OUT in atomically."""
+    out = Path(out)
+    check_bundle_out(out)
+    spec = _spec(source)
     predict = load_predict_module()
     with atomic_dir(out) as tmp:
-        shutil.copyfile(tflite, tmp / "model.tflite")
+        (tmp / "model.tflite").write_bytes(source.model.data)
         shutil.copyfile(DEVICE_DIR / "predict.py", tmp / "predict.py")
         (tmp / "golden").mkdir()
         here = predict.Model(str(tmp), spec, threads=1, runtime="auto")
-        golden_y = np.stack([here.raw(x) for x in golden_x])
-        np.save(tmp / "golden" / "inputs.npy", golden_x)
+        golden_y = np.stack([here.raw(x) for x in source.golden_inputs])
+        np.save(tmp / "golden" / "inputs.npy", source.golden_inputs)
         np.save(tmp / "golden" / "outputs.npy", golden_y)
         (tmp / "labels.txt").write_text("\n".join(spec["labels"]) + "\n", encoding="utf-8")
         (tmp / "bundle.json").write_text(json.dumps(spec, indent=2) + "\n", encoding="utf-8")
         (tmp / "requirements.txt").write_text(REQUIREMENTS, encoding="utf-8")
-        p = dataset["preprocessing"]
-        (tmp / "README.md").write_text(DEVICE_README.format(
-            name=out.name, arch=spec["build"]["arch"], classes=len(spec["labels"]),
-            shape=inp["shape"][1:], shape_csv=", ".join(map(str, inp["shape"][1:])),
-            input_dtype=inp["dtype"], quantize=spec["build"]["quantize"], version=__version__,
-            accuracy=f"{spec['build']['test_accuracy']:.4f}", verdict=spec["build"]["bn_verdict"],
-            color=p["color"], hw=f"{p['input_shape'][0]}x{p['input_shape'][1]}",
-            raw_scale=f"{p['raw_max']}/255", scale=p["scale"], offset=p["offset"]),
-            encoding="utf-8")
+        (tmp / "README.md").write_text(_readme(out.name, spec), encoding="utf-8")
         files = {str(f.relative_to(tmp)): _sha256(f) for f in sorted(tmp.rglob("*")) if f.is_file()}
         (tmp / "manifest.json").write_text(json.dumps({"edgebn": __version__, "files": files},
                                                       indent=2) + "\n", encoding="utf-8")
@@ -193,6 +216,12 @@ def bundle(build_dir: str | Path, out: str | Path) -> BundleResult:
     return BundleResult(out, files, spec, selftest)
 
 
+def bundle_build(build_dir: str | Path, out: str | Path) -> BundleResult:
+    """``edgebn bundle BUILD --out OUT``: a bundle from a build directory."""
+    check_bundle_out(Path(out))
+    return bundle(BundleSource.from_build_dir(build_dir), out)
+
+
 def check_bundle_out(out: Path) -> None:
     """OUT is replaced whole: refuse anything there that is not an earlier bundle."""
     if out.exists() and not out.is_dir():
@@ -200,6 +229,13 @@ def check_bundle_out(out: Path) -> None:
     if out.is_dir() and any(out.iterdir()) and not (out / "manifest.json").is_file():
         raise EdgebnError(f"--out {out}: a non-empty directory that is not an edgebn bundle "
                           "(no manifest.json); it would be replaced whole: choose another path")
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(Path(root).resolve()))
+    except ValueError:
+        return str(path)
 
 
 def _sha256(path: Path) -> str:

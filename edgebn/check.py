@@ -8,7 +8,6 @@ both files on this machine (absolute times move between machines, ratios do not)
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 from edgebn.analysis import inspect_tflite
 from edgebn.bench import BenchSettings, bench_tflite
 from edgebn.errors import EdgebnError
+from edgebn.report import read_report
 
 
 @dataclass(frozen=True)
@@ -28,8 +28,7 @@ class Thresholds:
     def validate(self) -> None:
         for name in ("max_accuracy_drop", "max_latency_regression", "max_size_growth"):
             if getattr(self, name) < 0:
-                raise EdgebnError(f"--{name.replace('_', '-')} must be >= 0. "
-                                  f"Received: {getattr(self, name)}")
+                raise EdgebnError(f"{name} must be >= 0. Received: {getattr(self, name)}")
 
 
 @dataclass(frozen=True)
@@ -61,39 +60,12 @@ class CheckResult:
                 "metrics": [m.to_json() for m in self.metrics]}
 
 
-@dataclass(frozen=True)
-class _Build:
-    report_path: Path
-    tflite: Path
-    test_accuracy: float
-
-
-def _load(path: str | Path, what: str) -> _Build:
-    p = Path(path)
-    if not p.is_file():
-        raise EdgebnError(f"{what} {p}: no such file")
-    try:
-        doc = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise EdgebnError(f"{what} {p}: not a readable JSON report ({exc})") from exc
-    try:
-        rel = doc["tflite"]["path"]
-        accuracy = float(doc["tflite"]["test_accuracy"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise EdgebnError(f"{what} {p}: not an edgebn build report "
-                          f"(needs tflite.path and tflite.test_accuracy)") from exc
-    tflite = (p.parent / rel) if not Path(rel).is_absolute() else Path(rel)
-    if not tflite.is_file():
-        raise EdgebnError(f"{what} {p}: its model {tflite} does not exist")
-    return _Build(p, tflite, accuracy)
-
-
 def check(report: str | Path, baseline: str | Path, thresholds: Thresholds = Thresholds(),
           bench_settings: BenchSettings | None = None) -> CheckResult:
     """Compare the build behind ``report`` with the one behind ``baseline``."""
     thresholds.validate()
     bench_settings = bench_settings or BenchSettings()
-    cur, base = _load(report, "report"), _load(baseline, "--baseline")
+    cur, base = read_report(report), read_report(baseline)
     metrics = []
 
     drop = base.test_accuracy - cur.test_accuracy

@@ -5,15 +5,22 @@ from __future__ import annotations
 import contextlib
 import io
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from edgebn.analysis import InspectResult, inspect_model
+from edgebn.data import DataSpec
 from edgebn.errors import EdgebnError
 from edgebn.stages import timed, write_atomic
+from edgebn.tensors import sample_inputs
+from edgebn.tflite import TFLiteModel, parse_tflite
+
+if TYPE_CHECKING:
+    from edgebn.fold import FoldResult
 
 
 class Quantize(str, Enum):
@@ -45,7 +52,8 @@ def _int8(converter, representative) -> None:
     import tensorflow as tf
 
     if representative is None or len(representative) == 0:
-        raise EdgebnError("--quantize int8 needs representative samples (the training split)")
+        raise EdgebnError("int8 quantization needs representative samples for calibration "
+                          "(the training split); none were given")
 
     def gen():
         for x in representative:
@@ -67,15 +75,31 @@ REPRESENTATIVE_SAMPLES = 200  # int8 calibration draws this many training sample
 
 
 @dataclass(frozen=True)
-class ConvertResult:
-    path: Path
-    size_bytes: int
-    quantize: str
+class ConvertOptions:
+    quantize: Quantize = Quantize.none
+    fold: bool = True  # fold BN in Keras first; the converter-only file is made beside it
+    tolerance: float = 1e-5  # the fold's max |Δ|, relative to the largest output
+
+
+@dataclass(frozen=True)
+class Converted:
+    """One converter run: the file's bytes, parsed (``model.path`` is where they were written)."""
+
+    model: TFLiteModel
+    quantize: Quantize
     convert_s: float
 
+    @property
+    def path(self) -> Path:
+        return Path(self.model.path)
 
-def convert(model: Any, out: str | Path, quantize: Quantize | str = Quantize.none,
-            representative: np.ndarray | None = None) -> ConvertResult:
+    @property
+    def size_bytes(self) -> int:
+        return self.model.size_bytes
+
+
+def to_tflite(model: Any, out: str | Path, quantize: Quantize | str = Quantize.none,
+              representative: np.ndarray | None = None) -> Converted:
     """Convert a Keras model with the TFLite converter and write ``out`` atomically."""
     quantize = Quantize(quantize)
     import tensorflow as tf
@@ -85,93 +109,94 @@ def convert(model: Any, out: str | Path, quantize: Quantize | str = Quantize.non
         QUANTIZERS[quantize](converter, representative)
         flatbuffer = converter.convert()
     write_atomic(out, flatbuffer)
-    return ConvertResult(Path(out), len(flatbuffer), quantize.value, t.seconds)
+    return Converted(parse_tflite(flatbuffer, str(out)), quantize, t.seconds)
 
 
 @dataclass(frozen=True)
-class FoldedConversion:
-    """The file at ``out`` and its inspection; with a fold, also what the converter alone made."""
+class ConversionResult:
+    """The written file and its inspection; with a fold, also what the converter alone made."""
 
-    converted: ConvertResult
-    inspected: Any  # analysis.InspectResult of the written file
-    fold: Any = None  # fold.FoldResult, when the model was folded in Keras first
-    converter_only: Any = None  # analysis.InspectResult of the unfolded model's conversion
+    converted: Converted
+    inspected: InspectResult  # of the written file
+    fold: FoldResult | None = None  # when the model was folded in Keras first
+    converter_only: InspectResult | None = None  # of the unfolded model's conversion
+    source: str | None = None  # the .keras it came from
 
     def fold_json(self) -> dict[str, Any] | None:
         """The fold and the two verdicts side by side, for reports and --json."""
-        if self.fold is None:
+        if self.fold is None or self.converter_only is None:
             return None
-        only, pre = self.converter_only.bn, self.inspected.bn
         return {**self.fold.to_json(),
-                "converter_only": {"verdict": only.verdict, "residual": len(only.residual),
-                                   "residual_sources": [r.source for r in only.residual],
-                                   "size_bytes": self.converter_only.model.size_bytes},
-                "pre_folded": {"verdict": pre.verdict, "residual": len(pre.residual),
-                               "residual_sources": [r.source for r in pre.residual],
-                               "size_bytes": self.inspected.model.size_bytes}}
+                "converter_only": _verdict_json(self.converter_only),
+                "pre_folded": _verdict_json(self.inspected)}
+
+    def to_json(self) -> dict[str, Any]:
+        """``edgebn convert --json``."""
+        return {"model": self.source, "out": str(self.converted.path),
+                "size_bytes": self.converted.size_bytes,
+                "quantize": self.converted.quantize.value, "fold": self.fold_json(),
+                "inspect": self.inspected.to_json()}
 
 
-def convert_model(model: Any, out: str | Path, quantize: Quantize | str = Quantize.none,
-                  representative: np.ndarray | None = None, fold_inputs: np.ndarray | None = None,
-                  tolerance: float | None = None, fold_source: str = "given",
-                  converter_only_out: str | Path | None = None) -> FoldedConversion:
-    """Convert ``model`` to ``out``; with ``fold_inputs``, fold its BN in Keras first.
+def _verdict_json(inspected: InspectResult) -> dict[str, Any]:
+    bn = inspected.bn
+    return {"verdict": bn.verdict, "residual": len(bn.residual),
+            "residual_sources": [r.source for r in bn.residual],
+            "size_bytes": inspected.model.size_bytes}
 
-    The fold is checked on ``fold_inputs`` (FoldError above ``tolerance``). The unfolded
+
+def convert_model(model: Any, out: str | Path, options: ConvertOptions = ConvertOptions(),
+                  representative: np.ndarray | None = None,
+                  fold_inputs: tuple[np.ndarray, str] | None = None,
+                  converter_only_out: str | Path | None = None) -> ConversionResult:
+    """Convert ``model`` to ``out`` and inspect it; fold its BN in Keras first when asked.
+
+    The fold is checked on ``fold_inputs`` (inputs, where they came from). The unfolded
     model is converted too, so the caller sees the converter's own verdict beside the
     pre-folded one; that file is kept at ``converter_only_out`` or discarded.
     """
     import tempfile
 
-    from edgebn.analysis import inspect_tflite
-    from edgebn.models import bn_layer_names
+    from edgebn.fold import all_bn_layer_names, fold_model
 
-    bn_layers = bn_layer_names(model)
-    if fold_inputs is None or not bn_layers:
-        converted = convert(model, out, quantize, representative)
-        return FoldedConversion(converted, inspect_tflite(converted.path, bn_layers))
-    from edgebn.fold import DEFAULT_TOLERANCE, fold_model
-
-    folded = fold_model(model, fold_inputs, tolerance or DEFAULT_TOLERANCE, inputs=fold_source)
+    bn_layers = all_bn_layer_names(model)
+    if not options.fold or fold_inputs is None or not bn_layers:
+        converted = to_tflite(model, out, options.quantize, representative)
+        return ConversionResult(converted, inspect_model(converted.model, bn_layers))
+    x, where = fold_inputs
+    folded = fold_model(model, x, options.tolerance, inputs=where)
     with tempfile.TemporaryDirectory(prefix="edgebn-") as tmp:
-        only_path = converter_only_out or Path(tmp) / "converter_only.tflite"
-        convert(model, only_path, quantize, representative)
-        converter_only = inspect_tflite(only_path, bn_layers)
-    converted = convert(folded.model, out, quantize, representative)
-    return FoldedConversion(converted, inspect_tflite(converted.path, bn_layers), folded,
-                            converter_only)
+        only = to_tflite(model, converter_only_out or Path(tmp) / "converter_only.tflite",
+                         options.quantize, representative)
+    converted = to_tflite(folded.model, out, options.quantize, representative)
+    return ConversionResult(converted, inspect_model(converted.model, bn_layers), folded,
+                            inspect_model(only.model, bn_layers))
 
 
-def convert_file(model_path: str | Path, out: str | Path, quantize: Quantize | str = Quantize.none,
-                 dataset="digits", data_dir=None, image_size: int = 32, color: str = "grayscale",
-                 seed: int = 0, fold: bool = True, tolerance: float | None = None,
-                 data: str | Path | None = None) -> FoldedConversion:
+def convert_file(model_path: str | Path, out: str | Path,
+                 options: ConvertOptions = ConvertOptions(), data: DataSpec = DataSpec(),
+                 fold_data: str | Path | None = None) -> ConversionResult:
     """``edgebn convert``: load a .keras (safe mode), fold (default), convert, inspect.
 
-    int8 calibration draws from the training split of ``dataset`` (or ``data_dir``),
-    which must have the model's input shape. The fold is checked on ``data`` (a .npy),
-    else that dataset's test split when it fits the model, else random inputs.
+    int8 calibration draws from the training split of ``data``, which must have the
+    model's input shape. The fold is checked on ``fold_data`` (a .npy/.npz of inputs),
+    else on ``data``'s test split when it fits the model, else on random inputs.
     """
     from edgebn.train import load_keras
 
-    quantize = Quantize(quantize)
     if Path(out).suffix != ".tflite":
-        raise EdgebnError(f"--out must end in .tflite. Received: {out}")
+        raise EdgebnError(f"the output path must end in .tflite. Received: {out}")
     model = load_keras(model_path)
-    representative, ds = None, None
-    if quantize is Quantize.int8:
-        from edgebn.data import load_dataset
-
-        ds = load_dataset(dataset, data_dir, image_size, color, seed)
-        want = tuple(model.input_shape[1:])
+    want = tuple(model.input_shape[1:])
+    need_data = options.quantize is Quantize.int8 or (options.fold and fold_data is None)
+    ds = data.load() if need_data else None
+    representative = None
+    if options.quantize is Quantize.int8:
         if tuple(ds.input_shape) != want:
-            raise EdgebnError(f"calibration data has input shape {list(ds.input_shape)}, the "
-                              f"model expects {list(want)}: pass the dataset it was trained on")
+            raise EdgebnError(f"calibration data {ds.name} has input shape "
+                              f"{list(ds.input_shape)}, the model expects {list(want)}: "
+                              "give the data it was trained on")
         representative = ds.x_train[:REPRESENTATIVE_SAMPLES]
-    fold_inputs, source = None, "given"
-    if fold:
-        from edgebn.fold import equivalence_inputs
-
-        fold_inputs, source = equivalence_inputs(model, data, dataset, data_dir, image_size,
-                                                 color, seed=seed, loaded=ds)
-    return convert_model(model, out, quantize, representative, fold_inputs, tolerance, source)
+    fold_inputs = sample_inputs(want, fold_data, ds, seed=data.seed) if options.fold else None
+    result = convert_model(model, out, options, representative, fold_inputs)
+    return replace(result, source=str(model_path))

@@ -6,7 +6,7 @@ Every image is fed to Keras and to TFLite through the same ``Preprocessing``:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -25,15 +25,45 @@ class DatasetName(str, Enum):
     folder = "folder"  # --data-dir
 
 
+class Color(str, Enum):
+    grayscale = "grayscale"
+    rgb = "rgb"
+
+    @property
+    def pil_mode(self) -> str:
+        return "L" if self is Color.grayscale else "RGB"
+
+    @property
+    def channels(self) -> int:
+        return 1 if self is Color.grayscale else 3
+
+
+class Resize(str, Enum):
+    """The filter that resizes an image to the model's input; the device uses the same one."""
+
+    bilinear = "bilinear"
+    bicubic = "bicubic"
+    nearest = "nearest"
+    lanczos = "lanczos"
+    box = "box"
+    hamming = "hamming"
+
+
 @dataclass(frozen=True)
 class Preprocessing:
-    """How raw pixels become model inputs: ``x = raw * scale + offset``."""
+    """How raw pixels become model inputs: ``x = raw * scale + offset``.
+
+    An image file is first converted to ``color`` and resized to the input's height and
+    width with ``resize`` (Pillow's filter of that name) on the training machine and on
+    the device alike; its 8-bit pixels are mapped onto ``[0, raw_max]``.
+    """
 
     input_shape: tuple[int, int, int]
     raw_max: float  # the largest raw pixel value (16 for digits, 255 for 8-bit images)
     scale: float
     offset: float = 0.0
-    color: str = "grayscale"  # or "rgb"
+    color: Color = Color.grayscale
+    resize: Resize = Resize.bilinear
 
     def apply(self, raw: np.ndarray) -> np.ndarray:
         return (raw.astype(np.float32) * np.float32(self.scale) + np.float32(self.offset)).astype(
@@ -41,7 +71,15 @@ class Preprocessing:
         )
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self) | {"input_shape": list(self.input_shape)}
+        return {"input_shape": list(self.input_shape), "raw_max": self.raw_max,
+                "scale": self.scale, "offset": self.offset, "color": self.color.value,
+                "resize": self.resize.value}
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> Preprocessing:
+        return cls(tuple(doc["input_shape"]), float(doc["raw_max"]), float(doc["scale"]),
+                   float(doc.get("offset", 0.0)), Color(doc.get("color", "grayscale")),
+                   Resize(doc.get("resize", "bilinear")))
 
 
 @dataclass(frozen=True)
@@ -55,6 +93,7 @@ class Dataset:
     y_val: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
+    seed: int = 0  # the split's seed; training uses it too
 
     @property
     def classes(self) -> int:
@@ -71,43 +110,48 @@ class Dataset:
                 "preprocessing": self.preprocessing.to_json()}
 
 
-def load_dataset(
-    name: DatasetName | str = DatasetName.digits,
-    data_dir: str | Path | None = None,
-    image_size: int = 32,
-    color: str = "grayscale",
-    seed: int = 0,
-    test_fraction: float = 0.2,
-    val_fraction: float = 0.2,
-    limit: int | None = None,
-) -> Dataset:
-    """Load ``name`` (or the image folder ``data_dir``) and split it, stratified, with ``seed``.
+@dataclass(frozen=True)
+class DataSpec:
+    """Where the samples come from and how they are split: everything ``load()`` needs."""
 
-    ``limit`` caps the number of samples used (stratified), for quick runs on big sets.
-    """
-    if data_dir is not None:
-        name = DatasetName.folder
-    name = DatasetName(name)
-    if name is DatasetName.digits:
-        x, y, classes, pre = _digits()
-        split = _split(x, y, seed, test_fraction, val_fraction, limit)
-    elif name in (DatasetName.mnist, DatasetName.fashion_mnist):
-        (x_tr, y_tr), (x_te, y_te), classes = _keras_dataset(name)
-        pre = Preprocessing((28, 28, 1), 255.0, 1 / 255.0)
-        # Keep the publisher's test set as test; carve validation out of its train set.
-        x = np.concatenate([x_tr, x_te])[..., None]
-        y = np.concatenate([y_tr, y_te]).astype(np.int64)
-        split = _split(x, y, seed, test_fraction, val_fraction, limit,
-                       fixed_test=np.arange(len(y_tr), len(y)))
-    else:
-        if data_dir is None:
-            raise DatasetError("--dataset folder needs --data-dir DIR (one sub-folder per class)")
-        x, y, classes, pre = _folder(Path(data_dir), image_size, color)
-        split = _split(x, y, seed, test_fraction, val_fraction, limit)
-    x_train, y_train, x_val, y_val, x_test, y_test = split
-    return Dataset(name.value if data_dir is None else f"folder:{Path(data_dir).name}",
-                   tuple(classes), pre, pre.apply(x_train), y_train, pre.apply(x_val), y_val,
-                   pre.apply(x_test), y_test)
+    dataset: DatasetName = DatasetName.digits
+    data_dir: Path | None = None  # an image folder, one sub-folder per class (wins over dataset)
+    image_size: int = 32  # side of the images read from data_dir
+    color: Color = Color.grayscale  # of the images read from data_dir
+    resize: Resize = Resize.bilinear  # filter for the images read from data_dir
+    seed: int = 0  # the split's seed (and the model's, in training)
+    limit: int | None = None  # use at most this many samples (stratified), for quick runs
+    test_fraction: float = 0.2
+    val_fraction: float = 0.2
+
+    @property
+    def name(self) -> str:
+        return f"folder:{Path(self.data_dir).name}" if self.data_dir is not None else \
+            DatasetName(self.dataset).value
+
+    def load(self) -> Dataset:
+        """Load the samples and split them, stratified, with ``seed``."""
+        name = DatasetName.folder if self.data_dir is not None else DatasetName(self.dataset)
+        if name is DatasetName.digits:
+            x, y, classes, pre = _digits()
+            split = _split(x, y, self, fixed_test=None)
+        elif name in (DatasetName.mnist, DatasetName.fashion_mnist):
+            (x_tr, y_tr), (x_te, y_te), classes = _keras_dataset(name)
+            pre = Preprocessing((28, 28, 1), 255.0, 1 / 255.0)
+            # Keep the publisher's test set as test; carve validation out of its train set.
+            x = np.concatenate([x_tr, x_te])[..., None]
+            y = np.concatenate([y_tr, y_te]).astype(np.int64)
+            split = _split(x, y, self, fixed_test=np.arange(len(y_tr), len(y)))
+        else:
+            if self.data_dir is None:
+                raise DatasetError("the folder dataset needs an image directory "
+                                   "(one sub-folder per class)")
+            x, y, classes, pre = _folder(Path(self.data_dir), self.image_size,
+                                         Color(self.color), Resize(self.resize))
+            split = _split(x, y, self, fixed_test=None)
+        x_train, y_train, x_val, y_val, x_test, y_test = split
+        return Dataset(self.name, tuple(classes), pre, pre.apply(x_train), y_train,
+                       pre.apply(x_val), y_val, pre.apply(x_test), y_test, self.seed)
 
 
 def _digits():
@@ -132,55 +176,70 @@ def _keras_dataset(name: DatasetName):
         train, test = loader.load_data()
     except Exception as exc:  # network, corrupt cache: one line for the user
         raise DatasetError(
-            f"--dataset {name.value}: cannot load through keras.datasets "
+            f"dataset {name.value}: cannot load through keras.datasets "
             f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
         ) from exc
     classes = [str(i) for i in range(10)] if name is DatasetName.mnist else list(_FASHION)
     return train, test, classes
 
 
-def _folder(root: Path, image_size: int, color: str):
+def read_image(path: str | Path, pre: Preprocessing) -> np.ndarray:
+    """One image file -> raw pixels (H, W, C) float32 on [0, 255], as ``pre`` sizes them.
+
+    The device's predict.py does the same steps (convert, resize with the same filter).
+    """
+    from PIL import Image
+
+    h, w, _ = pre.input_shape
+    with Image.open(path) as im:
+        im = im.convert(pre.color.pil_mode).resize((w, h), _pil_filter(pre.resize))
+        arr = np.asarray(im, dtype=np.float32)
+    return arr if arr.ndim == 3 else arr[..., None]
+
+
+def _pil_filter(resize: Resize) -> int:
+    from PIL import Image
+
+    return getattr(Image, resize.value.upper())
+
+
+def _folder(root: Path, image_size: int, color: Color, resize: Resize):
     from PIL import Image, UnidentifiedImageError
 
     if image_size < 4:
-        raise DatasetError(f"--image-size must be >= 4. Received: {image_size}")
-    if color not in ("grayscale", "rgb"):
-        raise DatasetError(f"color must be grayscale or rgb. Received: {color}")
+        raise DatasetError(f"image size must be >= 4. Received: {image_size}")
     if not root.exists():
-        raise DatasetError(f"--data-dir {root}: no such directory")
+        raise DatasetError(f"{root}: no such directory")
     if not root.is_dir():
-        raise DatasetError(f"--data-dir {root}: not a directory")
+        raise DatasetError(f"{root}: not a directory")
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     files = {d.name: sorted(f for f in d.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
              for d in class_dirs}
     files = {k: v for k, v in files.items() if v}
     if not files:
-        raise DatasetError(f"--data-dir {root}: no images found (expected one sub-folder of "
+        raise DatasetError(f"{root}: no images found (expected one sub-folder of "
                            f"images per class, suffixes {', '.join(sorted(IMAGE_SUFFIXES))})")
     if len(files) < 2:
-        raise DatasetError(f"--data-dir {root}: only one class ({next(iter(files))}) has images; "
+        raise DatasetError(f"{root}: only one class ({next(iter(files))}) has images; "
                            "a classifier needs at least two")
-    mode = "L" if color == "grayscale" else "RGB"
+    pre = Preprocessing((image_size, image_size, color.channels), 255.0, 1 / 255.0, color=color,
+                        resize=resize)
     xs, ys = [], []
     for label, paths in enumerate(files.values()):
         for f in paths:
             try:
-                with Image.open(f) as im:
-                    im = im.convert(mode).resize((image_size, image_size), Image.BILINEAR)
-                    arr = np.asarray(im, dtype=np.float32)
-            except (UnidentifiedImageError, OSError, ValueError) as exc:
-                raise DatasetError(f"--data-dir: cannot read image {f} ({exc})") from exc
-            xs.append(arr if arr.ndim == 3 else arr[..., None])
+                xs.append(read_image(f, pre))
+            except (UnidentifiedImageError, OSError, ValueError,
+                    Image.DecompressionBombError) as exc:
+                raise DatasetError(f"cannot read image {f} ({exc})") from exc
             ys.append(label)
-    x = np.stack(xs)
-    channels = 1 if color == "grayscale" else 3
-    return x, np.array(ys, dtype=np.int64), list(files), \
-        Preprocessing((image_size, image_size, channels), 255.0, 1 / 255.0, color=color)
+    return np.stack(xs), np.array(ys, dtype=np.int64), list(files), pre
 
 
-def _split(x, y, seed, test_fraction, val_fraction, limit, fixed_test=None):
+def _split(x, y, spec: DataSpec, fixed_test=None):
     from sklearn.model_selection import train_test_split
 
+    seed, limit = spec.seed, spec.limit
     counts = np.bincount(y)
     if (counts[counts > 0] < 3).any():
         raise DatasetError(
@@ -195,8 +254,8 @@ def _split(x, y, seed, test_fraction, val_fraction, limit, fixed_test=None):
         test_idx = fixed_test
         rest = np.setdiff1d(idx, fixed_test)
     else:
-        rest, test_idx = train_test_split(idx, test_size=test_fraction, stratify=y[idx],
+        rest, test_idx = train_test_split(idx, test_size=spec.test_fraction, stratify=y[idx],
                                           random_state=seed)
-    train_idx, val_idx = train_test_split(rest, test_size=val_fraction, stratify=y[rest],
+    train_idx, val_idx = train_test_split(rest, test_size=spec.val_fraction, stratify=y[rest],
                                           random_state=seed)
     return (x[train_idx], y[train_idx], x[val_idx], y[val_idx], x[test_idx], y[test_idx])

@@ -46,16 +46,24 @@ class DeployResult:
                 "selftest_exit": self.selftest_exit}
 
 
-def ssh_command(host: str, port: int | None = None, identity: str | Path | None = None,
-                options: tuple[str, ...] = ()) -> list[str]:
-    cmd = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=15"]
-    if port is not None:
-        cmd += ["-p", str(port)]
-    if identity is not None:
-        cmd += ["-i", str(identity)]
-    for opt in options:
-        cmd += ["-o", opt]
-    return [*cmd, host]
+@dataclass(frozen=True)
+class SshTarget:
+    """A device as ``ssh`` reaches it: your keys, agent and ~/.ssh/config apply."""
+
+    host: str  # user@host
+    port: int | None = None
+    identity: Path | None = None
+    options: tuple[str, ...] = ()  # ssh -o options
+
+    def command(self) -> list[str]:
+        cmd = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=15"]
+        if self.port is not None:
+            cmd += ["-p", str(self.port)]
+        if self.identity is not None:
+            cmd += ["-i", str(self.identity)]
+        for opt in self.options:
+            cmd += ["-o", opt]
+        return [*cmd, self.host]
 
 
 def _last_line(stderr: bytes, default: str = "(no message)") -> str:
@@ -76,9 +84,8 @@ def _ssh(base: list[str], remote: str, what: str, stdin=None) -> subprocess.Comp
     return done
 
 
-def deploy(bundle: str | Path, host: str, dest: str = "edgebn", selftest: bool = False,
-           python: str = "python3", port: int | None = None, identity: str | Path | None = None,
-           options: tuple[str, ...] = ()) -> DeployResult:
+def deploy(bundle: str | Path, target: SshTarget, dest: str = "edgebn", selftest: bool = False,
+           python: str = "python3") -> DeployResult:
     """Ship ``bundle`` to ``host:dest/NAME`` (replacing an older copy); optionally self-test it."""
     from edgebn.bundle import load_predict_module
 
@@ -91,7 +98,8 @@ def deploy(bundle: str | Path, host: str, dest: str = "edgebn", selftest: bool =
     except predict.BundleError as exc:
         raise EdgebnError(f"{bundle}: {exc}") from exc
     name = bundle.name
-    base = ssh_command(host, port, identity, options)
+    host = target.host
+    base = target.command()
     q_dest, q_name = shlex.quote(dest), shlex.quote(name)
     stage = f"{q_dest}/.{q_name}.incoming"
     start = time.perf_counter()

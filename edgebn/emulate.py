@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from edgebn.errors import EdgebnError
+from edgebn.runtime import Backend
 
 SUITE = "bookworm"
 MIRROR = os.environ.get("EDGEBN_DEBIAN_MIRROR", "http://deb.debian.org/debian")
@@ -42,7 +43,8 @@ DEB_PACKAGES = ("python3", "python3-numpy")
 PYTHON = "usr/bin/python3.11"
 # runtime -> the pip requirement of its aarch64 wheel (no dependencies: the interpreter
 # modules need only NumPy, which Debian provides, as on the Pi)
-RUNTIMES = {"tflite-runtime": "tflite-runtime==2.14.0", "ai-edge-litert": "ai-edge-litert"}
+RUNTIMES = {Backend.tflite_runtime: "tflite-runtime==2.14.0",
+            Backend.ai_edge_litert: "ai-edge-litert"}
 WHEEL_PLATFORMS = ("manylinux_2_34_aarch64", "manylinux_2_28_aarch64", "manylinux_2_27_aarch64",
                    "manylinux2014_aarch64")
 SELFTEST_TIMEOUT_S = 600
@@ -204,20 +206,25 @@ def _raspberry_pi_cpu(root: Path) -> None:
         path.write_text(text + "\n")
 
 
-def check_runtimes(runtimes) -> None:
+def check_runtimes(runtimes) -> tuple[Backend, ...]:
+    """The device runtimes named, as Backends; refuse one a Pi cannot install."""
+    out = []
     for r in runtimes:
-        if r not in RUNTIMES:
-            raise EdgebnError(f"unknown runtime {r!r}: choose from {', '.join(RUNTIMES)}")
+        if r not in {b.value for b in RUNTIMES} | set(RUNTIMES):
+            raise EdgebnError(f"unknown device runtime {getattr(r, 'value', r)!r}: choose from "
+                              f"{', '.join(b.value for b in RUNTIMES)}")
+        out.append(Backend(r))
+    return tuple(out)
 
 
-def site_packages(runtime: str, cache: Path | None = None, log=lambda msg: None) -> Path:
+def site_packages(runtime: Backend, cache: Path | None = None, log=lambda msg: None) -> Path:
     """The runtime's aarch64 wheel from PyPI, unpacked into a directory for PYTHONPATH."""
-    check_runtimes((runtime,))
+    (runtime,) = check_runtimes((runtime,))
     cache = Path(cache or cache_dir())
-    site = cache / f"site-{runtime}"
+    site = cache / f"site-{runtime.value}"
     if (site / READY).is_file():
         return site
-    wheels = cache / "wheels" / runtime
+    wheels = cache / "wheels" / runtime.value
     wheels.mkdir(parents=True, exist_ok=True)
     log(f"pip download {RUNTIMES[runtime]} (aarch64, cp311)")
     cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
@@ -234,7 +241,7 @@ def site_packages(runtime: str, cache: Path | None = None, log=lambda msg: None)
     found = sorted(wheels.glob("*.whl"))
     if not found:
         raise EdgebnError(f"pip download {RUNTIMES[runtime]} left no wheel in {wheels}")
-    tmp = cache / f"site-{runtime}.tmp-{os.getpid()}"
+    tmp = cache / f"site-{runtime.value}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     for wheel in found:
         with zipfile.ZipFile(wheel) as z:
@@ -245,28 +252,27 @@ def site_packages(runtime: str, cache: Path | None = None, log=lambda msg: None)
     return site
 
 
-def run_selftest(bundle: Path, runtime: str, root: Path, site: Path,
+def run_selftest(bundle: Path, runtime: Backend, root: Path, site: Path,
                  timeout: float = SELFTEST_TIMEOUT_S) -> EmulatedRun:
     """``predict.py --selftest --json`` under qemu-aarch64 in the userland, on ``runtime``."""
     qemu = shutil.which("qemu-aarch64-static")
-    module = runtime.replace("-", "_")
     cmd = [qemu, "-L", str(root), str(root / PYTHON), str(Path(bundle).resolve() / "predict.py"),
-           "--selftest", "--json", "--threads", "4", "--runtime", module]
+           "--selftest", "--json", "--threads", "4", "--runtime", runtime.value]
     env = {"PYTHONPATH": str(site), "PYTHONNOUSERSITE": "1", "PATH": "/usr/bin:/bin",
            "HOME": "/tmp", "LANG": "C.UTF-8", "QEMU_CPU": QEMU_CPU}
     start = time.perf_counter()
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
-        return EmulatedRun(runtime, False, None, time.perf_counter() - start,
+        return EmulatedRun(runtime.value, False, None, time.perf_counter() - start,
                            error=f"timed out after {timeout:.0f} s")
     seconds = time.perf_counter() - start
     try:
         doc = json.loads(done.stdout)["selftest"]
     except (ValueError, KeyError, TypeError):
         err = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
-        return EmulatedRun(runtime, False, done.returncode, seconds, error=err)
-    return EmulatedRun(runtime, done.returncode == 0 and doc.get("passed") is True,
+        return EmulatedRun(runtime.value, False, done.returncode, seconds, error=err)
+    return EmulatedRun(runtime.value, done.returncode == 0 and doc.get("passed") is True,
                        done.returncode, seconds, selftest=doc)
 
 
@@ -277,14 +283,14 @@ def emulate(bundle: str | Path, runtimes=tuple(RUNTIMES), cache: Path | None = N
     if not (bundle / "predict.py").is_file() or not (bundle / "manifest.json").is_file():
         raise EdgebnError(f"{bundle}: not a bundle (no predict.py and manifest.json): "
                           "run edgebn bundle")
-    check_runtimes(runtimes)
+    runtimes = check_runtimes(runtimes)
     root = userland(cache, log)
     qemu = _run([shutil.which("qemu-aarch64-static"), "--version"], 30, "qemu --version")
     version = qemu.stdout.split("\n")[0].replace("qemu-aarch64 version ", "")
     runs = []
     for runtime in runtimes:
         site = site_packages(runtime, cache, log)
-        log(f"self-test with {runtime} under qemu-aarch64")
+        log(f"self-test with {runtime.value} under qemu-aarch64")
         runs.append(run_selftest(bundle, runtime, root, site))
     platform = (f"Debian {SUITE} arm64 userland (python3, python3-numpy), qemu-aarch64-static "
                 f"{version.split()[0] if version else '?'} -cpu {QEMU_CPU}, Raspberry Pi 4 "

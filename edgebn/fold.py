@@ -19,54 +19,65 @@ with a per-channel affine map, that layer absorbs it::
 
     W' = W⊗s (over input channels),   b' = b + Σ W⊗t (over kernel positions and inputs)
 
-This is valid only where the affine map passes unchanged: through nothing non-linear;
-the shift ``t`` cannot pass a convolution's zero padding (border outputs would see 0, not
-``t``); a negative scale cannot pass a max-pool (``max(s·x) = s·min(x)`` for ``s < 0``).
+:mod:`edgebn.fold_graph` walks the graph and holds the per-layer algebra (SeparableConv,
+Concatenate). A model nested as a layer (a backbone) is folded on its own graph, at any
+depth, and rebuilt in place; its BN layers are named by path (``backbone/conv1_bn``).
 
 Every BN gets a :class:`LayerFold`: folded into which layer and in which direction, or
-the exact reason it stays. :func:`fold_model` then checks the folded model against the
-original on real inputs and refuses a result whose outputs differ beyond a tolerance.
-Weights are folded in float64 and stored in the layer's dtype.
+the exact reason it stays. Weights are folded in float64 and stored in the layer's dtype.
+
+**The check.** A correct fold is exact in real arithmetic, so :func:`fold_model` judges
+it where rounding cannot hide an error: the original ``y64`` and the folded ``f64`` run in
+float64 (same weights, folded ones never rounded)::
+
+    fold error   = max|f64 − y64| / max|y64|   ≤ EXACT_FLOAT64
+
+and the float32 model that is written is judged against the float64 truth, next to the
+original's own float32 rounding (which grows with depth: 1e-5 over NASNet's 192 BN)::
+
+    max|f32 − y64| ≤ FLOAT32_SLACK · max|y32 − y64| + tolerance · max|y64|
+
+When a model cannot run in float64, the measure falls back to float32 alone,
+``max|f32 − y32| ≤ tolerance · max|y32|``; :attr:`FoldResult.measure` says which was used.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edgebn.errors import FoldError, InvalidModelError
+from edgebn.fold_graph import Folder, LayerFold, is_graph_model
+
+__all__ = ["DEFAULT_TOLERANCE", "FoldPlan", "FoldResult", "LayerFold", "all_bn_layer_names",
+           "bn_layer_paths", "equivalence", "equivalence_inputs", "fold_file", "fold_model",
+           "plan_fold"]
 
 DEFAULT_TOLERANCE = 1e-5  # max |Δ| allowed, relative to the largest |output| of the original
-
-
-@dataclass(frozen=True)
-class LayerFold:
-    bn: str
-    folded: bool
-    into: str | None = None
-    direction: str | None = None  # "backward" | "forward"
-    reason: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        if self.folded:
-            return {"bn": self.bn, "folded": True, "into": self.into, "direction": self.direction}
-        return {"bn": self.bn, "folded": False, "reason": self.reason}
+EXACT_FLOAT64 = 1e-9  # a correct fold's float64 error is float64 rounding: ~1e-15 relative
+FLOAT32_SLACK = 4.0  # the folded float32 model may be this many times as far from float64
+MEASURE_FLOAT64 = "float64 reference"
+MEASURE_FLOAT32 = "float32"
 
 
 @dataclass(frozen=True)
 class FoldResult:
     model: Any  # the folded keras.Model (BN layers that could not fold are still in it)
     layers: tuple[LayerFold, ...]
-    max_abs_diff: float
+    max_abs_diff: float  # folded vs original, both float32
     max_rel_diff: float  # max |Δ| / max |original output|
     samples: int
     inputs: str  # where the equivalence inputs came from
     tolerance: float
     source: str | None = None
     out: str | None = None
+    measure: str = MEASURE_FLOAT32  # how the fold was judged (see the module docstring)
+    fold_rel_diff: float | None = None  # max|f64 − y64| / max|y64|: the fold's own error
+    noise_rel_diff: float | None = None  # max|y32 − y64| / max|y64|: the original's rounding
+    folded_rel_error: float | None = None  # max|f32 − y64| / max|y64|
 
     @property
     def all_folded(self) -> bool:
@@ -79,303 +90,25 @@ class FoldResult:
     def to_json(self) -> dict[str, Any]:
         return {"model": self.source, "out": self.out, "max_abs_diff": self.max_abs_diff,
                 "max_rel_diff": self.max_rel_diff, "tolerance": self.tolerance,
-                "samples": self.samples, "inputs": self.inputs,
+                "samples": self.samples, "inputs": self.inputs, "measure": self.measure,
+                "fold_rel_diff": self.fold_rel_diff, "noise_rel_diff": self.noise_rel_diff,
+                "folded_rel_error": self.folded_rel_error,
                 "folded": sum(f.folded for f in self.layers), "kept": len(self.kept),
                 "layers": [f.to_json() for f in self.layers]}
 
 
-# ---------------------------------------------------------------- the graph, as nodes
+@dataclass(frozen=True)
+class FoldPlan:
+    """Every BN's fold in one functional model, and the plans of the models nested in it."""
+
+    model: Any  # the functional model planned (a Sequential is wrapped as one)
+    folds: tuple[LayerFold, ...]  # graph order, nested models' BN included (named by path)
+    state: dict[str, dict[str, np.ndarray]]  # layer name -> folded weights (float64)
+    removed: frozenset[str]  # names of this model's BN layers folded away
+    nested: dict[str, FoldPlan]  # nested model name -> its own plan
 
 
-@dataclass
-class _Graph:
-    """The functional graph as nodes, with each tensor's producer and consumers."""
-
-    nodes: list[Any] = field(default_factory=list)  # keras Node, topological order
-    producer: dict[int, Any] = field(default_factory=dict)  # id(tensor) -> node
-    consumers: dict[int, list[Any]] = field(default_factory=dict)  # id(tensor) -> nodes
-    outputs: set[int] = field(default_factory=set)  # ids of the model's output tensors
-    calls: dict[str, int] = field(default_factory=dict)  # layer name -> nodes in this graph
-
-
-def _graph(model) -> _Graph:
-    g = _Graph(outputs={id(t) for t in model.outputs})
-    seen: set[int] = set()
-
-    def visit(tensor) -> None:
-        op, node_index, _ = tensor._keras_history
-        if op is None:
-            return
-        node = op._inbound_nodes[node_index]
-        g.producer[id(tensor)] = node
-        if id(node) in seen:
-            return
-        seen.add(id(node))
-        for t in node.input_tensors:
-            visit(t)
-        g.nodes.append(node)  # after its inputs: topological order
-        for t in node.input_tensors:
-            g.consumers.setdefault(id(t), []).append(node)
-        g.calls[op.name] = g.calls.get(op.name, 0) + 1
-
-    for t in model.outputs:
-        visit(t)
-    return g
-
-
-def _kind(layer) -> str:
-    return type(layer).__name__
-
-
-# ---------------------------------------------------------------- layer classification
-
-
-def _linear_kinds():
-    from keras import layers as L
-
-    # kind -> (layer classes, how the kernel indexes output channels)
-    return {
-        "dense": (L.Dense,),
-        "conv": (L.Conv1D, L.Conv2D, L.Conv3D),
-        "depthwise": (L.DepthwiseConv1D, L.DepthwiseConv2D),
-        "transpose": (L.Conv1DTranspose, L.Conv2DTranspose, L.Conv3DTranspose),
-    }
-
-
-def _linear_kind(layer) -> str | None:
-    for kind, classes in _linear_kinds().items():
-        if type(layer) in classes:
-            return kind
-    return None
-
-
-def _is_identity_activation(layer) -> bool:
-    from keras import activations
-
-    return getattr(layer, "activation", None) in (None, activations.linear)
-
-
-def _channel_axis(layer, rank: int) -> int:
-    """The axis of ``layer``'s output (rank ``rank``) that its kernel's channels index."""
-    if getattr(layer, "data_format", "channels_last") == "channels_first":
-        return 1
-    return rank - 1
-
-
-def _bn_axis(bn, rank: int) -> int | None:
-    axis = bn.axis
-    if isinstance(axis, (list, tuple)):
-        if len(axis) != 1:
-            return None
-        axis = axis[0]
-    return axis % rank
-
-
-def _bn_affine(bn) -> tuple[np.ndarray, np.ndarray]:
-    """``s = γ/σ`` and ``t = β − μ⊗s``, in float64, from the BN's moving statistics."""
-    mean = np.asarray(bn.moving_mean.numpy(), np.float64)
-    var = np.asarray(bn.moving_variance.numpy(), np.float64)
-    gamma = np.asarray(bn.gamma.numpy(), np.float64) if bn.gamma is not None else np.ones_like(mean)
-    beta = np.asarray(bn.beta.numpy(), np.float64) if bn.beta is not None else np.zeros_like(mean)
-    sigma = np.sqrt(var + bn.epsilon)
-    scale = gamma / sigma
-    return scale, beta - mean * scale
-
-
-def _weights(layer, state: dict[str, dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """The layer's kernel and bias in float64, as already folded so far (bias 0 if none)."""
-    if layer.name not in state:
-        kernel = np.asarray(layer.kernel.numpy(), np.float64)
-        filters = _out_channels(layer, kernel)
-        bias = (np.asarray(layer.bias.numpy(), np.float64) if layer.use_bias
-                else np.zeros(filters, np.float64))
-        state[layer.name] = {"kernel": kernel, "bias": bias}
-    return state[layer.name]
-
-
-def _out_channels(layer, kernel: np.ndarray) -> int:
-    kind = _linear_kind(layer)
-    if kind == "depthwise":
-        return kernel.shape[-2] * kernel.shape[-1]
-    if kind == "transpose":
-        return kernel.shape[-2]
-    return kernel.shape[-1]
-
-
-def _scale_outputs(kind: str, kernel: np.ndarray, s: np.ndarray) -> np.ndarray:
-    """``W⊗s`` over output channels, in each layer's own kernel layout."""
-    if kind == "depthwise":  # (*k, in, multiplier): output channel = in * multiplier + m
-        return kernel * s.reshape(kernel.shape[-2], kernel.shape[-1])
-    if kind == "transpose":  # (*k, out, in)
-        return kernel * s[:, None]
-    return kernel * s  # dense (in, out), conv (*k, in, out)
-
-
-# ---------------------------------------------------------------- the two directions
-
-
-class _Folder:
-    def __init__(self, model):
-        self.model = model
-        self.g = _graph(model)
-        self.removed: set[int] = set()  # ids of BN nodes folded away
-        self.state: dict[str, dict[str, np.ndarray]] = {}  # layer name -> folded weights
-
-    # A folded BN is an identity: look through it both ways.
-    def producer(self, tensor):
-        node = self.g.producer.get(id(tensor))
-        while node is not None and id(node) in self.removed:
-            node = self.g.producer.get(id(node.input_tensors[0]))
-        return node
-
-    def consumers(self, tensor) -> list[Any]:
-        found = []
-        for node in self.g.consumers.get(id(tensor), []):
-            if id(node) in self.removed:
-                found.extend(self.consumers(node.output_tensors[0]))
-            else:
-                found.append(node)
-        return found
-
-    def is_output(self, tensor) -> bool:
-        if id(tensor) in self.g.outputs:
-            return True
-        return any(self.is_output(n.output_tensors[0])
-                   for n in self.g.consumers.get(id(tensor), []) if id(n) in self.removed)
-
-    def fold(self, node) -> LayerFold:
-        bn = node.operation
-        if self.g.calls.get(bn.name, 0) > 1:
-            return LayerFold(bn.name, False, reason=f"{bn.name} is called {self.g.calls[bn.name]} "
-                                                    "times in the graph (a shared layer)")
-        rank = len(node.input_tensors[0].shape)
-        axis = _bn_axis(bn, rank)
-        if axis is None:
-            return LayerFold(bn.name, False, reason=f"normalizes over several axes ({bn.axis})")
-        s, t = _bn_affine(bn)
-        backward = self.backward(node, axis, rank, s, t)
-        if isinstance(backward, LayerFold):
-            return backward
-        forward = self.forward(node, axis, rank, s, t)
-        if isinstance(forward, LayerFold):
-            return forward
-        return LayerFold(bn.name, False, reason=f"backward: {backward}; forward: {forward}")
-
-    def backward(self, node, axis: int, rank: int, s, t) -> LayerFold | str:
-        bn = node.operation
-        x = node.input_tensors[0]
-        prev = self.producer(x)
-        if prev is None:
-            return "its input is the model input"
-        layer = prev.operation
-        kind = _linear_kind(layer)
-        if kind is None:
-            return f"its input comes from {layer.name} ({_kind(layer)}), not a Dense or convolution"
-        if not _is_identity_activation(layer):
-            return f"{layer.name} applies {layer.activation.__name__} before the BN"
-        if self.g.calls.get(layer.name, 0) > 1:
-            return f"{layer.name} is a shared layer"
-        others = [n.operation.name for n in self.consumers(prev.output_tensors[0]) if n is not node]
-        if others or self.is_output(prev.output_tensors[0]):
-            return f"the output of {layer.name} also feeds {', '.join(others) or 'the model output'}"
-        if axis != _channel_axis(layer, rank):
-            return f"BN axis {axis} is not the channel axis of {layer.name}"
-        w = _weights(layer, self.state)
-        w["kernel"] = _scale_outputs(kind, w["kernel"], s)  # W' = γ⊗W/σ
-        w["bias"] = w["bias"] * s + t  # b' = γ⊗(b − μ)/σ + β
-        self.removed.add(id(node))
-        return LayerFold(bn.name, True, into=layer.name, direction="backward")
-
-    def forward(self, node, axis: int, rank: int, s, t) -> LayerFold | str:
-        """Follow the BN's output through affine-commuting layers to one linear layer."""
-        from keras import layers as L
-
-        bn = node.operation
-        tensor = node.output_tensors[0]
-        channels_last = axis == rank - 1
-        path: list[str] = []  # for messages
-        expand = None  # after Flatten: per-feature arrays instead of per-channel
-        while True:
-            nxt = self.consumers(tensor)
-            if self.is_output(tensor) or not nxt:
-                return "nothing linear follows it (it reaches the model output)" if not path else \
-                    f"nothing linear follows it ({' -> '.join(path)} reaches the model output)"
-            if len(nxt) > 1:
-                return f"its output feeds {len(nxt)} layers ({', '.join(n.operation.name for n in nxt)})"
-            nnode = nxt[0]
-            layer = nnode.operation
-            if self.g.calls.get(layer.name, 0) > 1:
-                return f"{layer.name} after it is a shared layer"
-            if len(nnode.input_tensors) != 1:
-                return f"{layer.name} after it combines several inputs ({_kind(layer)})"
-            kind = _linear_kind(layer)
-            if kind is not None:
-                break
-            if isinstance(layer, (L.Dropout, L.SpatialDropout1D, L.SpatialDropout2D,
-                                  L.SpatialDropout3D, L.GaussianNoise, L.GaussianDropout,
-                                  L.AlphaDropout, L.ActivityRegularization)):
-                pass  # the identity at inference
-            elif isinstance(layer, (L.MaxPooling1D, L.MaxPooling2D, L.MaxPooling3D,
-                                    L.GlobalMaxPooling1D, L.GlobalMaxPooling2D,
-                                    L.GlobalMaxPooling3D)):
-                if np.any(s < 0):
-                    return (f"a negative scale cannot pass the max-pool {layer.name} "
-                            f"({int(np.sum(s < 0))} of {s.size} channels have γ < 0)")
-                if getattr(layer, "data_format", "channels_last") != \
-                        ("channels_last" if channels_last else "channels_first"):
-                    return f"{layer.name} pools over the BN's channel axis"
-            elif isinstance(layer, (L.AveragePooling1D, L.AveragePooling2D, L.AveragePooling3D,
-                                    L.GlobalAveragePooling1D, L.GlobalAveragePooling2D,
-                                    L.GlobalAveragePooling3D)):
-                if getattr(layer, "data_format", "channels_last") != \
-                        ("channels_last" if channels_last else "channels_first"):
-                    return f"{layer.name} pools over the BN's channel axis"
-            elif (isinstance(layer, L.Flatten) and channels_last and expand is None
-                  and getattr(layer, "data_format", "channels_last") == "channels_last"):
-                positions = int(np.prod(nnode.input_tensors[0].shape[1:-1]))
-                expand = positions  # feature f = position * C + c
-            else:
-                what = "is not linear" if not hasattr(layer, "activation") else \
-                    f"applies {getattr(layer.activation, '__name__', layer.activation)}"
-                return f"{layer.name} after it ({_kind(layer)}) {what}"
-            path.append(layer.name)
-            tensor = nnode.output_tensors[0]
-            rank = len(tensor.shape)
-        layer = nnode.operation  # its activation, if any, comes after XW + b: no matter
-        in_rank = len(nnode.input_tensors[0].shape)
-        if expand is not None:
-            s, t = np.tile(s, expand), np.tile(t, expand)
-        in_axis = in_rank - 1 if (channels_last or expand is not None) else 1
-        if kind == "dense":
-            if in_axis != in_rank - 1:
-                return f"{layer.name} (Dense) reads the last axis, the BN scales axis {axis}"
-        elif in_axis != _channel_axis(layer, in_rank):
-            return f"BN axis {axis} is not the input channel axis of {layer.name}"
-        shifted = bool(np.any(t != 0))
-        if kind in ("conv", "depthwise") and shifted and layer.padding != "valid":
-            return (f"shift cannot pass the zero padding of {layer.name} "
-                    f"(padding={layer.padding!r})")
-        if kind == "conv" and getattr(layer, "groups", 1) != 1:
-            return f"{layer.name} is a grouped convolution (groups={layer.groups})"
-        if kind == "transpose" and shifted:
-            return (f"shift cannot pass the transposed convolution {layer.name} "
-                    "(its outputs sum different numbers of kernel taps)")
-        w = _weights(layer, self.state)  # only now: a refused layer keeps its own weights
-        kernel = w["kernel"]
-        if kind == "transpose":
-            w["kernel"] = kernel * s  # (*k, out, in)
-        elif kind == "depthwise":  # (*k, in, m): output channel c*m + j reads input channel c
-            taps = kernel * t[:, None]
-            w["bias"] = w["bias"] + taps.reshape(-1, *kernel.shape[-2:]).sum(0).reshape(-1)
-            w["kernel"] = kernel * s[:, None]
-        else:  # dense (in, out) and conv (*k, in, out): W' = W⊗s, b' = b + Σ W⊗t
-            w["bias"] = w["bias"] + (kernel * t[:, None]).reshape(-1, kernel.shape[-1]).sum(0)
-            w["kernel"] = kernel * s[:, None]
-        self.removed.add(id(node))
-        return LayerFold(bn.name, True, into=layer.name, direction="forward")
-
-
-# ---------------------------------------------------------------- the folded model
+# ---------------------------------------------------------------- planning
 
 
 def _as_functional(model):
@@ -383,104 +116,238 @@ def _as_functional(model):
 
     if isinstance(model, keras.Sequential):
         if not model.built or not getattr(model, "inputs", None):
-            raise InvalidModelError("a Sequential model needs a known input shape to fold")
+            raise InvalidModelError("a Sequential model needs a known input shape to fold. "
+                                    f"Received: {model.name} without an Input")
         one = lambda ts: ts[0] if len(ts) == 1 else ts  # noqa: E731 - a bare tensor, not a list of one
         return keras.Model(one(model.inputs), one(model.outputs), name=model.name)
-    if not hasattr(model, "_inbound_nodes") or not getattr(model, "outputs", None):
+    if not is_graph_model(model):
         raise InvalidModelError(f"cannot fold a subclassed model ({type(model).__name__}): "
                                 "only functional and Sequential models expose their graph")
     return model
 
 
-def plan_fold(model) -> tuple[Any, list[LayerFold], dict[str, dict[str, np.ndarray]], set[str]]:
-    """Decide every BN's fold without building anything: (functional model, folds, weights, removed)."""
+def _is_bn(layer) -> bool:
     from keras import layers as L
 
-    model = _as_functional(model)
-    folder = _Folder(model)
-    folds: list[LayerFold] = []
-    for node in folder.g.nodes:
-        if isinstance(node.operation, L.BatchNormalization):
-            folds.append(folder.fold(node))
-    nested = [la.name for la in model.layers if hasattr(la, "layers") and
-              any(isinstance(x, L.BatchNormalization) for x in _all_layers(la))]
-    for name in nested:
-        folds.append(LayerFold(name, False, reason=f"BN inside the nested model {name} "
-                                                   "(fold that model on its own)"))
-    removed = {f.bn for f in folds if f.folded}
-    return model, folds, folder.state, removed
+    return isinstance(layer, L.BatchNormalization)
 
 
-def _all_layers(layer):
+def _walk(layer, prefix: str = ""):
+    """(path, layer) for every layer inside ``layer``, at any depth, depth first."""
     for sub in getattr(layer, "layers", []):
-        yield sub
-        yield from _all_layers(sub)
+        yield prefix + sub.name, sub
+        yield from _walk(sub, f"{prefix}{sub.name}/")
 
 
-def _rebuild(model, state: dict[str, dict[str, np.ndarray]], removed: set[str]):
-    """Clone ``model`` without the removed BN layers, with the folded weights set."""
+def bn_layer_paths(model) -> list[str]:
+    """Every BN layer at any depth, by path from ``model`` (``backbone/conv1_bn``), as in LayerFold.bn."""
+    return [path for path, layer in _walk(model) if _is_bn(layer)]
+
+
+def all_bn_layer_names(model) -> list[str]:
+    """Every BN layer's own name at any depth, once each: the names the converter's tensors carry."""
+    return list(dict.fromkeys(path.rsplit("/", 1)[-1] for path in bn_layer_paths(model)))
+
+
+def _prefixed(fold: LayerFold, prefix: str) -> LayerFold:
+    into = None if fold.into is None else ", ".join(prefix + n for n in fold.into.split(", "))
+    return replace(fold, bn=prefix + fold.bn, into=into)
+
+
+def plan_fold(model, prefix: str = "") -> FoldPlan:
+    """Decide every BN's fold, at any depth, without building anything."""
+    model = _as_functional(model)
+    folder = Folder(model)
+    folds: list[LayerFold] = []
+    nested: dict[str, FoldPlan] = {}
+    removed: set[str] = set()
+    for node in folder.g.nodes:
+        layer = node.operation
+        if _is_bn(layer):
+            fold = folder.fold(node)
+            removed.update([fold.bn] if fold.folded else [])
+            folds.append(_prefixed(fold, prefix))
+        elif layer.name in nested or not bn_layer_paths(layer):
+            continue
+        elif is_graph_model(layer):
+            nested[layer.name] = plan_fold(layer, f"{prefix}{layer.name}/")
+            folds.extend(nested[layer.name].folds)
+        else:
+            folds.extend(LayerFold(f"{prefix}{layer.name}/{path}", False,
+                                   reason=f"inside {layer.name} ({type(layer).__name__}), a layer "
+                                          "whose graph is not visible (subclassed)")
+                         for path in bn_layer_paths(layer))
+    return FoldPlan(model, tuple(folds), folder.state, frozenset(removed), nested)
+
+
+# ---------------------------------------------------------------- the folded model
+
+
+def _rebuild(model, plan: FoldPlan):
+    """Clone ``model`` (the planned model or its float64 twin: the same layer names) as planned.
+
+    Folded BN layers are gone, folded weights set in the layer's dtype, nested models rebuilt.
+    """
     import keras
 
+    model = _as_functional(model)
+    inner = {name: _rebuild(model.get_layer(name), sub) for name, sub in plan.nested.items()}
+
     def clone(layer):
+        if layer.name in inner:
+            return inner[layer.name]
         config = layer.get_config()
-        if layer.name in state and not layer.use_bias:
+        if layer.name in plan.state and not layer.use_bias:
             config["use_bias"] = True  # the fold gives it a bias
         return layer.__class__.from_config(config)
 
     def call(layer, *args, **kwargs):
-        if layer.name in removed:
+        if layer.name in plan.removed:
             return args[0]  # a folded BN is the identity now
         return layer(*args, **kwargs)
 
-    folded = keras.models.clone_model(model, clone_function=clone, call_function=call)
+    inputs = keras.tree.map_structure(  # named as the input layers were, not as their tensors
+        lambda x: keras.Input(batch_shape=x.shape, dtype=x.dtype, name=x._keras_history[0].name),
+        model.input)
+    folded = keras.models.clone_model(model, inputs, clone_function=clone, call_function=call)
     for layer in folded.layers:
-        if layer.name in state:
-            w = state[layer.name]
-            dtype = layer.variable_dtype
-            layer.kernel.assign(w["kernel"].astype(dtype))
-            layer.bias.assign(w["bias"].astype(dtype))
-        elif layer.weights:
+        if layer.name in plan.state:
+            for attr, value in plan.state[layer.name].items():
+                getattr(layer, attr).assign(value.astype(layer.variable_dtype))
+        elif layer.weights and layer.name not in inner:
             layer.set_weights(model.get_layer(layer.name).get_weights())
     return folded
 
 
-def equivalence(original, folded, x: np.ndarray, batch: int = 256) -> tuple[float, float]:
-    """(max |Δ|, max |Δ| / max |original|) over ``x``, in inference mode."""
-    diff, peak = 0.0, 0.0
+_FLOATS = {"float16", "bfloat16", "float32", "float64", "mixed_float16", "mixed_bfloat16"}
+
+
+def _float64_config(config):
+    """``config`` with every floating dtype (a layer's policy, an Input's dtype) made float64."""
+    if isinstance(config, list):
+        return [_float64_config(c) for c in config]
+    if not isinstance(config, dict):
+        return config
+    out = {}
+    for key, value in config.items():
+        name = value.get("config", {}).get("name") if isinstance(value, dict) and \
+            value.get("class_name") == "DTypePolicy" else value
+        out[key] = "float64" if key == "dtype" and isinstance(name, str) and name in _FLOATS \
+            else _float64_config(value)
+    return out
+
+
+def _float64_twin(model):
+    """The same model computing in float64, with the same (float32) weights."""
+    twin = model.__class__.from_config(_float64_config(model.get_config()))
+    twin.set_weights(model.get_weights())
+    return twin
+
+
+# ---------------------------------------------------------------- the check
+
+
+def _predict(model, x, batch: int = 256) -> list[np.ndarray]:
+    """The model's outputs on ``x`` (an array, or a list for several inputs), float64, inference."""
     several = isinstance(x, (list, tuple))  # a model with several inputs
+    chunks: list[list[np.ndarray]] = []
     for start in range(0, len(x[0]) if several else len(x), batch):
         xb = [xi[start:start + batch] for xi in x] if several else x[start:start + batch]
-        a = [np.asarray(o, np.float64) for o in _outputs(original(xb, training=False))]
-        b = [np.asarray(o, np.float64) for o in _outputs(folded(xb, training=False))]
-        for ya, yb in zip(a, b, strict=True):
-            diff = max(diff, float(np.max(np.abs(ya - yb))))
-            peak = max(peak, float(np.max(np.abs(ya))))
-    return diff, diff / peak if peak > 0 else diff
+        chunks.append([np.asarray(o, np.float64) for o in _outputs(model(xb, training=False))])
+    return [np.concatenate(parts) for parts in zip(*chunks, strict=True)]
 
 
 def _outputs(y):
     return list(y) if isinstance(y, (list, tuple)) else [y]
 
 
+def _max_diff(a: list[np.ndarray], b: list[np.ndarray]) -> float:
+    return max(float(np.max(np.abs(ya - yb))) for ya, yb in zip(a, b, strict=True))
+
+
+def _peak(a: list[np.ndarray]) -> float:
+    peak = max(float(np.max(np.abs(ya))) for ya in a)
+    return peak if peak > 0 else 1.0
+
+
+def equivalence(original, folded, x: np.ndarray, batch: int = 256) -> tuple[float, float]:
+    """(max |Δ|, max |Δ| / max |original|) over ``x``, in inference mode."""
+    a, b = _predict(original, x, batch), _predict(folded, x, batch)
+    diff = _max_diff(a, b)
+    return diff, diff / _peak(a)
+
+
+@dataclass(frozen=True)
+class _Check:
+    """The measures of one fold (see the module docstring), each relative to the largest output."""
+
+    max_abs_diff: float
+    max_rel_diff: float
+    measure: str
+    fold_rel_diff: float | None = None
+    noise_rel_diff: float | None = None
+    folded_rel_error: float | None = None
+
+
+def _float64_measures(plan: FoldPlan, x, y32, f32) -> _Check | str:
+    """The float64 measures, or why the model cannot run in float64."""
+    try:
+        original64 = _float64_twin(plan.model)
+        y64 = _predict(original64, x)
+        f64 = _predict(_rebuild(original64, plan), x)
+    except Exception as e:  # a layer without a float64 kernel or config: judge in float32
+        return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]
+    peak = _peak(y64)
+    diff = _max_diff(y32, f32)
+    return _Check(diff, diff / _peak(y32), MEASURE_FLOAT64, _max_diff(f64, y64) / peak,
+                  _max_diff(y32, y64) / peak, _max_diff(f32, y64) / peak)
+
+
+def _judge(plan: FoldPlan, folded, x, tolerance: float, samples: int) -> _Check:
+    """The measures, or FoldError when the fold is not exact or the folded model drifts."""
+    y32, f32 = _predict(plan.model, x), _predict(folded, x)
+    folds_any = any(f.folded for f in plan.folds)
+    check = _float64_measures(plan, x, y32, f32) if folds_any else "nothing folded"
+    if isinstance(check, str):
+        diff = _max_diff(y32, f32)
+        check = _Check(diff, diff / _peak(y32), f"{MEASURE_FLOAT32} (no float64 run: {check})")
+        if not np.isfinite(diff) or check.max_rel_diff > tolerance:
+            raise FoldError(f"the folded model differs from the original by {diff:.3g} "
+                            f"({check.max_rel_diff:.3g} relative) on {samples} inputs, above the "
+                            f"tolerance {tolerance:g}: nothing written")
+        return check
+    if not check.fold_rel_diff <= EXACT_FLOAT64:
+        raise FoldError(f"the fold is not exact: in float64 the folded model differs from the "
+                        f"original by {check.fold_rel_diff:.3g} relative on {samples} inputs "
+                        f"(a correct fold: ≤ {EXACT_FLOAT64:g}): nothing written")
+    bound = FLOAT32_SLACK * check.noise_rel_diff + tolerance
+    if not check.folded_rel_error <= bound:
+        raise FoldError(f"the folded float32 model is {check.folded_rel_error:.3g} (relative) "
+                        f"from the float64 outputs on {samples} inputs, the original "
+                        f"{check.noise_rel_diff:.3g}: above {FLOAT32_SLACK:g}x that plus the "
+                        f"tolerance {tolerance:g}: nothing written")
+    return check
+
+
 def fold_model(model, x: np.ndarray, tolerance: float = DEFAULT_TOLERANCE,
                inputs: str = "given") -> FoldResult:
-    """Fold every BN that can fold; refuse (FoldError) if outputs on ``x`` move beyond ``tolerance``.
+    """Fold every BN that can fold, at any depth; refuse (FoldError) a fold that is not exact.
 
-    ``tolerance`` is relative: max |Δ| over the largest |output| of the original model.
+    ``tolerance`` is relative to the largest |output|: how much further than the original
+    float32 model's own rounding the folded float32 model may be from the float64 outputs
+    (or, when the model cannot run in float64, the largest |Δ| between the two in float32).
     """
     if not tolerance > 0:
         raise FoldError(f"--tolerance must be > 0. Received: {tolerance}")
-    functional, folds, state, removed = plan_fold(model)
-    folded = _rebuild(functional, state, removed)
+    plan = plan_fold(model)
+    folded = _rebuild(plan.model, plan)
     x = [np.asarray(xi, np.float32) for xi in x] if isinstance(x, (list, tuple)) \
         else np.asarray(x, np.float32)
     samples = len(x[0]) if isinstance(x, list) else len(x)
-    diff, rel = equivalence(functional, folded, x)
-    if not np.isfinite(diff) or rel > tolerance:
-        raise FoldError(f"the folded model differs from the original by {diff:.3g} "
-                        f"({rel:.3g} relative) on {samples} inputs, above the tolerance "
-                        f"{tolerance:g}: nothing written")
-    return FoldResult(folded, tuple(folds), diff, rel, samples, inputs, tolerance)
+    check = _judge(plan, folded, x, tolerance, samples)
+    return FoldResult(folded, plan.folds, check.max_abs_diff, check.max_rel_diff, samples, inputs,
+                      tolerance, measure=check.measure, fold_rel_diff=check.fold_rel_diff,
+                      noise_rel_diff=check.noise_rel_diff, folded_rel_error=check.folded_rel_error)
 
 
 def equivalence_inputs(model, data: str | Path | None = None, dataset: str | None = "digits",

@@ -1,147 +1,247 @@
-"""The build report: report.json (../shared/CONTRACTS.md) and report.md, written atomically."""
+"""The build's result and its report: report.json (../shared/CONTRACTS.md) and report.md.
+
+:class:`BuildResult` is the typed outcome of ``edgebn build``; ``to_json()`` is the
+report document, ``rows()`` the summary that the terminal table and the Markdown both
+show. :func:`read_report` reads a report back for ``edgebn bundle`` and ``edgebn check``.
+"""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from edgebn import __version__
+from edgebn.data import Preprocessing
+from edgebn.errors import EdgebnError, InvalidModelError
 from edgebn.stages import write_atomic
 
 
-def _rel(path: Path, out: Path) -> str:
+def _rel(path: str | Path, out: Path) -> str:
     try:
         return str(Path(path).resolve().relative_to(Path(out).resolve()))
     except ValueError:
         return str(path)
 
 
-def build_report(out, config, ds, trained, twin, conversion, verified, inspected, benched,
-                 timings) -> dict[str, Any]:
-    converted = conversion.converted
-    inspect_doc = inspected.to_json()
-    inspect_doc["path"] = _rel(Path(inspect_doc["path"]), out)
-    report: dict[str, Any] = {
-        "edgebn": __version__,
-        "dataset": ds.to_json(),
-        "model": {"arch": config.arch.value, "bn": config.bn, "params": trained.params,
-                  "bn_layers": len(trained.bn_layers), "bn_layer_names": trained.bn_layers,
-                  "epochs_run": trained.epochs_run, "val_accuracy": trained.val_accuracy,
-                  "seed": config.seed},
-        "keras": {"path": "model.keras", "test_accuracy": trained.test_accuracy},
-        "tflite": {"path": _rel(converted.path, out), "size_bytes": converted.size_bytes,
-                   "weight_bytes": inspected.model.weight_bytes,
-                   "graph_bytes": inspected.model.graph_bytes,
-                   "quantize": converted.quantize, "test_accuracy": verified.tflite_accuracy,
-                   "top1_agreement": verified.top1_agreement,
-                   "max_abs_diff": verified.max_abs_diff, "backend": verified.backend},
-        "inspect": inspect_doc,
-    }
-    fold = conversion.fold_json()
-    if fold is not None:
-        fold["model"], fold["out"] = "model.keras", "folded.keras"
-        fold["converter_only"]["path"] = "converter_only.tflite"
-        report["fold"] = fold
-    if twin is not None:
-        report["twin"] = {"keras_path": "twin.keras", "tflite_path": "twin.tflite",
-                          "params": twin.params, "test_accuracy": twin.test_accuracy}
-    if benched is not None:
-        doc = benched.to_json()
+@dataclass(frozen=True)
+class BuildResult:
+    out: Path
+    data: Any  # data.DataSpec
+    dataset: Any  # data.Dataset
+    trained: Any  # train.TrainResult
+    twin: Any  # train.TrainResult | None
+    conversion: Any  # convert.ConversionResult
+    verified: Any  # verify.VerifyResult
+    benched: Any = None  # bench.BenchResult | None
+    bundled: Any = None  # bundle.BundleResult | None
+    emulated: Any = None  # emulate.EmulationResult | None
+    seconds: dict[str, float] = field(default_factory=dict)  # per stage
+
+    @property
+    def arch(self) -> str:
+        return self.trained.arch
+
+    @property
+    def keras_accuracy(self) -> float:
+        """Trained here: measured after training; brought: measured by verify, on the same data."""
+        t = self.trained.test_accuracy
+        return self.verified.keras_accuracy if t is None else t
+
+    def to_json(self) -> dict[str, Any]:
+        """report.json; paths inside it are relative to ``out``."""
+        converted, inspected = self.conversion.converted, self.conversion.inspected
+        doc: dict[str, Any] = {
+            "edgebn": __version__,
+            "dataset": self.dataset.to_json(),
+            "model": self._model_json(),
+            "keras": {"path": "model.keras", "test_accuracy": self.keras_accuracy},
+            "tflite": {"path": _rel(converted.path, self.out), "size_bytes": converted.size_bytes,
+                       "weight_bytes": converted.model.weight_bytes,
+                       "graph_bytes": converted.model.graph_bytes,
+                       "quantize": converted.quantize.value,
+                       "test_accuracy": self.verified.tflite_accuracy,
+                       "top1_agreement": self.verified.top1_agreement,
+                       "max_abs_diff": self.verified.max_abs_diff,
+                       "backend": self.verified.backend},
+            "inspect": inspected.to_json() | {"path": _rel(inspected.model.path, self.out)},
+        }
+        fold = self.conversion.fold_json()
+        if fold is not None:
+            fold |= {"model": "model.keras", "out": "folded.keras"}
+            fold["converter_only"]["path"] = "converter_only.tflite"
+            doc["fold"] = fold
+        if self.twin is not None:
+            doc["twin"] = {"keras_path": "twin.keras", "tflite_path": "twin.tflite",
+                           "params": self.twin.params, "test_accuracy": self.twin.test_accuracy}
+        if self.benched is not None:
+            doc["bench"] = self._bench_json()
+        doc["timings"] = {f"{k}_s": v for k, v in self.seconds.items()}
+        if self.bundled is not None:
+            doc["bundle"] = self.bundled.summary_json(self.out)
+        if self.emulated is not None:
+            doc["emulation"] = self.emulated.to_json()
+        return doc
+
+    def _model_json(self) -> dict[str, Any]:
+        t = self.trained
+        return {"arch": self.arch, "bn": t.bn, "params": t.params,
+                "bn_layers": len(t.bn_layers), "bn_layer_names": t.bn_layers,
+                "epochs_run": t.epochs_run, "val_accuracy": t.val_accuracy,
+                "seed": self.dataset.seed, "source": t.source or "trained by edgebn"}
+
+    def _bench_json(self) -> dict[str, Any]:
+        doc = self.benched.to_json()
         for key in ("tflite", "baseline"):
             if key in doc:
-                doc[key]["model"] = _rel(Path(doc[key]["model"]), out)
-        report["bench"] = doc
-    report["timings"] = timings
-    return report
+                doc[key]["model"] = _rel(doc[key]["model"], self.out)
+        return doc
+
+    def rows(self) -> list[tuple[str, str]]:
+        """The summary, metric by metric: the terminal's table and report.md's."""
+        d, t, v = self.dataset, self.trained, self.verified
+        c = self.conversion.converted
+        rows = [("dataset", f"{d.name} ({len(d.y_train)}/{len(d.y_val)}/{len(d.y_test)} "
+                            "train/val/test)"),
+                ("model", f"{self.arch}{'' if t.bn else ' (no BN)'}, {t.params:,} params, "
+                          f"{len(t.bn_layers)} BN layers, "
+                          + (f"{t.epochs_run} epochs" if t.config else f"from {t.source}")),
+                ("Keras test accuracy", f"{self.keras_accuracy:.4f}"),
+                ("TFLite test accuracy", f"{v.tflite_accuracy:.4f}"),
+                ("top-1 agreement TFLite vs Keras", f"{v.top1_agreement:.4f}"),
+                ("max |Δp|", f"{v.max_abs_diff:.3g}"),
+                ("TFLite file", f"{_rel(c.path, self.out)}, {c.size_bytes:,} bytes "
+                                f"(quantize {c.quantize.value})")]
+        rows += self._bn_rows()
+        if self.benched is not None:
+            rows += _bench_summary(self.benched)
+        if self.bundled is not None:
+            st = self.bundled.selftest
+            rows.append(("device bundle", f"{_rel(self.bundled.out, self.out)}, self-test here "
+                                          f"{'passed' if st['passed'] else 'FAILED'}"))
+        if self.emulated is not None:
+            rows += [(f"emulated Pi, {r.runtime}", "passed" if r.passed else f"FAILED {r.error}")
+                     for r in self.emulated.runs]
+        return rows
+
+    def _bn_rows(self) -> list[tuple[str, str]]:
+        bn = self.conversion.inspected.bn
+        fold = self.conversion.fold
+        rows = [("BN verdict", f"{bn.verdict} ({len(bn.residual)} residual; "
+                               f"{len(bn.folded)} folded by the converter)")]
+        if fold is not None:
+            only = self.conversion.converter_only.bn
+            rows += [("fold in Keras", f"{len(fold.layers) - len(fold.kept)} folded, "
+                                       f"{len(fold.kept)} kept, max |Δ| {fold.max_abs_diff:.3g}"),
+                     ("converter alone / folded first",
+                      f"{only.verdict} ({len(only.residual)}) / {bn.verdict} "
+                      f"({len(bn.residual)})")]
+        return rows
 
 
-def render_markdown(report: dict[str, Any]) -> str:
-    d, m, k, t = report["dataset"], report["model"], report["keras"], report["tflite"]
-    bn = report["inspect"]["bn"]
-    lines = [
-        f"# edgebn build: {m['arch']}{'' if m['bn'] else ' (no BN)'} on {d['name']}",
-        "",
-        f"Dataset: {d['name']}, {d['train']}/{d['val']}/{d['test']} train/val/test, "
-        f"{d['classes']} classes, input {d['input_shape']}.",
-        f"Model: {m['params']} parameters, {m['bn_layers']} BN layers, "
-        f"{m['epochs_run']} epochs.",
-        "",
-        "| metric | Keras | TFLite |",
-        "| --- | --- | --- |",
-        f"| test accuracy | {k['test_accuracy']:.4f} | {t['test_accuracy']:.4f} |",
-        f"| file | {k['path']} | {t['path']} ({t['size_bytes']} bytes, quantize {t['quantize']}) |",
-        "",
-        f"Top-1 agreement TFLite vs Keras: {t['top1_agreement']:.4f}; "
-        f"max |Δp|: {t['max_abs_diff']:.3g}.",
-        "",
-        f"BN verdict: **{bn['verdict']}** ({len(bn['residual'])} residual"
-        + (f"; {report['fold']['folded']} folded in Keras before conversion" if "fold" in report
-           else "")
-        + ("; folded by the converter: "
-           + ", ".join(f"{f['source']} → {f['into']}" for f in bn["folded"]) if bn["folded"]
-           else "") + ").",
-    ]
-    for r in bn["residual"]:
-        lines.append(f"- residual {r['kind']} BN {r['source'] or '(unnamed)'}: ops {r['ops']}, "
-                     f"{r['channels']} channels, {r['cost_elements']} elements per inference")
-    fd = report.get("fold")
-    if fd:
-        only, pre = fd["converter_only"], fd["pre_folded"]
-        lines += ["", f"## Fold in Keras (max |Δ| {fd['max_abs_diff']:.3g}, "
-                      f"{fd['max_rel_diff']:.3g} relative, on {fd['samples']} inputs: "
-                      f"{fd['inputs']})", "",
-                  f"Converter alone: {only['verdict']} ({only['residual']} residual BN, "
-                  f"{only['size_bytes']} bytes); folded first: {pre['verdict']} "
-                  f"({pre['residual']} residual BN, {pre['size_bytes']} bytes).", ""]
-        for f in fd["layers"]:
-            lines.append(f"- {f['bn']}: folded {f['direction']} into {f['into']}" if f["folded"]
-                         else f"- {f['bn']}: kept, {f['reason']}")
-    b = report.get("bench")
-    if b:
-        tl = b["tflite"]
-        lines += ["", f"## Latency ({b['environment']['cpu']}, {tl['threads']} thread, "
-                      f"batch {tl['batch']}, {tl['backend']})", "",
-                  "| runtime | p50 µs | p90 µs | p99 µs | runs |", "| --- | --- | --- | --- | --- |"]
-        rows = [("TFLite", tl)] + ([("TFLite BN-free twin", b["baseline"])] if "baseline" in b else [])
-        rows += [(f"Keras {mode}", s) for mode, s in b.get("keras", {}).items()]
-        rows += [(f"Keras twin {mode}", s) for mode, s in b.get("keras_baseline", {}).items()]
-        rows += [(f"Keras folded {mode}", s) for mode, s in b.get("keras_folded", {}).items()]
-        for name, s in rows:
-            lat = s["latency_us"]
-            lines.append(f"| {name} | {lat['p50']:.1f} | {lat['p90']:.1f} | {lat['p99']:.1f} "
-                         f"| {s['runs']} |")
-        sp = b.get("speedup")
-        if sp:
-            lines += ["", f"Speedup of TFLite over the fastest Keras path ({sp['fastest_keras']}): "
-                          f"**{sp['vs_fastest_keras']:.1f}x**."]
-        cost = b.get("bn_cost")
-        if cost:
-            lines += ["", "BN cost (BN model p50 / BN-free twin p50): "
-                      + ", ".join(f"{k_} {v:.3f}x" for k_, v in cost.items()) + "."]
-        gain = b.get("fold_gain")
-        if gain:
-            lines += ["", "Fold in Keras (BN model p50 / folded model p50): "
-                      + ", ".join(f"{k_} {v:.3f}x" for k_, v in gain.items()) + "."]
-    em = report.get("emulation")
-    if em:
-        lines += ["", f"## Self-test on an emulated arm64 Raspberry Pi ({em['platform']})", ""]
-        for r in em["runs"]:
-            st = r.get("selftest") or {}
-            lines.append(f"- {r['runtime']}: {'passed' if r['passed'] else 'FAILED'}"
-                         + (f" ({st.get('runtime')}, NumPy {st.get('numpy')}, max |diff| "
-                            f"{st.get('max_abs_diff')})" if st else f" ({r.get('error')})"))
+def _bench_summary(b: Any) -> list[tuple[str, str]]:
+    rows = [(f"{r.label} p50", f"{r.latency_us.p50:,.1f} µs") for r in b.rows()]
+    sp = b.speedup()
+    if sp:
+        rows.append(("speedup vs fastest Keras", f"{sp['vs_fastest_keras']:.1f}x "
+                                                 f"({sp['fastest_keras']})"))
+    rows += [(f"BN cost {k}", f"{v:.3f}x (BN model p50 / {b.baseline_label} p50)")
+             for k, v in b.bn_cost().items()]
+    rows += [(f"fold gain {k}", f"{v:.3f}x (BN model p50 / folded p50)")
+             for k, v in b.fold_gain().items()]
+    return rows
+
+
+# ---------------------------------------------------------------- Markdown
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[Any, ...]]) -> list[str]:
+    def cell(x: Any) -> str:
+        return str(x).replace("|", "\\|")
+
+    return ([f"| {' | '.join(header)} |", f"| {' | '.join('---' for _ in header)} |"]
+            + [f"| {' | '.join(cell(x) for x in row)} |" for row in rows])
+
+
+def render_markdown(result: BuildResult) -> str:
+    t = result.trained
+    lines = [f"# edgebn build: {result.arch}{'' if t.bn else ' (no BN)'} on "
+             f"{result.dataset.name}", "", *_table(("metric", "value"), result.rows())]
+    bn = result.conversion.inspected.bn
+    lines += [f"- residual {r.kind} BN {r.source or '(unnamed)'}: ops {list(r.ops)}, "
+              f"{r.channels} channels, {r.cost_elements} elements per inference"
+              for r in bn.residual]
+    fold = result.conversion.fold
+    if fold is not None:
+        lines += ["", f"## Fold in Keras (max |Δ| {fold.max_abs_diff:.3g}, "
+                      f"{fold.max_rel_diff:.3g} relative, on {fold.samples} inputs: "
+                      f"{fold.inputs})", ""]
+        lines += [f"- {f.bn}: folded {f.direction} into {f.into}" if f.folded
+                  else f"- {f.bn}: kept, {f.reason}" for f in fold.layers]
+    b = result.benched
+    if b is not None:
+        tl = b.tflite
+        lines += ["", f"## Latency ({b.environment['cpu']}, {tl.threads} thread(s), "
+                      f"batch {tl.batch}, {tl.backend})", ""]
+        lines += _table(("runtime", "p50 µs", "p90 µs", "p99 µs", "runs"),
+                        [(r.label, f"{r.latency_us.p50:.1f}", f"{r.latency_us.p90:.1f}",
+                          f"{r.latency_us.p99:.1f}", r.runs) for r in b.rows()])
+    em = result.emulated
+    if em is not None:
+        lines += ["", f"## Self-test on an emulated arm64 Raspberry Pi ({em.platform})", ""]
+        lines += [f"- {r.runtime}: {'passed' if r.passed else 'FAILED'} ("
+                  + (f"{r.selftest['runtime']}, NumPy {r.selftest['numpy']}, max |diff| "
+                     f"{r.selftest['max_abs_diff']:.3g})" if r.selftest else f"{r.error})")
+                  for r in em.runs]
     return "\n".join(lines) + "\n"
 
 
-def write_report_json(out, report: dict[str, Any]) -> None:
-    write_atomic(Path(out) / "report.json", json.dumps(report, indent=2) + "\n")
-    write_atomic(Path(out) / "report.md", render_markdown(report))
+def write_report(result: BuildResult) -> None:
+    """report.json and report.md, each written once, atomically."""
+    write_atomic(result.out / "report.json", json.dumps(result.to_json(), indent=2) + "\n")
+    write_atomic(result.out / "report.md", render_markdown(result))
 
 
-def write_report(out, config, ds, trained, twin, conversion, verified, inspected, benched,
-                 timings) -> dict[str, Any]:
-    report = build_report(out, config, ds, trained, twin, conversion, verified, inspected,
-                          benched, timings)
-    write_report_json(out, report)
+# ---------------------------------------------------------------- reading a report back
+
+
+@dataclass(frozen=True)
+class BuildReport:
+    """The parts of a build's report.json that bundle and check use, checked on reading."""
+
+    path: Path
+    tflite: Path  # absolute, or relative to the working directory
+    test_accuracy: float
+    quantize: str = "none"
+    arch: str = "custom"
+    bn_verdict: str = "unknown"
+    preprocessing: Preprocessing | None = None  # needed by a bundle, not by check
+    labels: tuple[str, ...] | None = None
+
+
+def read_report(path: str | Path) -> BuildReport:
+    """Read and check a report.json; a file that is not one is refused in one line."""
+    p = Path(path)
+    if not p.is_file():
+        raise EdgebnError(f"{p}: no such file (not a build directory? run edgebn build)")
+    try:
+        doc = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise EdgebnError(f"{p}: not a readable JSON report ({exc})") from exc
+    try:
+        t = doc["tflite"]
+        rel, accuracy = Path(t["path"]), float(t["test_accuracy"])
+        ds = doc.get("dataset") or {}
+        report = BuildReport(
+            p, rel if rel.is_absolute() else p.parent / rel, accuracy,
+            str(t.get("quantize", "none")), str(doc.get("model", {}).get("arch", "custom")),
+            str(doc.get("inspect", {}).get("bn", {}).get("verdict", "unknown")),
+            Preprocessing.from_json(ds["preprocessing"]) if "preprocessing" in ds else None,
+            tuple(map(str, ds["class_names"])) if "class_names" in ds else None)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise InvalidModelError(f"{p}: not an edgebn build report (needs tflite.path and "
+                                f"tflite.test_accuracy; {type(exc).__name__}: {exc})") from exc
+    if not report.tflite.is_file():
+        raise EdgebnError(f"{p}: its model {report.tflite} does not exist")
     return report

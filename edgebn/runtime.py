@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import importlib.util
-import os
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -20,18 +19,22 @@ from typing import Any
 import numpy as np
 
 from edgebn.errors import RuntimeBackendError
-from edgebn.tflite import read_tflite
+from edgebn.tflite import TFLiteModel, read_tflite
 
 
 class Backend(str, Enum):
+    """An interpreter backend, spelled as its pip package (the same on the device and in JSON)."""
+
     auto = "auto"
-    litert = "litert"
+    ai_edge_litert = "ai-edge-litert"
     tflite_runtime = "tflite-runtime"
     tensorflow = "tensorflow"
 
 
+DEVICE_BACKENDS = (Backend.ai_edge_litert, Backend.tflite_runtime)  # what a Pi can install
+
 _MODULES = {
-    Backend.litert: ("ai_edge_litert.interpreter", "ai-edge-litert", "ai_edge_litert"),
+    Backend.ai_edge_litert: ("ai_edge_litert.interpreter", "ai-edge-litert", "ai_edge_litert"),
     Backend.tflite_runtime: ("tflite_runtime.interpreter", "tflite-runtime", "tflite_runtime"),
     Backend.tensorflow: ("tensorflow.lite.python.interpreter", "tensorflow", "tensorflow"),
 }
@@ -64,12 +67,12 @@ def _import_backend(backend: Backend) -> tuple[Any, str, str]:
         if major_minor and major_minor <= (2, 14):
             raise RuntimeBackendError(
                 f"tflite-runtime {version} is built for NumPy 1.x and this environment has "
-                f"NumPy {np.__version__}: install 'numpy<2' or use --runtime litert"
+                f"NumPy {np.__version__}: install 'numpy<2' or use ai-edge-litert"
             )
     try:
         mod = importlib.import_module(module)
     except ImportError as exc:
-        raise RuntimeBackendError(f"--runtime {backend.value}: cannot import {module} ({exc})") from exc
+        raise RuntimeBackendError(f"runtime {backend.value}: cannot import {module} ({exc})") from exc
     return mod.Interpreter, short, version
 
 
@@ -78,7 +81,7 @@ def resolve_backend(backend: Backend | str = Backend.auto) -> Backend:
     backend = Backend(backend)
     if backend is not Backend.auto:
         return backend
-    for candidate in (Backend.litert, Backend.tflite_runtime, Backend.tensorflow):
+    for candidate in (Backend.ai_edge_litert, Backend.tflite_runtime, Backend.tensorflow):
         module = _MODULES[candidate][0].split(".")[0]
         if importlib.util.find_spec(module) is not None:
             if candidate is Backend.tflite_runtime and int(np.__version__.split(".")[0]) >= 2:
@@ -90,23 +93,25 @@ def resolve_backend(backend: Backend | str = Backend.auto) -> Backend:
 
 
 def load_interpreter(
-    model_path: str | Path,
+    model: TFLiteModel | str | Path,
     backend: Backend | str = Backend.auto,
     threads: int = 1,
     xnnpack: bool = True,
 ) -> tuple[Any, BackendInfo]:
-    """An allocated interpreter for ``model_path`` and a description of its backend.
+    """An allocated interpreter for ``model`` and a description of its backend.
 
-    The file is parsed and bounds-checked first, so that a malformed model ends in
-    an InvalidModelError instead of reaching the interpreter's native code.
+    A path is read and bounds-checked first, so that a malformed model ends in an
+    InvalidModelError instead of reaching the interpreter's native code; a parsed
+    model is handed over from memory (``model_content``), never read again.
     """
     if threads < 1:
         raise RuntimeBackendError(f"threads must be >= 1. Received: threads={threads}")
-    read_tflite(model_path)
+    if not isinstance(model, TFLiteModel):
+        model = read_tflite(model)
     chosen = resolve_backend(backend)
     cls, name, version = _import_backend(chosen)
     label = f"{name} {version}"
-    kwargs: dict[str, Any] = {"model_path": os.fspath(model_path), "num_threads": threads}
+    kwargs: dict[str, Any] = {"model_content": model.data, "num_threads": threads}
     if not xnnpack:
         op_resolver = getattr(importlib.import_module(cls.__module__), "OpResolverType", None)
         if op_resolver is None:
@@ -117,5 +122,5 @@ def load_interpreter(
         interpreter.allocate_tensors()
     except (ValueError, RuntimeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise RuntimeBackendError(f"{model_path}: {label} cannot load this model: {first}") from exc
+        raise RuntimeBackendError(f"{model.path}: {label} cannot load this model: {first}") from exc
     return interpreter, BackendInfo(name, version, threads, xnnpack)

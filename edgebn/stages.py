@@ -1,4 +1,4 @@
-"""Helpers every stage uses: atomic writes and stage timing, in one place."""
+"""Helpers every stage uses: atomic writes, and stage timing with progress, in one place."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import os
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 
 @contextlib.contextmanager
@@ -66,6 +67,53 @@ def timed() -> Iterator[Timer]:
         yield t
     finally:
         t.seconds = time.perf_counter() - start
+
+
+class Progress(Protocol):
+    """What a long run tells its user: stages, training epochs, and notes."""
+
+    def start(self, stage: str, detail: str) -> None: ...
+
+    def done(self, stage: str, seconds: float) -> None: ...
+
+    def epoch(self, epoch: int, epochs: int, metrics: dict[str, float]) -> None: ...
+
+    def note(self, message: str) -> None: ...
+
+
+class Silent:
+    """A Progress that shows nothing (the library's default)."""
+
+    def start(self, stage: str, detail: str) -> None:
+        pass
+
+    def done(self, stage: str, seconds: float) -> None:
+        pass
+
+    def epoch(self, epoch: int, epochs: int, metrics: dict[str, float]) -> None:
+        pass
+
+    def note(self, message: str) -> None:
+        pass
+
+
+SILENT = Silent()
+
+
+@dataclass
+class Stages:
+    """Times each stage of a run, records it, and tells ``progress`` as it goes."""
+
+    progress: Progress = field(default_factory=Silent)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @contextlib.contextmanager
+    def stage(self, name: str, detail: str = "") -> Iterator[None]:
+        self.progress.start(name, detail)
+        start = time.perf_counter()
+        yield
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+        self.progress.done(name, self.seconds[name])
 
 
 @contextlib.contextmanager

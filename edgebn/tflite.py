@@ -149,6 +149,11 @@ class TFLiteModel:
     _data: bytes = field(repr=False)
 
     @property
+    def data(self) -> bytes:
+        """The file's bytes, as parsed (an interpreter can load them without reading again)."""
+        return self._data
+
+    @property
     def graph_bytes(self) -> int:
         return self.size_bytes - self.weight_bytes
 
@@ -236,9 +241,21 @@ def _parse(data: bytes, name: str) -> TFLiteModel:
     if root + 4 > size:
         raise InvalidModelError(f"root offset {root} is past the end of the file")
     model = schema.Model.GetRootAs(data, 0)
-    ops_names = _enum_names("BuiltinOperator")
-    dtype_names = _enum_names("TensorType")
+    op_codes = _op_codes(model, schema, budget)
+    buffers = _buffers(model, size, budget)
+    subgraphs = [_subgraph(model.Subgraphs(s), s, op_codes, buffers, budget)
+                 for s in range(budget.length(model.SubgraphsLength(), 4, "subgraphs"))]
+    # Weight bytes: constant buffers referenced by tensors (each buffer counted once).
+    used = {t.buffer for sg in subgraphs for t in sg.tensors if t.constant_bytes}
+    return TFLiteModel(
+        path=name, size_bytes=size, version=model.Version(), subgraphs=tuple(subgraphs),
+        signatures=_signatures(model, budget), weight_bytes=sum(buffers[b][1] for b in used),
+        _buffers=tuple(buffers), _data=data,
+    )
 
+
+def _op_codes(model, schema, budget: _Budget) -> list[str]:
+    ops_names = _enum_names("BuiltinOperator")
     op_codes = []
     for i in range(budget.length(model.OperatorCodesLength(), 4, "operator_codes")):
         oc = model.OperatorCodes(i)
@@ -247,7 +264,10 @@ def _parse(data: bytes, name: str) -> TFLiteModel:
             op_codes.append(f"CUSTOM:{_text(oc.CustomCode())}")
         else:
             op_codes.append(ops_names.get(code, f"BUILTIN_{code}"))
+    return op_codes
 
+
+def _buffers(model, size: int, budget: _Budget) -> list[tuple[int, int]]:
     buffers: list[tuple[int, int]] = []
     for i in range(budget.length(model.BuffersLength(), 4, "buffers")):
         buf = model.Buffers(i)
@@ -259,42 +279,43 @@ def _parse(data: bytes, name: str) -> TFLiteModel:
         if start < 0 or length < 0 or start + length > size:
             raise InvalidModelError(f"buffer {i} ({length} bytes at {start}) lies outside the file")
         buffers.append((start, length))
+    return buffers
 
-    subgraphs = []
-    for s in range(budget.length(model.SubgraphsLength(), 4, "subgraphs")):
-        sg = model.Subgraphs(s)
-        tensors = []
-        for t in range(budget.length(sg.TensorsLength(), 4, f"subgraph {s} tensors")):
-            tensors.append(_tensor(sg.Tensors(t), t, buffers, dtype_names, budget))
-        n_tensors = len(tensors)
 
-        def refs(n, get, what, optional=False, n_tensors=n_tensors):
-            idx = _ints(n, get, budget, what)
-            low = -1 if optional else 0
-            for v in idx:
-                if not low <= v < n_tensors:
-                    raise InvalidModelError(f"{what} refers to tensor {v}; there are {n_tensors}")
-            return idx
+def _subgraph(sg, s: int, op_codes: list[str], buffers, budget: _Budget) -> Subgraph:
+    dtype_names = _enum_names("TensorType")
+    tensors = tuple(_tensor(sg.Tensors(t), t, buffers, dtype_names, budget)
+                    for t in range(budget.length(sg.TensorsLength(), 4, f"subgraph {s} tensors")))
 
-        operators = []
-        for o in range(budget.length(sg.OperatorsLength(), 4, f"subgraph {s} operators")):
-            op = sg.Operators(o)
-            code = op.OpcodeIndex()
-            if not 0 <= code < len(op_codes):
-                raise InvalidModelError(f"operator {o} uses opcode {code}; there are {len(op_codes)}")
-            where = f"subgraph {s} operator {o}"
-            operators.append(Operator(
-                index=o, op=op_codes[code],
-                inputs=refs(op.InputsLength(), op.Inputs, f"{where} inputs", optional=True),
-                outputs=refs(op.OutputsLength(), op.Outputs, f"{where} outputs", optional=True),
-            ))
-        subgraphs.append(Subgraph(
-            index=s, name=_text(sg.Name()) or ("main" if s == 0 else f"subgraph_{s}"),
-            inputs=refs(sg.InputsLength(), sg.Inputs, f"subgraph {s} inputs"),
-            outputs=refs(sg.OutputsLength(), sg.Outputs, f"subgraph {s} outputs"),
-            tensors=tuple(tensors), operators=tuple(operators),
+    def refs(n, get, what, optional=False):
+        idx = _ints(n, get, budget, what)
+        low = -1 if optional else 0
+        for v in idx:
+            if not low <= v < len(tensors):
+                raise InvalidModelError(f"{what} refers to tensor {v}; there are {len(tensors)}")
+        return idx
+
+    operators = []
+    for o in range(budget.length(sg.OperatorsLength(), 4, f"subgraph {s} operators")):
+        op = sg.Operators(o)
+        code = op.OpcodeIndex()
+        if not 0 <= code < len(op_codes):
+            raise InvalidModelError(f"operator {o} uses opcode {code}; there are {len(op_codes)}")
+        where = f"subgraph {s} operator {o}"
+        operators.append(Operator(
+            index=o, op=op_codes[code],
+            inputs=refs(op.InputsLength(), op.Inputs, f"{where} inputs", optional=True),
+            outputs=refs(op.OutputsLength(), op.Outputs, f"{where} outputs", optional=True),
         ))
+    return Subgraph(
+        index=s, name=_text(sg.Name()) or ("main" if s == 0 else f"subgraph_{s}"),
+        inputs=refs(sg.InputsLength(), sg.Inputs, f"subgraph {s} inputs"),
+        outputs=refs(sg.OutputsLength(), sg.Outputs, f"subgraph {s} outputs"),
+        tensors=tensors, operators=tuple(operators),
+    )
 
+
+def _signatures(model, budget: _Budget) -> tuple[Signature, ...]:
     signatures = []
     for i in range(budget.length(model.SignatureDefsLength(), 4, "signature_defs")):
         sd = model.SignatureDefs(i)
@@ -303,15 +324,7 @@ def _parse(data: bytes, name: str) -> TFLiteModel:
         ins = {_text(m.Name()): m.TensorIndex() for m in map(sd.Inputs, range(n_in))}
         outs = {_text(m.Name()): m.TensorIndex() for m in map(sd.Outputs, range(n_out))}
         signatures.append(Signature(_text(sd.SignatureKey()), sd.SubgraphIndex(), ins, outs))
-
-    # Weight bytes: constant buffers referenced by tensors (each buffer counted once).
-    used = {t.buffer for sg in subgraphs for t in sg.tensors if t.constant_bytes}
-    weight_bytes = sum(buffers[b][1] for b in used)
-    return TFLiteModel(
-        path=name, size_bytes=size, version=model.Version(), subgraphs=tuple(subgraphs),
-        signatures=tuple(signatures), weight_bytes=weight_bytes,
-        _buffers=tuple(buffers), _data=data,
-    )
+    return tuple(signatures)
 
 
 def _tensor(t, index: int, buffers, dtype_names, budget: _Budget) -> Tensor:

@@ -6,10 +6,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgebn.data import Dataset
+from edgebn.data import Dataset, DataSpec
 from edgebn.errors import EdgebnError, InvalidModelError
 from edgebn.models import Arch, bn_layer_names, build_model
-from edgebn.stages import atomic_path, timed
+from edgebn.stages import SILENT, Progress, atomic_path, timed
 
 
 @dataclass(frozen=True)
@@ -20,24 +20,34 @@ class TrainConfig:
     batch_size: int = 32
     learning_rate: float = 3e-3
     patience: int = 6  # epochs without val_accuracy improvement before stopping
-    seed: int = 0
 
     def validate(self) -> None:
         for name in ("epochs", "batch_size", "patience"):
             if getattr(self, name) < 1:
-                raise EdgebnError(f"--{name.replace('_', '-')} must be >= 1. "
-                                  f"Received: {getattr(self, name)}")
+                raise EdgebnError(f"{name} must be >= 1. Received: {getattr(self, name)}")
         if not self.learning_rate > 0:
             raise EdgebnError(f"learning rate must be > 0. Received: {self.learning_rate}")
 
 
 @dataclass(frozen=True)
 class TrainResult:
+    """A model trained here, or (``config`` None) one the user brought, loaded as it is."""
+
     model: Any  # keras.Model
+    config: TrainConfig | None
     epochs_run: int
-    val_accuracy: float
-    test_accuracy: float
+    val_accuracy: float | None
+    test_accuracy: float | None
     train_s: float
+    source: str | None = None  # the .keras it was loaded from
+
+    @property
+    def arch(self) -> str:
+        return self.config.arch.value if self.config else "custom"
+
+    @property
+    def bn(self) -> bool:
+        return self.config.bn if self.config else bool(self.bn_layers)
 
     @property
     def params(self) -> int:
@@ -47,45 +57,70 @@ class TrainResult:
     def bn_layers(self) -> list[str]:
         return bn_layer_names(self.model)
 
+    def to_json(self) -> dict[str, Any]:
+        return {"arch": self.arch, "bn": self.bn, "params": self.params,
+                "bn_layers": self.bn_layers, "epochs_run": self.epochs_run,
+                "val_accuracy": self.val_accuracy, "test_accuracy": self.test_accuracy,
+                "train_s": self.train_s}
 
-def train(dataset: Dataset, config: TrainConfig = TrainConfig(), verbose: int = 2) -> TrainResult:
-    """Train ``config.arch`` on ``dataset``; restore the weights of the best validation epoch."""
+
+def train(dataset: Dataset, config: TrainConfig = TrainConfig(),
+          progress: Progress = SILENT) -> TrainResult:
+    """Train ``config.arch`` on ``dataset``; restore the weights of the best validation epoch.
+
+    Keras' own progress lines stay off; each epoch's loss and accuracy go to ``progress``.
+    """
     config.validate()
     import keras
 
-    keras.utils.set_random_seed(config.seed)
+    keras.utils.set_random_seed(dataset.seed)  # the split's seed: one --seed for all
     model = build_model(config.arch, dataset.input_shape, dataset.classes, bn=config.bn)
     model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     stop = keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=config.patience,
                                          restore_best_weights=True)
+    report = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: progress.epoch(
+        epoch + 1, config.epochs, {k: float(v) for k, v in (logs or {}).items()}))
     with timed() as t:
         history = model.fit(dataset.x_train, dataset.y_train, epochs=config.epochs,
                             batch_size=config.batch_size, shuffle=True,
                             validation_data=(dataset.x_val, dataset.y_val),
-                            callbacks=[stop], verbose=verbose)
+                            callbacks=[stop, report], verbose=0)
     _, val_acc = model.evaluate(dataset.x_val, dataset.y_val, verbose=0)
     _, test_acc = model.evaluate(dataset.x_test, dataset.y_test, verbose=0)
-    return TrainResult(model, len(history.epoch), float(val_acc), float(test_acc), t.seconds)
+    return TrainResult(model, config, len(history.epoch), float(val_acc), float(test_acc),
+                       t.seconds)
 
 
-def train_to_file(out: str | Path, config: TrainConfig, dataset="digits", data_dir=None,
-                  image_size: int = 32, color: str = "grayscale", limit: int | None = None,
-                  verbose: int = 2) -> dict[str, Any]:
-    """Load the dataset, train, save ``out`` atomically; return a summary for ``edgebn train``."""
-    from edgebn.data import load_dataset
+@dataclass(frozen=True)
+class SavedTraining:
+    """``edgebn train``: the model trained on ``dataset`` and saved at ``path``."""
 
+    path: Path
+    dataset: Dataset
+    trained: TrainResult
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": str(self.path), "dataset": self.dataset.to_json(),
+                **self.trained.to_json()}
+
+
+def train_to_file(out: str | Path, config: TrainConfig, data: DataSpec = DataSpec(),
+                  progress: Progress = SILENT) -> SavedTraining:
+    """Load the data, train, save ``out`` atomically."""
     if Path(out).suffix != ".keras":
-        raise EdgebnError(f"--out must end in .keras. Received: {out}")
+        raise EdgebnError(f"a Keras model path must end in .keras. Received: {out}")
     if Path(out).is_dir():
-        raise EdgebnError(f"--out {out}: is a directory")
-    ds = load_dataset(dataset, data_dir, image_size, color, config.seed, limit=limit)
-    result = train(ds, config, verbose=verbose)
+        raise EdgebnError(f"{out}: is a directory")
+    ds = data.load()
+    result = train(ds, config, progress)
     save_keras(result.model, out)
-    return {"path": str(out), "dataset": ds.to_json(), "arch": config.arch.value,
-            "bn": config.bn, "params": result.params, "bn_layers": result.bn_layers,
-            "epochs_run": result.epochs_run, "val_accuracy": result.val_accuracy,
-            "test_accuracy": result.test_accuracy, "train_s": result.train_s}
+    return SavedTraining(Path(out), ds, result)
+
+
+def given_model(path: str | Path) -> TrainResult:
+    """A user's .keras model as the build's starting point: nothing trained, nothing changed."""
+    return TrainResult(load_keras(path), None, 0, None, None, 0.0, source=str(path))
 
 
 def save_keras(model: Any, path: str | Path) -> Path:

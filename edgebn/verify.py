@@ -8,8 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from edgebn.bench import dequantize, quantize
 from edgebn.runtime import Backend, load_interpreter
+from edgebn.tensors import dequantize, quantize
+from edgebn.tflite import TFLiteModel
 
 CHUNK = 256  # samples per invoke: the input is resized to this batch
 
@@ -29,10 +30,10 @@ class VerifyResult:
                 "max_abs_diff": self.max_abs_diff, "backend": self.backend}
 
 
-def predict_tflite(path: str | Path, x: np.ndarray, backend: Backend | str = Backend.auto,
+def predict_tflite(model: TFLiteModel | str | Path, x: np.ndarray, backend: Backend | str = Backend.auto,
                    threads: int = 1) -> tuple[np.ndarray, str]:
     """Float outputs of the .tflite for every row of ``x`` (quantized I/O handled)."""
-    interp, info = load_interpreter(path, backend, threads)
+    interp, info = load_interpreter(model, backend, threads)
     inp = interp.get_input_details()[0]
     outputs = []
     for start in range(0, len(x), CHUNK):
@@ -49,10 +50,10 @@ def predict_tflite(path: str | Path, x: np.ndarray, backend: Backend | str = Bac
     return np.concatenate(outputs), str(info)
 
 
-def verify(path: str | Path, x: np.ndarray, y: np.ndarray, keras_model: Any = None,
-           backend: Backend | str = Backend.auto) -> VerifyResult:
+def verify(model: TFLiteModel | str | Path, x: np.ndarray, y: np.ndarray,
+           keras_model: Any = None, backend: Backend | str = Backend.auto) -> VerifyResult:
     """Accuracy of the .tflite on (x, y), and its agreement with ``keras_model`` if given."""
-    p_tfl, info = predict_tflite(path, x, backend)
+    p_tfl, info = predict_tflite(model, x, backend)
     acc = float((p_tfl.argmax(1) == y).mean())
     if keras_model is None:
         return VerifyResult(len(y), acc, None, None, None, info)

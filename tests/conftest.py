@@ -13,9 +13,9 @@ from edgebn.tflite import strip_names
 
 @pytest.fixture(scope="session")
 def digits():
-    from edgebn.data import load_dataset
+    from edgebn.data import DataSpec
 
-    return load_dataset("digits")
+    return DataSpec().load()
 
 
 @pytest.fixture(scope="session")
@@ -25,11 +25,14 @@ def workdir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def cnn(digits, workdir):
-    """The default architecture, trained briefly, saved and converted (float32)."""
-    from edgebn.convert import convert
+    """The default architecture, trained briefly, saved and converted (float32).
+
+    The session's one training of the default cnn: builds and bundles start from it.
+    """
+    from edgebn.convert import to_tflite as convert
     from edgebn.train import TrainConfig, save_keras, train
 
-    result = train(digits, TrainConfig(epochs=4, patience=4), verbose=0)
+    result = train(digits, TrainConfig(epochs=4, patience=4))
     keras_path = save_keras(result.model, workdir / "cnn.keras")
     converted = convert(result.model, workdir / "cnn.tflite")
     return {"result": result, "keras": keras_path, "tflite": converted.path}
@@ -37,10 +40,10 @@ def cnn(digits, workdir):
 
 @pytest.fixture(scope="session")
 def cnn_twin(digits, workdir):
-    from edgebn.convert import convert
+    from edgebn.convert import to_tflite as convert
     from edgebn.train import TrainConfig, save_keras, train
 
-    result = train(digits, TrainConfig(bn=False, epochs=2, patience=2), verbose=0)
+    result = train(digits, TrainConfig(bn=False, epochs=2, patience=2))
     keras_path = save_keras(result.model, workdir / "cnn_twin.keras")
     converted = convert(result.model, workdir / "cnn_twin.tflite")
     return {"result": result, "keras": keras_path, "tflite": converted.path}
@@ -51,7 +54,7 @@ def pattern_files(workdir):
     """{(pattern, quantize, stripped): path} for every BN pattern, float32 and int8."""
     from patterns import PATTERNS, build_pattern, representative
 
-    from edgebn.convert import convert
+    from edgebn.convert import to_tflite as convert
 
     files = {}
     for name in PATTERNS:
@@ -69,11 +72,11 @@ def pattern_files(workdir):
 @pytest.fixture(scope="session")
 def mlp_fitted(digits, workdir):
     """The textbook MLP after fit(): the converter folds all three BNs."""
-    from edgebn.convert import convert
+    from edgebn.convert import to_tflite as convert
     from edgebn.models import Arch
     from edgebn.train import TrainConfig, train
 
-    result = train(digits, TrainConfig(arch=Arch.mlp, epochs=2, patience=2), verbose=0)
+    result = train(digits, TrainConfig(arch=Arch.mlp, epochs=2, patience=2))
     paths = {}
     for quantize in ("none", "int8"):
         path = workdir / f"mlp_{quantize}.tflite"
@@ -83,23 +86,23 @@ def mlp_fitted(digits, workdir):
 
 
 @pytest.fixture(scope="session")
-def small_builds(tmp_path_factory):
-    """The default architecture, briefly trained, built float32 and int8 (no bench, no twin)."""
+def small_builds(cnn, tmp_path_factory):
+    """The session's cnn built float32 and int8 (--model: no training, no bench, no twin)."""
     from edgebn.build import BuildConfig, build
-    from edgebn.convert import Quantize
+    from edgebn.convert import ConvertOptions, Quantize
 
     out = {}
     for quantize in ("none", "int8"):
         d = tmp_path_factory.mktemp(f"build-{quantize}")
-        build(BuildConfig(out=d, epochs=3, quantize=Quantize(quantize), twin=False, bench=False),
-              log=lambda m: None, verbose=0)
+        build(BuildConfig(out=d, model=cnn["keras"], convert=ConvertOptions(Quantize(quantize)),
+                          run_bench=False))
         out[quantize] = d
     return out
 
 
 @pytest.fixture(scope="session")
 def bundles(small_builds, tmp_path_factory):
-    from edgebn.bundle import bundle
+    from edgebn.bundle import bundle_build
 
     root = tmp_path_factory.mktemp("bundles")
-    return {q: bundle(d, root / f"bundle-{q}").out for q, d in small_builds.items()}
+    return {q: bundle_build(d, root / f"bundle-{q}").out for q, d in small_builds.items()}

@@ -203,3 +203,84 @@ def build_fold_pattern(name: str, seed: int = 0):
     model = keras.Model(inputs, builder(layers, inputs), name=name)
     set_random_bn(model, seed, positive=positive, negative=name.endswith("_negative"))
     return model
+
+
+# ---------------------------------------------------------------- deep and nested models
+
+
+def randomise_bn_statistics(model, seed: int = 0) -> int:
+    """Non-trivial statistics for every BN at any depth; returns how many BN layers there are.
+
+    μ ~ N(0, 0.1), var ~ U(0.5, 1.5), γ ~ U(0.5, 1.5), β ~ N(0, 0.1), for the weights a
+    layer has (``scale=False`` has no γ, ``center=False`` no β).
+    """
+    from keras import layers
+
+    rng = np.random.default_rng(seed)
+    count = 0
+    stack = list(model.layers)
+    while stack:
+        layer = stack.pop(0)
+        stack.extend(getattr(layer, "layers", []))
+        if not isinstance(layer, layers.BatchNormalization):
+            continue
+        count += 1
+        c = layer.moving_mean.shape[0]
+        if layer.gamma is not None:
+            layer.gamma.assign(rng.uniform(0.5, 1.5, c))
+        if layer.beta is not None:
+            layer.beta.assign(rng.normal(0, 0.1, c))
+        layer.moving_mean.assign(rng.normal(0, 0.1, c))
+        layer.moving_variance.assign(rng.uniform(0.5, 1.5, c))
+    return count
+
+
+def _fold_separable_bn(L, x):
+    return L.ReLU()(L.BatchNormalization()(L.SeparableConv2D(5, 3, depth_multiplier=2, use_bias=False)(x)))
+
+
+def _fold_separable1d_bn(L, x):
+    return L.BatchNormalization()(L.SeparableConv1D(4, 3)(L.Reshape((8, 24))(x)))
+
+
+def _fold_bn_before_separable(L, x):
+    y = L.BatchNormalization()(L.Conv2D(4, 3, activation="relu")(x))
+    return L.SeparableConv2D(5, 3, depth_multiplier=2)(y)
+
+
+def _fold_bn_before_separable_same(L, x):
+    y = L.BatchNormalization()(L.Conv2D(4, 3, activation="relu")(x))
+    return L.SeparableConv2D(5, 3, padding="same")(y)
+
+
+def _fold_concat_bn(L, x):
+    a = L.Conv2D(3, 3, use_bias=False)(x)
+    b = L.DepthwiseConv2D(3)(x)
+    return L.ReLU()(L.BatchNormalization()(L.Concatenate()([a, b])))
+
+
+def _fold_concat_branch_bn(L, x):
+    a = L.Conv2D(3, 3)(x)
+    b = L.Conv2D(3, 3)(x)
+    return L.Add()([L.Conv2D(6, 1)(a), L.ReLU()(L.BatchNormalization()(L.Concatenate()([a, b])))])
+
+
+def _fold_concat_axis_bn(L, x):
+    a = L.Conv2D(3, 1)(x)
+    b = L.Conv2D(3, 1)(x)
+    return L.ReLU()(L.BatchNormalization(axis=-1)(L.Concatenate(axis=1)([a, b])))
+
+
+FOLD_PATTERNS.update({
+    "separable_bn": (_fold_separable_bn, False, ["backward"]),
+    "separable1d_bn": (_fold_separable1d_bn, False, ["backward"]),
+    "bn_before_separable": (_fold_bn_before_separable, False, ["forward"]),
+    "bn_before_separable_same": (_fold_bn_before_separable_same, False,
+                                 [r"shift cannot pass the zero padding of separable_conv2d\w* "
+                                  r"\(padding='same'\)"]),
+    "concat_bn": (_fold_concat_bn, False, ["backward"]),
+    "concat_branch_bn": (_fold_concat_branch_bn, False,
+                         [r"Concatenate\), and the output of conv2d\w* also feeds conv2d"]),
+    "concat_axis_bn": (_fold_concat_axis_bn, False,
+                       [r"concatenate\w* concatenates axis 1, the BN normalizes axis 3"]),
+})

@@ -105,7 +105,7 @@ def test_layer_normalization_is_not_bn(tmp_path):
     import numpy as np
     from keras import layers
 
-    from edgebn.convert import convert
+    from edgebn.convert import to_tflite as convert
 
     keras.utils.set_random_seed(0)
     inputs = keras.Input((6, 6, 3))

@@ -3,8 +3,9 @@ import json
 import numpy as np
 import pytest
 
-from edgebn.bench import BenchSettings, Latency, bench, bench_tflite, make_inputs
+from edgebn.bench import BenchSettings, BenchTargets, Latency, bench, bench_tflite
 from edgebn.errors import EdgebnError
+from edgebn.tensors import make_inputs
 
 QUICK = BenchSettings(warmup=5, runs=200)
 
@@ -20,7 +21,7 @@ def test_latency_percentiles_from_samples():
 
 
 def test_tflite_alone_counts_runs_and_records_environment(cnn, digits):
-    result = bench(cnn["tflite"], QUICK, data=digits.x_test)
+    result = bench(BenchTargets(cnn["tflite"]), QUICK, data=digits.x_test)
     t = result.tflite
     assert t.runs == 200 and len(t.samples_ns) == 200 and t.warmup == 5
     _sane(t.latency_us)
@@ -33,9 +34,9 @@ def test_tflite_alone_counts_runs_and_records_environment(cnn, digits):
 
 
 def test_keras_modes_baseline_and_speedup_share_inputs(cnn, cnn_twin, digits):
-    result = bench(cnn["tflite"], BenchSettings(warmup=5, runs=30), keras_model=cnn["keras"],
-                   baseline=cnn_twin["tflite"], keras_baseline=cnn_twin["keras"],
-                   data=digits.x_test)
+    targets = BenchTargets(cnn["tflite"], cnn_twin["tflite"], keras=cnn["keras"],
+                           keras_baseline=cnn_twin["keras"])
+    result = bench(targets, BenchSettings(warmup=5, runs=30), data=digits.x_test)
     assert set(result.keras) == {"eager", "predict", "compiled"}
     for s in [*result.keras.values(), *result.keras_baseline.values()]:
         assert s.runs == 30
@@ -49,10 +50,17 @@ def test_keras_modes_baseline_and_speedup_share_inputs(cnn, cnn_twin, digits):
     assert sp["vs_fastest_keras"] == min(sp[f"vs_{m}"] for m in ("eager", "predict", "compiled"))
     assert sp["fastest_keras"] in ("eager", "predict", "compiled")
     assert set(doc["bn_cost"]) == {"tflite", "keras_eager", "keras_predict", "keras_compiled"}
+    # One set of rows feeds the table, report.md and the plot: every timed runtime, once.
+    rows = result.rows()
+    assert [r.key for r in rows] == ["tflite", "baseline", *(f"{g}.{m}" for g in (
+        "keras", "keras_baseline") for m in ("eager", "predict", "compiled"))]
+    assert all(len(r.samples_ns) == r.runs == 30 for r in rows)
 
 
 def test_isolated_worker_reports_memory_without_tensorflow(cnn, digits):
-    result = bench(cnn["tflite"], QUICK, data=digits.x_test, isolate=True)
+    from dataclasses import replace
+
+    result = bench(BenchTargets(cnn["tflite"]), replace(QUICK, isolate=True), data=digits.x_test)
     assert result.tflite.runs == 200
     _sane(result.tflite.latency_us)
     assert result.tflite.peak_rss_mb < 300  # this process has TensorFlow (> 400 MB) loaded
@@ -79,15 +87,16 @@ def test_int8_inputs_real_and_random():
 
 
 @pytest.mark.parametrize("field, value", [("threads", 0), ("batch", 0), ("runs", 0),
-                                          ("warmup", -1), ("min_time_s", 0)])
+                                          ("warmup", -1), ("min_time_s", 0),
+                                          ("keras_time_s", 0)])
 def test_bad_settings_are_refused(cnn, field, value):
-    with pytest.raises(EdgebnError, match="must be"):
-        bench(cnn["tflite"], BenchSettings(**{field: value}))
+    with pytest.raises(EdgebnError, match=f"{field} must be"):
+        bench(BenchTargets(cnn["tflite"]), BenchSettings(**{field: value}))
 
 
 def test_plot_writes_a_png(cnn, tmp_path):
-    from edgebn.bench import plot
+    from edgebn.render import plot
 
-    result = bench(cnn["tflite"], QUICK)
+    result = bench(BenchTargets(cnn["tflite"]), QUICK)
     out = plot(result, tmp_path / "lat.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,4 +1,8 @@
 import json
+import re
+import subprocess
+import sys
+import textwrap
 
 import pytest
 from typer.testing import CliRunner
@@ -8,27 +12,111 @@ from edgebn.build import BuildConfig, build
 from edgebn.cli import app
 from edgebn.models import Arch
 from edgebn.stages import write_atomic
+from edgebn.train import TrainConfig
 
 runner = CliRunner()
+
+# Runs `edgebn build` as a user would, in its own process, counting what it reads, inspects
+# and writes: Python's audit hook sees every open() and rename; inspection is counted at
+# edgebn.analysis.analyse_bn, which every inspection goes through.
+_COUNTED_BUILD = textwrap.dedent("""
+    import collections, json, os, sys
+    counts = collections.Counter()
+    out_file = sys.argv.pop(1)
+
+    def hook(event, args):
+        if event == "open" and isinstance(args[0], (str, bytes, os.PathLike)):
+            name = os.fsdecode(args[0])
+            if name.endswith(".tflite"):
+                mode = args[1] if isinstance(args[1], str) else "os.open"
+                counts["read " + os.path.relpath(name, OUT)] += "r" in mode or mode == "os.open"
+        elif event == "os.rename":
+            counts["rename -> " + os.path.basename(os.fsdecode(args[1]))] += 1
+
+    OUT = os.path.abspath(sys.argv[sys.argv.index("--out") + 1])
+    sys.addaudithook(hook)
+    import edgebn.analysis as analysis
+    original = analysis.analyse_bn
+
+    def counted(model, *rest):
+        counts["inspect " + os.path.relpath(model.path, OUT)] += 1
+        return original(model, *rest)
+
+    analysis.analyse_bn = counted
+    from edgebn.cli import app
+    try:
+        app(prog_name="edgebn")
+    finally:
+        with open(out_file, "w") as f:
+            json.dump(counts, f)
+""")
+
+# Log lines edgebn never writes: absl/glog (I0000 00:00:..., E0000 ... cuda_platform.cc:52]),
+# TensorFlow's and absl's Python loggers, oneDNN/CUDA notes, Keras' fit progress and warnings.
+_FOREIGN = re.compile(r"^[IWEF]\d{4} |WARNING:(tensorflow|absl)|^WARNING: All log messages|"
+                      r"oneDNN|cuda|cuInit|TF-TRT|tensorflow/|Epoch \d+/\d+|━━━|"
+                      r"UserWarning|DeprecationWarning|INFO: Created TensorFlow Lite|"
+                      r"To enable the following instructions|Saved artifact at", re.I)
+
+
+def _counted_build(tmp_path, out, *args):
+    counts = tmp_path / "counts.json"
+    proc = subprocess.run([sys.executable, "-c", _COUNTED_BUILD, str(counts), "build", "--out",
+                           str(out), *args], capture_output=True, text=True, timeout=900)
+    return proc, json.loads(counts.read_text())
 
 
 @pytest.fixture(scope="module")
 def default_build(tmp_path_factory):
-    out = tmp_path_factory.mktemp("build")
-    result = runner.invoke(app, ["build", "--out", str(out), "--epochs", "3",
-                                 "--bench-time", "0.05", "--bundle"])
-    assert result.exit_code == 0, result.output
-    return out, result
+    """A default `edgebn build` (fewer epochs, shorter bench) in its own process, with --bundle."""
+    tmp = tmp_path_factory.mktemp("build")
+    out = tmp / "out"
+    proc, counts = _counted_build(tmp, out, "--epochs", "3", "--bench-time", "0.05", "--bundle")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, proc, counts
+
+
+def test_a_default_build_shows_only_edgebns_own_lines(default_build):
+    _, proc, _ = default_build
+    foreign = [line for line in (proc.stdout + proc.stderr).splitlines() if _FOREIGN.search(line)]
+    assert foreign == []
+    stages = [line.split()[1] for line in proc.stderr.splitlines() if line.startswith("✓")]
+    assert stages == ["data", "train", "twin", "fold", "convert", "inspect", "verify", "bench",
+                      "bundle", "report"]  # one progress display: each stage once, in order
+    assert "speedup vs fastest Keras" in proc.stdout
+
+
+def test_verbose_brings_tensorflows_own_log_back(cnn, tmp_path):
+    args = [sys.executable, "-m", "edgebn.cli", "convert", str(cnn["keras"]), "--out",
+            str(tmp_path / "m.tflite")]
+    quiet = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert quiet.returncode == 0 and not _FOREIGN.search(quiet.stderr), quiet.stderr[-2000:]
+    proc = subprocess.run([*args, "--verbose"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert any(_FOREIGN.search(line) for line in proc.stderr.splitlines()), proc.stderr[-2000:]
+
+
+def test_a_default_build_reads_inspects_and_writes_each_thing_once(default_build):
+    _, _, counts = default_build
+    # Every .tflite is parsed from the converter's bytes in memory; none is read back from
+    # disk by the build (the bundle hashes its own copy once for the manifest).
+    reads = {k: v for k, v in counts.items() if k.startswith("read ") and v}
+    assert all(v <= 1 for v in reads.values()), reads
+    assert not any("/" not in k for k in reads), reads  # OUT/*.tflite: never read back
+    inspected = {k: v for k, v in counts.items() if k.startswith("inspect ")}
+    assert inspected == {"inspect model.tflite": 1, "inspect converter_only.tflite": 1}
+    assert counts["rename -> report.json"] == 1 and counts["rename -> report.md"] == 1
 
 
 def test_default_build_writes_every_artifact_and_the_report(default_build):
-    out, result = default_build
+    out, _, _ = default_build
     for name in ("model.keras", "model.tflite", "twin.keras", "twin.tflite", "report.json",
                  "report.md"):
         assert (out / name).stat().st_size > 0
     assert not list(out.glob(".tmp-*"))
     report = json.loads((out / "report.json").read_text())
     assert report["dataset"]["name"] == "digits" and report["dataset"]["classes"] == 10
+    assert report["dataset"]["preprocessing"]["resize"] == "bilinear"
     assert report["model"]["arch"] == "cnn"
     assert report["model"]["bn_layers"] == 4
     assert report["keras"]["path"] == "model.keras"
@@ -41,9 +129,10 @@ def test_default_build_writes_every_artifact_and_the_report(default_build):
     b = report["bench"]
     assert {"environment", "tflite", "baseline", "keras", "speedup", "bn_cost"} <= set(b)
     assert b["tflite"]["model"] == "model.tflite" and b["baseline"]["model"] == "twin.tflite"
+    assert set(report["timings"]) == {f"{s}_s" for s in (
+        "data", "train", "twin", "fold", "convert", "inspect", "verify", "bench", "bundle")}
     md = (out / "report.md").read_text()
-    assert "BN verdict: **clean**" in md and "Speedup of TFLite" in md
-    assert "speedup vs fastest Keras" in result.stdout
+    assert "| BN verdict | clean" in md and "| speedup vs fastest Keras |" in md
     # The fold (on by default): both verdicts, the folded model, and its bench rows.
     fold = report["fold"]
     assert fold["folded"] == 4 and fold["kept"] == 0 and fold["max_rel_diff"] <= 1e-5
@@ -51,20 +140,34 @@ def test_default_build_writes_every_artifact_and_the_report(default_build):
     assert (out / "folded.keras").is_file() and (out / "converter_only.tflite").is_file()
     assert set(b["keras_folded"]) == set(b["keras"]) and set(b["fold_gain"]) == {
         f"keras_{m}" for m in b["keras"]}
-    assert "## Fold in Keras" in md and "Keras folded compiled" in md
+    assert "## Fold in Keras" in md and "| Keras folded compiled |" in md
     # --bundle: the device bundle, self-tested here.
     assert report["bundle"]["path"] == "bundle" and report["bundle"]["selftest_here"]["passed"]
     assert (out / "bundle" / "manifest.json").is_file() and (out / "samples.npy").is_file()
+
+
+def test_the_table_and_the_markdown_show_the_same_rows(cnn, tmp_path):
+    from edgebn.report import render_markdown
+
+    result = build(BuildConfig(out=tmp_path, model=cnn["keras"],
+                               bench=BenchSettings(warmup=2, runs=20, keras_time_s=0.01)))
+    md = render_markdown(result)
+    for metric, value in result.rows():
+        assert f"| {metric} | {value.replace('|', chr(92) + '|')} |" in md
+    terminal = runner.invoke(app, ["build", "--out", str(tmp_path / "again"), "--model",
+                                   str(cnn["keras"]), "--no-bench"], terminal_width=250)
+    assert terminal.exit_code == 0, terminal.output
+    for metric in ("BN verdict", "top-1 agreement TFLite vs Keras", "fold in Keras"):
+        assert metric in terminal.stdout
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", list(Arch))
 @pytest.mark.parametrize("bn", [True, False], ids=["bn", "no-bn"])
 def test_every_arch_builds_with_and_without_bn(tmp_path, arch, bn):
-    config = BuildConfig(out=tmp_path, arch=arch, bn=bn, epochs=1, twin=False,
-                         bench_settings=BenchSettings(warmup=2, runs=20))
-    result = build(config, log=lambda _: None, verbose=0)
-    report = result.report
+    config = BuildConfig(out=tmp_path, train=TrainConfig(arch=arch, bn=bn, epochs=1), twin=False,
+                         bench=BenchSettings(warmup=2, runs=20, keras_time_s=0.01))
+    report = build(config).to_json()
     assert report["model"]["arch"] == arch.value and report["model"]["bn"] is bn
     assert report["model"]["bn_layers"] == ({"mlp": 3, "mlp-prebn": 2, "cnn": 4}[arch.value]
                                             if bn else 0)
@@ -83,9 +186,12 @@ def test_build_on_an_image_folder(tmp_path):
         for i in range(10):
             arr = np.clip(rng.normal(level, 20, (12, 12)), 0, 255).astype(np.uint8)
             Image.fromarray(arr).save(tmp_path / "imgs" / c / f"{i}.png")
-    config = BuildConfig(out=tmp_path / "out", data_dir=tmp_path / "imgs", image_size=8,
-                         epochs=2, twin=False, bench=False)
-    report = build(config, log=lambda _: None, verbose=0).report
+    from edgebn.data import DataSpec
+
+    config = BuildConfig(out=tmp_path / "out", data=DataSpec(data_dir=tmp_path / "imgs",
+                                                             image_size=8),
+                         train=TrainConfig(epochs=2), twin=False, run_bench=False)
+    report = build(config).to_json()
     assert report["dataset"]["class_names"] == ["dark", "light"]
     assert report["dataset"]["input_shape"] == [8, 8, 1]
     assert "bench" not in report

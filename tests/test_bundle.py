@@ -148,7 +148,7 @@ def test_bundle_refuses_a_directory_that_is_not_a_build(tmp_path):
 
 
 @pytest.mark.parametrize("victim, content, needle", [
-    ("report.json", b"{not json", "not an edgebn build report"),
+    ("report.json", b"{not json", "not a readable JSON report"),
     ("samples.npy", b"\x93NUMPY garbage", "not a readable .npy"),
     ("model.tflite", b"TFL3" + b"\xff" * 64, "model.tflite"),
 ])
@@ -183,5 +183,7 @@ def test_bundle_never_replaces_what_is_not_a_bundle(small_builds, tmp_path):
 
 def test_build_refuses_a_bad_emulate_runtime_before_training(tmp_path):
     res = runner.invoke(app, ["build", "--out", str(tmp_path / "b"), "--emulate", "foo"])
-    assert res.exit_code == 2 and "unknown runtime 'foo'" in res.stderr
+    assert res.exit_code == 2 and "'foo' is not one of" in res.stderr
+    res = runner.invoke(app, ["build", "--out", str(tmp_path / "b"), "--emulate", "auto"])
+    assert res.exit_code == 2 and "unknown device runtime 'auto'" in res.stderr
     assert not (tmp_path / "b").exists()  # refused before the out dir, so before training

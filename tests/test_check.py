@@ -27,7 +27,7 @@ def slow_tflite(tmp_path_factory):
     """Same input and output as the cnn, many times the arithmetic: a latency regression."""
     import keras
 
-    from edgebn.convert import convert
+    from edgebn.convert import to_tflite as convert
 
     inputs = keras.Input((8, 8, 1))
     x = keras.layers.Conv2D(128, 3, padding="same", activation="relu")(inputs)

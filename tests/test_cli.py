@@ -19,13 +19,32 @@ def _one_error_line(result, needle):
     assert "Traceback" not in result.output
 
 
-def test_every_command_has_help():
+def test_every_registered_command_has_help():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for command in ("inspect", "train", "convert", "build", "bench"):
+    commands = [c.name or c.callback.__name__ for c in app.registered_commands]
+    assert len(commands) == 10
+    for command in commands:
         assert command in result.stdout
         sub = runner.invoke(app, [command, "--help"])
-        assert sub.exit_code == 0 and "Usage" in sub.stdout
+        assert sub.exit_code == 0 and "Usage" in sub.stdout, command
+        assert "--json" in sub.stdout, command  # every document can go to a machine
+
+
+def test_version():
+    from edgebn import __version__
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.stdout.strip() == f"edgebn {__version__}"
+
+
+def test_the_data_option_group_is_shared(tmp_path):
+    """One set of DataSpec options on every command that reads a dataset."""
+    for command in ("train", "convert", "fold", "build"):
+        text = runner.invoke(app, [command, "--help"], terminal_width=200).stdout
+        for option in ("--dataset", "--data-dir", "--image-size", "--color", "--resize",
+                       "--seed", "--limit"):
+            assert option in text, (command, option)
 
 
 def test_inspect_clean_exits_0_and_residual_exits_1(cnn, pattern_files):
@@ -56,8 +75,12 @@ def test_inspect_tensors_table(cnn):
     (["build", "--arch", "resnet"], "'resnet' is not one of"),
     (["build", "--dataset", "imagenet"], "'imagenet' is not one of"),
     (["build", "--epochs", "0"], "--epochs"),
-    (["bench", "/nonexistent.tflite"], "no such file"),
-    (["convert", "/nonexistent.keras"], "no such file"),
+    (["bench", "/nonexistent.tflite"], "does not exist"),
+    (["convert", "/nonexistent.keras"], "does not exist"),
+    (["build", "--runtime", "litert"], "'litert' is not one of"),
+    (["build", "--color", "sepia"], "'sepia' is not one of"),
+    (["build", "--emulate", "tensorflow"], "unknown device runtime 'tensorflow'"),
+    (["convert", "x.keras", "--tolerance", "0"], "--tolerance"),
     (["nonsense"], "No such command"),
 ])
 def test_bad_usage_is_one_line_exit_2(args, needle):
@@ -81,26 +104,28 @@ def test_bad_files_are_one_line_exit_2(tmp_path):
 def test_build_bad_inputs(tmp_path):
     a_file = tmp_path / "out"
     a_file.write_text("x")
-    _one_error_line(runner.invoke(app, ["build", "--out", str(a_file)]), "not a directory")
+    _one_error_line(runner.invoke(app, ["build", "--out", str(a_file)]), "is a file")
     _one_error_line(runner.invoke(app, ["build", "--out", str(tmp_path / "o"), "--data-dir",
-                                        str(tmp_path / "missing")]), "no such directory")
+                                        str(tmp_path / "missing")]), "does not exist")
     (tmp_path / "empty").mkdir()
     _one_error_line(runner.invoke(app, ["build", "--out", str(tmp_path / "o"), "--data-dir",
                                         str(tmp_path / "empty")]), "no images found")
 
 
-def test_bench_cli_writes_json_and_plot(cnn, cnn_twin, tmp_path):
+def test_bench_cli_json_on_stdout_a_file_and_a_plot(cnn, cnn_twin, tmp_path):
     out, png = tmp_path / "bench.json", tmp_path / "bench.png"
     result = runner.invoke(app, ["bench", str(cnn["tflite"]), "--keras", str(cnn["keras"]),
                                  "--baseline", str(cnn_twin["tflite"]), "--dataset", "digits",
-                                 "--runs", "20", "--warmup", "2", "--json", str(out),
-                                 "--plot", str(png)])
+                                 "--runs", "20", "--warmup", "2", "--json", "--json-file",
+                                 str(out), "--plot", str(png)])
     assert result.exit_code == 0, result.output
-    doc = json.loads(out.read_text())
+    doc = json.loads(result.stdout)  # --json: the document alone on stdout
     assert {"environment", "tflite", "baseline", "keras", "speedup"} <= set(doc)
     assert doc["tflite"]["runs"] == 20 and doc["tflite"]["threads"] == 1
+    assert json.loads(out.read_text())["tflite"]["latency_us"] == doc["tflite"]["latency_us"]
     assert png.stat().st_size > 1000
-    assert "speedup" in result.stdout
+    table = runner.invoke(app, ["bench", str(cnn["tflite"]), "--runs", "20", "--warmup", "2"])
+    assert table.exit_code == 0 and "p50 µs" in table.stdout
 
 
 def test_bench_bad_data_file(cnn, tmp_path):
@@ -108,6 +133,22 @@ def test_bench_bad_data_file(cnn, tmp_path):
     bad.write_text("no")
     _one_error_line(runner.invoke(app, ["bench", str(cnn["tflite"]), "--data", str(bad)]),
                     "not a readable .npy")
+
+
+def test_inspect_several_files_one_row_or_json_line_each(cnn, pattern_files, tmp_path):
+    clean, residual = cnn["tflite"], pattern_files[("bn_last", "none", False)]
+    both = runner.invoke(app, ["inspect", str(clean), str(residual), "--json"])
+    assert both.exit_code == 1, both.output
+    lines = [json.loads(line) for line in both.stdout.splitlines()]
+    assert [d["path"] for d in lines] == [str(clean), str(residual)]
+    assert [d["bn"]["verdict"] for d in lines] == ["clean", "residual"]
+    table = runner.invoke(app, ["inspect", str(clean), str(clean)], terminal_width=200)
+    assert table.exit_code == 0 and table.stdout.count("clean") == 2
+    bad = tmp_path / "bad.tflite"
+    bad.write_bytes(b"nope")
+    mixed = runner.invoke(app, ["inspect", str(clean), str(bad)], terminal_width=200)
+    assert mixed.exit_code == 2 and "clean" in mixed.stdout
+    assert mixed.stderr.count("Error: ") == 1 and "too short" in mixed.stderr
 
 
 def test_inspect_never_imports_tensorflow(cnn):

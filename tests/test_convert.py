@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from edgebn.analysis import inspect_tflite
-from edgebn.convert import Quantize, convert, convert_file
+from edgebn.convert import ConvertOptions, Quantize, convert_file
+from edgebn.convert import to_tflite as convert
 from edgebn.errors import EdgebnError, InvalidModelError
 from edgebn.models import ZOO, Arch, bn_layer_names, build_model
 from edgebn.train import TrainConfig, load_keras, train
@@ -17,8 +18,10 @@ MATRIX = [(a, q) for a, q in itertools.product(Arch, Quantize)
 
 
 @pytest.fixture(scope="module")
-def trained(digits):
-    return {a: train(digits, TrainConfig(arch=a, epochs=2, patience=2), verbose=0) for a in Arch}
+def trained(digits, cnn):
+    """Each zoo arch trained briefly; the default cnn is the session's (trained once)."""
+    return {a: cnn["result"] if a is Arch.cnn else train(
+        digits, TrainConfig(arch=a, epochs=2, patience=2)) for a in Arch}
 
 
 @pytest.mark.parametrize("arch, quantize", MATRIX, ids=[f"{a.value}-{q.value}" for a, q in MATRIX])
@@ -26,7 +29,7 @@ def test_round_trip(trained, digits, tmp_path, arch, quantize):
     result = trained[arch]
     out = convert(result.model, tmp_path / "m.tflite", quantize, digits.x_train[:100])
     assert out.path.stat().st_size == out.size_bytes
-    v = verify(out.path, digits.x_test, digits.y_test, result.model)
+    v = verify(out.model, digits.x_test, digits.y_test, result.model)
     assert v.samples == len(digits.y_test)
     assert v.top1_agreement >= (0.99 if quantize in (Quantize.none, Quantize.float16) else 0.9)
     if quantize is Quantize.none:
@@ -58,9 +61,36 @@ def test_convert_file_round_trips_a_saved_model(cnn, tmp_path):
     np.testing.assert_allclose(a, b, atol=1e-6)
 
 
-def test_convert_file_int8_needs_matching_calibration_data(cnn, tmp_path):
-    res = convert_file(cnn["keras"], tmp_path / "q.tflite", "int8", "digits")
-    assert res.inspected.clean and res.converted.quantize == "int8"
+def test_convert_file_int8_calibrates_on_the_dataset(cnn, tmp_path):
+    res = convert_file(cnn["keras"], tmp_path / "q.tflite", ConvertOptions(Quantize.int8))
+    assert res.inspected.clean and res.converted.quantize is Quantize.int8
+
+
+def test_int8_without_calibration_samples_is_refused(cnn, tmp_path):
+    for empty in (None, np.zeros((0, 8, 8, 1), np.float32)):
+        with pytest.raises(EdgebnError, match="int8 quantization needs representative samples"):
+            convert(cnn["result"].model, tmp_path / "q.tflite", Quantize.int8, empty)
+    assert not (tmp_path / "q.tflite").exists()
+
+
+def test_int8_calibration_data_of_another_shape_is_refused(cnn, tmp_path):
+    from edgebn.data import DataSpec
+
+    with pytest.raises(EdgebnError, match=r"input shape \[28, 28, 1\], the model expects \[8, 8, 1\]"):
+        convert_file(cnn["keras"], tmp_path / "q.tflite", ConvertOptions(Quantize.int8),
+                     DataSpec(data_dir=_folder(tmp_path, 40), image_size=28))
+
+
+def _folder(tmp_path, size):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in ("a", "b"):
+        (tmp_path / "imgs" / c).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(rng.integers(0, 255, (size, size), dtype=np.uint8)).save(
+                tmp_path / "imgs" / c / f"{i}.png")
+    return tmp_path / "imgs"
 
 
 @pytest.mark.parametrize("content, suffix, message", [

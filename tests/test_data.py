@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edgebn.data import load_dataset
+from edgebn.data import Color, DataSpec, Resize
 from edgebn.errors import DatasetError
 
 
@@ -19,9 +19,9 @@ def test_digits_split_is_stratified_seeded_and_preprocessed(digits):
         assert counts.min() >= 0.8 * counts.mean()  # every class in every split
     assert digits.x_train.dtype == np.float32
     assert 0.0 <= digits.x_train.min() and digits.x_train.max() == 1.0
-    again = load_dataset("digits")
+    again = DataSpec().load()
     np.testing.assert_array_equal(again.y_test, digits.y_test)
-    other = load_dataset("digits", seed=1)
+    other = DataSpec(seed=1).load()
     assert not np.array_equal(other.y_test, digits.y_test)
 
 
@@ -37,13 +37,13 @@ def _image_folder(root, classes=("cat", "dog"), per_class=6, size=(12, 10)):
 
 def test_image_folder_loads_classes_resizes_and_scales(tmp_path):
     root = _image_folder(tmp_path / "imgs")
-    ds = load_dataset(data_dir=root, image_size=16, color="rgb")
+    ds = DataSpec(data_dir=root, image_size=16, color=Color.rgb).load()
     assert ds.class_names == ("cat", "dog")
     assert ds.input_shape == (16, 16, 3)
     assert ds.x_train.shape[1:] == (16, 16, 3)
     assert len(ds.y_train) + len(ds.y_val) + len(ds.y_test) == 12
     assert ds.x_test.max() <= 1.0
-    gray = load_dataset(data_dir=root, image_size=8)
+    gray = DataSpec(data_dir=root, image_size=8).load()
     assert gray.input_shape == (8, 8, 1)
 
 
@@ -55,20 +55,20 @@ def test_image_folder_loads_classes_resizes_and_scales(tmp_path):
 ])
 def test_bad_image_folders_are_refused(tmp_path, setup, message):
     with pytest.raises(DatasetError, match=message):
-        load_dataset(data_dir=setup(tmp_path))
+        DataSpec(data_dir=setup(tmp_path)).load()
 
 
 def test_unreadable_image_is_named(tmp_path):
     root = _image_folder(tmp_path / "imgs")
     (root / "dog" / "broken.png").write_bytes(b"not a png")
     with pytest.raises(DatasetError, match=r"cannot read image .*broken\.png"):
-        load_dataset(data_dir=root)
+        DataSpec(data_dir=root).load()
 
 
 def test_too_few_samples_per_class(tmp_path):
     root = _image_folder(tmp_path / "imgs", per_class=2)
     with pytest.raises(DatasetError, match="at least 3 samples"):
-        load_dataset(data_dir=root)
+        DataSpec(data_dir=root).load()
 
 
 _KERAS_LOADER = textwrap.dedent("""
@@ -104,10 +104,10 @@ _KERAS_LOADER = textwrap.dedent("""
     fu.urlretrieve = fake_urlretrieve
     fu.validate_file = lambda *a, **k: True  # Keras pins the real file's sha256
 
-    from edgebn.data import load_dataset
+    from edgebn.data import DataSpec
     out = {}
     for name in ("mnist", "fashion-mnist"):
-        ds = load_dataset(name)
+        ds = DataSpec(name).load()
         out[name] = ds.to_json() | {"max": float(ds.x_train.max())}
     out["downloads"] = calls
     print(json.dumps(out))
@@ -128,3 +128,30 @@ def test_keras_datasets_load_through_keras_with_a_fake_cache_and_network(tmp_pat
         assert out[name]["max"] <= 1.0
     assert out["fashion-mnist"]["class_names"][0] == "T-shirt/top"
     assert len(out["downloads"]) == 1 and out["downloads"][0].endswith("mnist.npz")
+
+
+@pytest.mark.parametrize("resize", list(Resize))
+def test_training_and_the_device_preprocess_an_image_to_the_same_tensor(tmp_path, resize):
+    """The device's predict.py sees the pixels training saw: same filter, same scaling."""
+    from edgebn.bundle import load_predict_module
+
+    root = _image_folder(tmp_path / "imgs", size=(37, 53))
+    spec = DataSpec(data_dir=root, image_size=12, color=Color.rgb, resize=resize)
+    ds = spec.load()
+    image = sorted((root / "cat").iterdir())[0]
+    from edgebn.data import read_image
+
+    trained_on = ds.preprocessing.apply(read_image(image, ds.preprocessing))
+    device = load_predict_module().preprocess_image(
+        str(image), {"preprocessing": ds.preprocessing.to_json()})
+    assert device.dtype == trained_on.dtype == np.float32 and device.shape == (12, 12, 3)
+    np.testing.assert_array_equal(device, trained_on)
+    # ... and it is one of the split's own samples: the training pipeline really ran it.
+    assert any(np.array_equal(trained_on, x) for x in
+               np.concatenate([ds.x_train, ds.x_val, ds.x_test]))
+    if resize is not Resize.bicubic:  # Pillow's default filter would give other pixels
+        from PIL import Image
+
+        with Image.open(image) as im:
+            default = np.asarray(im.convert("RGB").resize((12, 12)), np.float32) / 255
+        assert not np.array_equal(default, trained_on)

@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from edgebn.cli import app
-from edgebn.deploy import deploy
+from edgebn.deploy import SshTarget, deploy
 from edgebn.errors import EdgebnError
 
 runner = CliRunner()
@@ -62,8 +62,8 @@ def sshd(tmp_path_factory):
 
 def test_deploy_copies_and_runs_the_selftest_remotely(sshd, bundles, tmp_path):
     dest = str(tmp_path / "device")
-    result = deploy(bundles["int8"], sshd["host"], dest, selftest=True, python=sys.executable,
-                    port=sshd["port"], identity=sshd["identity"], options=sshd["options"])
+    target = SshTarget(sshd["host"], sshd["port"], sshd["identity"], sshd["options"])
+    result = deploy(bundles["int8"], target, dest, selftest=True, python=sys.executable)
     assert result.passed and result.selftest_exit == 0
     assert result.selftest["passed"] and result.selftest["samples"] == 16
     copied = Path(dest) / bundles["int8"].name
@@ -71,8 +71,7 @@ def test_deploy_copies_and_runs_the_selftest_remotely(sshd, bundles, tmp_path):
     assert [p.name for p in Path(dest).iterdir()] == [copied.name]  # no staging dir left
     # Deploying again replaces the copy as a whole.
     (copied / "stale").write_text("x")
-    deploy(bundles["int8"], sshd["host"], dest, port=sshd["port"], identity=sshd["identity"],
-           options=sshd["options"])
+    deploy(bundles["int8"], target, dest)
     assert not (copied / "stale").exists()
 
 
@@ -92,7 +91,7 @@ def test_deploy_refuses_a_damaged_bundle_before_connecting(bundles, tmp_path):
     b = shutil.copytree(bundles["none"], tmp_path / "b")
     (b / "labels.txt").write_text("tampered\n")
     with pytest.raises(EdgebnError, match=r"labels.txt: sha256 .* does not match the manifest"):
-        deploy(b, "nobody@127.0.0.1", port=1)
+        deploy(b, SshTarget("nobody@127.0.0.1", port=1))
 
 
 def test_unreachable_host_is_one_line_exit_2(bundles):

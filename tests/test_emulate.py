@@ -12,6 +12,7 @@ import shutil
 import pytest
 
 from edgebn.emulate import RUNTIMES, EmulationUnavailable, emulate, site_packages, userland
+from edgebn.runtime import Backend
 
 pytestmark = pytest.mark.emulation
 
@@ -73,17 +74,17 @@ def test_unreachable_pypi_is_reported_not_passed(tmp_path, monkeypatch):
                        "PIP_TIMEOUT": "5"}.items():
         monkeypatch.setenv(key, value)
     with pytest.raises(EmulationUnavailable, match="PyPI cannot be reached"):
-        site_packages("tflite-runtime", tmp_path / "cache")
+        site_packages(Backend.tflite_runtime, tmp_path / "cache")
 
 
-def test_build_records_the_emulated_selftest_in_its_report(pi_cache, tmp_path):
+def test_build_records_the_emulated_selftest_in_its_report(pi_cache, cnn, tmp_path):
     import json
 
     from edgebn.build import BuildConfig, build
 
     out = tmp_path / "build"
-    build(BuildConfig(out=out, epochs=2, twin=False, bench=False,
-                      emulate=("tflite-runtime", "ai-edge-litert")), log=lambda m: None, verbose=0)
+    build(BuildConfig(out=out, model=cnn["keras"], run_bench=False,
+                      emulate=(Backend.tflite_runtime, Backend.ai_edge_litert)))
     report = json.loads((out / "report.json").read_text())
     em = report["emulation"]
     assert em["passed"] and [r["runtime"] for r in em["runs"]] == ["tflite-runtime", "ai-edge-litert"]

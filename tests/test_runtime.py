@@ -6,14 +6,14 @@ from edgebn.runtime import Backend, load_interpreter, resolve_backend
 
 
 def test_auto_prefers_litert():
-    assert resolve_backend("auto") is Backend.litert
+    assert resolve_backend("auto") is Backend.ai_edge_litert
 
 
-@pytest.mark.parametrize("backend", [Backend.litert, Backend.tensorflow])
+@pytest.mark.parametrize("backend", [Backend.ai_edge_litert, Backend.tensorflow])
 def test_each_installed_backend_loads_and_names_itself(cnn, backend):
     interp, info = load_interpreter(cnn["tflite"], backend, threads=2)
     assert info.threads == 2 and info.version != "unknown"
-    assert info.name == {"litert": "ai_edge_litert", "tensorflow": "tensorflow"}[backend.value]
+    assert info.name == {"ai-edge-litert": "ai_edge_litert", "tensorflow": "tensorflow"}[backend.value]
     interp.invoke()
 
 

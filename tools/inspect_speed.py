@@ -19,7 +19,7 @@ from pathlib import Path
 def main() -> None:
     import keras
 
-    from edgebn.convert import convert
+    from edgebn.convert import to_tflite as convert
 
     tmp = Path(tempfile.mkdtemp(prefix="edgebn-inspect-"))
     inputs = keras.Input((512,))

@@ -14,15 +14,15 @@ import tempfile
 from pathlib import Path
 
 from edgebn.build import BuildConfig, build
-from edgebn.convert import Quantize
+from edgebn.convert import ConvertOptions, Quantize
 
 
 def main() -> None:
     out = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(tempfile.mkdtemp())
     reports = {}
     for q in (Quantize.none, Quantize.int8):
-        reports[q] = build(BuildConfig(out=out / q.value, quantize=q, twin=False, bench=False),
-                           log=lambda m: None, verbose=0).report
+        reports[q] = build(BuildConfig(out=out / q.value, convert=ConvertOptions(q), twin=False,
+                                       run_bench=False)).to_json()
     f, i = reports[Quantize.none], reports[Quantize.int8]
     print(f"model: {f['model']['arch']}, {f['model']['params']} parameters")
     print("| | float32 | int8 | ratio |")

@@ -24,14 +24,14 @@ def main() -> None:
         out = Path(tempfile.mkdtemp(prefix="edgebn-perf-")) / "build"
         subprocess.run([sys.executable, "-m", "edgebn.cli", "build", "--out", str(out),
                         "--no-bench"], check=True, stdout=subprocess.DEVNULL)
-    from edgebn.bench import BenchSettings, bench
-    from edgebn.data import load_dataset
+    from edgebn.bench import BenchSettings, BenchTargets, bench
+    from edgebn.data import DataSpec
 
-    data = load_dataset("digits").x_test
-    runs = [bench(out / "model.tflite", BenchSettings(), keras_model=out / "model.keras",
-                  baseline=out / "twin.tflite", keras_baseline=out / "twin.keras",
-                  keras_folded=out / "folded.keras", data=data)
-            for _ in range(2)]
+    data = DataSpec().load().x_test
+    targets = BenchTargets(out / "model.tflite", out / "twin.tflite", keras=out / "model.keras",
+                           keras_baseline=out / "twin.keras", keras_folded=out / "folded.keras",
+                           baseline_label="BN-free twin")
+    runs = [bench(targets, BenchSettings(), data=data) for _ in range(2)]
     env = runs[0].environment
     print(f"{env['cpu']}, {env['cores']} cores, Python {env['python']}, NumPy {env['numpy']}, "
           f"TensorFlow {env['tensorflow']}, {env['backend']}, XNNPACK on, 1 thread, batch 1\n")

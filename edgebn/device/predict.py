@@ -62,7 +62,8 @@ def verify_manifest(root: str = HERE) -> dict:
 def load_interpreter(model_path: str, threads: int, runtime: str = "auto"):
     """An allocated interpreter from ai_edge_litert or tflite_runtime, and its name."""
     tried = []
-    for name in (("ai_edge_litert", "tflite_runtime") if runtime == "auto" else (runtime,)):
+    for dist in (("ai-edge-litert", "tflite-runtime") if runtime == "auto" else (runtime,)):
+        name = dist.replace("-", "_")
         try:
             module = __import__(f"{name}.interpreter", fromlist=["Interpreter"])
         except ImportError as exc:
@@ -132,11 +133,13 @@ def preprocess_image(path: str, spec: dict):
                           "or pass a preprocessed .npy") from exc
     p = spec["preprocessing"]
     h, w, c = p["input_shape"]
+    # The build's filter (bundle.json), never Pillow's default: the same pixels as training.
+    resample = getattr(Image, p.get("resize", "bilinear").upper())
     try:
         with Image.open(path) as im:
-            im = im.convert("L" if c == 1 else "RGB").resize((w, h))
+            im = im.convert("L" if c == 1 else "RGB").resize((w, h), resample)
             raw = np.asarray(im, np.float32)
-    except OSError as exc:
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise BundleError(f"{path}: not a readable image ({exc})") from exc
     raw = raw * (p["raw_max"] / 255.0)  # 8-bit pixels onto the training data's raw range
     return (raw.reshape(h, w, c) * p["scale"] + p["offset"]).astype(np.float32)
@@ -202,7 +205,7 @@ def main(argv=None) -> int:
     ap.add_argument("inputs", nargs="*", help="image files or .npy of preprocessed inputs")
     ap.add_argument("--top-k", type=int, default=3)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    ap.add_argument("--runtime", choices=["auto", "ai_edge_litert", "tflite_runtime"],
+    ap.add_argument("--runtime", choices=["auto", "ai-edge-litert", "tflite-runtime"],
                     default="auto")
     ap.add_argument("--selftest", action="store_true", help="compare with the build's outputs")
     ap.add_argument("--bench", action="store_true", help="time invoke() on this device")

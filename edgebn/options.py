@@ -1,0 +1,113 @@
+"""The CLI's shared parts: the error boundary, option types, the DataSpec option group."""
+
+from __future__ import annotations
+
+import functools
+import inspect as pyinspect
+import sys
+import typing
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from typer.core import TyperGroup
+from typer.exceptions import TyperException
+
+from edgebn.convert import Quantize
+from edgebn.data import Color, DatasetName, DataSpec, Resize
+from edgebn.errors import EdgebnError
+from edgebn.runtime import Backend
+
+EXIT_PROBLEM = 1  # the command ran and found a problem (BN residue, regression)
+EXIT_BAD_INPUT = 2
+
+
+class OneLineErrors(TyperGroup):
+    """The CLI's single error boundary: bad input or usage -> one stderr line, exit 2."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except TyperException as exc:  # Typer's usage errors: bad option value, missing file, ...
+            ctx = getattr(exc, "ctx", None)
+            if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:
+                typer.echo(ctx.get_help())
+                sys.exit(0)
+            where = f"{ctx.command_path}: " if ctx is not None else ""
+            message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+            typer.echo(f"Error: {where}{message}", err=True)
+            sys.exit(getattr(exc, "exit_code", EXIT_BAD_INPUT))
+        except EdgebnError as exc:
+            typer.echo(f"Error: {exc}", err=True)
+            sys.exit(EXIT_BAD_INPUT)
+        except typer.Abort:
+            typer.echo("Aborted.", err=True)
+            sys.exit(130)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+# ---------------------------------------------------------------- shared options
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
+VerboseFlag = Annotated[bool, typer.Option(
+    "--verbose", "-v", help="Show TensorFlow's, absl's and Keras' own log lines.")]
+RuntimeOpt = Annotated[Backend, typer.Option("--runtime", help="Interpreter backend.")]
+ThreadsOpt = Annotated[int, typer.Option("--threads", min=1, help="Interpreter threads (a Pi: 4).")]
+QuantizeOpt = Annotated[Quantize, typer.Option("--quantize", help="Post-training quantization.")]
+FoldOpt = Annotated[bool, typer.Option(
+    "--fold/--no-fold", help="Fold BN in Keras before converting (and show the converter's own "
+                             "verdict beside it).")]
+ToleranceOpt = Annotated[float, typer.Option(
+    "--tolerance", min=1e-12,
+    help="Largest max |Δ| between folded and original outputs, relative to the largest output.")]
+InputsOpt = Annotated[Path | None, typer.Option(
+    "--data", exists=True, dir_okay=False, readable=True,
+    help="Preprocessed inputs: a .npy (N, H, W, C), or a .npz with an array 'x'.")]
+KerasIn = Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True,
+                                         help="The .keras model.")]
+
+_DATA_OPTIONS = [  # (name, annotation, default): the DataSpec group, shared by every command
+    ("dataset", Annotated[DatasetName, typer.Option(
+        "--dataset", help="Dataset (an image folder: use --data-dir).")], DatasetName.digits),
+    ("data_dir", Annotated[Path | None, typer.Option(
+        "--data-dir", exists=True, file_okay=False,
+        help="Images, one sub-folder per class (overrides --dataset).")], None),
+    ("image_size", Annotated[int, typer.Option(
+        "--image-size", min=4, help="Side of the images from --data-dir.")], 32),
+    ("color", Annotated[Color, typer.Option("--color", help="Colour of the images from "
+                                                            "--data-dir.")], Color.grayscale),
+    ("resize", Annotated[Resize, typer.Option(
+        "--resize", help="Resize filter for --data-dir images (the device uses the same).")],
+     Resize.bilinear),
+    ("seed", Annotated[int, typer.Option("--seed", help="Seed for split, init and shuffling.")], 0),
+    ("limit", Annotated[int | None, typer.Option(
+        "--limit", min=10, help="Use at most N samples (stratified).")], None),
+]
+
+
+def data_options(fn):
+    """Add the DataSpec options to a command; it receives them as one ``data: DataSpec``."""
+    hints = typing.get_type_hints(fn, include_extras=True)  # real annotations, not strings
+    P = pyinspect.Parameter
+    params = [p.replace(kind=P.KEYWORD_ONLY, annotation=hints[p.name])
+              for p in pyinspect.signature(fn).parameters.values() if p.name != "data"]
+    params += [P(name, P.KEYWORD_ONLY, default=default, annotation=annotation)
+               for name, annotation, default in _DATA_OPTIONS]
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        spec = DataSpec(**{name: kwargs.pop(name) for name, _, _ in _DATA_OPTIONS})
+        return fn(*args, data=spec, **kwargs)
+
+    wrapper.__signature__ = pyinspect.Signature(params)
+    wrapper.__annotations__ = {p.name: p.annotation for p in params}
+    return wrapper
+
+
+def suffix(suffix: str):
+    def check(path: Path | None) -> Path | None:
+        if path is not None and path.suffix != suffix:
+            raise typer.BadParameter(f"must end in {suffix}. Received: {path}")
+        return path
+
+    return check
