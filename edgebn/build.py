@@ -10,7 +10,7 @@ the bundle use that parse; the Keras models stay in memory. ``report.json`` and
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +26,7 @@ from edgebn.convert import (
     to_tflite,
 )
 from edgebn.data import Dataset, DataSpec
-from edgebn.errors import EdgebnError
+from edgebn.errors import DatasetError, EdgebnError
 from edgebn.report import BuildResult, write_report
 from edgebn.runtime import Backend
 from edgebn.stages import SILENT, Progress, Stages, atomic_path
@@ -68,9 +68,10 @@ def build(config: BuildConfig, progress: Progress = SILENT) -> BuildResult:
     _refuse_early(config)
     out = check_out_dir(config.out)
     stages = Stages(progress)
-    with stages.stage("data", config.data.name):
-        ds = config.data.load()
-    trained, twin = _train(config, ds, stages)
+    given, data = _given_model(config, stages)
+    with stages.stage("data", data.name):
+        ds = _load_data(data, given)
+    trained, twin = (given, None) if given is not None else _train(config, ds, stages)
     conversion, twin_tflite = _convert(config, ds, trained, twin, stages)
     with stages.stage("verify", f"{len(ds.y_test)} test samples against Keras"):
         verified = verify(conversion.converted.model, ds.x_test, ds.y_test, trained.model,
@@ -78,12 +79,40 @@ def build(config: BuildConfig, progress: Progress = SILENT) -> BuildResult:
     benched = _bench(config, ds, trained, twin, conversion, twin_tflite, stages)
     with atomic_path(out / "samples.npy") as tmp:  # golden inputs for a later edgebn bundle
         np.save(tmp, ds.x_test[:GOLDEN_SAMPLES])
-    result = BuildResult(out, config.data, ds, trained, twin, conversion, verified, benched,
+    result = BuildResult(out, data, ds, trained, twin, conversion, verified, benched,
                          seconds=dict(stages.seconds))
     result = _device(config, result, stages)
     with stages.stage("report", str(out / "report.json")):
         write_report(result)
     return result
+
+
+def _given_model(config: BuildConfig, stages: Stages) -> tuple[TrainResult | None, DataSpec]:
+    """The user's model (``--model``), and the data spec fitted to its input; else (None, data)."""
+    if config.model is None:
+        return None, config.data
+    from edgebn.models import fit_data
+
+    with stages.stage("load", str(config.model)):
+        given = given_model(config.model)
+        save_keras(given.model, config.out / "model.keras")
+    data, source = fit_data(config.data, given.model)
+    return replace(given, preprocessing_source=source), data
+
+
+def _load_data(data: DataSpec, given: TrainResult | None) -> Dataset:
+    ds = data.load()
+    if given is None:
+        return ds
+    model = given.model
+    want, outputs = tuple(model.input_shape[1:]), model.output_shape[-1]
+    if tuple(ds.input_shape) != want:
+        raise DatasetError(f"{ds.name}: inputs of shape {list(ds.input_shape)}, the model "
+                           f"expects {list(want)}")
+    if outputs is None or ds.classes > outputs:
+        raise DatasetError(f"{ds.name} has {ds.classes} classes, the model outputs {outputs}")
+    pre = replace(ds.preprocessing, source=given.preprocessing_source or "")
+    return replace(ds, preprocessing=pre)
 
 
 def _refuse_early(config: BuildConfig) -> None:
@@ -103,19 +132,12 @@ def _refuse_early(config: BuildConfig) -> None:
 def _train(config: BuildConfig, ds: Dataset,
            stages: Stages) -> tuple[TrainResult, TrainResult | None]:
     tc = config.train
-    if config.model is not None:
-        with stages.stage("load", str(config.model)):
-            trained = given_model(config.model)
-            save_keras(trained.model, config.out / "model.keras")
-        return trained, None  # the BN-free twin exists only for zoo models
     with stages.stage("train", f"{tc.arch.value}{'' if tc.bn else ' (no BN)'} on {ds.name}, "
                                f"{len(ds.y_train)} samples"):
         trained = train(ds, tc, stages.progress)
         save_keras(trained.model, config.out / "model.keras")
     twin = None
     if config.twin and tc.bn:
-        from dataclasses import replace
-
         with stages.stage("twin", "the BN-free twin, the benchmark's baseline"):
             twin = train(ds, replace(tc, bn=False), stages.progress)
             save_keras(twin.model, config.out / "twin.keras")
@@ -167,8 +189,6 @@ def _bench(config: BuildConfig, ds: Dataset, trained: TrainResult, twin: TrainRe
 
 def _device(config: BuildConfig, result: BuildResult, stages: Stages) -> BuildResult:
     """The bundle and its emulated self-test, when asked for."""
-    from dataclasses import replace
-
     if not (config.bundle or config.emulate):
         return result
     from edgebn.bundle import BundleSource, bundle

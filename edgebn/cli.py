@@ -20,7 +20,6 @@ from edgebn.options import (
     EXIT_BAD_INPUT,
     EXIT_PROBLEM,
     FoldOpt,
-    InputsOpt,
     JsonFlag,
     KerasIn,
     OneLineErrors,
@@ -125,20 +124,19 @@ def convert(
     quantize: QuantizeOpt = Quantize.none,
     fold: FoldOpt = True,
     tolerance: ToleranceOpt = 1e-5,
-    inputs: InputsOpt = None,
     as_json: JsonFlag = False,
     verbose: VerboseFlag = False,
 ) -> None:
     """Convert a .keras model to .tflite (folding BN first), then inspect the result.
 
-    --dataset/--data-dir give int8 calibration data and, when --data is not given, the
-    fold's check inputs.
+    The data options give the int8 calibration samples and the fold's check inputs
+    (--data, else the dataset's test split when it fits the model, else random inputs).
     """
     from edgebn.convert import convert_file
 
     with quiet(verbose):
         result = convert_file(model, out or model.with_suffix(".tflite"),
-                              ConvertOptions(quantize, fold, tolerance), data, inputs)
+                              ConvertOptions(quantize, fold, tolerance), data)
     print_json(result.to_json()) if as_json else render.conversion(result)
     if not result.inspected.clean:
         raise typer.Exit(EXIT_PROBLEM)
@@ -152,7 +150,6 @@ def fold(
     out: Annotated[Path, typer.Option("--out", callback=suffix(".keras"), dir_okay=False,
                                       help="Where to write the folded .keras.")],
     tolerance: ToleranceOpt = 1e-5,
-    inputs: InputsOpt = None,
     as_json: JsonFlag = False,
     verbose: VerboseFlag = False,
 ) -> None:
@@ -165,7 +162,7 @@ def fold(
     from edgebn.fold import fold_file
 
     with quiet(verbose):
-        result = fold_file(model, out, tolerance, inputs, data)
+        result = fold_file(model, out, tolerance, data)
     if as_json:
         print_json(result.to_json())
     else:
@@ -241,7 +238,9 @@ def bench(
     keras_folded: Annotated[Path | None, typer.Option(
         "--keras-folded", help="The folded .keras (edgebn fold), to show the fold's effect in Keras.")
     ] = None,
-    inputs: InputsOpt = None,
+    inputs: Annotated[Path | None, typer.Option(
+        "--data", exists=True, dir_okay=False,
+        help="Inputs: a .npy (N, H, W, C), or a .npz with an array 'x'.")] = None,
     dataset: Annotated[DatasetName | None, typer.Option(
         "--dataset", help="Inputs: this dataset's test split.")] = None,
     threads: ThreadsOpt = 1,

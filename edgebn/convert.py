@@ -174,13 +174,13 @@ def convert_model(model: Any, out: str | Path, options: ConvertOptions = Convert
 
 
 def convert_file(model_path: str | Path, out: str | Path,
-                 options: ConvertOptions = ConvertOptions(), data: DataSpec = DataSpec(),
-                 fold_data: str | Path | None = None) -> ConversionResult:
+                 options: ConvertOptions = ConvertOptions(), data: DataSpec = DataSpec()
+                 ) -> ConversionResult:
     """``edgebn convert``: load a .keras (safe mode), fold (default), convert, inspect.
 
-    int8 calibration draws from the training split of ``data``, which must have the
-    model's input shape. The fold is checked on ``fold_data`` (a .npy/.npz of inputs),
-    else on ``data``'s test split when it fits the model, else on random inputs.
+    int8 calibration draws from ``data`` (its .npz/.npy inputs, else its training split),
+    which must have the model's input shape. The fold is checked on the same inputs
+    (the test split) when they fit the model, else on random inputs (said so).
     """
     from edgebn.train import load_keras
 
@@ -188,15 +188,27 @@ def convert_file(model_path: str | Path, out: str | Path,
         raise EdgebnError(f"the output path must end in .tflite. Received: {out}")
     model = load_keras(model_path)
     want = tuple(model.input_shape[1:])
-    need_data = options.quantize is Quantize.int8 or (options.fold and fold_data is None)
-    ds = data.load() if need_data else None
-    representative = None
-    if options.quantize is Quantize.int8:
-        if tuple(ds.input_shape) != want:
+    if data.data_dir is not None:  # its images at the model's size, scaled as it expects
+        from edgebn.models import fit_data
+
+        data = fit_data(data, model)[0]
+    int8 = options.quantize is Quantize.int8
+    pool, fold_pool = None, None  # calibration samples; (inputs, name) for the fold's check
+    if data.npz is not None:
+        x, where = sample_inputs(want, data.npz, samples=max(REPRESENTATIVE_SAMPLES, 256))
+        pool, fold_pool = x, (x, where)
+    elif int8 or options.fold:
+        ds = data.load()
+        if tuple(ds.input_shape) == want:
+            pool, fold_pool = ds.x_train, (ds.x_test, f"{ds.name} test split")
+        elif int8:
             raise EdgebnError(f"calibration data {ds.name} has input shape "
                               f"{list(ds.input_shape)}, the model expects {list(want)}: "
                               "give the data it was trained on")
-        representative = ds.x_train[:REPRESENTATIVE_SAMPLES]
-    fold_inputs = sample_inputs(want, fold_data, ds, seed=data.seed) if options.fold else None
+    representative = pool[:REPRESENTATIVE_SAMPLES] if int8 else None
+    fold_inputs = None
+    if options.fold:
+        fold_inputs = fold_pool or sample_inputs(want, None, None, seed=data.seed)
+        fold_inputs = (fold_inputs[0][:256], fold_inputs[1])
     result = convert_model(model, out, options, representative, fold_inputs)
     return replace(result, source=str(model_path))

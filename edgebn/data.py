@@ -6,7 +6,7 @@ Every image is fed to Keras and to TFLite through the same ``Preprocessing``:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -64,6 +64,7 @@ class Preprocessing:
     offset: float = 0.0
     color: Color = Color.grayscale
     resize: Resize = Resize.bilinear
+    source: str = "the dataset's"  # who decided scale and offset (the report says it)
 
     def apply(self, raw: np.ndarray) -> np.ndarray:
         return (raw.astype(np.float32) * np.float32(self.scale) + np.float32(self.offset)).astype(
@@ -73,13 +74,13 @@ class Preprocessing:
     def to_json(self) -> dict[str, Any]:
         return {"input_shape": list(self.input_shape), "raw_max": self.raw_max,
                 "scale": self.scale, "offset": self.offset, "color": self.color.value,
-                "resize": self.resize.value}
+                "resize": self.resize.value, "source": self.source}
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> Preprocessing:
         return cls(tuple(doc["input_shape"]), float(doc["raw_max"]), float(doc["scale"]),
                    float(doc.get("offset", 0.0)), Color(doc.get("color", "grayscale")),
-                   Resize(doc.get("resize", "bilinear")))
+                   Resize(doc.get("resize", "bilinear")), str(doc.get("source", "unknown")))
 
 
 @dataclass(frozen=True)
@@ -112,46 +113,129 @@ class Dataset:
 
 @dataclass(frozen=True)
 class DataSpec:
-    """Where the samples come from and how they are split: everything ``load()`` needs."""
+    """Where the samples come from, how images become inputs, how they are split.
+
+    ``image_size`` and ``color`` left None mean 32 and grayscale for a zoo model, or the
+    input shape of a model brought with ``edgebn build --model`` (:meth:`for_model`).
+    """
 
     dataset: DatasetName = DatasetName.digits
     data_dir: Path | None = None  # an image folder, one sub-folder per class (wins over dataset)
-    image_size: int = 32  # side of the images read from data_dir
-    color: Color = Color.grayscale  # of the images read from data_dir
+    npz: Path | None = None  # preprocessed inputs: arrays x, y and optional labels (wins over all)
+    labels: Path | None = None  # class names, one a line, for an npz without 'labels'
+    image_size: int | None = None  # side of the images read from data_dir
+    color: Color | None = None  # of the images read from data_dir
     resize: Resize = Resize.bilinear  # filter for the images read from data_dir
+    scale: float | None = None  # images: x = raw * scale + offset (raw 0..255); None: 1/255
+    offset: float = 0.0
     seed: int = 0  # the split's seed (and the model's, in training)
     limit: int | None = None  # use at most this many samples (stratified), for quick runs
+    split: bool = True  # False: every sample is for evaluation (a model trained elsewhere)
     test_fraction: float = 0.2
     val_fraction: float = 0.2
 
     @property
     def name(self) -> str:
+        if self.npz is not None:
+            return f"npz:{Path(self.npz).name}"
         return f"folder:{Path(self.data_dir).name}" if self.data_dir is not None else \
             DatasetName(self.dataset).value
 
     def load(self) -> Dataset:
         """Load the samples and split them, stratified, with ``seed``."""
+        if self.npz is not None:
+            x, y, classes, pre = _npz(self)
+            return self._dataset(x, y, classes, pre, None, applied=True)
         name = DatasetName.folder if self.data_dir is not None else DatasetName(self.dataset)
         if name is DatasetName.digits:
-            x, y, classes, pre = _digits()
-            split = _split(x, y, self, fixed_test=None)
-        elif name in (DatasetName.mnist, DatasetName.fashion_mnist):
+            return self._dataset(*_digits(), None)
+        if name in (DatasetName.mnist, DatasetName.fashion_mnist):
             (x_tr, y_tr), (x_te, y_te), classes = _keras_dataset(name)
-            pre = Preprocessing((28, 28, 1), 255.0, 1 / 255.0)
             # Keep the publisher's test set as test; carve validation out of its train set.
             x = np.concatenate([x_tr, x_te])[..., None]
             y = np.concatenate([y_tr, y_te]).astype(np.int64)
-            split = _split(x, y, self, fixed_test=np.arange(len(y_tr), len(y)))
-        else:
-            if self.data_dir is None:
-                raise DatasetError("the folder dataset needs an image directory "
-                                   "(one sub-folder per class)")
-            x, y, classes, pre = _folder(Path(self.data_dir), self.image_size,
-                                         Color(self.color), Resize(self.resize))
-            split = _split(x, y, self, fixed_test=None)
-        x_train, y_train, x_val, y_val, x_test, y_test = split
-        return Dataset(self.name, tuple(classes), pre, pre.apply(x_train), y_train,
-                       pre.apply(x_val), y_val, pre.apply(x_test), y_test, self.seed)
+            return self._dataset(x, y, classes, Preprocessing((28, 28, 1), 255.0, 1 / 255.0),
+                                 np.arange(len(y_tr), len(y)))
+        if self.data_dir is None:
+            raise DatasetError("the folder dataset needs an image directory "
+                               "(one sub-folder per class)")
+        return self._dataset(*_folder(Path(self.data_dir), self.image_size or 32,
+                                      self.color or Color.grayscale, self.resize, self.scale,
+                                      self.offset), None)
+
+    def _dataset(self, x, y, classes, pre: Preprocessing, fixed_test,
+                 applied: bool = False) -> Dataset:
+        def prep(a):
+            return a.astype(np.float32) if applied else pre.apply(a)
+
+        if not self.split:  # evaluate on everything; int8 calibration draws from it too
+            idx = _limit(y, self.limit, self.seed)
+            x, y = prep(x[idx]), y[idx]
+            return Dataset(self.name, tuple(classes), pre, x, y, x[:0], y[:0], x, y, self.seed)
+        x_train, y_train, x_val, y_val, x_test, y_test = _split(x, y, self, fixed_test)
+        return Dataset(self.name, tuple(classes), pre, prep(x_train), y_train, prep(x_val), y_val,
+                       prep(x_test), y_test, self.seed)
+
+    def for_model(self, input_shape, normalizes: str | None) -> DataSpec:
+        """The spec for a model trained elsewhere: its input shape decides size and colour.
+
+        ``normalizes`` names the model's own first Rescaling/Normalization layer, if any:
+        then images are fed as raw pixels (scale 1) unless a scale was declared.
+        """
+        h, w, c = (int(d) for d in input_shape)
+        if self.data_dir is not None and h != w:
+            raise DatasetError(f"the model takes {h}x{w} inputs; image folders are read as "
+                               "squares: give preprocessed inputs as an .npz instead")
+        if c not in (1, 3):
+            raise DatasetError(f"the model takes {c}-channel inputs; images are 1 or 3 channels")
+        color = Color.grayscale if c == 1 else Color.rgb
+        for given, want, what in ((self.image_size, h, "image size"), (self.color, color, "color")):
+            if given is not None and given != want:
+                raise DatasetError(f"the model's input is {h}x{w}x{c}: {what} "
+                                   f"{getattr(given, 'value', given)} does not fit it")
+        scale = self.scale if self.scale is not None else (1.0 if normalizes else None)
+        return replace(self, image_size=h, color=color, scale=scale, split=False)
+
+    def preprocessing_source(self, normalizes: str | None) -> str:
+        if self.scale is not None and not (normalizes and self.scale == 1.0):
+            return "declared (--input-scale, --input-offset)"
+        if normalizes:
+            return f"raw pixels: the model normalizes them itself ({normalizes})"
+        return "assumed raw / 255: declare --input-scale and --input-offset if the model " \
+               "expects other values"
+
+
+def _npz(spec: DataSpec):
+    """Preprocessed inputs and labels from an .npz: x (N, H, W, C), y (N,), labels (K,)."""
+    from edgebn.tensors import load_samples
+
+    p = Path(spec.npz)
+    x = load_samples(p)
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            if "y" not in z.files:
+                raise DatasetError(f"{p}: needs an integer array 'y' of class indices. "
+                                   f"Received arrays: {sorted(z.files)}")
+            y = np.asarray(z["y"])
+            names = [str(n) for n in z["labels"]] if "labels" in z.files else None
+    except (ValueError, OSError) as exc:
+        raise DatasetError(f"{p}: not a readable .npz ({exc})") from exc
+    if y.ndim != 1 or len(y) != len(x) or y.dtype.kind not in "iu" or (len(y) and y.min() < 0):
+        raise DatasetError(f"{p}: 'y' must hold one class index >= 0 per sample. Received: "
+                           f"shape={y.shape}, dtype={y.dtype} for {len(x)} samples")
+    if x.ndim != 4 or x.shape[-1] not in (1, 3):
+        raise DatasetError(f"{p}: 'x' must be images (N, H, W, 1 or 3). Received: {list(x.shape)}")
+    if spec.labels is not None:
+        names = [line.strip() for line in Path(spec.labels).read_text(encoding="utf-8")
+                 .splitlines() if line.strip()]
+    classes = int(y.max()) + 1 if len(y) else 0
+    names = names or [str(i) for i in range(classes)]
+    if len(names) < classes:
+        raise DatasetError(f"{p}: {len(names)} labels for class indices up to {classes - 1}")
+    h, w, c = x.shape[1:]
+    pre = Preprocessing((h, w, c), 255.0, spec.scale if spec.scale is not None else 1 / 255,
+                        spec.offset, Color.grayscale if c == 1 else Color.rgb, spec.resize)
+    return x, y.astype(np.int64), names, pre
 
 
 def _digits():
@@ -203,7 +287,8 @@ def _pil_filter(resize: Resize) -> int:
     return getattr(Image, resize.value.upper())
 
 
-def _folder(root: Path, image_size: int, color: Color, resize: Resize):
+def _folder(root: Path, image_size: int, color: Color, resize: Resize,  # noqa: PLR0913
+            scale: float | None = None, offset: float = 0.0):
     from PIL import Image, UnidentifiedImageError
 
     if image_size < 4:
@@ -222,8 +307,8 @@ def _folder(root: Path, image_size: int, color: Color, resize: Resize):
     if len(files) < 2:
         raise DatasetError(f"{root}: only one class ({next(iter(files))}) has images; "
                            "a classifier needs at least two")
-    pre = Preprocessing((image_size, image_size, color.channels), 255.0, 1 / 255.0, color=color,
-                        resize=resize)
+    pre = Preprocessing((image_size, image_size, color.channels), 255.0,
+                        1 / 255.0 if scale is None else scale, offset, color, resize)
     xs, ys = [], []
     for label, paths in enumerate(files.values()):
         for f in paths:
@@ -234,6 +319,16 @@ def _folder(root: Path, image_size: int, color: Color, resize: Resize):
                 raise DatasetError(f"cannot read image {f} ({exc})") from exc
             ys.append(label)
     return np.stack(xs), np.array(ys, dtype=np.int64), list(files), pre
+
+
+def _limit(y, limit: int | None, seed: int) -> np.ndarray:
+    """Indices of at most ``limit`` samples, stratified."""
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(len(y))
+    if limit is None or limit >= len(y):
+        return idx
+    return train_test_split(idx, train_size=limit, stratify=y, random_state=seed)[0]
 
 
 def _split(x, y, spec: DataSpec, fixed_test=None):

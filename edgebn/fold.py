@@ -4,40 +4,26 @@ In inference mode a BN layer computes, per channel ``c`` of its axis,
 
     BN(y) = γ⊗(y − μ)/σ + β,        σ = sqrt(var + ε)
 
-which is an affine map ``BN(y) = s⊗y + t`` with ``s = γ/σ`` and ``t = β − μ⊗s``.
-
-**Backward** (the seed's fold): when ``y = XW + b`` comes from a linear layer whose
-output feeds only the BN, the pair computes ``X(W⊗s) + (s⊗b + t)``::
-
-    W' = γ⊗W/σ,        b' = γ⊗(b − μ)/σ + β
-
-with ``s`` broadcast over the axis that indexes output channels in that layer's kernel.
-
-**Forward**: when the BN's input is not linear (an activation, an ``Add``, the model
-input) but its output reaches a linear layer ``z = XW + b`` through layers that commute
-with a per-channel affine map, that layer absorbs it::
-
-    W' = W⊗s (over input channels),   b' = b + Σ W⊗t (over kernel positions and inputs)
-
-:mod:`edgebn.fold_graph` walks the graph and holds the per-layer algebra (SeparableConv,
-Concatenate). A model nested as a layer (a backbone) is folded on its own graph, at any
-depth, and rebuilt in place; its BN layers are named by path (``backbone/conv1_bn``).
-
-Every BN gets a :class:`LayerFold`: folded into which layer and in which direction, or
-the exact reason it stays. Weights are folded in float64 and stored in the layer's dtype.
+an affine map ``s⊗y + t`` (``s = γ/σ``, ``t = β − μ⊗s``) that a linear layer before it
+absorbs (backward: ``W' = γ⊗W/σ``, ``b' = γ⊗(b − μ)/σ + β``) or one after it, through
+layers that commute with it (forward: ``W' = W⊗s``, ``b' = b + Σ W⊗t``). The graph walk
+and each layer's algebra are in :mod:`edgebn.fold_graph`. A model nested as a layer (a
+backbone) is folded on its own graph, at any depth, and rebuilt in place under the same
+layer names; its BN layers are reported by path (``backbone/conv1_bn``). Every BN gets a
+:class:`LayerFold`: folded into which layer and in which direction, or why it stays.
 
 **The check.** A correct fold is exact in real arithmetic, so :func:`fold_model` judges
 it where rounding cannot hide an error: the original ``y64`` and the folded ``f64`` run in
-float64 (same weights, folded ones never rounded)::
+float64 (same weights; the folded ones, computed in float64, never rounded)::
 
-    fold error   = max|f64 − y64| / max|y64|   ≤ EXACT_FLOAT64
+    max|f64 − y64| / max|y64|  ≤  EXACT_FLOAT64
 
-and the float32 model that is written is judged against the float64 truth, next to the
-original's own float32 rounding (which grows with depth: 1e-5 over NASNet's 192 BN)::
+and the float32 model that is written (``f32``) is judged against that truth next to the
+original's own float32 rounding ``y32``, which grows with depth::
 
-    max|f32 − y64| ≤ FLOAT32_SLACK · max|y32 − y64| + tolerance · max|y64|
+    max|f32 − y64|  ≤  FLOAT32_SLACK · max|y32 − y64| + tolerance · max|y64|
 
-When a model cannot run in float64, the measure falls back to float32 alone,
+When a model cannot run in float64 the measure is float32 alone,
 ``max|f32 − y32| ≤ tolerance · max|y32|``; :attr:`FoldResult.measure` says which was used.
 """
 
@@ -52,11 +38,7 @@ import numpy as np
 from edgebn.errors import FoldError, InvalidModelError
 from edgebn.fold_graph import Folder, LayerFold, is_graph_model
 
-__all__ = ["DEFAULT_TOLERANCE", "FoldPlan", "FoldResult", "LayerFold", "all_bn_layer_names",
-           "bn_layer_paths", "equivalence", "equivalence_inputs", "fold_file", "fold_model",
-           "plan_fold"]
-
-DEFAULT_TOLERANCE = 1e-5  # max |Δ| allowed, relative to the largest |output| of the original
+DEFAULT_TOLERANCE = 1e-5  # |Δ| allowed beyond float32 rounding, relative to the largest |output|
 EXACT_FLOAT64 = 1e-9  # a correct fold's float64 error is float64 rounding: ~1e-15 relative
 FLOAT32_SLACK = 4.0  # the folded float32 model may be this many times as far from float64
 MEASURE_FLOAT64 = "float64 reference"
@@ -231,7 +213,7 @@ def _float64_config(config):
     out = {}
     for key, value in config.items():
         name = value.get("config", {}).get("name") if isinstance(value, dict) and \
-            value.get("class_name") == "DTypePolicy" else value
+            value.get("class_name") in ("DTypePolicy", "FloatDTypePolicy") else value
         out[key] = "float64" if key == "dtype" and isinstance(name, str) and name in _FLOATS \
             else _float64_config(value)
     return out
@@ -338,7 +320,7 @@ def fold_model(model, x: np.ndarray, tolerance: float = DEFAULT_TOLERANCE,
     (or, when the model cannot run in float64, the largest |Δ| between the two in float32).
     """
     if not tolerance > 0:
-        raise FoldError(f"--tolerance must be > 0. Received: {tolerance}")
+        raise FoldError(f"the tolerance must be > 0. Received: tolerance={tolerance}")
     plan = plan_fold(model)
     folded = _rebuild(plan.model, plan)
     x = [np.asarray(xi, np.float32) for xi in x] if isinstance(x, (list, tuple)) \
@@ -350,52 +332,31 @@ def fold_model(model, x: np.ndarray, tolerance: float = DEFAULT_TOLERANCE,
                       noise_rel_diff=check.noise_rel_diff, folded_rel_error=check.folded_rel_error)
 
 
-def equivalence_inputs(model, data: str | Path | None = None, dataset: str | None = "digits",
-                       data_dir: str | Path | None = None, image_size: int = 32,
-                       color: str = "grayscale", samples: int = 256,
-                       seed: int = 0, loaded: Any = None) -> tuple[np.ndarray, str]:
-    """Real inputs for the equivalence check, and a word on where they came from.
+def fold_file(model_path: str | Path, out: str | Path, tolerance: float = DEFAULT_TOLERANCE,
+              data: Any = None) -> FoldResult:
+    """``edgebn fold``: load a .keras (safe mode), fold, check, save ``out`` atomically.
 
-    ``data`` (a .npy of inputs) first; else the dataset's test split when its shape is
-    the model's (``loaded``, when the caller already has it); else uniform random values
-    in [0, 1) (said so in the result).
+    The check runs on ``data`` (a DataSpec): its .npz/.npy inputs, else its test split
+    when it fits the model, else random inputs (said so in the result).
     """
     from edgebn.errors import EdgebnError
-
-    if len(model.inputs) != 1:
-        raise EdgebnError(f"the model has {len(model.inputs)} inputs: edgebn fold checks "
-                          "single-input models (call edgebn.fold.fold_model with a list of arrays)")
-    want = tuple(model.input_shape[1:])
-    if data is not None:
-        from edgebn.bench import load_inputs
-
-        x = load_inputs(data)
-        if tuple(x.shape[1:]) != want:
-            raise EdgebnError(f"--data {data}: inputs of shape {list(x.shape[1:])}, the model "
-                              f"expects {list(want)}")
-        return x[:samples].astype(np.float32), f"{Path(data).name} ({min(len(x), samples)})"
-    if loaded is not None or dataset is not None or data_dir is not None:
-        from edgebn.data import load_dataset
-
-        ds = loaded or load_dataset(dataset or "folder", data_dir, image_size, color, seed)
-        if tuple(ds.input_shape) == want:
-            return ds.x_test[:samples], f"{ds.name} test split"
-    rng = np.random.default_rng(seed)
-    return rng.random((samples, *want), dtype=np.float32), "random uniform [0, 1)"
-
-
-def fold_file(model_path: str | Path, out: str | Path, tolerance: float = DEFAULT_TOLERANCE,
-              data: str | Path | None = None, dataset: str | None = "digits",
-              data_dir: str | Path | None = None, image_size: int = 32,
-              color: str = "grayscale", seed: int = 0) -> FoldResult:
-    """``edgebn fold``: load a .keras (safe mode), fold, check, save ``out`` atomically."""
-    from edgebn.errors import EdgebnError
+    from edgebn.tensors import sample_inputs
     from edgebn.train import load_keras, save_keras
 
     if Path(out).suffix != ".keras":
-        raise EdgebnError(f"--out must end in .keras. Received: {out}")
+        raise EdgebnError(f"the folded model's path must end in .keras. Received: {out}")
     model = load_keras(model_path)
-    x, where = equivalence_inputs(model, data, dataset, data_dir, image_size, color, seed=seed)
+    if len(model.inputs) != 1:
+        raise EdgebnError(f"the model has {len(model.inputs)} inputs: edgebn fold checks "
+                          "single-input models (call edgebn.fold.fold_model with a list of arrays)")
+    if data is not None and data.data_dir is not None:
+        from edgebn.models import fit_data
+
+        data = fit_data(data, model)[0]
+    npz = data.npz if data is not None else None
+    dataset = data.load() if data is not None and npz is None else None
+    x, where = sample_inputs(model.input_shape[1:], npz, dataset,
+                             seed=data.seed if data is not None else 0)
     result = fold_model(model, x, tolerance, inputs=where)
     save_keras(result.model, out)
     return replace(result, source=str(model_path), out=str(out))

@@ -1,27 +1,21 @@
 """The graph walker of :mod:`edgebn.fold`: which layer absorbs each BN, and its folded weights.
 
-A BN in inference mode is the per-channel affine map ``BN(y) = s⊗y + t``::
-
-    s = γ/σ,    t = β − μ⊗s,    σ = sqrt(var + ε)
-
-**Backward**, into the linear layer ``y = XW + b`` (Dense, Conv, DepthwiseConv, ConvTranspose,
-SeparableConv: its pointwise kernel) whose output feeds only the BN::
+A BN in inference mode is ``BN(y) = s⊗y + t`` per channel, ``s = γ/σ``, ``t = β − μ⊗s``,
+``σ = sqrt(var + ε)``. **Backward**, into the linear layer ``y = XW + b`` whose output feeds
+only the BN (Dense, Conv, DepthwiseConv, ConvTranspose; a SeparableConv's pointwise kernel),
+or into each input of a ``Concatenate`` along the BN's axis, each its slice of ``s``, ``t``::
 
     W' = γ⊗W/σ (over output channels),   b' = γ⊗(b − μ)/σ + β
-
-and through a ``Concatenate`` along the BN's axis whose every input is such a layer: each
-takes its own slice of ``s`` and ``t``.
 
 **Forward**, into the first linear layer ``z = XW + b`` that the BN's output reaches through
 layers that commute with a per-channel affine map (dropout, pooling, Flatten)::
 
     W' = W⊗s (over input channels),   b' = b + Σ W⊗t (over kernel taps and inputs)
 
-For a SeparableConv (depthwise ``D``, pointwise ``P``) the scale goes into ``D`` per input
-channel and the shift through both: ``D' = D⊗s``, ``b' = b + Pᵀ(Σ_taps D⊗t)``. The shift
-cannot pass zero padding (``padding='same'``: border outputs would see 0, not ``t``), nor a
-transposed convolution; a negative scale cannot pass a max-pool (``max(s·x) = s·min(x)``).
-Weights are folded in float64, per layer name, in :attr:`Folder.state`.
+and for a SeparableConv (depthwise ``D``, pointwise ``P``): ``D' = D⊗s``, ``b' = b + Pᵀ(Σ_taps
+D⊗t)``. The shift cannot pass zero padding (``padding='same'``: border outputs would see 0,
+not ``t``) nor a transposed convolution; a negative scale cannot pass a max-pool
+(``max(s·x) = s·min(x)``). Weights fold in float64, by layer name, in :attr:`Folder.state`.
 """
 
 from __future__ import annotations
@@ -44,9 +38,6 @@ class LayerFold:
         if self.folded:
             return {"bn": self.bn, "folded": True, "into": self.into, "direction": self.direction}
         return {"bn": self.bn, "folded": False, "reason": self.reason}
-
-
-# ---------------------------------------------------------------- the graph, as nodes
 
 
 @dataclass
@@ -85,47 +76,34 @@ def graph(model) -> Graph:
     return g
 
 
-def _kind(layer) -> str:
-    return type(layer).__name__
-
-
-# ---------------------------------------------------------------- layer classification
-
-
-def _layer_classes():
-    from keras import layers as L
-
-    return {  # linear kinds: how the kernel indexes channels
-        "dense": (L.Dense,),
-        "conv": (L.Conv1D, L.Conv2D, L.Conv3D),
-        "depthwise": (L.DepthwiseConv1D, L.DepthwiseConv2D),
-        "separable": (L.SeparableConv1D, L.SeparableConv2D),
-        "transpose": (L.Conv1DTranspose, L.Conv2DTranspose, L.Conv3DTranspose),
-        # layers an affine map passes unchanged (under the conditions in _refuses_to_pass)
-        "identity": (L.Dropout, L.SpatialDropout1D, L.SpatialDropout2D, L.SpatialDropout3D,
-                     L.GaussianNoise, L.GaussianDropout, L.AlphaDropout, L.ActivityRegularization),
-        "maxpool": (L.MaxPooling1D, L.MaxPooling2D, L.MaxPooling3D, L.GlobalMaxPooling1D,
-                    L.GlobalMaxPooling2D, L.GlobalMaxPooling3D),
-        "avgpool": (L.AveragePooling1D, L.AveragePooling2D, L.AveragePooling3D,
-                    L.GlobalAveragePooling1D, L.GlobalAveragePooling2D, L.GlobalAveragePooling3D),
-        "flatten": (L.Flatten,),
-        "concatenate": (L.Concatenate,),
-    }
-
-
+_KINDS = {  # linear kinds first (each kernel indexes channels its own way)
+    "dense": "Dense",
+    "conv": "Conv1D Conv2D Conv3D",
+    "depthwise": "DepthwiseConv1D DepthwiseConv2D",
+    "separable": "SeparableConv1D SeparableConv2D",
+    "transpose": "Conv1DTranspose Conv2DTranspose Conv3DTranspose",
+    # layers an affine map passes unchanged (under the conditions in _refuses_to_pass)
+    "identity": "Dropout SpatialDropout1D SpatialDropout2D SpatialDropout3D GaussianNoise "
+                "GaussianDropout AlphaDropout ActivityRegularization",
+    "maxpool": "MaxPooling1D MaxPooling2D MaxPooling3D GlobalMaxPooling1D GlobalMaxPooling2D "
+               "GlobalMaxPooling3D",
+    "avgpool": "AveragePooling1D AveragePooling2D AveragePooling3D GlobalAveragePooling1D "
+               "GlobalAveragePooling2D GlobalAveragePooling3D",
+    "flatten": "Flatten",
+    "concatenate": "Concatenate",
+}
+_KIND = {name: kind for kind, names in _KINDS.items() for name in names.split()}
 _LINEAR = ("dense", "conv", "depthwise", "separable", "transpose")
 
 
 def layer_kind(layer) -> str | None:
-    for kind, classes in _layer_classes().items():
-        if type(layer) in classes:
-            return kind
-    return None
+    """The kind of a Keras layer (exactly that class: a subclass may compute something else)."""
+    cls = type(layer)
+    return _KIND.get(cls.__name__) if cls.__module__.startswith("keras.") else None
 
 
 def _linear_kind(layer) -> str | None:
-    kind = layer_kind(layer)
-    return kind if kind in _LINEAR else None
+    return kind if (kind := layer_kind(layer)) in _LINEAR else None
 
 
 def is_graph_model(layer) -> bool:
@@ -144,18 +122,12 @@ def _is_identity_activation(layer) -> bool:
 
 def _channel_axis(layer, rank: int) -> int:
     """The axis of ``layer``'s output (rank ``rank``) that its kernel's channels index."""
-    if getattr(layer, "data_format", "channels_last") == "channels_first":
-        return 1
-    return rank - 1
+    return 1 if getattr(layer, "data_format", "channels_last") == "channels_first" else rank - 1
 
 
 def _bn_axis(bn, rank: int) -> int | None:
-    axis = bn.axis
-    if isinstance(axis, (list, tuple)):
-        if len(axis) != 1:
-            return None
-        axis = axis[0]
-    return axis % rank
+    axes = bn.axis if isinstance(bn.axis, (list, tuple)) else [bn.axis]
+    return axes[0] % rank if len(axes) == 1 else None
 
 
 def bn_affine(bn) -> tuple[np.ndarray, np.ndarray]:
@@ -175,23 +147,17 @@ def _weights(layer, state: dict[str, dict[str, np.ndarray]]) -> dict[str, np.nda
         names = ("depthwise_kernel", "pointwise_kernel") if _linear_kind(layer) == "separable" \
             else ("kernel",)
         w = {name: np.asarray(getattr(layer, name).numpy(), np.float64) for name in names}
-        filters = _out_channels(layer, w)
         w["bias"] = (np.asarray(layer.bias.numpy(), np.float64) if layer.use_bias
-                     else np.zeros(filters, np.float64))
+                     else np.zeros(_out_channels(_linear_kind(layer), w), np.float64))
         state[layer.name] = w
     return state[layer.name]
 
 
-def _out_channels(layer, w: dict[str, np.ndarray]) -> int:
-    kind = _linear_kind(layer)
+def _out_channels(kind: str | None, w: dict[str, np.ndarray]) -> int:
     if kind == "separable":
         return w["pointwise_kernel"].shape[-1]
-    kernel = w["kernel"]
-    if kind == "depthwise":
-        return kernel.shape[-2] * kernel.shape[-1]
-    if kind == "transpose":
-        return kernel.shape[-2]
-    return kernel.shape[-1]
+    shape = w["kernel"].shape  # depthwise (*k, in, m), transpose (*k, out, in), else (..., out)
+    return {"depthwise": shape[-2] * shape[-1], "transpose": shape[-2]}.get(kind, shape[-1])
 
 
 def _scale_outputs(kind: str, w: dict[str, np.ndarray], s: np.ndarray) -> None:
@@ -210,16 +176,14 @@ def _absorb_inputs(kind: str, w: dict[str, np.ndarray], s: np.ndarray, t: np.nda
     """``W' = W⊗s`` over input channels, ``b' = b + Σ W⊗t`` (``t`` is 0 for a transpose)."""
     if kind == "transpose":  # (*k, out, in)
         w["kernel"] = w["kernel"] * s
-    elif kind == "separable":  # D (*k, in, m), P (*1, in * m, out): b' = b + Pᵀ(Σ_taps D⊗t)
-        depthwise, pointwise = w["depthwise_kernel"], w["pointwise_kernel"]
+    elif kind in ("depthwise", "separable"):  # D (*k, in, m): channel c*m + j reads channel c
+        name = "kernel" if kind == "depthwise" else "depthwise_kernel"
+        depthwise = w[name]
         shift = (depthwise * t[:, None]).reshape(-1, *depthwise.shape[-2:]).sum(0).reshape(-1)
-        w["bias"] = w["bias"] + shift @ pointwise.reshape(-1, pointwise.shape[-1])
-        w["depthwise_kernel"] = depthwise * s[:, None]
-    elif kind == "depthwise":  # (*k, in, m): output channel c*m + j reads input channel c
-        kernel = w["kernel"]
-        taps = kernel * t[:, None]
-        w["bias"] = w["bias"] + taps.reshape(-1, *kernel.shape[-2:]).sum(0).reshape(-1)
-        w["kernel"] = kernel * s[:, None]
+        if kind == "separable":  # b' = b + Pᵀ(Σ_taps D⊗t), P (*1, in * m, out)
+            shift = shift @ w["pointwise_kernel"].reshape(-1, w["pointwise_kernel"].shape[-1])
+        w["bias"] = w["bias"] + shift
+        w[name] = depthwise * s[:, None]
     else:  # dense (in, out) and conv (*k, in, out)
         kernel = w["kernel"]
         w["bias"] = w["bias"] + (kernel * t[:, None]).reshape(-1, kernel.shape[-1]).sum(0)
@@ -228,24 +192,19 @@ def _absorb_inputs(kind: str, w: dict[str, np.ndarray], s: np.ndarray, t: np.nda
 
 def _refuses_to_pass(layer, kind: str | None, s: np.ndarray, channels_last: bool) -> str | None:
     """Why the affine map cannot pass ``layer`` unchanged, or None when it can."""
-    if kind == "identity":
-        return None  # the identity at inference
-    if kind in ("maxpool", "avgpool"):
-        if kind == "maxpool" and np.any(s < 0):
-            return (f"a negative scale cannot pass the max-pool {layer.name} "
-                    f"({int(np.sum(s < 0))} of {s.size} channels have γ < 0)")
-        if getattr(layer, "data_format", "channels_last") != \
-                ("channels_last" if channels_last else "channels_first"):
-            return f"{layer.name} pools over the BN's channel axis"
-        return None
+    if kind == "maxpool" and np.any(s < 0):
+        return (f"a negative scale cannot pass the max-pool {layer.name} "
+                f"({int(np.sum(s < 0))} of {s.size} channels have γ < 0)")
+    if kind in ("maxpool", "avgpool") and (getattr(layer, "data_format", "channels_last")
+                                           == "channels_last") != channels_last:
+        return f"{layer.name} pools over the BN's channel axis"
+    if kind in ("identity", "maxpool", "avgpool"):
+        return None  # dropout and noise are the identity at inference
     if is_graph_model(layer):
         return f"{layer.name} after it is a nested model (a BN folds within its own model)"
     what = "is not linear" if not hasattr(layer, "activation") else \
         f"applies {getattr(layer.activation, '__name__', layer.activation)}"
-    return f"{layer.name} after it ({_kind(layer)}) {what}"
-
-
-# ---------------------------------------------------------------- the two directions
+    return f"{layer.name} after it ({type(layer).__name__}) {what}"
 
 
 @dataclass(frozen=True)
@@ -258,8 +217,9 @@ class _Route:
 
 
 class Folder:
+    """Decides each BN's fold in one functional model, keeping the folded weights."""
+
     def __init__(self, model):
-        self.model = model
         self.g = graph(model)
         self.removed: set[int] = set()  # ids of BN nodes folded away
         self.state: dict[str, dict[str, np.ndarray]] = {}  # layer name -> folded weights
@@ -274,10 +234,7 @@ class Folder:
     def consumers(self, tensor) -> list[Any]:
         found = []
         for node in self.g.consumers.get(id(tensor), []):
-            if id(node) in self.removed:
-                found.extend(self.consumers(node.output_tensors[0]))
-            else:
-                found.append(node)
+            found.extend(self.consumers(node.output_tensors[0]) if id(node) in self.removed else [node])
         return found
 
     def is_output(self, tensor) -> bool:
@@ -287,6 +244,7 @@ class Folder:
                    for n in self.g.consumers.get(id(tensor), []) if id(n) in self.removed)
 
     def fold(self, node) -> LayerFold:
+        """Fold the BN at ``node`` backward, else forward, else say why neither."""
         bn = node.operation
         if self.g.calls.get(bn.name, 0) > 1:
             return LayerFold(bn.name, False, reason=f"{bn.name} is called {self.g.calls[bn.name]} "
@@ -303,8 +261,6 @@ class Folder:
         if isinstance(forward, LayerFold):
             return forward
         return LayerFold(bn.name, False, reason=f"backward: {backward}; forward: {forward}")
-
-    # -------------------------------------------------------- backward
 
     def backward(self, node, axis: int, rank: int, s, t) -> LayerFold | str:
         prev = self.producer(node.input_tensors[0])
@@ -324,7 +280,8 @@ class Folder:
         layer = prev.operation
         kind = _linear_kind(layer)
         if kind is None:
-            return f"its input comes from {layer.name} ({_kind(layer)}), not a Dense or convolution"
+            return (f"its input comes from {layer.name} ({type(layer).__name__}), "
+                    "not a Dense or convolution")
         if not _is_identity_activation(layer):
             return f"{layer.name} applies {layer.activation.__name__} before the BN"
         if self.g.calls.get(layer.name, 0) > 1:
@@ -366,8 +323,6 @@ class Folder:
         return LayerFold(node.operation.name, True, direction="backward",
                          into=", ".join(p.operation.name for p in parts))
 
-    # -------------------------------------------------------- forward
-
     def forward(self, node, axis: int, rank: int, s, t) -> LayerFold | str:
         """Follow the BN's output through affine-commuting layers to one linear layer."""
         route = self._follow(node, axis, rank, s)
@@ -396,7 +351,7 @@ class Folder:
         if self.g.calls.get(layer.name, 0) > 1:
             return f"{layer.name} after it is a shared layer"
         if len(nxt[0].input_tensors) != 1:
-            return f"{layer.name} after it combines several inputs ({_kind(layer)})"
+            return f"{layer.name} after it combines several inputs ({type(layer).__name__})"
         return nxt[0]
 
     def _follow(self, node, axis: int, rank: int, s) -> _Route | str:
@@ -423,6 +378,7 @@ class Folder:
             tensor = nnode.output_tensors[0]
 
     def _refuses_to_absorb(self, route: _Route, axis: int, t) -> str | None:
+        """Why the linear layer at the end of ``route`` cannot absorb the BN, or None."""
         layer = route.node.operation
         kind = _linear_kind(layer)
         in_rank = len(route.node.input_tensors[0].shape)

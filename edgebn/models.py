@@ -111,3 +111,35 @@ def bn_layer_names(model) -> list[str]:
     from keras import layers
 
     return [layer.name for layer in model.layers if isinstance(layer, layers.BatchNormalization)]
+
+
+def input_normalizer(model) -> str | None:
+    """The name of the Rescaling/Normalization layer a model starts with (at any nesting), if any.
+
+    Such a model takes raw pixels; without one, its inputs must be scaled before it.
+    """
+    from keras import layers
+
+    def first(m):
+        inputs = {id(t) for t in m.inputs}
+        for layer in m.layers:
+            if isinstance(layer, layers.InputLayer):
+                continue
+            node_inputs = [t for n in layer._inbound_nodes for t in n.input_tensors]
+            if any(id(t) in inputs for t in node_inputs) or not hasattr(m, "_inbound_nodes"):
+                return layer
+        return None
+
+    layer = first(model)
+    while layer is not None and hasattr(layer, "layers") and hasattr(layer, "inputs"):
+        layer = first(layer)  # a nested model: look at its own first layer
+    if isinstance(layer, (layers.Rescaling, layers.Normalization)):
+        return layer.name
+    return None
+
+
+def fit_data(data, model):
+    """``data`` (a DataSpec) made to fit a model trained elsewhere, and who decided the scale."""
+    normalizer = input_normalizer(model)
+    shape = tuple(model.input_shape[1:])
+    return data.for_model(shape, normalizer), data.preprocessing_source(normalizer)

@@ -60,9 +60,6 @@ FoldOpt = Annotated[bool, typer.Option(
 ToleranceOpt = Annotated[float, typer.Option(
     "--tolerance", min=1e-12,
     help="Largest max |Δ| between folded and original outputs, relative to the largest output.")]
-InputsOpt = Annotated[Path | None, typer.Option(
-    "--data", exists=True, dir_okay=False, readable=True,
-    help="Preprocessed inputs: a .npy (N, H, W, C), or a .npz with an array 'x'.")]
 KerasIn = Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True,
                                          help="The .keras model.")]
 
@@ -72,13 +69,25 @@ _DATA_OPTIONS = [  # (name, annotation, default): the DataSpec group, shared by 
     ("data_dir", Annotated[Path | None, typer.Option(
         "--data-dir", exists=True, file_okay=False,
         help="Images, one sub-folder per class (overrides --dataset).")], None),
-    ("image_size", Annotated[int, typer.Option(
-        "--image-size", min=4, help="Side of the images from --data-dir.")], 32),
-    ("color", Annotated[Color, typer.Option("--color", help="Colour of the images from "
-                                                            "--data-dir.")], Color.grayscale),
+    ("npz", Annotated[Path | None, typer.Option(
+        "--data", exists=True, dir_okay=False,
+        help="Preprocessed inputs: .npz with x (N, H, W, C) and y (N,) class indices, optional "
+             "labels; or, where only inputs are needed, a .npy (overrides --data-dir).")], None),
+    ("labels", Annotated[Path | None, typer.Option(
+        "--labels", exists=True, dir_okay=False,
+        help="Class names, one a line (for a --data .npz without 'labels').")], None),
+    ("image_size", Annotated[int | None, typer.Option(
+        "--image-size", min=4, help="Side of the images from --data-dir [default: 32, or the "
+                                    "--model's input].")], None),
+    ("color", Annotated[Color | None, typer.Option(
+        "--color", help="Colour of the images from --data-dir [default: grayscale, or the "
+                        "--model's input].")], None),
     ("resize", Annotated[Resize, typer.Option(
-        "--resize", help="Resize filter for --data-dir images (the device uses the same).")],
-     Resize.bilinear),
+        "--resize", help="Resize filter for images (the device uses the same).")], Resize.bilinear),
+    ("scale", Annotated[float | None, typer.Option(
+        "--input-scale", help="Images become x = pixel * scale + offset (pixel 0..255) "
+                              "[default: 1/255, or 1 when the --model rescales itself].")], None),
+    ("offset", Annotated[float, typer.Option("--input-offset", help="See --input-scale.")], 0.0),
     ("seed", Annotated[int, typer.Option("--seed", help="Seed for split, init and shuffling.")], 0),
     ("limit", Annotated[int | None, typer.Option(
         "--limit", min=10, help="Use at most N samples (stratified).")], None),

@@ -73,8 +73,13 @@ class BuildResult:
             fold["converter_only"]["path"] = "converter_only.tflite"
             doc["fold"] = fold
         if self.twin is not None:
-            doc["twin"] = {"keras_path": "twin.keras", "tflite_path": "twin.tflite",
-                           "params": self.twin.params, "test_accuracy": self.twin.test_accuracy}
+            doc["twin"] = {"available": True, "keras_path": "twin.keras",
+                           "tflite_path": "twin.tflite", "params": self.twin.params,
+                           "test_accuracy": self.twin.test_accuracy}
+        elif self.trained.config is None:
+            doc["twin"] = {"available": False, "reason": "the BN-free twin exists only for zoo "
+                           "models; what BN costs is measured against the folded model "
+                           "(bench.fold_gain: BN model p50 / folded p50)"}
         if self.benched is not None:
             doc["bench"] = self._bench_json()
         doc["timings"] = {f"{k}_s": v for k, v in self.seconds.items()}

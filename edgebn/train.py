@@ -8,7 +8,7 @@ from typing import Any
 
 from edgebn.data import Dataset, DataSpec
 from edgebn.errors import EdgebnError, InvalidModelError
-from edgebn.models import Arch, bn_layer_names, build_model
+from edgebn.models import Arch, build_model
 from edgebn.stages import SILENT, Progress, atomic_path, timed
 
 
@@ -40,6 +40,7 @@ class TrainResult:
     test_accuracy: float | None
     train_s: float
     source: str | None = None  # the .keras it was loaded from
+    preprocessing_source: str | None = None  # who decided its input scaling, when brought
 
     @property
     def arch(self) -> str:
@@ -55,7 +56,10 @@ class TrainResult:
 
     @property
     def bn_layers(self) -> list[str]:
-        return bn_layer_names(self.model)
+        """Every BN layer, at any depth (a nested backbone's too), by its own name."""
+        from edgebn.fold import all_bn_layer_names
+
+        return all_bn_layer_names(self.model)
 
     def to_json(self) -> dict[str, Any]:
         return {"arch": self.arch, "bn": self.bn, "params": self.params,

@@ -158,6 +158,11 @@ def test_a_folded_float32_model_that_drifts_is_refused(cnn, digits, monkeypatch)
         fold_model(cnn["result"].model, digits.x_test, tolerance=1e-12)
 
 
+def test_a_tolerance_must_be_positive(cnn, digits):
+    with pytest.raises(FoldError, match=r"^the tolerance must be > 0\. Received: tolerance=0$"):
+        fold_model(cnn["result"].model, digits.x_test[:4], tolerance=0)
+
+
 def test_without_float64_the_check_is_float32_against_the_tolerance(cnn, digits, monkeypatch):
     import edgebn.fold
 
@@ -336,8 +341,8 @@ def test_fold_cli_exits_1_when_some_bn_stays(tmp_path):
 
 @pytest.mark.parametrize("args, wrong, needle", [
     ([], True, "the fold is not exact: in float64"),
-    (["--tolerance", "0"], False, "--tolerance must be > 0"),
-    (["--out", "x.h5"], False, "--out must end in .keras"),
+    (["--tolerance", "0"], False, "--tolerance"),
+    (["--out", "x.h5"], False, "must end in .keras. Received: x.h5"),
 ])
 def test_fold_cli_refusals_are_one_line_exit_2(cnn, tmp_path, monkeypatch, args, wrong, needle):
     if wrong:
