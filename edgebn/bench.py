@@ -26,6 +26,9 @@ from edgebn.tflite import TFLiteModel, read_tflite
 
 DEFAULT_MIN_TIME_S = 1.0
 DEFAULT_WARMUP = 100
+WARMUP_MAX_S = 0.5  # a 25 M-parameter model is warm long before 100 runs of 0.1 s
+MIN_RUNS = 30  # timed runs per .tflite at the least, when timing by the clock
+BLOCK_S = 0.05  # seconds of invocations between clock checks (and baseline switches)
 KERAS_MIN_TIME_S = 1.0
 KERAS_MIN_RUNS = 10
 KERAS_MAX_RUNS = 5000
@@ -221,6 +224,14 @@ class _Runner:
         self.interp.invoke()
         self.first_us = (time.perf_counter_ns() - t0) / 1e3
 
+    def warm_up(self, runs: int) -> None:
+        """At most ``runs`` untimed runs, or WARMUP_MAX_S of them, whichever ends first."""
+        deadline = time.perf_counter() + WARMUP_MAX_S
+        for done in range(0, runs, 10):
+            self.run(min(10, runs - done), keep=False)
+            if time.perf_counter() >= deadline:
+                break
+
     def run(self, n: int, keep: bool = True) -> int:
         """Invoke ``n`` times; return the time spent inside invoke(), in ns."""
         invoke, set_tensor, index, inputs = (self.interp.invoke, self.interp.set_tensor,
@@ -258,9 +269,12 @@ def bench_tflite(model: TFLiteModel | str | Path, settings: BenchSettings = Benc
     if baseline is not None:
         runners.append(_Runner(_parsed(baseline), settings, data))
     for r in runners:
-        r.run(settings.warmup, keep=False)
-    # Interleave in blocks when there is a baseline; otherwise check the clock every 256 runs.
-    block = INTERLEAVE_BLOCK if len(runners) > 1 else 256
+        r.warm_up(settings.warmup)
+    # Interleave in blocks when there is a baseline; otherwise check the clock every block.
+    # A block lasts about BLOCK_S, so a slow model is still timed for about min_time_s.
+    slowest_us = max(r.first_us for r in runners)
+    block = max(1, min(INTERLEAVE_BLOCK if len(runners) > 1 else 256,
+                       int(BLOCK_S * 1e6 / max(slowest_us, 1.0))))
     deadline = time.perf_counter() + settings.min_time_s * len(runners)
     while True:
         for r in runners:
@@ -270,7 +284,7 @@ def bench_tflite(model: TFLiteModel | str | Path, settings: BenchSettings = Benc
         if settings.runs is not None:
             if all(len(r.samples) >= settings.runs for r in runners):
                 break
-        elif time.perf_counter() >= deadline and all(len(r.samples) >= 100 for r in runners):
+        elif time.perf_counter() >= deadline and all(len(r.samples) >= MIN_RUNS for r in runners):
             break
     stats = [r.stats(settings) for r in runners]
     return stats[0], (stats[1] if len(stats) > 1 else None)
