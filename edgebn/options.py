@@ -59,7 +59,8 @@ FoldOpt = Annotated[bool, typer.Option(
                              "verdict beside it).")]
 ToleranceOpt = Annotated[float, typer.Option(
     "--tolerance", min=1e-12,
-    help="Largest max |Δ| between folded and original outputs, relative to the largest output.")]
+    help="How much further the folded model may be from the original's float64 outputs than "
+         "the original's own float32 rounding, relative to the largest output.")]
 KerasIn = Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True,
                                          help="The .keras model.")]
 

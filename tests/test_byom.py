@@ -86,7 +86,7 @@ def byom(tmp_path_factory):
 
 def _build_bundle_selftest_check(byom, out, *extra):
     result = runner.invoke(app, ["build", "--model", str(byom["model"]), "--out", str(out),
-                                 "--bundle", "--bench-time", "0.05", *extra])
+                                 "--bundle", *extra])
     assert result.exit_code == 0, result.output
     selftest = subprocess.run([sys.executable, str(out / "bundle" / "predict.py"), "--selftest",
                                "--json"], capture_output=True, text=True, timeout=300)
@@ -101,7 +101,7 @@ def _build_bundle_selftest_check(byom, out, *extra):
 @pytest.mark.slow
 def test_build_a_users_nested_model_on_an_image_folder(byom):
     report = _build_bundle_selftest_check(byom, byom["root"] / "float", "--data-dir",
-                                          str(byom["folder"]))
+                                          str(byom["folder"]), "--bench-time", "0.05")
     ds, model, t = report["dataset"], report["model"], report["tflite"]
     assert ds["class_names"] == ["class_0", "class_1", "class_2"] and ds["test"] == 24
     assert ds["input_shape"] == [SIZE, SIZE, 3]
@@ -120,7 +120,8 @@ def test_build_a_users_nested_model_on_an_image_folder(byom):
 @pytest.mark.slow
 def test_build_a_users_model_int8_calibrated_on_their_images(byom):
     report = _build_bundle_selftest_check(byom, byom["root"] / "int8", "--data-dir",
-                                          str(byom["folder"]), "--quantize", "int8")
+                                          str(byom["folder"]), "--quantize", "int8",
+                                          "--no-bench")  # the float build above benches
     assert report["tflite"]["quantize"] == "int8"
     assert report["inspect"]["bn"]["verdict"] == "clean"
     bundle = json.loads((byom["root"] / "int8" / "bundle" / "bundle.json").read_text())
@@ -135,7 +136,8 @@ def test_build_a_users_model_on_an_npz(byom):
                       split=False).load()
     npz = byom["root"] / "eval.npz"
     np.savez(npz, x=folder.x_test, y=folder.y_test, labels=np.array(["a", "b", "c"]))
-    report = _build_bundle_selftest_check(byom, byom["root"] / "npz", "--data", str(npz))
+    report = _build_bundle_selftest_check(byom, byom["root"] / "npz", "--data", str(npz),
+                                          "--no-bench")
     assert report["dataset"]["name"] == "npz:eval.npz"
     assert report["dataset"]["class_names"] == ["a", "b", "c"]
     assert report["tflite"]["top1_agreement"] == 1.0

@@ -1,3 +1,4 @@
+import json
 import random
 import re
 import subprocess
@@ -10,16 +11,24 @@ from edgebn.analysis import analyse_bn
 from edgebn.errors import InvalidModelError
 from edgebn.tflite import parse_tflite, read_tflite, strip_names
 
+_ANALYZE = """
+import contextlib, io, json, sys
+import tensorflow as tf
+out = {}
+for path in sys.argv[1:]:
+    text = io.StringIO()
+    with contextlib.redirect_stdout(text):
+        tf.lite.experimental.Analyzer.analyze(model_path=path)
+    out[path] = text.getvalue()
+print(json.dumps(out))
+"""
 
-def _analyzer_ops(path):
+
+def _parse_analyzer(text):
     """(op, inputs, outputs) per operator, as tf.lite.experimental.Analyzer prints them."""
-    code = ("import tensorflow as tf, sys; "
-            f"tf.lite.experimental.Analyzer.analyze(model_path={str(path)!r})")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout
     ops = {}
     subgraph = None
-    for line in out.splitlines():
+    for line in text.splitlines():
         m = re.match(r"Subgraph#(\d+)", line)
         if m:
             subgraph = int(m.group(1))
@@ -31,14 +40,26 @@ def _analyzer_ops(path):
     return ops
 
 
-@pytest.mark.parametrize("key", [("relu_bn_pool", "none", False), ("dense_bn", "int8", False),
-                                 ("add_bn", "int8", True)])
-def test_operator_list_equals_tflite_analyzer(pattern_files, cnn, key):
+ANALYZED = [("relu_bn_pool", "none", False), ("dense_bn", "int8", False), ("add_bn", "int8", True)]
+
+
+@pytest.fixture(scope="module")
+def analyzer(pattern_files, cnn):
+    """TensorFlow's Analyzer over every compared file, in one process: {path: ops}."""
+    paths = [str(pattern_files[key]) for key in ANALYZED] + [str(cnn["tflite"])]
+    proc = subprocess.run([sys.executable, "-c", _ANALYZE, *paths], capture_output=True,
+                          text=True, check=True)
+    return {p: _parse_analyzer(text) for p, text in json.loads(proc.stdout.splitlines()[-1]).items()}
+
+
+@pytest.mark.parametrize("key", ANALYZED)
+def test_operator_list_equals_tflite_analyzer(pattern_files, cnn, analyzer, key):
     for path in (pattern_files[key], cnn["tflite"]):
         model = read_tflite(path)
         ours = {sg.index: [(op.op, list(op.inputs), list(op.outputs)) for op in sg.operators]
                 for sg in model.subgraphs}
-        assert ours == _analyzer_ops(path)
+        assert ours == analyzer[str(path)]
+        assert ours and all(ops for ops in ours.values())  # the Analyzer's text was parsed
 
 
 def test_reads_tensors_quantization_and_sizes(pattern_files):
