@@ -30,6 +30,7 @@ from edgebn.errors import DatasetError, EdgebnError
 from edgebn.report import BuildResult, write_report
 from edgebn.runtime import Backend
 from edgebn.stages import SILENT, Progress, Stages, atomic_path
+from edgebn.tensors import CHECK_SAMPLES
 from edgebn.train import TrainConfig, TrainResult, given_model, save_keras, train
 from edgebn.verify import verify
 
@@ -154,7 +155,7 @@ def _convert(config: BuildConfig, ds: Dataset, trained: TrainResult, twin: Train
     folded = None
     if options.fold and bn_layers:
         with stages.stage("fold", f"{len(bn_layers)} BN layers, checked on the test split"):
-            folded = fold_model(trained.model, ds.x_test, options.tolerance,
+            folded = fold_model(trained.model, ds.x_test[:CHECK_SAMPLES], options.tolerance,
                                 inputs=f"{ds.name} test split")
             save_keras(folded.model, out / "folded.keras")
     with stages.stage("convert", f"quantize {options.quantize.value}"):

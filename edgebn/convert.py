@@ -16,7 +16,7 @@ from edgebn.analysis import InspectResult, inspect_model
 from edgebn.data import DataSpec
 from edgebn.errors import EdgebnError
 from edgebn.stages import timed, write_atomic
-from edgebn.tensors import sample_inputs
+from edgebn.tensors import CHECK_SAMPLES, sample_inputs
 from edgebn.tflite import TFLiteModel, parse_tflite
 
 if TYPE_CHECKING:
@@ -195,7 +195,7 @@ def convert_file(model_path: str | Path, out: str | Path,
     int8 = options.quantize is Quantize.int8
     pool, fold_pool = None, None  # calibration samples; (inputs, name) for the fold's check
     if data.npz is not None:
-        x, where = sample_inputs(want, data.npz, samples=max(REPRESENTATIVE_SAMPLES, 256))
+        x, where = sample_inputs(want, data.npz, samples=REPRESENTATIVE_SAMPLES)
         pool, fold_pool = x, (x, where)
     elif int8 or options.fold:
         ds = data.load()
@@ -209,6 +209,6 @@ def convert_file(model_path: str | Path, out: str | Path,
     fold_inputs = None
     if options.fold:
         fold_inputs = fold_pool or sample_inputs(want, None, None, seed=data.seed)
-        fold_inputs = (fold_inputs[0][:256], fold_inputs[1])
+        fold_inputs = (fold_inputs[0][:CHECK_SAMPLES], fold_inputs[1])
     result = convert_model(model, out, options, representative, fold_inputs)
     return replace(result, source=str(model_path))

@@ -10,12 +10,21 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgebn import __version__
 from edgebn.data import Preprocessing
 from edgebn.errors import EdgebnError, InvalidModelError
 from edgebn.stages import write_atomic
+
+if TYPE_CHECKING:  # types only: build.py imports this module, so no import cycle at run time
+    from edgebn.bench import BenchResult
+    from edgebn.bundle import BundleResult
+    from edgebn.convert import ConversionResult
+    from edgebn.data import Dataset, DataSpec
+    from edgebn.emulate import EmulationResult
+    from edgebn.train import TrainResult
+    from edgebn.verify import VerifyResult
 
 
 def _rel(path: str | Path, out: Path) -> str:
@@ -28,15 +37,15 @@ def _rel(path: str | Path, out: Path) -> str:
 @dataclass(frozen=True)
 class BuildResult:
     out: Path
-    data: Any  # data.DataSpec
-    dataset: Any  # data.Dataset
-    trained: Any  # train.TrainResult
-    twin: Any  # train.TrainResult | None
-    conversion: Any  # convert.ConversionResult
-    verified: Any  # verify.VerifyResult
-    benched: Any = None  # bench.BenchResult | None
-    bundled: Any = None  # bundle.BundleResult | None
-    emulated: Any = None  # emulate.EmulationResult | None
+    data: DataSpec  # as used: for a model brought by the user, fitted to its input
+    dataset: Dataset
+    trained: TrainResult  # trained here, or the user's model as loaded
+    twin: TrainResult | None  # the BN-free twin (zoo models only)
+    conversion: ConversionResult
+    verified: VerifyResult
+    benched: BenchResult | None = None
+    bundled: BundleResult | None = None
+    emulated: EmulationResult | None = None
     seconds: dict[str, float] = field(default_factory=dict)  # per stage
 
     @property
@@ -145,7 +154,7 @@ class BuildResult:
         return rows
 
 
-def _bench_summary(b: Any) -> list[tuple[str, str]]:
+def _bench_summary(b: BenchResult) -> list[tuple[str, str]]:
     rows = [(f"{r.label} p50", f"{r.latency_us.p50:,.1f} µs") for r in b.rows()]
     sp = b.speedup()
     if sp:

@@ -82,7 +82,10 @@ def load_samples(path: str | Path) -> np.ndarray:
     return arr
 
 
-def sample_inputs(input_shape, npy: str | Path | None, dataset=None, samples: int = 256,
+CHECK_SAMPLES = 64  # inputs for a fold's equivalence check: enough to see any wrong channel
+
+
+def sample_inputs(input_shape, npy: str | Path | None, dataset=None, samples: int = CHECK_SAMPLES,
                   seed: int = 0) -> tuple[np.ndarray, str]:
     """Real inputs of ``input_shape`` (without the batch axis), and where they came from.
 

@@ -131,7 +131,7 @@ def test_a_wrong_fold_is_refused_and_nothing_is_written(cnn, tmp_path, monkeypat
     _wrong_in_one_channel(monkeypatch, "bn3")
     out = tmp_path / "folded.keras"
     with pytest.raises(FoldError, match=r"^the fold is not exact: in float64 the folded model differs "
-                                        r"from the original by \S+ relative on 256 inputs \(a correct "
+                                        r"from the original by \S+ relative on 16 inputs \(a correct "
                                         r"fold: ≤ 1e-09\): nothing written$"):
         fold_file(cnn["keras"], out)
     assert not out.exists() and list(tmp_path.iterdir()) == []
@@ -153,7 +153,7 @@ def test_a_folded_float32_model_that_drifts_is_refused(cnn, digits, monkeypatch)
 
     monkeypatch.setattr(edgebn.fold, "FLOAT32_SLACK", 0.0)  # no room for float32 rounding at all
     with pytest.raises(FoldError, match=r"^the folded float32 model is \S+ \(relative\) from the "
-                                        r"float64 outputs on 360 inputs, the original \S+: above 0x "
+                                        r"float64 outputs on 16 inputs, the original \S+: above 0x "
                                         r"that plus the tolerance 1e-12: nothing written$"):
         fold_model(cnn["result"].model, digits.x_test, tolerance=1e-12)
 
