@@ -142,6 +142,7 @@ def _verdict_json(inspected: InspectResult) -> dict[str, Any]:
     bn = inspected.bn
     return {"verdict": bn.verdict, "residual": len(bn.residual),
             "residual_sources": [r.source for r in bn.residual],
+            "folded_by_converter": len(bn.folded),  # BN layers traced into an operator by name
             "size_bytes": inspected.model.size_bytes}
 
 

@@ -110,8 +110,12 @@ def test_build_a_users_nested_model_on_an_image_folder(byom):
     assert "the model normalizes them itself (rescaling" in pre["source"]
     assert model["arch"] == "custom" and model["source"] == str(byom["model"])
     assert model["bn_layers"] == 52 and report["twin"]["available"] is False
-    assert report["fold"]["folded"] == 52 and report["fold"]["kept"] == 0
+    fold = report["fold"]
+    assert fold["folded"] == 52 and fold["kept"] == 0 and fold["measure"] == "float64 reference"
+    assert fold["pre_folded"]["residual"] <= fold["converter_only"]["residual"]
     assert report["inspect"]["bn"]["verdict"] == "clean"
+    # inspect's provenance traces every BN of the nested backbone into the converter's file
+    assert fold["converter_only"]["folded_by_converter"] == 52
     assert t["top1_agreement"] == 1.0 and t["max_abs_diff"] < 1e-4
     assert report["keras"]["test_accuracy"] == t["test_accuracy"]
     assert "fold_gain" in report["bench"] and "bn_cost" not in report["bench"]
