@@ -9,6 +9,7 @@
       README.md         how to install and run it on the device
       golden/inputs.npy, golden/outputs.npy   inputs and the build's raw outputs for them
       manifest.json     sha256 of every file above; predict.py checks it before loading
+      manifest.json.sig with --sign: an OpenSSH signature over manifest.json (edgebn.sign)
 
 The golden outputs come from running the bundle's own predict.py code on this machine,
 so the device's self-test compares one code path on two machines, not two code paths.
@@ -82,10 +83,12 @@ class BundleResult:
     files: dict[str, str]  # name -> sha256
     spec: dict[str, Any]
     selftest: dict[str, Any]  # predict.py's self-test, run here
+    signed: bool = False  # manifest.json.sig was written (--sign)
 
     def to_json(self) -> dict[str, Any]:
         return {"out": str(self.out), "files": self.files, "selftest": self.selftest,
-                "input": self.spec["input"], "output": self.spec["output"]}
+                "input": self.spec["input"], "output": self.spec["output"],
+                "signature": "manifest.json.sig" if self.signed else None}
 
     def summary_json(self, out: Path) -> dict[str, Any]:
         """The build report's view: where, relative to the build directory, and the self-test."""
@@ -189,8 +192,11 @@ def _readme(name: str, spec: dict[str, Any]) -> str:
         scale=p["scale"], offset=p["offset"])
 
 
-def bundle(source: BundleSource, out: str | Path) -> BundleResult:
-    """Assemble OUT from ``source``; run the self-test here; swap OUT in atomically."""
+def bundle(source: BundleSource, out: str | Path, sign: Path | None = None) -> BundleResult:
+    """Assemble OUT from ``source``; run the self-test here; swap OUT in atomically.
+
+    With ``sign`` (an SSH private key), manifest.json.sig is written before the swap.
+    """
     out = Path(out)
     check_bundle_out(out)
     spec = _spec(source)
@@ -213,13 +219,17 @@ def bundle(source: BundleSource, out: str | Path) -> BundleResult:
         selftest = predict.selftest(here, str(tmp), spec)
         if not selftest["passed"]:
             raise EdgebnError(f"the bundle's self-test fails on this machine: {selftest}")
-    return BundleResult(out, files, spec, selftest)
+        if sign is not None:
+            from edgebn.sign import sign_manifest
+
+            sign_manifest(tmp, sign)
+    return BundleResult(out, files, spec, selftest, signed=sign is not None)
 
 
-def bundle_build(build_dir: str | Path, out: str | Path) -> BundleResult:
-    """``edgebn bundle BUILD --out OUT``: a bundle from a build directory."""
+def bundle_build(build_dir: str | Path, out: str | Path, sign: Path | None = None) -> BundleResult:
+    """``edgebn bundle BUILD --out OUT [--sign KEY]``: a bundle from a build directory."""
     check_bundle_out(Path(out))
-    return bundle(BundleSource.from_build_dir(build_dir), out)
+    return bundle(BundleSource.from_build_dir(build_dir), out, sign)
 
 
 def check_bundle_out(out: Path) -> None:

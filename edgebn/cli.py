@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from edgebn import __version__, render
+from edgebn.cli_device import register_device_commands
 from edgebn.convert import ConvertOptions, Quantize  # these import no TensorFlow
 from edgebn.data import DatasetName, DataSpec
 from edgebn.models import DEFAULT_ARCH, Arch
@@ -287,69 +288,7 @@ def bench(
 
 # ---------------------------------------------------------------- bundle / emulate / deploy
 
-BundleIn = Annotated[Path, typer.Argument(exists=True, file_okay=False,
-                                          help="A bundle directory (edgebn bundle).")]
-
-
-@app.command()
-def bundle(
-    build_dir: Annotated[Path, typer.Argument(exists=True, file_okay=False,
-                                              help="A build directory (edgebn build --out).")],
-    out: Annotated[Path, typer.Option("--out", help="The bundle directory to write.")],
-    as_json: JsonFlag = False,
-) -> None:
-    """Write a self-verifying device bundle: model, labels, predict.py, golden I/O, manifest."""
-    from edgebn.bundle import bundle_build
-
-    result = bundle_build(build_dir, out)
-    print_json(result.to_json()) if as_json else render.bundle(result)
-
-
-@app.command()
-def emulate(
-    bundle_dir: BundleIn,
-    runtime: Annotated[list[Backend] | None, typer.Option(
-        "--runtime", help="tflite-runtime and/or ai-edge-litert (default: both).")] = None,
-    cache: Annotated[Path | None, typer.Option(
-        "--cache", file_okay=False, help="Userland and wheel cache (default $EDGEBN_PI_CACHE "
-                                         "or ~/.cache/edgebn/pi-bookworm-arm64).")] = None,
-    as_json: JsonFlag = False,
-) -> None:
-    """Run the bundle's self-test on an emulated 64-bit Raspberry Pi OS (exit 1 if it fails)."""
-    from edgebn.emulate import RUNTIMES
-    from edgebn.emulate import emulate as run_emulate
-
-    with StageProgress() as notes:
-        result = run_emulate(bundle_dir, tuple(runtime or RUNTIMES), cache, log=notes.note)
-    print_json(result.to_json()) if as_json else render.emulation(result)
-    if not result.passed:
-        raise typer.Exit(EXIT_PROBLEM)
-
-
-@app.command()
-def deploy(
-    bundle_dir: BundleIn,
-    host: Annotated[str, typer.Option("--host", help="user@host, as ssh takes it.")],
-    dest: Annotated[str, typer.Option("--dest", help="Directory on the device.")] = "edgebn",
-    selftest: Annotated[bool, typer.Option(
-        "--selftest", help="Run predict.py --selftest on the device and bring its JSON back.")
-    ] = False,
-    python: Annotated[str, typer.Option("--python", help="The device's Python.")] = "python3",
-    port: Annotated[int | None, typer.Option("--port", min=1, max=65535)] = None,
-    identity: Annotated[Path | None, typer.Option("--identity", "-i", help="ssh key file.")] = None,
-    ssh_option: Annotated[list[str] | None, typer.Option(
-        "--ssh-option", "-o", help="An ssh -o option (repeatable).")] = None,
-    as_json: JsonFlag = False,
-) -> None:
-    """Copy a bundle to a device over ssh; with --selftest, run it there (exit 1 if it fails)."""
-    from edgebn.deploy import SshTarget
-    from edgebn.deploy import deploy as run_deploy
-
-    target = SshTarget(host, port, identity, tuple(ssh_option or ()))
-    result = run_deploy(bundle_dir, target, dest, selftest, python)
-    print_json(result.to_json()) if as_json else render.deploy(result)
-    if not result.passed:
-        raise typer.Exit(EXIT_PROBLEM)
+register_device_commands(app)  # edgebn.cli_device: bundle, emulate, deploy
 
 
 # ---------------------------------------------------------------- check

@@ -173,6 +173,8 @@ def bundle(result: Any) -> None:
     out.print(f"wrote {result.out}: {', '.join(sorted(result.files))}, manifest.json")
     out.print(f"self-test here: {'passed' if st['passed'] else 'FAILED'} "
               f"({st['samples']} golden inputs, {st['runtime']})")
+    if result.signed:
+        out.print("signed: manifest.json.sig (devices that trust the key verify it)")
     out.print(f"on the device: python3 {result.out.name}/predict.py --selftest")
 
 
@@ -191,13 +193,42 @@ def emulation(result: Any) -> None:
 
 
 def deploy(result: Any) -> None:
-    out.print(f"copied to {result.host}:{result.path} ({result.bytes_sent} bytes, "
-              f"{result.seconds:.1f} s)")
+    out.print(f"copied to {result.host}:{result.release} ({result.bytes_sent} bytes, "
+              f"{result.seconds:.1f} s); {result.path} -> it"
+              + (f" (was {result.previous})" if result.previous else ""))
     st = result.selftest
     if st is not None:
         out.print(f"self-test on {result.host}: {'passed' if result.passed else 'FAILED'} "
                   f"({st['runtime']}, NumPy {st['numpy']}, {st['machine']}, max |diff| "
-                  f"{st['max_abs_diff']:.3g} {st['units']})")
+                  f"{st['max_abs_diff']:.3g} {st['units']}; signature "
+                  f"{st.get('signature', 'unknown')})")
+    if result.bench is not None:
+        out.print(f"on {result.host}: {_bench_line(result.bench)}")
+
+
+def _bench_line(b: dict[str, Any]) -> str:
+    lat, dev = b["latency_us"], b.get("device", {})
+    return (f"p50 {lat['p50']:.1f} us, p90 {lat['p90']:.1f} us, p99 {lat['p99']:.1f} us "
+            f"({b['runtime']}, {b['threads']} threads, {dev.get('cpu', '?')}, "
+            f"{dev.get('cores', '?')} cores)")
+
+
+def rollback(result: Any) -> None:
+    out.print(f"{result.host}:{result.path} -> releases/{result.release} (was {result.previous})")
+
+
+def fleet(result: Any) -> None:
+    table = _table(f"{len(result.hosts)} hosts, {result.seconds:.1f} s",
+                   ("host", "copied", "self-test", "p50 us", "seconds", "error"))
+    for h in result.hosts:
+        row = h.to_json()
+        st = {None: "-", True: "[green]passed[/]", False: "[red]FAILED[/]"}[row["selftest"]]
+        lat = row["latency_us"]
+        table.add_row(h.host, "yes" if row["copied"] else "no", st,
+                      "-" if not lat else f"{lat['p50']:.1f}", f"{h.seconds:.1f}", h.error or "")
+    out.print(table)
+    failed = sum(not h.passed for h in result.hosts)
+    out.print("[green]all hosts passed[/]" if not failed else f"[red]{failed} host(s) failed[/]")
 
 
 def check(result: Any) -> None:

@@ -1,8 +1,9 @@
-"""edgebn deploy against a real sshd on 127.0.0.1 (the test's own, on a free port)."""
+"""edgebn deploy against real sshds on 127.0.0.1 (the test's own, on free ports)."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -14,11 +15,13 @@ import pytest
 from typer.testing import CliRunner
 
 from edgebn.cli import app
-from edgebn.deploy import SshTarget, deploy
+from edgebn.deploy import DeployOptions, SshTarget, deploy, rollback
 from edgebn.errors import EdgebnError
+from edgebn.fleet import deploy_fleet, read_hosts
 
 runner = CliRunner()
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+REAL_SSH = shutil.which("ssh")
 
 
 def _free_port() -> int:
@@ -27,22 +30,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def sshd(tmp_path_factory):
-    """An sshd on 127.0.0.1 that accepts one generated key; skipped with the reason if it cannot run."""
-    if not Path(SSHD).exists() or shutil.which("ssh") is None:
-        pytest.skip("openssh-server / openssh-client not installed (tools/install-system-deps installs them)")
-    d = tmp_path_factory.mktemp("sshd")
-    for key in ("host", "user"):
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / key)],
-                       check=True)
-    (d / "authorized_keys").write_text((d / "user.pub").read_text())
-    port = _free_port()
+def _start_sshd(d: Path, port: int) -> subprocess.Popen:
     (d / "sshd_config").write_text(
         f"Port {port}\nListenAddress 127.0.0.1\nHostKey {d / 'host'}\n"
         f"AuthorizedKeysFile {d / 'authorized_keys'}\nStrictModes no\nUsePAM no\n"
-        f"PasswordAuthentication no\nPermitRootLogin prohibit-password\nPidFile {d / 'pid'}\n")
-    Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation directory
+        f"PasswordAuthentication no\nPermitRootLogin prohibit-password\nPidFile {d / 'pid'}\n"
+        f"MaxStartups 30\nSetEnv HOME={d / 'home'}\n")  # each sshd a device with its own ~
     proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(d / "sshd_config")],
                             stderr=subprocess.PIPE)
     for _ in range(50):
@@ -50,41 +43,179 @@ def sshd(tmp_path_factory):
             pytest.skip(f"sshd could not start: {proc.stderr.read().decode()[-300:]}")
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:
-                break
+                return proc
         time.sleep(0.1)
+    pytest.skip("sshd did not listen within 5 s")
+
+
+@pytest.fixture(scope="module")
+def sshds(tmp_path_factory):
+    """Three sshds on 127.0.0.1 that accept one generated key; skipped with the reason if they cannot run."""
+    if not Path(SSHD).exists() or REAL_SSH is None:
+        pytest.skip("openssh-server / openssh-client not installed (tools/install-system-deps installs them)")
+    d = tmp_path_factory.mktemp("sshd")
+    for key in ("host", "user"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / key)],
+                       check=True)
+    (d / "authorized_keys").write_text((d / "user.pub").read_text())
+    Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation directory
     user = subprocess.run(["id", "-un"], capture_output=True, text=True).stdout.strip()
-    opts = ("StrictHostKeyChecking=no", f"UserKnownHostsFile={d / 'known_hosts'}")
-    yield {"host": f"{user}@127.0.0.1", "port": port, "identity": d / "user", "options": opts,
-           "home": Path.home()}
-    proc.terminate()
-    proc.wait(timeout=10)
+    opts = ("StrictHostKeyChecking=no", f"UserKnownHostsFile={d / 'known_hosts'}",
+            "LogLevel=ERROR")
+    procs, servers = [], []
+    for i in range(3):
+        sub = d / f"sshd{i}"
+        sub.mkdir()
+        for name in ("host", "authorized_keys"):
+            shutil.copy(d / name, sub / name)
+        port = _free_port()
+        procs.append(_start_sshd(sub, port))
+        servers.append({"host": f"{user}@127.0.0.1", "port": port, "identity": d / "user",
+                        "options": opts, "home": sub / "home"})
+    yield servers
+    for proc in procs:
+        proc.terminate()
+        proc.wait(timeout=10)
 
 
-def test_deploy_copies_and_runs_the_selftest_remotely(sshd, bundles, tmp_path):
+@pytest.fixture(scope="module")
+def sshd(sshds):
+    return sshds[0]
+
+
+def _target(s) -> SshTarget:
+    return SshTarget(s["host"], s["port"], s["identity"], s["options"])
+
+
+def _ssh_args(s) -> list[str]:
+    args = ["--port", str(s["port"]), "-i", str(s["identity"])]
+    for opt in s["options"]:
+        args += ["-o", opt]
+    return args
+
+
+def _local_selftest(bundle_dir: Path) -> dict:
+    res = subprocess.run([sys.executable, str(bundle_dir / "predict.py"), "--selftest", "--json"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout)["selftest"]
+
+
+def _fake_ssh(tmp_path, body: str) -> dict:
+    """A PATH whose ``ssh`` is a script: ``body`` runs with the real ssh in $REAL_SSH."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "ssh").write_text(f"#!/bin/sh\nREAL_SSH={REAL_SSH}\n{body}\n")
+    (bin_dir / "ssh").chmod(0o755)
+    return {"PATH": f"{bin_dir}:{os.environ['PATH']}"}
+
+
+def test_deploy_lands_in_a_release_and_runs_the_selftest_in_current(sshd, bundles, tmp_path):
     dest = str(tmp_path / "device")
-    target = SshTarget(sshd["host"], sshd["port"], sshd["identity"], sshd["options"])
-    result = deploy(bundles["int8"], target, dest, selftest=True, python=sys.executable)
+    opts = DeployOptions(dest, selftest=True, python=sys.executable)
+    result = deploy(bundles["int8"], _target(sshd), opts)
     assert result.passed and result.selftest_exit == 0
     assert result.selftest["passed"] and result.selftest["samples"] == 16
-    copied = Path(dest) / bundles["int8"].name
-    assert (copied / "manifest.json").read_bytes() == (bundles["int8"] / "manifest.json").read_bytes()
-    assert [p.name for p in Path(dest).iterdir()] == [copied.name]  # no staging dir left
-    # Deploying again replaces the copy as a whole.
-    (copied / "stale").write_text("x")
-    deploy(bundles["int8"], target, dest)
-    assert not (copied / "stale").exists()
+    assert result.selftest["signature"] == "unverified (no trust file)"
+    current = Path(dest) / "current"
+    release = Path(result.release)
+    assert os.readlink(current) == f"releases/{release.name}" and len(release.name) == 16
+    assert (current / "manifest.json").read_bytes() == (bundles["int8"] / "manifest.json").read_bytes()
+    assert sorted(p.name for p in Path(dest).iterdir()) == ["current", "releases", "releases.log"]
+    assert [p.name for p in (Path(dest) / "releases").iterdir()] == [release.name]  # no staging
+    assert result.previous is None and result.path == f"{dest}/current"
 
 
-def test_deploy_cli_json(sshd, bundles, tmp_path):
+def test_a_second_release_keeps_the_first_and_rollback_returns_to_it(sshd, bundles, tmp_path):
+    dest = tmp_path / "device"
+    target, opts = _target(sshd), DeployOptions(str(dest))
+    first = deploy(bundles["int8"], target, opts)
+    second = deploy(bundles["none"], target, opts)
+    assert second.previous == Path(first.release).name
+    assert os.readlink(dest / "current") == f"releases/{Path(second.release).name}"
+    assert Path(first.release).is_dir() and Path(second.release).is_dir()
+    assert (dest / "releases.log").read_text().split() == [Path(first.release).name,
+                                                          Path(second.release).name]
+    back = rollback(target, opts)
+    assert (back.release, back.previous) == (Path(first.release).name, Path(second.release).name)
+    assert os.readlink(dest / "current") == f"releases/{Path(first.release).name}"
+    assert _local_selftest(dest / "current")["passed"]
+    with pytest.raises(EdgebnError, match="no earlier release to roll back to"):
+        rollback(target, opts)
+    assert os.readlink(dest / "current") == f"releases/{Path(first.release).name}"
+
+
+def test_rollback_cli(sshd, bundles, tmp_path):
+    dest = str(tmp_path / "d")
+    for q in ("int8", "none"):
+        deploy(bundles[q], _target(sshd), DeployOptions(dest))
+    res = runner.invoke(app, ["deploy", "--rollback", "--host", sshd["host"], "--dest", dest,
+                              *_ssh_args(sshd), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["path"] == f"{dest}/current"
+
+
+def test_a_copy_cut_short_leaves_current_untouched(sshd, bundles, tmp_path, monkeypatch):
+    dest = tmp_path / "device"
+    old = deploy(bundles["int8"], _target(sshd), DeployOptions(str(dest)))
+    monkeypatch.setenv("PATH", _fake_ssh(tmp_path, 'head -c 4096 | "$REAL_SSH" "$@"')["PATH"])
+    with pytest.raises(EdgebnError, match=r"copy to .* failed \(exit"):
+        deploy(bundles["none"], _target(sshd), DeployOptions(str(dest)))
+    assert os.readlink(dest / "current") == f"releases/{Path(old.release).name}"
+    assert _local_selftest(dest / "current")["passed"]
+    assert (dest / "releases.log").read_text().split() == [Path(old.release).name]
+
+
+def test_a_host_starting_with_a_dash_never_reaches_ssh(bundles, tmp_path):
+    marker = tmp_path / "ssh-ran"
+    env = _fake_ssh(tmp_path, f"touch {marker}")
+    for host in ("-oProxyCommand=touch /tmp/pwned", "-V"):
+        res = runner.invoke(app, ["deploy", str(bundles["none"]), "--host", host], env=env)
+        assert res.exit_code == 2, res.output
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1 and "expected user@host (not starting with '-'" in lines[0]
+    assert not marker.exists()
+
+
+def test_python_is_shell_quoted_on_the_device(sshd, bundles, tmp_path):
+    marker = tmp_path / "injected"
+    opts = DeployOptions(str(tmp_path / "d"), selftest=True, python=f"python3; touch {marker}")
+    with pytest.raises(EdgebnError, match="self-test on .* did not run"):
+        deploy(bundles["none"], _target(sshd), opts)
+    assert not marker.exists()
+
+
+def test_deploy_cli_json_with_bench(sshd, bundles, tmp_path):
     args = ["deploy", str(bundles["none"]), "--host", sshd["host"], "--dest", str(tmp_path / "d"),
-            "--selftest", "--python", sys.executable, "--port", str(sshd["port"]),
-            "-i", str(sshd["identity"]), "--json"]
-    for opt in sshd["options"]:
-        args += ["-o", opt]
+            "--selftest", "--bench", "--runs", "20", "--python", sys.executable,
+            *_ssh_args(sshd), "--json"]
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
     assert doc["selftest"]["passed"] and doc["selftest_exit"] == 0 and doc["bytes_sent"] > 0
+    bench = doc["bench"]
+    assert 0 < bench["latency_us"]["p50"] <= bench["latency_us"]["p90"] <= bench["latency_us"]["p99"]
+    assert bench["device"]["cores"] == os.cpu_count() and bench["device"]["cpu"]
+    assert bench["runtime_name"] in ("ai_edge_litert", "tflite_runtime") and bench["runtime_version"]
+
+
+def test_trust_then_deploy_verifies_the_signature_on_the_device(sshd, bundles, tmp_path):
+    from edgebn.sign import sign_manifest
+
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "k")],
+                   check=True)
+    signed = shutil.copytree(bundles["none"], tmp_path / "signed")
+    sign_manifest(signed, tmp_path / "k")
+    trust_file = str(tmp_path / "device-config" / "allowed_signers")
+    opts = DeployOptions(str(tmp_path / "d"), selftest=True, python=sys.executable,
+                         trust=tmp_path / "k.pub", trust_file=trust_file)
+    result = deploy(signed, _target(sshd), opts)
+    assert result.passed and result.selftest["signature"].startswith("verified by ED25519")
+    assert Path(trust_file).read_text().startswith('edgebn-bundle namespaces="edgebn-bundle" ')
+    unsigned_opts = DeployOptions(str(tmp_path / "d"), selftest=True, python=sys.executable,
+                                  trust_file=trust_file)
+    with pytest.raises(EdgebnError, match="Error: unsigned bundle"):
+        deploy(bundles["int8"], _target(sshd), unsigned_opts)
 
 
 def test_deploy_refuses_a_damaged_bundle_before_connecting(bundles, tmp_path):
@@ -100,3 +231,77 @@ def test_unreachable_host_is_one_line_exit_2(bundles):
     assert res.exit_code == 2
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and "copy: ssh nobody@127.0.0.1 failed" in lines[0]
+
+
+def test_hosts_file_parsing(tmp_path):
+    f = tmp_path / "hosts"
+    f.write_text("# the lab\npi@a:2222\n\n  pi@b   # second\n")
+    got = [(t.host, t.port) for t in read_hosts(f, SshTarget("x", 22))]
+    assert got == [("pi@a", 2222), ("pi@b", 22)]
+    f.write_text("pi@a:http\n")
+    with pytest.raises(EdgebnError, match="the port must be 1..65535"):
+        read_hosts(f, SshTarget("x"))
+
+
+def test_a_fleet_runs_in_parallel_and_one_dead_host_stops_nothing(sshds, bundles, tmp_path):
+    opts = DeployOptions("~/fleet", selftest=True, python=sys.executable, timeout_s=60)
+    alone = []
+    for i, s in enumerate(sshds):  # each host on its own, for the same work
+        start = time.perf_counter()
+        assert deploy(bundles["none"], _target(s), DeployOptions(
+            str(tmp_path / f"alone{i}"), selftest=True, python=sys.executable)).passed
+        alone.append(time.perf_counter() - start)
+    hosts = tmp_path / "hosts"
+    hosts.write_text("".join(f"{s['host']}:{s['port']}\n" for s in sshds) +
+                     f"# a dead one\nnobody@127.0.0.1:{_free_port()}\n")
+    base = _target(sshds[0])
+    start = time.perf_counter()
+    result = deploy_fleet(bundles["none"], read_hosts(hosts, base), opts)
+    wall = time.perf_counter() - start
+    assert [h.passed for h in result.hosts] == [True, True, True, False]
+    dead = result.hosts[3]
+    assert dead.error.startswith("copy: ssh nobody@127.0.0.1 failed")
+    assert wall < 0.8 * sum(alone), (wall, alone)
+    for s in sshds:  # each device's own home
+        assert (s["home"] / "fleet" / "current" / "manifest.json").is_file()
+    res = runner.invoke(app, ["deploy", str(bundles["none"]), "--hosts", str(hosts),
+                              "--dest", "~/fleet-cli", "--selftest", "--python",
+                              sys.executable, *_ssh_args(sshds[0]), "--json"])
+    assert res.exit_code == 1, res.output
+    doc = json.loads(res.stdout)
+    assert [(h["copied"], h["selftest"]) for h in doc["hosts"]] == [(True, True)] * 3 + [
+        (False, None)]
+    assert doc["failed"] == 1 and "failed" in doc["hosts"][3]["error"]
+
+
+def test_trust_cli_installs_the_default_trust_file_in_the_devices_home(sshds, bundles, tmp_path):
+    from edgebn.sign import sign_manifest
+
+    s = sshds[2]
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "k")],
+                   check=True)
+    signed = shutil.copytree(bundles["int8"], tmp_path / "signed")
+    sign_manifest(signed, tmp_path / "k")
+    res = runner.invoke(app, ["deploy", str(signed), "--host", s["host"], "--dest", "~/trusting",
+                              "--trust", str(tmp_path / "k.pub"), "--selftest", "--python",
+                              sys.executable, *_ssh_args(s), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["selftest"]["signature"].startswith("verified by ED25519")
+    assert (s["home"] / ".config" / "edgebn" / "allowed_signers").is_file()
+    res = runner.invoke(app, ["deploy", str(bundles["none"]), "--host", s["host"], "--dest",
+                              "~/trusting", "--selftest", "--python", sys.executable,
+                              *_ssh_args(s)])
+    assert res.exit_code == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "unsigned bundle" in lines[0], lines
+    (s["home"] / ".config" / "edgebn" / "allowed_signers").unlink()
+
+
+def test_the_per_host_timeout_bounds_a_hanging_host(bundles, tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", _fake_ssh(tmp_path, "exec sleep 30")["PATH"])
+    targets = [SshTarget("pi@a"), SshTarget("pi@b", 2222)]
+    start = time.perf_counter()
+    result = deploy_fleet(bundles["none"], targets, DeployOptions(timeout_s=1))
+    assert time.perf_counter() - start < 10
+    assert [h.error for h in result.hosts] == ["copy: ssh timed out after 1 s"] * 2
+    assert not result.passed and result.to_json()["failed"] == 2

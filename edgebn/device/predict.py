@@ -6,7 +6,11 @@
     python3 predict.py --bench [--runs 200]     # per-invoke latency on this device
 
 Before anything is loaded, every file listed in manifest.json is checked against its
-sha256: a damaged or modified bundle is refused (exit 2). Exit codes: 0 success,
+sha256: a damaged or modified bundle is refused (exit 2). On a device that trusts a
+signing key (an OpenSSH allowed-signers file at ~/.config/edgebn/allowed_signers, or
+$EDGEBN_TRUST), manifest.json.sig is verified with ``ssh-keygen -Y verify`` first, before
+the manifest's hashes are believed: an unsigned bundle or one signed by another key is
+refused (exit 2). Without that file the bundle runs and is reported unverified. Exit codes: 0 success,
 1 self-test failed, 2 bad input or a bundle that does not match its manifest.
 Images need Pillow (python3-pil); .npy files hold preprocessed inputs (N, H, W, C) or
 one (H, W, C) input, float32, exactly what the model was trained on.
@@ -19,28 +23,87 @@ import hashlib
 import json
 import os
 import platform
+import shutil
+import subprocess
 import sys
 import time
+import warnings
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
+NAMESPACE = "edgebn-bundle"  # ssh-keygen -Y's signature namespace, and the signer's principal
+TRUST_ENV = "EDGEBN_TRUST"
+DEFAULT_TRUST = "~/.config/edgebn/allowed_signers"
+VERIFY_TIMEOUT_S = 30
+MAX_IMAGE_PIXELS = 16_000_000  # a 4000x4000 photo; more is refused as a decompression bomb
 
 
 class BundleError(Exception):
     """Bad input, or a bundle that does not match its manifest."""
 
 
-def verify_manifest(root: str = HERE) -> dict:
-    """Check every file's sha256 against manifest.json, before anything is loaded."""
+def trust_file() -> str:
+    """Where this device keeps the keys it trusts: $EDGEBN_TRUST, else ~/.config/edgebn/."""
+    return os.path.expanduser(os.environ.get(TRUST_ENV) or DEFAULT_TRUST)
+
+
+def verify_signature(root: str, data: bytes) -> str:
+    """Check manifest.json.sig over ``data`` (the manifest's bytes) against the trust file.
+
+    Returns how the bundle stands ("verified by ..." or "unverified (no trust file)");
+    raises BundleError when the device trusts a key and the bundle is not signed by it.
+    """
+    allowed = trust_file()
+    if not os.path.isfile(allowed):
+        return "unverified (no trust file)"
+    sig = os.path.join(root, "manifest.json.sig")
+    if not os.path.isfile(sig):
+        raise BundleError(f"unsigned bundle: this device trusts the keys in {allowed} and "
+                          "manifest.json.sig is missing (edgebn bundle --sign KEY)")
+    keygen = shutil.which("ssh-keygen")
+    if keygen is None:
+        raise BundleError(f"this device trusts the keys in {allowed} but ssh-keygen is not "
+                          "installed to verify signatures (sudo apt install openssh-client)")
+    try:
+        done = subprocess.run([keygen, "-Y", "verify", "-f", allowed, "-I", NAMESPACE,
+                               "-n", NAMESPACE, "-s", sig], input=data, capture_output=True,
+                              timeout=VERIFY_TIMEOUT_S)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise BundleError(f"ssh-keygen -Y verify did not run: {exc}") from exc
+    if done.returncode != 0:
+        why = (done.stderr.decode(errors="replace").strip().splitlines() or ["(no message)"])[-1]
+        raise BundleError(f"manifest.json.sig does not verify against {allowed}: the bundle "
+                          f"was not signed by a trusted key, or was changed after signing ({why})")
+    said = done.stdout.decode(errors="replace").strip()  # Good "ns" signature for ID with KEY
+    return "verified by " + (said.split(" with ", 1)[-1] if " with " in said else NAMESPACE)
+
+
+def verify_manifest(root: str = HERE, signed: bool = False) -> dict:
+    """Check every file's sha256 against manifest.json, before anything is loaded.
+
+    With ``signed``, the manifest's signature is checked first (on the same bytes that
+    are then parsed) and the result is in the returned dict's "signature".
+    """
     path = os.path.join(root, "manifest.json")
     try:
         with open(path, "rb") as f:
-            manifest = json.loads(f.read().decode("utf-8"))
-        files = manifest["files"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+            data = f.read()
+    except OSError as exc:
         raise BundleError(f"{path}: missing or unreadable manifest ({exc})") from exc
+    signature = verify_signature(root, data) if signed else None
+    try:
+        manifest = json.loads(data.decode("utf-8"))
+        files = manifest["files"]
+        if not isinstance(files, dict):
+            raise TypeError("'files' is not an object")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BundleError(f"{path}: missing or unreadable manifest ({exc})") from exc
+    if signed:
+        manifest["signature"] = signature
     for name, want in sorted(files.items()):
+        if not isinstance(name, str) or not isinstance(want, str):
+            raise BundleError(f"{path}: file entries must be name: sha256 strings")
         full = os.path.normpath(os.path.join(root, name))
         if not full.startswith(root + os.sep):
             raise BundleError(f"manifest.json names a file outside the bundle: {name!r}")
@@ -135,32 +198,51 @@ def preprocess_image(path: str, spec: dict):
     h, w, c = p["input_shape"]
     # The build's filter (bundle.json), never Pillow's default: the same pixels as training.
     resample = getattr(Image, p.get("resize", "bilinear").upper())
+    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
     try:
-        with Image.open(path) as im:
-            im = im.convert("L" if c == 1 else "RGB").resize((w, h), resample)
-            raw = np.asarray(im, np.float32)
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise BundleError(f"{path}: not a readable image ({exc})") from exc
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                im = im.convert("L" if c == 1 else "RGB").resize((w, h), resample)
+                raw = np.asarray(im, np.float32)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise BundleError(f"{path}: refused as a decompression bomb ({exc})") from exc
+    except MemoryError as exc:
+        raise BundleError(f"{path}: too large to decode") from exc
+    except Exception as exc:  # a decoder fed hostile bytes may raise anything: one line, exit 2
+        raise BundleError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from exc
     raw = raw * (p["raw_max"] / 255.0)  # 8-bit pixels onto the training data's raw range
     return (raw.reshape(h, w, c) * p["scale"] + p["offset"]).astype(np.float32)
 
 
-def load_inputs(paths, spec):
+def load_npy(path: str, shape: tuple):
+    """Preprocessed inputs (N, H, W, C) or one (H, W, C): real numbers, finite, never pickles."""
     import numpy as np
 
+    try:  # memory-mapped: a header that claims more data than the file holds is refused
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except Exception as exc:  # hostile bytes make np.load raise many types: one line, exit 2
+        raise BundleError(f"{path}: not a readable .npy ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "biuf":
+        raise BundleError(f"{path}: dtype {getattr(arr, 'dtype', type(arr).__name__)}, "
+                          "expected a float or integer array")
+    if arr.shape == shape:
+        arr = arr[None]
+    if arr.ndim != 4 or tuple(arr.shape[1:]) != shape or len(arr) == 0:
+        raise BundleError(f"{path}: inputs of shape {list(arr.shape)}, the model "
+                          f"expects (N, {', '.join(map(str, shape))}) with N >= 1")
+    with np.errstate(over="ignore", invalid="ignore"):
+        x = np.array(arr, dtype=np.float32)
+    if not np.isfinite(x).all():
+        raise BundleError(f"{path}: holds NaN or infinite values (or values beyond float32)")
+    return x
+
+
+def load_inputs(paths, spec):
     shape = tuple(spec["preprocessing"]["input_shape"])
     for path in paths:
         if path.endswith(".npy"):
-            try:
-                arr = np.load(path, allow_pickle=False)
-            except (OSError, ValueError) as exc:
-                raise BundleError(f"{path}: not a readable .npy ({exc})") from exc
-            if arr.shape == shape:
-                arr = arr[None]
-            if arr.ndim != 4 or tuple(arr.shape[1:]) != shape:
-                raise BundleError(f"{path}: inputs of shape {list(arr.shape)}, the model "
-                                  f"expects (N, {', '.join(map(str, shape))})")
-            for i, x in enumerate(arr.astype(np.float32)):
+            for i, x in enumerate(load_npy(path, shape)):
                 yield f"{path}[{i}]", x
         else:
             yield path, preprocess_image(path, spec)
@@ -182,9 +264,24 @@ def selftest(model: Model, root: str, spec: dict) -> dict:
             "machine": platform.machine()}
 
 
-def bench(model: Model, runs: int) -> dict:
+def device() -> dict:
+    """This machine as a latency number needs it: CPU model, cores, Python, OS."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            fields = dict(line.split(":", 1) for line in f if ":" in line)
+        fields = {k.strip().lower(): v.strip() for k, v in fields.items()}
+        cpu = next((fields[k] for k in ("model name", "model", "hardware", "cpu model")
+                    if fields.get(k)), cpu)
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "machine": platform.machine(),
+            "python": platform.python_version(), "system": platform.platform()}
+
+
+def bench(model: Model, runs: int, root: str = HERE) -> dict:
     np = model.np
-    x = np.load(os.path.join(HERE, model.spec["selftest"]["inputs"]), allow_pickle=False)[0]
+    x = np.load(os.path.join(root, model.spec["selftest"]["inputs"]), allow_pickle=False)[0]
     for _ in range(min(50, runs)):
         model.raw(x)
     times = []
@@ -193,14 +290,60 @@ def bench(model: Model, runs: int) -> dict:
         model.interp.invoke()
         times.append((time.perf_counter_ns() - t0) / 1e3)
     t = np.asarray(times)
-    return {"runs": runs, "runtime": model.runtime, "threads": model.threads,
+    name, _, version = model.runtime.partition(" ")
+    return {"runs": runs, "runtime": model.runtime, "runtime_name": name,
+            "runtime_version": version, "threads": model.threads, "device": device(),
             "latency_us": {k: float(v) for k, v in (("min", t.min()), ("p50", np.median(t)),
                                                      ("p90", np.percentile(t, 90)),
                                                      ("p99", np.percentile(t, 99)),
                                                      ("mean", t.mean()))}}
 
 
-def main(argv=None) -> int:
+def run(args, root: str) -> tuple:
+    """The document to print and the exit code; BundleError for bad input or a bad bundle."""
+    if args.threads < 1 or args.top_k < 1 or args.runs < 1:
+        raise BundleError("--threads, --top-k and --runs must be >= 1")
+    if not (args.inputs or args.selftest or args.bench):
+        raise BundleError("nothing to do: give inputs, --selftest or --bench")
+    signature = verify_manifest(root, signed=True)["signature"]  # before anything is loaded
+    with open(os.path.join(root, "bundle.json"), encoding="utf-8") as f:
+        spec = json.load(f)
+    model = Model(root, spec, args.threads, args.runtime)
+    doc, code = {"signature": signature}, 0
+    if args.selftest:
+        doc["selftest"] = {**selftest(model, root, spec), "signature": signature}
+        code = 0 if doc["selftest"]["passed"] else EXIT_FAILED
+    if args.bench:
+        doc["bench"] = bench(model, args.runs, root)
+    if args.inputs:
+        labels = spec["labels"]
+        doc["predictions"] = []
+        for name, x in load_inputs(args.inputs, spec):
+            p = model.probabilities(x)
+            top = p.argsort()[::-1][: args.top_k]
+            doc["predictions"].append({"input": name, "top": [
+                {"label": labels[i], "index": int(i), "score": float(p[i])} for i in top]})
+    return doc, code
+
+
+def show(doc: dict) -> None:
+    if "selftest" in doc:
+        s = doc["selftest"]
+        print(f"self-test {'PASSED' if s['passed'] else 'FAILED'}: {s['samples']} golden inputs, "
+              f"max |diff| {s['max_abs_diff']:.3g} {s['units']} (allowed {s['atol']:g}), "
+              f"top-1 agreement {s['top1_agreement']:.3f}, {s['runtime']}, NumPy {s['numpy']}, "
+              f"{s['machine']}")
+    if "bench" in doc:
+        b = doc["bench"]
+        print(f"invoke(): p50 {b['latency_us']['p50']:.1f} us, p90 {b['latency_us']['p90']:.1f} us "
+              f"over {b['runs']} runs ({b['runtime']}, {b['threads']} threads, "
+              f"{b['device']['cpu']})")
+    for pred in doc.get("predictions", []):
+        print(pred["input"] + ": " + ", ".join(f"{t['label']} {t['score']:.3f}" for t in pred["top"]))
+    print(f"bundle signature: {doc['signature']}", file=sys.stderr)
+
+
+def main(argv=None, root: str = HERE) -> int:
     ap = argparse.ArgumentParser(description="Run this edgebn bundle's model.")
     ap.add_argument("inputs", nargs="*", help="image files or .npy of preprocessed inputs")
     ap.add_argument("--top-k", type=int, default=3)
@@ -213,46 +356,14 @@ def main(argv=None) -> int:
     ap.add_argument("--json", action="store_true", help="print JSON")
     args = ap.parse_args(argv)
     try:
-        if args.threads < 1 or args.top_k < 1 or args.runs < 1:
-            raise BundleError("--threads, --top-k and --runs must be >= 1")
-        if not (args.inputs or args.selftest or args.bench):
-            raise BundleError("nothing to do: give inputs, --selftest or --bench")
-        verify_manifest(HERE)
-        with open(os.path.join(HERE, "bundle.json"), encoding="utf-8") as f:
-            spec = json.load(f)
-        model = Model(HERE, spec, args.threads, args.runtime)
-        doc, code = {}, 0
-        if args.selftest:
-            doc["selftest"] = selftest(model, HERE, spec)
-            code = 0 if doc["selftest"]["passed"] else EXIT_FAILED
-        if args.bench:
-            doc["bench"] = bench(model, args.runs)
-        if args.inputs:
-            labels = spec["labels"]
-            doc["predictions"] = []
-            for name, x in load_inputs(args.inputs, spec):
-                p = model.probabilities(x)
-                top = p.argsort()[::-1][: args.top_k]
-                doc["predictions"].append({"input": name, "top": [
-                    {"label": labels[i], "index": int(i), "score": float(p[i])} for i in top]})
+        doc, code = run(args, root)
     except BundleError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     if args.json:
         print(json.dumps(doc, indent=2))
     else:
-        if "selftest" in doc:
-            s = doc["selftest"]
-            print(f"self-test {'PASSED' if s['passed'] else 'FAILED'}: {s['samples']} golden inputs, "
-                  f"max |diff| {s['max_abs_diff']:.3g} {s['units']} (allowed {s['atol']:g}), "
-                  f"top-1 agreement {s['top1_agreement']:.3f}, {s['runtime']}, NumPy {s['numpy']}, "
-                  f"{s['machine']}")
-        if "bench" in doc:
-            b = doc["bench"]
-            print(f"invoke(): p50 {b['latency_us']['p50']:.1f} us, p90 {b['latency_us']['p90']:.1f} us "
-                  f"over {b['runs']} runs ({b['runtime']}, {b['threads']} threads)")
-        for pred in doc.get("predictions", []):
-            print(pred["input"] + ": " + ", ".join(f"{t['label']} {t['score']:.3f}" for t in pred["top"]))
+        show(doc)
     return code
 
 
