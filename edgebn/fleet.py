@@ -24,7 +24,7 @@ DEFAULT_PARALLEL = 8
 
 @dataclass(frozen=True)
 class HostOutcome:
-    host: str
+    host: str  # user@host[:port], as in the hosts file
     seconds: float
     result: Any = None  # a DeployResult or RollbackResult
     error: str | None = None
@@ -85,12 +85,13 @@ def read_hosts(path: str | Path, base: SshTarget) -> list[SshTarget]:
 
 
 def _one(action: Callable[[SshTarget], Any], target: SshTarget) -> HostOutcome:
+    name = target.host if target.port is None else f"{target.host}:{target.port}"
     start = time.perf_counter()
     try:
         result = action(target)
     except EdgebnError as exc:
-        return HostOutcome(target.host, time.perf_counter() - start, None, str(exc))
-    return HostOutcome(target.host, time.perf_counter() - start, result)
+        return HostOutcome(name, time.perf_counter() - start, None, str(exc))
+    return HostOutcome(name, time.perf_counter() - start, result)
 
 
 def run_fleet(targets: list[SshTarget], action: Callable[[SshTarget], Any],
