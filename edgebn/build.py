@@ -46,6 +46,7 @@ class BuildConfig:
     run_bench: bool = True
     twin: bool = True  # also train the BN-free twin, as the benchmark's baseline
     bundle: bool = False  # also write OUT/bundle, the device bundle
+    sign: Path | None = None  # sign the bundle's manifest with this SSH private key
     emulate: tuple[Backend, ...] = ()  # run the bundle's self-test on an emulated Pi, per runtime
 
     @property
@@ -122,7 +123,7 @@ def _refuse_early(config: BuildConfig) -> None:
         from edgebn.emulate import check_runtimes
 
         check_runtimes(config.emulate)
-    if config.bundle or config.emulate:
+    if config.bundle or config.emulate or config.sign:
         from edgebn.bundle import check_bundle_out
 
         check_bundle_out(Path(config.out) / "bundle")
@@ -190,13 +191,13 @@ def _bench(config: BuildConfig, ds: Dataset, trained: TrainResult, twin: TrainRe
 
 def _device(config: BuildConfig, result: BuildResult, stages: Stages) -> BuildResult:
     """The bundle and its emulated self-test, when asked for."""
-    if not (config.bundle or config.emulate):
+    if not (config.bundle or config.emulate or config.sign):
         return result
     from edgebn.bundle import BundleSource, bundle
 
     with stages.stage("bundle", str(config.out / "bundle")):
         source = BundleSource.from_build(result, result.dataset.x_test)
-        bundled = bundle(source, config.out / "bundle")
+        bundled = bundle(source, config.out / "bundle", config.sign)
     emulated = None
     if config.emulate:
         from edgebn.emulate import emulate

@@ -195,6 +195,9 @@ def build(
     twin: Annotated[bool, typer.Option(help="Also train the BN-free twin as bench baseline.")] = True,
     make_bundle: Annotated[bool, typer.Option(
         "--bundle", help="Also write OUT/bundle, the self-verifying device bundle.")] = False,
+    sign: Annotated[Path | None, typer.Option(
+        "--sign", exists=True, dir_okay=False, readable=True,
+        help="Sign the bundle's manifest with this SSH private key. Implies --bundle.")] = None,
     emulate: Annotated[list[Backend] | None, typer.Option(
         "--emulate", help="Run the bundle's self-test on an emulated arm64 Pi with this runtime "
                           "(tflite-runtime, ai-edge-litert; repeatable). Implies --bundle.")] = None,
@@ -218,7 +221,8 @@ def build(
         convert=ConvertOptions(quantize, fold, tolerance),
         bench=BenchSettings(threads=threads, min_time_s=bench_time, keras_time_s=bench_time,
                             backend=runtime),
-        run_bench=run_bench, twin=twin, bundle=make_bundle, emulate=tuple(emulate or ()))
+        run_bench=run_bench, twin=twin, bundle=make_bundle, sign=sign,
+        emulate=tuple(emulate or ()))
     with quiet(verbose), StageProgress() as progress:
         result = run_build(config, progress)
     print_json(result.to_json()) if as_json else render.build(result)

@@ -128,3 +128,16 @@ def test_sign_with_a_missing_key_is_one_line_exit_2(small_builds, tmp_path):
     res = runner.invoke(app, ["bundle", str(small_builds["none"]), "--out", str(tmp_path / "b"),
                               "--sign", str(tmp_path / "nokey")])
     assert res.exit_code == 2 and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_build_sign_writes_a_bundle_a_trusting_device_accepts(cnn, keys, tmp_path):
+    from edgebn.build import BuildConfig, build
+
+    out = tmp_path / "build"
+    result = build(BuildConfig(out=out, model=cnn["keras"], run_bench=False, sign=keys["mine"]))
+    assert result.bundled.signed and (out / "bundle" / "manifest.json.sig").is_file()
+    assert result.to_json()["bundle"]["path"] == "bundle"
+    res = predict(out / "bundle", _trust(tmp_path, keys["mine"].with_suffix(".pub")),
+                  "--selftest", "--json")
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["signature"].startswith("verified")
