@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -39,7 +40,7 @@ from edgebn.runtime import Backend
 
 SUITE = "bookworm"
 MIRROR = os.environ.get("EDGEBN_DEBIAN_MIRROR", "http://deb.debian.org/debian")
-DEB_PACKAGES = ("python3", "python3-numpy")
+DEB_PACKAGES = ("python3", "python3-numpy", "openssh-client")  # ssh-keygen: bundle signatures
 PYTHON = "usr/bin/python3.11"
 # runtime -> the pip requirement of its aarch64 wheel (no dependencies: the interpreter
 # modules need only NumPy, which Debian provides, as on the Pi)
@@ -126,8 +127,9 @@ def userland(cache: Path | None = None, log=lambda msg: None) -> Path:
     require_tools()
     cache = Path(cache or cache_dir())
     root = cache / "root"
-    if (root / READY).is_file():
-        return root
+    made = f"{SUITE} arm64 {' '.join(DEB_PACKAGES)}\n"
+    if (root / READY).is_file() and (root / READY).read_text() == made:
+        return root  # (a root made with other packages is made again)
     cache.mkdir(parents=True, exist_ok=True)
     tmp = cache / f"root.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -145,7 +147,7 @@ def userland(cache: Path | None = None, log=lambda msg: None) -> Path:
     _unpack_debs(tmp)
     _blas_links(tmp)
     _raspberry_pi_cpu(tmp)
-    (tmp / READY).write_text(f"{SUITE} arm64 {' '.join(DEB_PACKAGES)}\n")
+    (tmp / READY).write_text(made)
     shutil.rmtree(root, ignore_errors=True)
     os.replace(tmp, root)
     return root
@@ -252,14 +254,23 @@ def site_packages(runtime: Backend, cache: Path | None = None, log=lambda msg: N
     return site
 
 
-def run_selftest(bundle: Path, runtime: Backend, root: Path, site: Path,
-                 timeout: float = SELFTEST_TIMEOUT_S) -> EmulatedRun:
-    """``predict.py --selftest --json`` under qemu-aarch64 in the userland, on ``runtime``."""
+def run_selftest(bundle: Path, runtime: Backend, root: Path, site: Path,  # noqa: PLR0913
+                 timeout: float = SELFTEST_TIMEOUT_S, trust: Path | None = None) -> EmulatedRun:
+    """``predict.py --selftest --json`` under qemu-aarch64 in the userland, on ``runtime``.
+
+    With ``trust`` (an allowed-signers file), the device trusts those keys: predict.py
+    verifies the bundle's signature with the userland's own arm64 ``ssh-keygen`` (Debian's
+    openssh-client), run through qemu too, as qemu-user without binfmt cannot exec it.
+    """
     qemu = shutil.which("qemu-aarch64-static")
     cmd = [qemu, "-L", str(root), str(root / PYTHON), str(Path(bundle).resolve() / "predict.py"),
            "--selftest", "--json", "--threads", "4", "--runtime", runtime.value]
     env = {"PYTHONPATH": str(site), "PYTHONNOUSERSITE": "1", "PATH": "/usr/bin:/bin",
            "HOME": "/tmp", "LANG": "C.UTF-8", "QEMU_CPU": QEMU_CPU}
+    if trust is not None:
+        env |= {"EDGEBN_TRUST": str(trust),
+                "EDGEBN_SSH_KEYGEN": shlex.join([qemu, "-L", str(root),
+                                                 str(root / "usr/bin/ssh-keygen")])}
     start = time.perf_counter()
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)

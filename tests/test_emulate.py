@@ -91,3 +91,47 @@ def test_build_records_the_emulated_selftest_in_its_report(pi_cache, cnn, tmp_pa
     assert all(r["selftest"]["machine"] == "aarch64" for r in em["runs"])
     assert "qemu-aarch64-static" in em["platform"] and "-cpu cortex-a72" in em["platform"]
     assert "## Self-test on an emulated arm64 Raspberry Pi" in (out / "report.md").read_text()
+
+
+def test_signature_checks_on_an_emulated_pi(pi_cache, bundles, tmp_path):
+    """The four cases of a trusting device, with Debian arm64's own ssh-keygen verifying."""
+    import hashlib
+    import json
+    import subprocess
+
+    from edgebn.emulate import run_selftest
+    from edgebn.sign import allowed_signers_line, sign_manifest
+
+    keys = {}
+    for name in ("mine", "other"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f",
+                        str(tmp_path / name)], check=True)
+        keys[name] = tmp_path / name
+    trust = tmp_path / "allowed_signers"
+    trust.write_text(allowed_signers_line(keys["mine"].with_suffix(".pub")) + "\n")
+    cases = {}
+    for case, key in (("signed", "mine"), ("unsigned", None), ("other key", "other"),
+                      ("re-hashed", "mine")):
+        b = shutil.copytree(bundles["none"], tmp_path / case)
+        if key is not None:
+            sign_manifest(b, keys[key])
+        if case == "re-hashed":  # a new model, its sha256 written into the signed manifest
+            data = bytearray((b / "model.tflite").read_bytes())
+            data[len(data) // 2] ^= 0x01
+            (b / "model.tflite").write_bytes(bytes(data))
+            manifest = json.loads((b / "manifest.json").read_text())
+            manifest["files"]["model.tflite"] = hashlib.sha256(bytes(data)).hexdigest()
+            (b / "manifest.json").write_text(json.dumps(manifest))
+        cases[case] = b
+    root, site = userland(), site_packages(Backend.tflite_runtime)
+    runs = {case: run_selftest(b, Backend.tflite_runtime, root, site, trust=trust)
+            for case, b in cases.items()}
+    assert runs["signed"].passed, runs["signed"]
+    assert runs["signed"].selftest["machine"] == "aarch64"
+    assert runs["signed"].selftest["signature"].startswith("verified")
+    for case, needle in (("unsigned", "unsigned bundle"),
+                         ("other key", "manifest.json.sig does not verify"),
+                         ("re-hashed", "manifest.json.sig does not verify")):
+        run = runs[case]
+        assert not run.passed and run.exit_code == 2, (case, run)
+        assert run.error.startswith("Error: ") and needle in run.error, (case, run.error)

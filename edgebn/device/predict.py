@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -34,6 +35,7 @@ EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 NAMESPACE = "edgebn-bundle"  # ssh-keygen -Y's signature namespace, and the signer's principal
 TRUST_ENV = "EDGEBN_TRUST"
+KEYGEN_ENV = "EDGEBN_SSH_KEYGEN"
 DEFAULT_TRUST = "~/.config/edgebn/allowed_signers"
 VERIFY_TIMEOUT_S = 30
 MAX_IMAGE_PIXELS = 16_000_000  # a 4000x4000 photo; more is refused as a decompression bomb
@@ -61,12 +63,13 @@ def verify_signature(root: str, data: bytes) -> str:
     if not os.path.isfile(sig):
         raise BundleError(f"unsigned bundle: this device trusts the keys in {allowed} and "
                           "manifest.json.sig is missing (edgebn bundle --sign KEY)")
-    keygen = shutil.which("ssh-keygen")
-    if keygen is None:
+    # $EDGEBN_SSH_KEYGEN: another ssh-keygen command (the emulator runs the arm64 one via qemu)
+    keygen = shlex.split(os.environ.get(KEYGEN_ENV, "")) or [shutil.which("ssh-keygen")]
+    if keygen[0] is None:
         raise BundleError(f"this device trusts the keys in {allowed} but ssh-keygen is not "
                           "installed to verify signatures (sudo apt install openssh-client)")
     try:
-        done = subprocess.run([keygen, "-Y", "verify", "-f", allowed, "-I", NAMESPACE,
+        done = subprocess.run([*keygen, "-Y", "verify", "-f", allowed, "-I", NAMESPACE,
                                "-n", NAMESPACE, "-s", sig], input=data, capture_output=True,
                               timeout=VERIFY_TIMEOUT_S)
     except (OSError, subprocess.TimeoutExpired) as exc:
