@@ -265,12 +265,17 @@ def test_a_fleet_runs_in_parallel_and_one_dead_host_stops_nothing(sshds, bundles
     for s in sshds:  # each device's own home
         assert (s["home"] / "fleet" / "current" / "manifest.json").is_file()
     res = runner.invoke(app, ["deploy", str(bundles["none"]), "--hosts", str(hosts),
-                              "--dest", "~/fleet-cli", "--selftest", "--python",
-                              sys.executable, *_ssh_args(sshds[0]), "--json"])
+                              "--dest", "~/fleet-cli", "--selftest", "--bench", "--runs", "20",
+                              "--python", sys.executable, *_ssh_args(sshds[0]), "--json"])
     assert res.exit_code == 1, res.output
     doc = json.loads(res.stdout)
     assert [(h["copied"], h["selftest"]) for h in doc["hosts"]] == [(True, True)] * 3 + [
         (False, None)]
+    for h in doc["hosts"][:3]:  # each live device's own latency, from its own predict.py --bench
+        lat = h["latency_us"]
+        assert 0 < lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"]
+        assert h["result"]["bench"]["device"]["cores"] >= 1
+    assert doc["hosts"][3]["latency_us"] is None
     assert doc["failed"] == 1 and "failed" in doc["hosts"][3]["error"]
 
 
