@@ -314,15 +314,17 @@ def check(
     bench_time: Annotated[float, typer.Option(
         "--bench-time", min=0.01, help="Seconds per model for the latency ratio.")] = 1.0,
     as_json: JsonFlag = False,
+    verbose: VerboseFlag = False,
 ) -> None:
     """Gate a build against a baseline: accuracy, latency, size, op set, BN (exit 1 on regression)."""
     from edgebn.bench import BenchSettings
     from edgebn.check import Thresholds
     from edgebn.check import check as run_check
 
-    result = run_check(report, baseline, Thresholds(max_accuracy_drop, max_latency_regression,
-                                                    max_size_growth, tuple(allow_op or ())),
-                       BenchSettings(min_time_s=bench_time))
+    with quiet(verbose):  # the interpreters announce their delegate on fd 2
+        result = run_check(report, baseline, Thresholds(max_accuracy_drop, max_latency_regression,
+                                                        max_size_growth, tuple(allow_op or ())),
+                           BenchSettings(min_time_s=bench_time))
     print_json(result.to_json()) if as_json else render.check(result)
     if not result.passed:
         raise typer.Exit(EXIT_PROBLEM)

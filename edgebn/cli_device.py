@@ -9,9 +9,9 @@ import typer
 
 from edgebn import render
 from edgebn.errors import EdgebnError
-from edgebn.options import EXIT_PROBLEM, JsonFlag
+from edgebn.options import EXIT_PROBLEM, JsonFlag, VerboseFlag
 from edgebn.runtime import Backend
-from edgebn.ui import StageProgress, print_json
+from edgebn.ui import StageProgress, print_json, quiet
 
 BundleIn = Annotated[Path, typer.Argument(exists=True, file_okay=False,
                                           help="A bundle directory (edgebn bundle).")]
@@ -27,11 +27,13 @@ def bundle(
     out: Annotated[Path, typer.Option("--out", help="The bundle directory to write.")],
     sign: KeyIn = None,
     as_json: JsonFlag = False,
+    verbose: VerboseFlag = False,
 ) -> None:
     """Write a self-verifying device bundle: model, labels, predict.py, golden I/O, manifest."""
     from edgebn.bundle import bundle_build
 
-    result = bundle_build(build_dir, out, sign)
+    with quiet(verbose):  # the self-test's interpreter announces its delegate on fd 2
+        result = bundle_build(build_dir, out, sign)
     print_json(result.to_json()) if as_json else render.bundle(result)
 
 

@@ -119,3 +119,20 @@ def test_bad_reports_are_refused(baseline, tmp_path, content, message):
         check(path, baseline)
     result = runner.invoke(app, ["check", str(path), "--baseline", str(baseline)])
     assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_check_in_a_terminal_shows_only_its_own_lines(cnn, baseline, tmp_path):
+    """The interpreters' own 'INFO: Created TensorFlow Lite XNNPACK delegate' stays off."""
+    import subprocess
+    import sys
+
+    current = _build_dir(tmp_path, "current", cnn["tflite"], 0.98)
+    proc = subprocess.run([sys.executable, "-m", "edgebn.cli", "check", str(current),
+                           "--baseline", str(baseline), "--bench-time", "0.05"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "no regression" in proc.stdout and "INFO:" not in proc.stdout + proc.stderr
+    loud = subprocess.run([sys.executable, "-m", "edgebn.cli", "check", str(current),
+                           "--baseline", str(baseline), "--bench-time", "0.05", "--verbose"],
+                          capture_output=True, text=True, timeout=120)
+    assert "INFO: Created TensorFlow Lite XNNPACK delegate" in loud.stderr
