@@ -90,10 +90,6 @@ class BundleResult:
                 "input": self.spec["input"], "output": self.spec["output"],
                 "signature": "manifest.json.sig" if self.signed else None}
 
-    def summary_json(self, out: Path) -> dict[str, Any]:
-        """The build report's view: where, relative to the build directory, and the self-test."""
-        return {"path": _rel(self.out, out), "selftest_here": self.selftest}
-
 
 def load_predict_module():
     """The bundle's predict.py as a module, so that this machine runs the device's code."""
@@ -239,13 +235,6 @@ def check_bundle_out(out: Path) -> None:
     if out.is_dir() and any(out.iterdir()) and not (out / "manifest.json").is_file():
         raise EdgebnError(f"--out {out}: a non-empty directory that is not an edgebn bundle "
                           "(no manifest.json); it would be replaced whole: choose another path")
-
-
-def _rel(path: Path, root: Path) -> str:
-    try:
-        return str(Path(path).resolve().relative_to(Path(root).resolve()))
-    except ValueError:
-        return str(path)
 
 
 def _sha256(path: Path) -> str:

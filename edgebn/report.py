@@ -93,7 +93,9 @@ class BuildResult:
             doc["bench"] = self._bench_json()
         doc["timings"] = {f"{k}_s": v for k, v in self.seconds.items()}
         if self.bundled is not None:
-            doc["bundle"] = self.bundled.summary_json(self.out)
+            doc["bundle"] = {"path": _rel(self.bundled.out, self.out),
+                             "selftest_here": self.bundled.selftest,
+                             "signed": self.bundled.signed}
         if self.emulated is not None:
             doc["emulation"] = self.emulated.to_json()
         return doc
