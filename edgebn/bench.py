@@ -66,6 +66,7 @@ class BenchSettings:
     isolate: bool = False  # the interpreter in a fresh process: memory without TensorFlow
     xla: bool = False  # jit_compile the Keras tf.function
     keras_time_s: float = KERAS_MIN_TIME_S  # seconds of timed calls per Keras model and mode
+    cost: bool = True  # MACs per second against this machine's probed ceiling (edgebn.cost)
 
     def validate(self) -> None:
         for name, low in (("threads", 1), ("batch", 1), ("warmup", 0)):
@@ -92,6 +93,7 @@ class TFLiteStats:
     latency_us: Latency
     peak_rss_mb: float
     samples_ns: np.ndarray = field(repr=False, compare=False)
+    cost: Any = None  # edgebn.cost.CostStats, when measured
 
     @property
     def throughput_per_s(self) -> float:
@@ -104,7 +106,8 @@ class TFLiteStats:
                 "latency_us": asdict(self.latency_us),
                 "throughput_per_s": self.throughput_per_s,
                 "samples_per_s": self.throughput_per_s * self.batch,
-                "peak_rss_mb": self.peak_rss_mb}
+                "peak_rss_mb": self.peak_rss_mb} | (
+                    {"cost": self.cost.to_json()} if self.cost is not None else {})
 
 
 @dataclass(frozen=True)
@@ -377,6 +380,10 @@ def bench(targets: BenchTargets, settings: BenchSettings = BenchSettings(),
         tfl, base = isolated_tflite(model, settings, data, baseline)
     else:
         tfl, base = bench_tflite(model, settings, data, baseline)
+    if settings.cost:
+        from edgebn.cost import with_cost
+
+        tfl = with_cost(tfl, model, settings)
     timed_models: dict[str, dict[str, KerasStats]] = {}
     keras_models = targets.keras_models()
     if keras_models:
