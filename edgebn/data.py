@@ -207,19 +207,15 @@ class DataSpec:
 
 def _npz(spec: DataSpec):
     """Preprocessed inputs and labels from an .npz: x (N, H, W, C), y (N,), labels (K,)."""
-    from edgebn.tensors import load_samples
+    from edgebn.tensors import load_labelled
 
     p = Path(spec.npz)
-    x = load_samples(p)
-    try:
-        with np.load(p, allow_pickle=False) as z:
-            if "y" not in z.files:
-                raise DatasetError(f"{p}: needs an integer array 'y' of class indices. "
-                                   f"Received arrays: {sorted(z.files)}")
-            y = np.asarray(z["y"])
-            names = [str(n) for n in z["labels"]] if "labels" in z.files else None
-    except (ValueError, OSError) as exc:
-        raise DatasetError(f"{p}: not a readable .npz ({exc})") from exc
+    x, arrays = load_labelled(p, ("y", "labels"))  # one read of the file
+    if "y" not in arrays:
+        raise DatasetError(f"{p}: needs an integer array 'y' of class indices (an .npz with "
+                           "x, y and optional labels)")
+    y = np.asarray(arrays["y"])
+    names = [str(n) for n in arrays["labels"]] if "labels" in arrays else None
     if y.ndim != 1 or len(y) != len(x) or y.dtype.kind not in "iu" or (len(y) and y.min() < 0):
         raise DatasetError(f"{p}: 'y' must hold one class index >= 0 per sample. Received: "
                            f"shape={y.shape}, dtype={y.dtype} for {len(x)} samples")

@@ -59,9 +59,17 @@ def load_samples(path: str | Path) -> np.ndarray:
 
     Object arrays are refused (never unpickled); so are non-numeric and non-finite ones.
     """
+    return load_labelled(path)[0]
+
+
+def load_labelled(path: str | Path, extra: tuple[str, ...] = ()
+                  ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The samples of :func:`load_samples`, and the arrays named in ``extra`` that a .npz
+    holds besides ``x`` (``y``, ``labels``), read in the same pass over the file."""
     p = Path(path)
     if not p.is_file():
         raise DatasetError(f"{p}: no such file")
+    others: dict[str, np.ndarray] = {}
     try:
         loaded = np.load(p, allow_pickle=False)
         if isinstance(loaded, np.lib.npyio.NpzFile):
@@ -69,6 +77,7 @@ def load_samples(path: str | Path) -> np.ndarray:
                 if "x" not in loaded.files:
                     raise DatasetError(f"{p}: a .npz of samples needs an array 'x'. "
                                        f"Received arrays: {sorted(loaded.files)}")
+                others = {name: loaded[name] for name in extra if name in loaded.files}
                 loaded = loaded["x"]
     except (ValueError, OSError, EOFError) as exc:
         raise DatasetError(f"{p}: not a readable .npy/.npz file ({exc})") from exc
@@ -79,7 +88,7 @@ def load_samples(path: str | Path) -> np.ndarray:
     arr = arr.astype(np.float32)
     if not np.isfinite(arr).all():
         raise DatasetError(f"{p}: the samples contain NaN or infinity")
-    return arr
+    return arr, others
 
 
 CHECK_SAMPLES = 64  # inputs for a fold's equivalence check: enough to see any wrong channel

@@ -23,6 +23,8 @@ from typing import TextIO
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
+from edgebn.errors import EdgebnError
+
 out = Console(highlight=False)  # results: stdout
 err = Console(stderr=True, highlight=False)  # progress and errors: stderr
 
@@ -57,6 +59,9 @@ def quiet(verbose: bool = False) -> Iterator[None]:
             warnings.showwarning = _to_log(log.name)
             yield
         ok = True
+    except EdgebnError:  # bad input: its one line says it all; the log is of no use
+        ok = True
+        raise
     finally:
         _flush()
         for fd in fds:
