@@ -3,10 +3,12 @@
 Each timed sample is one ``interpreter.invoke()`` measured with
 ``perf_counter_ns``; inputs are set outside the timed region, so the figure is
 what a bare ``invoke()`` loop would show. Keras is timed in three ways a user
-might actually run it: eager ``model(x, training=False)``, ``model.predict``,
-and a compiled ``tf.function``. With a baseline .tflite (the BN-free twin), both
-interpreters run in one process, interleaved block by block, so drift on a
-shared machine hits both alike.
+might actually run it (:mod:`edgebn.bench_keras`): eager ``model(x, training=False)``,
+``model.predict``, and a compiled ``tf.function``. With a baseline .tflite (the BN-free
+twin), both interpreters run in one process, interleaved block by block, so drift on a
+shared machine hits both alike. Other .tflite files (``BenchTargets.others``, e.g. the
+float32 conversion beside an int8 one) are timed after them with the same settings;
+thread counts are compared in :mod:`edgebn.scaling`.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -24,16 +26,15 @@ from edgebn.runtime import Backend, load_interpreter
 from edgebn.tensors import make_inputs
 from edgebn.tflite import TFLiteModel, read_tflite
 
+if TYPE_CHECKING:  # edgebn.scaling imports this module
+    from edgebn.scaling import ThreadScaling
+
 DEFAULT_MIN_TIME_S = 1.0
 DEFAULT_WARMUP = 100
 WARMUP_MAX_S = 0.5  # a 25 M-parameter model is warm long before 100 runs of 0.1 s
 MIN_RUNS = 30  # timed runs per .tflite at the least, when timing by the clock
 BLOCK_S = 0.05  # seconds of invocations between clock checks (and baseline switches)
 KERAS_MIN_TIME_S = 1.0
-KERAS_MIN_RUNS = 10
-KERAS_MAX_RUNS = 5000
-KERAS_BLOCK = 5  # calls per turn when several Keras models are timed interleaved
-KERAS_MODES = ("eager", "predict", "compiled")
 INTERLEAVE_BLOCK = 50  # invocations per model before switching, with --baseline
 
 
@@ -142,6 +143,8 @@ class BenchResult:
     keras_baseline: dict[str, KerasStats] = field(default_factory=dict)
     keras_folded: dict[str, KerasStats] = field(default_factory=dict)
     baseline_label: str = "baseline"  # what the baseline is ("BN-free twin" in a build)
+    others: dict[str, TFLiteStats] = field(default_factory=dict)  # label -> another .tflite
+    scaling: ThreadScaling | None = None  # with several thread counts (edgebn.scaling)
 
     def rows(self) -> list[BenchRow]:
         rows = [BenchRow(f"TFLite {Path(self.tflite.model).name}", "tflite", self.tflite.runs,
@@ -150,6 +153,8 @@ class BenchResult:
             rows.append(BenchRow(f"TFLite {self.baseline_label} ({Path(self.baseline.model).name})",
                                  "baseline", self.baseline.runs, self.baseline.latency_us,
                                  self.baseline.samples_ns))
+        rows += [BenchRow(f"TFLite {label} ({Path(s.model).name})", f"others.{label}", s.runs,
+                          s.latency_us, s.samples_ns) for label, s in self.others.items()]
         for key, label, group in (("keras", "Keras", self.keras),
                                   ("keras_baseline", f"Keras {self.baseline_label}",
                                    self.keras_baseline),
@@ -197,6 +202,10 @@ class BenchResult:
             doc["fold_gain"] = self.fold_gain()
         if self.bn_cost():
             doc["bn_cost"] = self.bn_cost()
+        if self.others:
+            doc["others"] = {label: s.to_json() for label, s in self.others.items()}
+        if self.scaling is not None:
+            doc["threads_scaling"] = self.scaling.to_json()
         return doc
 
 
@@ -293,55 +302,6 @@ def bench_tflite(model: TFLiteModel | str | Path, settings: BenchSettings = Benc
     return stats[0], (stats[1] if len(stats) > 1 else None)
 
 
-# ---------------------------------------------------------------- Keras
-
-
-def _keras_calls(model, x: np.ndarray, xla: bool) -> dict[str, Any]:
-    import tensorflow as tf
-
-    x_tensor = tf.constant(x)
-    compiled = tf.function(lambda t: model(t, training=False), jit_compile=xla)
-    return {"eager": lambda: model(x_tensor, training=False),
-            "predict": lambda: model.predict(x, batch_size=len(x), verbose=0),
-            "compiled": lambda: compiled(x_tensor)}
-
-
-def bench_keras_models(models: dict[str, Any], x: np.ndarray, settings: BenchSettings,
-                       modes=KERAS_MODES) -> dict[str, dict[str, KerasStats]]:
-    """Time several Keras models on the batch ``x``, mode by mode, interleaved.
-
-    Within a mode the models take turns in blocks of KERAS_BLOCK calls, so that drift
-    on a shared machine hits them alike (the same as the .tflite baseline); each model
-    gets ``settings.keras_time_s`` of timed calls (or exactly ``settings.runs``).
-    """
-    runs = settings.runs
-    calls = {name: _keras_calls(model, x, settings.xla) for name, model in models.items()}
-    out: dict[str, dict[str, KerasStats]] = {name: {} for name in models}
-    for mode in modes:
-        for name in models:
-            for _ in range(3):  # warm-up: tracing, first allocations
-                calls[name][mode]()
-        samples: dict[str, list[int]] = {name: [] for name in models}
-        deadline = time.perf_counter() + settings.keras_time_s * len(models)
-        while True:
-            for name in models:
-                call = calls[name][mode]
-                for _ in range(KERAS_BLOCK):
-                    t0 = time.perf_counter_ns()
-                    call()
-                    samples[name].append(time.perf_counter_ns() - t0)
-            n = min(len(v) for v in samples.values())
-            if runs is not None:
-                if n >= runs:
-                    break
-            elif (time.perf_counter() >= deadline and n >= KERAS_MIN_RUNS) or n >= KERAS_MAX_RUNS:
-                break
-        for name, v in samples.items():
-            arr = np.array(v[:runs] if runs is not None else v, dtype=np.int64)
-            out[name][mode] = KerasStats(mode, len(arr), Latency.from_ns(arr), arr)
-    return out
-
-
 # ---------------------------------------------------------------- the command
 
 
@@ -350,6 +310,8 @@ class BenchTargets:
     """What to time: a .tflite, optionally a baseline .tflite, and the Keras models behind them.
 
     Each model is given parsed (or as a path); each Keras model in memory (or as a .keras path).
+    ``others`` are more .tflite files (the float32 conversion beside an int8 one, ...),
+    each timed on its own after the model and its baseline, with the same settings.
     """
 
     tflite: TFLiteModel | str | Path
@@ -358,6 +320,7 @@ class BenchTargets:
     keras_baseline: Any = None
     keras_folded: Any = None
     baseline_label: str = "baseline"
+    others: dict[str, Any] = field(default_factory=dict)  # label -> .tflite, timed after the rest
 
     def keras_models(self) -> dict[str, Any]:
         from edgebn.train import load_keras
@@ -374,6 +337,27 @@ def bench(targets: BenchTargets, settings: BenchSettings = BenchSettings(),
     settings.validate()
     model = _parsed(targets.tflite)
     baseline = _parsed(targets.baseline) if targets.baseline is not None else None
+    tfl, base = time_tflite(model, settings, data, baseline)
+    others = {label: time_tflite(_parsed(m), settings, data)[0]
+              for label, m in targets.others.items()}
+    timed_models: dict[str, dict[str, KerasStats]] = {}
+    keras_models = targets.keras_models()
+    if keras_models:
+        sg = model.subgraphs[0]
+        shape = [settings.batch, *sg.tensors[sg.inputs[0]].shape[1:]]
+        x = make_inputs(shape, np.float32, None, 1, data)[0]  # the interpreter's samples
+        from edgebn.bench_keras import bench_keras_models
+
+        timed_models = bench_keras_models(keras_models, x, settings)
+    env = environment(tfl.backend, tfl.xnnpack, tfl.threads)
+    return BenchResult(env, tfl, base, timed_models.get("model", {}),
+                       timed_models.get("baseline", {}), timed_models.get("folded", {}),
+                       targets.baseline_label, others)
+
+
+def time_tflite(model: TFLiteModel, settings: BenchSettings, data: np.ndarray | None = None,
+                baseline: TFLiteModel | None = None) -> tuple[TFLiteStats, TFLiteStats | None]:
+    """``bench_tflite``, in a fresh process when ``settings.isolate``; the model with its cost."""
     if settings.isolate:
         from edgebn.isolate import isolated_tflite
 
@@ -384,14 +368,4 @@ def bench(targets: BenchTargets, settings: BenchSettings = BenchSettings(),
         from edgebn.cost import with_cost
 
         tfl = with_cost(tfl, model, settings)
-    timed_models: dict[str, dict[str, KerasStats]] = {}
-    keras_models = targets.keras_models()
-    if keras_models:
-        sg = model.subgraphs[0]
-        shape = [settings.batch, *sg.tensors[sg.inputs[0]].shape[1:]]
-        x = make_inputs(shape, np.float32, None, 1, data)[0]  # the interpreter's samples
-        timed_models = bench_keras_models(keras_models, x, settings)
-    env = environment(tfl.backend, tfl.xnnpack, tfl.threads)
-    return BenchResult(env, tfl, base, timed_models.get("model", {}),
-                       timed_models.get("baseline", {}), timed_models.get("folded", {}),
-                       targets.baseline_label)
+    return tfl, base

@@ -27,6 +27,8 @@ from edgebn.convert import (
 )
 from edgebn.data import Dataset, DataSpec
 from edgebn.errors import DatasetError, EdgebnError
+from edgebn.models import is_backbone
+from edgebn.precisions import FLOAT32_BESIDE, FLOAT32_FILE, Float32Beside, float32_models
 from edgebn.report import BuildResult, write_report
 from edgebn.runtime import Backend
 from edgebn.stages import SILENT, Progress, Stages, atomic_path
@@ -74,15 +76,18 @@ def build(config: BuildConfig, progress: Progress = SILENT) -> BuildResult:
     with stages.stage("data", data.name):
         ds = _load_data(data, given)
     trained, twin = (given, None) if given is not None else _train(config, ds, stages)
-    conversion, twin_tflite = _convert(config, ds, trained, twin, stages)
+    if ds.streams is not None:
+        with stages.stage("data", f"{ds.counts[2]} test images into memory"):
+            ds = ds.with_test()  # verify, bench and the bundle read the test split
+    conversion, twin_tflite, float32 = _convert(config, ds, trained, twin, stages)
     with stages.stage("verify", f"{len(ds.y_test)} test samples against Keras"):
         verified = verify(conversion.converted.model, ds.x_test, ds.y_test, trained.model,
                           config.runtime)
-    benched = _bench(config, ds, trained, twin, conversion, twin_tflite, stages)
+    benched = _bench(config, ds, trained, twin, conversion, twin_tflite, float32, stages)
     with atomic_path(out / "samples.npy") as tmp:  # golden inputs for a later edgebn bundle
         np.save(tmp, ds.x_test[:GOLDEN_SAMPLES])
     result = BuildResult(out, data, ds, trained, twin, conversion, verified, benched,
-                         seconds=dict(stages.seconds))
+                         seconds=dict(stages.seconds), float32=float32)
     result = _device(config, result, stages)
     with stages.stage("report", str(out / "report.json")):
         write_report(result)
@@ -92,7 +97,7 @@ def build(config: BuildConfig, progress: Progress = SILENT) -> BuildResult:
 def _given_model(config: BuildConfig, stages: Stages) -> tuple[TrainResult | None, DataSpec]:
     """The user's model (``--model``), and the data spec fitted to its input; else (None, data)."""
     if config.model is None:
-        return None, config.data
+        return None, config.train.data_for(config.data)
     from edgebn.models import fit_data
 
     with stages.stage("load", str(config.model)):
@@ -103,9 +108,9 @@ def _given_model(config: BuildConfig, stages: Stages) -> tuple[TrainResult | Non
 
 
 def _load_data(data: DataSpec, given: TrainResult | None) -> Dataset:
-    ds = data.load()
     if given is None:
-        return ds
+        return data.load(stream=True)  # an image folder is streamed by training
+    ds = data.load()
     model = given.model
     want, outputs = tuple(model.input_shape[1:]), model.output_shape[-1]
     if tuple(ds.input_shape) != want:
@@ -135,11 +140,11 @@ def _train(config: BuildConfig, ds: Dataset,
            stages: Stages) -> tuple[TrainResult, TrainResult | None]:
     tc = config.train
     with stages.stage("train", f"{tc.arch.value}{'' if tc.bn else ' (no BN)'} on {ds.name}, "
-                               f"{len(ds.y_train)} samples"):
+                               f"{ds.counts[0]} samples{' (streamed)' if ds.streams else ''}"):
         trained = train(ds, tc, stages.progress)
         save_keras(trained.model, config.out / "model.keras")
     twin = None
-    if config.twin and tc.bn:
+    if config.twin and tc.bn and not is_backbone(tc.arch):  # backbones: fold_gain is the cost
         with stages.stage("twin", "the BN-free twin, the benchmark's baseline"):
             twin = train(ds, replace(tc, bn=False), stages.progress)
             save_keras(twin.model, config.out / "twin.keras")
@@ -147,7 +152,8 @@ def _train(config: BuildConfig, ds: Dataset,
 
 
 def _convert(config: BuildConfig, ds: Dataset, trained: TrainResult, twin: TrainResult | None,
-             stages: Stages) -> tuple[ConversionResult, Converted | None]:
+             stages: Stages) -> tuple[ConversionResult, Converted | None, Float32Beside | None]:
+    """Fold, convert (and the twin, and float32 beside a quantized file), inspect."""
     from edgebn.fold import all_bn_layer_names, fold_model
 
     options, out = config.convert, config.out
@@ -168,24 +174,33 @@ def _convert(config: BuildConfig, ds: Dataset, trained: TrainResult, twin: Train
                               options.quantize, representative)
         twin_tflite = None if twin is None else to_tflite(
             twin.model, out / "twin.tflite", options.quantize, representative)
+        float32 = None if options.quantize not in FLOAT32_BESIDE else to_tflite(
+            folded.model if folded else trained.model, out / FLOAT32_FILE)  # the same model
     with stages.stage("inspect", "BN residue in model.tflite"):
         conversion = ConversionResult(
             converted, inspect_model(converted.model, bn_layers), folded,
             None if only is None else inspect_model(only.model, bn_layers), "model.keras")
-    return conversion, twin_tflite
+    beside = None
+    if float32 is not None:  # side by side with the quantized file in the report
+        with stages.stage("float32", f"{FLOAT32_FILE} against Keras, beside "
+                                     f"{options.quantize.value}"):
+            beside = Float32Beside(float32, verify(float32.model, ds.x_test, ds.y_test,
+                                                   trained.model, config.runtime))
+    return conversion, twin_tflite, beside
 
 
 def _bench(config: BuildConfig, ds: Dataset, trained: TrainResult, twin: TrainResult | None,
            conversion: ConversionResult, twin_tflite: Converted | None,
-           stages: Stages) -> BenchResult | None:
+           float32: Float32Beside | None, stages: Stages) -> BenchResult | None:
     if not config.run_bench:
         return None
     targets = BenchTargets(
         conversion.converted.model, twin_tflite.model if twin_tflite else None,
         keras=trained.model, keras_baseline=twin.model if twin else None,
         keras_folded=conversion.fold.model if conversion.fold else None,
-        baseline_label="BN-free twin")
-    with stages.stage("bench", "TFLite against Keras"):
+        baseline_label="BN-free twin", others=float32_models(float32))
+    with stages.stage("bench", "TFLite against Keras" + (", and the float32 file" if targets.others
+                                                         else "")):
         return bench(targets, config.bench, data=ds.x_test)
 
 

@@ -4,6 +4,8 @@ Only the accuracies are taken from the reports; everything else is measured on t
 artifacts the reports point to: sizes from the files, the op set and BN verdict by
 inspecting the new .tflite, and latency as a ratio from one interleaved benchmark of
 both files on this machine (absolute times move between machines, ratios do not).
+When the latency ratio fails, both files are profiled operator by operator
+(:mod:`edgebn.profile`) and the operators whose isolated time grew most are named.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 from edgebn.analysis import inspect_tflite
 from edgebn.bench import BenchSettings, bench_tflite
 from edgebn.errors import EdgebnError
+from edgebn.opdiff import OpDiff
 from edgebn.report import read_report
 
 
@@ -50,6 +53,7 @@ class CheckResult:
     baseline: str
     metrics: tuple[Metric, ...]
     environment: dict[str, Any] = field(default_factory=dict)
+    grown_ops: tuple[OpDiff, ...] = ()  # when latency regressed: the operators that grew most
 
     @property
     def passed(self) -> bool:
@@ -57,7 +61,8 @@ class CheckResult:
 
     def to_json(self) -> dict[str, Any]:
         return {"report": self.report, "baseline": self.baseline, "passed": self.passed,
-                "metrics": [m.to_json() for m in self.metrics]}
+                "metrics": [m.to_json() for m in self.metrics],
+                "grown_ops": [d.to_json() for d in self.grown_ops]}
 
 
 def check(report: str | Path, baseline: str | Path, thresholds: Thresholds = Thresholds(),
@@ -94,4 +99,18 @@ def check(report: str | Path, baseline: str | Path, thresholds: Thresholds = Thr
                           f"ratio <= {1 + thresholds.max_latency_regression:.2f} "
                           f"(measured {ratio:.3f}, one interleaved run)",
                           ratio <= 1 + thresholds.max_latency_regression))
-    return CheckResult(str(report), str(baseline), tuple(metrics))
+    grown = () if metrics[-1].passed else _grown(cur.tflite, base.tflite, bench_settings)
+    return CheckResult(str(report), str(baseline), tuple(metrics), grown_ops=grown)
+
+
+GROWN_OPS = 5  # operators named when latency regressed
+
+
+def _grown(current: Path, baseline: Path, settings: BenchSettings) -> tuple[OpDiff, ...]:
+    """The operators whose isolated time grew most, same runtime, threads and delegate."""
+    from edgebn.profile import ProfileSettings, grown_operators
+
+    profile_settings = ProfileSettings(threads=settings.threads, backend=settings.backend,
+                                       xnnpack=settings.xnnpack, min_time_s=settings.min_time_s,
+                                       residue=False)
+    return tuple(grown_operators(current, baseline, profile_settings, GROWN_OPS))

@@ -14,25 +14,29 @@ import typer
 
 from edgebn import __version__, render
 from edgebn.cli_device import register_device_commands
+from edgebn.cli_perf import register_perf_commands
 from edgebn.convert import ConvertOptions, Quantize  # these import no TensorFlow
 from edgebn.data import DatasetName, DataSpec
-from edgebn.models import DEFAULT_ARCH, Arch
 from edgebn.options import (
     EXIT_BAD_INPUT,
     EXIT_PROBLEM,
+    ONE_THREAD,
     FoldOpt,
     JsonFlag,
     KerasIn,
     OneLineErrors,
     QuantizeOpt,
     RuntimeOpt,
+    ThreadCountsOpt,
     ThreadsOpt,
     ToleranceOpt,
     VerboseFlag,
     data_options,
     suffix,
+    train_options,
 )
 from edgebn.runtime import Backend
+from edgebn.train import TrainConfig  # no TensorFlow at import
 from edgebn.ui import StageProgress, print_json, quiet
 
 app = typer.Typer(
@@ -94,24 +98,24 @@ def inspect(
 
 
 @app.command()
+@train_options
 @data_options
 def train(
     data: DataSpec,
+    training: TrainConfig,
     out: Annotated[Path, typer.Option("--out", callback=suffix(".keras"), dir_okay=False,
                                       help="Where to save the .keras model.")] = Path("model.keras"),
-    arch: Annotated[Arch, typer.Option("--arch", help="Model from the zoo.")] = DEFAULT_ARCH,
-    no_bn: Annotated[bool, typer.Option("--no-bn", help="Train the BN-free twin instead.")] = False,
-    epochs: Annotated[int, typer.Option("--epochs", min=1, help="Most epochs (early stop).")] = 40,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
     as_json: JsonFlag = False,
     verbose: VerboseFlag = False,
 ) -> None:
-    """Train a zoo model and save it as a .keras file."""
-    from edgebn.train import TrainConfig, train_to_file
+    """Train a zoo model (or a backbone's new head) and save it as a .keras file.
 
-    config = TrainConfig(arch=arch, bn=not no_bn, epochs=epochs, batch_size=batch_size)
+    An image folder (--data-dir) is streamed through tf.data, never loaded whole.
+    """
+    from edgebn.train import train_to_file
+
     with quiet(verbose), StageProgress() as progress:
-        result = train_to_file(out, config, data, progress)
+        result = train_to_file(out, training, data, progress)
     print_json(result.to_json()) if as_json else render.train(result)
 
 
@@ -177,18 +181,16 @@ def fold(
 
 
 @app.command()
+@train_options
 @data_options
 def build(
     data: DataSpec,
+    training: TrainConfig,
     out: Annotated[Path, typer.Option("--out", file_okay=False, help="Output directory.")] = Path(
         "build"),
     model: Annotated[Path | None, typer.Option(
         "--model", exists=True, dir_okay=False, callback=suffix(".keras"),
         help="Build this .keras model (yours) instead of training one from the zoo.")] = None,
-    arch: Annotated[Arch, typer.Option("--arch", help="Model from the zoo.")] = DEFAULT_ARCH,
-    no_bn: Annotated[bool, typer.Option("--no-bn", help="Build the BN-free twin instead.")] = False,
-    epochs: Annotated[int, typer.Option("--epochs", min=1, help="Most epochs (early stop).")] = 40,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
     quantize: QuantizeOpt = Quantize.none,
     fold: FoldOpt = True,
     tolerance: ToleranceOpt = 1e-5,
@@ -213,11 +215,8 @@ def build(
     from edgebn.bench import BenchSettings
     from edgebn.build import BuildConfig
     from edgebn.build import build as run_build
-    from edgebn.train import TrainConfig
-
     config = BuildConfig(
-        out=out, model=model, data=data, train=TrainConfig(arch=arch, bn=not no_bn, epochs=epochs,
-                                              batch_size=batch_size),
+        out=out, model=model, data=data, train=training,
         convert=ConvertOptions(quantize, fold, tolerance),
         bench=BenchSettings(threads=threads, min_time_s=bench_time, keras_time_s=bench_time,
                             backend=runtime),
@@ -248,7 +247,7 @@ def bench(
         help="Inputs: a .npy (N, H, W, C), or a .npz with an array 'x'.")] = None,
     dataset: Annotated[DatasetName | None, typer.Option(
         "--dataset", help="Inputs: this dataset's test split.")] = None,
-    threads: ThreadsOpt = 1,
+    threads: ThreadCountsOpt = ONE_THREAD,
     batch: Annotated[int, typer.Option("--batch", min=1, help="Batch size (resizes input).")] = 1,
     warmup: Annotated[int, typer.Option("--warmup", min=0)] = 100,
     runs: Annotated[int | None, typer.Option("--runs", min=1, help="Exact timed runs.")] = None,
@@ -265,24 +264,28 @@ def bench(
     plot_out: Annotated[Path | None, typer.Option("--plot", help="Write a PNG here.")] = None,
     verbose: VerboseFlag = False,
 ) -> None:
-    """Time the TFLite interpreter against the Keras model, same inputs, side by side."""
+    """Time the TFLite interpreter against the Keras model, same inputs, side by side.
+
+    With several --threads (1,2,4) the .tflite is also timed at each further count: a
+    scaling table of p50, speedup, GMAC/s and efficiency (Keras is timed once).
+    """
     import json
 
     from edgebn.bench import BenchSettings, BenchTargets
-    from edgebn.bench import bench as run_bench
+    from edgebn.scaling import bench_threads
     from edgebn.stages import write_atomic
     from edgebn.tensors import load_samples
 
     if inputs is not None and dataset is not None:
         raise typer.BadParameter("give --data or --dataset, not both")
-    settings = BenchSettings(threads=threads, batch=batch, warmup=warmup, runs=runs,
+    settings = BenchSettings(threads=threads[0], batch=batch, warmup=warmup, runs=runs,
                              min_time_s=min_time, keras_time_s=min_time, backend=runtime,
                              xnnpack=xnnpack, isolate=isolate, xla=xla)
     targets = BenchTargets(model, baseline, keras, keras_baseline, keras_folded)
     with quiet(verbose):
         x = load_samples(inputs) if inputs else (
             DataSpec(dataset).load().x_test if dataset else None)
-        result = run_bench(targets, settings, x)
+        result = bench_threads(targets, settings, threads, x)
     print_json(result.to_json()) if as_json else render.bench(result)
     if json_file is not None:
         write_atomic(json_file, json.dumps(result.to_json(), indent=2) + "\n")
@@ -293,6 +296,7 @@ def bench(
 # ---------------------------------------------------------------- bundle / emulate / deploy
 
 register_device_commands(app)  # edgebn.cli_device: bundle, emulate, deploy
+register_perf_commands(app)  # edgebn.cli_perf: profile
 
 
 # ---------------------------------------------------------------- check

@@ -9,12 +9,16 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgebn.errors import DatasetError
 
+if TYPE_CHECKING:
+    from edgebn.folder import Streams
+
+TRAIN_SAMPLE = 200  # a streamed folder keeps this many training inputs in memory (int8 calibration)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
@@ -95,18 +99,34 @@ class Dataset:
     x_test: np.ndarray
     y_test: np.ndarray
     seed: int = 0  # the split's seed; training uses it too
+    streams: Streams | None = None  # a streamed folder: x_train is a sample, x_val/x_test empty
 
     @property
     def classes(self) -> int:
         return len(self.class_names)
 
     @property
+    def counts(self) -> tuple[int, int, int]:
+        """Samples in train, val, test (of the whole split when streamed)."""
+        if self.streams is not None:
+            return len(self.streams.train), len(self.streams.val), len(self.streams.test)
+        return len(self.y_train), len(self.y_val), len(self.y_test)
+
+    def with_test(self) -> Dataset:
+        """The test split in memory (verify, bench and the bundle use it)."""
+        if self.streams is None or len(self.y_test) == len(self.streams.test):
+            return self
+        test = self.streams.test
+        return replace(self, x_test=test.load(), y_test=test.labels)
+
+    @property
     def input_shape(self) -> tuple[int, int, int]:
         return self.preprocessing.input_shape
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "train": len(self.y_train), "val": len(self.y_val),
-                "test": len(self.y_test), "classes": self.classes,
+        train, val, test = self.counts
+        return {"name": self.name, "train": train, "val": val, "test": test,
+                "streamed": self.streams is not None, "classes": self.classes,
                 "input_shape": list(self.input_shape), "class_names": list(self.class_names),
                 "preprocessing": self.preprocessing.to_json()}
 
@@ -141,8 +161,12 @@ class DataSpec:
         return f"folder:{Path(self.data_dir).name}" if self.data_dir is not None else \
             DatasetName(self.dataset).value
 
-    def load(self) -> Dataset:
-        """Load the samples and split them, stratified, with ``seed``."""
+    def load(self, stream: bool = False) -> Dataset:
+        """Load the samples and split them, stratified, with ``seed``.
+
+        ``stream``: an image folder is split by file name and streamed by training
+        (:mod:`edgebn.folder`); its test split is read later (:meth:`Dataset.with_test`).
+        """
         if self.npz is not None:
             x, y, classes, pre = _npz(self)
             return self._dataset(x, y, classes, pre, None, applied=True)
@@ -159,9 +183,33 @@ class DataSpec:
         if self.data_dir is None:
             raise DatasetError("the folder dataset needs an image directory "
                                "(one sub-folder per class)")
-        return self._dataset(*_folder(Path(self.data_dir), self.image_size or 32,
-                                      self.color or Color.grayscale, self.resize, self.scale,
-                                      self.offset), None)
+        if stream and self.split:
+            return self._streamed()
+        return self._dataset(*_folder(Path(self.data_dir), self.folder_preprocessing()), None)
+
+    def folder_preprocessing(self) -> Preprocessing:
+        size, color = self.image_size or 32, self.color or Color.grayscale
+        if size < 4:
+            raise DatasetError(f"image size must be >= 4. Received: {size}")
+        return Preprocessing((size, size, color.channels), 255.0,
+                             1 / 255.0 if self.scale is None else self.scale, self.offset,
+                             color, self.resize)
+
+    def _streamed(self) -> Dataset:
+        """The folder split by file name; only a calibration sample is decoded now."""
+        from edgebn.folder import ImageFiles, Streams, check_headers, list_folder
+
+        pre = self.folder_preprocessing()
+        paths, labels, classes = list_folder(Path(self.data_dir))
+        check_headers(paths)
+        files = ImageFiles(tuple(str(p) for p in paths), labels, pre)
+        idx = np.arange(len(labels))
+        tr, _, va, _, te, _ = _split(idx, labels, self)
+        streams = Streams(files.take(tr), files.take(va), files.take(te))
+        sample = streams.train.take(np.arange(min(TRAIN_SAMPLE, len(tr))))
+        empty = np.zeros((0, *pre.input_shape), np.float32), np.zeros(0, np.int64)
+        return Dataset(self.name, tuple(classes), pre, sample.load(), sample.labels, *empty,
+                       *empty, self.seed, streams)
 
     def _dataset(self, x, y, classes, pre: Preprocessing, fixed_test,
                  applied: bool = False) -> Dataset:
@@ -283,38 +331,12 @@ def _pil_filter(resize: Resize) -> int:
     return getattr(Image, resize.value.upper())
 
 
-def _folder(root: Path, image_size: int, color: Color, resize: Resize,  # noqa: PLR0913
-            scale: float | None = None, offset: float = 0.0):
-    from PIL import Image, UnidentifiedImageError
+def _folder(root: Path, pre: Preprocessing):
+    """Every image of the folder in memory: inputs (raw pixels), labels, class names."""
+    from edgebn.folder import list_folder, read_checked
 
-    if image_size < 4:
-        raise DatasetError(f"image size must be >= 4. Received: {image_size}")
-    if not root.exists():
-        raise DatasetError(f"{root}: no such directory")
-    if not root.is_dir():
-        raise DatasetError(f"{root}: not a directory")
-    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    files = {d.name: sorted(f for f in d.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
-             for d in class_dirs}
-    files = {k: v for k, v in files.items() if v}
-    if not files:
-        raise DatasetError(f"{root}: no images found (expected one sub-folder of "
-                           f"images per class, suffixes {', '.join(sorted(IMAGE_SUFFIXES))})")
-    if len(files) < 2:
-        raise DatasetError(f"{root}: only one class ({next(iter(files))}) has images; "
-                           "a classifier needs at least two")
-    pre = Preprocessing((image_size, image_size, color.channels), 255.0,
-                        1 / 255.0 if scale is None else scale, offset, color, resize)
-    xs, ys = [], []
-    for label, paths in enumerate(files.values()):
-        for f in paths:
-            try:
-                xs.append(read_image(f, pre))
-            except (UnidentifiedImageError, OSError, ValueError,
-                    Image.DecompressionBombError) as exc:
-                raise DatasetError(f"cannot read image {f} ({exc})") from exc
-            ys.append(label)
-    return np.stack(xs), np.array(ys, dtype=np.int64), list(files), pre
+    paths, labels, classes = list_folder(root)
+    return np.stack([read_checked(f, pre) for f in paths]), labels, classes, pre
 
 
 def _limit(y, limit: int | None, seed: int) -> np.ndarray:

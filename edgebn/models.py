@@ -17,9 +17,18 @@ class Arch(str, Enum):
     mlp = "mlp"
     mlp_prebn = "mlp-prebn"
     cnn = "cnn"
+    mobilenet_v2 = "mobilenet-v2"  # keras.applications backbones: edgebn.backbones
+    mobilenet_v3_small = "mobilenet-v3-small"
+    efficientnet_b0 = "efficientnet-b0"
 
 
 DEFAULT_ARCH = Arch.cnn
+BACKBONE_ARCHS = frozenset({Arch.mobilenet_v2, Arch.mobilenet_v3_small, Arch.efficientnet_b0})
+
+
+def is_backbone(arch: Arch | str) -> bool:
+    """A pretrained keras.applications backbone with a new head (edgebn.backbones)."""
+    return Arch(arch) in BACKBONE_ARCHS
 
 
 @dataclass(frozen=True)
@@ -103,7 +112,10 @@ ZOO: dict[Arch, ArchSpec] = {
 
 
 def build_model(arch: Arch | str, input_shape, classes: int, bn: bool = True):
-    """A fresh, uncompiled Keras model of ``arch`` (its BN-free twin when ``bn`` is False)."""
+    """A fresh, uncompiled Keras model of ``arch`` (its BN-free twin when ``bn`` is False).
+
+    The backbones are built by :func:`edgebn.backbones.build_transfer`.
+    """
     return ZOO[Arch(arch)].build(tuple(input_shape), classes, bn)
 
 

@@ -15,7 +15,9 @@ from typer.exceptions import TyperException
 
 from edgebn.convert import Quantize
 from edgebn.data import Color, DatasetName, DataSpec, Resize
+from edgebn.distribute import Strategy
 from edgebn.errors import EdgebnError
+from edgebn.models import DEFAULT_ARCH, Arch
 from edgebn.runtime import Backend
 
 EXIT_PROBLEM = 1  # the command ran and found a problem (BN residue, regression)
@@ -53,6 +55,27 @@ VerboseFlag = Annotated[bool, typer.Option(
     "--verbose", "-v", help="Show TensorFlow's, absl's and Keras' own log lines.")]
 RuntimeOpt = Annotated[Backend, typer.Option("--runtime", help="Interpreter backend.")]
 ThreadsOpt = Annotated[int, typer.Option("--threads", min=1, help="Interpreter threads (a Pi: 4).")]
+
+
+class ThreadCounts(tuple):
+    """``--threads 1,2,4``: interpreter thread counts (a tuple subclass: one option, not nargs)."""
+
+
+def _thread_counts(text: str | tuple) -> ThreadCounts:
+    from edgebn.scaling import parse_thread_counts
+
+    if isinstance(text, tuple):  # the default
+        return ThreadCounts(text)
+    try:
+        return ThreadCounts(parse_thread_counts(text))
+    except EdgebnError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+ONE_THREAD = ThreadCounts((1,))
+ThreadCountsOpt = Annotated[ThreadCounts, typer.Option(
+    "--threads", parser=_thread_counts, metavar="N[,N...]",
+    help="Interpreter threads (a Pi: 4); a list such as 1,2,4 adds a scaling table.")]
 QuantizeOpt = Annotated[Quantize, typer.Option("--quantize", help="Post-training quantization.")]
 FoldOpt = Annotated[bool, typer.Option(
     "--fold/--no-fold", help="Fold BN in Keras before converting (and show the converter's own "
@@ -95,23 +118,69 @@ _DATA_OPTIONS = [  # (name, annotation, default): the DataSpec group, shared by 
 ]
 
 
-def data_options(fn):
-    """Add the DataSpec options to a command; it receives them as one ``data: DataSpec``."""
-    hints = typing.get_type_hints(fn, include_extras=True)  # real annotations, not strings
-    P = pyinspect.Parameter
-    params = [p.replace(kind=P.KEYWORD_ONLY, annotation=hints[p.name])
-              for p in pyinspect.signature(fn).parameters.values() if p.name != "data"]
-    params += [P(name, P.KEYWORD_ONLY, default=default, annotation=annotation)
-               for name, annotation, default in _DATA_OPTIONS]
+_TRAIN_OPTIONS = [  # (name, annotation, default): the TrainConfig group of train and build
+    ("arch", Annotated[Arch, typer.Option(
+        "--arch", help="Model: a small zoo model, or a keras.applications backbone with a new "
+                       "head (mobilenet-v2, mobilenet-v3-small, efficientnet-b0).")], DEFAULT_ARCH),
+    ("no_bn", Annotated[bool, typer.Option(
+        "--no-bn", help="The BN-free twin instead (small zoo models).")], False),
+    ("epochs", Annotated[int, typer.Option(
+        "--epochs", min=1, help="Most epochs (early stop); a backbone: of its head.")], 40),
+    ("batch_size", Annotated[int, typer.Option("--batch-size", min=1)], 32),
+    ("learning_rate", Annotated[float, typer.Option("--learning-rate", min=1e-9)], 3e-3),
+    ("alpha", Annotated[float, typer.Option(
+        "--alpha", min=0.01, help="A MobileNet backbone's width multiplier.")], 1.0),
+    ("weights", Annotated[str, typer.Option(
+        "--weights", help="A backbone's weights: none (from scratch), imagenet (downloaded "
+                          "through Keras), or a .h5 weights file.")], "none"),
+    ("fine_tune_epochs", Annotated[int, typer.Option(
+        "--fine-tune-epochs", min=0, help="Then unfreeze the backbone's top (never its BN) "
+                                          "at a lower learning rate for N epochs.")], 0),
+    ("augment", Annotated[bool, typer.Option(
+        "--augment", help="Random flip, small rotation, zoom while training (Keras layers "
+                          "that vanish at inference).")], False),
+    ("strategy", Annotated[Strategy, typer.Option(
+        "--strategy", help="mirrored: every local GPU, or --replicas logical CPU devices.")],
+     Strategy.none),
+    ("replicas", Annotated[int | None, typer.Option(
+        "--replicas", min=1, help="Devices for --strategy mirrored [default: every GPU, "
+                                  "else 2 CPU devices).")], None),
+]
 
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        spec = DataSpec(**{name: kwargs.pop(name) for name, _, _ in _DATA_OPTIONS})
-        return fn(*args, data=spec, **kwargs)
 
-    wrapper.__signature__ = pyinspect.Signature(params)
-    wrapper.__annotations__ = {p.name: p.annotation for p in params}
-    return wrapper
+def _train_config(no_bn: bool, **options: Any) -> Any:
+    from edgebn.train import TrainConfig
+
+    return TrainConfig(bn=not no_bn, **options)
+
+
+def _option_group(param: str, options: list, make):
+    """Add ``options`` to a command; it receives them as one value ``param`` = make(**them)."""
+
+    def decorate(fn):
+        hints = typing.get_type_hints(fn, include_extras=True)  # real annotations, not strings
+        P = pyinspect.Parameter
+        params = [p.replace(kind=P.KEYWORD_ONLY, annotation=hints[p.name])
+                  for p in pyinspect.signature(fn).parameters.values() if p.name != param]
+        params += [P(name, P.KEYWORD_ONLY, default=default, annotation=annotation)
+                   for name, annotation, default in options]
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            value = make(**{name: kwargs.pop(name) for name, _, _ in options})
+            return fn(*args, **{param: value}, **kwargs)
+
+        wrapper.__signature__ = pyinspect.Signature(params)
+        wrapper.__annotations__ = {p.name: p.annotation for p in params}
+        return wrapper
+
+    return decorate
+
+
+data_options = _option_group("data", _DATA_OPTIONS, DataSpec)
+data_options.__doc__ = "Add the DataSpec options to a command, received as ``data: DataSpec``."
+train_options = _option_group("training", _TRAIN_OPTIONS, _train_config)
+train_options.__doc__ = "Add the TrainConfig options, received as ``training: TrainConfig``."
 
 
 def suffix(suffix: str):

@@ -140,6 +140,24 @@ def bench(result: Any) -> None:
                           ("fold in Keras (BN model p50 / folded p50)", result.fold_gain())):
         if ratios:
             out.print(f"{label}: " + ", ".join(f"{k} {v:.3f}x" for k, v in ratios.items()))
+    if t.cost is not None:
+        c = t.cost
+        out.print(f"cost: {c.macs / 1e6:,.2f} M MACs per inference, {c.gmacs_per_s:.1f} GMAC/s "
+                  f"at p50, {c.efficiency:.0%} of the probe's {c.ceiling_gmacs_per_s:.1f} GMAC/s")
+    if result.scaling is not None:
+        scaling(result.scaling, Path(t.model).name)
+
+
+def scaling(result: Any, model: str) -> None:
+    """The thread-scaling table: one row per thread count (edgebn.scaling.ThreadScaling)."""
+    table = Table(title=f"{model} by interpreter threads (speedup: p50 at "
+                        f"{result.reference_threads} thread(s) / p50; efficiency: GMAC/s / "
+                        "the probe's ceiling at the same threads)")
+    for col in result.HEADER:
+        table.add_column(col, justify="right")
+    for row in result.rows:
+        table.add_row(*row.cells())
+    out.print(table)
 
 
 def plot(result: Any, path: Path) -> Path:
@@ -238,10 +256,87 @@ def check(result: Any) -> None:
         table.add_row(m.name, str(m.baseline), str(m.current), m.threshold,
                       "[green]pass[/]" if m.passed else "[red]FAIL[/]")
     out.print(table)
+    grown_ops(result.grown_ops)
     out.print("[green]no regression[/]" if result.passed else "[red]regression[/]")
 
 
+def grown_ops(diffs: Any) -> None:
+    """The operators that grew most (edgebn.opdiff.OpDiff), as ``edgebn check`` names them."""
+    if diffs:
+        out.print("operators that grew most (isolated time, baseline -> current):")
+    for d in diffs:
+        where = f"op {d.index}" + ("" if d.baseline_index is None else
+                                   f" (baseline op {d.baseline_index})")
+        out.print(f"  {d.op} {_shape(d.shape)} {where}: {_us(d.baseline_time_us)} -> "
+                  f"{_us(d.time_us)} µs ([red]{d.delta_us:+,.1f}[/], {d.status})")
+
+
 def train(result: Any) -> None:
+    from edgebn.report import training_summary
+
     t = result.trained
-    out.print(f"saved {result.path}: {t.params} params, {t.epochs_run} epochs, "
+    out.print(f"saved {result.path}: {t.arch}, {t.params:,} params, {training_summary(t)}, "
               f"test accuracy {t.test_accuracy:.4f}")
+
+
+# ---------------------------------------------------------------- profile (edgebn.profile)
+
+
+def _us(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.1f}"
+
+
+def _shape(shape: Any) -> str:
+    return "-" if shape is None else "x".join(str(d) for d in shape)
+
+
+def profile(result: Any, top: int = 15) -> None:
+    ops = result.operators
+    table = Table(title=f"{Path(result.model).name}: {result.method}, {result.backend}, "
+                        f"threads {result.threads}, XNNPACK {'on' if result.xnnpack else 'off'} "
+                        f"(top {min(top, len(ops))} of {len(ops)} operators)")
+    for col in ("#", "op", "output", "µs", "share", "MACs", "GMAC/s", "BN"):
+        table.add_column(col, justify="left" if col in ("op", "output", "BN") else "right",
+                         no_wrap=col == "op")
+    for o in result.top(top):
+        where = str(o.index) if o.subgraph == 0 else f"{o.subgraph}:{o.index}"
+        table.add_row(where, o.op, _shape(o.shape), _us(o.time_us),
+                      "-" if o.share is None else f"{o.share:.1%}", f"{o.macs:,}" if o.macs else "",
+                      f"{o.gmacs_per_s:.1f}" if o.gmacs_per_s else "",
+                      "[red]residue[/]" if o.residual_bn else "")
+    out.print(table)
+    out.print("by op type: " + ", ".join(f"{k} {v['share']:.0%} ({v['count']})"
+                                         for k, v in result.by_op().items()))
+    out.print(f"sum of isolated operators {result.ops_sum_us:,.1f} µs beside the whole model's "
+              f"p50 {result.latency_us.p50:,.1f} µs ({result.explained:.0%}); each less an "
+              f"empty invoke() ({result.invoke_overhead_us:.2f} µs); "
+              f"{result.macs / 1e6:,.2f} M MACs")
+    for o in (o for o in ops if o.note):
+        out.print(f"  op {o.index} {o.op}: {o.note}")
+    if result.residual_pairs():
+        residual = [o for o in ops if o.residual_bn]
+        spent = sum(o.time_us or 0.0 for o in residual)
+        out.print(f"[red]residual BN[/]: {result.residual_pairs()} MUL+ADD pairs, {spent:,.1f} µs "
+                  f"isolated ({spent / (result.ops_sum_us or 1):.1%} of the sum)")
+    if result.residue is not None:
+        r = result.residue
+        out.print(f"residue cost: {r.ratio:.3f}x (p50 {r.model_p50_us:,.1f} µs against "
+                  f"{r.bypassed_p50_us:,.1f} µs with the {r.pairs} pairs bypassed, interleaved); "
+                  "an estimate: the bypassed graph computes different outputs")
+    if result.baseline is not None:
+        profile_diff(result, top)
+
+
+def profile_diff(result: Any, top: int = 15) -> None:
+    base = result.baseline
+    table = Table(title=f"against {Path(base.model).name}: whole p50 "
+                        f"{base.latency_us.p50:,.1f} -> {result.latency_us.p50:,.1f} µs, "
+                        f"operators' sum {base.ops_sum_us:,.1f} -> {result.ops_sum_us:,.1f} µs")
+    for col in ("op", "output", "baseline µs", "µs", "Δ µs", "change"):
+        table.add_column(col, justify="left" if col in ("op", "output", "change") else "right")
+    for d in sorted(result.diff, key=lambda d: -abs(d.delta_us))[:top]:
+        colour = "red" if d.delta_us > 0 else "green"
+        table.add_row(d.op, _shape(d.shape if d.shape is not None else d.baseline_shape),
+                      _us(d.baseline_time_us), _us(d.time_us),
+                      f"[{colour}]{d.delta_us:+,.1f}[/]", d.status)
+    out.print(table)

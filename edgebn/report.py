@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # types only: build.py imports this module, so no import cycl
     from edgebn.convert import ConversionResult
     from edgebn.data import Dataset, DataSpec
     from edgebn.emulate import EmulationResult
+    from edgebn.precisions import Float32Beside, Precision
     from edgebn.train import TrainResult
     from edgebn.verify import VerifyResult
 
@@ -47,6 +48,7 @@ class BuildResult:
     bundled: BundleResult | None = None
     emulated: EmulationResult | None = None
     seconds: dict[str, float] = field(default_factory=dict)  # per stage
+    float32: Float32Beside | None = None  # the float32 file kept beside a quantized one
 
     @property
     def arch(self) -> str:
@@ -85,12 +87,14 @@ class BuildResult:
             doc["twin"] = {"available": True, "keras_path": "twin.keras",
                            "tflite_path": "twin.tflite", "params": self.twin.params,
                            "test_accuracy": self.twin.test_accuracy}
-        elif self.trained.config is None:
-            doc["twin"] = {"available": False, "reason": "the BN-free twin exists only for zoo "
-                           "models; what BN costs is measured against the folded model "
+        elif not self.trained.has_twin:
+            doc["twin"] = {"available": False, "reason": "the BN-free twin exists only for the small zoo "
+                           "models (mlp, mlp-prebn, cnn); what BN costs is measured against the folded model "
                            "(bench.fold_gain: BN model p50 / folded p50)"}
         if self.benched is not None:
             doc["bench"] = self._bench_json()
+        if self.precisions():
+            doc["precisions"] = {p.precision: p.to_json() for p in self.precisions()}
         doc["timings"] = {f"{k}_s": v for k, v in self.seconds.items()}
         if self.bundled is not None:
             doc["bundle"] = {"path": _rel(self.bundled.out, self.out),
@@ -105,24 +109,35 @@ class BuildResult:
         return {"arch": self.arch, "bn": t.bn, "params": t.params,
                 "bn_layers": len(t.bn_layers), "bn_layer_names": t.bn_layers,
                 "epochs_run": t.epochs_run, "val_accuracy": t.val_accuracy,
-                "seed": self.dataset.seed, "source": t.source or "trained by edgebn"}
+                "seed": self.dataset.seed, "source": t.source or "trained by edgebn",
+                "fine_tune_epochs_run": t.fine_tune_epochs_run,
+                "strategy": t.distribution.to_json(),
+                "train": t.config.to_json() if t.config else None}
 
     def _bench_json(self) -> dict[str, Any]:
         doc = self.benched.to_json()
         for key in ("tflite", "baseline"):
             if key in doc:
                 doc[key]["model"] = _rel(doc[key]["model"], self.out)
+        for other in doc.get("others", {}).values():
+            other["model"] = _rel(other["model"], self.out)
         return doc
+
+    def precisions(self) -> list[Precision]:
+        """float32 beside the quantized model, when the build kept both (edgebn.precisions)."""
+        from edgebn.precisions import side_by_side
+
+        return side_by_side(self, rel=lambda path: _rel(path, self.out))
 
     def rows(self) -> list[tuple[str, str]]:
         """The summary, metric by metric: the terminal's table and report.md's."""
         d, t, v = self.dataset, self.trained, self.verified
         c = self.conversion.converted
-        rows = [("dataset", f"{d.name} ({len(d.y_train)}/{len(d.y_val)}/{len(d.y_test)} "
-                            "train/val/test)"),
+        rows = [("dataset", f"{d.name} ({'/'.join(map(str, d.counts))} train/val/test"
+                            f"{', streamed' if d.streams else ''})"),
                 ("model", f"{self.arch}{'' if t.bn else ' (no BN)'}, {t.params:,} params, "
                           f"{len(t.bn_layers)} BN layers, "
-                          + (f"{t.epochs_run} epochs" if t.config else f"from {t.source}")),
+                          + (training_summary(t) if t.config else f"from {t.source}")),
                 ("Keras test accuracy", f"{self.keras_accuracy:.4f}"),
                 ("TFLite test accuracy", f"{v.tflite_accuracy:.4f}"),
                 ("top-1 agreement TFLite vs Keras", f"{v.top1_agreement:.4f}"),
@@ -131,7 +146,13 @@ class BuildResult:
                                 f"(quantize {c.quantize.value})")]
         rows += self._bn_rows()
         if self.benched is not None:
+            if not t.has_twin and self.benched.fold_gain():
+                rows.append(("BN cost", f"no BN-free twin for {self.arch}: BN's cost is the "
+                                        "fold gain (BN model p50 / folded p50)"))
             rows += _bench_summary(self.benched)
+        from edgebn.precisions import precision_rows
+
+        rows += precision_rows(self.precisions())
         if self.bundled is not None:
             st = self.bundled.selftest
             rows.append(("device bundle", f"{_rel(self.bundled.out, self.out)}, self-test here "
@@ -156,6 +177,20 @@ class BuildResult:
         return rows
 
 
+def training_summary(t: TrainResult) -> str:
+    """How it was trained, in a few words: epochs, fine-tuning, devices."""
+    text = f"{t.epochs_run} epochs"
+    if t.fine_tune_epochs_run:
+        text += f" ({t.fine_tune_epochs_run} fine-tuning)"
+    if t.config.weights != "none":
+        text += f", weights {Path(t.config.weights).name}"
+    if t.config.augment:
+        text += ", augmented"
+    if t.distribution.replicas > 1 or t.distribution.strategy.value != "none":
+        text += f", {t.distribution.strategy.value} on {t.distribution.replicas} replicas"
+    return text
+
+
 def _bench_summary(b: BenchResult) -> list[tuple[str, str]]:
     rows = [(f"{r.label} p50", f"{r.latency_us.p50:,.1f} µs") for r in b.rows()]
     sp = b.speedup()
@@ -166,6 +201,12 @@ def _bench_summary(b: BenchResult) -> list[tuple[str, str]]:
              for k, v in b.bn_cost().items()]
     rows += [(f"fold gain {k}", f"{v:.3f}x (BN model p50 / folded p50)")
              for k, v in b.fold_gain().items()]
+    c, t = b.tflite.cost, b.tflite
+    if c is not None:  # edgebn.cost: MACs from the file, the ceiling probed on this machine
+        rows += [("TFLite MACs per inference", f"{c.macs:,} ({c.macs / 1e6:.2f} M)"),
+                 ("TFLite GMAC/s at p50", f"{c.gmacs_per_s:.1f}"),
+                 ("TFLite efficiency", f"{c.efficiency:.0%} of the probe's "
+                                       f"{c.ceiling_gmacs_per_s:.1f} GMAC/s ({t.threads} thread(s))")]
     return rows
 
 

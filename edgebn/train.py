@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from edgebn.data import Dataset, DataSpec
-from edgebn.errors import EdgebnError, InvalidModelError
-from edgebn.models import Arch, build_model
+from edgebn.distribute import SINGLE, Distribution, Strategy, distribution
+from edgebn.errors import DatasetError, EdgebnError, InvalidModelError
+from edgebn.models import Arch, build_model, is_backbone
 from edgebn.stages import SILENT, Progress, atomic_path, timed
 
 
@@ -20,6 +22,12 @@ class TrainConfig:
     batch_size: int = 32
     learning_rate: float = 3e-3
     patience: int = 6  # epochs without val_accuracy improvement before stopping
+    alpha: float = 1.0  # a backbone's width multiplier (MobileNets)
+    weights: str = "none"  # a backbone's: none, imagenet, or a .h5 weights file
+    fine_tune_epochs: int = 0  # then unfreeze the backbone's top (not its BN) for this many
+    augment: bool = False  # flip, small rotation, zoom: layers active only in training
+    strategy: Strategy = Strategy.none
+    replicas: int | None = None  # mirrored: devices to use (default: every GPU, or 2 CPUs)
 
     def validate(self) -> None:
         for name in ("epochs", "batch_size", "patience"):
@@ -27,6 +35,37 @@ class TrainConfig:
                 raise EdgebnError(f"{name} must be >= 1. Received: {getattr(self, name)}")
         if not self.learning_rate > 0:
             raise EdgebnError(f"learning rate must be > 0. Received: {self.learning_rate}")
+        if self.fine_tune_epochs < 0:
+            raise EdgebnError(f"fine-tune epochs must be >= 0. Received: {self.fine_tune_epochs}")
+        if not self.alpha > 0:
+            raise EdgebnError(f"alpha must be > 0. Received: {self.alpha}")
+        if is_backbone(self.arch):
+            from edgebn.backbones import check_weights
+
+            if not self.bn:
+                raise EdgebnError(f"{self.arch.value} is a pretrained backbone: it has no "
+                                  "BN-free twin (drop --no-bn)")
+            check_weights(self.weights)
+            return
+        for given, what in ((self.alpha != 1.0, "--alpha"), (self.weights != "none", "--weights"),
+                            (self.fine_tune_epochs > 0, "--fine-tune-epochs")):
+            if given:
+                raise EdgebnError(f"{what} is for the backbones (mobilenet-v2, "
+                                  f"mobilenet-v3-small, efficientnet-b0), not {self.arch.value}")
+
+    def data_for(self, data: DataSpec) -> DataSpec:
+        """The data spec this model trains on (a backbone: RGB, 96 px, raw pixels)."""
+        if not is_backbone(self.arch):
+            return data
+        from edgebn.backbones import data_for
+
+        return data_for(self.arch, data)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"arch": self.arch.value, "epochs": self.epochs, "batch_size": self.batch_size,
+                "learning_rate": self.learning_rate, "alpha": self.alpha,
+                "weights": self.weights, "fine_tune_epochs": self.fine_tune_epochs,
+                "augment": self.augment}
 
 
 @dataclass(frozen=True)
@@ -41,6 +80,8 @@ class TrainResult:
     train_s: float
     source: str | None = None  # the .keras it was loaded from
     preprocessing_source: str | None = None  # who decided its input scaling, when brought
+    distribution: Distribution = SINGLE
+    fine_tune_epochs_run: int = 0
 
     @property
     def arch(self) -> str:
@@ -49,6 +90,11 @@ class TrainResult:
     @property
     def bn(self) -> bool:
         return self.config.bn if self.config else bool(self.bn_layers)
+
+    @property
+    def has_twin(self) -> bool:
+        """A BN-free twin exists for the small zoo models only."""
+        return self.config is not None and not is_backbone(self.config.arch)
 
     @property
     def params(self) -> int:
@@ -64,36 +110,115 @@ class TrainResult:
     def to_json(self) -> dict[str, Any]:
         return {"arch": self.arch, "bn": self.bn, "params": self.params,
                 "bn_layers": self.bn_layers, "epochs_run": self.epochs_run,
+                "fine_tune_epochs_run": self.fine_tune_epochs_run,
                 "val_accuracy": self.val_accuracy, "test_accuracy": self.test_accuracy,
-                "train_s": self.train_s}
+                "train_s": self.train_s, "strategy": self.distribution.to_json(),
+                "config": self.config.to_json() if self.config else None}
 
 
 def train(dataset: Dataset, config: TrainConfig = TrainConfig(),
           progress: Progress = SILENT) -> TrainResult:
     """Train ``config.arch`` on ``dataset``; restore the weights of the best validation epoch.
 
-    Keras' own progress lines stay off; each epoch's loss and accuracy go to ``progress``.
+    A streamed folder (``dataset.streams``) is read through tf.data. A backbone trains
+    its head first, then (``fine_tune_epochs``) the top of the backbone at a lower rate.
+    Keras' own progress lines stay off; each epoch's metrics go to ``progress``.
     """
     config.validate()
+    dist = distribution(config.strategy, config.replicas)  # before TensorFlow initializes
     import keras
 
     keras.utils.set_random_seed(dataset.seed)  # the split's seed: one --seed for all
-    model = build_model(config.arch, dataset.input_shape, dataset.classes, bn=config.bn)
-    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
+    with _scope(dist):
+        model = _new_model(config, dataset)
+        _compile(model, config.learning_rate)
+    feeds = _Feeds.of(dataset, config.batch_size)
+    total = config.epochs + config.fine_tune_epochs
+    with timed() as t:
+        ran = _fit(model, feeds, config, 0, config.epochs, total, progress)
+        tuned = 0
+        if config.fine_tune_epochs:
+            from edgebn.backbones import FINE_TUNE_LR_DIVISOR, unfreeze_top
+
+            with _scope(dist):
+                unfreeze_top(model)
+                _compile(model, config.learning_rate / FINE_TUNE_LR_DIVISOR)
+            tuned = _fit(model, feeds, config, ran, ran + config.fine_tune_epochs, total,
+                         progress)
+    val_acc = model.evaluate(*feeds.val, verbose=0)[1]
+    test_acc = model.evaluate(*feeds.test, verbose=0)[1]
+    return TrainResult(model, config, ran + tuned, float(val_acc), float(test_acc), t.seconds,
+                       distribution=dist, fine_tune_epochs_run=tuned)
+
+
+def _scope(dist: Distribution):
+    import contextlib
+
+    return dist.scope.scope() if dist.scope is not None else contextlib.nullcontext()
+
+
+def _new_model(config: TrainConfig, dataset: Dataset) -> Any:
+    if is_backbone(config.arch):
+        from edgebn.backbones import build_transfer
+
+        model = build_transfer(config.arch, dataset.input_shape, dataset.classes, config.alpha,
+                               config.weights)
+    else:
+        model = build_model(config.arch, dataset.input_shape, dataset.classes, bn=config.bn)
+    if config.augment:
+        from edgebn.backbones import with_augmentation
+
+        model = with_augmentation(model, dataset.seed)
+    return model
+
+
+def _compile(model: Any, learning_rate: float) -> None:
+    import keras
+
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+
+
+@dataclass(frozen=True)
+class _Feeds:
+    """What fit and evaluate read: arrays, or a streamed folder's tf.data pipelines."""
+
+    train: tuple[Any, ...]
+    val: tuple[Any, ...]
+    test: tuple[Any, ...]
+    fit_kwargs: dict[str, Any]
+
+    @classmethod
+    def of(cls, ds: Dataset, batch_size: int) -> _Feeds:
+        if ds.streams is None:
+            return cls((ds.x_train, ds.y_train), (ds.x_val, ds.y_val), (ds.x_test, ds.y_test),
+                       {"batch_size": batch_size, "shuffle": True})
+        s = ds.streams
+        return cls((s.train.tf_dataset(batch_size, shuffle=True, seed=ds.seed),),
+                   (s.val.tf_dataset(batch_size),), (s.test.tf_dataset(batch_size),),
+                   {"shuffle": False})  # the pipeline shuffles its file names itself
+
+
+def _fit(model: Any, feeds: _Feeds, config: TrainConfig, first: int, last: int, total: int,
+         progress: Progress) -> int:
+    """Epochs ``first`` to ``last`` (of ``total``) with early stopping; returns epochs run."""
+    import keras
+
     stop = keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=config.patience,
                                          restore_best_weights=True)
     report = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: progress.epoch(
-        epoch + 1, config.epochs, {k: float(v) for k, v in (logs or {}).items()}))
-    with timed() as t:
-        history = model.fit(dataset.x_train, dataset.y_train, epochs=config.epochs,
-                            batch_size=config.batch_size, shuffle=True,
-                            validation_data=(dataset.x_val, dataset.y_val),
-                            callbacks=[stop, report], verbose=0)
-    _, val_acc = model.evaluate(dataset.x_val, dataset.y_val, verbose=0)
-    _, test_acc = model.evaluate(dataset.x_test, dataset.y_test, verbose=0)
-    return TrainResult(model, config, len(history.epoch), float(val_acc), float(test_acc),
-                       t.seconds)
+        epoch + 1, total, {k: float(v) for k, v in (logs or {}).items()}))
+    val = feeds.val if len(feeds.val) == 2 else feeds.val[0]
+    try:
+        history = model.fit(*feeds.train, epochs=last, initial_epoch=first,
+                            validation_data=val, callbacks=[stop, report], verbose=0,
+                            **feeds.fit_kwargs)
+    except Exception as exc:  # a file that fails to decode mid-stream: name it, one line
+        found = re.search(r"cannot read image [^\n]*?\)", str(exc))
+        if found:
+            raise DatasetError(found.group(0)) from exc
+        raise
+    return len(history.epoch)
 
 
 @dataclass(frozen=True)
@@ -116,7 +241,8 @@ def train_to_file(out: str | Path, config: TrainConfig, data: DataSpec = DataSpe
         raise EdgebnError(f"a Keras model path must end in .keras. Received: {out}")
     if Path(out).is_dir():
         raise EdgebnError(f"{out}: is a directory")
-    ds = data.load()
+    data = config.data_for(data)
+    ds = data.load(stream=True)
     result = train(ds, config, progress)
     save_keras(result.model, out)
     return SavedTraining(Path(out), ds, result)

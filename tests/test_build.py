@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from edgebn.bench import BenchSettings
 from edgebn.build import BuildConfig, build
 from edgebn.cli import app
-from edgebn.models import Arch
+from edgebn.models import ZOO
 from edgebn.stages import write_atomic
 from edgebn.train import TrainConfig
 
@@ -168,7 +168,7 @@ def test_the_table_and_the_markdown_show_the_same_rows(cnn, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arch", list(Arch))
+@pytest.mark.parametrize("arch", list(ZOO))
 @pytest.mark.parametrize("bn", [True, False], ids=["bn", "no-bn"])
 def test_every_arch_builds_with_and_without_bn(tmp_path, arch, bn):
     config = BuildConfig(out=tmp_path, train=TrainConfig(arch=arch, bn=bn, epochs=1), twin=False,
@@ -231,3 +231,70 @@ def test_atomic_writes_get_the_umask_mode_not_mkstemp_0600(tmp_path):
     finally:
         os.umask(old)
     assert path.stat().st_mode & 0o777 == 0o644
+
+
+# ---------------------------------------------------------------- cost and precisions (issue 15)
+
+
+def _shown_in_terminal_and_markdown(result, monkeypatch):
+    """Every summary row, metric and value, in the terminal's table and in report.md."""
+    from edgebn import render
+    from edgebn.report import render_markdown
+
+    monkeypatch.setattr(render.out, "_width", 250)  # one line per row, in any terminal
+    with render.out.capture() as captured:
+        render.build(result)
+    terminal, md = captured.get(), render_markdown(result)
+    assert md == (result.out / "report.md").read_text()
+    def cell(text):
+        return text.replace("|", "\\|")
+
+    for metric, value in result.rows():
+        assert f"| {cell(metric)} | {cell(value)} |" in md
+        assert metric in terminal and value in terminal, (metric, value)
+    return terminal, md
+
+
+def test_build_report_shows_macs_gmacs_and_efficiency(cnn, tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGEBN_CACHE", str(tmp_path / "cache"))
+    result = build(BuildConfig(out=tmp_path / "out", model=cnn["keras"],
+                               bench=BenchSettings(warmup=2, runs=50, keras_time_s=0.01)))
+    rows = dict(result.rows())
+    cost = json.loads((tmp_path / "out" / "report.json").read_text())["bench"]["tflite"]["cost"]
+    assert rows["TFLite MACs per inference"].startswith(f"{cost['macs']:,} (")
+    assert rows["TFLite GMAC/s at p50"] == f"{cost['gmacs_per_s']:.1f}"
+    assert rows["TFLite efficiency"].startswith(f"{cost['efficiency']:.0%} of the probe's")
+    assert cost["macs"] > 0 and 0 < cost["efficiency"] < 1.2
+    _shown_in_terminal_and_markdown(result, monkeypatch)
+    assert result.precisions() == [] and not (tmp_path / "out" / "model_float32.tflite").exists()
+
+
+def test_int8_build_keeps_float32_beside_it(cnn, tmp_path, monkeypatch):
+    from edgebn.convert import ConvertOptions, Quantize
+
+    monkeypatch.setenv("EDGEBN_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "out"
+    result = build(BuildConfig(out=out, model=cnn["keras"], convert=ConvertOptions(Quantize.int8),
+                               bench=BenchSettings(warmup=2, runs=50, keras_time_s=0.01)))
+    report = json.loads((out / "report.json").read_text())
+    assert report["tflite"]["quantize"] == "int8" and report["tflite"]["path"] == "model.tflite"
+    p = report["precisions"]
+    assert list(p) == ["float32", "int8"]
+    assert p["float32"]["path"] == "model_float32.tflite" and p["int8"]["path"] == "model.tflite"
+    assert p["float32"]["size_bytes"] == (out / "model_float32.tflite").stat().st_size
+    assert p["int8"]["size_bytes"] == report["tflite"]["size_bytes"] < p["float32"]["size_bytes"]
+    assert p["int8"]["test_accuracy"] == report["tflite"]["test_accuracy"]
+    assert p["float32"]["top1_agreement"] >= 0.995 and p["int8"]["top1_agreement"] >= 0.8
+    for name in ("float32", "int8"):
+        assert p[name]["p50_us"] > 0 and p[name]["macs"] == p["float32"]["macs"] > 0
+        assert p[name]["gmacs_per_s"] > 0 and p[name]["efficiency"] > 0
+    assert p["float32"]["efficiency"] < 1.2  # the probe is float32; int8 may pass it
+    b = report["bench"]
+    assert b["others"]["float32"]["model"] == "model_float32.tflite"
+    assert b["others"]["float32"]["latency_us"]["p50"] == p["float32"]["p50_us"]
+    assert b["tflite"]["latency_us"]["p50"] == p["int8"]["p50_us"]
+    assert "float32_s" in report["timings"]
+    _, md = _shown_in_terminal_and_markdown(result, monkeypatch)
+    for metric in ("file", "test accuracy", "top-1 agreement vs Keras", "p50",
+                   "GMAC/s (efficiency vs the float32 probe)"):
+        assert f"| float32 / int8 {metric} |" in md

@@ -53,6 +53,7 @@ def test_identical_build_passes(cnn, baseline, tmp_path):
     assert result.passed, result.to_json()
     assert [m.name for m in result.metrics] == [
         "accuracy", "size_bytes", "new_ops", "bn_verdict", "latency_p50_ratio"]
+    assert result.grown_ops == () and result.to_json()["grown_ops"] == []
 
 
 def test_accuracy_drop_fails(cnn, baseline, tmp_path):
@@ -67,6 +68,23 @@ def test_latency_regression_against_a_slower_model_fails(slow_tflite, baseline, 
     assert _failed(result) == ["latency_p50_ratio"]
     ratio = next(m for m in result.metrics if m.name == "latency_p50_ratio")
     assert ratio.current > 2 * ratio.baseline
+    # the operators that grew most are named: the wide convolutions, from a per-op diff
+    assert 0 < len(result.grown_ops) <= 5
+    assert result.grown_ops[0].op == "CONV_2D" and result.grown_ops[0].delta_us > 0
+    assert all(d.delta_us > 0 for d in result.grown_ops)
+    doc = result.to_json()
+    assert doc["grown_ops"][0]["op"] == "CONV_2D" and doc["grown_ops"][0]["delta_us"] > 0
+
+
+def test_cli_names_grown_operators(slow_tflite, baseline, tmp_path):
+    current = _build_dir(tmp_path, "current", slow_tflite, 0.98)
+    args = ["check", str(current), "--baseline", str(baseline), "--bench-time", "0.1",
+            "--max-size-growth", "100"]
+    table = runner.invoke(app, args)
+    assert table.exit_code == 1, table.output
+    assert "operators that grew most" in table.stdout and "CONV_2D" in table.stdout
+    doc = json.loads(runner.invoke(app, [*args, "--json"]).stdout)
+    assert doc["passed"] is False and doc["grown_ops"][0]["op"] == "CONV_2D"
 
 
 def test_size_growth_fails(mlp_fitted, baseline, tmp_path):

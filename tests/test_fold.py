@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 from edgebn.cli import app
 from edgebn.errors import FoldError
 from edgebn.fold import all_bn_layer_names, bn_layer_paths, fold_file, fold_model, plan_fold
-from edgebn.models import Arch, bn_layer_names, build_model
+from edgebn.models import ZOO, bn_layer_names, build_model
 
 runner = CliRunner()
 EXACT = 1e-5  # max |Δ| relative to the largest output, float32
@@ -58,7 +58,7 @@ def test_fold_patterns(name):
     assert result.max_rel_diff <= EXACT
 
 
-@pytest.mark.parametrize("arch", list(Arch))
+@pytest.mark.parametrize("arch", list(ZOO))
 def test_every_zoo_architecture_folds_exactly(arch):
     import keras
 

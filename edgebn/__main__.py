@@ -1,0 +1,5 @@
+"""``python -m edgebn``: the command line."""
+
+from edgebn.cli import main
+
+main()

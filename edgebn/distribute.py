@@ -1,0 +1,78 @@
+"""Training on more than one device: ``tf.distribute.MirroredStrategy``.
+
+Mirrored training copies the model onto every local GPU, or, on a machine without one,
+onto N logical CPU devices carved out of the one physical CPU (what the tests use: it
+runs the real strategy, all-reduce included). Logical devices can only be made before
+TensorFlow initializes its runtime, so the strategy is made first thing in training.
+
+Several machines are out of reach: Keras 3's ``model.fit`` does not run under
+``MultiWorkerMirroredStrategy`` (keras-team/keras issue 20585).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from edgebn.errors import EdgebnError
+
+DEFAULT_CPU_REPLICAS = 2
+
+
+class Strategy(str, Enum):
+    none = "none"  # the default device
+    mirrored = "mirrored"  # every local GPU, or N logical CPU devices without one
+
+
+@dataclass(frozen=True)
+class Distribution:
+    """How a training run was spread: the strategy, its replicas and their devices."""
+
+    strategy: Strategy
+    replicas: int
+    devices: tuple[str, ...]
+    scope: Any = None  # the tf.distribute strategy (None: the default device)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.strategy.value, "replicas": self.replicas,
+                "devices": list(self.devices)}
+
+
+SINGLE = Distribution(Strategy.none, 1, ())
+
+
+def _cpu_devices(replicas: int) -> list[str]:
+    import tensorflow as tf
+
+    cpus = tf.config.list_physical_devices("CPU")
+    try:
+        tf.config.set_logical_device_configuration(
+            cpus[0], [tf.config.LogicalDeviceConfiguration() for _ in range(replicas)])
+    except RuntimeError:  # the runtime is up already: use what it has, if it is enough
+        pass
+    logical = tf.config.list_logical_devices("CPU")
+    if len(logical) < replicas:
+        raise EdgebnError(f"--replicas {replicas}: TensorFlow was initialized with "
+                          f"{len(logical)} CPU device(s) before training; run training in a "
+                          "fresh process")
+    return [d.name for d in logical[:replicas]]
+
+
+def distribution(strategy: Strategy, replicas: int | None = None) -> Distribution:
+    """Make the strategy; call it before anything else touches TensorFlow."""
+    if strategy is Strategy.none:
+        if replicas not in (None, 1):
+            raise EdgebnError("--replicas needs --strategy mirrored")
+        return SINGLE
+    if replicas is not None and replicas < 1:
+        raise EdgebnError(f"--replicas must be >= 1. Received: {replicas}")
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        devices = [f"/gpu:{i}" for i in range(len(gpus))][:replicas]
+    else:
+        devices = _cpu_devices(replicas or DEFAULT_CPU_REPLICAS)
+    scope = tf.distribute.MirroredStrategy(devices=devices)
+    return Distribution(strategy, int(scope.num_replicas_in_sync), tuple(devices), scope)
