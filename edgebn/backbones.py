@@ -115,6 +115,8 @@ def build_transfer(arch: Arch, input_shape, classes: int, alpha: float = 1.0,
     backbone = build_backbone(arch, input_shape, alpha, weights)
     pretrained = weights != "none"
     backbone.trainable = not pretrained
+    if pretrained:
+        _dropout_off(backbone)
     inputs = keras.Input(tuple(input_shape), name="image")
     x = inputs
     if BACKBONES[arch].rescale:
@@ -125,6 +127,20 @@ def build_transfer(arch: Arch, input_shape, classes: int, alpha: float = 1.0,
     x = layers.Dropout(0.2, name="dropout")(x)
     outputs = layers.Dense(classes, activation="softmax", name="head")(x)
     return keras.Model(inputs, outputs, name=arch.value.replace("-", "_"))
+
+
+def _dropout_off(backbone: Any) -> None:
+    """Rate 0 for the backbone's own Dropout layers (EfficientNet's stochastic depth).
+
+    Keras 3 passes the outer ``training`` flag into the backbone (see above), so they
+    would drop while the head trains; at rate 0 they are what inference sees, in
+    training too. Inference is unchanged: Dropout is the identity there at any rate.
+    """
+    from keras import layers
+
+    for layer in backbone.layers:
+        if isinstance(layer, layers.Dropout):
+            layer.rate = 0.0
 
 
 def find_backbone(model: Any) -> Any:
@@ -142,9 +158,10 @@ def find_backbone(model: Any) -> Any:
 def unfreeze_top(model: Any, fraction: float = FINE_TUNE_FRACTION) -> int:
     """Make the top ``fraction`` of the backbone's layers trainable, never its BN layers.
 
-    A BN layer with ``trainable=False`` runs in inference mode in Keras 3, and the
-    backbone is called with ``training=False`` besides: its statistics stay as they are.
-    Returns the number of layers made trainable.
+    A BN layer with ``trainable=False`` runs in inference mode in Keras 3: its statistics
+    stay as they are. For a backbone trained from scratch (``--weights none``) this
+    freezes what the first epochs learned: its BN statistics and its bottom 70 %; the
+    top is then tuned at the lower rate. Returns the number of layers made trainable.
     """
     from keras import layers
 
@@ -158,13 +175,13 @@ def unfreeze_top(model: Any, fraction: float = FINE_TUNE_FRACTION) -> int:
     return unfrozen
 
 
-def augmentation(input_shape, seed: int) -> list[Any]:
+def augmentation(seed: int) -> list[Any]:
     """Flip, small rotation, zoom: Keras preprocessing layers, identity at inference."""
     from keras import layers
 
     return [layers.RandomFlip("horizontal", seed=seed, name="augment_flip"),
-            layers.RandomRotation(0.05, seed=seed, name="augment_rotate"),
-            layers.RandomZoom(0.1, seed=seed, name="augment_zoom")]
+            layers.RandomRotation(0.05, seed=seed + 1, name="augment_rotate"),
+            layers.RandomZoom(0.1, seed=seed + 2, name="augment_zoom")]
 
 
 def with_augmentation(model: Any, seed: int) -> Any:
@@ -173,6 +190,6 @@ def with_augmentation(model: Any, seed: int) -> Any:
 
     inputs = keras.Input(model.input_shape[1:], name="image")
     x = inputs
-    for layer in augmentation(model.input_shape[1:], seed):
+    for layer in augmentation(seed):
         x = layer(x)
     return keras.Model(inputs, model(x), name=f"{model.name}_augmented")

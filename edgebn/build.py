@@ -77,11 +77,11 @@ def build(config: BuildConfig, progress: Progress = SILENT) -> BuildResult:
         ds = _load_data(data, given)
     trained, twin = (given, None) if given is not None else _train(config, ds, stages)
     if ds.streams is not None:
-        with stages.stage("data", f"{ds.counts[2]} test images into memory"):
-            ds = ds.with_test()  # verify, bench and the bundle read the test split
+        with stages.stage("data", "the first test images into memory (fold check, bench)"):
+            ds = ds.with_test()  # verify reads the whole test split in chunks
     conversion, twin_tflite, float32 = _convert(config, ds, trained, twin, stages)
-    with stages.stage("verify", f"{len(ds.y_test)} test samples against Keras"):
-        verified = verify(conversion.converted.model, ds.x_test, ds.y_test, trained.model,
+    with stages.stage("verify", f"{ds.counts[2]} test samples against Keras"):
+        verified = verify(conversion.converted.model, *ds.test_split, trained.model,
                           config.runtime)
     benched = _bench(config, ds, trained, twin, conversion, twin_tflite, float32, stages)
     with atomic_path(out / "samples.npy") as tmp:  # golden inputs for a later edgebn bundle
@@ -134,6 +134,19 @@ def _refuse_early(config: BuildConfig) -> None:
         check_bundle_out(Path(config.out) / "bundle")
     config.train.validate()
     config.bench.validate()
+    if config.model is not None:
+        _refuse_training_options(config.train)
+
+
+def _refuse_training_options(train: TrainConfig) -> None:
+    """``--model`` builds the model as it is: an option that shapes training cannot apply."""
+    given = [f"--{name.replace('_', '-')}" for name in ("arch", "alpha", "weights",
+                                                        "fine_tune_epochs", "augment",
+                                                        "strategy", "replicas")
+             if getattr(train, name) != getattr(TrainConfig(), name)]
+    if given:
+        raise EdgebnError(f"--model builds a model as it is, untrained here: "
+                          f"{', '.join(given)} cannot apply")
 
 
 def _train(config: BuildConfig, ds: Dataset,
@@ -176,6 +189,8 @@ def _convert(config: BuildConfig, ds: Dataset, trained: TrainResult, twin: Train
             twin.model, out / "twin.tflite", options.quantize, representative)
         float32 = None if options.quantize not in FLOAT32_BESIDE else to_tflite(
             folded.model if folded else trained.model, out / FLOAT32_FILE)  # the same model
+        if float32 is None:  # an earlier int8 build's file would be read as this build's
+            (out / FLOAT32_FILE).unlink(missing_ok=True)
     with stages.stage("inspect", "BN residue in model.tflite"):
         conversion = ConversionResult(
             converted, inspect_model(converted.model, bn_layers), folded,
@@ -184,7 +199,7 @@ def _convert(config: BuildConfig, ds: Dataset, trained: TrainResult, twin: Train
     if float32 is not None:  # side by side with the quantized file in the report
         with stages.stage("float32", f"{FLOAT32_FILE} against Keras, beside "
                                      f"{options.quantize.value}"):
-            beside = Float32Beside(float32, verify(float32.model, ds.x_test, ds.y_test,
+            beside = Float32Beside(float32, verify(float32.model, *ds.test_split,
                                                    trained.model, config.runtime))
     return conversion, twin_tflite, beside
 

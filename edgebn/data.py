@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from edgebn.folder import Streams
 
 TRAIN_SAMPLE = 200  # a streamed folder keeps this many training inputs in memory (int8 calibration)
+EVAL_SAMPLE = 256  # and this many test inputs, after training (fold check, bench, bundle)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
@@ -113,11 +114,19 @@ class Dataset:
         return len(self.y_train), len(self.y_val), len(self.y_test)
 
     def with_test(self) -> Dataset:
-        """The test split in memory (verify, bench and the bundle use it)."""
-        if self.streams is None or len(self.y_test) == len(self.streams.test):
+        """A streamed folder's first test inputs in memory (the fold's check, bench, the
+        bundle's golden samples); verify reads the whole split in chunks (:attr:`test_split`)."""
+        if self.streams is None or len(self.y_test):
             return self
-        test = self.streams.test
-        return replace(self, x_test=test.load(), y_test=test.labels)
+        head = self.streams.test.take(np.arange(min(EVAL_SAMPLE, len(self.streams.test))))
+        return replace(self, x_test=head.load(), y_test=head.labels)
+
+    @property
+    def test_split(self) -> tuple[Any, np.ndarray]:
+        """The whole test split: (inputs, labels); a streamed folder's inputs as its files."""
+        if self.streams is not None:
+            return self.streams.test, self.streams.test.labels
+        return self.x_test, self.y_test
 
     @property
     def input_shape(self) -> tuple[int, int, int]:

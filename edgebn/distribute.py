@@ -71,7 +71,9 @@ def distribution(strategy: Strategy, replicas: int | None = None) -> Distributio
 
     gpus = tf.config.list_physical_devices("GPU")
     if gpus:
-        devices = [f"/gpu:{i}" for i in range(len(gpus))][:replicas]
+        if replicas is not None and replicas > len(gpus):
+            raise EdgebnError(f"--replicas {replicas}: this machine has {len(gpus)} GPU(s)")
+        devices = [f"/gpu:{i}" for i in range(replicas or len(gpus))]
     else:
         devices = _cpu_devices(replicas or DEFAULT_CPU_REPLICAS)
     scope = tf.distribute.MirroredStrategy(devices=devices)

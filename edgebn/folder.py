@@ -3,13 +3,15 @@
 Training streams a folder through ``tf.data``: file names are shuffled, each image is
 decoded and resized by Pillow with the filter the device bundle uses (the same
 :func:`edgebn.data.read_image` as predict.py), batched and prefetched. A split whose
-decoded tensors fit :data:`CACHE_BYTES` is cached in memory after the first epoch;
-a larger one is read from disk every epoch, so memory stays bounded by the batches in
-flight, whatever the folder's size.
+decoded tensors fit :data:`CACHE_BYTES` is cached in memory after the first epoch (and
+shuffled from a buffer as large, so up to twice that per split); a larger one is read
+from disk every epoch, so memory stays bounded by the batches in flight, whatever the
+folder's size. Verify reads the test split in chunks (:meth:`ImageFiles.chunks`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,16 @@ from edgebn.data import IMAGE_SUFFIXES, Preprocessing, read_image
 from edgebn.errors import DatasetError
 
 CACHE_BYTES = 256 * 2**20  # decoded float32 tensors of a split cached in memory up to this
+
+_read_errors: list[DatasetError] = []  # what the pipeline's reader hit, for the error line
+
+
+def raise_read_error(exc: BaseException) -> None:
+    """Re-raise a failure inside a tf.data pipeline as the DatasetError that caused it."""
+    if _read_errors:
+        error = _read_errors[-1]
+        _read_errors.clear()
+        raise error from exc
 
 
 def list_folder(root: Path) -> tuple[list[Path], np.ndarray, list[str]]:
@@ -86,6 +98,11 @@ class ImageFiles:
             return np.zeros((0, *self.pre.input_shape), np.float32)
         return np.stack([self.pre.apply(read_checked(p, self.pre)) for p in self.paths])
 
+    def chunks(self, size: int) -> Iterator[np.ndarray]:
+        """The images as model inputs, ``size`` at a time: memory for one chunk only."""
+        for start in range(0, len(self.paths), size):
+            yield self.take(np.arange(start, min(start + size, len(self.paths)))).load()
+
     @property
     def decoded_bytes(self) -> int:
         return len(self.paths) * int(np.prod(self.pre.input_shape)) * 4
@@ -97,7 +114,11 @@ class ImageFiles:
         pre, shape = self.pre, self.pre.input_shape
 
         def read(path: bytes) -> np.ndarray:
-            return pre.apply(read_checked(path.decode(), pre))
+            try:
+                return pre.apply(read_checked(path.decode(), pre))
+            except DatasetError as exc:  # TensorFlow rewraps it: keep it for the error line
+                _read_errors.append(exc)
+                raise
 
         def decode(path, label):
             x = tf.numpy_function(read, [path], tf.float32, stateful=False)
@@ -122,8 +143,3 @@ class Streams:
     train: ImageFiles
     val: ImageFiles
     test: ImageFiles
-
-    def to_json(self) -> dict[str, Any]:
-        return {"streamed": True, "cache_bytes": CACHE_BYTES,
-                "cached": [name for name in ("train", "val", "test")
-                           if getattr(self, name).decoded_bytes <= CACHE_BYTES]}

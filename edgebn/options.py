@@ -143,7 +143,7 @@ _TRAIN_OPTIONS = [  # (name, annotation, default): the TrainConfig group of trai
         "--strategy", help="mirrored: every local GPU, or --replicas logical CPU devices.")],
      Strategy.none),
     ("replicas", Annotated[int | None, typer.Option(
-        "--replicas", min=1, help="Devices for --strategy mirrored [default: every GPU, "
+        "--replicas", min=1, help="Devices for --strategy mirrored (default: every GPU, "
                                   "else 2 CPU devices).")], None),
 ]
 

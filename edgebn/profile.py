@@ -40,6 +40,8 @@ from edgebn.tflite_edit import empty_model
 METHOD = "isolated ops"
 OP_MIN_TIME_S = 0.01  # timed seconds per operator at the least
 CONSTANT_NOTE = "only constant inputs: the runtime computes it once, when the model is loaded"
+AT_LOAD = frozenset({"DEQUANTIZE", "DENSIFY"})  # kernels that compute constants once, cached
+MAX_OPERATORS = 5000  # one interpreter each is alive at once: refuse what would exhaust memory
 RESIDUE_NOTE = "an estimate: the bypassed graph computes different outputs"
 
 
@@ -242,7 +244,7 @@ def _static(sg: Any) -> set[int]:
     compute from them (once, at load: a DEQUANTIZE of float16 weights)."""
     static = {t.index for t in sg.tensors if t.is_constant}
     for op in sg.operators:  # execution order: producers first
-        if op.inputs and all(t in static for t in op.inputs if t >= 0):
+        if op.op in AT_LOAD and op.inputs and all(t in static for t in op.inputs if t >= 0):
             static |= {t for t in op.outputs if t >= 0}
     return static
 
@@ -267,7 +269,7 @@ def _prepare(model: TFLiteModel, settings: ProfileSettings,
         shape = sg.tensors[op.outputs[0]].shape if op.outputs and op.outputs[0] >= 0 else ()
         entry = _Op(cost, shape, (cost.subgraph, cost.index) in residual)
         prepared.ops.append(entry)
-        if all(t in static[sg.index] for t in op.inputs if t >= 0):
+        if op.op in AT_LOAD and all(t in static[sg.index] for t in op.outputs if t >= 0):
             entry.note = CONSTANT_NOTE
             continue
         frozen = {t: captured(reference, sg.index, t) for t in op.inputs
@@ -307,6 +309,11 @@ def profile(model: TFLiteModel | str | Path, settings: ProfileSettings = Profile
     """Time every operator of ``model`` isolated, beside the whole model (and ``baseline``)."""
     settings.validate()
     models = [_parsed(model)] + ([_parsed(baseline)] if baseline is not None else [])
+    for m in models:
+        n = sum(len(sg.operators) for sg in m.subgraphs)
+        if n > MAX_OPERATORS:
+            raise EdgebnError(f"{m.path}: {n} operators; profile times at most "
+                              f"{MAX_OPERATORS} (one interpreter each)")
     pairs = [residual_pairs(m) for m in models]
     prepared = [_prepare(m, settings, p) for m, p in zip(models, pairs, strict=True)]
     empty = Timed(parse_tflite(empty_model(), "<empty invoke>"), settings, [None, None],

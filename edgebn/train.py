@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import re
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from edgebn.data import Dataset, DataSpec
 from edgebn.distribute import SINGLE, Distribution, Strategy, distribution
-from edgebn.errors import DatasetError, EdgebnError, InvalidModelError
+from edgebn.errors import EdgebnError, InvalidModelError
 from edgebn.models import Arch, build_model, is_backbone
 from edgebn.stages import SILENT, Progress, atomic_path, timed
 
@@ -28,6 +29,10 @@ class TrainConfig:
     augment: bool = False  # flip, small rotation, zoom: layers active only in training
     strategy: Strategy = Strategy.none
     replicas: int | None = None  # mirrored: devices to use (default: every GPU, or 2 CPUs)
+
+    def __post_init__(self) -> None:  # "cnn" as well as Arch.cnn
+        object.__setattr__(self, "arch", Arch(self.arch))
+        object.__setattr__(self, "strategy", Strategy(self.strategy))
 
     def validate(self) -> None:
         for name in ("epochs", "batch_size", "patience"):
@@ -145,15 +150,14 @@ def train(dataset: Dataset, config: TrainConfig = TrainConfig(),
                 _compile(model, config.learning_rate / FINE_TUNE_LR_DIVISOR)
             tuned = _fit(model, feeds, config, ran, ran + config.fine_tune_epochs, total,
                          progress)
-    val_acc = model.evaluate(*feeds.val, verbose=0)[1]
-    test_acc = model.evaluate(*feeds.test, verbose=0)[1]
+    with _named_read_errors():
+        val_acc = model.evaluate(*feeds.val, verbose=0)[1]
+        test_acc = model.evaluate(*feeds.test, verbose=0)[1]
     return TrainResult(model, config, ran + tuned, float(val_acc), float(test_acc), t.seconds,
                        distribution=dist, fine_tune_epochs_run=tuned)
 
 
 def _scope(dist: Distribution):
-    import contextlib
-
     return dist.scope.scope() if dist.scope is not None else contextlib.nullcontext()
 
 
@@ -209,16 +213,23 @@ def _fit(model: Any, feeds: _Feeds, config: TrainConfig, first: int, last: int, 
     report = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: progress.epoch(
         epoch + 1, total, {k: float(v) for k, v in (logs or {}).items()}))
     val = feeds.val if len(feeds.val) == 2 else feeds.val[0]
-    try:
+    with _named_read_errors():
         history = model.fit(*feeds.train, epochs=last, initial_epoch=first,
                             validation_data=val, callbacks=[stop, report], verbose=0,
                             **feeds.fit_kwargs)
-    except Exception as exc:  # a file that fails to decode mid-stream: name it, one line
-        found = re.search(r"cannot read image [^\n]*?\)", str(exc))
-        if found:
-            raise DatasetError(found.group(0)) from exc
-        raise
     return len(history.epoch)
+
+
+@contextlib.contextmanager
+def _named_read_errors() -> Iterator[None]:
+    """A file that fails to decode mid-stream: its DatasetError (one line), not TF's."""
+    from edgebn.folder import raise_read_error
+
+    try:
+        yield
+    except Exception as exc:
+        raise_read_error(exc)
+        raise
 
 
 @dataclass(frozen=True)
@@ -241,6 +252,7 @@ def train_to_file(out: str | Path, config: TrainConfig, data: DataSpec = DataSpe
         raise EdgebnError(f"a Keras model path must end in .keras. Received: {out}")
     if Path(out).is_dir():
         raise EdgebnError(f"{out}: is a directory")
+    config.validate()  # before a folder is listed
     data = config.data_for(data)
     ds = data.load(stream=True)
     result = train(ds, config, progress)

@@ -45,6 +45,37 @@ def test_augmentation_layers_vanish_in_conversion(digits, tmp_path):
         assert any(n.startswith("augment_") for n in names) is augment
         ops[augment] = to_tflite(result.model, tmp_path / f"{augment}.tflite").model.op_counts()
     assert ops[True] == ops[False]
+    x = digits.x_test[:8]  # inactive at inference in Keras too: the model behind them, exactly
+    np.testing.assert_array_equal(result.model(x, training=False),
+                                  result.model.layers[-1](x, training=False))
+
+
+def test_a_frozen_backbone_is_deterministic_in_training_mode(tmp_path):
+    """EfficientNet's stochastic-depth Dropout would drop while the head trains (Keras 3 passes
+    the outer training flag down): edgebn sets it to rate 0, BN stays frozen."""
+    import keras
+
+    from edgebn.backbones import build_transfer, find_backbone
+
+    images = np.random.default_rng(0).uniform(0, 255, (8, 32, 32, 3))
+    w = pretrained_weights(tmp_path / "eff.h5", images, np.zeros(8, np.int64), "efficientnet-b0",
+                           epochs=0)
+    model = build_transfer(Arch.efficientnet_b0, (32, 32, 3), 3, weights=str(w))
+    backbone = find_backbone(model)
+    dropouts = [la for la in backbone.layers if isinstance(la, keras.layers.Dropout)]
+    assert dropouts and all(la.rate == 0.0 for la in dropouts)
+    x = images.astype(np.float32)
+    a, b = (np.asarray(backbone(x, training=True)) for _ in range(2))
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(a, np.asarray(backbone(x, training=False)))
+
+
+def test_a_model_build_refuses_training_options(cnn, tmp_path):
+    r = runner.invoke(app, ["build", "--model", str(cnn["keras"]), "--augment", "--strategy",
+                            "mirrored", "--out", str(tmp_path / "b")])
+    assert r.exit_code == 2, r.output
+    lines = [line for line in r.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "--augment, --strategy cannot apply" in lines[0], r.output
 
 
 @pytest.mark.parametrize("args, message", [

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -64,3 +66,34 @@ def test_a_truncated_image_found_mid_stream_is_named(tmp_path):
         f.write_bytes(f.read_bytes()[:120])
     with pytest.raises(DatasetError, match="cannot read image .*green"):
         train(ds, TrainConfig(arch=Arch.cnn, epochs=1))
+
+
+def test_a_bad_image_in_the_test_split_is_named_too(tmp_path):
+    """Training never reads the test split: its evaluation must name the file as well."""
+    root = write_image_folder(tmp_path / "p", per_class=6, size=40)
+    ds = _spec(root).load(stream=True)
+    for f in ds.streams.test.paths:
+        Path(f).write_bytes(Path(f).read_bytes()[:120])
+    with pytest.raises(DatasetError, match="cannot read image"):
+        train(ds, TrainConfig(arch=Arch.cnn, epochs=1))
+
+
+def test_verify_reads_a_streamed_test_split_in_chunks(photos, monkeypatch):
+    """The whole split is verified while only a chunk of it is decoded at a time."""
+    from edgebn import verify as verify_mod
+    from edgebn.convert import to_tflite
+
+    monkeypatch.setattr(verify_mod, "CHUNK", 5)
+    ds = _spec(photos).load(stream=True)
+    trained = train(ds, TrainConfig(arch=Arch.cnn, epochs=1))
+    ds = ds.with_test()
+    tflite = to_tflite(trained.model, photos.parent / "m.tflite").model
+    loaded = []
+    real = folder_mod.ImageFiles.load
+    monkeypatch.setattr(folder_mod.ImageFiles, "load",
+                        lambda self: loaded.append(len(self)) or real(self))
+    streamed = verify_mod.verify(tflite, *ds.test_split, trained.model)
+    assert streamed.samples == ds.counts[2] and max(loaded) <= 5
+    eager = _spec(photos).load()
+    in_memory = verify_mod.verify(tflite, eager.x_test, eager.y_test, trained.model)
+    assert streamed == in_memory
