@@ -37,6 +37,7 @@ import numpy as np
 
 from edgebn.errors import FoldError, InvalidModelError
 from edgebn.fold_graph import Folder, LayerFold, is_graph_model
+from edgebn.tensors import rows_per_chunk
 
 DEFAULT_TOLERANCE = 1e-5  # |Δ| allowed beyond float32 rounding, relative to the largest |output|
 EXACT_FLOAT64 = 1e-9  # a correct fold's float64 error is float64 rounding: ~1e-15 relative
@@ -233,6 +234,8 @@ def _float64_twin(model):
 def _predict(model, x, batch: int = 256) -> list[np.ndarray]:
     """The model's outputs on ``x`` (an array, or a list for several inputs), float64, inference."""
     several = isinstance(x, (list, tuple))  # a model with several inputs
+    batch = rows_per_chunk(sum(int(np.prod(xi.shape[1:])) for xi in (x if several else [x])),
+                           batch)
     chunks: list[list[np.ndarray]] = []
     for start in range(0, len(x[0]) if several else len(x), batch):
         xb = [xi[start:start + batch] for xi in x] if several else x[start:start + batch]

@@ -10,11 +10,10 @@ from typing import Any
 import numpy as np
 
 from edgebn.runtime import Backend, load_interpreter
-from edgebn.tensors import dequantize, quantize
+from edgebn.tensors import dequantize, quantize, rows_per_chunk
 from edgebn.tflite import TFLiteModel
 
 CHUNK = 256  # samples per invoke at most: the input is resized to this batch
-CHUNK_BYTES = 4 * 2**20  # and at most this many input bytes: activations grow with the batch
 
 
 @dataclass(frozen=True)
@@ -35,11 +34,10 @@ class VerifyResult:
 def _chunks(x: Any) -> Iterator[np.ndarray]:
     """``x`` a chunk at a time: an array, or a streamed split's files (``.chunks``).
 
-    A chunk is CHUNK rows, fewer for large inputs (CHUNK_BYTES): MobileNetV2 at 224 px
-    in one batch of 256 made the interpreter's arena and Keras' predict take 6.9 GB.
+    A chunk is CHUNK rows, fewer for large inputs (:func:`edgebn.tensors.rows_per_chunk`).
     """
     shape = x.pre.input_shape if hasattr(x, "chunks") else x.shape[1:]
-    rows = max(1, min(CHUNK, CHUNK_BYTES // (int(np.prod(shape)) * 4)))
+    rows = rows_per_chunk(shape, CHUNK)
     if hasattr(x, "chunks"):
         yield from x.chunks(rows)
         return
