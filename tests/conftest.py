@@ -106,3 +106,25 @@ def bundles(small_builds, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("bundles")
     return {q: bundle_build(d, root / f"bundle-{q}").out for q, d in small_builds.items()}
+
+
+@pytest.fixture(scope="session")
+def photos(tmp_path_factory):
+    """A learnable 3-class colour folder at 64 px (edgebn.synthetic), 40 images a class."""
+    from edgebn.synthetic import write_image_folder
+
+    return write_image_folder(tmp_path_factory.mktemp("imgs") / "photos", per_class=40, size=64)
+
+
+@pytest.fixture(scope="session")
+def mobilenet_weights(tmp_path_factory):
+    """'Pretrained' MobileNetV2 (alpha 0.35) weights in the ImageNet .h5 format: trained
+    here on another folder of the same kind, nothing downloaded."""
+    from edgebn.data import Color, DataSpec
+    from edgebn.synthetic import pretrained_weights, write_image_folder
+
+    other = write_image_folder(tmp_path_factory.mktemp("pre") / "other", per_class=30, size=64,
+                               seed=1)
+    ds = DataSpec(data_dir=other, image_size=64, color=Color.rgb, scale=1.0).load()
+    return pretrained_weights(tmp_path_factory.mktemp("w") / "W.h5", ds.x_train, ds.y_train,
+                              "mobilenet-v2", 0.35)

@@ -255,20 +255,6 @@ def _shown_in_terminal_and_markdown(result, monkeypatch):
     return terminal, md
 
 
-def test_build_report_shows_macs_gmacs_and_efficiency(cnn, tmp_path, monkeypatch):
-    monkeypatch.setenv("EDGEBN_CACHE", str(tmp_path / "cache"))
-    result = build(BuildConfig(out=tmp_path / "out", model=cnn["keras"],
-                               bench=BenchSettings(warmup=2, runs=50, keras_time_s=0.01)))
-    rows = dict(result.rows())
-    cost = json.loads((tmp_path / "out" / "report.json").read_text())["bench"]["tflite"]["cost"]
-    assert rows["TFLite MACs per inference"].startswith(f"{cost['macs']:,} (")
-    assert rows["TFLite GMAC/s at p50"] == f"{cost['gmacs_per_s']:.1f}"
-    assert rows["TFLite efficiency"].startswith(f"{cost['efficiency']:.0%} of the probe's")
-    assert cost["macs"] > 0 and 0 < cost["efficiency"] < 1.2
-    _shown_in_terminal_and_markdown(result, monkeypatch)
-    assert result.precisions() == [] and not (tmp_path / "out" / "model_float32.tflite").exists()
-
-
 def test_int8_build_keeps_float32_beside_it(cnn, tmp_path, monkeypatch):
     from edgebn.convert import ConvertOptions, Quantize
 
@@ -298,3 +284,10 @@ def test_int8_build_keeps_float32_beside_it(cnn, tmp_path, monkeypatch):
     for metric in ("file", "test accuracy", "top-1 agreement vs Keras", "p50",
                    "GMAC/s (efficiency vs the float32 probe)"):
         assert f"| float32 / int8 {metric} |" in md
+    rows, cost = dict(result.rows()), b["tflite"]["cost"]  # the build's own cost rows
+    assert rows["TFLite MACs per inference"].startswith(f"{cost['macs']:,} (")
+    assert rows["TFLite GMAC/s at p50"] == f"{cost['gmacs_per_s']:.1f}"
+    assert rows["TFLite efficiency"].startswith(f"{cost['efficiency']:.0%} of the probe's")
+    # A float32 build into the same directory: one precision, no stale float32 file.
+    again = build(BuildConfig(out=out, model=cnn["keras"], run_bench=False))
+    assert again.precisions() == [] and not (out / "model_float32.tflite").exists()
