@@ -128,3 +128,16 @@ def mobilenet_weights(tmp_path_factory):
     ds = DataSpec(data_dir=other, image_size=64, color=Color.rgb, scale=1.0).load()
     return pretrained_weights(tmp_path_factory.mktemp("w") / "W.h5", ds.x_train, ds.y_train,
                               "mobilenet-v2", 0.35)
+
+
+@pytest.fixture(scope="session")
+def mobilenet_weights_untrained(tmp_path_factory):
+    """MobileNetV2 (alpha 0.35) weights in the ImageNet .h5 format, random filters with BN
+    statistics set from random images: cheap, for what needs a weights file, not features."""
+    import numpy as np
+
+    from edgebn.synthetic import pretrained_weights
+
+    images = np.random.default_rng(0).uniform(0, 255, (16, 64, 64, 3))
+    return pretrained_weights(tmp_path_factory.mktemp("w0") / "W0.h5", images,
+                              np.zeros(16, np.int64), "mobilenet-v2", 0.35, epochs=0)

@@ -27,14 +27,6 @@ def folder(tmp_path_factory):
     return write_image_folder(tmp_path_factory.mktemp("imgs") / "photos", per_class=10, size=64)
 
 
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    """What the fake network serves: MobileNetV2 (alpha 0.35) weights in the ImageNet format."""
-    images = np.random.default_rng(0).uniform(0, 255, (16, 64, 64, 3))
-    return pretrained_weights(tmp_path_factory.mktemp("w") / "served.h5", images,
-                              np.zeros(16, np.int64), "mobilenet-v2", 0.35, epochs=0)
-
-
 def test_augmentation_layers_vanish_in_conversion(digits, tmp_path):
     from edgebn.convert import to_tflite
 
@@ -149,10 +141,12 @@ _IMAGENET = textwrap.dedent("""
 
 
 @pytest.mark.parametrize("mode", ["online", "offline"])
-def test_imagenet_weights_come_through_keras_from_a_fake_network(folder, weights, tmp_path,
+def test_imagenet_weights_come_through_keras_from_a_fake_network(folder,
+                                                                 mobilenet_weights_untrained,
+                                                                 tmp_path,
                                                                  mode):
     out = tmp_path / "m.keras"
-    proc = _run(_IMAGENET, str(weights), str(folder), mode, str(out),
+    proc = _run(_IMAGENET, str(mobilenet_weights_untrained), str(folder), mode, str(out),
                 KERAS_HOME=str(tmp_path / "keras"))
     calls = json.loads(proc.stderr.split("CALLS ")[-1])
     assert len(calls) == 1
