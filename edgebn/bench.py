@@ -24,7 +24,7 @@ from edgebn.errors import EdgebnError
 from edgebn.machine import environment, peak_rss_mb
 from edgebn.runtime import Backend, load_interpreter
 from edgebn.tensors import make_inputs
-from edgebn.tflite import TFLiteModel, read_tflite
+from edgebn.tflite import TFLiteModel, as_tflite
 
 if TYPE_CHECKING:  # edgebn.scaling imports this module
     from edgebn.scaling import ThreadScaling
@@ -268,18 +268,14 @@ class _Runner:
                            self.first_us, Latency.from_ns(samples), peak_rss_mb(), samples)
 
 
-def _parsed(model: TFLiteModel | str | Path) -> TFLiteModel:
-    return model if isinstance(model, TFLiteModel) else read_tflite(model)
-
-
 def bench_tflite(model: TFLiteModel | str | Path, settings: BenchSettings = BenchSettings(),
                  data: np.ndarray | None = None, baseline: TFLiteModel | str | Path | None = None
                  ) -> tuple[TFLiteStats, TFLiteStats | None]:
     """Time ``model`` (and ``baseline``, interleaved in blocks) with the interpreter."""
     settings.validate()
-    runners = [_Runner(_parsed(model), settings, data)]
+    runners = [_Runner(as_tflite(model), settings, data)]
     if baseline is not None:
-        runners.append(_Runner(_parsed(baseline), settings, data))
+        runners.append(_Runner(as_tflite(baseline), settings, data))
     for r in runners:
         r.warm_up(settings.warmup)
     # Interleave in blocks when there is a baseline; otherwise check the clock every block.
@@ -335,10 +331,10 @@ def bench(targets: BenchTargets, settings: BenchSettings = BenchSettings(),
           data: np.ndarray | None = None) -> BenchResult:
     """TFLite (and optional baseline) against Keras, same inputs, same batch."""
     settings.validate()
-    model = _parsed(targets.tflite)
-    baseline = _parsed(targets.baseline) if targets.baseline is not None else None
+    model = as_tflite(targets.tflite)
+    baseline = as_tflite(targets.baseline) if targets.baseline is not None else None
     tfl, base = time_tflite(model, settings, data, baseline)
-    others = {label: time_tflite(_parsed(m), settings, data)[0]
+    others = {label: time_tflite(as_tflite(m), settings, data)[0]
               for label, m in targets.others.items()}
     timed_models: dict[str, dict[str, KerasStats]] = {}
     keras_models = targets.keras_models()

@@ -34,7 +34,7 @@ from edgebn.errors import EdgebnError
 from edgebn.op_timing import ROUNDS, Timed, capture, captured
 from edgebn.opdiff import OpDiff, diff_operators
 from edgebn.runtime import Backend
-from edgebn.tflite import TFLiteModel, parse_tflite, read_tflite
+from edgebn.tflite import TFLiteModel, as_tflite, parse_tflite
 from edgebn.tflite_edit import empty_model
 
 METHOD = "isolated ops"
@@ -285,17 +285,13 @@ def _prepare(model: TFLiteModel, settings: ProfileSettings,
     return prepared
 
 
-def _parsed(model: TFLiteModel | str | Path) -> TFLiteModel:
-    return model if isinstance(model, TFLiteModel) else read_tflite(model)
-
-
 def residue_cost(model: TFLiteModel | str | Path, settings: ProfileSettings = ProfileSettings(),
                  pairs: list[tuple[int, int, int]] | None = None) -> ResidueCost | None:
     """p50 of ``model`` over p50 of it with its residual BN pairs bypassed; None without residue."""
     from edgebn.bench import bench_tflite
     from edgebn.tflite_edit import bypass_pairs
 
-    model = _parsed(model)
+    model = as_tflite(model)
     pairs = residual_pairs(model) if pairs is None else pairs
     if not pairs:
         return None
@@ -308,7 +304,7 @@ def profile(model: TFLiteModel | str | Path, settings: ProfileSettings = Profile
             baseline: TFLiteModel | str | Path | None = None) -> ProfileResult:
     """Time every operator of ``model`` isolated, beside the whole model (and ``baseline``)."""
     settings.validate()
-    models = [_parsed(model)] + ([_parsed(baseline)] if baseline is not None else [])
+    models = [as_tflite(model)] + ([as_tflite(baseline)] if baseline is not None else [])
     for m in models:
         n = sum(len(sg.operators) for sg in m.subgraphs)
         if n > MAX_OPERATORS:

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edgebn.bench import BenchResult, BenchSettings, BenchTargets, Latency, TFLiteStats, bench, time_tflite
 from edgebn.errors import EdgebnError
-from edgebn.tflite import TFLiteModel, read_tflite
+from edgebn.tflite import as_tflite
 
 _EXAMPLE = "whole numbers >= 1, separated by commas, each once (e.g. 1,2,4)"
 
@@ -98,10 +97,10 @@ def bench_threads(targets: BenchTargets, settings: BenchSettings = BenchSettings
     """
     counts = check_thread_counts(threads)
     settings.validate()
+    targets = replace(targets, tflite=as_tflite(targets.tflite))  # read once, timed per count
     first = bench(targets, replace(settings, threads=counts[0]), data)
     if len(counts) == 1:
         return first
-    model = targets.tflite
-    model = model if isinstance(model, TFLiteModel) else read_tflite(Path(model))
-    more = [time_tflite(model, replace(settings, threads=n), data)[0] for n in counts[1:]]
+    more = [time_tflite(targets.tflite, replace(settings, threads=n), data)[0]
+            for n in counts[1:]]
     return replace(first, scaling=ThreadScaling.from_stats([first.tflite, *more]))

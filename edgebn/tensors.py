@@ -94,11 +94,11 @@ def load_labelled(path: str | Path, extra: tuple[str, ...] = ()
 CHUNK_BYTES = 4 * 2**20  # inputs per batch that a check runs at once: activations grow with it
 
 
-def rows_per_chunk(sample_shape, most: int) -> int:
-    """How many samples of ``sample_shape`` (float32) to run at once: at most ``most``, and
+def rows_per_chunk(sample_elements: int, most: int) -> int:
+    """How many float32 samples of ``sample_elements`` values to run at once: at most ``most``, and
     at most CHUNK_BYTES of inputs. MobileNetV2 at 224 px run 64 (or 256) at a time took a
     build to 6 GB of resident memory; 6 at a time, under 2."""
-    return max(1, min(most, CHUNK_BYTES // (int(np.prod(sample_shape)) * 4)))
+    return max(1, min(most, CHUNK_BYTES // (sample_elements * 4)))
 
 
 CHECK_SAMPLES = 64  # inputs for a fold's equivalence check: enough to see any wrong channel

@@ -200,6 +200,11 @@ def _ints(n: int, get, budget: _Budget, what: str) -> tuple[int, ...]:
     return tuple(int(get(j)) for j in range(budget.length(n, 4, what)))
 
 
+def as_tflite(model: TFLiteModel | str | Path) -> TFLiteModel:
+    """``model`` parsed: as given when it already is, else read from its path."""
+    return model if isinstance(model, TFLiteModel) else read_tflite(model)
+
+
 def read_tflite(path: str | Path) -> TFLiteModel:
     """Parse ``path`` as a TFLite flatbuffer; raise InvalidModelError if it is not one."""
     p = Path(path)

@@ -37,7 +37,7 @@ def _chunks(x: Any) -> Iterator[np.ndarray]:
     A chunk is CHUNK rows, fewer for large inputs (:func:`edgebn.tensors.rows_per_chunk`).
     """
     shape = x.pre.input_shape if hasattr(x, "chunks") else x.shape[1:]
-    rows = rows_per_chunk(shape, CHUNK)
+    rows = rows_per_chunk(int(np.prod(shape)), CHUNK)
     if hasattr(x, "chunks"):
         yield from x.chunks(rows)
         return
