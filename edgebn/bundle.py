@@ -5,6 +5,7 @@
       labels.txt        one class name per line, in output order
       bundle.json       input/output spec, preprocessing, self-test tolerance, the build's numbers
       predict.py        NumPy + ai_edge_litert or tflite_runtime; top-k, --bench, --selftest
+      verify.py         the checks predict.py runs first (a trusting device runs its own copy)
       requirements.txt  the device's Python packages (tflite-runtime 2.14 on NumPy 1.x)
       README.md         how to install and run it on the device
       golden/inputs.npy, golden/outputs.npy   inputs and the build's raw outputs for them
@@ -34,6 +35,7 @@ from edgebn.stages import atomic_dir
 from edgebn.tflite import TFLiteModel, read_tflite
 
 DEVICE_DIR = Path(__file__).parent / "device"
+DEVICE_SCRIPTS = ("predict.py", "verify.py")
 GOLDEN_SAMPLES = 16
 FLOAT_ATOL = 1e-4  # probabilities: float32 kernels differ between CPUs by ~1e-7
 INT8_ATOL = 1.0  # quantized outputs: one quantization step (rounding may differ by one)
@@ -71,7 +73,18 @@ Built by edgebn {version}: test accuracy {accuracy}, BN verdict {verdict}.
     ~/edgebn-venv/bin/python predict.py --bench --threads 4
 
 predict.py checks every file against manifest.json before it loads anything: a
-bundle with one changed byte is refused (exit 2). Exit 1 means the self-test failed.
+bundle with one changed byte, an unlisted file or a symlink is refused (exit 2). Exit 1
+means the self-test failed.
+
+## On a device that trusts a signing key
+
+`edgebn deploy --trust KEY.pub` installs the key (~/.config/edgebn/allowed_signers) and,
+beside it, the device's own verifier (~/.config/edgebn/verify.py). Run bundles through
+it: it checks the signature, the exact file list and every hash with code that is not
+part of the bundle, and only then runs this bundle's predict.py:
+
+    ~/edgebn-venv/bin/python -I ~/.config/edgebn/verify.py run ~/edgebn/current --selftest
+    ~/edgebn-venv/bin/python -I ~/.config/edgebn/verify.py check ~/edgebn/current
 Images are converted to {color}, resized to {hw} ({resize} filter) and scaled as in training:
 x = pixel * {raw_scale} * {scale} + {offset}.
 """
@@ -91,12 +104,17 @@ class BundleResult:
                 "signature": "manifest.json.sig" if self.signed else None}
 
 
-def load_predict_module():
-    """The bundle's predict.py as a module, so that this machine runs the device's code."""
-    spec = importlib.util.spec_from_file_location("edgebn_device_predict", DEVICE_DIR / "predict.py")
+def load_device_module(name: str):
+    """A device script (predict, verify) as a module, so that this machine runs the device's code."""
+    spec = importlib.util.spec_from_file_location(f"edgebn_device_{name}", DEVICE_DIR / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def load_predict_module():
+    """The bundle's predict.py as a module, so that this machine runs the device's code."""
+    return load_device_module("predict")
 
 
 @dataclass(frozen=True)
@@ -199,7 +217,8 @@ def bundle(source: BundleSource, out: str | Path, sign: Path | None = None) -> B
     predict = load_predict_module()
     with atomic_dir(out) as tmp:
         (tmp / "model.tflite").write_bytes(source.model.data)
-        shutil.copyfile(DEVICE_DIR / "predict.py", tmp / "predict.py")
+        for script in DEVICE_SCRIPTS:
+            shutil.copyfile(DEVICE_DIR / script, tmp / script)
         (tmp / "golden").mkdir()
         here = predict.Model(str(tmp), spec, threads=1, runtime="auto")
         golden_y = np.stack([here.raw(x) for x in source.golden_inputs])

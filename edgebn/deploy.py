@@ -10,14 +10,26 @@ device keeps releases side by side and one symlink to the live one:
     DEST/current -> releases/<id>                              what runs
     DEST/releases.log                                          the history of current, oldest first
 
-A bundle travels as one tar stream over ``ssh`` into ``DEST/releases/.<id>.incoming``,
-is renamed to its release directory, and then ``current`` is switched with ``ln -sfn``
-to ``current.tmp`` and ``mv -T current.tmp current`` (GNU mv: one rename(2)), so there
-is no moment without a working bundle, and a copy cut short leaves ``current`` as it was.
-Redeploying the live release keeps its directory (releases are content-addressed).
-``--rollback`` drops the last line of releases.log and points ``current`` at the line
-before it. ``--selftest`` runs ``predict.py --selftest --json`` in ``DEST/current``;
-``--bench`` runs ``predict.py --bench --json`` there. Authentication is the user's own
+Everything a deploy or rollback changes on the device happens under one lock per
+destination (``flock DEST/.lock``), so deploys to one device from many hosts, or one host
+listed many times, run one after the other. A bundle travels as one tar stream over
+``ssh`` into ``DEST/releases/.<id>.incoming.<pid>``; on a device that trusts a signing key
+the device's own verifier (installed by ``--trust`` beside the trust file, outside every
+bundle: edgebn/device/verify.py) checks that staged copy — signature, exactly the listed
+files, every hash — before it becomes a release. Then it is renamed to its release
+directory, ``current`` is switched with ``ln -sfn`` to a temporary link and ``mv -T`` over
+``current`` (GNU mv: one rename(2)), and its id is appended to releases.log, with
+SIGHUP/INT/TERM ignored from the switch to the log line, so ``current`` is always the
+last line of releases.log. There is no moment without a working bundle, a copy cut short
+leaves ``current`` as it was, the live release is never removed, and the leftovers of a
+deploy that died are removed by the next one. Redeploying the live release keeps its
+directory (releases are content-addressed). ``--rollback`` drops the last line of
+releases.log and points ``current`` at the line before it, under the same lock.
+``--selftest`` and ``--bench`` run ``predict.py --selftest/--bench --json`` in
+``DEST/current``, through the verifier on a trusting device
+(``python3 -I verify.py run DEST/current ...``), else as ``python3 -I predict.py``.
+With ``--trust KEY.pub`` the bundle's signature is checked here against that key before
+anything is copied. Authentication is the user's own
 ssh setup (keys, agent, ~/.ssh/config); ``BatchMode`` is on, so a password prompt fails
 instead of hanging. Many hosts at once: edgebn.fleet.
 """
@@ -27,18 +39,35 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import posixpath
 import shlex
 import subprocess
 import tarfile
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgebn.bundle import DEVICE_DIR, load_device_module
 from edgebn.errors import EdgebnError
 
 SSH_TIMEOUT_S = 600
+KEEPALIVE_S = 10  # ssh's ServerAliveInterval; 3 unanswered probes end the connection
 DEVICE_TRUST = "~/.config/edgebn/allowed_signers"  # predict.py's default; $EDGEBN_TRUST overrides
+VERIFIER = "verify.py"  # installed beside the device's trust file by --trust
+EXIT_LOCKED, EXIT_NO_SPACE, EXIT_REFUSED = 4, 5, 6  # the device scripts' own exit codes
+
+
+def _device_path(path: str, what: str) -> str:
+    """A path on the device: not empty, not the root, no NUL or line breaks."""
+    if not isinstance(path, str) or not path.strip() or any(c in path for c in "\0\n\r"):
+        raise EdgebnError(f"{what} {path!r}: expected a directory path on the device "
+                          "(not empty, no NUL or line breaks)")
+    if posixpath.normpath(path) in ("/", "//", ".") or path.strip("/") in ("", "~"):
+        raise EdgebnError(f"{what} {path!r}: refusing the device's root or home itself; "
+                          "name a directory of its own (e.g. ~/edgebn)")
+    return path
 
 
 @dataclass(frozen=True)
@@ -51,6 +80,23 @@ class DeployOptions:
     trust: Path | None = None  # a public key to install in the device's trust file first
     trust_file: str | None = None  # the device's trust file when not the default (sets EDGEBN_TRUST)
     timeout_s: float = SSH_TIMEOUT_S  # per host: all of one host's ssh calls together
+
+    def __post_init__(self) -> None:
+        _device_path(self.dest, "destination")
+        if self.trust_file is not None:
+            _device_path(self.trust_file, "trust file")
+        if not self.python or any(c.isspace() or c == "\0" for c in self.python):
+            raise EdgebnError(f"device python {self.python!r}: expected one command word")
+        if not self.timeout_s > 0:
+            raise EdgebnError(f"timeout must be > 0 s. Received: {self.timeout_s}")
+
+    @property
+    def device_trust(self) -> str:
+        return self.trust_file or DEVICE_TRUST
+
+    @property
+    def verifier(self) -> str:
+        return posixpath.join(posixpath.dirname(self.device_trust), VERIFIER)
 
 
 @dataclass(frozen=True)
@@ -101,14 +147,19 @@ class SshTarget:
     port: int | None = None
     identity: Path | None = None
     options: tuple[str, ...] = ()  # ssh -o options
+    keepalive_s: int = KEEPALIVE_S  # a silent host is dropped after 3 of these
 
     def __post_init__(self) -> None:
-        if not self.host or self.host.startswith("-") or any(c.isspace() for c in self.host):
-            raise EdgebnError(f"--host {self.host!r}: expected user@host (not starting with '-', "
-                              "no spaces)")
+        if (not self.host or self.host.startswith("-") or not self.host.isprintable()
+                or any(c.isspace() for c in self.host)):
+            raise EdgebnError(f"host {self.host!r}: expected user@host (not starting with '-', "
+                              "no spaces or control characters)")
+        if any("\0" in o or "\n" in o for o in self.options):
+            raise EdgebnError("ssh options must not hold NUL or line breaks")
 
     def command(self) -> list[str]:
-        cmd = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=15"]
+        cmd = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=15",
+               "-o", f"ServerAliveInterval={int(self.keepalive_s)}", "-o", "ServerAliveCountMax=3"]
         if self.port is not None:
             cmd += ["-p", str(self.port)]
         if self.identity is not None:
@@ -154,18 +205,27 @@ def _remote_path(path: str) -> str:
     return shlex.quote(path)
 
 
-def prepare(bundle: str | Path) -> Shipment:
-    """Check the bundle's manifest here and pack it as one tar stream named for its release."""
-    from edgebn.bundle import load_predict_module
+def prepare(bundle: str | Path, trust: Path | None = None) -> Shipment:
+    """Check the bundle here as the device will, and pack it as one tar stream.
 
+    The device's verifier runs on this machine first (exactly the listed files, regular,
+    each hash); with ``trust`` (a public key) the signature must verify against that key
+    too, so a bundle the device would refuse is never sent.
+    """
     bundle = Path(bundle).resolve()
     if not (bundle / "manifest.json").is_file():
         raise EdgebnError(f"{bundle}: not a bundle (no manifest.json): run edgebn bundle")
-    predict = load_predict_module()
-    try:
-        predict.verify_manifest(str(bundle))
-    except predict.BundleError as exc:
-        raise EdgebnError(f"{bundle}: {exc}") from exc
+    verifier = load_device_module("verify")
+    with tempfile.TemporaryDirectory(prefix="edgebn-trust-") as tmp:
+        allowed = Path(tmp) / "allowed_signers"  # absent: no signature check
+        if trust is not None:
+            from edgebn.sign import allowed_signers_line
+
+            allowed.write_text(allowed_signers_line(trust) + "\n", encoding="utf-8")
+        try:
+            verifier.check_bundle(str(bundle), str(allowed))
+        except verifier.BundleError as exc:
+            raise EdgebnError(f"{bundle}: {exc}") from exc
     release = hashlib.sha256((bundle / "manifest.json").read_bytes()).hexdigest()[:16]
     stream = io.BytesIO()
     with tarfile.open(fileobj=stream, mode="w") as tar:
@@ -173,40 +233,28 @@ def prepare(bundle: str | Path) -> Shipment:
     return Shipment(bundle, release, stream.getvalue())
 
 
-def _copy_script(dest: str, release: str) -> str:
-    d, r = _remote_path(dest), shlex.quote(release)
-    return (f"set -e; D={d}; R={r}; mkdir -p \"$D/releases\"; S=\"$D/releases/.$R.incoming\"; "
-            'rm -rf "$S"; mkdir "$S"; tar -xf - -C "$S"; '
-            'P=$(readlink "$D/current" 2>/dev/null || true); '
-            'if [ "$P" != "releases/$R" ]; then rm -rf "$D/releases/$R"; '
-            'mv "$S/$R" "$D/releases/$R"; fi; rm -rf "$S"; '
-            'ln -sfn "releases/$R" "$D/current.tmp"; mv -T "$D/current.tmp" "$D/current"; '
-            'if [ "$(tail -n 1 "$D/releases.log" 2>/dev/null)" != "$R" ]; then '
-            '{ cat "$D/releases.log" 2>/dev/null || true; echo "$R"; } > "$D/releases.log.tmp"; '
-            'mv "$D/releases.log.tmp" "$D/releases.log"; fi; echo "previous=${P#releases/}"')
+def _release_script(*args: str | float) -> str:
+    """The remote command that runs edgebn/device/release.sh with ``args`` on the device."""
+    script = (DEVICE_DIR / "release.sh").read_text(encoding="utf-8")
+    words = [a if isinstance(a, str) else str(int(a)) for a in args]
+    return shlex.join(["sh", "-c", script, "release.sh", *words])
 
 
-def _rollback_script(dest: str) -> str:
-    return (f"set -e; D={_remote_path(dest)}; "
-            'P=$(readlink "$D/current") || { echo "no current release in $D" >&2; exit 3; }; '
-            'sed \'$d\' "$D/releases.log" > "$D/releases.log.tmp"; '
-            'R=$(tail -n 1 "$D/releases.log.tmp"); '
-            'if [ -z "$R" ] || [ ! -d "$D/releases/$R" ]; then rm -f "$D/releases.log.tmp"; '
-            'echo "no earlier release to roll back to in $D/releases.log" >&2; exit 3; fi; '
-            'ln -sfn "releases/$R" "$D/current.tmp"; mv -T "$D/current.tmp" "$D/current"; '
-            'mv "$D/releases.log.tmp" "$D/releases.log"; echo "previous=${P#releases/} current=$R"')
-
-
-def install_trust(target: SshTarget, public_key: Path, trust_file: str | None = None,
+def install_trust(target: SshTarget, public_key: Path, options: DeployOptions,
                   timeout_s: float = SSH_TIMEOUT_S) -> str:
-    """Make the device trust ``public_key`` for bundles (replacing its trust file atomically)."""
+    """Make the device trust ``public_key`` and install its verifier beside the trust file.
+
+    Both files are replaced atomically (written beside, then renamed); the verifier is
+    edgebn's own edgebn/device/verify.py, sent over stdin.
+    """
     from edgebn.sign import allowed_signers_line
 
     line = allowed_signers_line(public_key)
-    f = _remote_path(trust_file or DEVICE_TRUST)
-    done = _ssh(target, f"set -e; F={f}; mkdir -p \"$(dirname \"$F\")\"; "
+    f, v = _remote_path(options.device_trust), _remote_path(options.verifier)
+    done = _ssh(target, f"set -e; F={f}; V={v}; mkdir -p \"$(dirname \"$F\")\" \"$(dirname \"$V\")\"; "
+                        f"cat > \"$V.tmp\"; mv \"$V.tmp\" \"$V\"; "
                         f"printf '%s\\n' {shlex.quote(line)} > \"$F.tmp\"; mv \"$F.tmp\" \"$F\"",
-                "trust", timeout_s)
+                "trust", timeout_s, data=(DEVICE_DIR / VERIFIER).read_bytes())
     if done.returncode != 0:
         raise EdgebnError(f"installing the trust file on {target.host} failed "
                           f"(exit {done.returncode}): {_last_line(done.stderr)}")
@@ -220,10 +268,16 @@ def _left(deadline: float) -> float:
 
 def _predict(target: SshTarget, options: DeployOptions, args: str, what: str,
              deadline: float) -> tuple[dict, int]:
-    env = (f"EDGEBN_TRUST={_remote_path(options.trust_file)} " if options.trust_file else "")
-    run = _ssh(target, f"cd {_remote_path(options.dest)}/current && {env}"
-                       f"{shlex.quote(options.python)} predict.py {args} --json",
-               what, _left(deadline))
+    """predict.py ARGS --json in DEST/current: through the device's verifier when it trusts keys."""
+    d, t, v = (_remote_path(x) for x in (options.dest, options.device_trust, options.verifier))
+    py = shlex.quote(options.python)
+    run = _ssh(target, f"""D={d}; T={t}; V={v}; export EDGEBN_TRUST="$T"
+if [ -e "$T" ] || [ -L "$T" ]; then
+  [ -f "$V" ] || {{ echo "Error: this device trusts the keys in $T but has no verifier" \
+                        "at $V: deploy once with --trust KEY.pub" >&2; exit 2; }}
+  exec {py} -I "$V" run "$D/current" {args} --json
+fi
+cd "$D/current" && exec {py} -I predict.py {args} --json""", what, _left(deadline))
     try:
         return json.loads(run.stdout.decode()), run.returncode
     except (ValueError, UnicodeDecodeError):
@@ -231,17 +285,26 @@ def _predict(target: SshTarget, options: DeployOptions, args: str, what: str,
                           f"{_last_line(run.stderr, '(no output)')}") from None
 
 
+def _copy(shipment: Shipment, target: SshTarget, options: DeployOptions, deadline: float) -> str:
+    """The release onto the device and live; what ``current`` pointed to before (or "")."""
+    script = _release_script("copy", options.dest, shipment.release, options.device_trust,
+                             options.verifier, options.python, _left(deadline))
+    done = _ssh(target, script, "copy", _left(deadline), data=shipment.tar)
+    if done.returncode != 0:
+        why = _last_line(done.stderr)
+        if done.returncode == EXIT_REFUSED:
+            why = f"the device's verifier refused the bundle: {why.removeprefix('Error: ')}"
+        raise EdgebnError(f"copy to {target.host}:{options.dest}/releases/{shipment.release} "
+                          f"failed (exit {done.returncode}): {why}")
+    return done.stdout.decode(errors="replace").strip().rpartition("previous=")[2]
+
+
 def ship(shipment: Shipment, target: SshTarget, options: DeployOptions) -> DeployResult:
     """One device: trust (optional), copy into a release, switch current, self-test, bench."""
     start, deadline = time.perf_counter(), time.monotonic() + options.timeout_s
-    trusted = (install_trust(target, options.trust, options.trust_file, _left(deadline))
+    trusted = (install_trust(target, options.trust, options, _left(deadline))
                if options.trust is not None else None)
-    done = _ssh(target, _copy_script(options.dest, shipment.release), "copy", _left(deadline),
-                data=shipment.tar)
-    if done.returncode != 0:
-        raise EdgebnError(f"copy to {target.host}:{options.dest}/releases/{shipment.release} "
-                          f"failed (exit {done.returncode}): {_last_line(done.stderr)}")
-    previous = done.stdout.decode(errors="replace").strip().rpartition("previous=")[2] or None
+    previous = _copy(shipment, target, options, deadline) or None
     doc, code, bench = None, None, None
     if options.selftest:
         out, code = _predict(target, options, "--selftest", "self-test", deadline)
@@ -262,13 +325,14 @@ def ship(shipment: Shipment, target: SshTarget, options: DeployOptions) -> Deplo
 def deploy(bundle: str | Path, target: SshTarget, options: DeployOptions = DeployOptions()
            ) -> DeployResult:
     """Ship ``bundle`` to one device as a new release and switch ``DEST/current`` to it."""
-    return ship(prepare(bundle), target, options)
+    return ship(prepare(bundle, options.trust), target, options)
 
 
 def rollback(target: SshTarget, options: DeployOptions = DeployOptions()) -> RollbackResult:
     """Point ``DEST/current`` back at the release before it (releases.log's previous line)."""
     start = time.perf_counter()
-    done = _ssh(target, _rollback_script(options.dest), "rollback", options.timeout_s)
+    done = _ssh(target, _release_script("rollback", options.dest, options.timeout_s), "rollback",
+                options.timeout_s)
     if done.returncode != 0:
         raise EdgebnError(f"rollback on {target.host}:{options.dest} failed "
                           f"(exit {done.returncode}): {_last_line(done.stderr)}")

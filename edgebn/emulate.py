@@ -258,12 +258,22 @@ def run_selftest(bundle: Path, runtime: Backend, root: Path, site: Path,  # noqa
                  timeout: float = SELFTEST_TIMEOUT_S, trust: Path | None = None) -> EmulatedRun:
     """``predict.py --selftest --json`` under qemu-aarch64 in the userland, on ``runtime``.
 
-    With ``trust`` (an allowed-signers file), the device trusts those keys: predict.py
-    verifies the bundle's signature with the userland's own arm64 ``ssh-keygen`` (Debian's
-    openssh-client), run through qemu too, as qemu-user without binfmt cannot exec it.
+    With ``trust`` (an allowed-signers file), the device trusts those keys, and runs the
+    bundle as a trusting device does: through the verifier installed beside the trust file
+    (edgebn/device/verify.py, as ``edgebn deploy --trust`` installs it), which checks the
+    signature with the userland's own arm64 ``ssh-keygen`` (Debian's openssh-client, run
+    through qemu too, as qemu-user without binfmt cannot exec it), the exact file list and
+    every hash before predict.py runs. (``-s``, not ``-I``: the runtime comes on PYTHONPATH
+    here, where a Pi has it in a venv.)
     """
     qemu = shutil.which("qemu-aarch64-static")
-    cmd = [qemu, "-L", str(root), str(root / PYTHON), str(Path(bundle).resolve() / "predict.py"),
+    bundle = Path(bundle).resolve()
+    script = [str(bundle / "predict.py")]
+    if trust is not None:
+        verifier = Path(trust).parent / "verify.py"
+        shutil.copyfile(Path(__file__).parent / "device" / "verify.py", verifier)
+        script = ["-s", str(verifier), "run", str(bundle)]
+    cmd = [qemu, "-L", str(root), str(root / PYTHON), *script,
            "--selftest", "--json", "--threads", "4", "--runtime", runtime.value]
     env = {"PYTHONPATH": str(site), "PYTHONNOUSERSITE": "1", "PATH": "/usr/bin:/bin",
            "HOME": "/tmp", "LANG": "C.UTF-8", "QEMU_CPU": QEMU_CPU}

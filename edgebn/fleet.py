@@ -65,10 +65,12 @@ def parse_host(spec: str, base: SshTarget) -> SshTarget:
     host, port = spec, base.port
     if ":" in spec:
         host, _, p = spec.rpartition(":")
-        if not p.isdigit() or not 0 < int(p) < 65536:
-            raise EdgebnError(f"host {spec!r}: the port must be 1..65535. Received: {p!r}")
+        # ASCII digits only: str.isdigit() and int() also take '٢٢' (Arabic-Indic) and '²'
+        if not (p.isascii() and p.isdigit() and len(p) <= 5 and 0 < int(p) < 65536):
+            raise EdgebnError(f"host {spec!r}: the port must be 1..65535 in ASCII digits. "
+                              f"Received: {p!r}")
         port = int(p)
-    return SshTarget(host, port, base.identity, base.options)
+    return SshTarget(host, port, base.identity, base.options, base.keepalive_s)
 
 
 def read_hosts(path: str | Path, base: SshTarget) -> list[SshTarget]:
@@ -77,8 +79,15 @@ def read_hosts(path: str | Path, base: SshTarget) -> list[SshTarget]:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise EdgebnError(f"--hosts {path}: unreadable ({exc})") from exc
-    specs = [line.split("#", 1)[0].strip() for line in lines]
-    targets = [parse_host(s, base) for s in specs if s]
+    targets = []
+    for number, line in enumerate(lines, 1):
+        spec = line.split("#", 1)[0].strip()
+        if not spec:
+            continue
+        try:
+            targets.append(parse_host(spec, base))
+        except EdgebnError as exc:
+            raise EdgebnError(f"{path}, line {number}: {exc}") from None
     if not targets:
         raise EdgebnError(f"--hosts {path}: no hosts in it")
     return targets
@@ -91,6 +100,9 @@ def _one(action: Callable[[SshTarget], Any], target: SshTarget) -> HostOutcome:
         result = action(target)
     except EdgebnError as exc:
         return HostOutcome(name, time.perf_counter() - start, None, str(exc))
+    except Exception as exc:  # a bug for one host must not lose the other hosts' results
+        return HostOutcome(name, time.perf_counter() - start, None,
+                           f"internal error: {type(exc).__name__}: {exc}")
     return HostOutcome(name, time.perf_counter() - start, result)
 
 
@@ -108,7 +120,7 @@ def run_fleet(targets: list[SshTarget], action: Callable[[SshTarget], Any],
 def deploy_fleet(bundle: str | Path, targets: list[SshTarget], options: DeployOptions,
                  parallel: int = DEFAULT_PARALLEL) -> FleetResult:
     """Check and pack ``bundle`` once, then ship it to every target in parallel."""
-    shipment = prepare(bundle)
+    shipment = prepare(bundle, options.trust)
     return run_fleet(targets, lambda t: ship(shipment, t, options), parallel)
 
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -141,3 +144,40 @@ def mobilenet_weights_untrained(tmp_path_factory):
     images = np.random.default_rng(0).uniform(0, 255, (16, 64, 64, 3))
     return pretrained_weights(tmp_path_factory.mktemp("w0") / "W0.h5", images,
                               np.zeros(16, np.int64), "mobilenet-v2", 0.35, epochs=0)
+
+
+@pytest.fixture(scope="module")
+def sshds(tmp_path_factory):
+    """Three sshds on 127.0.0.1 that accept one generated key; skipped with the reason if they cannot run."""
+    from sshd_hosts import REAL_SSH, SSHD, _free_port, _start_sshd
+
+    if not Path(SSHD).exists() or REAL_SSH is None:
+        pytest.skip("openssh-server / openssh-client not installed (tools/install-system-deps installs them)")
+    d = tmp_path_factory.mktemp("sshd")
+    for key in ("host", "user"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / key)],
+                       check=True)
+    (d / "authorized_keys").write_text((d / "user.pub").read_text())
+    Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation directory
+    user = subprocess.run(["id", "-un"], capture_output=True, text=True).stdout.strip()
+    opts = ("StrictHostKeyChecking=no", f"UserKnownHostsFile={d / 'known_hosts'}",
+            "LogLevel=ERROR")
+    procs, servers = [], []
+    for i in range(3):
+        sub = d / f"sshd{i}"
+        sub.mkdir()
+        for name in ("host", "authorized_keys"):
+            shutil.copy(d / name, sub / name)
+        port = _free_port()
+        procs.append(_start_sshd(sub, port))
+        servers.append({"host": f"{user}@127.0.0.1", "port": port, "identity": d / "user",
+                        "options": opts, "home": sub / "home"})
+    yield servers
+    for proc in procs:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def sshd(sshds):
+    return sshds[0]

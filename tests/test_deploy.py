@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from sshd_hosts import REAL_SSH, _free_port, _ssh_args, _target
 from typer.testing import CliRunner
 
 from edgebn.cli import app
@@ -20,78 +20,6 @@ from edgebn.errors import EdgebnError
 from edgebn.fleet import deploy_fleet, read_hosts
 
 runner = CliRunner()
-SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
-REAL_SSH = shutil.which("ssh")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start_sshd(d: Path, port: int) -> subprocess.Popen:
-    (d / "sshd_config").write_text(
-        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {d / 'host'}\n"
-        f"AuthorizedKeysFile {d / 'authorized_keys'}\nStrictModes no\nUsePAM no\n"
-        f"PasswordAuthentication no\nPermitRootLogin prohibit-password\nPidFile {d / 'pid'}\n"
-        f"MaxStartups 30\nSetEnv HOME={d / 'home'}\n")  # each sshd a device with its own ~
-    proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(d / "sshd_config")],
-                            stderr=subprocess.PIPE)
-    for _ in range(50):
-        if proc.poll() is not None:
-            pytest.skip(f"sshd could not start: {proc.stderr.read().decode()[-300:]}")
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return proc
-        time.sleep(0.1)
-    pytest.skip("sshd did not listen within 5 s")
-
-
-@pytest.fixture(scope="module")
-def sshds(tmp_path_factory):
-    """Three sshds on 127.0.0.1 that accept one generated key; skipped with the reason if they cannot run."""
-    if not Path(SSHD).exists() or REAL_SSH is None:
-        pytest.skip("openssh-server / openssh-client not installed (tools/install-system-deps installs them)")
-    d = tmp_path_factory.mktemp("sshd")
-    for key in ("host", "user"):
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / key)],
-                       check=True)
-    (d / "authorized_keys").write_text((d / "user.pub").read_text())
-    Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation directory
-    user = subprocess.run(["id", "-un"], capture_output=True, text=True).stdout.strip()
-    opts = ("StrictHostKeyChecking=no", f"UserKnownHostsFile={d / 'known_hosts'}",
-            "LogLevel=ERROR")
-    procs, servers = [], []
-    for i in range(3):
-        sub = d / f"sshd{i}"
-        sub.mkdir()
-        for name in ("host", "authorized_keys"):
-            shutil.copy(d / name, sub / name)
-        port = _free_port()
-        procs.append(_start_sshd(sub, port))
-        servers.append({"host": f"{user}@127.0.0.1", "port": port, "identity": d / "user",
-                        "options": opts, "home": sub / "home"})
-    yield servers
-    for proc in procs:
-        proc.terminate()
-        proc.wait(timeout=10)
-
-
-@pytest.fixture(scope="module")
-def sshd(sshds):
-    return sshds[0]
-
-
-def _target(s) -> SshTarget:
-    return SshTarget(s["host"], s["port"], s["identity"], s["options"])
-
-
-def _ssh_args(s) -> list[str]:
-    args = ["--port", str(s["port"]), "-i", str(s["identity"])]
-    for opt in s["options"]:
-        args += ["-o", opt]
-    return args
 
 
 def _local_selftest(bundle_dir: Path) -> dict:
@@ -121,7 +49,8 @@ def test_deploy_lands_in_a_release_and_runs_the_selftest_in_current(sshd, bundle
     release = Path(result.release)
     assert os.readlink(current) == f"releases/{release.name}" and len(release.name) == 16
     assert (current / "manifest.json").read_bytes() == (bundles["int8"] / "manifest.json").read_bytes()
-    assert sorted(p.name for p in Path(dest).iterdir()) == ["current", "releases", "releases.log"]
+    assert sorted(p.name for p in Path(dest).iterdir()) == [".lock", "current", "releases",
+                                                            "releases.log"]
     assert [p.name for p in (Path(dest) / "releases").iterdir()] == [release.name]  # no staging
     assert result.previous is None and result.path == f"{dest}/current"
 
@@ -179,9 +108,12 @@ def test_a_host_starting_with_a_dash_never_reaches_ssh(bundles, tmp_path):
 
 def test_python_is_shell_quoted_on_the_device(sshd, bundles, tmp_path):
     marker = tmp_path / "injected"
-    opts = DeployOptions(str(tmp_path / "d"), selftest=True, python=f"python3; touch {marker}")
-    with pytest.raises(EdgebnError, match="self-test on .* did not run"):
-        deploy(bundles["none"], _target(sshd), opts)
+    with pytest.raises(EdgebnError, match="expected one command word"):
+        DeployOptions(str(tmp_path / "d"), selftest=True, python=f"python3; touch {marker}")
+    res = runner.invoke(app, ["deploy", str(bundles["none"]), "--host", sshd["host"], "--dest",
+                              str(tmp_path / "d"), "--selftest", "--python",
+                              f"python3; touch {marker}", *_ssh_args(sshd)])
+    assert res.exit_code == 2 and "expected one command word" in res.stderr, res.output
     assert not marker.exists()
 
 
@@ -214,8 +146,9 @@ def test_trust_then_deploy_verifies_the_signature_on_the_device(sshd, bundles, t
     assert Path(trust_file).read_text().startswith('edgebn-bundle namespaces="edgebn-bundle" ')
     unsigned_opts = DeployOptions(str(tmp_path / "d"), selftest=True, python=sys.executable,
                                   trust_file=trust_file)
-    with pytest.raises(EdgebnError, match="Error: unsigned bundle"):
+    with pytest.raises(EdgebnError, match="the device's verifier refused the bundle: unsigned"):
         deploy(bundles["int8"], _target(sshd), unsigned_opts)
+    assert os.readlink(tmp_path / "d" / "current") == f"releases/{Path(result.release).name}"
 
 
 def test_deploy_refuses_a_damaged_bundle_before_connecting(bundles, tmp_path):

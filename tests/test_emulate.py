@@ -110,18 +110,30 @@ def test_signature_checks_on_an_emulated_pi(pi_cache, bundles, tmp_path):
     trust = tmp_path / "allowed_signers"
     trust.write_text(allowed_signers_line(keys["mine"].with_suffix(".pub")) + "\n")
     cases = {}
+    canary = tmp_path / "canary"
+    evil = f"open({str(canary)!r}, 'w').write('ran')\n"
     for case, key in (("signed", "mine"), ("unsigned", None), ("other key", "other"),
-                      ("re-hashed", "mine")):
+                      ("re-hashed", "mine"), ("predict.py replaced", "mine"),
+                      ("unlisted json.py", "mine"), ("symlink out", "mine")):
         b = shutil.copytree(bundles["none"], tmp_path / case)
         if key is not None:
             sign_manifest(b, keys[key])
-        if case == "re-hashed":  # a new model, its sha256 written into the signed manifest
-            data = bytearray((b / "model.tflite").read_bytes())
-            data[len(data) // 2] ^= 0x01
-            (b / "model.tflite").write_bytes(bytes(data))
+        if case in ("re-hashed", "predict.py replaced"):  # sha256 written into the manifest
+            name = "model.tflite" if case == "re-hashed" else "predict.py"
+            data = bytearray((b / name).read_bytes())
+            if case == "re-hashed":
+                data[len(data) // 2] ^= 0x01
+            else:
+                data = bytearray(evil.encode())
+            (b / name).write_bytes(bytes(data))
             manifest = json.loads((b / "manifest.json").read_text())
-            manifest["files"]["model.tflite"] = hashlib.sha256(bytes(data)).hexdigest()
+            manifest["files"][name] = hashlib.sha256(bytes(data)).hexdigest()
             (b / "manifest.json").write_text(json.dumps(manifest))
+        if case == "unlisted json.py":
+            (b / "json.py").write_text(evil)
+        if case == "symlink out":  # the very same bytes, outside: every hash still matches
+            (b / "model.tflite").unlink()
+            (b / "model.tflite").symlink_to(cases["signed"] / "model.tflite")
         cases[case] = b
     root, site = userland(), site_packages(Backend.tflite_runtime)
     runs = {case: run_selftest(b, Backend.tflite_runtime, root, site, trust=trust)
@@ -131,7 +143,11 @@ def test_signature_checks_on_an_emulated_pi(pi_cache, bundles, tmp_path):
     assert runs["signed"].selftest["signature"].startswith("verified")
     for case, needle in (("unsigned", "unsigned bundle"),
                          ("other key", "manifest.json.sig does not verify"),
-                         ("re-hashed", "manifest.json.sig does not verify")):
+                         ("re-hashed", "manifest.json.sig does not verify"),
+                         ("predict.py replaced", "manifest.json.sig does not verify"),
+                         ("unlisted json.py", "json.py: in the bundle but not in manifest.json"),
+                         ("symlink out", "model.tflite: a symlink in the bundle")):
         run = runs[case]
         assert not run.passed and run.exit_code == 2, (case, run)
         assert run.error.startswith("Error: ") and needle in run.error, (case, run.error)
+    assert not canary.exists()  # nothing of the hostile bundles ran on the emulated Pi

@@ -5,128 +5,122 @@
     python3 predict.py --selftest [--json]      # golden inputs vs the build's outputs
     python3 predict.py --bench [--runs 200]     # per-invoke latency on this device
 
-Before anything is loaded, every file listed in manifest.json is checked against its
-sha256: a damaged or modified bundle is refused (exit 2). On a device that trusts a
-signing key (an OpenSSH allowed-signers file at ~/.config/edgebn/allowed_signers, or
-$EDGEBN_TRUST), manifest.json.sig is verified with ``ssh-keygen -Y verify`` first, before
-the manifest's hashes are believed: an unsigned bundle or one signed by another key is
-refused (exit 2). Without that file the bundle runs and is reported unverified. Exit codes: 0 success,
-1 self-test failed, 2 bad input or a bundle that does not match its manifest.
+Before anything is loaded the bundle is checked by verify.py (see its docstring): the
+signature over manifest.json on a device that trusts a signing key (an OpenSSH
+allowed-signers file at ~/.config/edgebn/allowed_signers, or $EDGEBN_TRUST), then exactly
+the listed files, regular, each with its sha256: anything else is refused (exit 2).
+Without a trust file the bundle runs and is reported unverified. On a trusting device,
+run it through the verifier installed beside the trust file (``edgebn deploy --trust``
+does), which checks the bundle with code that is not part of it:
+
+    python3 -I ~/.config/edgebn/verify.py run ~/edgebn/current --selftest
+
+Started directly, this file uses that installed verifier when there is one, else the
+bundle's own copy. Exit codes: 0 success, 1 self-test failed, 2 bad input or a bundle
+that does not match its manifest.
 Images need Pillow (python3-pil); .npy files hold preprocessed inputs (N, H, W, C) or
 one (H, W, C) input, float32, exactly what the model was trained on.
 """
 
-from __future__ import annotations
+import os  # frozen, loaded at start-up: no file of the bundle is read for it
+import sys  # built in
 
-import argparse
-import hashlib
-import json
-import os
-import platform
-import shlex
-import shutil
-import subprocess
-import sys
-import time
-import warnings
-
+# No module is ever imported from the bundle's folder: an unlisted json.py or numpy/ beside
+# this file must not run before (or after) the checks. Python puts the script's folder
+# first on sys.path; take it out before the first import that searches the path.
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != HERE]
+sys.dont_write_bytecode = True  # a release is never written to: no __pycache__ in it
+
+import argparse  # noqa: E402
+import importlib.util  # noqa: E402  (frozen too)
+import io  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import platform  # noqa: E402
+import time  # noqa: E402
+import warnings  # noqa: E402
+
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
-NAMESPACE = "edgebn-bundle"  # ssh-keygen -Y's signature namespace, and the signer's principal
-TRUST_ENV = "EDGEBN_TRUST"
-KEYGEN_ENV = "EDGEBN_SSH_KEYGEN"
-DEFAULT_TRUST = "~/.config/edgebn/allowed_signers"
-VERIFY_TIMEOUT_S = 30
 MAX_IMAGE_PIXELS = 16_000_000  # a 4000x4000 photo; more is refused as a decompression bomb
+MAX_SPEC_BYTES = 1 << 20  # bundle.json
+MAX_GOLDEN_BYTES = 256 << 20
+MAX_INPUT_BYTES = 1 << 30  # an image or .npy given on the command line
+RESIZE_FILTERS = ("nearest", "box", "bilinear", "hamming", "bicubic", "lanczos")
 
 
-class BundleError(Exception):
-    """Bad input, or a bundle that does not match its manifest."""
+def _load_verifier():
+    """verify.py: the device's installed copy beside its trust file, else the bundle's."""
+    trust = os.path.expanduser(os.environ.get("EDGEBN_TRUST") or "~/.config/edgebn/allowed_signers")
+    installed = os.path.join(os.path.dirname(trust), "verify.py")
+    path = installed if os.path.isfile(installed) else os.path.join(HERE, "verify.py")
+    spec = importlib.util.spec_from_file_location("edgebn_bundle_verify", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def trust_file() -> str:
-    """Where this device keeps the keys it trusts: $EDGEBN_TRUST, else ~/.config/edgebn/."""
-    return os.path.expanduser(os.environ.get(TRUST_ENV) or DEFAULT_TRUST)
+verifier = _load_verifier()
+BundleError = verifier.BundleError
 
 
-def verify_signature(root: str, data: bytes) -> str:
-    """Check manifest.json.sig over ``data`` (the manifest's bytes) against the trust file.
+def verify_bundle(root: str = HERE) -> dict:
+    """The checked manifest (its "signature" says how the bundle stands), before any load.
 
-    Returns how the bundle stands ("verified by ..." or "unverified (no trust file)");
-    raises BundleError when the device trusts a key and the bundle is not signed by it.
+    When verify.py's ``run`` started this file, it has just checked the same bundle.
     """
-    allowed = trust_file()
-    if not os.path.isfile(allowed):
-        return "unverified (no trust file)"
-    sig = os.path.join(root, "manifest.json.sig")
-    if not os.path.isfile(sig):
-        raise BundleError(f"unsigned bundle: this device trusts the keys in {allowed} and "
-                          "manifest.json.sig is missing (edgebn bundle --sign KEY)")
-    # $EDGEBN_SSH_KEYGEN: another ssh-keygen command (the emulator runs the arm64 one via qemu)
-    keygen = shlex.split(os.environ.get(KEYGEN_ENV, "")) or [shutil.which("ssh-keygen")]
-    if keygen[0] is None:
-        raise BundleError(f"this device trusts the keys in {allowed} but ssh-keygen is not "
-                          "installed to verify signatures (sudo apt install openssh-client)")
+    said = os.environ.get(verifier.VERIFIED_ENV)
+    if said and os.path.realpath(root) == HERE:
+        data = read_bundle_file(root, verifier.MANIFEST, verifier.MAX_MANIFEST_BYTES)
+        return {**verifier.parse_manifest(data), "signature": said}
+    return verifier.check_bundle(root)[0]
+
+
+def read_bundle_file(root: str, name: str, limit: int) -> bytes:
+    """A listed file's bytes: a regular file inside the bundle, at most ``limit`` bytes."""
+    return verifier.read_regular(os.path.join(root, name), limit, name)
+
+
+def _number(value, what: str, low: float = -math.inf) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+            math.isfinite(value) and value >= low):
+        raise BundleError(f"bundle.json: {what} must be a finite number >= {low}. "
+                          f"Received: {value!r:.40}")
+    return float(value)
+
+
+def load_spec(root: str, files) -> dict:
+    """bundle.json, every value the device uses checked (names must be listed files)."""
     try:
-        done = subprocess.run([*keygen, "-Y", "verify", "-f", allowed, "-I", NAMESPACE,
-                               "-n", NAMESPACE, "-s", sig], input=data, capture_output=True,
-                              timeout=VERIFY_TIMEOUT_S)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise BundleError(f"ssh-keygen -Y verify did not run: {exc}") from exc
-    if done.returncode != 0:
-        why = (done.stderr.decode(errors="replace").strip().splitlines() or ["(no message)"])[-1]
-        raise BundleError(f"manifest.json.sig does not verify against {allowed}: the bundle "
-                          f"was not signed by a trusted key, or was changed after signing ({why})")
-    said = done.stdout.decode(errors="replace").strip()  # Good "ns" signature for ID with KEY
-    return "verified by " + (said.split(" with ", 1)[-1] if " with " in said else NAMESPACE)
+        spec = json.loads(read_bundle_file(root, "bundle.json", MAX_SPEC_BYTES).decode("utf-8"))
+        p, test, labels = spec["preprocessing"], spec["selftest"], spec["labels"]
+        shape = p["input_shape"]
+        for key in ("model", "inputs", "outputs"):
+            name = spec["model"] if key == "model" else test[key]
+            if not isinstance(name, str) or name not in files:
+                raise BundleError(f"bundle.json: {key} {str(name)[:80]!r} is not a file listed "
+                                  "in manifest.json")
+        if not (isinstance(shape, list) and len(shape) == 3 and all(
+                isinstance(n, int) and not isinstance(n, bool) and 0 < n <= 4096 for n in shape)):
+            raise BundleError(f"bundle.json: input_shape must be [H, W, C] of 1..4096. "
+                              f"Received: {str(shape)[:60]}")
+        if not (isinstance(labels, list) and labels and all(isinstance(x, str) for x in labels)):
+            raise BundleError("bundle.json: labels must be a non-empty list of strings")
+        if p.get("resize", "bilinear") not in RESIZE_FILTERS or p.get("color", "rgb") not in (
+                "rgb", "grayscale"):
+            raise BundleError(f"bundle.json: resize must be one of {', '.join(RESIZE_FILTERS)}")
+        for key, low in (("raw_max", 0), ("scale", -math.inf), ("offset", -math.inf)):
+            _number(p[key], f"preprocessing.{key}", low)
+        _number(test["atol"], "selftest.atol", 0)
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+        raise BundleError(f"bundle.json: unreadable or incomplete ({type(exc).__name__}: "
+                          f"{str(exc)[:80]})") from exc
+    return spec
 
 
-def verify_manifest(root: str = HERE, signed: bool = False) -> dict:
-    """Check every file's sha256 against manifest.json, before anything is loaded.
-
-    With ``signed``, the manifest's signature is checked first (on the same bytes that
-    are then parsed) and the result is in the returned dict's "signature".
-    """
-    path = os.path.join(root, "manifest.json")
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as exc:
-        raise BundleError(f"{path}: missing or unreadable manifest ({exc})") from exc
-    signature = verify_signature(root, data) if signed else None
-    try:
-        manifest = json.loads(data.decode("utf-8"))
-        files = manifest["files"]
-        if not isinstance(files, dict):
-            raise TypeError("'files' is not an object")
-    except (ValueError, KeyError, TypeError) as exc:
-        raise BundleError(f"{path}: missing or unreadable manifest ({exc})") from exc
-    if signed:
-        manifest["signature"] = signature
-    for name, want in sorted(files.items()):
-        if not isinstance(name, str) or not isinstance(want, str):
-            raise BundleError(f"{path}: file entries must be name: sha256 strings")
-        full = os.path.normpath(os.path.join(root, name))
-        if not full.startswith(root + os.sep):
-            raise BundleError(f"manifest.json names a file outside the bundle: {name!r}")
-        digest = hashlib.sha256()
-        try:
-            with open(full, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(block)
-        except OSError as exc:
-            raise BundleError(f"{name}: listed in manifest.json but unreadable "
-                              f"({exc.strerror})") from exc
-        if digest.hexdigest() != want:
-            raise BundleError(f"{name}: sha256 {digest.hexdigest()[:16]}... does not match "
-                              f"the manifest ({want[:16]}...): the bundle is damaged or was "
-                              "modified; copy it again")
-    return manifest
-
-
-def load_interpreter(model_path: str, threads: int, runtime: str = "auto"):
-    """An allocated interpreter from ai_edge_litert or tflite_runtime, and its name."""
+def load_interpreter(model: bytes, threads: int, runtime: str = "auto"):
+    """An allocated interpreter for the model's bytes from ai_edge_litert or tflite_runtime."""
     tried = []
     for dist in (("ai-edge-litert", "tflite-runtime") if runtime == "auto" else (runtime,)):
         name = dist.replace("-", "_")
@@ -136,7 +130,7 @@ def load_interpreter(model_path: str, threads: int, runtime: str = "auto"):
             tried.append(f"{name}: {exc}")
             continue
         try:
-            interp = module.Interpreter(model_path=model_path, num_threads=threads)
+            interp = module.Interpreter(model_content=model, num_threads=threads)
             interp.allocate_tensors()
         except Exception as exc:  # e.g. tflite-runtime 2.14 under NumPy 2
             tried.append(f"{name}: {type(exc).__name__}: {exc}")
@@ -162,8 +156,8 @@ class Model:
         self.np = np
         self.spec = spec
         self.threads = threads
-        self.interp, self.runtime = load_interpreter(os.path.join(root, spec["model"]), threads,
-                                                     runtime)
+        model = read_bundle_file(root, spec["model"], verifier.MAX_FILE_BYTES)
+        self.interp, self.runtime = load_interpreter(model, threads, runtime)
         self.inp = self.interp.get_input_details()[0]
         self.out = self.interp.get_output_details()[0]
 
@@ -251,12 +245,31 @@ def load_inputs(paths, spec):
             yield path, preprocess_image(path, spec)
 
 
+def load_golden(model: Model, root: str, spec: dict) -> tuple:
+    """The golden inputs and the build's outputs for them, shapes checked against the model."""
+    np, test = model.np, spec["selftest"]
+    arrays = []
+    for key in ("inputs", "outputs"):
+        data = read_bundle_file(root, test[key], MAX_GOLDEN_BYTES)
+        try:
+            arrays.append(np.load(io.BytesIO(data), allow_pickle=False))
+        except Exception as exc:  # hostile bytes make np.load raise many types
+            raise BundleError(f"{test[key]}: not a readable .npy ({type(exc).__name__})") from exc
+    x, want = arrays
+    shape = (len(x), *spec["preprocessing"]["input_shape"])
+    if (x.dtype.kind != "f" or tuple(x.shape) != shape or len(x) == 0 or want.ndim < 2
+            or len(want) != len(x) or want.shape[-1] != len(spec["labels"])):
+        raise BundleError(f"golden inputs {list(x.shape)} and outputs {list(want.shape)} do not "
+                          f"fit the model (N, {', '.join(map(str, shape[1:]))}) and "
+                          f"{len(spec['labels'])} labels")
+    return x, want
+
+
 def selftest(model: Model, root: str, spec: dict) -> dict:
     """Outputs on the golden inputs against the build's, within the bundle's tolerance."""
     np = model.np
     test = spec["selftest"]
-    x = np.load(os.path.join(root, test["inputs"]), allow_pickle=False)
-    want = np.load(os.path.join(root, test["outputs"]), allow_pickle=False)
+    x, want = load_golden(model, root, spec)
     got = np.stack([model.raw(xi) for xi in x])
     diff = float(np.max(np.abs(got.astype(np.float64) - want.astype(np.float64))))
     agree = float(np.mean(got.argmax(-1) == want.argmax(-1)))
@@ -284,7 +297,7 @@ def device() -> dict:
 
 def bench(model: Model, runs: int, root: str = HERE) -> dict:
     np = model.np
-    x = np.load(os.path.join(root, model.spec["selftest"]["inputs"]), allow_pickle=False)[0]
+    x = load_golden(model, root, model.spec)[0][0]
     for _ in range(min(50, runs)):
         model.raw(x)
     times = []
@@ -308,9 +321,9 @@ def run(args, root: str) -> tuple:
         raise BundleError("--threads, --top-k and --runs must be >= 1")
     if not (args.inputs or args.selftest or args.bench):
         raise BundleError("nothing to do: give inputs, --selftest or --bench")
-    signature = verify_manifest(root, signed=True)["signature"]  # before anything is loaded
-    with open(os.path.join(root, "bundle.json"), encoding="utf-8") as f:
-        spec = json.load(f)
+    manifest = verify_bundle(root)  # before anything is loaded
+    signature = manifest["signature"]
+    spec = load_spec(root, manifest["files"])
     model = Model(root, spec, args.threads, args.runtime)
     doc, code = {"signature": signature}, 0
     if args.selftest:
