@@ -22,7 +22,7 @@ import numpy as np
 
 from edgebn.errors import EdgebnError
 from edgebn.machine import environment, peak_rss_mb
-from edgebn.runtime import Backend, load_interpreter
+from edgebn.runtime import Backend, interpreter_errors, load_interpreter
 from edgebn.tensors import make_inputs
 from edgebn.tflite import TFLiteModel, as_tflite
 
@@ -219,6 +219,13 @@ class _Runner:
         t0 = time.perf_counter_ns()
         self.interp, self.info = load_interpreter(model, settings.backend, settings.threads,
                                                   settings.xnnpack)
+        if not self.interp.get_input_details():
+            raise EdgebnError(f"{model.path}: the model has no inputs; bench feeds its first one")
+        self.path = model.path
+        with interpreter_errors(f"{model.path}: the interpreter cannot run this model"):
+            self._feed(settings, data, t0)
+
+    def _feed(self, settings: BenchSettings, data: np.ndarray | None, t0: int) -> None:
         detail = self.interp.get_input_details()[0]
         if settings.batch != 1:
             shape = [settings.batch, *detail["shape"][1:]]
@@ -226,7 +233,6 @@ class _Runner:
             self.interp.allocate_tensors()
             detail = self.interp.get_input_details()[0]
         self.init_ms = (time.perf_counter_ns() - t0) / 1e6
-        self.path = model.path
         self.index = detail["index"]
         self.inputs = make_inputs(detail["shape"], detail["dtype"], detail["quantization"],
                                   count=16, data=data)
@@ -246,6 +252,10 @@ class _Runner:
 
     def run(self, n: int, keep: bool = True) -> int:
         """Invoke ``n`` times; return the time spent inside invoke(), in ns."""
+        with interpreter_errors(f"{self.path}: the interpreter cannot run this model"):
+            return self._run(n, keep)
+
+    def _run(self, n: int, keep: bool) -> int:
         invoke, set_tensor, index, inputs = (self.interp.invoke, self.interp.set_tensor,
                                              self.index, self.inputs)
         clock = time.perf_counter_ns

@@ -9,7 +9,6 @@ then invoked in blocks sized so that ``ROUNDS`` blocks fill its time budget.
 
 from __future__ import annotations
 
-import importlib
 import time
 import warnings
 from typing import Any
@@ -17,7 +16,8 @@ from typing import Any
 import numpy as np
 
 from edgebn.bench import Latency
-from edgebn.runtime import load_interpreter
+from edgebn.errors import EdgebnError
+from edgebn.runtime import interpreter_errors, load_interpreter
 from edgebn.tflite import TFLiteModel
 
 ROUNDS = 8  # every interpreter is timed in this many blocks, taking turns
@@ -27,23 +27,15 @@ WARMUP_RUNS = 5
 
 def capture(model: TFLiteModel, settings: Any, feeds: list[np.ndarray]) -> Any:
     """One reference run of the whole model with every tensor kept; None if that fails."""
-    from edgebn.runtime import _import_backend, resolve_backend
-
-    cls, _, _ = _import_backend(resolve_backend(settings.backend))
-    kwargs: dict[str, Any] = {"model_content": model.data, "num_threads": 1,
-                              "experimental_preserve_all_tensors": True}
-    resolver = getattr(importlib.import_module(cls.__module__), "OpResolverType", None)
-    if resolver is not None:  # reference kernels: a delegate would not keep its tensors
-        kwargs["experimental_op_resolver_type"] = resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-    try:
+    try:  # reference kernels: a delegate would not keep its tensors
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "preserve_all_tensors is for debugging"
-            interp = cls(**kwargs)
-        interp.allocate_tensors()
+            interp, _ = load_interpreter(model, settings.backend, 1, xnnpack=False,
+                                         preserve_all_tensors=True)
         for detail, x in zip(interp.get_input_details(), feeds, strict=True):
             interp.set_tensor(detail["index"], x)
         interp.invoke()
-    except (ValueError, RuntimeError, TypeError):
+    except (EdgebnError, ValueError, RuntimeError, TypeError):
         return None
     return interp
 
@@ -76,10 +68,17 @@ def _whole_input(detail: dict[str, Any]) -> np.ndarray:
 class Timed:
     """One loaded interpreter with its inputs set, timed in blocks of invoke() calls."""
 
-    def __init__(self, model: TFLiteModel, settings: Any,
-                 feeds: list[np.ndarray | None], budget_s: float, whole: bool = False) -> None:
+    def __init__(self, model: TFLiteModel, settings: Any,  # noqa: PLR0913
+                 feeds: list[np.ndarray | None], budget_s: float, whole: bool = False,
+                 checked: bool = True) -> None:
+        """``checked=False``: a model edgebn made (one operator of a preflighted model)."""
         self.interp, self.info = load_interpreter(model, settings.backend, settings.threads,
-                                                  settings.xnnpack)
+                                                  settings.xnnpack, checked=checked)
+        self.path = model.path
+        with interpreter_errors(f"{model.path}: the interpreter cannot run this model"):
+            self._feed(feeds, budget_s, whole)
+
+    def _feed(self, feeds: list[np.ndarray | None], budget_s: float, whole: bool) -> None:
         details = self.interp.get_input_details()
         resized = False
         for d, x in zip(details, feeds, strict=True):
@@ -105,6 +104,10 @@ class Timed:
         return time.perf_counter_ns() - t0
 
     def run(self) -> None:
+        with interpreter_errors(f"{self.path}: the interpreter cannot run this model"):
+            self._run()
+
+    def _run(self) -> None:
         invoke, clock, keep = self.interp.invoke, time.perf_counter_ns, self.samples.append
         for _ in range(self.block):
             t0 = clock()

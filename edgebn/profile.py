@@ -20,7 +20,10 @@ shown beside the whole model's p50, not instead of it.
 Residue cost: the whole model's p50 over the p50 of the same graph with its residual
 BN pairs bypassed (:func:`edgebn.tflite_edit.bypass_pairs`), both timed interleaved by
 :func:`edgebn.bench.bench_tflite`. The bypassed graph computes different outputs, so the
-ratio is an estimate of what the residue costs, not a model one could ship.
+ratio is an estimate of what the residue costs, not a model one could ship. When the
+bypassed graph cannot be loaded (XNNPACK refuses an int8 MAX_POOL_2D whose input scale
+is no longer its output's), the profile stands without it: ``residue_cost`` is null and
+``residue_skipped`` says why.
 """
 
 from __future__ import annotations
@@ -125,6 +128,7 @@ class ProfileResult:
     residue: ResidueCost | None = None
     baseline: ProfileResult | None = None
     diff: tuple[OpDiff, ...] = ()
+    residue_skipped: str | None = None  # why the residue cost was not measured, when it was not
     invoke_overhead_us: float = 0.0  # an empty invoke(), taken off each operator's time
     method: str = METHOD
 
@@ -178,7 +182,8 @@ class ProfileResult:
                "gmacs_per_s": self.macs / p50 / 1e3 if p50 else None,
                "operators": [o.to_json() for o in self.operators], "by_op": self.by_op(),
                "residual_pairs": self.residual_pairs(), "residue_cost": self.residue_cost,
-               "residue": self.residue.to_json() if self.residue is not None else None}
+               "residue": self.residue.to_json() if self.residue is not None else None,
+               "residue_skipped": self.residue_skipped}
         if self.baseline is not None:
             base = self.baseline
             doc["baseline"] = {"model": base.model, "latency_us": asdict(base.latency_us),
@@ -279,7 +284,7 @@ def _prepare(model: TFLiteModel, settings: ProfileSettings,
                             {t: v for t, v in frozen.items() if v is not None})
             feeds = [captured(reference, cost.subgraph, t) for t in one.inputs]
             entry.timed = Timed(parse_tflite(one.data, f"{model.path} operator {cost.index}"),
-                                settings, feeds, budget)
+                                settings, feeds, budget, checked=False)  # a preflighted node
         except (EdgebnError, ValueError, RuntimeError) as exc:
             entry.note = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
     return prepared
@@ -313,7 +318,7 @@ def profile(model: TFLiteModel | str | Path, settings: ProfileSettings = Profile
     pairs = [residual_pairs(m) for m in models]
     prepared = [_prepare(m, settings, p) for m, p in zip(models, pairs, strict=True)]
     empty = Timed(parse_tflite(empty_model(), "<empty invoke>"), settings, [None, None],
-                  OP_MIN_TIME_S)
+                  OP_MIN_TIME_S, checked=False)
     for _ in range(ROUNDS):  # every interpreter takes its turn, round after round
         for unit in (empty, *(u for p in prepared for u in p.units())):
             unit.run()
@@ -322,7 +327,11 @@ def profile(model: TFLiteModel | str | Path, settings: ProfileSettings = Profile
     del prepared  # free the interpreters before the residue is timed
     result = results[0]
     if settings.residue:
-        result = replace(result, residue=residue_cost(models[0], settings, pairs[0]))
+        try:
+            result = replace(result, residue=residue_cost(models[0], settings, pairs[0]))
+        except EdgebnError as exc:  # the bypassed copy: the profile stands without it
+            result = replace(result, residue_skipped=f"the graph with its residual BN bypassed "
+                                                     f"cannot be timed: {exc}")
     if baseline is not None:
         result = replace(result, baseline=results[1],
                          diff=diff_operators(result.operators, results[1].operators))

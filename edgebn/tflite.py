@@ -7,6 +7,10 @@ flatbuffers runtime. That runtime does not verify buffers, so this module does:
 * every vector length is checked against the file size before it is iterated,
   and all vectors together may not exceed a work budget proportional to the
   file size (a forged file can alias one huge table many times over);
+* every operator is checked against the schema: opcode and tensor indices, inputs
+  (count, -1 only where optional) and options table (a CONV_2D's code swapped for
+  SPLIT is refused: XNNPACK would read SplitOptions that are not there);
+* the identifier and size (at most ``MAX_FILE_BYTES``) are checked before reading;
 * any low-level failure while decoding (offset out of range, bad UTF-8, ...)
   becomes an ``InvalidModelError`` naming the file.
 
@@ -15,7 +19,9 @@ So a hostile file ends in a result or in one clear error, never a crash or a han
 
 from __future__ import annotations
 
+import os
 import struct
+from collections import Counter
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -27,6 +33,23 @@ from edgebn.errors import InvalidModelError
 
 FILE_IDENTIFIER = b"TFL3"
 _MIN_SIZE = 8  # root offset (4 bytes) + file identifier (4 bytes)
+MAX_FILE_BYTES = 2 << 30  # 2 GiB: a flatbuffer's own limit, and far beyond an edge model
+
+# builtin -> (fewest inputs, most (None: any), leading inputs that may not be -1 (None: all))
+_INPUTS: dict[str, tuple[int, int | None, int | None]] = {
+    **dict.fromkeys("CONV_2D DEPTHWISE_CONV_2D FULLY_CONNECTED CONV_3D".split(), (2, 3, 2)),
+    **dict.fromkeys("MAX_POOL_2D AVERAGE_POOL_2D SOFTMAX SQUEEZE QUANTIZE DEQUANTIZE RELU RELU6 TANH "
+                    "LOGISTIC HARD_SWISH RSQRT".split(), (1, 1, 1)),
+    **dict.fromkeys("ADD SUB MUL DIV MEAN SUM REDUCE_MAX REDUCE_MIN PAD SPLIT GATHER TRANSPOSE PRELU "
+                    "BATCH_MATMUL RESIZE_BILINEAR RESIZE_NEAREST_NEIGHBOR SQUARED_DIFFERENCE MAXIMUM "
+                    "MINIMUM".split(), (2, 2, 2)),
+    "TRANSPOSE_CONV": (3, 4, 3), "RESHAPE": (1, 2, 1), "PADV2": (2, 3, 2), "SPLIT_V": (3, 3, 3),
+    "SLICE": (3, 3, 3), "STRIDED_SLICE": (4, 4, 4), "CONCATENATION": (1, None, None), "PACK": (1, None, None)}
+# builtins whose options table is not named after them (the rest: CONV_2D -> Conv2DOptions)
+_SHARED_OPTIONS = {**dict.fromkeys("MAX_POOL_2D AVERAGE_POOL_2D L2_POOL_2D".split(), "Pool2DOptions"),
+                   **dict.fromkeys("MEAN SUM REDUCE_MAX REDUCE_MIN REDUCE_PROD REDUCE_ANY REDUCE_ALL"
+                                   .split(), "ReducerOptions"),
+                   "MAXIMUM": "MaximumMinimumOptions", "MINIMUM": "MaximumMinimumOptions"}
 
 
 @cache
@@ -38,10 +61,8 @@ def _schema() -> Any:
         try:
             from tensorflow.lite.python import schema_py_generated as schema
         except ImportError as exc:
-            raise InvalidModelError(
-                "reading .tflite files needs the TFLite schema binding: "
-                "pip install ai-edge-litert"
-            ) from exc
+            raise InvalidModelError("reading .tflite files needs the TFLite schema binding: "
+                                    "pip install ai-edge-litert") from exc
     return schema
 
 
@@ -51,16 +72,13 @@ def _enum_names(enum_name: str) -> dict[int, str]:
     return {v: k for k, v in vars(enum).items() if not k.startswith("_") and isinstance(v, int)}
 
 
-_DTYPE_BYTES = {
-    "FLOAT32": 4, "FLOAT16": 2, "INT32": 4, "UINT8": 1, "INT64": 8, "BOOL": 1, "INT16": 2,
-    "COMPLEX64": 8, "INT8": 1, "FLOAT64": 8, "COMPLEX128": 16, "UINT64": 8, "UINT32": 4,
-    "UINT16": 2, "BFLOAT16": 2, "FLOAT8_E4M3FN": 1, "FLOAT8_E5M2": 1,
-}
 _NUMPY_DTYPES = {
     "FLOAT32": np.float32, "FLOAT16": np.float16, "INT32": np.int32, "UINT8": np.uint8,
     "INT64": np.int64, "BOOL": np.bool_, "INT16": np.int16, "INT8": np.int8,
     "FLOAT64": np.float64, "UINT64": np.uint64, "UINT32": np.uint32, "UINT16": np.uint16,
 }
+_DTYPE_BYTES = {k: np.dtype(v).itemsize for k, v in _NUMPY_DTYPES.items()} | {
+    "COMPLEX64": 8, "COMPLEX128": 16, "BFLOAT16": 2, "FLOAT8_E4M3FN": 1, "FLOAT8_E5M2": 1}
 
 
 @dataclass(frozen=True)
@@ -123,8 +141,7 @@ class Subgraph:
 
     def to_json(self) -> dict[str, Any]:
         return {"index": self.index, "name": self.name, "inputs": list(self.inputs),
-                "outputs": list(self.outputs),
-                "operators": [op.to_json() for op in self.operators]}
+                "outputs": list(self.outputs), "operators": [op.to_json() for op in self.operators]}
 
 
 @dataclass(frozen=True)
@@ -158,11 +175,7 @@ class TFLiteModel:
         return self.size_bytes - self.weight_bytes
 
     def op_counts(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for sg in self.subgraphs:
-            for op in sg.operators:
-                counts[op.op] = counts.get(op.op, 0) + 1
-        return dict(sorted(counts.items()))
+        return dict(sorted(Counter(op.op for sg in self.subgraphs for op in sg.operators).items()))
 
     def constant(self, tensor: Tensor) -> np.ndarray | None:
         """The tensor's constant value as stored (quantized values stay quantized), or None."""
@@ -205,6 +218,18 @@ def as_tflite(model: TFLiteModel | str | Path) -> TFLiteModel:
     return model if isinstance(model, TFLiteModel) else read_tflite(model)
 
 
+def _check_head(head: bytes, size: int, name: str) -> None:
+    """Refuse what is not a TFLite flatbuffer from its first 8 bytes and its size."""
+    if size < _MIN_SIZE or len(head) < _MIN_SIZE:
+        raise InvalidModelError(f"{name}: not a TFLite model ({size} bytes, too short)")
+    if head[4:8] != FILE_IDENTIFIER:
+        raise InvalidModelError(f"{name}: not a TFLite model (file identifier {head[4:8]!r}, "
+                                f"expected {FILE_IDENTIFIER!r})")
+    if size > MAX_FILE_BYTES:
+        raise InvalidModelError(f"{name}: {size} bytes; edgebn reads TFLite models of at most "
+                                f"{MAX_FILE_BYTES} bytes (2 GiB)")
+
+
 def read_tflite(path: str | Path) -> TFLiteModel:
     """Parse ``path`` as a TFLite flatbuffer; raise InvalidModelError if it is not one."""
     p = Path(path)
@@ -213,7 +238,10 @@ def read_tflite(path: str | Path) -> TFLiteModel:
     if not p.is_file():
         raise InvalidModelError(f"{p}: not a regular file")
     try:
-        data = p.read_bytes()
+        with p.open("rb") as f:
+            head = f.read(_MIN_SIZE)
+            _check_head(head, os.fstat(f.fileno()).st_size, str(p))
+            data = head + f.read(MAX_FILE_BYTES + 1 - len(head))
     except OSError as exc:
         raise InvalidModelError(f"{p}: cannot read ({exc.strerror})") from exc
     return parse_tflite(data, str(p))
@@ -221,21 +249,15 @@ def read_tflite(path: str | Path) -> TFLiteModel:
 
 def parse_tflite(data: bytes, name: str = "<bytes>") -> TFLiteModel:
     """Parse TFLite flatbuffer bytes; ``name`` is used in messages and in the result."""
-    if len(data) < _MIN_SIZE:
-        raise InvalidModelError(f"{name}: not a TFLite model ({len(data)} bytes, too short)")
-    if data[4:8] != FILE_IDENTIFIER:
-        raise InvalidModelError(
-            f"{name}: not a TFLite model (file identifier {data[4:8]!r}, expected {FILE_IDENTIFIER!r})"
-        )
+    _check_head(data[:_MIN_SIZE], len(data), name)
     try:
         return _parse(data, name)
     except InvalidModelError as exc:
         raise InvalidModelError(f"{name}: invalid TFLite model: {exc}") from None
     except (struct.error, IndexError, ValueError, TypeError, OverflowError,
             UnicodeDecodeError, RecursionError, MemoryError) as exc:
-        raise InvalidModelError(
-            f"{name}: invalid TFLite model: {type(exc).__name__} while decoding ({exc})"
-        ) from None
+        raise InvalidModelError(f"{name}: invalid TFLite model: {type(exc).__name__} while "
+                                f"decoding ({exc})") from None
 
 
 def _parse(data: bytes, name: str) -> TFLiteModel:
@@ -252,11 +274,8 @@ def _parse(data: bytes, name: str) -> TFLiteModel:
                  for s in range(budget.length(model.SubgraphsLength(), 4, "subgraphs"))]
     # Weight bytes: constant buffers referenced by tensors (each buffer counted once).
     used = {t.buffer for sg in subgraphs for t in sg.tensors if t.constant_bytes}
-    return TFLiteModel(
-        path=name, size_bytes=size, version=model.Version(), subgraphs=tuple(subgraphs),
-        signatures=_signatures(model, budget), weight_bytes=sum(buffers[b][1] for b in used),
-        _buffers=tuple(buffers), _data=data,
-    )
+    return TFLiteModel(name, size, model.Version(), tuple(subgraphs), _signatures(model, budget),
+                       sum(buffers[b][1] for b in used), tuple(buffers), data)
 
 
 def _op_codes(model, schema, budget: _Budget) -> list[str]:
@@ -305,19 +324,38 @@ def _subgraph(sg, s: int, op_codes: list[str], buffers, budget: _Budget) -> Subg
         op = sg.Operators(o)
         code = op.OpcodeIndex()
         if not 0 <= code < len(op_codes):
-            raise InvalidModelError(f"operator {o} uses opcode {code}; there are {len(op_codes)}")
+            raise InvalidModelError(f"subgraph {s} operator {o} uses opcode {code}; "
+                                    f"there are {len(op_codes)}")
         where = f"subgraph {s} operator {o}"
-        operators.append(Operator(
-            index=o, op=op_codes[code],
-            inputs=refs(op.InputsLength(), op.Inputs, f"{where} inputs", optional=True),
-            outputs=refs(op.OutputsLength(), op.Outputs, f"{where} outputs", optional=True),
-        ))
-    return Subgraph(
-        index=s, name=_text(sg.Name()) or ("main" if s == 0 else f"subgraph_{s}"),
-        inputs=refs(sg.InputsLength(), sg.Inputs, f"subgraph {s} inputs"),
-        outputs=refs(sg.OutputsLength(), sg.Outputs, f"subgraph {s} outputs"),
-        tensors=tensors, operators=tuple(operators),
-    )
+        operator = Operator(o, op_codes[code],
+                            refs(op.InputsLength(), op.Inputs, f"{where} inputs", optional=True),
+                            refs(op.OutputsLength(), op.Outputs, f"{where} outputs", optional=True))
+        _check_operator(operator, op.BuiltinOptionsType(), where)
+        operators.append(operator)
+    return Subgraph(s, _text(sg.Name()) or ("main" if s == 0 else f"subgraph_{s}"),
+                    refs(sg.InputsLength(), sg.Inputs, f"subgraph {s} inputs"),
+                    refs(sg.OutputsLength(), sg.Outputs, f"subgraph {s} outputs"),
+                    tensors, tuple(operators))
+
+
+def _check_operator(op: Operator, options_type: int, where: str) -> None:
+    """A builtin's input count, required inputs, outputs and options table, per the schema."""
+    if op.op in _INPUTS:
+        fewest, most, required = _INPUTS[op.op]
+        n = len(op.inputs)
+        if n < fewest or (most is not None and n > most):
+            allowed = f"{fewest}" if most == fewest else f"{fewest} to {most or 'any'}"
+            raise InvalidModelError(f"{where} ({op.op}) has {n} inputs; {op.op} takes {allowed}")
+        missing = [i for i, t in enumerate(op.inputs[:required]) if t < 0]
+        if missing or not op.outputs or -1 in op.outputs:
+            raise InvalidModelError(f"{where} ({op.op}) omits a tensor it needs (-1): inputs "
+                                    f"{list(op.inputs)}, outputs {list(op.outputs)}")
+    names = _enum_names("BuiltinOptions")  # CONV_2D -> Conv2DOptions, unless shared
+    given = names.get(options_type, f"options type {options_type}")
+    expected = _SHARED_OPTIONS.get(op.op) or next(
+        (n for n in names.values() if n.lower() == op.op.replace("_", "").lower() + "options"), None)
+    if options_type and expected is not None and given != expected:
+        raise InvalidModelError(f"{where} ({op.op}) carries {given}; {op.op} takes {expected}")
 
 
 def _signatures(model, budget: _Budget) -> tuple[Signature, ...]:
@@ -343,16 +381,10 @@ def _tensor(t, index: int, buffers, dtype_names, budget: _Budget) -> Tensor:
     if q is not None and q.ScaleLength():
         n = budget.length(q.ScaleLength(), 4, f"tensor {index} scales")
         zp = budget.length(q.ZeroPointLength(), 8, f"tensor {index} zero points")
-        quant = Quantization(
-            scale=tuple(float(q.Scale(j)) for j in range(n)),
-            zero_point=tuple(int(q.ZeroPoint(j)) for j in range(zp)),
-            quantized_dimension=q.QuantizedDimension(),
-        )
-    return Tensor(
-        index=index, name=_text(t.Name()), shape=shape,
-        dtype=dtype_names.get(t.Type(), f"TYPE_{t.Type()}"), buffer=buffer,
-        constant_bytes=constant_bytes, quantization=quant,
-    )
+        quant = Quantization(tuple(float(q.Scale(j)) for j in range(n)),
+                             tuple(int(q.ZeroPoint(j)) for j in range(zp)), q.QuantizedDimension())
+    return Tensor(index, _text(t.Name()), shape, dtype_names.get(t.Type(), f"TYPE_{t.Type()}"),
+                  buffer, constant_bytes, quant)
 
 
 def tensor_bytes(tensor: Tensor) -> int:
@@ -361,23 +393,7 @@ def tensor_bytes(tensor: Tensor) -> int:
 
 
 def strip_names(data: bytes) -> bytes:
-    """The same model with every tensor and subgraph name and signature removed.
+    """The same model without tensor and subgraph names or signatures (see tflite_edit)."""
+    from edgebn.tflite_edit import strip_names as strip  # tflite_edit imports this module
 
-    Re-packs through the schema's object API. Useful to check that analysis does
-    not lean on names, and to ship a model that leaks no layer names.
-    """
-    import flatbuffers
-
-    parse_tflite(data)  # refuse invalid input before the unchecked object API sees it
-    schema = _schema()
-    model = schema.ModelT.InitFromPackedBuf(bytearray(data), 0)
-    for sg in model.subgraphs or []:
-        sg.name = None
-        for t in sg.tensors or []:
-            t.name = None
-    model.signatureDefs = None
-    model.metadata = None
-    model.metadataBuffer = None
-    builder = flatbuffers.Builder(len(data) + 1024)
-    builder.Finish(model.Pack(builder), file_identifier=FILE_IDENTIFIER)
-    return bytes(builder.Output())
+    return strip(data)

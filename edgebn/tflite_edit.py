@@ -110,6 +110,12 @@ def single_op(model: TFLiteModel, unpacked: Any, subgraph: int, index: int,
     """
     frozen = frozen or {}
     s = _schema()
+    if not 0 <= subgraph < len(model.subgraphs) or \
+            not 0 <= index < len(model.subgraphs[subgraph].operators):
+        raise EdgebnError(f"{model.path}: no operator {index} in subgraph {subgraph}; it has "
+                          f"{len(model.subgraphs)} subgraphs" + (
+                              f", subgraph {subgraph} {len(model.subgraphs[subgraph].operators)} "
+                              "operators" if 0 <= subgraph < len(model.subgraphs) else ""))
     sg, parsed = unpacked.subgraphs[subgraph], model.subgraphs[subgraph]
     op = sg.operators[index]
     if calls_subgraphs(op):
@@ -284,3 +290,23 @@ def empty_model() -> bytes:
     m = s.ModelT()
     m.version, m.operatorCodes, m.subgraphs, m.buffers = 3, [code], [sg], [_Buffer(b"")]
     return _pack(m, 0)
+
+
+def strip_names(data: bytes) -> bytes:
+    """The same model with every tensor and subgraph name and signature removed.
+
+    Re-packs through the schema's object API. Useful to check that analysis does
+    not lean on names, and to ship a model that leaks no layer names.
+    """
+    from edgebn.tflite import parse_tflite
+
+    parse_tflite(data)  # refuse invalid input before the unchecked object API sees it
+    model = _schema().ModelT.InitFromPackedBuf(bytearray(data), 0)
+    for sg in model.subgraphs or []:
+        sg.name = None
+        for t in sg.tensors or []:
+            t.name = None
+    model.signatureDefs = None
+    model.metadata = None
+    model.metadataBuffer = None
+    return _pack(model, len(data))

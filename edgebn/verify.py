@@ -9,7 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from edgebn.runtime import Backend, load_interpreter
+from edgebn.errors import EdgebnError
+from edgebn.runtime import Backend, interpreter_errors, load_interpreter
 from edgebn.tensors import dequantize, quantize, rows_per_chunk
 from edgebn.tflite import TFLiteModel
 
@@ -57,6 +58,14 @@ def _predict(model: TFLiteModel | str | Path, x: Any, backend: Backend | str, th
     """The .tflite's outputs, and ``keras_model``'s on the same rows when given; ``x`` is
     read one chunk at a time."""
     interp, info = load_interpreter(model, backend, threads)
+    if not interp.get_input_details() or not interp.get_output_details():
+        raise EdgebnError(f"{getattr(model, 'path', model)}: the model needs an input and an output")
+    with interpreter_errors(f"{getattr(model, 'path', model)}: the interpreter cannot run this model"):
+        return _run(interp, str(info), x, keras_model)
+
+
+def _run(interp: Any, info: str, x: Any, keras_model: Any
+         ) -> tuple[np.ndarray, str, np.ndarray | None]:
     inp = interp.get_input_details()[0]
     outputs, keras_outputs = [], []
     for batch in _chunks(x):
@@ -72,7 +81,7 @@ def _predict(model: TFLiteModel | str | Path, x: Any, backend: Backend | str, th
         interp.invoke()
         out = interp.get_output_details()[0]
         outputs.append(dequantize(interp.get_tensor(out["index"]), out["quantization"]))
-    return (np.concatenate(outputs), str(info),
+    return (np.concatenate(outputs), info,
             np.concatenate(keras_outputs) if keras_model is not None else None)
 
 
