@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgebn.errors import DatasetError
+from edgebn.tensors import path_text, reason
 
 if TYPE_CHECKING:
     from edgebn.folder import Streams
@@ -166,8 +167,8 @@ class DataSpec:
     @property
     def name(self) -> str:
         if self.npz is not None:
-            return f"npz:{Path(self.npz).name}"
-        return f"folder:{Path(self.data_dir).name}" if self.data_dir is not None else \
+            return f"npz:{path_text(Path(self.npz).name)}"
+        return f"folder:{path_text(Path(self.data_dir).name)}" if self.data_dir is not None else \
             DatasetName(self.dataset).value
 
     def load(self, stream: bool = False) -> Dataset:
@@ -264,31 +265,13 @@ class DataSpec:
 
 def _npz(spec: DataSpec):
     """Preprocessed inputs and labels from an .npz: x (N, H, W, C), y (N,), labels (K,)."""
-    from edgebn.tensors import load_labelled
+    from edgebn.tensors import load_classified
 
-    p = Path(spec.npz)
-    x, arrays = load_labelled(p, ("y", "labels"))  # one read of the file
-    if "y" not in arrays:
-        raise DatasetError(f"{p}: needs an integer array 'y' of class indices (an .npz with "
-                           "x, y and optional labels)")
-    y = np.asarray(arrays["y"])
-    names = [str(n) for n in arrays["labels"]] if "labels" in arrays else None
-    if y.ndim != 1 or len(y) != len(x) or y.dtype.kind not in "iu" or (len(y) and y.min() < 0):
-        raise DatasetError(f"{p}: 'y' must hold one class index >= 0 per sample. Received: "
-                           f"shape={y.shape}, dtype={y.dtype} for {len(x)} samples")
-    if x.ndim != 4 or x.shape[-1] not in (1, 3):
-        raise DatasetError(f"{p}: 'x' must be images (N, H, W, 1 or 3). Received: {list(x.shape)}")
-    if spec.labels is not None:
-        names = [line.strip() for line in Path(spec.labels).read_text(encoding="utf-8")
-                 .splitlines() if line.strip()]
-    classes = int(y.max()) + 1 if len(y) else 0
-    names = names or [str(i) for i in range(classes)]
-    if len(names) < classes:
-        raise DatasetError(f"{p}: {len(names)} labels for class indices up to {classes - 1}")
+    x, y, names = load_classified(spec.npz, spec.labels)
     h, w, c = x.shape[1:]
     pre = Preprocessing((h, w, c), 255.0, spec.scale if spec.scale is not None else 1 / 255,
                         spec.offset, Color.grayscale if c == 1 else Color.rgb, spec.resize)
-    return x, y.astype(np.int64), names, pre
+    return x, y, names, pre
 
 
 def _digits():
@@ -369,15 +352,20 @@ def _split(x, y, spec: DataSpec, fixed_test=None):
             f"Received per-class counts: {counts.tolist()}"
         )
     idx = np.arange(len(y))
-    if limit is not None and limit < len(y):
-        idx, _ = train_test_split(idx, train_size=limit, stratify=y, random_state=seed)
-        fixed_test = None
-    if fixed_test is not None:
-        test_idx = fixed_test
-        rest = np.setdiff1d(idx, fixed_test)
-    else:
-        rest, test_idx = train_test_split(idx, test_size=spec.test_fraction, stratify=y[idx],
-                                          random_state=seed)
-    train_idx, val_idx = train_test_split(rest, test_size=spec.val_fraction, stratify=y[rest],
-                                          random_state=seed)
+    try:  # too few samples for a class in every split: sklearn says how many it needs
+        if limit is not None and limit < len(y):
+            idx, _ = train_test_split(idx, train_size=limit, stratify=y, random_state=seed)
+            fixed_test = None
+        if fixed_test is not None:
+            test_idx = fixed_test
+            rest = np.setdiff1d(idx, fixed_test)
+        else:
+            rest, test_idx = train_test_split(idx, test_size=spec.test_fraction,
+                                              stratify=y[idx], random_state=seed)
+        train_idx, val_idx = train_test_split(rest, test_size=spec.val_fraction,
+                                              stratify=y[rest], random_state=seed)
+    except ValueError as exc:
+        raise DatasetError(f"{len(idx)} samples in {int((counts > 0).sum())} classes cannot be "
+                           f"split into train/val/test with every class in each ({reason(exc)})"
+                           ) from exc
     return (x[train_idx], y[train_idx], x[val_idx], y[val_idx], x[test_idx], y[test_idx])

@@ -11,6 +11,7 @@ folder's size. Verify reads the test split in chunks (:meth:`ImageFiles.chunks`)
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ import numpy as np
 
 from edgebn.data import IMAGE_SUFFIXES, Preprocessing, read_image
 from edgebn.errors import DatasetError
+from edgebn.tensors import path_text, reason
 
 CACHE_BYTES = 256 * 2**20  # decoded float32 tensors of a split cached in memory up to this
 
@@ -37,18 +39,23 @@ def raise_read_error(exc: BaseException) -> None:
 def list_folder(root: Path) -> tuple[list[Path], np.ndarray, list[str]]:
     """Every image under ``root/<class>/``: paths, class indices, class names (sorted)."""
     if not root.exists():
-        raise DatasetError(f"{root}: no such directory")
+        raise DatasetError(f"{path_text(root)}: no such directory")
     if not root.is_dir():
-        raise DatasetError(f"{root}: not a directory")
+        raise DatasetError(f"{path_text(root)}: not a directory")
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    for d in class_dirs:  # a class's folder name is its label: in reports, on the device
+        if path_text(d.name) != d.name:
+            raise DatasetError(f"{path_text(d)}: a class folder's name must be UTF-8 text "
+                               "without control characters (it becomes the class's label); "
+                               "rename the folder")
     files = {d.name: sorted(f for f in d.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES
                             and f.is_file()) for d in class_dirs}
     files = {k: v for k, v in files.items() if v}
     if not files:
-        raise DatasetError(f"{root}: no images found (expected one sub-folder of "
+        raise DatasetError(f"{path_text(root)}: no images found (expected one sub-folder of "
                            f"images per class, suffixes {', '.join(sorted(IMAGE_SUFFIXES))})")
     if len(files) < 2:
-        raise DatasetError(f"{root}: only one class ({next(iter(files))}) has images; "
+        raise DatasetError(f"{path_text(root)}: only one class ({next(iter(files))}) has images; "
                            "a classifier needs at least two")
     paths = [f for fs in files.values() for f in fs]
     labels = np.concatenate([np.full(len(fs), i, np.int64) for i, fs in enumerate(files.values())])
@@ -62,7 +69,7 @@ def read_checked(path: str | Path, pre: Preprocessing) -> np.ndarray:
     try:
         return read_image(path, pre)
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise DatasetError(f"cannot read image {path} ({exc})") from exc
+        raise DatasetError(f"cannot read image {path_text(path)} ({reason(exc)})") from exc
 
 
 def check_headers(paths: list[Path]) -> None:
@@ -75,7 +82,7 @@ def check_headers(paths: list[Path]) -> None:
                 pass
         except (UnidentifiedImageError, OSError, ValueError,
                 Image.DecompressionBombError) as exc:
-            raise DatasetError(f"cannot read image {p} ({exc})") from exc
+            raise DatasetError(f"cannot read image {path_text(p)} ({reason(exc)})") from exc
 
 
 @dataclass(frozen=True)
@@ -115,7 +122,7 @@ class ImageFiles:
 
         def read(path: bytes) -> np.ndarray:
             try:
-                return pre.apply(read_checked(path.decode(), pre))
+                return pre.apply(read_checked(os.fsdecode(path), pre))
             except DatasetError as exc:  # TensorFlow rewraps it: keep it for the error line
                 _read_errors.append(exc)
                 raise
@@ -124,7 +131,10 @@ class ImageFiles:
             x = tf.numpy_function(read, [path], tf.float32, stateful=False)
             return tf.ensure_shape(x, shape), label
 
-        ds = tf.data.Dataset.from_tensor_slices((list(self.paths), self.labels))
+        # File names as the bytes the OS holds: TensorFlow would take text as UTF-8, which
+        # a name read with surrogateescape (bytes that are not UTF-8) is not.
+        names = [os.fsencode(p) for p in self.paths]
+        ds = tf.data.Dataset.from_tensor_slices((names, self.labels))
         cache = self.decoded_bytes <= CACHE_BYTES
         if shuffle and not cache:  # shuffle names (cheap), decode only what the batch needs
             ds = ds.shuffle(len(self.paths), seed=seed, reshuffle_each_iteration=True)
