@@ -32,6 +32,7 @@ from edgebn import __version__
 from edgebn.data import Preprocessing
 from edgebn.errors import EdgebnError, InvalidModelError
 from edgebn.stages import atomic_dir
+from edgebn.tensors import load_samples
 from edgebn.tflite import TFLiteModel, read_tflite
 
 DEVICE_DIR = Path(__file__).parent / "device"
@@ -142,7 +143,7 @@ class BundleSource:
     @classmethod
     def from_build_dir(cls, build_dir: str | Path) -> BundleSource:
         """From a build directory on disk: its report.json, model and samples.npy."""
-        from edgebn.report import read_report
+        from edgebn.report_read import read_report
 
         build_dir = Path(build_dir)
         report = read_report(build_dir / "report.json")
@@ -152,10 +153,7 @@ class BundleSource:
         samples = build_dir / "samples.npy"
         if not samples.is_file():
             raise EdgebnError(f"{samples}: missing (rebuild with this edgebn to bundle it)")
-        try:
-            x = np.load(samples, allow_pickle=False)
-        except (OSError, ValueError, EOFError) as exc:
-            raise InvalidModelError(f"{samples}: not a readable .npy of inputs ({exc})") from exc
+        x = load_samples(samples)  # headers and sizes checked before allocation
         want = tuple(report.preprocessing.input_shape)
         if x.ndim != 4 or tuple(x.shape[1:]) != want or x.dtype.kind != "f":
             raise InvalidModelError(f"{samples}: shape {list(x.shape)} ({x.dtype}), expected "

@@ -6,10 +6,14 @@ inspecting the new .tflite, and latency as a ratio from one interleaved benchmar
 both files on this machine (absolute times move between machines, ratios do not).
 When the latency ratio fails, both files are profiled operator by operator
 (:mod:`edgebn.profile`) and the operators whose isolated time grew most are named.
+
+Reports are read by :func:`edgebn.report_read.read_report`, which refuses a hostile one
+in one line naming the field.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +22,7 @@ from edgebn.analysis import inspect_tflite
 from edgebn.bench import BenchSettings, bench_tflite
 from edgebn.errors import EdgebnError
 from edgebn.opdiff import OpDiff
-from edgebn.report import read_report
+from edgebn.report_read import read_report
 
 
 @dataclass(frozen=True)
@@ -30,8 +34,8 @@ class Thresholds:
 
     def validate(self) -> None:
         for name in ("max_accuracy_drop", "max_latency_regression", "max_size_growth"):
-            if getattr(self, name) < 0:
-                raise EdgebnError(f"{name} must be >= 0. Received: {getattr(self, name)}")
+            if not 0 <= getattr(self, name) < math.inf:  # NaN too: a threshold nothing fails
+                raise EdgebnError(f"{name} must be a finite number >= 0. Received: {getattr(self, name)}")
 
 
 @dataclass(frozen=True)
@@ -93,7 +97,10 @@ def check(report: str | Path, baseline: str | Path, thresholds: Thresholds = Thr
                           "clean", cur_inspect.clean))
 
     cur_stats, base_stats = bench_tflite(cur.tflite, bench_settings, baseline=base.tflite)
-    ratio = cur_stats.latency_us.p50 / base_stats.latency_us.p50
+    p50s = (cur_stats.latency_us.p50, base_stats.latency_us.p50)
+    if not all(0 < t < math.inf for t in p50s):  # a timer that measured nothing gates nothing
+        raise EdgebnError(f"the latency p50s measured must be finite and > 0. Received: {p50s}")
+    ratio = p50s[0] / p50s[1]
     metrics.append(Metric("latency_p50_ratio", round(base_stats.latency_us.p50, 3),
                           round(cur_stats.latency_us.p50, 3),
                           f"ratio <= {1 + thresholds.max_latency_regression:.2f} "

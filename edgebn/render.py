@@ -323,6 +323,8 @@ def profile(result: Any, top: int = 15) -> None:
         out.print(f"residue cost: {r.ratio:.3f}x (p50 {r.model_p50_us:,.1f} µs against "
                   f"{r.bypassed_p50_us:,.1f} µs with the {r.pairs} pairs bypassed, interleaved); "
                   "an estimate: the bypassed graph computes different outputs")
+    elif result.residue_skipped:
+        out.print(f"residue cost: not measured ({result.residue_skipped})")
     if result.baseline is not None:
         profile_diff(result, top)
 

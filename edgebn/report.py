@@ -2,7 +2,8 @@
 
 :class:`BuildResult` is the typed outcome of ``edgebn build``; ``to_json()`` is the
 report document, ``rows()`` the summary that the terminal table and the Markdown both
-show. :func:`read_report` reads a report back for ``edgebn bundle`` and ``edgebn check``.
+show. Reports are read back (``edgebn bundle``, ``edgebn check``) by
+:mod:`edgebn.report_read`, where hostile ones are met.
 """
 
 from __future__ import annotations
@@ -13,8 +14,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgebn import __version__
-from edgebn.data import Preprocessing
-from edgebn.errors import EdgebnError, InvalidModelError
 from edgebn.stages import write_atomic
 
 if TYPE_CHECKING:  # types only: build.py imports this module, so no import cycle at run time
@@ -258,47 +257,3 @@ def write_report(result: BuildResult) -> None:
     """report.json and report.md, each written once, atomically."""
     write_atomic(result.out / "report.json", json.dumps(result.to_json(), indent=2) + "\n")
     write_atomic(result.out / "report.md", render_markdown(result))
-
-
-# ---------------------------------------------------------------- reading a report back
-
-
-@dataclass(frozen=True)
-class BuildReport:
-    """The parts of a build's report.json that bundle and check use, checked on reading."""
-
-    path: Path
-    tflite: Path  # absolute, or relative to the working directory
-    test_accuracy: float
-    quantize: str = "none"
-    arch: str = "custom"
-    bn_verdict: str = "unknown"
-    preprocessing: Preprocessing | None = None  # needed by a bundle, not by check
-    labels: tuple[str, ...] | None = None
-
-
-def read_report(path: str | Path) -> BuildReport:
-    """Read and check a report.json; a file that is not one is refused in one line."""
-    p = Path(path)
-    if not p.is_file():
-        raise EdgebnError(f"{p}: no such file (not a build directory? run edgebn build)")
-    try:
-        doc = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise EdgebnError(f"{p}: not a readable JSON report ({exc})") from exc
-    try:
-        t = doc["tflite"]
-        rel, accuracy = Path(t["path"]), float(t["test_accuracy"])
-        ds = doc.get("dataset") or {}
-        report = BuildReport(
-            p, rel if rel.is_absolute() else p.parent / rel, accuracy,
-            str(t.get("quantize", "none")), str(doc.get("model", {}).get("arch", "custom")),
-            str(doc.get("inspect", {}).get("bn", {}).get("verdict", "unknown")),
-            Preprocessing.from_json(ds["preprocessing"]) if "preprocessing" in ds else None,
-            tuple(map(str, ds["class_names"])) if "class_names" in ds else None)
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise InvalidModelError(f"{p}: not an edgebn build report (needs tflite.path and "
-                                f"tflite.test_accuracy; {type(exc).__name__}: {exc})") from exc
-    if not report.tflite.is_file():
-        raise EdgebnError(f"{p}: its model {report.tflite} does not exist")
-    return report

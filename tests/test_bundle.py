@@ -24,8 +24,8 @@ def predict(bundle_dir, *args):
 def test_bundle_has_every_file_and_a_matching_manifest(bundles, quantize):
     b = bundles[quantize]
     manifest = json.loads((b / "manifest.json").read_text())
-    expected = {"model.tflite", "labels.txt", "bundle.json", "predict.py", "requirements.txt",
-                "README.md", "golden/inputs.npy", "golden/outputs.npy"}
+    expected = {"model.tflite", "labels.txt", "bundle.json", "predict.py", "verify.py",
+                "requirements.txt", "README.md", "golden/inputs.npy", "golden/outputs.npy"}
     assert set(manifest["files"]) == expected
     spec = json.loads((b / "bundle.json").read_text())
     assert (b / "labels.txt").read_text().split() == [str(i) for i in range(10)]
@@ -94,7 +94,8 @@ def test_a_missing_file_and_a_missing_manifest_are_refused(bundles, tmp_path):
     b = shutil.copytree(bundles["none"], tmp_path / "b")
     (b / "labels.txt").unlink()
     res = predict(b, "--selftest")
-    assert res.returncode == 2 and "labels.txt: listed in manifest.json but unreadable" in res.stderr
+    assert res.returncode == 2
+    assert "labels.txt: listed in manifest.json but missing from the bundle" in res.stderr
     (b / "manifest.json").unlink()
     res = predict(b, "--selftest")
     assert res.returncode == 2 and "missing or unreadable manifest" in res.stderr
@@ -149,7 +150,7 @@ def test_bundle_refuses_a_directory_that_is_not_a_build(tmp_path):
 
 @pytest.mark.parametrize("victim, content, needle", [
     ("report.json", b"{not json", "not a readable JSON report"),
-    ("samples.npy", b"\x93NUMPY garbage", "not a readable .npy"),
+    ("samples.npy", b"\x93NUMPY garbage", "samples.npy: .npy format version"),
     ("model.tflite", b"TFL3" + b"\xff" * 64, "model.tflite"),
 ])
 def test_bundle_refuses_a_damaged_build_in_one_line(small_builds, tmp_path, victim, content, needle):

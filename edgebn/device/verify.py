@@ -209,6 +209,9 @@ def check_bundle(root, allowed=None):
     the bundle stands) and the verified bytes of predict.py (b"" when it is not listed).
     """
     root = os.path.realpath(root)
+    if not os.path.lexists(os.path.join(root, MANIFEST)):
+        raise BundleError(f"{root}: missing or unreadable manifest (no {MANIFEST}): not an "
+                          "edgebn bundle")
     data = read_regular(os.path.join(root, MANIFEST), MAX_MANIFEST_BYTES, MANIFEST)
     signature = verify_signature(root, data, allowed)
     manifest = parse_manifest(data)
