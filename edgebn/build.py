@@ -6,10 +6,14 @@
 Every .tflite is converted to bytes, parsed once and kept: verify, inspect, bench and
 the bundle use that parse; the Keras models stay in memory. ``report.json`` and
 ``report.md`` are written once, at the end, from the typed :class:`BuildResult`.
+
+Everything is written into a staging directory beside OUT, swapped in whole once the
+report is written: OUT always describes one build, whatever stops a build half-way.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -17,7 +21,7 @@ import numpy as np
 
 from edgebn.analysis import inspect_model
 from edgebn.bench import BenchResult, BenchSettings, BenchTargets, bench
-from edgebn.bundle import GOLDEN_SAMPLES
+from edgebn.bundle import GOLDEN_SAMPLES, check_bundle_out
 from edgebn.convert import (
     REPRESENTATIVE_SAMPLES,
     ConversionResult,
@@ -31,7 +35,7 @@ from edgebn.models import is_backbone
 from edgebn.precisions import FLOAT32_BESIDE, FLOAT32_FILE, Float32Beside, float32_models
 from edgebn.report import BuildResult, write_report
 from edgebn.runtime import Backend
-from edgebn.stages import SILENT, Progress, Stages, atomic_path
+from edgebn.stages import SILENT, Progress, Stages, atomic_path, recover_dir, relocated, staged_dir
 from edgebn.tensors import CHECK_SAMPLES
 from edgebn.train import TrainConfig, TrainResult, given_model, save_keras, train
 from edgebn.verify import verify
@@ -56,22 +60,73 @@ class BuildConfig:
         return self.bench.backend
 
 
+# Every name a build writes in OUT; a directory holding anything else is not replaced.
+ARTIFACTS = frozenset({"model.keras", "twin.keras", "folded.keras", "model.tflite", "twin.tflite",
+                       "converter_only.tflite", FLOAT32_FILE, "samples.npy", "report.json",
+                       "report.md", "bundle"})
+
+
+class BuildInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a build; its message says what OUT holds now (the CLI prints it)."""
+
+
 def check_out_dir(out: Path) -> Path:
+    """OUT as a build replaces it whole: a new directory, or one an earlier build wrote."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise EdgebnError(f"{out}: exists and is not a directory")
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise EdgebnError(f"{out}: cannot create directory ({exc.strerror})") from exc
+    recover_dir(out)  # a build killed as it swapped its directory in
+    if not out.is_dir():
+        return out
+    real, cwd = Path(os.path.realpath(out)), Path.cwd()
+    if os.path.ismount(real):
+        raise EdgebnError(f"{out}: a mount point, and a build replaces its directory whole: "
+                          "give a directory inside it")
+    if real == cwd or real in cwd.parents:
+        raise EdgebnError(f"{out}: holds the working directory, and a build replaces it whole: "
+                          "run from elsewhere or choose another directory")
+    foreign = sorted(p.name for p in out.iterdir()
+                     if p.name not in ARTIFACTS and not p.name.startswith(".tmp-"))
+    if foreign:
+        names = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise EdgebnError(f"{out}: holds {names}, which a build does not write, and a build "
+                          "replaces the directory whole: choose a new or empty directory")
+    if (out / "bundle").exists():
+        check_bundle_out(out / "bundle")
     return out
 
 
 def build(config: BuildConfig, progress: Progress = SILENT) -> BuildResult:
-    """Run every stage into ``config.out``; write report.json and report.md last."""
+    """Run every stage into a staging directory beside ``config.out``, then swap it in whole.
+
+    ``config.out`` holds one build at every moment: the previous one until this one is
+    complete (report.json and report.md written last), then this one. Ctrl-C or any
+    failure leaves it as it was (:func:`edgebn.stages.staged_dir`); Ctrl-C comes out as
+    :class:`BuildInterrupted`, saying so. The result's paths are under ``config.out``.
+    """
     _refuse_early(config)
     out = check_out_dir(config.out)
-    stages = Stages(progress)
+    previous = out.is_dir() and any(out.iterdir())
+    staging = None
+    try:
+        with staged_dir(out) as staging:
+            result = _run(replace(config, out=staging.path), out, Stages(progress))
+    except KeyboardInterrupt as exc:
+        if staging is not None and staging.swapped:
+            raise BuildInterrupted(f"interrupted as the build finished: {out} holds it, "
+                                   "complete") from exc
+        raise BuildInterrupted(f"interrupted: {out} still holds the previous build" if previous
+                               else f"interrupted: nothing was written to {out}") from exc
+    return relocated(result, staging.path, out)
+
+
+def _run(config: BuildConfig, shown: Path, stages: Stages) -> BuildResult:
+    """Every stage, writing into ``config.out`` (the staging directory); ``shown`` is OUT."""
+    out = config.out
     given, data = _given_model(config, stages)
     with stages.stage("data", data.name):
         ds = _load_data(data, given)
@@ -88,8 +143,8 @@ def build(config: BuildConfig, progress: Progress = SILENT) -> BuildResult:
         np.save(tmp, ds.x_test[:GOLDEN_SAMPLES])
     result = BuildResult(out, data, ds, trained, twin, conversion, verified, benched,
                          seconds=dict(stages.seconds), float32=float32)
-    result = _device(config, result, stages)
-    with stages.stage("report", str(out / "report.json")):
+    result = _device(config, result, stages, shown)
+    with stages.stage("report", str(shown / "report.json")):
         write_report(result)
     return result
 
@@ -129,8 +184,6 @@ def _refuse_early(config: BuildConfig) -> None:
 
         check_runtimes(config.emulate)
     if config.bundle or config.emulate or config.sign:
-        from edgebn.bundle import check_bundle_out
-
         check_bundle_out(Path(config.out) / "bundle")
     config.train.validate()
     config.bench.validate()
@@ -189,8 +242,6 @@ def _convert(config: BuildConfig, ds: Dataset, trained: TrainResult, twin: Train
             twin.model, out / "twin.tflite", options.quantize, representative)
         float32 = None if options.quantize not in FLOAT32_BESIDE else to_tflite(
             folded.model if folded else trained.model, out / FLOAT32_FILE)  # the same model
-        if float32 is None:  # an earlier int8 build's file would be read as this build's
-            (out / FLOAT32_FILE).unlink(missing_ok=True)
     with stages.stage("inspect", "BN residue in model.tflite"):
         conversion = ConversionResult(
             converted, inspect_model(converted.model, bn_layers), folded,
@@ -219,13 +270,14 @@ def _bench(config: BuildConfig, ds: Dataset, trained: TrainResult, twin: TrainRe
         return bench(targets, config.bench, data=ds.x_test)
 
 
-def _device(config: BuildConfig, result: BuildResult, stages: Stages) -> BuildResult:
+def _device(config: BuildConfig, result: BuildResult, stages: Stages,
+            shown: Path) -> BuildResult:
     """The bundle and its emulated self-test, when asked for."""
     if not (config.bundle or config.emulate or config.sign):
         return result
     from edgebn.bundle import BundleSource, bundle
 
-    with stages.stage("bundle", str(config.out / "bundle")):
+    with stages.stage("bundle", str(shown / "bundle")):
         source = BundleSource.from_build(result, result.dataset.x_test)
         bundled = bundle(source, config.out / "bundle", config.sign)
     emulated = None
@@ -233,5 +285,6 @@ def _device(config: BuildConfig, result: BuildResult, stages: Stages) -> BuildRe
         from edgebn.emulate import emulate
 
         with stages.stage("emulate", ", ".join(r.value for r in config.emulate)):
-            emulated = emulate(config.out / "bundle", config.emulate, log=stages.progress.note)
+            emulated = relocated(emulate(config.out / "bundle", config.emulate,
+                                         log=stages.progress.note), config.out, shown)
     return replace(result, bundled=bundled, emulated=emulated, seconds=dict(stages.seconds))

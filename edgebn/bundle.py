@@ -218,7 +218,7 @@ def bundle(source: BundleSource, out: str | Path, sign: Path | None = None) -> B
         for script in DEVICE_SCRIPTS:
             shutil.copyfile(DEVICE_DIR / script, tmp / script)
         (tmp / "golden").mkdir()
-        here = predict.Model(str(tmp), spec, threads=1, runtime="auto")
+        here = predict.Model(str(tmp), spec, threads=1, runtime="auto", model=source.model.data)
         golden_y = np.stack([here.raw(x) for x in source.golden_inputs])
         np.save(tmp / "golden" / "inputs.npy", source.golden_inputs)
         np.save(tmp / "golden" / "outputs.npy", golden_y)

@@ -1,15 +1,24 @@
-"""Helpers every stage uses: atomic writes, and stage timing with progress, in one place."""
+"""Helpers every stage uses: atomic writes and directory swaps, stage timing with progress."""
 
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
+import glob
 import os
+import re
+import shutil
+import signal
+import stat
 import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Protocol
+from pathlib import Path, PurePath
+from typing import Any, Protocol
+
+from edgebn.errors import EdgebnError
 
 
 @contextlib.contextmanager
@@ -120,24 +129,169 @@ class Stages:
 def atomic_dir(target: str | Path) -> Iterator[Path]:
     """Yield an empty temporary directory beside ``target``; swap it in only on success.
 
-    An existing ``target`` is replaced as a whole (renamed aside, then removed), so a
-    reader sees the old directory or the new one, never a mixture.
+    An existing ``target`` is replaced as a whole (see :func:`staged_dir`), so a reader
+    sees the old directory or the new one, never a mixture.
     """
-    import shutil
+    with staged_dir(target) as staging:
+        yield staging.path
 
-    target = Path(target)
+
+@dataclass
+class Staging:
+    path: Path  # the staging directory, beside the target, on the same filesystem
+    swapped: bool = False  # it is the target now
+
+
+@contextlib.contextmanager
+def staged_dir(target: str | Path) -> Iterator[Staging]:
+    """A directory written in ``.tmp-NAME-PID-*`` beside ``target``, renamed into place whole.
+
+    On success the old ``target`` (if any) is renamed to ``.old-NAME-PID-*/NAME``, the
+    staging directory to ``target``, and the old one removed. On any exception, Ctrl-C
+    included, ``target`` is left as it was and the staging directory removed. Ctrl-C
+    during the two renames waits until both are done (:func:`held_interrupts`). A process
+    killed between them (SIGKILL, power loss) leaves ``target`` missing and the old
+    directory whole beside it: the next :func:`recover_dir` (every ``staged_dir`` starts
+    with one) renames it back. ``target`` as a symlink: the directory it points to is swapped.
+    """
+    target = Path(os.path.realpath(target))
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
+    recover_dir(target)
     try:
-        yield tmp
-        os.chmod(tmp, 0o777 & ~_umask())
-        old = None
-        if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".old-{target.name}-", dir=target.parent))
-            os.replace(target, old / target.name)
-        os.replace(tmp, target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        staging = Staging(Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-{os.getpid()}-",
+                                                dir=target.parent)))
+    except OSError as exc:
+        raise EdgebnError(f"{target.parent}: cannot write a directory in it ({exc.strerror})"
+                          ) from exc
+    old = None
+    try:
+        yield staging
+        with held_interrupts():
+            old = _swap(staging.path, target)
+            staging.swapped = True
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        with held_interrupts():  # a second Ctrl-C leaves no half-removed directory
+            leftover = old if staging.swapped else staging.path
+            if leftover is not None:
+                shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _swap(new: Path, target: Path) -> Path | None:
+    """Rename ``target`` aside and ``new`` to ``target``; return the directory holding the old."""
+    mode = target.stat().st_mode if target.is_dir() else 0o777 & ~_umask()
+    os.chmod(new, stat.S_IMODE(mode))
+    _fsync_dir(new)
+    old = None
+    if target.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".old-{target.name}-{os.getpid()}-",
+                                    dir=target.parent))
+        os.rename(target, old / target.name)
+    try:
+        os.rename(new, target)
+    except OSError:
+        if old is not None:
+            os.rename(old / target.name, target)
+            old.rmdir()
+        raise
+    _fsync_dir(target.parent)
+    return old
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def recover_dir(target: str | Path) -> None:
+    """Undo what a killed :func:`staged_dir` left beside ``target``: restore, then clean up.
+
+    A ``.old-NAME-PID-*`` while ``target`` is missing holds the previous ``target`` whole
+    (the swap was cut between its renames): it is renamed back. Staging and old directories
+    of processes no longer running are removed; a running one's are left alone.
+    """
+    target = Path(os.path.realpath(target))
+    if not target.parent.is_dir():
+        return
+    for kind in ("old", "tmp"):
+        for leftover in sorted(target.parent.glob(f".{kind}-{glob.escape(target.name)}-*-*")):
+            # NAME-PID-random exactly: not the directories of a sibling such as NAME-2
+            owner = re.fullmatch(r"(\d+)-[a-z0-9_]+", leftover.name[len(f".{kind}-{target.name}-"):])
+            if owner is None or not leftover.is_dir() or _running(int(owner[1])):
+                continue
+            kept = leftover / target.name
+            if kind == "old" and kept.is_dir() and not target.exists():
+                os.rename(kept, target)
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: someone else's process
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def held_interrupts() -> Iterator[None]:
+    """Ctrl-C waits for the end of the block, then comes as it would have (a swap is never cut).
+
+    Only the main thread receives signals; elsewhere the block runs as it is.
+    """
+    got: list[int] = []
+    try:
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: got.append(signum))
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler if previous is None else previous)
+        if got:
+            signal.raise_signal(signal.SIGINT)
+
+
+def relocated(obj: Any, old: str | Path, new: str | Path, _memo: dict | None = None) -> Any:
+    """``obj`` with every path under ``old`` moved under ``new`` (``obj`` itself if none is).
+
+    Paths are ``str`` or ``Path`` values in dataclasses, dicts, lists and tuples, at any
+    depth; what changes is copied, the rest is shared: a result built in a staging
+    directory, pointing where its files are once the staging directory is swapped in.
+    """
+    memo = {} if _memo is None else _memo
+    if id(obj) in memo:
+        return memo[id(obj)][1]
+    old, new = str(old), str(new)
+    result = obj
+    if isinstance(obj, (str, PurePath)):
+        s = str(obj)
+        if s == old or s.startswith(old.rstrip(os.sep) + os.sep):
+            moved = new + s[len(old):]
+            result = moved if isinstance(obj, str) else type(obj)(moved)
+    elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        changes = {f.name: relocated(getattr(obj, f.name), old, new, memo)
+                   for f in dataclasses.fields(obj) if hasattr(obj, f.name)}
+        changes = {k: v for k, v in changes.items() if v is not getattr(obj, k)}
+        if changes:
+            result = copy.copy(obj)
+            for name, value in changes.items():
+                object.__setattr__(result, name, value)  # frozen dataclasses too
+    elif isinstance(obj, dict):
+        items = {k: relocated(v, old, new, memo) for k, v in obj.items()}
+        if any(items[k] is not v for k, v in obj.items()):
+            result = items
+    elif type(obj) in (list, tuple):
+        items = [relocated(v, old, new, memo) for v in obj]
+        if any(a is not b for a, b in zip(items, obj, strict=True)):
+            result = type(obj)(items)
+    memo[id(obj)] = (obj, result)  # obj kept alive: its id stays its own
+    return result

@@ -6,7 +6,8 @@ before Python's logging is even set up (``TF_CPP_MIN_LOG_LEVEL`` does not stop a
 to ``sys.stdout``/``sys.stderr``. :func:`quiet` therefore moves file descriptors 1 and 2
 to a log file for the duration of a command and hands edgebn's consoles duplicates of
 the real ones: everything that edgebn did not write lands in the log, which is deleted
-when the command succeeds and named when it fails. ``--verbose`` skips all of this.
+when the command succeeds (or stops on bad input or Ctrl-C) and named when it fails.
+``--verbose`` skips all of this.
 """
 
 from __future__ import annotations
@@ -31,7 +32,21 @@ err = Console(stderr=True, highlight=False)  # progress and errors: stderr
 
 @contextlib.contextmanager
 def quiet(verbose: bool = False) -> Iterator[None]:
-    """Keep every line edgebn did not write off the terminal (unless ``verbose``)."""
+    """Keep every line edgebn did not write off the terminal (unless ``verbose``).
+
+    Ctrl-C is one line: the interrupt's own message (a build's says what its directory
+    holds now) or "interrupted"; Typer then exits 130.
+    """
+    try:
+        with _quiet(verbose):
+            yield
+    except KeyboardInterrupt as exc:
+        err.print(str(exc) or "interrupted", markup=False, highlight=False, soft_wrap=True)
+        raise
+
+
+@contextlib.contextmanager
+def _quiet(verbose: bool) -> Iterator[None]:
     if verbose:
         yield
         return
@@ -59,7 +74,7 @@ def quiet(verbose: bool = False) -> Iterator[None]:
             warnings.showwarning = _to_log(log.name)
             yield
         ok = True
-    except EdgebnError:  # bad input: its one line says it all; the log is of no use
+    except (EdgebnError, KeyboardInterrupt):  # bad input, Ctrl-C: one line says it all
         ok = True
         raise
     finally:

@@ -18,11 +18,18 @@ runner = CliRunner()
 
 # Runs `edgebn build` as a user would, in its own process, counting what it reads, inspects
 # and writes: Python's audit hook sees every open() and rename; inspection is counted at
-# edgebn.analysis.analyse_bn, which every inspection goes through.
+# edgebn.analysis.analyse_bn, which every inspection goes through. The build writes in a
+# staging directory beside OUT (.tmp-out-PID-*) swapped in whole at the end: a path in it
+# is counted as the OUT path it becomes.
 _COUNTED_BUILD = textwrap.dedent("""
-    import collections, json, os, sys
+    import collections, json, os, re, sys
     counts = collections.Counter()
     out_file = sys.argv.pop(1)
+
+    def relpath(name, out):
+        rel = os.path.relpath(name, out)
+        staged = re.escape(os.path.join(os.pardir, f".tmp-{os.path.basename(out)}-"))
+        return re.sub(rf"^{staged}\\d+-[a-z0-9_]+{re.escape(os.sep)}", "", rel)
 
     def hook(event, args):
         if event == "open" and isinstance(args[0], (str, bytes, os.PathLike)):
@@ -33,7 +40,7 @@ _COUNTED_BUILD = textwrap.dedent("""
                     reading = "r" in mode and "+" not in mode
                 else:
                     reading = (flags & os.O_ACCMODE) == os.O_RDONLY
-                counts["read " + os.path.relpath(name, OUT)] += reading
+                counts["read " + relpath(name, OUT)] += reading
         elif event == "os.rename":
             counts["rename -> " + os.path.basename(os.fsdecode(args[1]))] += 1
 
@@ -43,7 +50,7 @@ _COUNTED_BUILD = textwrap.dedent("""
     original = analysis.analyse_bn
 
     def counted(model, *rest):
-        counts["inspect " + os.path.relpath(model.path, OUT)] += 1
+        counts["inspect " + relpath(model.path, OUT)] += 1
         return original(model, *rest)
 
     analysis.analyse_bn = counted

@@ -150,13 +150,14 @@ def _version(dist: str) -> str:
 
 
 class Model:
-    def __init__(self, root: str, spec: dict, threads: int, runtime: str):
+    def __init__(self, root: str, spec: dict, threads: int, runtime: str, model: bytes = b""):
+        """The bundle's model (or ``model``, its bytes already in memory) in an interpreter."""
         import numpy as np
 
         self.np = np
         self.spec = spec
         self.threads = threads
-        model = read_bundle_file(root, spec["model"], verifier.MAX_FILE_BYTES)
+        model = model or read_bundle_file(root, spec["model"], verifier.MAX_FILE_BYTES)
         self.interp, self.runtime = load_interpreter(model, threads, runtime)
         self.inp = self.interp.get_input_details()[0]
         self.out = self.interp.get_output_details()[0]
