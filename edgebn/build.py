@@ -60,7 +60,7 @@ class BuildConfig:
         return self.bench.backend
 
 
-# Every name a build writes in OUT; a directory holding anything else is not replaced.
+# Every name a build writes in OUT; anything else in OUT is carried into the new build whole.
 ARTIFACTS = frozenset({"model.keras", "twin.keras", "folded.keras", "model.tflite", "twin.tflite",
                        "converter_only.tflite", FLOAT32_FILE, "samples.npy", "report.json",
                        "report.md", "bundle"})
@@ -71,7 +71,7 @@ class BuildInterrupted(KeyboardInterrupt):
 
 
 def check_out_dir(out: Path) -> Path:
-    """OUT as a build replaces it whole: a new directory, or one an earlier build wrote."""
+    """OUT as a build replaces it whole (what else it holds is carried into the new one)."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise EdgebnError(f"{out}: exists and is not a directory")
@@ -89,12 +89,6 @@ def check_out_dir(out: Path) -> Path:
     if real == cwd or real in cwd.parents:
         raise EdgebnError(f"{out}: holds the working directory, and a build replaces it whole: "
                           "run from elsewhere or choose another directory")
-    foreign = sorted(p.name for p in out.iterdir()
-                     if p.name not in ARTIFACTS and not p.name.startswith(".tmp-"))
-    if foreign:
-        names = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
-        raise EdgebnError(f"{out}: holds {names}, which a build does not write, and a build "
-                          "replaces the directory whole: choose a new or empty directory")
     if (out / "bundle").exists():
         check_bundle_out(out / "bundle")
     return out
@@ -113,7 +107,7 @@ def build(config: BuildConfig, progress: Progress = SILENT) -> BuildResult:
     previous = out.is_dir() and any(out.iterdir())
     staging = None
     try:
-        with staged_dir(out) as staging:
+        with staged_dir(out, carry=lambda name: name not in ARTIFACTS) as staging:
             result = _run(replace(config, out=staging.path), out, Stages(progress))
     except KeyboardInterrupt as exc:
         if staging is not None and staging.swapped:

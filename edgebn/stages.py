@@ -13,7 +13,7 @@ import signal
 import stat
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import Any, Protocol
@@ -143,7 +143,8 @@ class Staging:
 
 
 @contextlib.contextmanager
-def staged_dir(target: str | Path) -> Iterator[Staging]:
+def staged_dir(target: str | Path, carry: Callable[[str], bool] | None = None
+               ) -> Iterator[Staging]:
     """A directory written in ``.tmp-NAME-PID-*`` beside ``target``, renamed into place whole.
 
     On success the old ``target`` (if any) is renamed to ``.old-NAME-PID-*/NAME``, the
@@ -153,6 +154,10 @@ def staged_dir(target: str | Path) -> Iterator[Staging]:
     killed between them (SIGKILL, power loss) leaves ``target`` missing and the old
     directory whole beside it: the next :func:`recover_dir` (every ``staged_dir`` starts
     with one) renames it back. ``target`` as a symlink: the directory it points to is swapped.
+    ``carry(name)``: the old target's entries it names (files a build does not write, such
+    as setuptools' ``build/lib`` beside a default ``--out build``) are hard-linked (copied
+    where a link cannot be) into the new directory before the swap, so they stay, and
+    the old target is whole until the swap.
     """
     target = Path(os.path.realpath(target))
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -166,6 +171,8 @@ def staged_dir(target: str | Path) -> Iterator[Staging]:
     old = None
     try:
         yield staging
+        if carry is not None and target.is_dir():
+            _carry(target, staging.path, carry)
         with held_interrupts():
             old = _swap(staging.path, target)
             staging.swapped = True
@@ -174,6 +181,26 @@ def staged_dir(target: str | Path) -> Iterator[Staging]:
             leftover = old if staging.swapped else staging.path
             if leftover is not None:
                 shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _carry(old: Path, new: Path, carry: Callable[[str], bool]) -> None:
+    """Link (or copy) ``old``'s entries that ``carry`` names into ``new``, where new has none."""
+    def link(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    for entry in os.scandir(old):
+        dst = new / entry.name
+        if not carry(entry.name) or os.path.lexists(dst):
+            continue
+        if entry.is_symlink():
+            os.symlink(os.readlink(entry.path), dst)
+        elif entry.is_dir():
+            shutil.copytree(entry.path, dst, symlinks=True, copy_function=link)
+        else:
+            link(entry.path, str(dst))
 
 
 def _swap(new: Path, target: Path) -> Path | None:

@@ -7,6 +7,7 @@ directory, exit 130 and one line saying so.
 """
 
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -194,17 +195,21 @@ def test_a_live_builds_staging_is_left_alone(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [theirs.name, "out"]
 
 
-def test_a_directory_with_files_a_build_does_not_write_is_refused(tmp_path):
-    """OUT is replaced whole: a directory that holds anything else is not replaced."""
+def test_files_a_build_does_not_write_are_kept_across_the_swap(tmp_path):
+    """OUT is swapped whole, and what else it held comes along: `pip install .` leaves
+    setuptools' build/lib and build/bdist.* in the default `--out build`."""
     from edgebn.cli import app
 
-    out = tmp_path / "mine"
-    out.mkdir()
+    out = tmp_path / "build"
+    (out / "lib" / "edgebn").mkdir(parents=True)
+    (out / "lib" / "edgebn" / "x.py").write_text("# setuptools' copy")
+    (out / "bdist.linux-x86_64").mkdir()
     (out / "notes.txt").write_text("mine")
-    (out / "report.json").write_text("{}")
+    (out / "report.json").write_text("{}")  # an artifact: replaced by the new build's
     res = CliRunner().invoke(app, ["build", *FAST, "--out", str(out)])
-    assert res.exit_code == 2, res.output
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and "notes.txt" in lines[0] and str(out) in lines[0], res.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "report.json"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
+    assert res.exit_code == 0, res.output
+    assert (out / "notes.txt").read_text() == "mine"
+    assert (out / "lib" / "edgebn" / "x.py").read_text() == "# setuptools' copy"
+    assert (out / "bdist.linux-x86_64").is_dir()
+    assert json.loads((out / "report.json").read_text())["model"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["build"]  # no staging or old copy
