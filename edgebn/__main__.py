@@ -1,5 +1,5 @@
 """``python -m edgebn``: the command line."""
 
-from edgebn.cli import main
+from edgebn.cli.app import main
 
 main()

@@ -8,19 +8,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from edgebn.analysis import InspectResult, inspect_model
-from edgebn.data import DataSpec
+from edgebn.data.dataset import DataSpec
 from edgebn.errors import EdgebnError
+from edgebn.fold.keras_fold import FoldResult, all_bn_layer_names, fold_model
 from edgebn.stages import timed, write_atomic
 from edgebn.tensors import CHECK_SAMPLES, sample_inputs
-from edgebn.tflite import TFLiteModel, parse_tflite
-
-if TYPE_CHECKING:
-    from edgebn.fold import FoldResult
+from edgebn.tflite.reader import TFLiteModel, parse_tflite
+from edgebn.tflite.residue import InspectResult, inspect_model
 
 
 class Quantize(str, Enum):
@@ -158,7 +156,6 @@ def convert_model(model: Any, out: str | Path, options: ConvertOptions = Convert
     """
     import tempfile
 
-    from edgebn.fold import all_bn_layer_names, fold_model
 
     bn_layers = all_bn_layer_names(model)
     if not options.fold or fold_inputs is None or not bn_layers:
@@ -183,14 +180,14 @@ def convert_file(model_path: str | Path, out: str | Path,
     which must have the model's input shape. The fold is checked on the same inputs
     (the test split) when they fit the model, else on random inputs (said so).
     """
-    from edgebn.train import load_keras
+    from edgebn.zoo.keras_io import load_keras
 
     if Path(out).suffix != ".tflite":
         raise EdgebnError(f"the output path must end in .tflite. Received: {out}")
     model = load_keras(model_path)
     want = tuple(model.input_shape[1:])
     if data.data_dir is not None:  # its images at the model's size, scaled as it expects
-        from edgebn.models import fit_data
+        from edgebn.zoo.models import fit_data
 
         data = fit_data(data, model)[0]
     int8 = options.quantize is Quantize.int8

@@ -50,8 +50,8 @@ def pretrained_weights(out: str | Path, images: np.ndarray, labels: np.ndarray,
     import keras
     from keras.src.legacy.saving import legacy_h5_format
 
-    from edgebn.backbones import BACKBONES, build_backbone
-    from edgebn.models import Arch
+    from edgebn.zoo.backbones import BACKBONES, build_backbone
+    from edgebn.zoo.models import Arch
 
     arch = Arch(arch)
     keras.utils.set_random_seed(seed)

@@ -11,12 +11,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest
 
-from edgebn.tflite import strip_names
+from edgebn.tflite.writer import strip_names
 
 
 @pytest.fixture(scope="session")
 def digits():
-    from edgebn.data import DataSpec
+    from edgebn.data.dataset import DataSpec
 
     return DataSpec().load()
 
@@ -33,7 +33,8 @@ def cnn(digits, workdir):
     The session's one training of the default cnn: builds and bundles start from it.
     """
     from edgebn.convert import to_tflite as convert
-    from edgebn.train import TrainConfig, save_keras, train
+    from edgebn.train.training import TrainConfig, train
+    from edgebn.zoo.keras_io import save_keras
 
     result = train(digits, TrainConfig(epochs=4, patience=4))
     keras_path = save_keras(result.model, workdir / "cnn.keras")
@@ -44,7 +45,8 @@ def cnn(digits, workdir):
 @pytest.fixture(scope="session")
 def cnn_twin(digits, workdir):
     from edgebn.convert import to_tflite as convert
-    from edgebn.train import TrainConfig, save_keras, train
+    from edgebn.train.training import TrainConfig, train
+    from edgebn.zoo.keras_io import save_keras
 
     result = train(digits, TrainConfig(bn=False, epochs=2, patience=2))
     keras_path = save_keras(result.model, workdir / "cnn_twin.keras")
@@ -76,8 +78,8 @@ def pattern_files(workdir):
 def mlp_fitted(digits, workdir):
     """The textbook MLP after fit(): the converter folds all three BNs."""
     from edgebn.convert import to_tflite as convert
-    from edgebn.models import Arch
-    from edgebn.train import TrainConfig, train
+    from edgebn.train.training import TrainConfig, train
+    from edgebn.zoo.models import Arch
 
     result = train(digits, TrainConfig(arch=Arch.mlp, epochs=2, patience=2))
     paths = {}
@@ -91,8 +93,8 @@ def mlp_fitted(digits, workdir):
 @pytest.fixture(scope="session")
 def small_builds(cnn, tmp_path_factory):
     """The session's cnn built float32 and int8 (--model: no training, no bench, no twin)."""
-    from edgebn.build import BuildConfig, build
     from edgebn.convert import ConvertOptions, Quantize
+    from edgebn.pipeline.build import BuildConfig, build
 
     out = {}
     for quantize in ("none", "int8"):
@@ -105,7 +107,7 @@ def small_builds(cnn, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def bundles(small_builds, tmp_path_factory):
-    from edgebn.bundle import bundle_build
+    from edgebn.pipeline.rebundle import bundle_build
 
     root = tmp_path_factory.mktemp("bundles")
     return {q: bundle_build(d, root / f"bundle-{q}").out for q, d in small_builds.items()}
@@ -123,7 +125,8 @@ def photos(tmp_path_factory):
 def mobilenet_weights(tmp_path_factory):
     """'Pretrained' MobileNetV2 (alpha 0.35) weights in the ImageNet .h5 format: trained
     here on another folder of the same kind, nothing downloaded."""
-    from edgebn.data import Color, DataSpec
+    from edgebn.data.dataset import DataSpec
+    from edgebn.data.images import Color
     from edgebn.synthetic import pretrained_weights, write_image_folder
 
     other = write_image_folder(tmp_path_factory.mktemp("pre") / "other", per_class=30, size=64,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from edgebn.deploy import SshTarget
+from edgebn.deploy.ssh import SshTarget
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 REAL_SSH = shutil.which("ssh")

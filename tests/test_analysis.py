@@ -1,7 +1,7 @@
 import pytest
 from patterns import PATTERNS
 
-from edgebn.analysis import inspect_tflite
+from edgebn.tflite.residue import inspect_tflite
 
 
 @pytest.mark.parametrize("stripped", [False, True], ids=["named", "stripped"])

@@ -11,7 +11,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from edgebn.cli import app
+from edgebn.cli.app import app
 
 runner = CliRunner()
 ALPHA = 0.35

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from edgebn.cli import app
-from edgebn.models import Arch
+from edgebn.cli.app import app
 from edgebn.synthetic import pretrained_weights, write_image_folder
-from edgebn.train import TrainConfig, train
+from edgebn.train.training import TrainConfig, train
+from edgebn.zoo.models import Arch
 
 runner = CliRunner()
 
@@ -47,7 +47,7 @@ def test_a_frozen_backbone_is_deterministic_in_training_mode(tmp_path):
     the outer training flag down): edgebn sets it to rate 0, BN stays frozen."""
     import keras
 
-    from edgebn.backbones import build_transfer, find_backbone
+    from edgebn.zoo.backbones import build_transfer, find_backbone
 
     images = np.random.default_rng(0).uniform(0, 255, (8, 32, 32, 3))
     w = pretrained_weights(tmp_path / "eff.h5", images, np.zeros(8, np.int64), "efficientnet-b0",
@@ -100,7 +100,7 @@ def _run(code: str, *args: str, **env: str) -> subprocess.CompletedProcess:
 def test_mirrored_strategy_trains_on_two_logical_cpus_and_records_them(tmp_path):
     """A fresh process: logical devices exist only if made before TensorFlow starts."""
     code = textwrap.dedent(f"""
-        from edgebn.cli import main
+        from edgebn.cli.app import main
         import sys
         sys.argv = ["edgebn", "build", "--arch", "mlp-prebn", "--strategy", "mirrored",
                     "--replicas", "2", "--epochs", "3", "--no-bench", "--no-twin",
@@ -129,7 +129,7 @@ _IMAGENET = textwrap.dedent("""
             raise OSError("network unreachable")
         shutil.copy(served, target)
     fu.urlretrieve = fake_urlretrieve
-    from edgebn.cli import main
+    from edgebn.cli.app import main
     sys.argv = ["edgebn", "train", "--arch", "mobilenet-v2", "--alpha", "0.35",
                 "--image-size", "64", "--data-dir", folder, "--weights", "imagenet",
                 "--epochs", "1", "--out", sys.argv[4], "--json"]

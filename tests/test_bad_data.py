@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from edgebn.cli import app
-from edgebn.data import Color, DataSpec
+from edgebn.cli.app import app
+from edgebn.data.dataset import DataSpec
+from edgebn.data.images import Color
 from edgebn.errors import DatasetError, EdgebnError, InvalidModelError
 from edgebn.synthetic import write_image_folder
 from edgebn.tensors import load_labelled, load_samples, make_inputs
@@ -283,7 +284,7 @@ def _keras_zip(path: Path, members: dict[str, bytes | int]) -> Path:
 
 
 def test_a_keras_config_that_inflates_beyond_the_limit_is_refused_before_extraction(tmp_path):
-    from edgebn.train import load_keras
+    from edgebn.zoo.keras_io import load_keras
 
     bomb = _keras_zip(tmp_path / "bomb.keras", {"metadata.json": b"{}",
                                                 "config.json": 96 * MiB})
@@ -299,7 +300,7 @@ def test_a_keras_config_that_inflates_beyond_the_limit_is_refused_before_extract
 
 
 def test_a_keras_archive_with_too_many_members_or_bytes_is_refused(tmp_path, monkeypatch):
-    from edgebn import train as train_mod
+    from edgebn.zoo import keras_io as train_mod
 
     many = _keras_zip(tmp_path / "many.keras", {f"assets/{i}": b"" for i in range(5000)})
     with pytest.raises(InvalidModelError, match="many.keras.*5000 members"):

@@ -4,8 +4,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from edgebn.bench import BenchSettings, BenchTargets, Latency, bench, bench_tflite
+from edgebn.bench.run import BenchTargets, bench
 from edgebn.errors import EdgebnError
+from edgebn.runtime.timing import BenchSettings, Latency, bench_tflite
 from edgebn.tensors import make_inputs
 
 QUICK = BenchSettings(warmup=5, runs=200)
@@ -96,7 +97,7 @@ def test_bad_settings_are_refused(cnn, field, value):
 
 
 def test_plot_writes_a_png(cnn, tmp_path):
-    from edgebn.render import plot
+    from edgebn.cli.render import plot
 
     result = bench(BenchTargets(cnn["tflite"]), QUICK)
     out = plot(result, tmp_path / "lat.png")
@@ -107,18 +108,18 @@ def test_plot_writes_a_png(cnn, tmp_path):
 
 
 def test_threads_1_2_gives_one_row_per_count(cnn, digits, tmp_path, monkeypatch):
-    import edgebn.bench_keras
-    from edgebn.scaling import bench_threads
+    import edgebn.bench.keras
+    from edgebn.bench.run import bench_threads
 
     monkeypatch.setenv("EDGEBN_CACHE", str(tmp_path))
     keras_timings = []
-    real = edgebn.bench_keras.bench_keras_models
+    real = edgebn.bench.keras.bench_keras_models
 
     def counted(*args, **kwargs):
         keras_timings.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(edgebn.bench_keras, "bench_keras_models", counted)
+    monkeypatch.setattr(edgebn.bench.keras, "bench_keras_models", counted)
     result = bench_threads(BenchTargets(cnn["tflite"], keras=cnn["keras"]),
                            BenchSettings(warmup=5, runs=50), (1, 2), data=digits.x_test)
     assert len(keras_timings) == 1 and set(result.keras) == {"eager", "predict", "compiled"}
@@ -144,7 +145,7 @@ def test_threads_1_2_gives_one_row_per_count(cnn, digits, tmp_path, monkeypatch)
 
 
 def test_one_thread_count_is_the_plain_bench(cnn):
-    from edgebn.scaling import bench_threads
+    from edgebn.bench.run import bench_threads
 
     result = bench_threads(BenchTargets(cnn["tflite"]), replace(QUICK, cost=False), (2,))
     assert result.scaling is None and result.tflite.threads == 2
@@ -152,7 +153,7 @@ def test_one_thread_count_is_the_plain_bench(cnn):
 
 
 def test_speedup_is_against_one_thread_when_listed_else_the_first(cnn):
-    from edgebn.scaling import bench_threads
+    from edgebn.bench.run import bench_threads
 
     settings = BenchSettings(warmup=2, runs=20, cost=False)
     later = bench_threads(BenchTargets(cnn["tflite"]), settings, (2, 1)).scaling
@@ -163,14 +164,14 @@ def test_speedup_is_against_one_thread_when_listed_else_the_first(cnn):
 
 @pytest.mark.parametrize("text, counts", [("1,2,4", (1, 2, 4)), ("3", (3,)), (" 2, 1", (2, 1))])
 def test_thread_counts_parse(text, counts):
-    from edgebn.scaling import parse_thread_counts
+    from edgebn.bench.scaling import parse_thread_counts
 
     assert parse_thread_counts(text) == counts
 
 
 @pytest.mark.parametrize("text", ["0,x", "", "1,,2", "0", "-1", "1,1", "1.5"])
 def test_bad_thread_counts_are_refused(text):
-    from edgebn.scaling import parse_thread_counts
+    from edgebn.bench.scaling import parse_thread_counts
 
     with pytest.raises(EdgebnError, match=r"thread counts must be whole numbers >= 1.*Received"):
         parse_thread_counts(text)
@@ -179,7 +180,7 @@ def test_bad_thread_counts_are_refused(text):
 def test_cli_threads_list_json_and_table(cnn, tmp_path):
     from typer.testing import CliRunner
 
-    from edgebn.cli import app
+    from edgebn.cli.app import app
 
     runner = CliRunner()
     env = {"EDGEBN_CACHE": str(tmp_path), "COLUMNS": "200"}
@@ -202,7 +203,7 @@ def test_cli_threads_list_json_and_table(cnn, tmp_path):
 def test_cli_bad_threads_is_one_line_exit_2(cnn, value):
     from typer.testing import CliRunner
 
-    from edgebn.cli import app
+    from edgebn.cli.app import app
 
     result = CliRunner().invoke(app, ["bench", str(cnn["tflite"]), "--threads", value])
     assert result.exit_code == 2, result.output

@@ -7,18 +7,18 @@ import textwrap
 import pytest
 from typer.testing import CliRunner
 
-from edgebn.bench import BenchSettings
-from edgebn.build import BuildConfig, build
-from edgebn.cli import app
-from edgebn.models import ZOO
+from edgebn.cli.app import app
+from edgebn.pipeline.build import BuildConfig, build
+from edgebn.runtime.timing import BenchSettings
 from edgebn.stages import write_atomic
-from edgebn.train import TrainConfig
+from edgebn.train.training import TrainConfig
+from edgebn.zoo.models import ZOO
 
 runner = CliRunner()
 
 # Runs `edgebn build` as a user would, in its own process, counting what it reads, inspects
 # and writes: Python's audit hook sees every open() and rename; inspection is counted at
-# edgebn.analysis.analyse_bn, which every inspection goes through. The build writes in a
+# edgebn.tflite.residue.analyse_bn, which every inspection goes through. The build writes in a
 # staging directory beside OUT (.tmp-out-PID-*) swapped in whole at the end: a path in it
 # is counted as the OUT path it becomes.
 _COUNTED_BUILD = textwrap.dedent("""
@@ -46,7 +46,7 @@ _COUNTED_BUILD = textwrap.dedent("""
 
     OUT = os.path.abspath(sys.argv[sys.argv.index("--out") + 1])
     sys.addaudithook(hook)
-    import edgebn.analysis as analysis
+    import edgebn.tflite.residue as analysis
     original = analysis.analyse_bn
 
     def counted(model, *rest):
@@ -54,7 +54,7 @@ _COUNTED_BUILD = textwrap.dedent("""
         return original(model, *rest)
 
     analysis.analyse_bn = counted
-    from edgebn.cli import app
+    from edgebn.cli.app import app
     try:
         app(prog_name="edgebn")
     finally:
@@ -99,7 +99,7 @@ def test_a_default_build_shows_only_edgebns_own_lines(default_build):
 
 def test_verbose_brings_tensorflows_own_log_back(cnn, tmp_path):
     """The default build above shows none of these lines; --verbose shows them as they come."""
-    proc = subprocess.run([sys.executable, "-m", "edgebn.cli", "convert", str(cnn["keras"]),
+    proc = subprocess.run([sys.executable, "-m", "edgebn.cli.app", "convert", str(cnn["keras"]),
                            "--out", str(tmp_path / "m.tflite"), "--no-fold", "--verbose"],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -157,7 +157,7 @@ def test_default_build_writes_every_artifact_and_the_report(default_build):
 
 
 def test_the_table_and_the_markdown_show_the_same_rows(cnn, tmp_path):
-    from edgebn.report import render_markdown
+    from edgebn.pipeline.report import render_markdown
 
     result = build(BuildConfig(out=tmp_path, model=cnn["keras"],
                                bench=BenchSettings(warmup=2, runs=20, keras_time_s=0.01)))
@@ -199,7 +199,7 @@ def test_build_on_an_image_folder(tmp_path):
         for i in range(10):
             arr = np.clip(rng.normal(level, 20, (12, 12)), 0, 255).astype(np.uint8)
             Image.fromarray(arr).save(tmp_path / "imgs" / c / f"{i}.png")
-    from edgebn.data import DataSpec
+    from edgebn.data.dataset import DataSpec
 
     config = BuildConfig(out=tmp_path / "out", data=DataSpec(data_dir=tmp_path / "imgs",
                                                              image_size=8),
@@ -245,8 +245,8 @@ def test_atomic_writes_get_the_umask_mode_not_mkstemp_0600(tmp_path):
 
 def _shown_in_terminal_and_markdown(result, monkeypatch):
     """Every summary row, metric and value, in the terminal's table and in report.md."""
-    from edgebn import render
-    from edgebn.report import render_markdown
+    from edgebn.cli import render
+    from edgebn.pipeline.report import render_markdown
 
     monkeypatch.setattr(render.out, "_width", 250)  # one line per row, in any terminal
     with render.out.capture() as captured:

@@ -31,7 +31,7 @@ _DRIVER = textwrap.dedent("""
     point = sys.argv.pop(1)
     OUT = os.path.abspath(sys.argv[sys.argv.index("--out") + 1])
     if point == "report.md":
-        import edgebn.report as report
+        import edgebn.pipeline.report as report
         write = report.write_atomic
 
         def interrupted_write(target, data):
@@ -46,7 +46,7 @@ _DRIVER = textwrap.dedent("""
                 os.kill(os.getpid(), signal.SIGINT)  # OUT is being renamed aside
 
         sys.addaudithook(hook)
-    from edgebn.cli import app
+    from edgebn.cli.app import app
     app(prog_name="edgebn")
 """)
 
@@ -198,7 +198,7 @@ def test_a_live_builds_staging_is_left_alone(tmp_path):
 def test_files_a_build_does_not_write_are_kept_across_the_swap(tmp_path):
     """OUT is swapped whole, and what else it held comes along: `pip install .` leaves
     setuptools' build/lib and build/bdist.* in the default `--out build`."""
-    from edgebn.cli import app
+    from edgebn.cli.app import app
 
     out = tmp_path / "build"
     (out / "lib" / "edgebn").mkdir(parents=True)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from edgebn.cli import app
+from edgebn.cli.app import app
 
 runner = CliRunner()
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from edgebn.cli import app
+from edgebn.cli.app import app
 
 runner = CliRunner()
 SIZE, CLASSES = 32, 3
@@ -77,7 +77,7 @@ def image_folder(root, classes: int = CLASSES, per_class: int = 8, size: int = 4
 
 @pytest.fixture(scope="module")
 def byom(tmp_path_factory):
-    from edgebn.train import save_keras
+    from edgebn.zoo.keras_io import save_keras
 
     root = tmp_path_factory.mktemp("byom")
     model_path = save_keras(transfer_model(), root / "transfer.keras")
@@ -134,7 +134,8 @@ def test_build_a_users_model_int8_calibrated_on_their_images(byom):
 
 @pytest.mark.slow
 def test_build_a_users_model_on_an_npz(byom):
-    from edgebn.data import Color, DataSpec
+    from edgebn.data.dataset import DataSpec
+    from edgebn.data.images import Color
 
     folder = DataSpec(data_dir=byom["folder"], image_size=SIZE, color=Color.rgb, scale=1.0,
                       split=False).load()

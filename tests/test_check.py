@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from edgebn.bench import BenchSettings
-from edgebn.check import Thresholds, check
-from edgebn.cli import app
+from edgebn.cli.app import app
 from edgebn.errors import EdgebnError
-from edgebn.report_read import read_report
+from edgebn.pipeline.check import Thresholds, check
+from edgebn.pipeline.report_read import read_report
+from edgebn.runtime.timing import BenchSettings
 
 runner = CliRunner()
 QUICK = BenchSettings(warmup=20, min_time_s=0.2)
@@ -149,12 +149,12 @@ def test_check_in_a_terminal_shows_only_its_own_lines(cnn, baseline, tmp_path):
     import sys
 
     current = _build_dir(tmp_path, "current", cnn["tflite"], 0.98)
-    proc = subprocess.run([sys.executable, "-m", "edgebn.cli", "check", str(current),
+    proc = subprocess.run([sys.executable, "-m", "edgebn.cli.app", "check", str(current),
                            "--baseline", str(baseline), "--bench-time", "0.05"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "no regression" in proc.stdout and "INFO:" not in proc.stdout + proc.stderr
-    loud = subprocess.run([sys.executable, "-m", "edgebn.cli", "check", str(current),
+    loud = subprocess.run([sys.executable, "-m", "edgebn.cli.app", "check", str(current),
                            "--baseline", str(baseline), "--bench-time", "0.05", "--verbose"],
                           capture_output=True, text=True, timeout=120)
     assert "INFO: Created TensorFlow Lite XNNPACK delegate" in loud.stderr
@@ -317,17 +317,17 @@ def test_a_report_that_is_not_a_regular_file_is_refused(tmp_path):
 def test_bundle_reads_the_same_checked_report(tmp_path):
     import numpy as np
 
-    from edgebn.bundle import BundleSource
+    from edgebn.pipeline.rebundle import source_from_build_dir
 
     report = _committed(tmp_path, "build")
     np.save(report.parent / "samples.npy", np.zeros((4, 8, 8, 1), np.float32))
-    source = BundleSource.from_build_dir(report.parent)
+    source = source_from_build_dir(report.parent)
     assert source.arch == "cnn" and source.labels == tuple("0123456789")
     assert source.preprocessing.input_shape == (8, 8, 1) and 0.99 < source.test_accuracy < 1
     outside = _committed(tmp_path, "outside", path=str(report.parent / "model.tflite"))
     np.save(outside.parent / "samples.npy", np.zeros((4, 8, 8, 1), np.float32))
     with pytest.raises(EdgebnError, match="must be relative to"):
-        BundleSource.from_build_dir(outside.parent)
+        source_from_build_dir(outside.parent)
 
 
 @pytest.mark.parametrize("name", ["max_accuracy_drop", "max_latency_regression",

@@ -6,7 +6,7 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-from edgebn.cli import app
+from edgebn.cli.app import app
 
 runner = CliRunner()
 
@@ -152,7 +152,7 @@ def test_inspect_several_files_one_row_or_json_line_each(cnn, pattern_files, tmp
 
 
 def test_inspect_never_imports_tensorflow(cnn):
-    code = ("import sys; from typer.testing import CliRunner; from edgebn.cli import app; "
+    code = ("import sys; from typer.testing import CliRunner; from edgebn.cli.app import app; "
             f"r = CliRunner().invoke(app, ['inspect', {str(cnn['tflite'])!r}, '--json']); "
             "assert r.exit_code == 0, r.output; "
             "print('tensorflow' in sys.modules, 'keras' in sys.modules)")

@@ -5,13 +5,14 @@ import itertools
 import numpy as np
 import pytest
 
-from edgebn.analysis import inspect_tflite
 from edgebn.convert import ConvertOptions, Quantize, convert_file
 from edgebn.convert import to_tflite as convert
 from edgebn.errors import EdgebnError, InvalidModelError
-from edgebn.models import BACKBONE_ARCHS, ZOO, Arch, bn_layer_names, build_model
-from edgebn.train import TrainConfig, load_keras, train
-from edgebn.verify import predict_tflite, verify
+from edgebn.runtime.verify import predict_tflite, verify
+from edgebn.tflite.residue import inspect_tflite
+from edgebn.train.training import TrainConfig, train
+from edgebn.zoo.keras_io import load_keras
+from edgebn.zoo.models import BACKBONE_ARCHS, ZOO, Arch, bn_layer_names, build_model
 
 MATRIX = [(a, q) for a, q in itertools.product(ZOO, Quantize)
           if not (a is Arch.mlp_prebn and q is Quantize.float16)]  # keep the suite small
@@ -74,7 +75,7 @@ def test_int8_without_calibration_samples_is_refused(cnn, tmp_path):
 
 
 def test_int8_calibration_data_of_another_shape_is_refused(cnn, tmp_path):
-    from edgebn.data import DataSpec
+    from edgebn.data.dataset import DataSpec
 
     npz = tmp_path / "x.npz"
     np.savez(npz, x=np.zeros((4, 28, 28, 1), np.float32), y=np.zeros(4, np.int64))

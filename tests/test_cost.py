@@ -6,9 +6,11 @@ import json
 
 import pytest
 
-from edgebn.bench import BenchSettings, BenchTargets, bench
-from edgebn.cost import PROBE_LAYERS, model_cost, probe_ceiling, probe_model
-from edgebn.tflite import parse_tflite, read_tflite
+from edgebn.bench.run import BenchTargets, bench
+from edgebn.runtime.cost import PROBE_LAYERS, probe_ceiling, probe_model
+from edgebn.runtime.timing import BenchSettings
+from edgebn.tflite.macs import model_cost
+from edgebn.tflite.reader import parse_tflite, read_tflite
 
 
 def _layer(kind: str):
@@ -75,7 +77,7 @@ def test_probe_parses_runs_and_counts_its_macs(tmp_path, monkeypatch):
 
 
 def test_ceiling_is_cached_per_machine_and_settings(tmp_path, monkeypatch):
-    import edgebn.bench
+    import edgebn.runtime.cost
 
     monkeypatch.setenv("EDGEBN_CACHE", str(tmp_path))
     first = probe_ceiling(threads=1)
@@ -84,7 +86,7 @@ def test_ceiling_is_cached_per_machine_and_settings(tmp_path, monkeypatch):
     def no_rerun(*args, **kwargs):
         raise AssertionError("the probe ran again instead of using the cache")
 
-    monkeypatch.setattr(edgebn.bench, "bench_tflite", no_rerun)
+    monkeypatch.setattr(edgebn.runtime.cost, "bench_tflite", no_rerun)
     assert probe_ceiling(threads=1) == first
     assert "threads=1" in key and "xnnpack=True" in key
     with pytest.raises(AssertionError, match="ran again"):

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edgebn.data import Color, DataSpec, Resize
+from edgebn.data.dataset import DataSpec
+from edgebn.data.images import Color, Resize
 from edgebn.errors import DatasetError
 
 
@@ -104,7 +105,7 @@ _KERAS_LOADER = textwrap.dedent("""
     fu.urlretrieve = fake_urlretrieve
     fu.validate_file = lambda *a, **k: True  # Keras pins the real file's sha256
 
-    from edgebn.data import DataSpec
+    from edgebn.data.dataset import DataSpec
     out = {}
     for name in ("mnist", "fashion-mnist"):
         ds = DataSpec(name).load()
@@ -133,13 +134,13 @@ def test_keras_datasets_load_through_keras_with_a_fake_cache_and_network(tmp_pat
 @pytest.mark.parametrize("resize", list(Resize))
 def test_training_and_the_device_preprocess_an_image_to_the_same_tensor(tmp_path, resize):
     """The device's predict.py sees the pixels training saw: same filter, same scaling."""
-    from edgebn.bundle import load_predict_module
+    from edgebn.deploy.bundle import load_predict_module
 
     root = _image_folder(tmp_path / "imgs", size=(37, 53))
     spec = DataSpec(data_dir=root, image_size=12, color=Color.rgb, resize=resize)
     ds = spec.load()
     image = sorted((root / "cat").iterdir())[0]
-    from edgebn.data import read_image
+    from edgebn.data.images import read_image
 
     trained_on = ds.preprocessing.apply(read_image(image, ds.preprocessing))
     device = load_predict_module().preprocess_image(

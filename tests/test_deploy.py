@@ -14,10 +14,10 @@ import pytest
 from sshd_hosts import REAL_SSH, _free_port, _ssh_args, _target
 from typer.testing import CliRunner
 
-from edgebn.cli import app
-from edgebn.deploy import DeployOptions, SshTarget, deploy, rollback
+from edgebn.cli.app import app
+from edgebn.deploy.fleet import deploy_fleet, read_hosts
+from edgebn.deploy.ssh import DeployOptions, SshTarget, deploy, rollback
 from edgebn.errors import EdgebnError
-from edgebn.fleet import deploy_fleet, read_hosts
 
 runner = CliRunner()
 
@@ -132,7 +132,7 @@ def test_deploy_cli_json_with_bench(sshd, bundles, tmp_path):
 
 
 def test_trust_then_deploy_verifies_the_signature_on_the_device(sshd, bundles, tmp_path):
-    from edgebn.sign import sign_manifest
+    from edgebn.deploy.sign import sign_manifest
 
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "k")],
                    check=True)
@@ -213,7 +213,7 @@ def test_a_fleet_runs_in_parallel_and_one_dead_host_stops_nothing(sshds, bundles
 
 
 def test_trust_cli_installs_the_default_trust_file_in_the_devices_home(sshds, bundles, tmp_path):
-    from edgebn.sign import sign_manifest
+    from edgebn.deploy.sign import sign_manifest
 
     s = sshds[2]
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "k")],

@@ -19,11 +19,11 @@ import pytest
 from sshd_hosts import _target
 from typer.testing import CliRunner
 
-from edgebn.bundle import load_device_module
-from edgebn.cli import app
-from edgebn.deploy import DeployOptions, SshTarget, deploy, prepare, rollback, ship
+from edgebn.cli.app import app
+from edgebn.deploy.bundle import load_device_module
+from edgebn.deploy.fleet import deploy_fleet, read_hosts
+from edgebn.deploy.ssh import DeployOptions, SshTarget, deploy, prepare, rollback, ship
 from edgebn.errors import EdgebnError
-from edgebn.fleet import deploy_fleet, read_hosts
 
 runner = CliRunner()
 ROUNDS = 20

@@ -11,8 +11,8 @@ import shutil
 
 import pytest
 
-from edgebn.emulate import RUNTIMES, EmulationUnavailable, emulate, site_packages, userland
-from edgebn.runtime import Backend
+from edgebn.deploy.emulate import RUNTIMES, EmulationUnavailable, emulate, site_packages, userland
+from edgebn.runtime.backends import Backend
 
 pytestmark = pytest.mark.emulation
 
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.emulation
 @pytest.fixture(scope="session")
 def pi_cache(tmp_path_factory):
     """The cached userland and wheels, made once; a skip with the reason when it cannot be."""
-    from edgebn.emulate import cache_dir
+    from edgebn.deploy.emulate import cache_dir
 
     try:
         userland()
@@ -58,7 +58,7 @@ def test_a_changed_byte_is_refused_on_the_emulated_pi(pi_cache, bundles, tmp_pat
 
 def test_unreachable_debian_mirror_is_reported_not_passed(tmp_path, monkeypatch):
     """Nothing listens on port 9: debootstrap fails to fetch, and the reason says so."""
-    import edgebn.emulate as em
+    import edgebn.deploy.emulate as em
 
     if shutil.which("debootstrap") is None:
         pytest.skip("debootstrap is not installed")
@@ -80,7 +80,7 @@ def test_unreachable_pypi_is_reported_not_passed(tmp_path, monkeypatch):
 def test_build_records_the_emulated_selftest_in_its_report(pi_cache, cnn, tmp_path):
     import json
 
-    from edgebn.build import BuildConfig, build
+    from edgebn.pipeline.build import BuildConfig, build
 
     out = tmp_path / "build"
     build(BuildConfig(out=out, model=cnn["keras"], run_bench=False,
@@ -99,8 +99,8 @@ def test_signature_checks_on_an_emulated_pi(pi_cache, bundles, tmp_path):
     import json
     import subprocess
 
-    from edgebn.emulate import run_selftest
-    from edgebn.sign import allowed_signers_line, sign_manifest
+    from edgebn.deploy.emulate import run_selftest
+    from edgebn.deploy.sign import allowed_signers_line, sign_manifest
 
     keys = {}
     for name in ("mine", "other"):

@@ -19,10 +19,10 @@ from patterns import (
 )
 from typer.testing import CliRunner
 
-from edgebn.cli import app
+from edgebn.cli.app import app
 from edgebn.errors import FoldError
-from edgebn.fold import all_bn_layer_names, bn_layer_paths, fold_file, fold_model, plan_fold
-from edgebn.models import ZOO, bn_layer_names, build_model
+from edgebn.fold.keras_fold import all_bn_layer_names, bn_layer_paths, fold_file, fold_model, plan_fold
+from edgebn.zoo.models import ZOO, bn_layer_names, build_model
 
 runner = CliRunner()
 EXACT = 1e-5  # max |Δ| relative to the largest output, float32
@@ -113,7 +113,7 @@ def test_channels_first_is_planned_backward():
 
 def _wrong_in_one_channel(monkeypatch, bn_name: str) -> None:
     """Make the fold of ``bn_name`` wrong: one channel's scale off by 1e-3."""
-    import edgebn.fold_graph as fold_graph
+    import edgebn.fold.graph as fold_graph
 
     right = fold_graph.bn_affine
 
@@ -149,9 +149,9 @@ def test_a_correct_fold_is_exact_in_float64_below_any_tolerance(cnn, digits):
 
 
 def test_a_folded_float32_model_that_drifts_is_refused(cnn, digits, monkeypatch):
-    import edgebn.fold
+    import edgebn.fold.keras_fold
 
-    monkeypatch.setattr(edgebn.fold, "FLOAT32_SLACK", 0.0)  # no room for float32 rounding at all
+    monkeypatch.setattr(edgebn.fold.keras_fold, "FLOAT32_SLACK", 0.0)  # no room for float32 rounding at all
     with pytest.raises(FoldError, match=r"^the folded float32 model is \S+ \(relative\) from the "
                                         r"float64 outputs on 16 inputs, the original \S+: above 0x "
                                         r"that plus the tolerance 1e-12: nothing written$"):
@@ -164,12 +164,12 @@ def test_a_tolerance_must_be_positive(cnn, digits):
 
 
 def test_without_float64_the_check_is_float32_against_the_tolerance(cnn, digits, monkeypatch):
-    import edgebn.fold
+    import edgebn.fold.keras_fold
 
     def no_float64(model):
         raise TypeError("no float64 here")
 
-    monkeypatch.setattr(edgebn.fold, "_float64_twin", no_float64)
+    monkeypatch.setattr(edgebn.fold.keras_fold, "_float64_twin", no_float64)
     model = cnn["result"].model
     result = fold_model(model, digits.x_test)
     assert result.measure == "float32 (no float64 run: TypeError: no float64 here)"
@@ -288,7 +288,7 @@ def test_forward_fold_is_exact(forward_models, kind, seed, log_var_min):
 
 @pytest.mark.parametrize("name", ["bn_before_conv", "add_bn_gap_dense", "relu_bn_pool_dense"])
 def test_converter_residue_converts_clean_after_fold(name, tmp_path):
-    from edgebn.train import save_keras
+    from edgebn.zoo.keras_io import save_keras
 
     keras_path = save_keras(build_fold_pattern(name), tmp_path / "m.keras")
     out = tmp_path / "m.tflite"
@@ -320,13 +320,13 @@ def test_fold_cli_json_is_the_contract_document(cnn, tmp_path):
     assert doc["inputs"] == "digits test split"
     assert [la["folded"] for la in doc["layers"]] == [True] * 4
     assert {"bn", "folded", "into", "direction"} <= set(doc["layers"][0])
-    from edgebn.train import load_keras
+    from edgebn.zoo.keras_io import load_keras
 
     assert bn_layer_names(load_keras(out)) == []
 
 
 def test_fold_cli_exits_1_when_some_bn_stays(tmp_path):
-    from edgebn.train import save_keras
+    from edgebn.zoo.keras_io import save_keras
 
     keras_path = save_keras(build_fold_pattern("bn_before_conv_same"), tmp_path / "m.keras")
     out = tmp_path / "f.keras"

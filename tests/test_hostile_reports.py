@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from edgebn.bench import BenchSettings
-from edgebn.check import CheckResult, Thresholds, check
-from edgebn.cli import app
+from edgebn.cli.app import app
 from edgebn.errors import EdgebnError
-from edgebn.report_read import read_report
+from edgebn.pipeline.check import CheckResult, Thresholds, check
+from edgebn.pipeline.report_read import read_report
+from edgebn.runtime.timing import BenchSettings
 
 SEED = 22
 CASES = 320
@@ -186,7 +186,7 @@ def test_hostile_reports_end_in_a_result_or_one_line(tmp_path):
 
 def test_the_nesting_count_is_not_fooled_by_strings_or_escapes(tmp_path):
     """Brackets inside strings, escaped quotes and backslashes do not count; real ones do."""
-    from edgebn.report_read import _nesting
+    from edgebn.pipeline.report_read import _nesting
 
     assert _nesting(b'{"a": "[[[[", "b": "\\"[[[", "c": "\\\\", "d": [[1]]}') == 3
     assert _nesting(b'["\\\\\\"]]]]"]') == 1

@@ -22,11 +22,12 @@ import flatbuffers
 import numpy as np
 import pytest
 
-from edgebn.bench import BenchSettings, bench_tflite
 from edgebn.errors import EdgebnError, InvalidModelError
-from edgebn.profile import ProfileSettings, profile, residual_pairs
-from edgebn.tflite import FILE_IDENTIFIER, _schema, parse_tflite, read_tflite
-from edgebn.tflite_edit import single_op, unpack
+from edgebn.runtime.profile import ProfileSettings, profile, residual_pairs
+from edgebn.runtime.timing import BenchSettings, bench_tflite
+from edgebn.tflite.reader import FILE_IDENTIFIER, parse_tflite, read_tflite
+from edgebn.tflite.reader import schema as _schema
+from edgebn.tflite.writer import single_op, unpack
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = ROOT / "models" / "digits-cnn" / "model.tflite"
@@ -212,7 +213,7 @@ QUICK_PROFILE = ProfileSettings(min_time_s=0.01)
 
 def library_case(i: int, data: bytes) -> str:
     """One case through bench, profile or check's .tflite path (by turn): its outcome."""
-    from edgebn.analysis import inspect_tflite
+    from edgebn.tflite.residue import inspect_tflite
 
     path = Path(os.environ.get("TMPDIR", "/tmp")) / f"edgebn-hostile-{os.getpid()}.tflite"
     path.write_bytes(data)
@@ -234,7 +235,7 @@ def library_case(i: int, data: bytes) -> str:
 
 def _worker(seed: int, start: int, stop: int) -> None:
     """Run cases [start, stop) of ``mutations(seed, stop)``; one JSON line per case."""
-    from edgebn import runtime
+    from edgebn.runtime import backends as runtime
 
     for i, (name, data) in list(enumerate(mutations(seed, stop)))[start:]:
         print(json.dumps({"start": i, "name": name}), flush=True)
@@ -274,7 +275,7 @@ def _cli_case(i: int, path: Path) -> tuple[int, str]:
     """One CLI command on the file: (exit code, stderr), through CliRunner."""
     from typer.testing import CliRunner
 
-    from edgebn.cli import app
+    from edgebn.cli.app import app
 
     command = CLI_COMMANDS[i % len(CLI_COMMANDS)]
     if command == "bench":
@@ -351,7 +352,7 @@ def test_a_split_the_reader_passes_is_refused_before_xnnpack_sees_it(tmp_path):
     path = tmp_path / "split.tflite"
     path.write_bytes(_swapped(DIGITS.read_bytes(), 4, "SPLIT", drop_options=True))
     parse_tflite(path.read_bytes())
-    code, err = _in_a_child(f"from edgebn.bench import bench_tflite, BenchSettings; "
+    code, err = _in_a_child(f"from edgebn.runtime.timing import bench_tflite, BenchSettings; "
                             f"bench_tflite({str(path)!r}, BenchSettings(runs=3, cost=False))")
     assert code == 1 and "RuntimeBackendError" in err, err
     assert "NumOutputs(node)" in err

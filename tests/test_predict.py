@@ -9,7 +9,7 @@ import random
 import numpy as np
 import pytest
 
-from edgebn.bundle import load_predict_module
+from edgebn.deploy.bundle import load_predict_module
 
 FUZZ_CASES = 500
 

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from edgebn.cli import app
+from edgebn.cli.app import app
 from edgebn.errors import EdgebnError
-from edgebn.profile import ProfileSettings, profile, residual_pairs, residue_cost
-from edgebn.runtime import load_interpreter
-from edgebn.tflite import parse_tflite, read_tflite
-from edgebn.tflite_edit import bypass_pairs, single_op, unpack
+from edgebn.runtime.backends import load_interpreter
+from edgebn.runtime.profile import ProfileSettings, profile, residual_pairs, residue_cost
+from edgebn.tflite.reader import parse_tflite, read_tflite
+from edgebn.tflite.writer import bypass_pairs, single_op, unpack
 
 runner = CliRunner()
 QUICK = ProfileSettings(min_time_s=0.05)
@@ -120,7 +120,7 @@ def test_float16_weights_are_dequantized_once(tmp_path):
     """The DEQUANTIZE of each float16 weight runs at load: it counts 0, and its consumer is
     timed with the float32 weights as constants, as the runtime sees them."""
     from edgebn.convert import to_tflite
-    from edgebn.profile import CONSTANT_NOTE
+    from edgebn.runtime.profile import CONSTANT_NOTE
 
     path = to_tflite(_conv_model(4), tmp_path / "f16.tflite", "float16").path
     result = profile(path, QUICK)
@@ -270,7 +270,7 @@ def test_profile_imports_no_tensorflow(files):
     import subprocess
     import sys
 
-    code = ("import sys\nfrom typer.testing import CliRunner\nfrom edgebn.cli import app\n"
+    code = ("import sys\nfrom typer.testing import CliRunner\nfrom edgebn.cli.app import app\n"
             f"r = CliRunner().invoke(app, ['profile', {str(files['preact'])!r}, '--min-time', "
             "'0.05', '--json'])\nassert r.exit_code == 0, r.output\n"
             "print(sorted(m for m in sys.modules if m.startswith(('tensorflow', 'keras'))))")

@@ -1,8 +1,8 @@
 import pytest
 
-from edgebn import runtime
 from edgebn.errors import InvalidModelError, RuntimeBackendError
-from edgebn.runtime import Backend, load_interpreter, resolve_backend
+from edgebn.runtime import backends as runtime
+from edgebn.runtime.backends import Backend, load_interpreter, resolve_backend
 
 
 def test_auto_prefers_litert():
@@ -19,7 +19,7 @@ def test_each_installed_backend_loads_and_names_itself(cnn, backend):
 
 def test_tflite_runtime_214_under_numpy2_is_refused_in_one_line(monkeypatch, cnn):
     # The check reads the installed version; stand in for tflite-runtime 2.14's metadata.
-    monkeypatch.setattr(runtime, "_version", lambda dist: "2.14.0")
+    monkeypatch.setattr(runtime, "backend_version", lambda backend: "2.14.0")
     monkeypatch.setattr(runtime.np, "__version__", "2.4.6")
     with pytest.raises(RuntimeBackendError, match=r"built for NumPy 1\.x.*NumPy 2\.4\.6"):
         load_interpreter(cnn["tflite"], Backend.tflite_runtime)

@@ -11,9 +11,9 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-from edgebn.cli import app
+from edgebn.cli.app import app
+from edgebn.deploy.sign import allowed_signers_line, sign_manifest
 from edgebn.errors import EdgebnError
-from edgebn.sign import allowed_signers_line, sign_manifest
 
 runner = CliRunner()
 pytestmark = pytest.mark.skipif(shutil.which("ssh-keygen") is None, reason="no ssh-keygen")
@@ -131,7 +131,7 @@ def test_sign_with_a_missing_key_is_one_line_exit_2(small_builds, tmp_path):
 
 
 def test_build_sign_writes_a_bundle_a_trusting_device_accepts(cnn, keys, tmp_path):
-    from edgebn.build import BuildConfig, build
+    from edgebn.pipeline.build import BuildConfig, build
 
     out = tmp_path / "build"
     result = build(BuildConfig(out=out, model=cnn["keras"], run_bench=False, sign=keys["mine"]))

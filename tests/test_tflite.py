@@ -7,9 +7,10 @@ import sys
 import numpy as np
 import pytest
 
-from edgebn.analysis import analyse_bn
 from edgebn.errors import InvalidModelError
-from edgebn.tflite import parse_tflite, read_tflite, strip_names
+from edgebn.tflite.reader import parse_tflite, read_tflite
+from edgebn.tflite.residue import analyse_bn
+from edgebn.tflite.writer import strip_names
 
 _ANALYZE = """
 import contextlib, io, json, sys
@@ -150,7 +151,7 @@ def test_forged_vector_length_is_refused_without_looping(tmp_path):
     """A vector claiming 2**31 entries must be refused from its length, not iterated."""
     import flatbuffers
 
-    from edgebn.tflite import _schema
+    from edgebn.tflite.reader import schema as _schema
 
     schema = _schema()
     model = schema.ModelT()

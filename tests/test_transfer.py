@@ -7,10 +7,11 @@ from __future__ import annotations
 import numpy as np
 from typer.testing import CliRunner
 
-from edgebn.backbones import find_backbone
-from edgebn.data import Color, DataSpec
-from edgebn.models import Arch
-from edgebn.train import TrainConfig, train
+from edgebn.data.dataset import DataSpec
+from edgebn.data.images import Color
+from edgebn.train.training import TrainConfig, train
+from edgebn.zoo.backbones import find_backbone
+from edgebn.zoo.models import Arch
 
 runner = CliRunner()
 SIZE = 64
@@ -31,7 +32,7 @@ def _kernels(backbone) -> list[np.ndarray]:
 def test_frozen_backbone_keeps_bn_statistics_through_training_and_fine_tuning(photos,
                                                                               mobilenet_weights):
     folder, weights = photos, mobilenet_weights
-    from edgebn.backbones import build_backbone
+    from edgebn.zoo.backbones import build_backbone
 
     spec = DataSpec(data_dir=folder, image_size=SIZE, color=Color.rgb, scale=1.0)
     ds = spec.load(stream=True)

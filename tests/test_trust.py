@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 from sshd_hosts import _target
 
-from edgebn.bundle import DEVICE_DIR
-from edgebn.deploy import DeployOptions, Shipment, deploy, ship
+from edgebn.deploy.bundle import DEVICE_DIR
+from edgebn.deploy.sign import allowed_signers_line, sign_manifest
+from edgebn.deploy.ssh import DeployOptions, Shipment, deploy, ship
 from edgebn.errors import EdgebnError
-from edgebn.sign import allowed_signers_line, sign_manifest
 
 pytestmark = pytest.mark.skipif(shutil.which("ssh-keygen") is None, reason="no ssh-keygen")
 SHADOWS = ("json.py", "argparse.py", "hashlib.py", "shlex.py", "subprocess.py", "platform.py",

@@ -3,7 +3,7 @@
 
     python tools/backbone_figures.py [--sizes 96,224] [--time 1.0] [ARCH ...]
 
-Each backbone is built as ``edgebn build --arch`` builds it (edgebn.backbones: the
+Each backbone is built as ``edgebn build --arch`` builds it (edgebn.zoo.backbones: the
 application without its top, a new 5-class head; weights none, BN statistics set from
 random images, since nothing is downloaded here), folded by edgebn, converted float32
 and int8 (calibrated on random images), and timed: the TFLite interpreter (one thread,
@@ -27,8 +27,8 @@ CLASSES = 5
 
 def _model(arch, size: int, work: Path):
     """The transfer model with BN statistics from images (what pretrained weights give)."""
-    from edgebn.backbones import build_transfer
     from edgebn.synthetic import pretrained_weights
+    from edgebn.zoo.backbones import build_transfer
 
     rng = np.random.default_rng(0)
     images = rng.uniform(0, 255, (16, size, size, 3))
@@ -38,9 +38,10 @@ def _model(arch, size: int, work: Path):
 
 
 def _row(arch, size: int, seconds: float, work: Path) -> str:
-    from edgebn.bench import BenchSettings, BenchTargets, bench
+    from edgebn.bench.run import BenchTargets, bench
     from edgebn.convert import to_tflite
-    from edgebn.fold import all_bn_layer_names, fold_model
+    from edgebn.fold.keras_fold import all_bn_layer_names, fold_model
+    from edgebn.runtime.timing import BenchSettings
 
     model = _model(arch, size, work)
     x = np.random.default_rng(1).uniform(0, 255, (32, size, size, 3)).astype(np.float32)
@@ -60,7 +61,7 @@ def _row(arch, size: int, seconds: float, work: Path) -> str:
 
 
 def main() -> None:
-    from edgebn.models import BACKBONE_ARCHS, Arch
+    from edgebn.zoo.models import BACKBONE_ARCHS, Arch
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("archs", nargs="*", default=sorted(a.value for a in BACKBONE_ARCHS))

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 def main() -> None:
     from test_byom import image_folder, transfer_model
 
-    from edgebn.train import save_keras
+    from edgebn.zoo.keras_io import save_keras
 
     work = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(tempfile.mkdtemp(prefix="edgebn-byom-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -37,7 +37,7 @@ def main() -> None:
     for quantize in ("none", "int8"):
         out = work / f"build-{quantize}"
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "edgebn.cli", "build", "--model", str(model),
+        subprocess.run([sys.executable, "-m", "edgebn.cli.app", "build", "--model", str(model),
                         "--data-dir", str(folder), "--quantize", quantize, "--out", str(out),
                         "--bundle"], check=True, stdout=subprocess.DEVNULL)
         reports[quantize] = (json.loads((out / "report.json").read_text()),

@@ -37,7 +37,7 @@ def bare_loop_p50_us(path: str, runs: int, threads: int) -> float:
 
 
 def edgebn_p50_us(path: str, runs: int, threads: int) -> float:
-    from edgebn.bench import BenchSettings, bench_tflite
+    from edgebn.runtime.timing import BenchSettings, bench_tflite
 
     stats, _ = bench_tflite(path, BenchSettings(threads=threads, runs=runs))
     return stats.latency_us.p50

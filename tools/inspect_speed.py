@@ -32,11 +32,11 @@ def main() -> None:
     walls = []
     for _ in range(5):
         t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "edgebn.cli", "inspect", str(path), "--json"],
+        proc = subprocess.run([sys.executable, "-m", "edgebn.cli.app", "inspect", str(path), "--json"],
                               capture_output=True, text=True, env=os.environ)
         walls.append(time.perf_counter() - t0)
         assert proc.returncode in (0, 1), proc.stderr
-    from edgebn.analysis import inspect_tflite
+    from edgebn.tflite.residue import inspect_tflite
 
     lib = min(inspect_tflite(path).elapsed_ms for _ in range(5))
     print(f"{path.name}: {size / 1e6:.2f} MB")

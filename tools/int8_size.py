@@ -13,8 +13,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from edgebn.build import BuildConfig, build
 from edgebn.convert import ConvertOptions, Quantize
+from edgebn.pipeline.build import BuildConfig, build
 
 
 def main() -> None:

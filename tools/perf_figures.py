@@ -3,7 +3,7 @@
 
     python tools/perf_figures.py [BUILD_DIR]   # default: `edgebn build --no-bench` into a temp dir
 
-Two models, each at 1 and 2 interpreter threads (edgebn.scaling.bench_threads, bench
+Two models, each at 1 and 2 interpreter threads (edgebn.bench.scaling.bench_threads, bench
 defaults: XNNPACK, batch 1, 1 s of timed runs per count):
 
 * the default model: `edgebn build`'s cnn on digits, folded, float32 (BUILD_DIR/model.tflite),
@@ -11,7 +11,7 @@ defaults: XNNPACK, batch 1, 1 s of timed runs per count):
 * MobileNetV2 from keras.applications (weights=None, alpha 0.35, 96x96x3), converted with
   edgebn.convert.to_tflite, timed on random inputs.
 
-For each: MACs counted from the file (edgebn.cost), p50, achieved GMAC/s at p50, the
+For each: MACs counted from the file (edgebn.runtime.cost), p50, achieved GMAC/s at p50, the
 compute-bound probe's ceiling at the same thread count, and efficiency = GMAC/s / ceiling.
 The probe is measured afresh in this run (a temporary EDGEBN_CACHE), so the ceiling and
 the models are timed under the same load.
@@ -31,13 +31,13 @@ THREADS = (1, 2)
 def _default_model(build_dir: Path | None, tmp: Path) -> Path:
     if build_dir is None:
         build_dir = tmp / "build"
-        subprocess.run([sys.executable, "-m", "edgebn.cli", "build", "--out", str(build_dir),
+        subprocess.run([sys.executable, "-m", "edgebn.cli.app", "build", "--out", str(build_dir),
                         "--no-bench"], check=True, stdout=subprocess.DEVNULL)
     return build_dir / "model.tflite"
 
 
 def _mobilenet_v2(tmp: Path) -> Path:
-    from edgebn.ui import quiet
+    from edgebn.cli.ui import quiet
 
     with quiet(False):
         import keras
@@ -50,12 +50,14 @@ def _mobilenet_v2(tmp: Path) -> Path:
 
 
 def main() -> None:
-    from edgebn.bench import BenchSettings, BenchTargets
-    from edgebn.cost import PROBE_CHANNELS, PROBE_LAYERS, PROBE_SIZE, model_cost, probe_model
-    from edgebn.data import DataSpec
-    from edgebn.scaling import ThreadScaling, bench_threads
-    from edgebn.tflite import parse_tflite
-    from edgebn.ui import quiet
+    from edgebn.bench.run import BenchTargets, bench_threads
+    from edgebn.bench.scaling import ThreadScaling
+    from edgebn.cli.ui import quiet
+    from edgebn.data.dataset import DataSpec
+    from edgebn.runtime.cost import PROBE_CHANNELS, PROBE_LAYERS, PROBE_SIZE, probe_model
+    from edgebn.runtime.timing import BenchSettings
+    from edgebn.tflite.macs import model_cost
+    from edgebn.tflite.reader import parse_tflite
 
     tmp = Path(tempfile.mkdtemp(prefix="edgebn-figures-"))
     os.environ["EDGEBN_CACHE"] = str(tmp / "cache")  # probe the ceiling now, not from a cache

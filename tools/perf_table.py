@@ -22,10 +22,11 @@ def main() -> None:
         out = Path(sys.argv[1])
     else:
         out = Path(tempfile.mkdtemp(prefix="edgebn-perf-")) / "build"
-        subprocess.run([sys.executable, "-m", "edgebn.cli", "build", "--out", str(out),
+        subprocess.run([sys.executable, "-m", "edgebn.cli.app", "build", "--out", str(out),
                         "--no-bench"], check=True, stdout=subprocess.DEVNULL)
-    from edgebn.bench import BenchSettings, BenchTargets, bench
-    from edgebn.data import DataSpec
+    from edgebn.bench.run import BenchTargets, bench
+    from edgebn.data.dataset import DataSpec
+    from edgebn.runtime.timing import BenchSettings
 
     data = DataSpec().load().x_test
     targets = BenchTargets(out / "model.tflite", out / "twin.tflite", keras=out / "model.keras",

@@ -88,8 +88,8 @@ def build(name: str, cache: Path, twin: bool = False) -> Path:
 
 def _residue(path: Path, twin: Path, settings, repeats: int) -> tuple[list[float], list[float]]:
     """Residue cost (pairs bypassed) and the model against its BN-free twin, ``repeats`` each."""
-    from edgebn.bench import bench_tflite
-    from edgebn.profile import residue_cost
+    from edgebn.runtime.profile import residue_cost
+    from edgebn.runtime.timing import bench_tflite
 
     bypassed, against_twin = [], []
     for _ in range(repeats):
@@ -118,9 +118,9 @@ def main() -> None:
     paths = {name: build(name, cache) for name in MODELS}
     twins = {name: build(name, cache, twin=True) for name, spec in MODELS.items() if spec[3]}
 
+    from edgebn.cli.ui import quiet
     from edgebn.machine import environment
-    from edgebn.profile import ProfileSettings, profile
-    from edgebn.ui import quiet
+    from edgebn.runtime.profile import ProfileSettings, profile
 
     settings = ProfileSettings(min_time_s=args.min_time, residue=False)
     load_before = os.getloadavg()[0]

@@ -1,0 +1,1 @@
+"""Benchmarks that compare: the TFLite file against its Keras model, thread counts."""

@@ -1,0 +1,1 @@
+"""The Typer app: options, one library call per command, rendering."""

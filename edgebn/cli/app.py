@@ -1,0 +1,343 @@
+"""The edgebn command line: typed options in, one library call, the result rendered.
+
+TensorFlow is imported only by the commands that need it (train, convert, fold, build,
+and bench with --keras), inside :func:`edgebn.cli.ui.quiet`, so its log lines stay off the
+terminal unless ``--verbose``; ``inspect`` never pays for it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from edgebn import __version__
+from edgebn.cli import render
+from edgebn.cli.device import register_device_commands
+from edgebn.cli.options import (
+    EXIT_BAD_INPUT,
+    EXIT_PROBLEM,
+    ONE_THREAD,
+    FoldOpt,
+    JsonFlag,
+    KerasIn,
+    OneLineErrors,
+    QuantizeOpt,
+    RuntimeOpt,
+    ThreadCountsOpt,
+    ThreadsOpt,
+    ToleranceOpt,
+    VerboseFlag,
+    data_options,
+    suffix,
+    train_options,
+)
+from edgebn.cli.perf import register_perf_commands
+from edgebn.cli.ui import StageProgress, print_json, quiet
+from edgebn.convert import ConvertOptions, Quantize  # these import no TensorFlow
+from edgebn.data.dataset import DatasetName, DataSpec
+from edgebn.runtime.backends import Backend
+from edgebn.train.training import TrainConfig  # no TensorFlow at import
+
+app = typer.Typer(
+    cls=OneLineErrors, no_args_is_help=True, add_completion=False,
+    pretty_exceptions_enable=False,
+    help="Train BatchNorm Keras classifiers, convert them to TFLite, and prove every BN was folded.",
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"edgebn {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option(
+        "--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False
+          ) -> None:
+    """Train BatchNorm Keras classifiers, convert them to TFLite, and prove every BN was folded."""
+
+
+# ---------------------------------------------------------------- inspect
+
+
+@app.command()
+def inspect(
+    models: Annotated[list[Path], typer.Argument(help="The .tflite file(s) to read.")],
+    as_json: JsonFlag = False,
+    tensors: Annotated[bool, typer.Option("--tensors", help="Also list every tensor.")] = False,
+) -> None:
+    """Read .tflite files and prove that no BatchNorm survived (exit 0 clean, 1 residue).
+
+    With several files: one table row (or one JSON line) per file; a file that cannot be
+    read gets its error line and makes the exit code 2, the others are still inspected.
+    """
+    from edgebn.tflite.residue import inspect_files
+
+    results, errors = inspect_files(models)
+    if len(models) == 1 and errors:
+        raise errors[0]
+    for error in errors:
+        typer.echo(f"Error: {error}", err=True)
+    if as_json:
+        for r in results:
+            print_json(r.to_json()) if len(models) == 1 else render.out.file.write(
+                r.to_json_line() + "\n")
+    elif len(models) == 1:
+        render.inspect(results[0], tensors)
+    else:
+        render.inspect_many(results)
+    if errors:
+        raise typer.Exit(EXIT_BAD_INPUT)
+    if not all(r.clean for r in results):
+        raise typer.Exit(EXIT_PROBLEM)
+
+
+# ---------------------------------------------------------------- train / convert / fold
+
+
+@app.command()
+@train_options
+@data_options
+def train(
+    data: DataSpec,
+    training: TrainConfig,
+    out: Annotated[Path, typer.Option("--out", callback=suffix(".keras"), dir_okay=False,
+                                      help="Where to save the .keras model.")] = Path("model.keras"),
+    as_json: JsonFlag = False,
+    verbose: VerboseFlag = False,
+) -> None:
+    """Train a zoo model (or a backbone's new head) and save it as a .keras file.
+
+    An image folder (--data-dir) is streamed through tf.data, never loaded whole.
+    """
+    from edgebn.train.training import train_to_file
+
+    with quiet(verbose), StageProgress() as progress:
+        result = train_to_file(out, training, data, progress)
+    print_json(result.to_json()) if as_json else render.train(result)
+
+
+@app.command()
+@data_options
+def convert(
+    data: DataSpec,
+    model: KerasIn,
+    out: Annotated[Path | None, typer.Option("--out", callback=suffix(".tflite"), dir_okay=False,
+                                             help="Output .tflite path.")] = None,
+    quantize: QuantizeOpt = Quantize.none,
+    fold: FoldOpt = True,
+    tolerance: ToleranceOpt = 1e-5,
+    as_json: JsonFlag = False,
+    verbose: VerboseFlag = False,
+) -> None:
+    """Convert a .keras model to .tflite (folding BN first), then inspect the result.
+
+    The data options give the int8 calibration samples and the fold's check inputs
+    (--data, else the dataset's test split when it fits the model, else random inputs).
+    """
+    from edgebn.convert import convert_file
+
+    with quiet(verbose):
+        result = convert_file(model, out or model.with_suffix(".tflite"),
+                              ConvertOptions(quantize, fold, tolerance), data)
+    print_json(result.to_json()) if as_json else render.conversion(result)
+    if not result.inspected.clean:
+        raise typer.Exit(EXIT_PROBLEM)
+
+
+@app.command()
+@data_options
+def fold(
+    data: DataSpec,
+    model: KerasIn,
+    out: Annotated[Path, typer.Option("--out", callback=suffix(".keras"), dir_okay=False,
+                                      help="Where to write the folded .keras.")],
+    tolerance: ToleranceOpt = 1e-5,
+    as_json: JsonFlag = False,
+    verbose: VerboseFlag = False,
+) -> None:
+    """Fold every BN into the layer before or after it, in Keras, checked on real inputs.
+
+    The check runs on --data, else the dataset's test split when it fits the model, else
+    random inputs. Exit 0 when every BN folded, 1 when some had to stay (each with its
+    reason), 2 when the folded model would differ beyond --tolerance (nothing is written).
+    """
+    from edgebn.fold.keras_fold import fold_file
+
+    with quiet(verbose):
+        result = fold_file(model, out, tolerance, data)
+    if as_json:
+        print_json(result.to_json())
+    else:
+        render.fold(result)
+        render.out.print(f"wrote {out}")
+    if not result.all_folded:
+        raise typer.Exit(EXIT_PROBLEM)
+
+
+# ---------------------------------------------------------------- build
+
+
+@app.command()
+@train_options
+@data_options
+def build(
+    data: DataSpec,
+    training: TrainConfig,
+    out: Annotated[Path, typer.Option("--out", file_okay=False, help="Output directory.")] = Path(
+        "build"),
+    model: Annotated[Path | None, typer.Option(
+        "--model", exists=True, dir_okay=False, callback=suffix(".keras"),
+        help="Build this .keras model (yours) instead of training one from the zoo.")] = None,
+    quantize: QuantizeOpt = Quantize.none,
+    fold: FoldOpt = True,
+    tolerance: ToleranceOpt = 1e-5,
+    twin: Annotated[bool, typer.Option(help="Also train the BN-free twin as bench baseline.")] = True,
+    make_bundle: Annotated[bool, typer.Option(
+        "--bundle", help="Also write OUT/bundle, the self-verifying device bundle.")] = False,
+    sign: Annotated[Path | None, typer.Option(
+        "--sign", exists=True, dir_okay=False, readable=True,
+        help="Sign the bundle's manifest with this SSH private key. Implies --bundle.")] = None,
+    emulate: Annotated[list[Backend] | None, typer.Option(
+        "--emulate", help="Run the bundle's self-test on an emulated arm64 Pi with this runtime "
+                          "(tflite-runtime, ai-edge-litert; repeatable). Implies --bundle.")] = None,
+    run_bench: Annotated[bool, typer.Option("--bench/--no-bench", help="Benchmark.")] = True,
+    bench_time: Annotated[float, typer.Option(
+        "--bench-time", min=0.01, help="Seconds per benchmarked runtime.")] = 1.0,
+    threads: ThreadsOpt = 1,
+    runtime: RuntimeOpt = Backend.auto,
+    as_json: JsonFlag = False,
+    verbose: VerboseFlag = False,
+) -> None:
+    """Train, fold, convert, verify, inspect and benchmark; write OUT/report.json and report.md."""
+    from edgebn.pipeline.build import BuildConfig
+    from edgebn.pipeline.build import build as run_build
+    from edgebn.runtime.timing import BenchSettings
+    config = BuildConfig(
+        out=out, model=model, data=data, train=training,
+        convert=ConvertOptions(quantize, fold, tolerance),
+        bench=BenchSettings(threads=threads, min_time_s=bench_time, keras_time_s=bench_time,
+                            backend=runtime),
+        run_bench=run_bench, twin=twin, bundle=make_bundle, sign=sign,
+        emulate=tuple(emulate or ()))
+    with quiet(verbose), StageProgress() as progress:
+        result = run_build(config, progress)
+    print_json(result.to_json()) if as_json else render.build(result)
+
+
+# ---------------------------------------------------------------- bench
+
+
+@app.command()
+def bench(
+    model: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True,
+                                          help="The .tflite to benchmark.")],
+    keras: Annotated[Path | None, typer.Option("--keras", help="The .keras it came from.")] = None,
+    baseline: Annotated[Path | None, typer.Option(
+        "--baseline", help="Another .tflite (e.g. the BN-free twin), timed interleaved.")] = None,
+    keras_baseline: Annotated[Path | None, typer.Option(
+        "--keras-baseline", help="The baseline's .keras, to show BN's cost inside Keras.")] = None,
+    keras_folded: Annotated[Path | None, typer.Option(
+        "--keras-folded", help="The folded .keras (edgebn fold), to show the fold's effect in Keras.")
+    ] = None,
+    inputs: Annotated[Path | None, typer.Option(
+        "--data", exists=True, dir_okay=False,
+        help="Inputs: a .npy (N, H, W, C), or a .npz with an array 'x'.")] = None,
+    dataset: Annotated[DatasetName | None, typer.Option(
+        "--dataset", help="Inputs: this dataset's test split.")] = None,
+    threads: ThreadCountsOpt = ONE_THREAD,
+    batch: Annotated[int, typer.Option("--batch", min=1, help="Batch size (resizes input).")] = 1,
+    warmup: Annotated[int, typer.Option("--warmup", min=0)] = 100,
+    runs: Annotated[int | None, typer.Option("--runs", min=1, help="Exact timed runs.")] = None,
+    min_time: Annotated[float, typer.Option(
+        "--min-time", min=0.01, help="Seconds per runtime when --runs is not given.")] = 1.0,
+    runtime: RuntimeOpt = Backend.auto,
+    xnnpack: Annotated[bool, typer.Option(help="Use the XNNPACK delegate.")] = True,
+    xla: Annotated[bool, typer.Option(help="jit_compile the Keras tf.function.")] = False,
+    isolate: Annotated[bool, typer.Option(
+        help="Run the interpreter in a fresh process (memory without TensorFlow).")] = False,
+    as_json: JsonFlag = False,
+    json_file: Annotated[Path | None, typer.Option(
+        "--json-file", dir_okay=False, help="Also write the JSON document to this file.")] = None,
+    plot_out: Annotated[Path | None, typer.Option("--plot", help="Write a PNG here.")] = None,
+    verbose: VerboseFlag = False,
+) -> None:
+    """Time the TFLite interpreter against the Keras model, same inputs, side by side.
+
+    With several --threads (1,2,4) the .tflite is also timed at each further count: a
+    scaling table of p50, speedup, GMAC/s and efficiency (Keras is timed once).
+    """
+    import json
+
+    from edgebn.bench.run import BenchTargets, bench_threads
+    from edgebn.runtime.timing import BenchSettings
+    from edgebn.stages import write_atomic
+    from edgebn.tensors import load_samples
+
+    if inputs is not None and dataset is not None:
+        raise typer.BadParameter("give --data or --dataset, not both")
+    settings = BenchSettings(threads=threads[0], batch=batch, warmup=warmup, runs=runs,
+                             min_time_s=min_time, keras_time_s=min_time, backend=runtime,
+                             xnnpack=xnnpack, isolate=isolate, xla=xla)
+    targets = BenchTargets(model, baseline, keras, keras_baseline, keras_folded)
+    with quiet(verbose):
+        x = load_samples(inputs) if inputs else (
+            DataSpec(dataset).load().x_test if dataset else None)
+        result = bench_threads(targets, settings, threads, x)
+    print_json(result.to_json()) if as_json else render.bench(result)
+    if json_file is not None:
+        write_atomic(json_file, json.dumps(result.to_json(), indent=2) + "\n")
+    if plot_out is not None:
+        render.plot(result, plot_out)
+
+
+# ---------------------------------------------------------------- bundle / emulate / deploy
+
+register_device_commands(app)  # edgebn.cli.device: bundle, emulate, deploy
+register_perf_commands(app)  # edgebn.cli.perf: profile
+
+
+# ---------------------------------------------------------------- check
+
+
+@app.command()
+def check(
+    report: Annotated[Path, typer.Argument(help="The new build's report.json.")],
+    baseline: Annotated[Path, typer.Option("--baseline", help="The baseline's report.json.")],
+    max_accuracy_drop: Annotated[float, typer.Option(
+        "--max-accuracy-drop", min=0, help="Largest allowed accuracy drop (0.01 = 1 point).")] = 0.01,
+    max_latency_regression: Annotated[float, typer.Option(
+        "--max-latency-regression", min=0, help="Largest allowed p50 increase (0.10 = 10 %).")
+    ] = 0.10,
+    max_size_growth: Annotated[float, typer.Option(
+        "--max-size-growth", min=0, help="Largest allowed file growth (0.05 = 5 %).")] = 0.05,
+    allow_op: Annotated[list[str] | None, typer.Option(
+        "--allow-op", help="An op the new model may add (repeatable).")] = None,
+    bench_time: Annotated[float, typer.Option(
+        "--bench-time", min=0.01, help="Seconds per model for the latency ratio.")] = 1.0,
+    as_json: JsonFlag = False,
+    verbose: VerboseFlag = False,
+) -> None:
+    """Gate a build against a baseline: accuracy, latency, size, op set, BN (exit 1 on regression)."""
+    from edgebn.pipeline.check import Thresholds
+    from edgebn.pipeline.check import check as run_check
+    from edgebn.runtime.timing import BenchSettings
+
+    with quiet(verbose):  # the interpreters announce their delegate on fd 2
+        result = run_check(report, baseline, Thresholds(max_accuracy_drop, max_latency_regression,
+                                                        max_size_growth, tuple(allow_op or ())),
+                           BenchSettings(min_time_s=bench_time))
+    print_json(result.to_json()) if as_json else render.check(result)
+    if not result.passed:
+        raise typer.Exit(EXIT_PROBLEM)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

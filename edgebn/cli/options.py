@@ -1,0 +1,193 @@
+"""The CLI's shared parts: the error boundary, option types, the DataSpec option group."""
+
+from __future__ import annotations
+
+import functools
+import inspect as pyinspect
+import sys
+import typing
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from typer.core import TyperGroup
+from typer.exceptions import TyperException
+
+from edgebn.convert import Quantize
+from edgebn.data.dataset import DatasetName, DataSpec
+from edgebn.data.images import Color, Resize
+from edgebn.errors import EdgebnError
+from edgebn.runtime.backends import Backend
+from edgebn.train.distribute import Strategy
+from edgebn.zoo.models import DEFAULT_ARCH, Arch
+
+EXIT_PROBLEM = 1  # the command ran and found a problem (BN residue, regression)
+EXIT_BAD_INPUT = 2
+
+
+class OneLineErrors(TyperGroup):
+    """The CLI's single error boundary: bad input or usage -> one stderr line, exit 2."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except TyperException as exc:  # Typer's usage errors: bad option value, missing file, ...
+            ctx = getattr(exc, "ctx", None)
+            if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:
+                typer.echo(ctx.get_help())
+                sys.exit(0)
+            where = f"{ctx.command_path}: " if ctx is not None else ""
+            message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+            typer.echo(f"Error: {where}{message}", err=True)
+            sys.exit(getattr(exc, "exit_code", EXIT_BAD_INPUT))
+        except EdgebnError as exc:
+            typer.echo(f"Error: {exc}", err=True)
+            sys.exit(EXIT_BAD_INPUT)
+        except typer.Abort:
+            typer.echo("Aborted.", err=True)
+            sys.exit(130)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+# ---------------------------------------------------------------- shared options
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
+VerboseFlag = Annotated[bool, typer.Option(
+    "--verbose", "-v", help="Show TensorFlow's, absl's and Keras' own log lines.")]
+RuntimeOpt = Annotated[Backend, typer.Option("--runtime", help="Interpreter backend.")]
+ThreadsOpt = Annotated[int, typer.Option("--threads", min=1, help="Interpreter threads (a Pi: 4).")]
+
+
+class ThreadCounts(tuple):
+    """``--threads 1,2,4``: interpreter thread counts (a tuple subclass: one option, not nargs)."""
+
+
+def _thread_counts(text: str | tuple) -> ThreadCounts:
+    from edgebn.bench.scaling import parse_thread_counts
+
+    if isinstance(text, tuple):  # the default
+        return ThreadCounts(text)
+    try:
+        return ThreadCounts(parse_thread_counts(text))
+    except EdgebnError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+ONE_THREAD = ThreadCounts((1,))
+ThreadCountsOpt = Annotated[ThreadCounts, typer.Option(
+    "--threads", parser=_thread_counts, metavar="N[,N...]",
+    help="Interpreter threads (a Pi: 4); a list such as 1,2,4 adds a scaling table.")]
+QuantizeOpt = Annotated[Quantize, typer.Option("--quantize", help="Post-training quantization.")]
+FoldOpt = Annotated[bool, typer.Option(
+    "--fold/--no-fold", help="Fold BN in Keras before converting (and show the converter's own "
+                             "verdict beside it).")]
+ToleranceOpt = Annotated[float, typer.Option(
+    "--tolerance", min=1e-12,
+    help="How much further the folded model may be from the original's float64 outputs than "
+         "the original's own float32 rounding, relative to the largest output.")]
+KerasIn = Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True,
+                                         help="The .keras model.")]
+
+_DATA_OPTIONS = [  # (name, annotation, default): the DataSpec group, shared by every command
+    ("dataset", Annotated[DatasetName, typer.Option(
+        "--dataset", help="Dataset (an image folder: use --data-dir).")], DatasetName.digits),
+    ("data_dir", Annotated[Path | None, typer.Option(
+        "--data-dir", exists=True, file_okay=False,
+        help="Images, one sub-folder per class (overrides --dataset).")], None),
+    ("npz", Annotated[Path | None, typer.Option(
+        "--data", exists=True, dir_okay=False,
+        help="Preprocessed inputs: .npz with x (N, H, W, C) and y (N,) class indices, optional "
+             "labels; or, where only inputs are needed, a .npy (overrides --data-dir).")], None),
+    ("labels", Annotated[Path | None, typer.Option(
+        "--labels", exists=True, dir_okay=False,
+        help="Class names, one a line (for a --data .npz without 'labels').")], None),
+    ("image_size", Annotated[int | None, typer.Option(
+        "--image-size", min=4, help="Side of the images from --data-dir [default: 32, or the "
+                                    "--model's input].")], None),
+    ("color", Annotated[Color | None, typer.Option(
+        "--color", help="Colour of the images from --data-dir [default: grayscale, or the "
+                        "--model's input].")], None),
+    ("resize", Annotated[Resize, typer.Option(
+        "--resize", help="Resize filter for images (the device uses the same).")], Resize.bilinear),
+    ("scale", Annotated[float | None, typer.Option(
+        "--input-scale", help="Images become x = pixel * scale + offset (pixel 0..255) "
+                              "[default: 1/255, or 1 when the --model rescales itself].")], None),
+    ("offset", Annotated[float, typer.Option("--input-offset", help="See --input-scale.")], 0.0),
+    ("seed", Annotated[int, typer.Option("--seed", help="Seed for split, init and shuffling.")], 0),
+    ("limit", Annotated[int | None, typer.Option(
+        "--limit", min=10, help="Use at most N samples (stratified).")], None),
+]
+
+
+_TRAIN_OPTIONS = [  # (name, annotation, default): the TrainConfig group of train and build
+    ("arch", Annotated[Arch, typer.Option(
+        "--arch", help="Model: a small zoo model, or a keras.applications backbone with a new "
+                       "head (mobilenet-v2, mobilenet-v3-small, efficientnet-b0).")], DEFAULT_ARCH),
+    ("no_bn", Annotated[bool, typer.Option(
+        "--no-bn", help="The BN-free twin instead (small zoo models).")], False),
+    ("epochs", Annotated[int, typer.Option(
+        "--epochs", min=1, help="Most epochs (early stop); a backbone: of its head.")], 40),
+    ("batch_size", Annotated[int, typer.Option("--batch-size", min=1)], 32),
+    ("learning_rate", Annotated[float, typer.Option("--learning-rate", min=1e-9)], 3e-3),
+    ("alpha", Annotated[float, typer.Option(
+        "--alpha", min=0.01, help="A MobileNet backbone's width multiplier.")], 1.0),
+    ("weights", Annotated[str, typer.Option(
+        "--weights", help="A backbone's weights: none (from scratch), imagenet (downloaded "
+                          "through Keras), or a .h5 weights file.")], "none"),
+    ("fine_tune_epochs", Annotated[int, typer.Option(
+        "--fine-tune-epochs", min=0, help="Then unfreeze the backbone's top (never its BN) "
+                                          "at a lower learning rate for N epochs.")], 0),
+    ("augment", Annotated[bool, typer.Option(
+        "--augment", help="Random flip, small rotation, zoom while training (Keras layers "
+                          "that vanish at inference).")], False),
+    ("strategy", Annotated[Strategy, typer.Option(
+        "--strategy", help="mirrored: every local GPU, or --replicas logical CPU devices.")],
+     Strategy.none),
+    ("replicas", Annotated[int | None, typer.Option(
+        "--replicas", min=1, help="Devices for --strategy mirrored (default: every GPU, "
+                                  "else 2 CPU devices).")], None),
+]
+
+
+def _train_config(no_bn: bool, **options: Any) -> Any:
+    from edgebn.train.training import TrainConfig
+
+    return TrainConfig(bn=not no_bn, **options)
+
+
+def _option_group(param: str, options: list, make):
+    """Add ``options`` to a command; it receives them as one value ``param`` = make(**them)."""
+
+    def decorate(fn):
+        hints = typing.get_type_hints(fn, include_extras=True)  # real annotations, not strings
+        P = pyinspect.Parameter
+        params = [p.replace(kind=P.KEYWORD_ONLY, annotation=hints[p.name])
+                  for p in pyinspect.signature(fn).parameters.values() if p.name != param]
+        params += [P(name, P.KEYWORD_ONLY, default=default, annotation=annotation)
+                   for name, annotation, default in options]
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            value = make(**{name: kwargs.pop(name) for name, _, _ in options})
+            return fn(*args, **{param: value}, **kwargs)
+
+        wrapper.__signature__ = pyinspect.Signature(params)
+        wrapper.__annotations__ = {p.name: p.annotation for p in params}
+        return wrapper
+
+    return decorate
+
+
+data_options = _option_group("data", _DATA_OPTIONS, DataSpec)
+data_options.__doc__ = "Add the DataSpec options to a command, received as ``data: DataSpec``."
+train_options = _option_group("training", _TRAIN_OPTIONS, _train_config)
+train_options.__doc__ = "Add the TrainConfig options, received as ``training: TrainConfig``."
+
+
+def suffix(suffix: str):
+    def check(path: Path | None) -> Path | None:
+        if path is not None and path.suffix != suffix:
+            raise typer.BadParameter(f"must end in {suffix}. Received: {path}")
+        return path
+
+    return check

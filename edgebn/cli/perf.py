@@ -1,0 +1,48 @@
+"""The CLI's performance commands: profile (registered on edgebn.cli.app's app). No TensorFlow."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from edgebn.cli import render
+from edgebn.cli.options import JsonFlag, RuntimeOpt, ThreadsOpt, VerboseFlag
+from edgebn.cli.ui import print_json, quiet
+from edgebn.runtime.backends import Backend
+
+TflitePath = Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True,
+                                            help="The .tflite to profile.")]
+
+
+def profile(  # noqa: PLR0913 - a Typer command's parameters are its options
+    model: TflitePath,
+    baseline: Annotated[Path | None, typer.Option(
+        "--baseline", exists=True, dir_okay=False, readable=True,
+        help="Another .tflite: profiled in the same rounds, diffed operator by operator.")] = None,
+    threads: ThreadsOpt = 1,
+    runtime: RuntimeOpt = Backend.auto,
+    xnnpack: Annotated[bool, typer.Option(help="Use the XNNPACK delegate.")] = True,
+    min_time: Annotated[float, typer.Option(
+        "--min-time", min=0.01, help="Seconds of timed runs for the whole model; its operators "
+                                     "share as much (at least 10 ms each).")] = 1.0,
+    residue: Annotated[bool, typer.Option(
+        help="Time the graph with its residual BN pairs bypassed (the residue's cost).")] = True,
+    top: Annotated[int, typer.Option("--top", min=1, help="Operators shown in the table.")] = 15,
+    as_json: JsonFlag = False,
+    verbose: VerboseFlag = False,
+) -> None:
+    """Time each operator isolated (same constants, threads, delegate) beside the whole model."""
+    from edgebn.runtime.profile import ProfileSettings
+    from edgebn.runtime.profile import profile as run_profile
+
+    settings = ProfileSettings(threads=threads, backend=runtime, xnnpack=xnnpack,
+                               min_time_s=min_time, residue=residue)
+    with quiet(verbose):  # the interpreters announce their delegate on fd 2
+        result = run_profile(model, settings, baseline)
+    print_json(result.to_json()) if as_json else render.profile(result, top)
+
+
+def register_perf_commands(app: typer.Typer) -> None:
+    app.command()(profile)

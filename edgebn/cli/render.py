@@ -1,0 +1,344 @@
+"""Rich tables for people, one per result type; each reads the result's own rows.
+
+The same rows feed report.md (edgebn.pipeline.report) and the bench plot, so a number is
+formatted in one place. Nothing here imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from edgebn.cli.ui import out
+
+_LATENCY_FIELDS = ("min", "p50", "p90", "p99", "mean", "std")
+
+
+def _table(title: str, columns: tuple[str, ...]) -> Table:
+    table = Table(title=title)
+    for col in columns:
+        table.add_column(col)
+    return table
+
+
+def inspect(result: Any, show_tensors: bool = False) -> None:
+    from edgebn.tflite.reader import tensor_bytes
+
+    m = result.model
+    out.print(f"[bold]{m.path}[/]: {m.size_bytes} bytes ({m.weight_bytes} weights, "
+              f"{m.graph_bytes} graph and metadata), schema v{m.version}")
+    for sig in m.signatures:
+        out.print(f"signature {sig.key!r}: inputs {sig.inputs}, outputs {sig.outputs}")
+    for sg in m.subgraphs:
+        table = _table(f"subgraph {sg.index} {sg.name!r}: inputs {list(sg.inputs)}, "
+                       f"outputs {list(sg.outputs)}", ("#", "op", "inputs", "outputs",
+                                                       "output shape"))
+        for op in sg.operators:
+            shape = sg.tensors[op.outputs[0]].shape if op.outputs and op.outputs[0] >= 0 else ()
+            table.add_row(str(op.index), op.op, str(list(op.inputs)), str(list(op.outputs)),
+                          str(list(shape)))
+        out.print(table)
+        if show_tensors:
+            tt = _table(f"subgraph {sg.index} tensors",
+                        ("#", "name", "shape", "dtype", "bytes", "const", "quantization"))
+            for t in sg.tensors:
+                q = t.quantization
+                qs = "" if q is None else (f"scale {q.scale[0]:.3g} zp {q.zero_point[0]}"
+                                           if len(q.scale) == 1 else f"{len(q.scale)} channels")
+                tt.add_row(str(t.index), t.name[:60], str(list(t.shape)), t.dtype,
+                           str(tensor_bytes(t)), "yes" if t.is_constant else "", qs)
+            out.print(tt)
+    out.print("op counts: " + ", ".join(f"{k} {v}" for k, v in m.op_counts().items()))
+    bn_verdict(result)
+
+
+def bn_verdict(result: Any) -> None:
+    bn = result.bn
+    for f in bn.folded:
+        out.print(f"  folded: {f.source} -> op {f.op} {f.into}")
+    for r in bn.residual:
+        out.print(f"  [red]residual[/] {r.kind} BN {r.source or '(names stripped)'}: "
+                  f"subgraph {r.subgraph} ops {list(r.ops)}, {r.channels} channels, "
+                  f"{r.cost_elements} elements x (mul + add) per inference")
+    colour = "green" if result.clean else "red"
+    out.print(f"BN verdict: [bold {colour}]{bn.verdict}[/] "
+              f"({len(bn.residual)} residual, {len(bn.folded)} folded)")
+
+
+def inspect_many(results: list[Any]) -> None:
+    table = _table("edgebn inspect", ("model", "bytes", "ops", "verdict", "residual", "folded"))
+    for r in results:
+        colour = "green" if r.clean else "red"
+        table.add_row(r.model.path, f"{r.model.size_bytes:,}",
+                      str(sum(r.model.op_counts().values())), f"[{colour}]{r.bn.verdict}[/]",
+                      str(len(r.bn.residual)), str(len(r.bn.folded)))
+    out.print(table)
+
+
+def fold(result: Any) -> None:
+    table = _table(f"fold: max |Δ| {result.max_abs_diff:.3g} ({result.max_rel_diff:.3g} "
+                   f"relative, tolerance {result.tolerance:g}) on {result.samples} inputs "
+                   f"({result.inputs})", ("BN", "result", "into / reason"))
+    for f in result.layers:
+        if f.folded:
+            table.add_row(f.bn, f"[green]folded {f.direction}[/]", f.into)
+        else:
+            table.add_row(f.bn, "[red]kept[/]", f.reason)
+    out.print(table)
+
+
+def conversion(result: Any) -> None:
+    c = result.converted
+    out.print(f"wrote {c.path} ({c.size_bytes} bytes, quantize {c.quantize.value})")
+    inspect(result.inspected)
+    if result.fold is not None:
+        fold(result.fold)
+        for label, inspected in (("converter alone", result.converter_only),
+                                 ("folded first", result.inspected)):
+            bn = inspected.bn
+            colour = "green" if inspected.clean else "red"
+            out.print(f"{label}: [{colour}]{bn.verdict}[/] ({len(bn.residual)} residual BN, "
+                      f"{inspected.model.size_bytes} bytes)")
+
+
+def summary(title: str, rows: list[tuple[str, str]]) -> None:
+    table = _table(title, ("metric", "value"))
+    for metric, value in rows:
+        table.add_row(metric, value)
+    out.print(table)
+
+
+def build(result: Any) -> None:
+    summary(f"edgebn build -> {result.out}", result.rows())
+    if result.emulated is not None:
+        emulation(result.emulated)
+    out.print(f"report: {result.out / 'report.json'}, {result.out / 'report.md'}")
+
+
+def bench(result: Any) -> None:
+    env, t = result.environment, result.tflite
+    table = Table(title=f"{env['cpu']} ({env['cores']} cores), {t.backend}, threads {t.threads}, "
+                        f"batch {t.batch}, XNNPACK {'on' if t.xnnpack else 'off'}")
+    for col in ("runtime", "runs", *(f"{f} µs" for f in _LATENCY_FIELDS)):
+        table.add_column(col, justify="left" if col == "runtime" else "right")
+    for row in result.rows():
+        table.add_row(row.label, str(row.runs),
+                      *(f"{getattr(row.latency_us, f):.1f}" for f in _LATENCY_FIELDS))
+    out.print(table)
+    out.print(f"TFLite: init {t.init_ms:.1f} ms, first invoke {t.first_us:.0f} µs, "
+              f"{t.throughput_per_s:.0f} invocations/s ({t.throughput_per_s * t.batch:.0f} "
+              f"samples/s), peak RSS {t.peak_rss_mb:.0f} MB")
+    sp = result.speedup()
+    if sp:
+        out.print("speedup (Keras p50 / TFLite p50): " + ", ".join(
+            f"{k} {v:.1f}x" for k, v in sp.items() if isinstance(v, float))
+            + f"; headline vs fastest Keras ({sp['fastest_keras']}): {sp['vs_fastest_keras']:.1f}x")
+    for label, ratios in ((f"BN cost (BN model p50 / {result.baseline_label} p50)",
+                           result.bn_cost()),
+                          ("fold in Keras (BN model p50 / folded p50)", result.fold_gain())):
+        if ratios:
+            out.print(f"{label}: " + ", ".join(f"{k} {v:.3f}x" for k, v in ratios.items()))
+    if t.cost is not None:
+        c = t.cost
+        out.print(f"cost: {c.macs / 1e6:,.2f} M MACs per inference, {c.gmacs_per_s:.1f} GMAC/s "
+                  f"at p50, {c.efficiency:.0%} of the probe's {c.ceiling_gmacs_per_s:.1f} GMAC/s")
+    if result.scaling is not None:
+        scaling(result.scaling, Path(t.model).name)
+
+
+def scaling(result: Any, model: str) -> None:
+    """The thread-scaling table: one row per thread count (edgebn.bench.scaling.ThreadScaling)."""
+    table = Table(title=f"{model} by interpreter threads (speedup: p50 at "
+                        f"{result.reference_threads} thread(s) / p50; efficiency: GMAC/s / "
+                        "the probe's ceiling at the same threads)")
+    for col in result.HEADER:
+        table.add_column(col, justify="right")
+    for row in result.rows:
+        table.add_row(*row.cells())
+    out.print(table)
+
+
+def plot(result: Any, path: Path) -> Path:
+    """Latency distributions per runtime on a log axis, written atomically as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from edgebn.stages import atomic_path
+
+    rows = result.rows()
+    fig, ax = plt.subplots(figsize=(8, 0.6 * len(rows) + 1.5))
+    ax.boxplot([np.asarray(r.samples_ns) / 1e3 for r in rows], orientation="horizontal",
+               whis=(1, 99), showfliers=False)
+    ax.set_yticks(range(1, len(rows) + 1), [r.label for r in rows])
+    ax.set_xscale("log")
+    ax.set_xlabel("latency per call (µs, log scale); box: p25–p75, whiskers: p1–p99")
+    ax.set_title(f"{result.environment.get('cpu', '')}, {result.tflite.threads} thread(s), "
+                 f"batch {result.tflite.batch}", fontsize=9)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def bundle(result: Any) -> None:
+    st = result.selftest
+    out.print(f"wrote {result.out}: {', '.join(sorted(result.files))}, manifest.json")
+    out.print(f"self-test here: {'passed' if st['passed'] else 'FAILED'} "
+              f"({st['samples']} golden inputs, {st['runtime']})")
+    if result.signed:
+        out.print("signed: manifest.json.sig (devices that trust the key verify it)")
+    out.print(f"on the device: python3 {result.out.name}/predict.py --selftest")
+
+
+def emulation(result: Any) -> None:
+    table = _table(f"self-test on {result.platform}",
+                   ("runtime", "result", "NumPy", "max |diff|", "top-1", "seconds"))
+    for r in result.runs:
+        st = r.selftest or {}
+        table.add_row(st.get("runtime", r.runtime),
+                      "[green]passed[/]" if r.passed else f"[red]FAILED[/] {r.error or ''}",
+                      str(st.get("numpy", "-")),
+                      f"{st['max_abs_diff']:.3g} {st['units']}" if st else "-",
+                      "-" if "top1_agreement" not in st else f"{st['top1_agreement']:.3f}",
+                      f"{r.seconds:.1f}")
+    out.print(table)
+
+
+def deploy(result: Any) -> None:
+    out.print(f"copied to {result.host}:{result.release} ({result.bytes_sent} bytes, "
+              f"{result.seconds:.1f} s); {result.path} -> it"
+              + (f" (was {result.previous})" if result.previous else ""))
+    st = result.selftest
+    if st is not None:
+        out.print(f"self-test on {result.host}: {'passed' if result.passed else 'FAILED'} "
+                  f"({st['runtime']}, NumPy {st['numpy']}, {st['machine']}, max |diff| "
+                  f"{st['max_abs_diff']:.3g} {st['units']}; signature "
+                  f"{st.get('signature', 'unknown')})")
+    if result.bench is not None:
+        out.print(f"on {result.host}: {_bench_line(result.bench)}")
+
+
+def _bench_line(b: dict[str, Any]) -> str:
+    lat, dev = b["latency_us"], b.get("device", {})
+    return (f"p50 {lat['p50']:.1f} us, p90 {lat['p90']:.1f} us, p99 {lat['p99']:.1f} us "
+            f"({b['runtime']}, {b['threads']} threads, {dev.get('cpu', '?')}, "
+            f"{dev.get('cores', '?')} cores)")
+
+
+def rollback(result: Any) -> None:
+    out.print(f"{result.host}:{result.path} -> releases/{result.release} (was {result.previous})")
+
+
+def fleet(result: Any) -> None:
+    table = _table(f"{len(result.hosts)} hosts, {result.seconds:.1f} s",
+                   ("host", "copied", "self-test", "p50 us", "seconds", "error"))
+    for h in result.hosts:
+        row = h.to_json()
+        st = {None: "-", True: "[green]passed[/]", False: "[red]FAILED[/]"}[row["selftest"]]
+        lat = row["latency_us"]
+        table.add_row(h.host, "yes" if row["copied"] else "no", st,
+                      "-" if not lat else f"{lat['p50']:.1f}", f"{h.seconds:.1f}", h.error or "")
+    out.print(table)
+    failed = sum(not h.passed for h in result.hosts)
+    out.print("[green]all hosts passed[/]" if not failed else f"[red]{failed} host(s) failed[/]")
+
+
+def check(result: Any) -> None:
+    table = _table(f"edgebn check {result.report} against {result.baseline}",
+                   ("metric", "baseline", "current", "threshold", "result"))
+    for m in result.metrics:
+        table.add_row(m.name, str(m.baseline), str(m.current), m.threshold,
+                      "[green]pass[/]" if m.passed else "[red]FAIL[/]")
+    out.print(table)
+    grown_ops(result.grown_ops)
+    out.print("[green]no regression[/]" if result.passed else "[red]regression[/]")
+
+
+def grown_ops(diffs: Any) -> None:
+    """The operators that grew most (edgebn.runtime.opdiff.OpDiff), as ``edgebn check`` names them."""
+    if diffs:
+        out.print("operators that grew most (isolated time, baseline -> current):")
+    for d in diffs:
+        where = f"op {d.index}" + ("" if d.baseline_index is None else
+                                   f" (baseline op {d.baseline_index})")
+        out.print(f"  {d.op} {_shape(d.shape)} {where}: {_us(d.baseline_time_us)} -> "
+                  f"{_us(d.time_us)} µs ([red]{d.delta_us:+,.1f}[/], {d.status})")
+
+
+def train(result: Any) -> None:
+    from edgebn.pipeline.report import training_summary
+
+    t = result.trained
+    out.print(f"saved {result.path}: {t.arch}, {t.params:,} params, {training_summary(t)}, "
+              f"test accuracy {t.test_accuracy:.4f}")
+
+
+# ---------------------------------------------------------------- profile (edgebn.runtime.profile)
+
+
+def _us(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.1f}"
+
+
+def _shape(shape: Any) -> str:
+    return "-" if shape is None else "x".join(str(d) for d in shape)
+
+
+def profile(result: Any, top: int = 15) -> None:
+    ops = result.operators
+    table = Table(title=f"{Path(result.model).name}: {result.method}, {result.backend}, "
+                        f"threads {result.threads}, XNNPACK {'on' if result.xnnpack else 'off'} "
+                        f"(top {min(top, len(ops))} of {len(ops)} operators)")
+    for col in ("#", "op", "output", "µs", "share", "MACs", "GMAC/s", "BN"):
+        table.add_column(col, justify="left" if col in ("op", "output", "BN") else "right",
+                         no_wrap=col == "op")
+    for o in result.top(top):
+        where = str(o.index) if o.subgraph == 0 else f"{o.subgraph}:{o.index}"
+        table.add_row(where, o.op, _shape(o.shape), _us(o.time_us),
+                      "-" if o.share is None else f"{o.share:.1%}", f"{o.macs:,}" if o.macs else "",
+                      f"{o.gmacs_per_s:.1f}" if o.gmacs_per_s else "",
+                      "[red]residue[/]" if o.residual_bn else "")
+    out.print(table)
+    out.print("by op type: " + ", ".join(f"{k} {v['share']:.0%} ({v['count']})"
+                                         for k, v in result.by_op().items()))
+    out.print(f"sum of isolated operators {result.ops_sum_us:,.1f} µs beside the whole model's "
+              f"p50 {result.latency_us.p50:,.1f} µs ({result.explained:.0%}); each less an "
+              f"empty invoke() ({result.invoke_overhead_us:.2f} µs); "
+              f"{result.macs / 1e6:,.2f} M MACs")
+    for o in (o for o in ops if o.note):
+        out.print(f"  op {o.index} {o.op}: {o.note}")
+    if result.residual_pairs():
+        residual = [o for o in ops if o.residual_bn]
+        spent = sum(o.time_us or 0.0 for o in residual)
+        out.print(f"[red]residual BN[/]: {result.residual_pairs()} MUL+ADD pairs, {spent:,.1f} µs "
+                  f"isolated ({spent / (result.ops_sum_us or 1):.1%} of the sum)")
+    if result.residue is not None:
+        r = result.residue
+        out.print(f"residue cost: {r.ratio:.3f}x (p50 {r.model_p50_us:,.1f} µs against "
+                  f"{r.bypassed_p50_us:,.1f} µs with the {r.pairs} pairs bypassed, interleaved); "
+                  "an estimate: the bypassed graph computes different outputs")
+    elif result.residue_skipped:
+        out.print(f"residue cost: not measured ({result.residue_skipped})")
+    if result.baseline is not None:
+        profile_diff(result, top)
+
+
+def profile_diff(result: Any, top: int = 15) -> None:
+    base = result.baseline
+    table = Table(title=f"against {Path(base.model).name}: whole p50 "
+                        f"{base.latency_us.p50:,.1f} -> {result.latency_us.p50:,.1f} µs, "
+                        f"operators' sum {base.ops_sum_us:,.1f} -> {result.ops_sum_us:,.1f} µs")
+    for col in ("op", "output", "baseline µs", "µs", "Δ µs", "change"):
+        table.add_column(col, justify="left" if col in ("op", "output", "change") else "right")
+    for d in sorted(result.diff, key=lambda d: -abs(d.delta_us))[:top]:
+        colour = "red" if d.delta_us > 0 else "green"
+        table.add_row(d.op, _shape(d.shape if d.shape is not None else d.baseline_shape),
+                      _us(d.baseline_time_us), _us(d.time_us),
+                      f"[{colour}]{d.delta_us:+,.1f}[/]", d.status)
+    out.print(table)

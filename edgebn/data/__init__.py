@@ -1,0 +1,1 @@
+"""Datasets: stratified splits, image folders, preprocessing."""

@@ -1,0 +1,129 @@
+"""Deploy to many devices at once: one row per host, one failing host never stops the others.
+
+    edgebn deploy BUNDLE --hosts pis.txt --selftest --bench --parallel 8 --timeout 300
+
+A hosts file holds one ``user@host[:port]`` a line; ``#`` starts a comment. The bundle
+is checked and packed once (edgebn.deploy.ssh.prepare); hosts run in a thread pool, each
+ssh call bounded by the per-host timeout. Exit 1 when any host failed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgebn.deploy.ssh import DeployOptions, SshTarget, prepare, rollback, ship
+from edgebn.errors import EdgebnError
+
+DEFAULT_PARALLEL = 8
+
+
+@dataclass(frozen=True)
+class HostOutcome:
+    host: str  # user@host[:port], as in the hosts file
+    seconds: float
+    result: Any = None  # a DeployResult or RollbackResult
+    error: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.error is None and bool(self.result.passed)
+
+    def to_json(self) -> dict[str, Any]:
+        r = self.result
+        st = getattr(r, "selftest", None)
+        bench = getattr(r, "bench", None)
+        return {"host": self.host, "passed": self.passed,
+                "copied": r is not None and hasattr(r, "bytes_sent"),
+                "selftest": None if st is None else bool(r.passed),
+                "latency_us": None if not bench else bench["latency_us"],
+                "seconds": round(self.seconds, 2), "error": self.error,
+                "result": None if r is None else r.to_json()}
+
+
+@dataclass(frozen=True)
+class FleetResult:
+    hosts: tuple[HostOutcome, ...]
+    seconds: float
+
+    @property
+    def passed(self) -> bool:
+        return all(h.passed for h in self.hosts)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"passed": self.passed, "seconds": round(self.seconds, 2),
+                "failed": sum(not h.passed for h in self.hosts),
+                "hosts": [h.to_json() for h in self.hosts]}
+
+
+def parse_host(spec: str, base: SshTarget) -> SshTarget:
+    """``user@host[:port]`` -> a target with ``base``'s identity and options."""
+    host, port = spec, base.port
+    if ":" in spec:
+        host, _, p = spec.rpartition(":")
+        # ASCII digits only: str.isdigit() and int() also take '٢٢' (Arabic-Indic) and '²'
+        if not (p.isascii() and p.isdigit() and len(p) <= 5 and 0 < int(p) < 65536):
+            raise EdgebnError(f"host {spec!r}: the port must be 1..65535 in ASCII digits. "
+                              f"Received: {p!r}")
+        port = int(p)
+    return SshTarget(host, port, base.identity, base.options, base.keepalive_s)
+
+
+def read_hosts(path: str | Path, base: SshTarget) -> list[SshTarget]:
+    """A hosts file: one ``user@host[:port]`` a line, ``#`` comments, blank lines skipped."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise EdgebnError(f"--hosts {path}: unreadable ({exc})") from exc
+    targets = []
+    for number, line in enumerate(lines, 1):
+        spec = line.split("#", 1)[0].strip()
+        if not spec:
+            continue
+        try:
+            targets.append(parse_host(spec, base))
+        except EdgebnError as exc:
+            raise EdgebnError(f"{path}, line {number}: {exc}") from None
+    if not targets:
+        raise EdgebnError(f"--hosts {path}: no hosts in it")
+    return targets
+
+
+def _one(action: Callable[[SshTarget], Any], target: SshTarget) -> HostOutcome:
+    name = target.host if target.port is None else f"{target.host}:{target.port}"
+    start = time.perf_counter()
+    try:
+        result = action(target)
+    except EdgebnError as exc:
+        return HostOutcome(name, time.perf_counter() - start, None, str(exc))
+    except Exception as exc:  # a bug for one host must not lose the other hosts' results
+        return HostOutcome(name, time.perf_counter() - start, None,
+                           f"internal error: {type(exc).__name__}: {exc}")
+    return HostOutcome(name, time.perf_counter() - start, result)
+
+
+def run_fleet(targets: list[SshTarget], action: Callable[[SshTarget], Any],
+              parallel: int = DEFAULT_PARALLEL) -> FleetResult:
+    """``action`` on every target in a pool of ``parallel`` threads; rows in the targets' order."""
+    if parallel < 1:
+        raise EdgebnError(f"--parallel must be >= 1. Received: {parallel}")
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=min(parallel, len(targets))) as pool:
+        outcomes = list(pool.map(lambda t: _one(action, t), targets))
+    return FleetResult(tuple(outcomes), time.perf_counter() - start)
+
+
+def deploy_fleet(bundle: str | Path, targets: list[SshTarget], options: DeployOptions,
+                 parallel: int = DEFAULT_PARALLEL) -> FleetResult:
+    """Check and pack ``bundle`` once, then ship it to every target in parallel."""
+    shipment = prepare(bundle, options.trust)
+    return run_fleet(targets, lambda t: ship(shipment, t, options), parallel)
+
+
+def rollback_fleet(targets: list[SshTarget], options: DeployOptions,
+                   parallel: int = DEFAULT_PARALLEL) -> FleetResult:
+    return run_fleet(targets, lambda t: rollback(t, options), parallel)

@@ -1,0 +1,1 @@
+"""Folding BatchNorm into the linear layers around it, in Keras, with its proof."""

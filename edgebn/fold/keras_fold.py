@@ -1,0 +1,370 @@
+"""Fold Batch Normalization into the linear layers around it, in Keras, and prove it exact.
+
+In inference mode a BN layer computes, per channel ``c`` of its axis,
+
+    BN(y) = γ⊗(y − μ)/σ + β,        σ = sqrt(var + ε)
+
+an affine map ``s⊗y + t`` (``s = γ/σ``, ``t = β − μ⊗s``) that a linear layer before it
+absorbs (backward: ``W' = γ⊗W/σ``, ``b' = γ⊗(b − μ)/σ + β``) or one after it, through
+layers that commute with it (forward: ``W' = W⊗s``, ``b' = b + Σ W⊗t``). The graph walk
+and each layer's algebra are in :mod:`edgebn.fold.graph`. A model nested as a layer (a
+backbone) is folded on its own graph, at any depth, and rebuilt in place under the same
+layer names; its BN layers are reported by path (``backbone/conv1_bn``). Every BN gets a
+:class:`LayerFold`: folded into which layer and in which direction, or why it stays.
+
+**The check.** A correct fold is exact in real arithmetic, so :func:`fold_model` judges
+it where rounding cannot hide an error: the original ``y64`` and the folded ``f64`` run in
+float64 (same weights; the folded ones, computed in float64, never rounded)::
+
+    max|f64 − y64| / max|y64|  ≤  EXACT_FLOAT64
+
+and the float32 model that is written (``f32``) is judged against that truth next to the
+original's own float32 rounding ``y32``, which grows with depth::
+
+    max|f32 − y64|  ≤  FLOAT32_SLACK · max|y32 − y64| + tolerance · max|y64|
+
+When a model cannot run in float64 the measure is float32 alone,
+``max|f32 − y32| ≤ tolerance · max|y32|``; :attr:`FoldResult.measure` says which was used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgebn.errors import FoldError, InvalidModelError
+from edgebn.fold.graph import Folder, LayerFold, is_graph_model
+from edgebn.tensors import rows_per_chunk
+
+DEFAULT_TOLERANCE = 1e-5  # |Δ| allowed beyond float32 rounding, relative to the largest |output|
+EXACT_FLOAT64 = 1e-9  # a correct fold's float64 error is float64 rounding: ~1e-15 relative
+FLOAT32_SLACK = 4.0  # the folded float32 model may be this many times as far from float64
+FLOAT64_SAMPLES = 16  # float64 runs ~10x slower than float32 on a CPU; a wrong fold shows on any input
+MEASURE_FLOAT64 = "float64 reference"
+MEASURE_FLOAT32 = "float32"
+
+
+@dataclass(frozen=True)
+class FoldResult:
+    model: Any  # the folded keras.Model (BN layers that could not fold are still in it)
+    layers: tuple[LayerFold, ...]
+    max_abs_diff: float  # folded vs original, both float32
+    max_rel_diff: float  # max |Δ| / max |original output|
+    samples: int
+    inputs: str  # where the equivalence inputs came from
+    tolerance: float
+    source: str | None = None
+    out: str | None = None
+    measure: str = MEASURE_FLOAT32  # how the fold was judged (see the module docstring)
+    fold_rel_diff: float | None = None  # max|f64 − y64| / max|y64|: the fold's own error
+    noise_rel_diff: float | None = None  # max|y32 − y64| / max|y64|: the original's rounding
+    folded_rel_error: float | None = None  # max|f32 − y64| / max|y64|
+
+    @property
+    def all_folded(self) -> bool:
+        return all(f.folded for f in self.layers)
+
+    @property
+    def kept(self) -> list[LayerFold]:
+        return [f for f in self.layers if not f.folded]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"model": self.source, "out": self.out, "max_abs_diff": self.max_abs_diff,
+                "max_rel_diff": self.max_rel_diff, "tolerance": self.tolerance,
+                "samples": self.samples, "inputs": self.inputs, "measure": self.measure,
+                "fold_rel_diff": self.fold_rel_diff, "noise_rel_diff": self.noise_rel_diff,
+                "folded_rel_error": self.folded_rel_error,
+                "folded": sum(f.folded for f in self.layers), "kept": len(self.kept),
+                "layers": [f.to_json() for f in self.layers]}
+
+
+@dataclass(frozen=True)
+class FoldPlan:
+    """Every BN's fold in one functional model, and the plans of the models nested in it."""
+
+    model: Any  # the functional model planned (a Sequential is wrapped as one)
+    folds: tuple[LayerFold, ...]  # graph order, nested models' BN included (named by path)
+    state: dict[str, dict[str, np.ndarray]]  # layer name -> folded weights (float64)
+    removed: frozenset[str]  # names of this model's BN layers folded away
+    nested: dict[str, FoldPlan]  # nested model name -> its own plan
+
+
+# ---------------------------------------------------------------- planning
+
+
+def _as_functional(model):
+    import keras
+
+    if isinstance(model, keras.Sequential):
+        if not model.built or not getattr(model, "inputs", None):
+            raise InvalidModelError("a Sequential model needs a known input shape to fold. "
+                                    f"Received: {model.name} without an Input")
+        one = lambda ts: ts[0] if len(ts) == 1 else ts  # noqa: E731 - a bare tensor, not a list of one
+        return keras.Model(one(model.inputs), one(model.outputs), name=model.name)
+    if not is_graph_model(model):
+        raise InvalidModelError(f"cannot fold a subclassed model ({type(model).__name__}): "
+                                "only functional and Sequential models expose their graph")
+    return model
+
+
+def _is_bn(layer) -> bool:
+    from keras import layers as L
+
+    return isinstance(layer, L.BatchNormalization)
+
+
+def _walk(layer, prefix: str = ""):
+    """(path, layer) for every layer inside ``layer``, at any depth, depth first."""
+    for sub in getattr(layer, "layers", []):
+        yield prefix + sub.name, sub
+        yield from _walk(sub, f"{prefix}{sub.name}/")
+
+
+def bn_layer_paths(model) -> list[str]:
+    """Every BN layer at any depth, by path from ``model`` (``backbone/conv1_bn``), as in LayerFold.bn."""
+    return [path for path, layer in _walk(model) if _is_bn(layer)]
+
+
+def all_bn_layer_names(model) -> list[str]:
+    """Every BN layer's own name at any depth, once each: the names the converter's tensors carry."""
+    return list(dict.fromkeys(path.rsplit("/", 1)[-1] for path in bn_layer_paths(model)))
+
+
+def _prefixed(fold: LayerFold, prefix: str) -> LayerFold:
+    into = None if fold.into is None else ", ".join(prefix + n for n in fold.into.split(", "))
+    return replace(fold, bn=prefix + fold.bn, into=into)
+
+
+def plan_fold(model, prefix: str = "") -> FoldPlan:
+    """Decide every BN's fold, at any depth, without building anything."""
+    model = _as_functional(model)
+    folder = Folder(model)
+    folds: list[LayerFold] = []
+    nested: dict[str, FoldPlan] = {}
+    removed: set[str] = set()
+    for node in folder.g.nodes:
+        layer = node.operation
+        if _is_bn(layer):
+            fold = folder.fold(node)
+            removed.update([fold.bn] if fold.folded else [])
+            folds.append(_prefixed(fold, prefix))
+        elif layer.name in nested or not bn_layer_paths(layer):
+            continue
+        elif is_graph_model(layer):
+            nested[layer.name] = plan_fold(layer, f"{prefix}{layer.name}/")
+            folds.extend(nested[layer.name].folds)
+        else:
+            folds.extend(LayerFold(f"{prefix}{layer.name}/{path}", False,
+                                   reason=f"inside {layer.name} ({type(layer).__name__}), a layer "
+                                          "whose graph is not visible (subclassed)")
+                         for path in bn_layer_paths(layer))
+    return FoldPlan(model, tuple(folds), folder.state, frozenset(removed), nested)
+
+
+# ---------------------------------------------------------------- the folded model
+
+
+def _rebuild(model, plan: FoldPlan):
+    """Clone ``model`` (the planned model or its float64 twin: the same layer names) as planned.
+
+    Folded BN layers are gone, folded weights set in the layer's dtype, nested models rebuilt.
+    """
+    import keras
+
+    model = _as_functional(model)
+    inner = {name: _rebuild(model.get_layer(name), sub) for name, sub in plan.nested.items()}
+
+    def clone(layer):
+        if layer.name in inner:
+            return inner[layer.name]
+        config = layer.get_config()
+        if layer.name in plan.state and not layer.use_bias:
+            config["use_bias"] = True  # the fold gives it a bias
+        return layer.__class__.from_config(config)
+
+    def call(layer, *args, **kwargs):
+        if layer.name in plan.removed:
+            return args[0]  # a folded BN is the identity now
+        return layer(*args, **kwargs)
+
+    inputs = keras.tree.map_structure(  # named as the input layers were, not as their tensors
+        lambda x: keras.Input(batch_shape=x.shape, dtype=x.dtype, name=x._keras_history[0].name),
+        model.input)
+    folded = keras.models.clone_model(model, inputs, clone_function=clone, call_function=call)
+    for layer in folded.layers:
+        if layer.name in plan.state:
+            for attr, value in plan.state[layer.name].items():
+                getattr(layer, attr).assign(value.astype(layer.variable_dtype))
+        elif layer.weights and layer.name not in inner:
+            layer.set_weights(model.get_layer(layer.name).get_weights())
+    return folded
+
+
+_FLOATS = {"float16", "bfloat16", "float32", "float64", "mixed_float16", "mixed_bfloat16"}
+
+
+def _float64_config(config):
+    """``config`` with every floating dtype (a layer's policy, an Input's dtype) made float64."""
+    if isinstance(config, list):
+        return [_float64_config(c) for c in config]
+    if not isinstance(config, dict):
+        return config
+    out = {}
+    for key, value in config.items():
+        name = value.get("config", {}).get("name") if isinstance(value, dict) and \
+            value.get("class_name") in ("DTypePolicy", "FloatDTypePolicy") else value
+        out[key] = "float64" if key == "dtype" and isinstance(name, str) and name in _FLOATS \
+            else _float64_config(value)
+    return out
+
+
+def _float64_twin(model):
+    """The same model computing in float64, with the same (float32) weights."""
+    twin = model.__class__.from_config(_float64_config(model.get_config()))
+    twin.set_weights(model.get_weights())
+    return twin
+
+
+# ---------------------------------------------------------------- the check
+
+
+def _predict(model, x, batch: int = 256) -> list[np.ndarray]:
+    """The model's outputs on ``x`` (an array, or a list for several inputs), float64, inference."""
+    several = isinstance(x, (list, tuple))  # a model with several inputs
+    batch = rows_per_chunk(sum(int(np.prod(xi.shape[1:])) for xi in (x if several else [x])),
+                           batch)
+    chunks: list[list[np.ndarray]] = []
+    for start in range(0, len(x[0]) if several else len(x), batch):
+        xb = [xi[start:start + batch] for xi in x] if several else x[start:start + batch]
+        chunks.append([np.asarray(o, np.float64) for o in _outputs(model(xb, training=False))])
+    return [np.concatenate(parts) for parts in zip(*chunks, strict=True)]
+
+
+def _outputs(y):
+    return list(y) if isinstance(y, (list, tuple)) else [y]
+
+
+def _max_diff(a: list[np.ndarray], b: list[np.ndarray]) -> float:
+    return max(float(np.max(np.abs(ya - yb))) for ya, yb in zip(a, b, strict=True))
+
+
+def _peak(a: list[np.ndarray]) -> float:
+    peak = max(float(np.max(np.abs(ya))) for ya in a)
+    return peak if peak > 0 else 1.0
+
+
+def equivalence(original, folded, x: np.ndarray, batch: int = 256) -> tuple[float, float]:
+    """(max |Δ|, max |Δ| / max |original|) over ``x``, in inference mode."""
+    a, b = _predict(original, x, batch), _predict(folded, x, batch)
+    diff = _max_diff(a, b)
+    return diff, diff / _peak(a)
+
+
+@dataclass(frozen=True)
+class _Check:
+    """The measures of one fold (see the module docstring), each relative to the largest output."""
+
+    max_abs_diff: float
+    max_rel_diff: float
+    measure: str
+    fold_rel_diff: float | None = None
+    noise_rel_diff: float | None = None
+    folded_rel_error: float | None = None
+
+
+def _float64_measures(plan: FoldPlan, x, y32, f32) -> _Check | str:
+    """The float64 measures (on the first FLOAT64_SAMPLES inputs), or why there are none."""
+    diff, rel = _max_diff(y32, f32), _max_diff(y32, f32) / _peak(y32)  # float32: every input
+    n = FLOAT64_SAMPLES
+    x = [xi[:n] for xi in x] if isinstance(x, list) else x[:n]
+    y32, f32 = [y[:n] for y in y32], [f[:n] for f in f32]
+    try:
+        original64 = _float64_twin(plan.model)
+        y64 = _predict(original64, x)
+        f64 = _predict(_rebuild(original64, plan), x)
+    except Exception as e:  # a layer without a float64 kernel or config: judge in float32
+        return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]
+    peak = _peak(y64)
+    return _Check(diff, rel, MEASURE_FLOAT64, _max_diff(f64, y64) / peak,
+                  _max_diff(y32, y64) / peak, _max_diff(f32, y64) / peak)
+
+
+def _judge(plan: FoldPlan, folded, x, tolerance: float, samples: int) -> _Check:
+    """The measures, or FoldError when the fold is not exact or the folded model drifts."""
+    y32, f32 = _predict(plan.model, x), _predict(folded, x)
+    folds_any = any(f.folded for f in plan.folds)
+    check = _float64_measures(plan, x, y32, f32) if folds_any else "nothing folded"
+    if isinstance(check, str):
+        diff = _max_diff(y32, f32)
+        check = _Check(diff, diff / _peak(y32), f"{MEASURE_FLOAT32} (no float64 run: {check})")
+        if not np.isfinite(diff) or check.max_rel_diff > tolerance:
+            raise FoldError(f"the folded model differs from the original by {diff:.3g} "
+                            f"({check.max_rel_diff:.3g} relative) on {samples} inputs, above the "
+                            f"tolerance {tolerance:g}: nothing written")
+        return check
+    samples = min(samples, FLOAT64_SAMPLES)  # the float64 measures' inputs
+    if not check.fold_rel_diff <= EXACT_FLOAT64:
+        raise FoldError(f"the fold is not exact: in float64 the folded model differs from the "
+                        f"original by {check.fold_rel_diff:.3g} relative on {samples} inputs "
+                        f"(a correct fold: ≤ {EXACT_FLOAT64:g}): nothing written")
+    bound = FLOAT32_SLACK * check.noise_rel_diff + tolerance
+    if not check.folded_rel_error <= bound:
+        raise FoldError(f"the folded float32 model is {check.folded_rel_error:.3g} (relative) "
+                        f"from the float64 outputs on {samples} inputs, the original "
+                        f"{check.noise_rel_diff:.3g}: above {FLOAT32_SLACK:g}x that plus the "
+                        f"tolerance {tolerance:g}: nothing written")
+    return check
+
+
+def fold_model(model, x: np.ndarray, tolerance: float = DEFAULT_TOLERANCE,
+               inputs: str = "given") -> FoldResult:
+    """Fold every BN that can fold, at any depth; refuse (FoldError) a fold that is not exact.
+
+    ``tolerance`` is relative to the largest |output|: how much further than the original
+    float32 model's own rounding the folded float32 model may be from the float64 outputs
+    (or, when the model cannot run in float64, the largest |Δ| between the two in float32).
+    """
+    if not tolerance > 0:
+        raise FoldError(f"the tolerance must be > 0. Received: tolerance={tolerance}")
+    plan = plan_fold(model)
+    folded = _rebuild(plan.model, plan)
+    x = [np.asarray(xi, np.float32) for xi in x] if isinstance(x, (list, tuple)) \
+        else np.asarray(x, np.float32)
+    samples = len(x[0]) if isinstance(x, list) else len(x)
+    check = _judge(plan, folded, x, tolerance, samples)
+    return FoldResult(folded, plan.folds, check.max_abs_diff, check.max_rel_diff, samples, inputs,
+                      tolerance, measure=check.measure, fold_rel_diff=check.fold_rel_diff,
+                      noise_rel_diff=check.noise_rel_diff, folded_rel_error=check.folded_rel_error)
+
+
+def fold_file(model_path: str | Path, out: str | Path, tolerance: float = DEFAULT_TOLERANCE,
+              data: Any = None) -> FoldResult:
+    """``edgebn fold``: load a .keras (safe mode), fold, check, save ``out`` atomically.
+
+    The check runs on ``data`` (a DataSpec): its .npz/.npy inputs, else its test split
+    when it fits the model, else random inputs (said so in the result).
+    """
+    from edgebn.errors import EdgebnError
+    from edgebn.tensors import sample_inputs
+    from edgebn.zoo.keras_io import load_keras, save_keras
+
+    if Path(out).suffix != ".keras":
+        raise EdgebnError(f"the folded model's path must end in .keras. Received: {out}")
+    model = load_keras(model_path)
+    if len(model.inputs) != 1:
+        raise EdgebnError(f"the model has {len(model.inputs)} inputs: edgebn fold checks "
+                          "single-input models (call fold_model with a list of arrays)")
+    if data is not None and data.data_dir is not None:
+        from edgebn.zoo.models import fit_data
+
+        data = fit_data(data, model)[0]
+    npz = data.npz if data is not None else None
+    dataset = data.load() if data is not None and npz is None else None
+    x, where = sample_inputs(model.input_shape[1:], npz, dataset,
+                             seed=data.seed if data is not None else 0)
+    result = fold_model(model, x, tolerance, inputs=where)
+    save_keras(result.model, out)
+    return replace(result, source=str(model_path), out=str(out))

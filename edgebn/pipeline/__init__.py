@@ -1,0 +1,1 @@
+"""edgebn build and its report, read back and gated by edgebn check."""

@@ -1,0 +1,286 @@
+"""``edgebn build``: one pipeline, each stage once, results handed down in memory.
+
+    data -> train (and the BN-free twin) -> fold -> convert (folded and converter-only)
+    -> verify -> inspect -> bench -> bundle -> emulate -> report
+
+Every .tflite is converted to bytes, parsed once and kept: verify, inspect, bench and
+the bundle use that parse; the Keras models stay in memory. ``report.json`` and
+``report.md`` are written once, at the end, from the typed :class:`BuildResult`.
+
+Everything is written into a staging directory beside OUT, swapped in whole once the
+report is written: OUT always describes one build, whatever stops a build half-way.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from edgebn.bench.run import BenchResult, BenchTargets, bench
+from edgebn.convert import (
+    REPRESENTATIVE_SAMPLES,
+    ConversionResult,
+    Converted,
+    ConvertOptions,
+    to_tflite,
+)
+from edgebn.data.dataset import Dataset, DataSpec
+from edgebn.deploy.bundle import GOLDEN_SAMPLES, check_bundle_out
+from edgebn.errors import DatasetError, EdgebnError
+from edgebn.pipeline.precisions import FLOAT32_BESIDE, FLOAT32_FILE, Float32Beside, float32_models
+from edgebn.pipeline.report import BuildResult, write_report
+from edgebn.runtime.backends import Backend
+from edgebn.runtime.timing import BenchSettings
+from edgebn.runtime.verify import verify
+from edgebn.stages import SILENT, Progress, Stages, atomic_path, recover_dir, relocated, staged_dir
+from edgebn.tensors import CHECK_SAMPLES
+from edgebn.tflite.residue import inspect_model
+from edgebn.train.training import TrainConfig, TrainResult, given_model, train
+from edgebn.zoo.keras_io import save_keras
+from edgebn.zoo.models import is_backbone
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    out: Path = Path("build")
+    model: Path | None = None  # a .keras to build instead of training one from the zoo
+    data: DataSpec = field(default_factory=DataSpec)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    convert: ConvertOptions = field(default_factory=ConvertOptions)
+    bench: BenchSettings = field(default_factory=BenchSettings)  # its backend also verifies
+    run_bench: bool = True
+    twin: bool = True  # also train the BN-free twin, as the benchmark's baseline
+    bundle: bool = False  # also write OUT/bundle, the device bundle
+    sign: Path | None = None  # sign the bundle's manifest with this SSH private key
+    emulate: tuple[Backend, ...] = ()  # run the bundle's self-test on an emulated Pi, per runtime
+
+    @property
+    def runtime(self) -> Backend:
+        return self.bench.backend
+
+
+# Every name a build writes in OUT; anything else in OUT is carried into the new build whole.
+ARTIFACTS = frozenset({"model.keras", "twin.keras", "folded.keras", "model.tflite", "twin.tflite",
+                       "converter_only.tflite", FLOAT32_FILE, "samples.npy", "report.json",
+                       "report.md", "bundle"})
+
+
+class BuildInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a build; its message says what OUT holds now (the CLI prints it)."""
+
+
+def check_out_dir(out: Path) -> Path:
+    """OUT as a build replaces it whole (what else it holds is carried into the new one)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise EdgebnError(f"{out}: exists and is not a directory")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise EdgebnError(f"{out}: cannot create directory ({exc.strerror})") from exc
+    recover_dir(out)  # a build killed as it swapped its directory in
+    if not out.is_dir():
+        return out
+    real, cwd = Path(os.path.realpath(out)), Path.cwd()
+    if os.path.ismount(real):
+        raise EdgebnError(f"{out}: a mount point, and a build replaces its directory whole: "
+                          "give a directory inside it")
+    if real == cwd or real in cwd.parents:
+        raise EdgebnError(f"{out}: holds the working directory, and a build replaces it whole: "
+                          "run from elsewhere or choose another directory")
+    if (out / "bundle").exists():
+        check_bundle_out(out / "bundle")
+    return out
+
+
+def build(config: BuildConfig, progress: Progress = SILENT) -> BuildResult:
+    """Run every stage into a staging directory beside ``config.out``, then swap it in whole.
+
+    ``config.out`` holds one build at every moment: the previous one until this one is
+    complete (report.json and report.md written last), then this one. Ctrl-C or any
+    failure leaves it as it was (:func:`edgebn.stages.staged_dir`); Ctrl-C comes out as
+    :class:`BuildInterrupted`, saying so. The result's paths are under ``config.out``.
+    """
+    _refuse_early(config)
+    out = check_out_dir(config.out)
+    previous = out.is_dir() and any(out.iterdir())
+    staging = None
+    try:
+        with staged_dir(out, carry=lambda name: name not in ARTIFACTS) as staging:
+            result = _run(replace(config, out=staging.path), out, Stages(progress))
+    except KeyboardInterrupt as exc:
+        if staging is not None and staging.swapped:
+            raise BuildInterrupted(f"interrupted as the build finished: {out} holds it, "
+                                   "complete") from exc
+        raise BuildInterrupted(f"interrupted: {out} still holds the previous build" if previous
+                               else f"interrupted: nothing was written to {out}") from exc
+    return relocated(result, staging.path, out)
+
+
+def _run(config: BuildConfig, shown: Path, stages: Stages) -> BuildResult:
+    """Every stage, writing into ``config.out`` (the staging directory); ``shown`` is OUT."""
+    out = config.out
+    given, data = _given_model(config, stages)
+    with stages.stage("data", data.name):
+        ds = _load_data(data, given)
+    trained, twin = (given, None) if given is not None else _train(config, ds, stages)
+    if ds.streams is not None:
+        with stages.stage("data", "the first test images into memory (fold check, bench)"):
+            ds = ds.with_test()  # verify reads the whole test split in chunks
+    conversion, twin_tflite, float32 = _convert(config, ds, trained, twin, stages)
+    with stages.stage("verify", f"{ds.counts[2]} test samples against Keras"):
+        verified = verify(conversion.converted.model, *ds.test_split, trained.model,
+                          config.runtime)
+    benched = _bench(config, ds, trained, twin, conversion, twin_tflite, float32, stages)
+    with atomic_path(out / "samples.npy") as tmp:  # golden inputs for a later edgebn bundle
+        np.save(tmp, ds.x_test[:GOLDEN_SAMPLES])
+    result = BuildResult(out, data, ds, trained, twin, conversion, verified, benched,
+                         seconds=dict(stages.seconds), float32=float32)
+    result = _device(config, result, stages, shown)
+    with stages.stage("report", str(shown / "report.json")):
+        write_report(result)
+    return result
+
+
+def _given_model(config: BuildConfig, stages: Stages) -> tuple[TrainResult | None, DataSpec]:
+    """The user's model (``--model``), and the data spec fitted to its input; else (None, data)."""
+    if config.model is None:
+        return None, config.train.data_for(config.data)
+    from edgebn.zoo.models import fit_data
+
+    with stages.stage("load", str(config.model)):
+        given = given_model(config.model)
+        save_keras(given.model, config.out / "model.keras")
+    data, source = fit_data(config.data, given.model)
+    return replace(given, preprocessing_source=source), data
+
+
+def _load_data(data: DataSpec, given: TrainResult | None) -> Dataset:
+    if given is None:
+        return data.load(stream=True)  # an image folder is streamed by training
+    ds = data.load()
+    model = given.model
+    want, outputs = tuple(model.input_shape[1:]), model.output_shape[-1]
+    if tuple(ds.input_shape) != want:
+        raise DatasetError(f"{ds.name}: inputs of shape {list(ds.input_shape)}, the model "
+                           f"expects {list(want)}")
+    if outputs is None or ds.classes > outputs:
+        raise DatasetError(f"{ds.name} has {ds.classes} classes, the model outputs {outputs}")
+    pre = replace(ds.preprocessing, source=given.preprocessing_source or "")
+    return replace(ds, preprocessing=pre)
+
+
+def _refuse_early(config: BuildConfig) -> None:
+    """Refuse what would fail late (a bad runtime, an --out that is not ours) before training."""
+    if config.emulate:
+        from edgebn.deploy.emulate import check_runtimes
+
+        check_runtimes(config.emulate)
+    if config.bundle or config.emulate or config.sign:
+        check_bundle_out(Path(config.out) / "bundle")
+    config.train.validate()
+    config.bench.validate()
+    if config.model is not None:
+        _refuse_training_options(config.train)
+
+
+def _refuse_training_options(train: TrainConfig) -> None:
+    """``--model`` builds the model as it is: an option that shapes training cannot apply."""
+    given = [f"--{name.replace('_', '-')}" for name in ("arch", "alpha", "weights",
+                                                        "fine_tune_epochs", "augment",
+                                                        "strategy", "replicas")
+             if getattr(train, name) != getattr(TrainConfig(), name)]
+    if given:
+        raise EdgebnError(f"--model builds a model as it is, untrained here: "
+                          f"{', '.join(given)} cannot apply")
+
+
+def _train(config: BuildConfig, ds: Dataset,
+           stages: Stages) -> tuple[TrainResult, TrainResult | None]:
+    tc = config.train
+    with stages.stage("train", f"{tc.arch.value}{'' if tc.bn else ' (no BN)'} on {ds.name}, "
+                               f"{ds.counts[0]} samples{' (streamed)' if ds.streams else ''}"):
+        trained = train(ds, tc, stages.progress)
+        save_keras(trained.model, config.out / "model.keras")
+    twin = None
+    if config.twin and tc.bn and not is_backbone(tc.arch):  # backbones: fold_gain is the cost
+        with stages.stage("twin", "the BN-free twin, the benchmark's baseline"):
+            twin = train(ds, replace(tc, bn=False), stages.progress)
+            save_keras(twin.model, config.out / "twin.keras")
+    return trained, twin
+
+
+def _convert(config: BuildConfig, ds: Dataset, trained: TrainResult, twin: TrainResult | None,
+             stages: Stages) -> tuple[ConversionResult, Converted | None, Float32Beside | None]:
+    """Fold, convert (and the twin, and float32 beside a quantized file), inspect."""
+    from edgebn.fold.keras_fold import all_bn_layer_names, fold_model
+
+    options, out = config.convert, config.out
+    representative = ds.x_train[:REPRESENTATIVE_SAMPLES]
+    bn_layers = all_bn_layer_names(trained.model)
+    folded = None
+    if options.fold and bn_layers:
+        with stages.stage("fold", f"{len(bn_layers)} BN layers, checked on the test split"):
+            folded = fold_model(trained.model, ds.x_test[:CHECK_SAMPLES], options.tolerance,
+                                inputs=f"{ds.name} test split")
+            save_keras(folded.model, out / "folded.keras")
+    with stages.stage("convert", f"quantize {options.quantize.value}"):
+        only = None
+        if folded is not None:
+            only = to_tflite(trained.model, out / "converter_only.tflite", options.quantize,
+                             representative)
+        converted = to_tflite(folded.model if folded else trained.model, out / "model.tflite",
+                              options.quantize, representative)
+        twin_tflite = None if twin is None else to_tflite(
+            twin.model, out / "twin.tflite", options.quantize, representative)
+        float32 = None if options.quantize not in FLOAT32_BESIDE else to_tflite(
+            folded.model if folded else trained.model, out / FLOAT32_FILE)  # the same model
+    with stages.stage("inspect", "BN residue in model.tflite"):
+        conversion = ConversionResult(
+            converted, inspect_model(converted.model, bn_layers), folded,
+            None if only is None else inspect_model(only.model, bn_layers), "model.keras")
+    beside = None
+    if float32 is not None:  # side by side with the quantized file in the report
+        with stages.stage("float32", f"{FLOAT32_FILE} against Keras, beside "
+                                     f"{options.quantize.value}"):
+            beside = Float32Beside(float32, verify(float32.model, *ds.test_split,
+                                                   trained.model, config.runtime))
+    return conversion, twin_tflite, beside
+
+
+def _bench(config: BuildConfig, ds: Dataset, trained: TrainResult, twin: TrainResult | None,
+           conversion: ConversionResult, twin_tflite: Converted | None,
+           float32: Float32Beside | None, stages: Stages) -> BenchResult | None:
+    if not config.run_bench:
+        return None
+    targets = BenchTargets(
+        conversion.converted.model, twin_tflite.model if twin_tflite else None,
+        keras=trained.model, keras_baseline=twin.model if twin else None,
+        keras_folded=conversion.fold.model if conversion.fold else None,
+        baseline_label="BN-free twin", others=float32_models(float32))
+    with stages.stage("bench", "TFLite against Keras" + (", and the float32 file" if targets.others
+                                                         else "")):
+        return bench(targets, config.bench, data=ds.x_test)
+
+
+def _device(config: BuildConfig, result: BuildResult, stages: Stages,
+            shown: Path) -> BuildResult:
+    """The bundle and its emulated self-test, when asked for."""
+    if not (config.bundle or config.emulate or config.sign):
+        return result
+    from edgebn.deploy.bundle import BundleSource, bundle
+
+    with stages.stage("bundle", str(shown / "bundle")):
+        source = BundleSource.from_build(result, result.dataset.x_test)
+        bundled = bundle(source, config.out / "bundle", config.sign)
+    emulated = None
+    if config.emulate:
+        from edgebn.deploy.emulate import emulate
+
+        with stages.stage("emulate", ", ".join(r.value for r in config.emulate)):
+            emulated = relocated(emulate(config.out / "bundle", config.emulate,
+                                         log=stages.progress.note), config.out, shown)
+    return replace(result, bundled=bundled, emulated=emulated, seconds=dict(stages.seconds))

@@ -1,0 +1,254 @@
+"""The build's result and its report: report.json (../shared/CONTRACTS.md) and report.md.
+
+:class:`BuildResult` is the typed outcome of ``edgebn build``; ``to_json()`` is the
+report document, ``rows()`` the summary that the terminal table and the Markdown both
+show. Reports are read back (``edgebn bundle``, ``edgebn check``) by
+:mod:`edgebn.pipeline.report_read`, where hostile ones are met.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgebn import __version__
+from edgebn.bench.run import BenchResult
+from edgebn.convert import ConversionResult
+from edgebn.data.dataset import Dataset, DataSpec
+from edgebn.deploy.bundle import BundleResult
+from edgebn.deploy.emulate import EmulationResult
+from edgebn.pipeline.precisions import Float32Beside, Precision, precision_rows, side_by_side
+from edgebn.runtime.verify import VerifyResult
+from edgebn.stages import write_atomic
+from edgebn.train.training import TrainResult
+
+
+def _rel(path: str | Path, out: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(Path(out).resolve()))
+    except ValueError:
+        return str(path)
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    out: Path
+    data: DataSpec  # as used: for a model brought by the user, fitted to its input
+    dataset: Dataset
+    trained: TrainResult  # trained here, or the user's model as loaded
+    twin: TrainResult | None  # the BN-free twin (zoo models only)
+    conversion: ConversionResult
+    verified: VerifyResult
+    benched: BenchResult | None = None
+    bundled: BundleResult | None = None
+    emulated: EmulationResult | None = None
+    seconds: dict[str, float] = field(default_factory=dict)  # per stage
+    float32: Float32Beside | None = None  # the float32 file kept beside a quantized one
+
+    @property
+    def arch(self) -> str:
+        return self.trained.arch
+
+    @property
+    def keras_accuracy(self) -> float:
+        """Trained here: measured after training; brought: measured by verify, on the same data."""
+        t = self.trained.test_accuracy
+        return self.verified.keras_accuracy if t is None else t
+
+    def to_json(self) -> dict[str, Any]:
+        """report.json; paths inside it are relative to ``out``."""
+        converted, inspected = self.conversion.converted, self.conversion.inspected
+        doc: dict[str, Any] = {
+            "edgebn": __version__,
+            "dataset": self.dataset.to_json(),
+            "model": self._model_json(),
+            "keras": {"path": "model.keras", "test_accuracy": self.keras_accuracy},
+            "tflite": {"path": _rel(converted.path, self.out), "size_bytes": converted.size_bytes,
+                       "weight_bytes": converted.model.weight_bytes,
+                       "graph_bytes": converted.model.graph_bytes,
+                       "quantize": converted.quantize.value,
+                       "test_accuracy": self.verified.tflite_accuracy,
+                       "top1_agreement": self.verified.top1_agreement,
+                       "max_abs_diff": self.verified.max_abs_diff,
+                       "backend": self.verified.backend},
+            "inspect": inspected.to_json() | {"path": _rel(inspected.model.path, self.out)},
+        }
+        fold = self.conversion.fold_json()
+        if fold is not None:
+            fold |= {"model": "model.keras", "out": "folded.keras"}
+            fold["converter_only"]["path"] = "converter_only.tflite"
+            doc["fold"] = fold
+        if self.twin is not None:
+            doc["twin"] = {"available": True, "keras_path": "twin.keras",
+                           "tflite_path": "twin.tflite", "params": self.twin.params,
+                           "test_accuracy": self.twin.test_accuracy}
+        elif not self.trained.has_twin:
+            doc["twin"] = {"available": False, "reason": "the BN-free twin exists only for the small zoo "
+                           "models (mlp, mlp-prebn, cnn); what BN costs is measured against the folded model "
+                           "(bench.fold_gain: BN model p50 / folded p50)"}
+        if self.benched is not None:
+            doc["bench"] = self._bench_json()
+        if self.precisions():
+            doc["precisions"] = {p.precision: p.to_json() for p in self.precisions()}
+        doc["timings"] = {f"{k}_s": v for k, v in self.seconds.items()}
+        if self.bundled is not None:
+            doc["bundle"] = {"path": _rel(self.bundled.out, self.out),
+                             "selftest_here": self.bundled.selftest,
+                             "signed": self.bundled.signed}
+        if self.emulated is not None:
+            doc["emulation"] = self.emulated.to_json()
+        return doc
+
+    def _model_json(self) -> dict[str, Any]:
+        t = self.trained
+        return {"arch": self.arch, "bn": t.bn, "params": t.params,
+                "bn_layers": len(t.bn_layers), "bn_layer_names": t.bn_layers,
+                "epochs_run": t.epochs_run, "val_accuracy": t.val_accuracy,
+                "seed": self.dataset.seed, "source": t.source or "trained by edgebn",
+                "fine_tune_epochs_run": t.fine_tune_epochs_run,
+                "strategy": t.distribution.to_json(),
+                "train": t.config.to_json() if t.config else None}
+
+    def _bench_json(self) -> dict[str, Any]:
+        doc = self.benched.to_json()
+        for key in ("tflite", "baseline"):
+            if key in doc:
+                doc[key]["model"] = _rel(doc[key]["model"], self.out)
+        for other in doc.get("others", {}).values():
+            other["model"] = _rel(other["model"], self.out)
+        return doc
+
+    def precisions(self) -> list[Precision]:
+        """float32 beside the quantized model, when the build kept both (edgebn.pipeline.precisions)."""
+        return side_by_side(self.float32, self.conversion.converted, self.verified, self.benched,
+                            rel=lambda path: _rel(path, self.out))
+
+    def rows(self) -> list[tuple[str, str]]:
+        """The summary, metric by metric: the terminal's table and report.md's."""
+        d, t, v = self.dataset, self.trained, self.verified
+        c = self.conversion.converted
+        rows = [("dataset", f"{d.name} ({'/'.join(map(str, d.counts))} train/val/test"
+                            f"{', streamed' if d.streams else ''})"),
+                ("model", f"{self.arch}{'' if t.bn else ' (no BN)'}, {t.params:,} params, "
+                          f"{len(t.bn_layers)} BN layers, "
+                          + (training_summary(t) if t.config else f"from {t.source}")),
+                ("Keras test accuracy", f"{self.keras_accuracy:.4f}"),
+                ("TFLite test accuracy", f"{v.tflite_accuracy:.4f}"),
+                ("top-1 agreement TFLite vs Keras", f"{v.top1_agreement:.4f}"),
+                ("max |Δp|", f"{v.max_abs_diff:.3g}"),
+                ("TFLite file", f"{_rel(c.path, self.out)}, {c.size_bytes:,} bytes "
+                                f"(quantize {c.quantize.value})")]
+        rows += self._bn_rows()
+        if self.benched is not None:
+            if not t.has_twin and self.benched.fold_gain():
+                rows.append(("BN cost", f"no BN-free twin for {self.arch}: BN's cost is the "
+                                        "fold gain (BN model p50 / folded p50)"))
+            rows += _bench_summary(self.benched)
+        rows += precision_rows(self.precisions())
+        if self.bundled is not None:
+            st = self.bundled.selftest
+            rows.append(("device bundle", f"{_rel(self.bundled.out, self.out)}, self-test here "
+                                          f"{'passed' if st['passed'] else 'FAILED'}"))
+        if self.emulated is not None:
+            rows += [(f"emulated Pi, {r.runtime}", "passed" if r.passed else f"FAILED {r.error}")
+                     for r in self.emulated.runs]
+        return rows
+
+    def _bn_rows(self) -> list[tuple[str, str]]:
+        bn = self.conversion.inspected.bn
+        fold = self.conversion.fold
+        rows = [("BN verdict", f"{bn.verdict} ({len(bn.residual)} residual; "
+                               f"{len(bn.folded)} folded by the converter)")]
+        if fold is not None:
+            only = self.conversion.converter_only.bn
+            rows += [("fold in Keras", f"{len(fold.layers) - len(fold.kept)} folded, "
+                                       f"{len(fold.kept)} kept, max |Δ| {fold.max_abs_diff:.3g}"),
+                     ("converter alone / folded first",
+                      f"{only.verdict} ({len(only.residual)}) / {bn.verdict} "
+                      f"({len(bn.residual)})")]
+        return rows
+
+
+def training_summary(t: TrainResult) -> str:
+    """How it was trained, in a few words: epochs, fine-tuning, devices."""
+    text = f"{t.epochs_run} epochs"
+    if t.fine_tune_epochs_run:
+        text += f" ({t.fine_tune_epochs_run} fine-tuning)"
+    if t.config.weights != "none":
+        text += f", weights {Path(t.config.weights).name}"
+    if t.config.augment:
+        text += ", augmented"
+    if t.distribution.replicas > 1 or t.distribution.strategy.value != "none":
+        text += f", {t.distribution.strategy.value} on {t.distribution.replicas} replicas"
+    return text
+
+
+def _bench_summary(b: BenchResult) -> list[tuple[str, str]]:
+    rows = [(f"{r.label} p50", f"{r.latency_us.p50:,.1f} µs") for r in b.rows()]
+    sp = b.speedup()
+    if sp:
+        rows.append(("speedup vs fastest Keras", f"{sp['vs_fastest_keras']:.1f}x "
+                                                 f"({sp['fastest_keras']})"))
+    rows += [(f"BN cost {k}", f"{v:.3f}x (BN model p50 / {b.baseline_label} p50)")
+             for k, v in b.bn_cost().items()]
+    rows += [(f"fold gain {k}", f"{v:.3f}x (BN model p50 / folded p50)")
+             for k, v in b.fold_gain().items()]
+    c, t = b.tflite.cost, b.tflite
+    if c is not None:  # edgebn.runtime.cost: MACs from the file, the ceiling probed on this machine
+        rows += [("TFLite MACs per inference", f"{c.macs:,} ({c.macs / 1e6:.2f} M)"),
+                 ("TFLite GMAC/s at p50", f"{c.gmacs_per_s:.1f}"),
+                 ("TFLite efficiency", f"{c.efficiency:.0%} of the probe's "
+                                       f"{c.ceiling_gmacs_per_s:.1f} GMAC/s ({t.threads} thread(s))")]
+    return rows
+
+
+# ---------------------------------------------------------------- Markdown
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[Any, ...]]) -> list[str]:
+    def cell(x: Any) -> str:
+        return str(x).replace("|", "\\|")
+
+    return ([f"| {' | '.join(header)} |", f"| {' | '.join('---' for _ in header)} |"]
+            + [f"| {' | '.join(cell(x) for x in row)} |" for row in rows])
+
+
+def render_markdown(result: BuildResult) -> str:
+    t = result.trained
+    lines = [f"# edgebn build: {result.arch}{'' if t.bn else ' (no BN)'} on "
+             f"{result.dataset.name}", "", *_table(("metric", "value"), result.rows())]
+    bn = result.conversion.inspected.bn
+    lines += [f"- residual {r.kind} BN {r.source or '(unnamed)'}: ops {list(r.ops)}, "
+              f"{r.channels} channels, {r.cost_elements} elements per inference"
+              for r in bn.residual]
+    fold = result.conversion.fold
+    if fold is not None:
+        lines += ["", f"## Fold in Keras (max |Δ| {fold.max_abs_diff:.3g}, "
+                      f"{fold.max_rel_diff:.3g} relative, on {fold.samples} inputs: "
+                      f"{fold.inputs})", ""]
+        lines += [f"- {f.bn}: folded {f.direction} into {f.into}" if f.folded
+                  else f"- {f.bn}: kept, {f.reason}" for f in fold.layers]
+    b = result.benched
+    if b is not None:
+        tl = b.tflite
+        lines += ["", f"## Latency ({b.environment['cpu']}, {tl.threads} thread(s), "
+                      f"batch {tl.batch}, {tl.backend})", ""]
+        lines += _table(("runtime", "p50 µs", "p90 µs", "p99 µs", "runs"),
+                        [(r.label, f"{r.latency_us.p50:.1f}", f"{r.latency_us.p90:.1f}",
+                          f"{r.latency_us.p99:.1f}", r.runs) for r in b.rows()])
+    em = result.emulated
+    if em is not None:
+        lines += ["", f"## Self-test on an emulated arm64 Raspberry Pi ({em.platform})", ""]
+        lines += [f"- {r.runtime}: {'passed' if r.passed else 'FAILED'} ("
+                  + (f"{r.selftest['runtime']}, NumPy {r.selftest['numpy']}, max |diff| "
+                     f"{r.selftest['max_abs_diff']:.3g})" if r.selftest else f"{r.error})")
+                  for r in em.runs]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(result: BuildResult) -> None:
+    """report.json and report.md, each written once, atomically."""
+    write_atomic(result.out / "report.json", json.dumps(result.to_json(), indent=2) + "\n")
+    write_atomic(result.out / "report.md", render_markdown(result))

@@ -1,0 +1,103 @@
+"""Run a .tflite over a whole split and compare it with the Keras model it came from."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgebn.errors import EdgebnError
+from edgebn.runtime.backends import Backend, interpreter_errors, load_interpreter
+from edgebn.tensors import dequantize, quantize, rows_per_chunk
+from edgebn.tflite.reader import TFLiteModel
+
+CHUNK = 256  # samples per invoke at most: the input is resized to this batch
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    samples: int
+    tflite_accuracy: float
+    keras_accuracy: float | None
+    top1_agreement: float | None
+    max_abs_diff: float | None  # max |p_tflite - p_keras| over all samples and classes
+    backend: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"samples": self.samples, "test_accuracy": self.tflite_accuracy,
+                "keras_test_accuracy": self.keras_accuracy, "top1_agreement": self.top1_agreement,
+                "max_abs_diff": self.max_abs_diff, "backend": self.backend}
+
+
+def _chunks(x: Any) -> Iterator[np.ndarray]:
+    """``x`` a chunk at a time: an array, or a streamed split's files (``.chunks``).
+
+    A chunk is CHUNK rows, fewer for large inputs (:func:`edgebn.tensors.rows_per_chunk`).
+    """
+    shape = x.pre.input_shape if hasattr(x, "chunks") else x.shape[1:]
+    rows = rows_per_chunk(int(np.prod(shape)), CHUNK)
+    if hasattr(x, "chunks"):
+        yield from x.chunks(rows)
+        return
+    for start in range(0, len(x), rows):
+        yield x[start:start + rows]
+
+
+def predict_tflite(model: TFLiteModel | str | Path, x: Any, backend: Backend | str = Backend.auto,
+                   threads: int = 1) -> tuple[np.ndarray, str]:
+    """Float outputs of the .tflite for every row of ``x`` (quantized I/O handled)."""
+    outputs, info, _ = _predict(model, x, backend, threads)
+    return outputs, info
+
+
+def _predict(model: TFLiteModel | str | Path, x: Any, backend: Backend | str, threads: int,
+             keras_model: Any = None) -> tuple[np.ndarray, str, np.ndarray | None]:
+    """The .tflite's outputs, and ``keras_model``'s on the same rows when given; ``x`` is
+    read one chunk at a time."""
+    interp, info = load_interpreter(model, backend, threads)
+    if not interp.get_input_details() or not interp.get_output_details():
+        raise EdgebnError(f"{getattr(model, 'path', model)}: the model needs an input and an output")
+    with interpreter_errors(f"{getattr(model, 'path', model)}: the interpreter cannot run this model"):
+        return _run(interp, str(info), x, keras_model)
+
+
+def _run(interp: Any, info: str, x: Any, keras_model: Any
+         ) -> tuple[np.ndarray, str, np.ndarray | None]:
+    inp = interp.get_input_details()[0]
+    outputs, keras_outputs = [], []
+    for batch in _chunks(x):
+        if keras_model is not None:
+            keras_outputs.append(np.asarray(keras_model.predict(batch, batch_size=len(batch),
+                                                                verbose=0), dtype=np.float32))
+        if interp.get_input_details()[0]["shape"][0] != len(batch):
+            interp.resize_tensor_input(inp["index"], [len(batch), *inp["shape"][1:]])
+            interp.allocate_tensors()
+        if np.issubdtype(inp["dtype"], np.integer):
+            batch = quantize(batch, inp["quantization"], inp["dtype"])
+        interp.set_tensor(inp["index"], batch.astype(inp["dtype"]))
+        interp.invoke()
+        out = interp.get_output_details()[0]
+        outputs.append(dequantize(interp.get_tensor(out["index"]), out["quantization"]))
+    return (np.concatenate(outputs), info,
+            np.concatenate(keras_outputs) if keras_model is not None else None)
+
+
+def verify(model: TFLiteModel | str | Path, x: Any, y: np.ndarray,
+           keras_model: Any = None, backend: Backend | str = Backend.auto) -> VerifyResult:
+    """Accuracy of the .tflite on (x, y), and its agreement with ``keras_model`` if given.
+
+    ``x``: the inputs as an array, or a streamed folder's files, read a chunk at a time.
+    """
+    p_tfl, info, p_keras = _predict(model, x, backend, 1, keras_model)
+    acc = float((p_tfl.argmax(1) == y).mean())
+    if keras_model is None:
+        return VerifyResult(len(y), acc, None, None, None, info)
+    return VerifyResult(
+        samples=len(y), tflite_accuracy=acc,
+        keras_accuracy=float((p_keras.argmax(1) == y).mean()),
+        top1_agreement=float((p_keras.argmax(1) == p_tfl.argmax(1)).mean()),
+        max_abs_diff=float(np.abs(p_keras - p_tfl).max()), backend=info,
+    )

@@ -1,0 +1,1 @@
+"""The .tflite flatbuffer without TensorFlow: read, write, BN residue, MACs (NumPy + flatbuffers)."""

@@ -1,0 +1,1 @@
+"""Training a zoo model: seeds, early stopping, distribution strategies."""

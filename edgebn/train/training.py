@@ -1,0 +1,266 @@
+"""Training a zoo model on a dataset, with a seed, early stopping and an atomic save."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgebn.data.dataset import Dataset, DataSpec
+from edgebn.errors import EdgebnError
+from edgebn.stages import SILENT, Progress, timed
+from edgebn.train.distribute import SINGLE, Distribution, Strategy, distribution
+from edgebn.zoo.keras_io import load_keras, save_keras
+from edgebn.zoo.models import Arch, build_model, is_backbone
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    arch: Arch = Arch.cnn
+    bn: bool = True
+    epochs: int = 40
+    batch_size: int = 32
+    learning_rate: float = 3e-3
+    patience: int = 6  # epochs without val_accuracy improvement before stopping
+    alpha: float = 1.0  # a backbone's width multiplier (MobileNets)
+    weights: str = "none"  # a backbone's: none, imagenet, or a .h5 weights file
+    fine_tune_epochs: int = 0  # then unfreeze the backbone's top (not its BN) for this many
+    augment: bool = False  # flip, small rotation, zoom: layers active only in training
+    strategy: Strategy = Strategy.none
+    replicas: int | None = None  # mirrored: devices to use (default: every GPU, or 2 CPUs)
+
+    def __post_init__(self) -> None:  # "cnn" as well as Arch.cnn
+        object.__setattr__(self, "arch", Arch(self.arch))
+        object.__setattr__(self, "strategy", Strategy(self.strategy))
+
+    def validate(self) -> None:
+        for name in ("epochs", "batch_size", "patience"):
+            if getattr(self, name) < 1:
+                raise EdgebnError(f"{name} must be >= 1. Received: {getattr(self, name)}")
+        if not self.learning_rate > 0:
+            raise EdgebnError(f"learning rate must be > 0. Received: {self.learning_rate}")
+        if self.fine_tune_epochs < 0:
+            raise EdgebnError(f"fine-tune epochs must be >= 0. Received: {self.fine_tune_epochs}")
+        if not self.alpha > 0:
+            raise EdgebnError(f"alpha must be > 0. Received: {self.alpha}")
+        if is_backbone(self.arch):
+            from edgebn.zoo.backbones import check_weights
+
+            if not self.bn:
+                raise EdgebnError(f"{self.arch.value} is a pretrained backbone: it has no "
+                                  "BN-free twin (drop --no-bn)")
+            check_weights(self.weights)
+            return
+        for given, what in ((self.alpha != 1.0, "--alpha"), (self.weights != "none", "--weights"),
+                            (self.fine_tune_epochs > 0, "--fine-tune-epochs")):
+            if given:
+                raise EdgebnError(f"{what} is for the backbones (mobilenet-v2, "
+                                  f"mobilenet-v3-small, efficientnet-b0), not {self.arch.value}")
+
+    def data_for(self, data: DataSpec) -> DataSpec:
+        """The data spec this model trains on (a backbone: RGB, 96 px, raw pixels)."""
+        if not is_backbone(self.arch):
+            return data
+        from edgebn.zoo.backbones import data_for
+
+        return data_for(self.arch, data)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"arch": self.arch.value, "epochs": self.epochs, "batch_size": self.batch_size,
+                "learning_rate": self.learning_rate, "alpha": self.alpha,
+                "weights": self.weights, "fine_tune_epochs": self.fine_tune_epochs,
+                "augment": self.augment}
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """A model trained here, or (``config`` None) one the user brought, loaded as it is."""
+
+    model: Any  # keras.Model
+    config: TrainConfig | None
+    epochs_run: int
+    val_accuracy: float | None
+    test_accuracy: float | None
+    train_s: float
+    source: str | None = None  # the .keras it was loaded from
+    preprocessing_source: str | None = None  # who decided its input scaling, when brought
+    distribution: Distribution = SINGLE
+    fine_tune_epochs_run: int = 0
+
+    @property
+    def arch(self) -> str:
+        return self.config.arch.value if self.config else "custom"
+
+    @property
+    def bn(self) -> bool:
+        return self.config.bn if self.config else bool(self.bn_layers)
+
+    @property
+    def has_twin(self) -> bool:
+        """A BN-free twin exists for the small zoo models only."""
+        return self.config is not None and not is_backbone(self.config.arch)
+
+    @property
+    def params(self) -> int:
+        return int(self.model.count_params())
+
+    @property
+    def bn_layers(self) -> list[str]:
+        """Every BN layer, at any depth (a nested backbone's too), by its own name."""
+        from edgebn.fold.keras_fold import all_bn_layer_names
+
+        return all_bn_layer_names(self.model)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"arch": self.arch, "bn": self.bn, "params": self.params,
+                "bn_layers": self.bn_layers, "epochs_run": self.epochs_run,
+                "fine_tune_epochs_run": self.fine_tune_epochs_run,
+                "val_accuracy": self.val_accuracy, "test_accuracy": self.test_accuracy,
+                "train_s": self.train_s, "strategy": self.distribution.to_json(),
+                "config": self.config.to_json() if self.config else None}
+
+
+def train(dataset: Dataset, config: TrainConfig = TrainConfig(),
+          progress: Progress = SILENT) -> TrainResult:
+    """Train ``config.arch`` on ``dataset``; restore the weights of the best validation epoch.
+
+    A streamed folder (``dataset.streams``) is read through tf.data. A backbone trains
+    its head first, then (``fine_tune_epochs``) the top of the backbone at a lower rate.
+    Keras' own progress lines stay off; each epoch's metrics go to ``progress``.
+    """
+    config.validate()
+    dist = distribution(config.strategy, config.replicas)  # before TensorFlow initializes
+    import keras
+
+    keras.utils.set_random_seed(dataset.seed)  # the split's seed: one --seed for all
+    with _scope(dist):
+        model = _new_model(config, dataset)
+        _compile(model, config.learning_rate)
+    feeds = _Feeds.of(dataset, config.batch_size)
+    total = config.epochs + config.fine_tune_epochs
+    with timed() as t:
+        ran = _fit(model, feeds, config, 0, config.epochs, total, progress)
+        tuned = 0
+        if config.fine_tune_epochs:
+            from edgebn.zoo.backbones import FINE_TUNE_LR_DIVISOR, unfreeze_top
+
+            with _scope(dist):
+                unfreeze_top(model)
+                _compile(model, config.learning_rate / FINE_TUNE_LR_DIVISOR)
+            tuned = _fit(model, feeds, config, ran, ran + config.fine_tune_epochs, total,
+                         progress)
+    with _named_read_errors():
+        val_acc = model.evaluate(*feeds.val, verbose=0)[1]
+        test_acc = model.evaluate(*feeds.test, verbose=0)[1]
+    return TrainResult(model, config, ran + tuned, float(val_acc), float(test_acc), t.seconds,
+                       distribution=dist, fine_tune_epochs_run=tuned)
+
+
+def _scope(dist: Distribution):
+    return dist.scope.scope() if dist.scope is not None else contextlib.nullcontext()
+
+
+def _new_model(config: TrainConfig, dataset: Dataset) -> Any:
+    if is_backbone(config.arch):
+        from edgebn.zoo.backbones import build_transfer
+
+        model = build_transfer(config.arch, dataset.input_shape, dataset.classes, config.alpha,
+                               config.weights)
+    else:
+        model = build_model(config.arch, dataset.input_shape, dataset.classes, bn=config.bn)
+    if config.augment:
+        from edgebn.zoo.backbones import with_augmentation
+
+        model = with_augmentation(model, dataset.seed)
+    return model
+
+
+def _compile(model: Any, learning_rate: float) -> None:
+    import keras
+
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+
+
+@dataclass(frozen=True)
+class _Feeds:
+    """What fit and evaluate read: arrays, or a streamed folder's tf.data pipelines."""
+
+    train: tuple[Any, ...]
+    val: tuple[Any, ...]
+    test: tuple[Any, ...]
+    fit_kwargs: dict[str, Any]
+
+    @classmethod
+    def of(cls, ds: Dataset, batch_size: int) -> _Feeds:
+        if ds.streams is None:
+            return cls((ds.x_train, ds.y_train), (ds.x_val, ds.y_val), (ds.x_test, ds.y_test),
+                       {"batch_size": batch_size, "shuffle": True})
+        s = ds.streams
+        return cls((s.train.tf_dataset(batch_size, shuffle=True, seed=ds.seed),),
+                   (s.val.tf_dataset(batch_size),), (s.test.tf_dataset(batch_size),),
+                   {"shuffle": False})  # the pipeline shuffles its file names itself
+
+
+def _fit(model: Any, feeds: _Feeds, config: TrainConfig, first: int, last: int, total: int,
+         progress: Progress) -> int:
+    """Epochs ``first`` to ``last`` (of ``total``) with early stopping; returns epochs run."""
+    import keras
+
+    stop = keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=config.patience,
+                                         restore_best_weights=True)
+    report = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: progress.epoch(
+        epoch + 1, total, {k: float(v) for k, v in (logs or {}).items()}))
+    val = feeds.val if len(feeds.val) == 2 else feeds.val[0]
+    with _named_read_errors():
+        history = model.fit(*feeds.train, epochs=last, initial_epoch=first,
+                            validation_data=val, callbacks=[stop, report], verbose=0,
+                            **feeds.fit_kwargs)
+    return len(history.epoch)
+
+
+@contextlib.contextmanager
+def _named_read_errors() -> Iterator[None]:
+    """A file that fails to decode mid-stream: its DatasetError (one line), not TF's."""
+    from edgebn.data.folder import raise_read_error
+
+    try:
+        yield
+    except Exception as exc:
+        raise_read_error(exc)
+        raise
+
+
+@dataclass(frozen=True)
+class SavedTraining:
+    """``edgebn train``: the model trained on ``dataset`` and saved at ``path``."""
+
+    path: Path
+    dataset: Dataset
+    trained: TrainResult
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": str(self.path), "dataset": self.dataset.to_json(),
+                **self.trained.to_json()}
+
+
+def train_to_file(out: str | Path, config: TrainConfig, data: DataSpec = DataSpec(),
+                  progress: Progress = SILENT) -> SavedTraining:
+    """Load the data, train, save ``out`` atomically."""
+    if Path(out).suffix != ".keras":
+        raise EdgebnError(f"a Keras model path must end in .keras. Received: {out}")
+    if Path(out).is_dir():
+        raise EdgebnError(f"{out}: is a directory")
+    config.validate()  # before a folder is listed
+    data = config.data_for(data)
+    ds = data.load(stream=True)
+    result = train(ds, config, progress)
+    save_keras(result.model, out)
+    return SavedTraining(Path(out), ds, result)
+
+
+def given_model(path: str | Path) -> TrainResult:
+    """A user's .keras model as the build's starting point: nothing trained, nothing changed."""
+    return TrainResult(load_keras(path), None, 0, None, None, 0.0, source=str(path))

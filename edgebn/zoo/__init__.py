@@ -1,0 +1,1 @@
+"""Model architectures: the small zoo, keras.applications backbones, Keras load and save."""
