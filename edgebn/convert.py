@@ -4,72 +4,46 @@ from __future__ import annotations
 
 import contextlib
 import io
-from collections.abc import Callable
 from dataclasses import dataclass, replace
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from edgebn.choices import Quantize, QuantizeSpec, quantize_spec
 from edgebn.data.dataset import DataSpec
 from edgebn.errors import EdgebnError
 from edgebn.fold.keras_fold import FoldResult, all_bn_layer_names, fold_model
-from edgebn.stages import timed, write_atomic
+from edgebn.stages import Stages, timed, write_atomic
 from edgebn.tensors import CHECK_SAMPLES, sample_inputs
 from edgebn.tflite.reader import TFLiteModel, parse_tflite
 from edgebn.tflite.residue import InspectResult, inspect_model
 
 
-class Quantize(str, Enum):
-    none = "none"
-    float16 = "float16"
-    dynamic = "dynamic"
-    int8 = "int8"
-
-
-def _none(converter, representative) -> None:
-    pass
-
-
-def _float16(converter, representative) -> None:
+def _configure(converter: Any, spec: QuantizeSpec, representative: np.ndarray | None) -> None:
+    """Set the converter up as the mode's row says (edgebn.choices.QUANTIZE_MODES)."""
     import tensorflow as tf
 
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.target_spec.supported_types = [tf.float16]
+    if spec.calibrate and (representative is None or len(representative) == 0):
+        raise EdgebnError(f"{spec.name} quantization needs representative samples for "
+                          "calibration (the training split); none were given")
+    if spec.optimize:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if spec.supported_types:
+        converter.target_spec.supported_types = [getattr(tf, t) for t in spec.supported_types]
+    if spec.calibrate:
+        def gen():
+            for x in representative:
+                yield [x[None].astype(np.float32)]
+
+        converter.representative_dataset = gen
+    if spec.ops:
+        converter.target_spec.supported_ops = [getattr(tf.lite.OpsSet, o) for o in spec.ops]
+    if spec.io_type is not None:
+        converter.inference_input_type = converter.inference_output_type = getattr(tf, spec.io_type)
 
 
-def _dynamic(converter, representative) -> None:
-    import tensorflow as tf
-
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-
-
-def _int8(converter, representative) -> None:
-    """Full integer: int8 weights, activations, input and output."""
-    import tensorflow as tf
-
-    if representative is None or len(representative) == 0:
-        raise EdgebnError("int8 quantization needs representative samples for calibration "
-                          "(the training split); none were given")
-
-    def gen():
-        for x in representative:
-            yield [x[None].astype(np.float32)]
-
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = gen
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    converter.inference_input_type = tf.int8
-    converter.inference_output_type = tf.int8
-
-
-QUANTIZERS: dict[Quantize, Callable[[Any, np.ndarray | None], None]] = {
-    Quantize.none: _none, Quantize.float16: _float16, Quantize.dynamic: _dynamic,
-    Quantize.int8: _int8,
-}
-
-REPRESENTATIVE_SAMPLES = 200  # int8 calibration draws this many training samples
+REPRESENTATIVE_SAMPLES = 200  # a calibrating mode (int8) draws this many training samples
 
 
 @dataclass(frozen=True)
@@ -77,6 +51,9 @@ class ConvertOptions:
     quantize: Quantize = Quantize.none
     fold: bool = True  # fold BN in Keras first; the converter-only file is made beside it
     tolerance: float = 1e-5  # the fold's max |Δ|, relative to the largest output
+
+    def __post_init__(self) -> None:  # "int8" as well as Quantize.int8; any other refused
+        object.__setattr__(self, "quantize", Quantize(quantize_spec(self.quantize).name))
 
 
 @dataclass(frozen=True)
@@ -99,15 +76,15 @@ class Converted:
 def to_tflite(model: Any, out: str | Path, quantize: Quantize | str = Quantize.none,
               representative: np.ndarray | None = None) -> Converted:
     """Convert a Keras model with the TFLite converter and write ``out`` atomically."""
-    quantize = Quantize(quantize)
+    spec = quantize_spec(quantize)
     import tensorflow as tf
 
     with timed() as t, contextlib.redirect_stdout(io.StringIO()):  # Keras' export chatter
         converter = tf.lite.TFLiteConverter.from_keras_model(model)
-        QUANTIZERS[quantize](converter, representative)
+        _configure(converter, spec, representative)
         flatbuffer = converter.convert()
     write_atomic(out, flatbuffer)
-    return Converted(parse_tflite(flatbuffer, str(out)), quantize, t.seconds)
+    return Converted(parse_tflite(flatbuffer, str(out)), Quantize(spec.name), t.seconds)
 
 
 @dataclass(frozen=True)
@@ -147,28 +124,41 @@ def _verdict_json(inspected: InspectResult) -> dict[str, Any]:
 def convert_model(model: Any, out: str | Path, options: ConvertOptions = ConvertOptions(),
                   representative: np.ndarray | None = None,
                   fold_inputs: tuple[np.ndarray, str] | None = None,
-                  converter_only_out: str | Path | None = None) -> ConversionResult:
+                  converter_only_out: str | Path | None = None,
+                  folded_out: str | Path | None = None,
+                  stages: Stages | None = None) -> ConversionResult:
     """Convert ``model`` to ``out`` and inspect it; fold its BN in Keras first when asked.
 
-    The fold is checked on ``fold_inputs`` (inputs, where they came from). The unfolded
+    ``representative`` is the caller's calibration policy: the samples a calibrating
+    mode (int8) calibrates on. The fold is checked on ``fold_inputs`` (inputs, where they
+    came from) and the folded model saved at ``folded_out`` when given. The unfolded
     model is converted too, so the caller sees the converter's own verdict beside the
-    pre-folded one; that file is kept at ``converter_only_out`` or discarded.
+    pre-folded one; that file is kept at ``converter_only_out`` or discarded. ``stages``
+    times the fold, convert and inspect stages (a build's).
     """
     import tempfile
 
-
+    stages = stages or Stages()
     bn_layers = all_bn_layer_names(model)
-    if not options.fold or fold_inputs is None or not bn_layers:
-        converted = to_tflite(model, out, options.quantize, representative)
-        return ConversionResult(converted, inspect_model(converted.model, bn_layers))
-    x, where = fold_inputs
-    folded = fold_model(model, x, options.tolerance, inputs=where)
-    with tempfile.TemporaryDirectory(prefix="edgebn-") as tmp:
-        only = to_tflite(model, converter_only_out or Path(tmp) / "converter_only.tflite",
-                         options.quantize, representative)
-    converted = to_tflite(folded.model, out, options.quantize, representative)
-    return ConversionResult(converted, inspect_model(converted.model, bn_layers), folded,
-                            inspect_model(only.model, bn_layers))
+    folded = None
+    if options.fold and fold_inputs is not None and bn_layers:
+        x, where = fold_inputs
+        with stages.stage("fold", f"{len(bn_layers)} BN layers, checked on {where}"):
+            folded = fold_model(model, x, options.tolerance, inputs=where)
+            if folded_out is not None:
+                from edgebn.zoo.keras_io import save_keras
+
+                save_keras(folded.model, folded_out)
+    with stages.stage("convert", f"quantize {Quantize(options.quantize).value}"), \
+            tempfile.TemporaryDirectory(prefix="edgebn-") as tmp:
+        only = None if folded is None else to_tflite(
+            model, converter_only_out or Path(tmp) / "converter_only.tflite", options.quantize,
+            representative)
+        converted = to_tflite(model if folded is None else folded.model, out, options.quantize,
+                              representative)
+    with stages.stage("inspect", f"BN residue in {Path(out).name}"):
+        return ConversionResult(converted, inspect_model(converted.model, bn_layers), folded,
+                                None if only is None else inspect_model(only.model, bn_layers))
 
 
 def convert_file(model_path: str | Path, out: str | Path,
@@ -176,7 +166,7 @@ def convert_file(model_path: str | Path, out: str | Path,
                  ) -> ConversionResult:
     """``edgebn convert``: load a .keras (safe mode), fold (default), convert, inspect.
 
-    int8 calibration draws from ``data`` (its .npz/.npy inputs, else its training split),
+    Calibration (int8) draws from ``data`` (its .npz/.npy inputs, else its training split),
     which must have the model's input shape. The fold is checked on the same inputs
     (the test split) when they fit the model, else on random inputs (said so).
     """
@@ -190,20 +180,20 @@ def convert_file(model_path: str | Path, out: str | Path,
         from edgebn.zoo.models import fit_data
 
         data = fit_data(data, model)[0]
-    int8 = options.quantize is Quantize.int8
+    calibrate = quantize_spec(options.quantize).calibrate
     pool, fold_pool = None, None  # calibration samples; (inputs, name) for the fold's check
     if data.npz is not None:
         x, where = sample_inputs(want, data.npz, samples=REPRESENTATIVE_SAMPLES)
         pool, fold_pool = x, (x, where)
-    elif int8 or options.fold:
+    elif calibrate or options.fold:
         ds = data.load()
         if tuple(ds.input_shape) == want:
             pool, fold_pool = ds.x_train, (ds.x_test, f"{ds.name} test split")
-        elif int8:
+        elif calibrate:
             raise EdgebnError(f"calibration data {ds.name} has input shape "
                               f"{list(ds.input_shape)}, the model expects {list(want)}: "
                               "give the data it was trained on")
-    representative = pool[:REPRESENTATIVE_SAMPLES] if int8 else None
+    representative = pool[:REPRESENTATIVE_SAMPLES] if calibrate else None
     fold_inputs = None
     if options.fold:
         fold_inputs = fold_pool or sample_inputs(want, None, None, seed=data.seed)

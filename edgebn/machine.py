@@ -1,4 +1,5 @@
-"""What machine the numbers came from, and how much memory this process has used."""
+"""What machine the numbers came from, how much memory this process has used, and where
+edgebn keeps what it measures or downloads once per machine (:func:`cache_dir`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+
+def cache_dir() -> Path:
+    """edgebn's one cache directory: ``$EDGEBN_CACHE``, or ``~/.cache/edgebn``.
+
+    It holds the ceiling probe's figures (``ceiling.json``) and the emulated Pi's userland
+    and wheels (``pi-bookworm-arm64/``).
+    """
+    return Path(os.environ.get("EDGEBN_CACHE") or Path.home() / ".cache" / "edgebn")
 
 
 def cpu_model() -> str:

@@ -120,3 +120,23 @@ def test_bad_keras_files_are_refused(tmp_path, content, suffix, message):
 def test_convert_out_must_be_tflite(cnn, tmp_path):
     with pytest.raises(EdgebnError, match="must end in .tflite"):
         convert_file(cnn["keras"], tmp_path / "x.bin")
+
+
+def test_convert_model_is_the_builds_conversion_its_stages_and_its_files(cnn, digits, tmp_path):
+    """What ``edgebn build`` converts with: fold, convert, inspect timed as its stages, the
+    folded model and the converter-only file kept where asked; calibration is the caller's."""
+    from edgebn.convert import convert_model
+    from edgebn.stages import Stages
+
+    stages = Stages()
+    res = convert_model(cnn["result"].model, tmp_path / "m.tflite", ConvertOptions(Quantize.int8),
+                        digits.x_train[:50], (digits.x_test[:50], "digits test split"),
+                        converter_only_out=tmp_path / "only.tflite",
+                        folded_out=tmp_path / "folded.keras", stages=stages)
+    assert list(stages.seconds) == ["fold", "convert", "inspect"]
+    assert bn_layer_names(load_keras(tmp_path / "folded.keras")) == []
+    assert res.fold is not None and res.fold.model is not None
+    assert res.converter_only.model.size_bytes == (tmp_path / "only.tflite").stat().st_size
+    assert res.inspected.clean and res.converted.quantize is Quantize.int8
+    with pytest.raises(EdgebnError, match="int8 quantization needs representative samples"):
+        convert_model(cnn["result"].model, tmp_path / "n.tflite", ConvertOptions(Quantize.int8))

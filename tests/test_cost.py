@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -74,6 +75,28 @@ def test_probe_parses_runs_and_counts_its_macs(tmp_path, monkeypatch):
     assert model_cost(probe).macs == 3 * 28 * 28 * 256 * 256
     assert probe_model() == probe_model()  # seeded
     assert probe_ceiling(threads=1) > 0
+
+
+def test_probe_constants_are_16_byte_aligned():
+    probe = parse_tflite(probe_model(), "probe")
+    starts = [start for start, length in probe._buffers if length]
+    assert len(starts) == 2 * PROBE_LAYERS and all(s % 16 == 0 for s in starts)
+
+
+def test_one_cache_directory_for_the_ceiling_and_the_emulator(tmp_path, monkeypatch):
+    from edgebn.deploy.emulate import pi_cache_dir
+    from edgebn.machine import cache_dir
+
+    monkeypatch.delenv("EDGEBN_PI_CACHE", raising=False)
+    monkeypatch.delenv("EDGEBN_CACHE", raising=False)
+    assert cache_dir() == Path.home() / ".cache" / "edgebn"
+    monkeypatch.setenv("EDGEBN_CACHE", str(tmp_path))
+    assert cache_dir() == tmp_path
+    assert pi_cache_dir() == tmp_path / "pi-bookworm-arm64"
+    monkeypatch.setenv("EDGEBN_PI_CACHE", str(tmp_path / "old"))  # deprecated, still read
+    assert pi_cache_dir() == tmp_path / "old"
+    monkeypatch.setenv("EDGEBN_PI_CACHE", "")
+    assert pi_cache_dir() == tmp_path / "pi-bookworm-arm64"
 
 
 def test_ceiling_is_cached_per_machine_and_settings(tmp_path, monkeypatch):

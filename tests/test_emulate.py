@@ -20,7 +20,7 @@ pytestmark = pytest.mark.emulation
 @pytest.fixture(scope="session")
 def pi_cache(tmp_path_factory):
     """The cached userland and wheels, made once; a skip with the reason when it cannot be."""
-    from edgebn.deploy.emulate import cache_dir
+    from edgebn.deploy.emulate import pi_cache_dir
 
     try:
         userland()
@@ -28,7 +28,7 @@ def pi_cache(tmp_path_factory):
             site_packages(runtime)
     except EmulationUnavailable as exc:
         pytest.skip(f"arm64 emulation unavailable: {exc}")
-    return cache_dir()
+    return pi_cache_dir()
 
 
 @pytest.mark.parametrize("quantize", ["none", "int8"])

@@ -422,10 +422,13 @@ def test_profile_of_int8_residue_stands_when_the_bypassed_copy_cannot_load(tmp_p
 
 
 def _own_rss_mb() -> float:
-    """This fresh worker's peak and its children's: the fuzz alone, not the pytest process's
-    earlier children (RUSAGE_CHILDREN there counts every build a test ran before)."""
-    return max(resource.getrusage(who).ru_maxrss / 1024
-               for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    """This worker's own peak resident memory (VmHWM: per address space, so not inherited
+    from the pytest process it was forked from, as getrusage's ru_maxrss is across exec).
+    The preflight children report theirs in preflight_peak_mb; the CLI worker's commands run
+    in this process."""
+    with open("/proc/self/status", encoding="ascii") as f:
+        kib = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    return kib / 1024
 
 
 def _check_memory(worker_mb: float, peak_mb: float = 0.0) -> None:

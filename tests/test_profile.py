@@ -278,3 +278,16 @@ def test_profile_imports_no_tensorflow(files):
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
+
+
+def test_profile_settings_are_bench_settings_with_the_residue_switch():
+    """profile and bench share one settings type: the same fields, the same checks."""
+    from edgebn.runtime.timing import BenchSettings
+
+    settings = ProfileSettings(threads=2, min_time_s=0.5, residue=False)
+    assert isinstance(settings, BenchSettings)
+    assert (settings.threads, settings.min_time_s, settings.residue) == (2, 0.5, False)
+    assert not ProfileSettings().cost  # profile reports no ceiling: no probe is run
+    for field, value in (("batch", 2), ("runs", 10), ("isolate", True)):
+        with pytest.raises(EdgebnError, match=f"{field}.*Received: {value}"):
+            ProfileSettings(**{field: value}).validate()

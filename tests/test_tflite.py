@@ -188,3 +188,66 @@ def test_fuzz_the_batch_statistics_detector(tmp_path):
             outcomes["invalid"] += 1
     assert outcomes["ok"] + outcomes["invalid"] == 1000
     assert outcomes["invalid"] > 0 and outcomes["batch_stats"] > 0
+
+
+def _constant_starts(model):
+    return [(start, model.buffer_bytes(i)) for i, (start, length) in enumerate(model._buffers)
+            if length]
+
+
+def test_strip_names_keeps_every_constant_and_aligns_it(pattern_files):
+    """The converter writes constants 16-byte aligned; so does edgebn's one writer."""
+    data = pattern_files[("conv_bn_relu", "int8", False)].read_bytes()
+    before, after = parse_tflite(data), parse_tflite(strip_names(data))
+    assert [raw for _, raw in _constant_starts(after)] == \
+        [raw for _, raw in _constant_starts(before)]
+    assert _constant_starts(after) and all(start % 16 == 0 for start, _ in _constant_starts(after))
+
+
+def test_empty_model_runs_and_adds():
+    from edgebn.runtime.backends import load_interpreter
+    from edgebn.tflite.writer import empty_model
+
+    interp, _ = load_interpreter(parse_tflite(empty_model(), "empty"), "auto", 1, False,
+                                 checked=False)
+    a, b = interp.get_input_details()
+    interp.set_tensor(a["index"], np.array([2.0], np.float32))
+    interp.set_tensor(b["index"], np.array([3.5], np.float32))
+    interp.invoke()
+    assert interp.get_tensor(interp.get_output_details()[0]["index"]).tolist() == [5.5]
+
+
+def _edgebn_sources():
+    from pathlib import Path
+
+    import edgebn
+
+    root = Path(edgebn.__file__).parent
+    return {str(p.relative_to(root)): p.read_text() for p in sorted(root.rglob("*.py"))}
+
+
+def test_one_flatbuffer_writer():
+    """Only edgebn.tflite.writer packs a flatbuffer (one-op models, the probe, the rewrites)."""
+    packing = sorted(name for name, text in _edgebn_sources().items()
+                     if re.search(r"flatbuffers\.Builder|\.Pack\(|import flatbuffers", text))
+    assert packing == ["tflite/writer.py"]
+
+
+# attributes of other libraries' objects, underscored by their authors
+FOREIGN_PRIVATE = {"_keras_history", "_inbound_nodes", "_tab", "_exit"}
+
+
+def test_no_private_name_is_used_outside_its_module():
+    import ast
+
+    used = []
+    for name, text in _edgebn_sources().items():
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("edgebn"):
+                used += [f"{name}: {a.name}" for a in node.names
+                         if a.name.startswith("_") and not a.name.startswith("__")]
+            if isinstance(node, ast.Attribute) and node.attr.startswith("_") and \
+                    not node.attr.startswith("__") and node.attr not in FOREIGN_PRIVATE and \
+                    not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")):
+                used.append(f"{name}:{node.lineno}: {ast.unparse(node)}")
+    assert used == []

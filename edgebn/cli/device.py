@@ -42,8 +42,8 @@ def emulate(
     runtime: Annotated[list[Backend] | None, typer.Option(
         "--runtime", help="tflite-runtime and/or ai-edge-litert (default: both).")] = None,
     cache: Annotated[Path | None, typer.Option(
-        "--cache", file_okay=False, help="Userland and wheel cache (default $EDGEBN_PI_CACHE "
-                                         "or ~/.cache/edgebn/pi-bookworm-arm64).")] = None,
+        "--cache", file_okay=False, help="Userland and wheel cache (default pi-bookworm-arm64 in "
+                                         "$EDGEBN_CACHE, ~/.cache/edgebn).")] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Run the bundle's self-test on an emulated 64-bit Raspberry Pi OS (exit 1 if it fails)."""

@@ -13,13 +13,13 @@ import typer
 from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
-from edgebn.convert import Quantize
+from edgebn.choices import QUANTIZE_HELP, Quantize
 from edgebn.data.dataset import DatasetName, DataSpec
 from edgebn.data.images import Color, Resize
 from edgebn.errors import EdgebnError
 from edgebn.runtime.backends import Backend
 from edgebn.train.distribute import Strategy
-from edgebn.zoo.models import DEFAULT_ARCH, Arch
+from edgebn.zoo.models import BACKBONE_NAMES, DEFAULT_ARCH, Arch
 
 EXIT_PROBLEM = 1  # the command ran and found a problem (BN residue, regression)
 EXIT_BAD_INPUT = 2
@@ -77,7 +77,7 @@ ONE_THREAD = ThreadCounts((1,))
 ThreadCountsOpt = Annotated[ThreadCounts, typer.Option(
     "--threads", parser=_thread_counts, metavar="N[,N...]",
     help="Interpreter threads (a Pi: 4); a list such as 1,2,4 adds a scaling table.")]
-QuantizeOpt = Annotated[Quantize, typer.Option("--quantize", help="Post-training quantization.")]
+QuantizeOpt = Annotated[Quantize, typer.Option("--quantize", help=QUANTIZE_HELP)]  # its rows
 FoldOpt = Annotated[bool, typer.Option(
     "--fold/--no-fold", help="Fold BN in Keras before converting (and show the converter's own "
                              "verdict beside it).")]
@@ -122,7 +122,7 @@ _DATA_OPTIONS = [  # (name, annotation, default): the DataSpec group, shared by 
 _TRAIN_OPTIONS = [  # (name, annotation, default): the TrainConfig group of train and build
     ("arch", Annotated[Arch, typer.Option(
         "--arch", help="Model: a small zoo model, or a keras.applications backbone with a new "
-                       "head (mobilenet-v2, mobilenet-v3-small, efficientnet-b0).")], DEFAULT_ARCH),
+                       f"head ({BACKBONE_NAMES}).")], DEFAULT_ARCH),
     ("no_bn", Annotated[bool, typer.Option(
         "--no-bn", help="The BN-free twin instead (small zoo models).")], False),
     ("epochs", Annotated[int, typer.Option(

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from edgebn import __version__
+from edgebn.choices import selftest_tolerance
 from edgebn.data.images import Preprocessing
 from edgebn.errors import EdgebnError, InvalidModelError
 from edgebn.stages import atomic_dir
@@ -37,8 +38,6 @@ from edgebn.tflite.reader import TFLiteModel
 DEVICE_DIR = Path(__file__).parent / "device"
 DEVICE_SCRIPTS = ("predict.py", "verify.py")
 GOLDEN_SAMPLES = 16
-FLOAT_ATOL = 1e-4  # probabilities: float32 kernels differ between CPUs by ~1e-7
-INT8_ATOL = 1.0  # quantized outputs: one quantization step (rounding may differ by one)
 
 REQUIREMENTS = """\
 # The device's Python packages. On Raspberry Pi OS (bookworm, Python 3.11):
@@ -154,7 +153,7 @@ def _spec(source: BundleSource) -> dict[str, Any]:
         raise InvalidModelError(f"{source.model.path}: a bundle needs one input and one output "
                                 "tensor")
     inp, outp = _tensor_spec(source.model, sg.inputs[0]), _tensor_spec(source.model, sg.outputs[0])
-    quantized_out = outp["dtype"] in ("int8", "uint8", "int16")
+    atol, units = selftest_tolerance(source.quantize, outp["dtype"])  # the mode's row
     return {
         "edgebn": __version__,
         "model": "model.tflite",
@@ -162,8 +161,7 @@ def _spec(source: BundleSource) -> dict[str, Any]:
         "preprocessing": source.preprocessing.to_json(),
         "input": inp, "output": outp,
         "selftest": {"inputs": "golden/inputs.npy", "outputs": "golden/outputs.npy",
-                     "atol": INT8_ATOL if quantized_out else FLOAT_ATOL,
-                     "units": f"{outp['dtype']} steps" if quantized_out else "probability"},
+                     "atol": atol, "units": units},
         "build": {"arch": source.arch, "quantize": source.quantize,
                   "test_accuracy": source.test_accuracy, "bn_verdict": source.bn_verdict,
                   "size_bytes": source.model.size_bytes},

@@ -16,8 +16,10 @@ by hand:
   creating the interpreter; tflite-runtime 2.14 runs either way.
 
 The runtimes come from PyPI as aarch64 wheels, unpacked beside the userland and put on
-PYTHONPATH, over Debian's NumPy. Userland and wheels are cached (``EDGEBN_PI_CACHE``,
-default ``~/.cache/edgebn/pi-bookworm-arm64``); a first run downloads about 60 MB.
+PYTHONPATH, over Debian's NumPy. Userland and wheels are cached in
+``pi-bookworm-arm64`` of edgebn's cache directory (``$EDGEBN_CACHE``, default
+``~/.cache/edgebn``; the older ``EDGEBN_PI_CACHE`` is still read, see
+:func:`pi_cache_dir`); a first run downloads about 60 MB.
 Latency under emulation means nothing; correctness does.
 """
 
@@ -36,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from edgebn.errors import EdgebnError
+from edgebn.machine import cache_dir
 from edgebn.runtime.backends import Backend
 
 SUITE = "bookworm"
@@ -89,9 +92,14 @@ class EmulationResult:
                 "runs": [r.to_json() for r in self.runs]}
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("EDGEBN_PI_CACHE",
-                               Path.home() / ".cache" / "edgebn" / "pi-bookworm-arm64"))
+def pi_cache_dir() -> Path:
+    """The userland and wheels: ``pi-bookworm-arm64`` in edgebn's cache directory
+    (:func:`edgebn.machine.cache_dir`, ``$EDGEBN_CACHE``).
+
+    ``$EDGEBN_PI_CACHE``, when set, is still read and names this directory itself; it is
+    deprecated in favour of ``EDGEBN_CACHE``.
+    """
+    return Path(os.environ.get("EDGEBN_PI_CACHE") or cache_dir() / "pi-bookworm-arm64")
 
 
 def require_tools() -> dict[str, str]:
@@ -125,7 +133,7 @@ def _unreachable(text: str) -> bool:
 def userland(cache: Path | None = None, log=lambda msg: None) -> Path:
     """The cached arm64 bookworm root, made once (about 25 s and 50 MB of downloads)."""
     require_tools()
-    cache = Path(cache or cache_dir())
+    cache = Path(cache or pi_cache_dir())
     root = cache / "root"
     made = f"{SUITE} arm64 {' '.join(DEB_PACKAGES)}\n"
     if (root / READY).is_file() and (root / READY).read_text() == made:
@@ -222,7 +230,7 @@ def check_runtimes(runtimes) -> tuple[Backend, ...]:
 def site_packages(runtime: Backend, cache: Path | None = None, log=lambda msg: None) -> Path:
     """The runtime's aarch64 wheel from PyPI, unpacked into a directory for PYTHONPATH."""
     (runtime,) = check_runtimes((runtime,))
-    cache = Path(cache or cache_dir())
+    cache = Path(cache or pi_cache_dir())
     site = cache / f"site-{runtime.value}"
     if (site / READY).is_file():
         return site

@@ -25,6 +25,7 @@ from edgebn.convert import (
     ConversionResult,
     Converted,
     ConvertOptions,
+    convert_model,
     to_tflite,
 )
 from edgebn.data.dataset import Dataset, DataSpec
@@ -37,10 +38,9 @@ from edgebn.runtime.timing import BenchSettings
 from edgebn.runtime.verify import verify
 from edgebn.stages import SILENT, Progress, Stages, atomic_path, recover_dir, relocated, staged_dir
 from edgebn.tensors import CHECK_SAMPLES
-from edgebn.tflite.residue import inspect_model
 from edgebn.train.training import TrainConfig, TrainResult, given_model, train
 from edgebn.zoo.keras_io import save_keras
-from edgebn.zoo.models import is_backbone
+from edgebn.zoo.models import arch_spec
 
 
 @dataclass(frozen=True)
@@ -206,7 +206,7 @@ def _train(config: BuildConfig, ds: Dataset,
         trained = train(ds, tc, stages.progress)
         save_keras(trained.model, config.out / "model.keras")
     twin = None
-    if config.twin and tc.bn and not is_backbone(tc.arch):  # backbones: fold_gain is the cost
+    if config.twin and tc.bn and arch_spec(tc.arch).twin:  # backbones: fold_gain is the cost
         with stages.stage("twin", "the BN-free twin, the benchmark's baseline"):
             twin = train(ds, replace(tc, bn=False), stages.progress)
             save_keras(twin.model, config.out / "twin.keras")
@@ -215,40 +215,33 @@ def _train(config: BuildConfig, ds: Dataset,
 
 def _convert(config: BuildConfig, ds: Dataset, trained: TrainResult, twin: TrainResult | None,
              stages: Stages) -> tuple[ConversionResult, Converted | None, Float32Beside | None]:
-    """Fold, convert (and the twin, and float32 beside a quantized file), inspect."""
-    from edgebn.fold.keras_fold import all_bn_layer_names, fold_model
+    """Fold, convert, inspect (convert_model); the twin, and float32 beside a quantized file.
 
+    The build's calibration policy: the first training samples, whatever the mode.
+    """
     options, out = config.convert, config.out
     representative = ds.x_train[:REPRESENTATIVE_SAMPLES]
-    bn_layers = all_bn_layer_names(trained.model)
-    folded = None
-    if options.fold and bn_layers:
-        with stages.stage("fold", f"{len(bn_layers)} BN layers, checked on the test split"):
-            folded = fold_model(trained.model, ds.x_test[:CHECK_SAMPLES], options.tolerance,
-                                inputs=f"{ds.name} test split")
-            save_keras(folded.model, out / "folded.keras")
-    with stages.stage("convert", f"quantize {options.quantize.value}"):
-        only = None
-        if folded is not None:
-            only = to_tflite(trained.model, out / "converter_only.tflite", options.quantize,
-                             representative)
-        converted = to_tflite(folded.model if folded else trained.model, out / "model.tflite",
-                              options.quantize, representative)
-        twin_tflite = None if twin is None else to_tflite(
-            twin.model, out / "twin.tflite", options.quantize, representative)
-        float32 = None if options.quantize not in FLOAT32_BESIDE else to_tflite(
-            folded.model if folded else trained.model, out / FLOAT32_FILE)  # the same model
-    with stages.stage("inspect", "BN residue in model.tflite"):
-        conversion = ConversionResult(
-            converted, inspect_model(converted.model, bn_layers), folded,
-            None if only is None else inspect_model(only.model, bn_layers), "model.keras")
-    beside = None
-    if float32 is not None:  # side by side with the quantized file in the report
-        with stages.stage("float32", f"{FLOAT32_FILE} against Keras, beside "
-                                     f"{options.quantize.value}"):
-            beside = Float32Beside(float32, verify(float32.model, *ds.test_split,
-                                                   trained.model, config.runtime))
-    return conversion, twin_tflite, beside
+    conversion = convert_model(
+        trained.model, out / "model.tflite", options, representative,
+        fold_inputs=(ds.x_test[:CHECK_SAMPLES], f"{ds.name} test split"),
+        converter_only_out=out / "converter_only.tflite", folded_out=out / "folded.keras",
+        stages=stages)
+    conversion = replace(conversion, source="model.keras")
+    beside = options.quantize in FLOAT32_BESIDE
+    twin_tflite, float32 = None, None
+    if twin is not None or beside:
+        with stages.stage("convert", ", ".join(
+                ["twin.tflite"] * (twin is not None) + [FLOAT32_FILE] * beside)):
+            twin_tflite = None if twin is None else to_tflite(
+                twin.model, out / "twin.tflite", options.quantize, representative)
+            float32 = None if not beside else to_tflite(  # the same (folded) model, unquantized
+                conversion.fold.model if conversion.fold else trained.model, out / FLOAT32_FILE)
+    if float32 is None:
+        return conversion, twin_tflite, None
+    with stages.stage("float32", f"{FLOAT32_FILE} against Keras, beside "
+                                 f"{options.quantize.value}"):  # side by side in the report
+        verified = verify(float32.model, *ds.test_split, trained.model, config.runtime)
+    return conversion, twin_tflite, Float32Beside(float32, verified)
 
 
 def _bench(config: BuildConfig, ds: Dataset, trained: TrainResult, twin: TrainResult | None,

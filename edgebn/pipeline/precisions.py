@@ -15,13 +15,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from edgebn.bench.run import BenchResult
-from edgebn.convert import Converted, Quantize
+from edgebn.choices import QUANTIZE_MODES, Quantize
+from edgebn.convert import Converted
 from edgebn.runtime.timing import CostStats, TFLiteStats
 from edgebn.runtime.verify import VerifyResult
 from edgebn.tflite.reader import TFLiteModel
 
 FLOAT32_FILE = "model_float32.tflite"
-FLOAT32_BESIDE = (Quantize.int8,)  # quantize modes whose build also keeps FLOAT32_FILE
+# quantize modes whose build also keeps FLOAT32_FILE: the rows' float32_beside
+FLOAT32_BESIDE = tuple(Quantize(s.name) for s in QUANTIZE_MODES if s.float32_beside)
 
 
 @dataclass(frozen=True)

@@ -50,8 +50,6 @@ class Backend(str, Enum):
     tensorflow = "tensorflow"
 
 
-DEVICE_BACKENDS = (Backend.ai_edge_litert, Backend.tflite_runtime)  # what a Pi can install
-
 _MODULES = {
     Backend.ai_edge_litert: ("ai_edge_litert.interpreter", "ai-edge-litert", "ai_edge_litert"),
     Backend.tflite_runtime: ("tflite_runtime.interpreter", "tflite-runtime", "tflite_runtime"),

@@ -17,7 +17,7 @@ import numpy as np
 
 from edgebn.errors import EdgebnError
 from edgebn.runtime.backends import interpreter_errors, load_interpreter
-from edgebn.runtime.timing import Latency
+from edgebn.runtime.timing import BenchSettings, Latency
 from edgebn.tflite.reader import TFLiteModel
 
 ROUNDS = 8  # every interpreter is timed in this many blocks, taking turns
@@ -25,7 +25,7 @@ MIN_RUNS = 16  # timed runs per interpreter at the least
 WARMUP_RUNS = 5
 
 
-def capture(model: TFLiteModel, settings: Any, feeds: list[np.ndarray]) -> Any:
+def capture(model: TFLiteModel, settings: BenchSettings, feeds: list[np.ndarray]) -> Any:
     """One reference run of the whole model with every tensor kept; None if that fails."""
     try:  # reference kernels: a delegate would not keep its tensors
         with warnings.catch_warnings():
@@ -68,7 +68,7 @@ def _whole_input(detail: dict[str, Any]) -> np.ndarray:
 class Timed:
     """One loaded interpreter with its inputs set, timed in blocks of invoke() calls."""
 
-    def __init__(self, model: TFLiteModel, settings: Any,  # noqa: PLR0913
+    def __init__(self, model: TFLiteModel, settings: BenchSettings,  # noqa: PLR0913
                  feeds: list[np.ndarray | None], budget_s: float, whole: bool = False,
                  checked: bool = True) -> None:
         """``checked=False``: a model edgebn made (one operator of a preflighted model)."""

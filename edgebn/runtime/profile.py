@@ -28,15 +28,14 @@ is no longer its output's), the profile stands without it: ``residue_cost`` is n
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from edgebn.errors import EdgebnError
-from edgebn.runtime.backends import Backend
 from edgebn.runtime.op_timing import ROUNDS, Timed, capture, captured
 from edgebn.runtime.opdiff import OpDiff, diff_operators
-from edgebn.runtime.timing import Latency
+from edgebn.runtime.timing import BenchSettings, Latency
 from edgebn.tflite.reader import TFLiteModel, as_tflite, parse_tflite
 from edgebn.tflite.writer import empty_model
 
@@ -49,24 +48,28 @@ RESIDUE_NOTE = "an estimate: the bypassed graph computes different outputs"
 
 
 @dataclass(frozen=True)
-class ProfileSettings:
-    threads: int = 1
-    backend: Backend = Backend.auto
-    xnnpack: bool = True
-    min_time_s: float = 1.0  # timed seconds for the whole model; the operators share as much
+class ProfileSettings(BenchSettings):
+    """What ``edgebn bench`` takes (one type: the same fields and checks), plus ``residue``.
+
+    ``threads``, ``backend``, ``xnnpack`` and ``min_time_s`` (timed seconds for the whole
+    model; the operators share as much) set the profile; the residue cost is timed with
+    these and ``warmup``. A profile times one sample at a time, by the clock, in this
+    process: ``batch``, ``runs`` and ``isolate`` other than their defaults are refused.
+    """
+
+    cost: bool = False  # a profile reports no ceiling: no probe is run
     residue: bool = True  # time the graph with its residual BN pairs bypassed (residue cost)
 
     def validate(self) -> None:
-        if self.threads < 1:
-            raise EdgebnError(f"threads must be >= 1. Received: {self.threads}")
-        if not self.min_time_s > 0:
-            raise EdgebnError(f"min_time_s must be > 0. Received: {self.min_time_s}")
+        super().validate()
+        for name, allowed in (("batch", 1), ("runs", None), ("isolate", False)):
+            if getattr(self, name) != allowed:
+                raise EdgebnError(f"a profile times with {name}={allowed}. "
+                                  f"Received: {getattr(self, name)}")
 
-    def bench_settings(self) -> Any:
-        from edgebn.runtime.timing import BenchSettings
-
-        return BenchSettings(threads=self.threads, backend=self.backend, xnnpack=self.xnnpack,
-                             min_time_s=self.min_time_s, cost=False)
+    def bench_settings(self) -> BenchSettings:
+        """The same settings as a plain BenchSettings (without ``residue``)."""
+        return BenchSettings(**{f.name: getattr(self, f.name) for f in fields(BenchSettings)})
 
 
 @dataclass(frozen=True)
@@ -301,7 +304,7 @@ def residue_cost(model: TFLiteModel | str | Path, settings: ProfileSettings = Pr
     if not pairs:
         return None
     bypassed = parse_tflite(bypass_pairs(model, pairs), f"{model.path} (residual BN bypassed)")
-    stats, base = bench_tflite(model, settings.bench_settings(), baseline=bypassed)
+    stats, base = bench_tflite(model, settings, baseline=bypassed)
     return ResidueCost(len(pairs), stats.latency_us.p50, base.latency_us.p50)
 
 

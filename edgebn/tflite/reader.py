@@ -171,6 +171,15 @@ class TFLiteModel:
     def graph_bytes(self) -> int:
         return self.size_bytes - self.weight_bytes
 
+    @property
+    def buffer_count(self) -> int:
+        return len(self._buffers)
+
+    def buffer_bytes(self, index: int) -> bytes:
+        """Buffer ``index``'s bytes (empty for a tensor the runtime computes), wherever stored."""
+        start, length = self._buffers[index]
+        return self._data[start:start + length]
+
     def op_counts(self) -> dict[str, int]:
         return dict(sorted(Counter(op.op for sg in self.subgraphs for op in sg.operators).items()))
 

@@ -1,10 +1,12 @@
-"""Rewrite a .tflite flatbuffer without TensorFlow: one operator on its own, BN pairs bypassed.
+"""The one .tflite flatbuffer writer: models built from scratch, operators alone, BN pairs bypassed.
 
-Both rewrites go through the schema's object API (``ModelT``) on a file that
-:func:`edgebn.tflite.reader.parse_tflite` has already bounds-checked, and take every
-constant from the parsed file's own bytes (so buffers stored after the flatbuffer,
-in files over 2 GB, come along too). Constant data is written 16-byte aligned, as
-the converter writes it.
+Every flatbuffer edgebn writes is packed here (:func:`pack`), through the schema's object
+API (``ModelT``), without TensorFlow. Constant data is written 16-byte aligned, as the
+converter writes it (:class:`Buffer`). A rewrite starts from a file that
+:func:`edgebn.tflite.reader.parse_tflite` has already bounds-checked and takes every
+constant from the parsed file's own bytes (:func:`buffers_of`: buffers stored after the
+flatbuffer, in files over 2 GB, come along too); a model built from scratch (the ceiling
+probe, the empty ``invoke()``) is a :class:`Graph` of tensors, constants and operators.
 
 * :func:`single_op` — the operator ``op`` of subgraph ``s`` as a model of its own: the
   same operator code and options, the same tensors (shapes, dtypes, quantization) and
@@ -18,13 +20,14 @@ the converter writes it.
   other reader and that operator can carry one, else as its own operator ``y = act(x)``,
   which is what the converter makes of the model with the BN layer deleted. Its outputs
   differ from the original's; it is a cost estimate.
+* :func:`empty_model` (what an empty ``invoke()`` costs) and :func:`strip_names`.
 """
 
 from __future__ import annotations
 
 import copy
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,10 +39,10 @@ from edgebn.tflite.reader import FILE_IDENTIFIER, TFLiteModel, schema
 BUFFER_ALIGN = 16  # bytes; the converter aligns constant data the same way
 
 
-class _Buffer:
+class Buffer:
     """A BufferT stand-in whose data vector starts on a BUFFER_ALIGN boundary."""
 
-    def __init__(self, raw: bytes) -> None:
+    def __init__(self, raw: bytes = b"") -> None:
         self.raw = raw
 
     def Pack(self, builder) -> int:  # noqa: N802 - the object API's method name
@@ -58,9 +61,91 @@ class _Buffer:
         return s.BufferEnd(builder)
 
 
-def _raw(model: TFLiteModel, buffer: int) -> bytes:
-    start, length = model._buffers[buffer]
-    return model.data[start:start + length]
+def buffers_of(model: TFLiteModel) -> list[Buffer]:
+    """Every buffer of a parsed model with its bytes, to write into a rewrite of it."""
+    return [Buffer(model.buffer_bytes(i)) for i in range(model.buffer_count)]
+
+
+def pack(m: Any) -> bytes:
+    """A ``ModelT`` as .tflite bytes (file identifier TFL3); its buffers are :class:`Buffer`."""
+    import flatbuffers
+
+    size = sum(len(getattr(b, "raw", b"")) for b in m.buffers or [])
+    builder = flatbuffers.Builder(size + 4096)
+    builder.Finish(m.Pack(builder), file_identifier=FILE_IDENTIFIER)
+    return bytes(builder.Output())
+
+
+def operator_code(builtin: str) -> Any:
+    """The ``OperatorCodeT`` of builtin operator ``builtin`` (a name: ``"CONV_2D"``), version 1."""
+    code = schema().OperatorCodeT()
+    code.builtinCode = getattr(schema().BuiltinOperator, builtin)
+    code.deprecatedBuiltinCode, code.version = min(code.builtinCode, 127), 1
+    return code
+
+
+class Graph:
+    """A one-subgraph model under construction: tensors, their constants, operators.
+
+    Buffer 0 is the empty one, which every tensor the runtime computes points at.
+    """
+
+    def __init__(self) -> None:
+        self.buffers: list[Buffer] = [Buffer()]
+        self.tensors: list[Any] = []
+        self.operators: list[Any] = []
+        self.codes: list[Any] = []
+
+    def add_buffer(self, raw: bytes) -> int:
+        self.buffers.append(Buffer(raw))
+        return len(self.buffers) - 1
+
+    def add_tensor(self, tensor: Any) -> int:
+        """Add a ``TensorT`` as it is (its ``buffer`` an index of this graph's); its index."""
+        self.tensors.append(tensor)
+        return len(self.tensors) - 1
+
+    def tensor(self, shape: Sequence[int], dtype: str = "FLOAT32", data: Any = None,
+               name: str | None = None) -> int:
+        """A new tensor; with ``data`` (bytes, or an array already of the stored dtype and
+        byte order) a constant. Its index."""
+        t = schema().TensorT()
+        t.shape, t.type, t.name = list(shape), getattr(schema().TensorType, dtype), name
+        t.buffer = 0 if data is None else self.add_buffer(
+            data if isinstance(data, bytes) else np.ascontiguousarray(data).tobytes())
+        return self.add_tensor(t)
+
+    def add_operator(self, op: Any, code: Any) -> int:
+        """Add an ``OperatorT`` as it is, but for its operator code (``OperatorCodeT``)."""
+        same = [i for i, c in enumerate(self.codes) if c is code]
+        if not same:
+            self.codes.append(code)
+        op.opcodeIndex = same[0] if same else len(self.codes) - 1
+        self.operators.append(op)
+        return len(self.operators) - 1
+
+    def operator(self, builtin: str, inputs: Sequence[int], outputs: Sequence[int],
+                 options: Any = None) -> int:
+        """A builtin operator (``"ADD"``) with its options (an ``AddOptionsT``, or None)."""
+        s = schema()
+        op = s.OperatorT()
+        op.inputs, op.outputs = list(inputs), list(outputs)
+        if options is not None:
+            op.builtinOptionsType = getattr(s.BuiltinOptions, type(options).__name__[:-1])
+            op.builtinOptions = options
+        known = [c for c in self.codes if c.builtinCode == getattr(s.BuiltinOperator, builtin)]
+        return self.add_operator(op, known[0] if known else operator_code(builtin))
+
+    def pack(self, inputs: Sequence[int], outputs: Sequence[int], name: str | None = None,
+             version: int = 3) -> bytes:
+        """The model: this graph as its one subgraph, reading ``inputs``, making ``outputs``."""
+        s = schema()
+        sg = s.SubGraphT()
+        sg.tensors, sg.operators, sg.name = self.tensors, self.operators, name
+        sg.inputs, sg.outputs = list(inputs), list(outputs)
+        m = s.ModelT()
+        m.version, m.operatorCodes, m.subgraphs, m.buffers = version, self.codes, [sg], self.buffers
+        return pack(m)
 
 
 def unpack(model: TFLiteModel) -> Any:
@@ -75,14 +160,6 @@ def unpack(model: TFLiteModel) -> Any:
             RecursionError, MemoryError, AttributeError) as exc:
         raise InvalidModelError(f"{model.path}: invalid TFLite model: {type(exc).__name__} "
                                 f"while decoding its operators ({exc})") from None
-
-
-def _pack(m: Any, size_hint: int) -> bytes:
-    import flatbuffers
-
-    builder = flatbuffers.Builder(size_hint + 4096)
-    builder.Finish(m.Pack(builder), file_identifier=FILE_IDENTIFIER)
-    return bytes(builder.Output())
 
 
 def calls_subgraphs(op: Any) -> bool:
@@ -109,7 +186,6 @@ def single_op(model: TFLiteModel, unpacked: Any, subgraph: int, index: int,
     them (the float32 weights a DEQUANTIZE makes of float16 ones once, at load).
     """
     frozen = frozen or {}
-    s = schema()
     if not 0 <= subgraph < len(model.subgraphs) or \
             not 0 <= index < len(model.subgraphs[subgraph].operators):
         raise EdgebnError(f"{model.path}: no operator {index} in subgraph {subgraph}; it has "
@@ -125,34 +201,26 @@ def single_op(model: TFLiteModel, unpacked: Any, subgraph: int, index: int,
     used = [int(t) for t in (*op.inputs, *op.outputs, *intermediates) if t >= 0]
     order = list(dict.fromkeys(used))
     remap = {old: new for new, old in enumerate(order)}
-    buffers: list[Any] = [_Buffer(b"")]
-    tensors = []
+    graph = Graph()
     for old in order:
         t = copy.copy(sg.tensors[old])
         t.buffer = 0
-        if parsed.tensors[old].is_constant or old in frozen:
-            raw = (np.ascontiguousarray(frozen[old]).tobytes() if old in frozen
-                   else _raw(model, parsed.tensors[old].buffer))
-            buffers.append(_Buffer(raw))
-            t.buffer = len(buffers) - 1
-        tensors.append(t)
+        if old in frozen:
+            t.buffer = graph.add_buffer(np.ascontiguousarray(frozen[old]).tobytes())
+        elif parsed.tensors[old].is_constant:
+            t.buffer = graph.add_buffer(model.buffer_bytes(parsed.tensors[old].buffer))
+        graph.add_tensor(t)
     one = copy.copy(op)
-    one.opcodeIndex = 0
     one.inputs = [remap[int(t)] if t >= 0 else -1 for t in op.inputs]
     one.outputs = [remap[int(t)] if t >= 0 else -1 for t in op.outputs]
     one.intermediates = [remap[t] for t in intermediates] or None
+    graph.add_operator(one, unpacked.operatorCodes[op.opcodeIndex])
     inputs = tuple(t for t in dict.fromkeys(int(i) for i in op.inputs)
                    if t >= 0 and not parsed.tensors[t].is_constant and t not in frozen
                    and not sg.tensors[t].isVariable)
-    new_sg = s.SubGraphT()
-    new_sg.tensors, new_sg.operators = tensors, [one]
-    new_sg.inputs = [remap[t] for t in inputs]
-    new_sg.outputs = [remap[int(t)] for t in op.outputs if t >= 0]
-    new_sg.name = f"op{index}"
-    m = s.ModelT()
-    m.version, m.operatorCodes = unpacked.version or 3, [unpacked.operatorCodes[op.opcodeIndex]]
-    m.subgraphs, m.buffers = [new_sg], buffers
-    return OneOp(_pack(m, sum(len(b.raw) for b in buffers)), inputs)
+    data = graph.pack([remap[t] for t in inputs], [remap[int(t)] for t in op.outputs if t >= 0],
+                      name=f"op{index}", version=unpacked.version or 3)
+    return OneOp(data, inputs)
 
 
 def _resolve(target: dict[int, int], t: int) -> int:
@@ -172,8 +240,8 @@ def bypass_pairs(model: TFLiteModel, pairs: Iterable[tuple[int, int, int]]) -> b
         by_subgraph.setdefault(sg_index, []).append((mul, add))
     for sg_index, sg_pairs in by_subgraph.items():
         _bypass_in(model, m, sg_index, sg_pairs)
-    m.buffers = [_Buffer(_raw(model, i)) for i in range(len(model._buffers))]
-    return _pack(m, model.size_bytes)
+    m.buffers = buffers_of(model)
+    return pack(m)
 
 
 # the activation a converter fuses into an ADD -> the builtin operator that computes it alone
@@ -203,9 +271,7 @@ def _as_activation(m: Any, op: Any, name: str, x: int) -> None:
     codes = [i for i, c in enumerate(m.operatorCodes)
              if max(c.builtinCode, c.deprecatedBuiltinCode) == builtin]
     if not codes:
-        code = s.OperatorCodeT()
-        code.builtinCode, code.deprecatedBuiltinCode, code.version = builtin, min(builtin, 127), 1
-        m.operatorCodes.append(code)
+        m.operatorCodes.append(operator_code(_ACTIVATION_OPS[name]))
         codes = [len(m.operatorCodes) - 1]
     op.opcodeIndex, op.inputs = codes[0], [x]
     op.builtinOptionsType, op.builtinOptions = 0, None
@@ -273,35 +339,22 @@ def _bypass_in(model: TFLiteModel, m: Any, sg_index: int, pairs: list[tuple[int,
 
 def empty_model() -> bytes:
     """One ADD of two one-element float32 tensors: what an ``invoke()`` costs with no work."""
-    s = schema()
-    tensors = []
-    for i in range(3):
-        t = s.TensorT()
-        t.shape, t.type, t.buffer, t.name = [1], s.TensorType.FLOAT32, 0, f"t{i}"
-        tensors.append(t)
-    op = s.OperatorT()
-    op.opcodeIndex, op.inputs, op.outputs = 0, [0, 1], [2]
-    op.builtinOptionsType, op.builtinOptions = s.BuiltinOptions.AddOptions, s.AddOptionsT()
-    sg = s.SubGraphT()
-    sg.tensors, sg.operators, sg.inputs, sg.outputs = tensors, [op], [0, 1], [2]
-    code = s.OperatorCodeT()
-    code.builtinCode = code.deprecatedBuiltinCode = s.BuiltinOperator.ADD
-    code.version = 1
-    m = s.ModelT()
-    m.version, m.operatorCodes, m.subgraphs, m.buffers = 3, [code], [sg], [_Buffer(b"")]
-    return _pack(m, 0)
+    graph = Graph()
+    a, b, y = (graph.tensor([1], name=f"t{i}") for i in range(3))
+    graph.operator("ADD", [a, b], [y], schema().AddOptionsT())
+    return graph.pack([a, b], [y])
 
 
 def strip_names(data: bytes) -> bytes:
     """The same model with every tensor and subgraph name and signature removed.
 
-    Re-packs through the schema's object API. Useful to check that analysis does
-    not lean on names, and to ship a model that leaks no layer names.
+    Useful to check that analysis does not lean on names, and to ship a model that
+    leaks no layer names.
     """
     from edgebn.tflite.reader import parse_tflite
 
-    parse_tflite(data)  # refuse invalid input before the unchecked object API sees it
-    model = schema().ModelT.InitFromPackedBuf(bytearray(data), 0)
+    parsed = parse_tflite(data)  # refuse invalid input before the unchecked object API sees it
+    model = unpack(parsed)
     for sg in model.subgraphs or []:
         sg.name = None
         for t in sg.tensors or []:
@@ -309,4 +362,5 @@ def strip_names(data: bytes) -> bytes:
     model.signatureDefs = None
     model.metadata = None
     model.metadataBuffer = None
-    return _pack(model, len(data))
+    model.buffers = buffers_of(parsed)
+    return pack(model)

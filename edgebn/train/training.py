@@ -10,15 +10,16 @@ from typing import Any
 
 from edgebn.data.dataset import Dataset, DataSpec
 from edgebn.errors import EdgebnError
+from edgebn.fold.keras_fold import all_bn_layer_names
 from edgebn.stages import SILENT, Progress, timed
 from edgebn.train.distribute import SINGLE, Distribution, Strategy, distribution
 from edgebn.zoo.keras_io import load_keras, save_keras
-from edgebn.zoo.models import Arch, build_model, is_backbone
+from edgebn.zoo.models import BACKBONE_NAMES, DEFAULT_ARCH, Arch, arch_spec, build_model, is_backbone
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    arch: Arch = Arch.cnn
+    arch: Arch = DEFAULT_ARCH
     bn: bool = True
     epochs: int = 40
     batch_size: int = 32
@@ -31,8 +32,8 @@ class TrainConfig:
     strategy: Strategy = Strategy.none
     replicas: int | None = None  # mirrored: devices to use (default: every GPU, or 2 CPUs)
 
-    def __post_init__(self) -> None:  # "cnn" as well as Arch.cnn
-        object.__setattr__(self, "arch", Arch(self.arch))
+    def __post_init__(self) -> None:  # "cnn" as well as Arch.cnn; any other refused
+        object.__setattr__(self, "arch", Arch(arch_spec(self.arch).name))
         object.__setattr__(self, "strategy", Strategy(self.strategy))
 
     def validate(self) -> None:
@@ -45,19 +46,19 @@ class TrainConfig:
             raise EdgebnError(f"fine-tune epochs must be >= 0. Received: {self.fine_tune_epochs}")
         if not self.alpha > 0:
             raise EdgebnError(f"alpha must be > 0. Received: {self.alpha}")
+        if not self.bn and not arch_spec(self.arch).twin:
+            raise EdgebnError(f"{self.arch.value} is a pretrained backbone: it has no "
+                              "BN-free twin (drop --no-bn)")
         if is_backbone(self.arch):
             from edgebn.zoo.backbones import check_weights
 
-            if not self.bn:
-                raise EdgebnError(f"{self.arch.value} is a pretrained backbone: it has no "
-                                  "BN-free twin (drop --no-bn)")
             check_weights(self.weights)
             return
         for given, what in ((self.alpha != 1.0, "--alpha"), (self.weights != "none", "--weights"),
                             (self.fine_tune_epochs > 0, "--fine-tune-epochs")):
             if given:
-                raise EdgebnError(f"{what} is for the backbones (mobilenet-v2, "
-                                  f"mobilenet-v3-small, efficientnet-b0), not {self.arch.value}")
+                raise EdgebnError(f"{what} is for the backbones ({BACKBONE_NAMES}), "
+                                  f"not {self.arch.value}")
 
     def data_for(self, data: DataSpec) -> DataSpec:
         """The data spec this model trains on (a backbone: RGB, 96 px, raw pixels)."""
@@ -109,8 +110,6 @@ class TrainResult:
     @property
     def bn_layers(self) -> list[str]:
         """Every BN layer, at any depth (a nested backbone's too), by its own name."""
-        from edgebn.fold.keras_fold import all_bn_layer_names
-
         return all_bn_layer_names(self.model)
 
     def to_json(self) -> dict[str, Any]:

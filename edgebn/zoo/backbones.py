@@ -19,48 +19,29 @@ inside the application; MobileNetV2 gets a ``Rescaling`` to [-1, 1] in front.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from edgebn.data.dataset import DataSpec
 from edgebn.data.images import Color
 from edgebn.errors import EdgebnError
-from edgebn.zoo.models import Arch
+from edgebn.zoo.models import BACKBONES, Arch  # the backbones are rows of edgebn.zoo.models
 
-DEFAULT_IMAGE_SIZE = 96
-MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 32, 224
 FINE_TUNE_FRACTION = 0.3  # the top share of the backbone's layers that fine-tuning unfreezes
 FINE_TUNE_LR_DIVISOR = 30.0  # fine-tuning's learning rate: the head's over this
 BACKBONE_NAME = "backbone"  # the nested application model's name inside the built model
 
 
-@dataclass(frozen=True)
-class Backbone:
-    application: str  # the keras.applications function
-    alpha: bool  # takes a width multiplier
-    rescale: bool  # needs a Rescaling to [-1, 1] in front (it does not normalize itself)
-    summary: str
-
-
-BACKBONES: dict[Arch, Backbone] = {
-    Arch.mobilenet_v2: Backbone("MobileNetV2", True, True,
-                                "MobileNetV2 backbone (keras.applications), GAP, Dropout, Dense"),
-    Arch.mobilenet_v3_small: Backbone("MobileNetV3Small", True, False,
-                                      "MobileNetV3Small backbone, GAP, Dropout, Dense"),
-    Arch.efficientnet_b0: Backbone("EfficientNetB0", False, False,
-                                   "EfficientNetB0 backbone, GAP, Dropout, Dense"),
-}
-
-
 def data_for(arch: Arch, data: DataSpec) -> DataSpec:
-    """The data spec a backbone needs: RGB, 96 px unless given, raw pixels unless declared."""
+    """The data spec a backbone needs: RGB, its size unless given, raw pixels unless declared."""
+    spec = BACKBONES[Arch(arch)]
     if data.color is Color.grayscale:
         raise EdgebnError(f"{arch.value} takes RGB images: drop --color grayscale")
-    size = data.image_size or DEFAULT_IMAGE_SIZE
-    if not MIN_IMAGE_SIZE <= size <= MAX_IMAGE_SIZE:
-        raise EdgebnError(f"{arch.value}: --image-size must be {MIN_IMAGE_SIZE} to "
-                          f"{MAX_IMAGE_SIZE}. Received: {size}")
+    size = data.image_size or spec.image_size
+    if not spec.min_size <= size <= spec.max_size:
+        raise EdgebnError(f"{arch.value}: --image-size must be {spec.min_size} to "
+                          f"{spec.max_size}. Received: {size}")
     if data.npz is None and data.data_dir is None:
         raise EdgebnError(f"{arch.value} trains on RGB images: give --data-dir (one sub-folder "
                           "per class) or --data x.npz")

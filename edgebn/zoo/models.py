@@ -1,4 +1,8 @@
-"""The model zoo: name -> builder, each with a BN-free twin of the same widths.
+"""The archs, one :class:`ArchSpec` row each: the small zoo models and the backbones.
+
+Adding an arch is one row in :data:`ARCHS`: the :class:`Arch` enum (the CLI's ``--arch``
+choices), ``ZOO``, ``BACKBONES``, the size limits and the option checks derive from it.
+A small zoo model has a builder, and a BN-free twin of the same widths.
 
 BN layers are named ``bn1``, ``bn2``, ... so that the converter's tensor names
 map back to them unambiguously. The twin (``bn=False``) drops every BN and gives
@@ -9,32 +13,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import Enum
 from typing import Any
 
-
-class Arch(str, Enum):
-    mlp = "mlp"
-    mlp_prebn = "mlp-prebn"
-    cnn = "cnn"
-    mobilenet_v2 = "mobilenet-v2"  # keras.applications backbones: edgebn.zoo.backbones
-    mobilenet_v3_small = "mobilenet-v3-small"
-    efficientnet_b0 = "efficientnet-b0"
-
-
-DEFAULT_ARCH = Arch.cnn
-BACKBONE_ARCHS = frozenset({Arch.mobilenet_v2, Arch.mobilenet_v3_small, Arch.efficientnet_b0})
-
-
-def is_backbone(arch: Arch | str) -> bool:
-    """A pretrained keras.applications backbone with a new head (edgebn.zoo.backbones)."""
-    return Arch(arch) in BACKBONE_ARCHS
-
-
-@dataclass(frozen=True)
-class ArchSpec:
-    build: Callable[..., Any]
-    summary: str
+from edgebn.choices import by_name, choice_enum, pick
+from edgebn.errors import EdgebnError
 
 
 def _namer():
@@ -104,25 +86,72 @@ def _cnn(input_shape, classes: int, bn: bool):
     return Model(inputs, outputs, name="cnn" if bn else "cnn_nobn")
 
 
-ZOO: dict[Arch, ArchSpec] = {
-    Arch.mlp: ArchSpec(_mlp, "Flatten, BN, Dense(300, relu), BN, Dense(100, relu), BN, softmax"),
-    Arch.mlp_prebn: ArchSpec(_mlp_prebn, "Dense(no bias) -> BN -> ReLU x2, softmax"),
-    Arch.cnn: ArchSpec(_cnn, "Conv(no bias)-BN-ReLU, depthwise-separable block, Conv, GAP, Dense"),
-}
+@dataclass(frozen=True)
+class Backbone:
+    """A keras.applications backbone with a new head (built by edgebn.zoo.backbones)."""
+
+    application: str  # the keras.applications function
+    alpha: bool = False  # takes a width multiplier
+    rescale: bool = False  # needs a Rescaling to [-1, 1] in front (it does not normalize itself)
+    image_size: int = 96  # the default side of its RGB images
+    min_size: int = 32  # the sides it is built at
+    max_size: int = 224
 
 
-def build_model(arch: Arch | str, input_shape, classes: int, bn: bool = True):
+@dataclass(frozen=True)
+class ArchSpec:
+    """One arch: a small zoo model (``build``, with a BN-free twin) or a ``backbone``."""
+
+    name: str
+    summary: str
+    build: Callable[..., Any] | None = None  # build(input_shape, classes, bn)
+    backbone: Backbone | None = None
+
+    @property
+    def twin(self) -> bool:
+        """Has a BN-free twin of the same widths (``bn=False``): the small zoo models."""
+        return self.build is not None
+
+
+ARCHS: tuple[ArchSpec, ...] = (
+    ArchSpec("mlp", "Flatten, BN, Dense(300, relu), BN, Dense(100, relu), BN, softmax", _mlp),
+    ArchSpec("mlp-prebn", "Dense(no bias) -> BN -> ReLU x2, softmax", _mlp_prebn),
+    ArchSpec("cnn", "Conv(no bias)-BN-ReLU, depthwise-separable block, Conv, GAP, Dense", _cnn),
+    ArchSpec("mobilenet-v2", "MobileNetV2 backbone (keras.applications), GAP, Dropout, Dense",
+             backbone=Backbone("MobileNetV2", alpha=True, rescale=True)),
+    ArchSpec("mobilenet-v3-small", "MobileNetV3Small backbone, GAP, Dropout, Dense",
+             backbone=Backbone("MobileNetV3Small", alpha=True)),
+    ArchSpec("efficientnet-b0", "EfficientNetB0 backbone, GAP, Dropout, Dense",
+             backbone=Backbone("EfficientNetB0")),
+)
+ARCH = by_name(ARCHS)
+Arch = choice_enum("Arch", ARCHS, __name__)
+DEFAULT_ARCH = Arch.cnn
+ZOO: dict[Any, ArchSpec] = {Arch(s.name): s for s in ARCHS if s.backbone is None}
+BACKBONES: dict[Any, Backbone] = {Arch(s.name): s.backbone for s in ARCHS if s.backbone}
+BACKBONE_ARCHS = frozenset(BACKBONES)
+BACKBONE_NAMES = ", ".join(s.name for s in ARCHS if s.backbone)  # for help and errors
+
+
+def arch_spec(arch: Any) -> ArchSpec:
+    """The row of ``arch`` (a name or an :class:`Arch`); EdgebnError for any other."""
+    return pick(ARCH, arch, "arch")
+
+
+def is_backbone(arch: Any) -> bool:
+    """A pretrained keras.applications backbone with a new head (edgebn.zoo.backbones)."""
+    return arch_spec(arch).backbone is not None
+
+
+def build_model(arch: Any, input_shape, classes: int, bn: bool = True):
     """A fresh, uncompiled Keras model of ``arch`` (its BN-free twin when ``bn`` is False).
 
     The backbones are built by :func:`edgebn.zoo.backbones.build_transfer`.
     """
-    return ZOO[Arch(arch)].build(tuple(input_shape), classes, bn)
-
-
-def bn_layer_names(model) -> list[str]:
-    from keras import layers
-
-    return [layer.name for layer in model.layers if isinstance(layer, layers.BatchNormalization)]
+    spec = arch_spec(arch)
+    if spec.build is None:
+        raise EdgebnError(f"{spec.name} is a backbone: edgebn.zoo.backbones builds it")
+    return spec.build(tuple(input_shape), classes, bn)
 
 
 def input_normalizer(model) -> str | None:
