@@ -22,7 +22,7 @@ def test_build_mobilenet_v2_with_weights_fine_tuned_bundled(photos, mobilenet_we
     """The issue's command: exit 0, a report, a clean BN verdict, a bundle that self-tests."""
     out = tmp_path / "b"
     r = runner.invoke(app, ["build", "--arch", "mobilenet-v2", "--alpha", str(ALPHA),
-                            "--image-size", "96", "--data-dir", str(photos),
+                            "--image-size", "64", "--data-dir", str(photos),
                             "--weights", str(mobilenet_weights_untrained), "--epochs", "2",
                             "--fine-tune-epochs", "1", "--bundle", "--no-bench",
                             "--out", str(out)])
@@ -32,7 +32,7 @@ def test_build_mobilenet_v2_with_weights_fine_tuned_bundled(photos, mobilenet_we
     assert report["model"]["arch"] == "mobilenet-v2" and report["model"]["bn_layers"] == 52
     assert report["model"]["fine_tune_epochs_run"] == 1
     assert report["dataset"]["streamed"] is True
-    assert report["dataset"]["input_shape"] == [96, 96, 3]
+    assert report["dataset"]["input_shape"] == [64, 64, 3]
     assert report["twin"]["available"] is False and "folded" in report["twin"]["reason"]
     assert report["bundle"]["selftest_here"]["passed"] is True
     assert "bench" not in report  # benched backbones: tools/backbone_figures.py, README
@@ -45,7 +45,7 @@ def test_build_mobilenet_v2_from_scratch_int8(photos, tmp_path):
     Each was also run on its own; one build keeps the suite's time."""
     out = tmp_path / "b"
     r = runner.invoke(app, ["build", "--arch", "mobilenet-v2", "--alpha", str(ALPHA),
-                            "--image-size", "96", "--data-dir", str(photos), "--epochs", "1",
+                            "--image-size", "64", "--data-dir", str(photos), "--epochs", "1",
                             "--fine-tune-epochs", "1", "--bundle", "--no-bench", "--weights",
                             "none", "--quantize", "int8", "--out", str(out)])
     assert r.exit_code == 0, r.output
