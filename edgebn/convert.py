@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -121,12 +122,13 @@ def _verdict_json(inspected: InspectResult) -> dict[str, Any]:
             "size_bytes": inspected.model.size_bytes}
 
 
-def convert_model(model: Any, out: str | Path, options: ConvertOptions = ConvertOptions(),
+def convert_model(model: Any, out: str | Path, options: ConvertOptions = ConvertOptions(),  # noqa: PLR0913
                   representative: np.ndarray | None = None,
                   fold_inputs: tuple[np.ndarray, str] | None = None,
                   converter_only_out: str | Path | None = None,
                   folded_out: str | Path | None = None,
-                  stages: Stages | None = None) -> ConversionResult:
+                  stages: Stages | None = None,
+                  also: Callable[[Any], None] | None = None) -> ConversionResult:
     """Convert ``model`` to ``out`` and inspect it; fold its BN in Keras first when asked.
 
     ``representative`` is the caller's calibration policy: the samples a calibrating
@@ -134,7 +136,8 @@ def convert_model(model: Any, out: str | Path, options: ConvertOptions = Convert
     came from) and the folded model saved at ``folded_out`` when given. The unfolded
     model is converted too, so the caller sees the converter's own verdict beside the
     pre-folded one; that file is kept at ``converter_only_out`` or discarded. ``stages``
-    times the fold, convert and inspect stages (a build's).
+    times the fold, convert and inspect stages (a build's); ``also`` runs inside the convert
+    stage with the model that was converted (folded or not): a build's further conversions.
     """
     import tempfile
 
@@ -156,6 +159,8 @@ def convert_model(model: Any, out: str | Path, options: ConvertOptions = Convert
             representative)
         converted = to_tflite(model if folded is None else folded.model, out, options.quantize,
                               representative)
+        if also is not None:
+            also(model if folded is None else folded.model)
     with stages.stage("inspect", f"BN residue in {Path(out).name}"):
         return ConversionResult(converted, inspect_model(converted.model, bn_layers), folded,
                                 None if only is None else inspect_model(only.model, bn_layers))

@@ -12,7 +12,7 @@ from edgebn.runtime.verify import predict_tflite, verify
 from edgebn.tflite.residue import inspect_tflite
 from edgebn.train.training import TrainConfig, train
 from edgebn.zoo.keras_io import load_keras
-from edgebn.zoo.models import BACKBONE_ARCHS, ZOO, Arch, bn_layer_names, build_model
+from edgebn.zoo.models import BACKBONE_ARCHS, ZOO, Arch, build_model
 
 MATRIX = [(a, q) for a, q in itertools.product(ZOO, Quantize)
           if not (a is Arch.mlp_prebn and q is Quantize.float16)]  # keep the suite small
@@ -51,6 +51,13 @@ def test_twin_has_no_bn_and_same_widths(arch):
                         for x in m.layers if hasattr(x, "kernel")]
     assert widths(twin) == widths(with_bn)
     assert set(ZOO) | BACKBONE_ARCHS == set(Arch) and not set(ZOO) & BACKBONE_ARCHS
+
+
+def bn_layer_names(model) -> list[str]:
+    """The model's own BatchNormalization layers, by name (the test's independent look)."""
+    from keras import layers
+
+    return [layer.name for layer in model.layers if isinstance(layer, layers.BatchNormalization)]
 
 
 def test_convert_file_round_trips_a_saved_model(cnn, tmp_path):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -221,21 +222,23 @@ def _convert(config: BuildConfig, ds: Dataset, trained: TrainResult, twin: Train
     """
     options, out = config.convert, config.out
     representative = ds.x_train[:REPRESENTATIVE_SAMPLES]
+    beside = options.quantize in FLOAT32_BESIDE
+    made: dict[str, Converted] = {}
+
+    def twin_and_float32(converted_model: Any) -> None:  # inside the convert stage
+        if twin is not None:
+            made["twin"] = to_tflite(twin.model, out / "twin.tflite", options.quantize,
+                                     representative)
+        if beside:  # the same (folded) model, unquantized
+            made["float32"] = to_tflite(converted_model, out / FLOAT32_FILE)
+
     conversion = convert_model(
         trained.model, out / "model.tflite", options, representative,
         fold_inputs=(ds.x_test[:CHECK_SAMPLES], f"{ds.name} test split"),
         converter_only_out=out / "converter_only.tflite", folded_out=out / "folded.keras",
-        stages=stages)
+        stages=stages, also=twin_and_float32)
     conversion = replace(conversion, source="model.keras")
-    beside = options.quantize in FLOAT32_BESIDE
-    twin_tflite, float32 = None, None
-    if twin is not None or beside:
-        with stages.stage("convert", ", ".join(
-                ["twin.tflite"] * (twin is not None) + [FLOAT32_FILE] * beside)):
-            twin_tflite = None if twin is None else to_tflite(
-                twin.model, out / "twin.tflite", options.quantize, representative)
-            float32 = None if not beside else to_tflite(  # the same (folded) model, unquantized
-                conversion.fold.model if conversion.fold else trained.model, out / FLOAT32_FILE)
+    twin_tflite, float32 = made.get("twin"), made.get("float32")
     if float32 is None:
         return conversion, twin_tflite, None
     with stages.stage("float32", f"{FLOAT32_FILE} against Keras, beside "
