@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from edgebn.bench.keras import KerasStats
+from edgebn.bench.keras import KerasStats, bench_keras_models
 from edgebn.bench.scaling import ThreadScaling, check_thread_counts
 from edgebn.machine import environment
 from edgebn.runtime.measure import time_tflite
@@ -156,7 +156,6 @@ def bench(targets: BenchTargets, settings: BenchSettings = BenchSettings(),
         sg = model.subgraphs[0]
         shape = [settings.batch, *sg.tensors[sg.inputs[0]].shape[1:]]
         x = make_inputs(shape, np.float32, None, 1, data)[0]  # the interpreter's samples
-        from edgebn.bench.keras import bench_keras_models
 
         timed_models = bench_keras_models(keras_models, x, settings)
     env = environment(tfl.backend, tfl.xnnpack, tfl.threads)

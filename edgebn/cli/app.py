@@ -35,10 +35,10 @@ from edgebn.cli.options import (
 )
 from edgebn.cli.perf import register_perf_commands
 from edgebn.cli.ui import StageProgress, print_json, quiet
-from edgebn.convert import ConvertOptions, Quantize  # these import no TensorFlow
+from edgebn.convert import ConvertOptions, Quantize, convert_file
 from edgebn.data.dataset import DatasetName, DataSpec
 from edgebn.runtime.backends import Backend
-from edgebn.train.training import TrainConfig  # no TensorFlow at import
+from edgebn.train.training import TrainConfig, train_to_file
 
 app = typer.Typer(
     cls=OneLineErrors, no_args_is_help=True, add_completion=False,
@@ -113,7 +113,6 @@ def train(
 
     An image folder (--data-dir) is streamed through tf.data, never loaded whole.
     """
-    from edgebn.train.training import train_to_file
 
     with quiet(verbose), StageProgress() as progress:
         result = train_to_file(out, training, data, progress)
@@ -138,7 +137,6 @@ def convert(
     The data options give the int8 calibration samples and the fold's check inputs
     (--data, else the dataset's test split when it fits the model, else random inputs).
     """
-    from edgebn.convert import convert_file
 
     with quiet(verbose):
         result = convert_file(model, out or model.with_suffix(".tflite"),

@@ -35,9 +35,9 @@ from typing import Any
 
 import numpy as np
 
-from edgebn.errors import FoldError, InvalidModelError
+from edgebn.errors import EdgebnError, FoldError, InvalidModelError
 from edgebn.fold.graph import Folder, LayerFold, is_graph_model
-from edgebn.tensors import rows_per_chunk
+from edgebn.tensors import rows_per_chunk, sample_inputs
 
 DEFAULT_TOLERANCE = 1e-5  # |Δ| allowed beyond float32 rounding, relative to the largest |output|
 EXACT_FLOAT64 = 1e-9  # a correct fold's float64 error is float64 rounding: ~1e-15 relative
@@ -347,8 +347,6 @@ def fold_file(model_path: str | Path, out: str | Path, tolerance: float = DEFAUL
     The check runs on ``data`` (a DataSpec): its .npz/.npy inputs, else its test split
     when it fits the model, else random inputs (said so in the result).
     """
-    from edgebn.errors import EdgebnError
-    from edgebn.tensors import sample_inputs
     from edgebn.zoo.keras_io import load_keras, save_keras
 
     if Path(out).suffix != ".keras":

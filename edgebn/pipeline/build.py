@@ -30,7 +30,7 @@ from edgebn.convert import (
     to_tflite,
 )
 from edgebn.data.dataset import Dataset, DataSpec
-from edgebn.deploy.bundle import GOLDEN_SAMPLES, check_bundle_out
+from edgebn.deploy.bundle import GOLDEN_SAMPLES, BundleSource, bundle, check_bundle_out
 from edgebn.errors import DatasetError, EdgebnError
 from edgebn.pipeline.precisions import FLOAT32_BESIDE, FLOAT32_FILE, Float32Beside, float32_models
 from edgebn.pipeline.report import BuildResult, write_report
@@ -41,7 +41,7 @@ from edgebn.stages import SILENT, Progress, Stages, atomic_path, recover_dir, re
 from edgebn.tensors import CHECK_SAMPLES
 from edgebn.train.training import TrainConfig, TrainResult, given_model, train
 from edgebn.zoo.keras_io import save_keras
-from edgebn.zoo.models import arch_spec
+from edgebn.zoo.models import arch_spec, fit_data
 
 
 @dataclass(frozen=True)
@@ -150,7 +150,6 @@ def _given_model(config: BuildConfig, stages: Stages) -> tuple[TrainResult | Non
     """The user's model (``--model``), and the data spec fitted to its input; else (None, data)."""
     if config.model is None:
         return None, config.train.data_for(config.data)
-    from edgebn.zoo.models import fit_data
 
     with stages.stage("load", str(config.model)):
         given = given_model(config.model)
@@ -267,7 +266,6 @@ def _device(config: BuildConfig, result: BuildResult, stages: Stages,
     """The bundle and its emulated self-test, when asked for."""
     if not (config.bundle or config.emulate or config.sign):
         return result
-    from edgebn.deploy.bundle import BundleSource, bundle
 
     with stages.stage("bundle", str(shown / "bundle")):
         source = BundleSource.from_build(result, result.dataset.x_test)

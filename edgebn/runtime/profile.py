@@ -35,9 +35,9 @@ from typing import Any
 from edgebn.errors import EdgebnError
 from edgebn.runtime.op_timing import ROUNDS, Timed, capture, captured
 from edgebn.runtime.opdiff import OpDiff, diff_operators
-from edgebn.runtime.timing import BenchSettings, Latency
+from edgebn.runtime.timing import BenchSettings, Latency, bench_tflite
 from edgebn.tflite.reader import TFLiteModel, as_tflite, parse_tflite
-from edgebn.tflite.writer import empty_model
+from edgebn.tflite.writer import bypass_pairs, empty_model, single_op, unpack
 
 METHOD = "isolated ops"
 OP_MIN_TIME_S = 0.01  # timed seconds per operator at the least
@@ -260,7 +260,6 @@ def _static(sg: Any) -> set[int]:
 def _prepare(model: TFLiteModel, settings: ProfileSettings,
              pairs: list[tuple[int, int, int]]) -> _Prepared:
     from edgebn.tflite.macs import model_cost
-    from edgebn.tflite.writer import single_op, unpack
 
     n_inputs = len(model.subgraphs[0].inputs) if model.subgraphs else 0
     whole = Timed(model, settings, [None] * n_inputs, settings.min_time_s, whole=True)
@@ -296,8 +295,6 @@ def _prepare(model: TFLiteModel, settings: ProfileSettings,
 def residue_cost(model: TFLiteModel | str | Path, settings: ProfileSettings = ProfileSettings(),
                  pairs: list[tuple[int, int, int]] | None = None) -> ResidueCost | None:
     """p50 of ``model`` over p50 of it with its residual BN pairs bypassed; None without residue."""
-    from edgebn.runtime.timing import bench_tflite
-    from edgebn.tflite.writer import bypass_pairs
 
     model = as_tflite(model)
     pairs = residual_pairs(model) if pairs is None else pairs

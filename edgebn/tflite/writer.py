@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from edgebn.errors import EdgebnError, InvalidModelError
-from edgebn.tflite.reader import FILE_IDENTIFIER, TFLiteModel, schema
+from edgebn.tflite.reader import FILE_IDENTIFIER, TFLiteModel, parse_tflite, schema
 
 BUFFER_ALIGN = 16  # bytes; the converter aligns constant data the same way
 
@@ -351,7 +351,6 @@ def strip_names(data: bytes) -> bytes:
     Useful to check that analysis does not lean on names, and to ship a model that
     leaks no layer names.
     """
-    from edgebn.tflite.reader import parse_tflite
 
     parsed = parse_tflite(data)  # refuse invalid input before the unchecked object API sees it
     model = unpack(parsed)
