@@ -198,13 +198,6 @@ def _ssh(target: SshTarget, remote: str, what: str, timeout_s: float = SSH_TIMEO
     return done
 
 
-def _remote_path(path: str) -> str:
-    """``path`` for the device's shell: quoted, with a leading ``~/`` left to mean $HOME."""
-    if path == "~" or path.startswith("~/"):
-        return '"$HOME"' + (shlex.quote(path[1:]) if len(path) > 1 else "")
-    return shlex.quote(path)
-
-
 def prepare(bundle: str | Path, trust: Path | None = None) -> Shipment:
     """Check the bundle here as the device will, and pack it as one tar stream.
 
@@ -250,10 +243,8 @@ def install_trust(target: SshTarget, public_key: Path, options: DeployOptions,
     from edgebn.deploy.sign import allowed_signers_line
 
     line = allowed_signers_line(public_key)
-    f, v = _remote_path(options.device_trust), _remote_path(options.verifier)
-    done = _ssh(target, f"set -e; F={f}; V={v}; mkdir -p \"$(dirname \"$F\")\" \"$(dirname \"$V\")\"; "
-                        f"cat > \"$V.tmp\"; mv \"$V.tmp\" \"$V\"; "
-                        f"printf '%s\\n' {shlex.quote(line)} > \"$F.tmp\"; mv \"$F.tmp\" \"$F\"",
+    done = _ssh(target, _release_script("trust", options.dest, options.device_trust,
+                                        options.verifier, line),
                 "trust", timeout_s, data=(DEVICE_DIR / VERIFIER).read_bytes())
     if done.returncode != 0:
         raise EdgebnError(f"installing the trust file on {target.host} failed "
@@ -266,18 +257,12 @@ def _left(deadline: float) -> float:
     return max(1.0, deadline - time.monotonic())
 
 
-def _predict(target: SshTarget, options: DeployOptions, args: str, what: str,
+def _predict(target: SshTarget, options: DeployOptions, args: tuple[str, ...], what: str,
              deadline: float) -> tuple[dict, int]:
     """predict.py ARGS --json in DEST/current: through the device's verifier when it trusts keys."""
-    d, t, v = (_remote_path(x) for x in (options.dest, options.device_trust, options.verifier))
-    py = shlex.quote(options.python)
-    run = _ssh(target, f"""D={d}; T={t}; V={v}; export EDGEBN_TRUST="$T"
-if [ -e "$T" ] || [ -L "$T" ]; then
-  [ -f "$V" ] || {{ echo "Error: this device trusts the keys in $T but has no verifier" \
-                        "at $V: deploy once with --trust KEY.pub" >&2; exit 2; }}
-  exec {py} -I "$V" run "$D/current" {args} --json
-fi
-cd "$D/current" && exec {py} -I predict.py {args} --json""", what, _left(deadline))
+    script = _release_script("predict", options.dest, options.device_trust, options.verifier,
+                             options.python, *args, "--json")
+    run = _ssh(target, script, what, _left(deadline))
     try:
         return json.loads(run.stdout.decode()), run.returncode
     except (ValueError, UnicodeDecodeError):
@@ -307,12 +292,12 @@ def ship(shipment: Shipment, target: SshTarget, options: DeployOptions) -> Deplo
     previous = _copy(shipment, target, options, deadline) or None
     doc, code, bench = None, None, None
     if options.selftest:
-        out, code = _predict(target, options, "--selftest", "self-test", deadline)
+        out, code = _predict(target, options, ("--selftest",), "self-test", deadline)
         doc = out.get("selftest") if isinstance(out, dict) else None
         if doc is None:
             raise EdgebnError(f"self-test on {target.host} printed no result (exit {code})")
     if options.bench:
-        out, bcode = _predict(target, options, f"--bench --runs {int(options.bench_runs)}", "bench",
+        out, bcode = _predict(target, options, ("--bench", "--runs", str(int(options.bench_runs))), "bench",
                               deadline)
         bench = out.get("bench") if isinstance(out, dict) else None
         if bcode != 0 or bench is None:

@@ -3,6 +3,8 @@
 #
 #   release.sh copy DEST RELEASE TRUST VERIFIER PYTHON WAIT_S   < tar stream of RELEASE/
 #   release.sh rollback DEST WAIT_S
+#   release.sh predict DEST TRUST VERIFIER PYTHON [predict.py args]
+#   release.sh trust DEST TRUST VERIFIER ALLOWED_SIGNERS_LINE     < verify.py
 #
 # Exit codes: 3 nothing to do (no release / no earlier one), 4 lock not had in WAIT_S,
 # 5 the stream could not be received (no space left, cut short), 6 the verifier refused.
@@ -79,10 +81,33 @@ rollback() {
     echo "previous=${P#releases/} current=$R"
 }
 
+predict() {  # predict.py in DEST/current: through the device's verifier when it trusts keys
+    T=$(home "$1") V=$(home "$2") PY=$3
+    shift 3
+    export EDGEBN_TRUST="$T"
+    if [ -e "$T" ] || [ -L "$T" ]; then
+        [ -f "$V" ] || { echo "Error: this device trusts the keys in $T but has no verifier at $V: deploy once with --trust KEY.pub" >&2; exit 2; }
+        exec "$PY" -I "$V" run "$D/current" "$@"
+    fi
+    cd "$D/current"
+    exec "$PY" -I predict.py "$@"
+}
+
+trust() {  # the trust file and the verifier beside it, each replaced atomically
+    T=$(home "$1") V=$(home "$2")
+    mkdir -p "$(dirname "$T")" "$(dirname "$V")"
+    cat > "$V.tmp"
+    mv "$V.tmp" "$V"
+    printf '%s\n' "$3" > "$T.tmp"
+    mv "$T.tmp" "$T"
+}
+
 command=$1 D=$(home "$2")
 shift 2
 case $command in
     copy) copy "$@" ;;
     rollback) rollback "$@" ;;
+    predict) predict "$@" ;;
+    trust) trust "$@" ;;
     *) echo "release.sh: unknown command $command" >&2; exit 2 ;;
 esac
