@@ -108,18 +108,18 @@ def test_plot_writes_a_png(cnn, tmp_path):
 
 
 def test_threads_1_2_gives_one_row_per_count(cnn, digits, tmp_path, monkeypatch):
-    import edgebn.bench.keras
+    import edgebn.bench.run
     from edgebn.bench.run import bench_threads
 
     monkeypatch.setenv("EDGEBN_CACHE", str(tmp_path))
     keras_timings = []
-    real = edgebn.bench.keras.bench_keras_models
+    real = edgebn.bench.run.bench_keras_models
 
     def counted(*args, **kwargs):
         keras_timings.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(edgebn.bench.keras, "bench_keras_models", counted)
+    monkeypatch.setattr(edgebn.bench.run, "bench_keras_models", counted)
     result = bench_threads(BenchTargets(cnn["tflite"], keras=cnn["keras"]),
                            BenchSettings(warmup=5, runs=50), (1, 2), data=digits.x_test)
     assert len(keras_timings) == 1 and set(result.keras) == {"eager", "predict", "compiled"}
