@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from edgebn.errors import EdgebnError, InvalidModelError
-from edgebn.runtime.profile import ProfileSettings, profile, residual_pairs
+from edgebn.runtime.profile import ProfileSettings, profile, residual_chains
 from edgebn.runtime.timing import BenchSettings, bench_tflite
 from edgebn.tflite.reader import FILE_IDENTIFIER, parse_tflite, read_tflite
 from edgebn.tflite.reader import schema as _schema
@@ -282,8 +282,8 @@ def _cli_case(i: int, path: Path) -> tuple[int, str]:
         args = ["bench", str(path), "--runs", "3", "--warmup", "0", "--json"]
     elif command == "profile":
         args = ["profile", str(path), "--min-time", "0.01", "--json"]
-    elif command == "fold":  # a .tflite fold is issue 20's: refused in one line for now
-        args = ["fold", str(path), "--out", str(path.with_suffix(".keras"))]
+    elif command == "fold":  # the flatbuffer fold
+        args = ["fold", str(path), "--out", str(path.with_suffix(".folded.tflite")), "--json"]
     else:  # check: the case's report beside it, the digits model's in base/
         base_dir = path.parent / "base"
         base_dir.mkdir(exist_ok=True)
@@ -411,7 +411,7 @@ def test_profile_of_int8_residue_stands_when_the_bypassed_copy_cannot_load(tmp_p
     """Bypassed, the MAX_POOL_2D reads the conv's scale, not its own: XNNPACK refuses it."""
     path = tmp_path / "int8.tflite"
     path.write_bytes(int8_residual_model())
-    assert residual_pairs(read_tflite(path)) == [(0, 1, 2)]
+    assert residual_chains(read_tflite(path)) == [(0, 1, 2)]
     result = profile(path, QUICK_PROFILE)
     doc = result.to_json()
     assert doc["residue_cost"] is None and len(doc["operators"]) == 4

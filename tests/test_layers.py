@@ -84,8 +84,12 @@ def _without_tensorflow(body: str) -> dict:
 
 
 def test_tensorflow_free_commands_run_with_tensorflow_unimportable(small_builds, tmp_path):
+    from tflite_forms import conv_bn
+
     build = small_builds["none"]
     model = ROOT / "models" / "digits-cnn" / "model.tflite"
+    residual = tmp_path / "conv_bn.tflite"
+    residual.write_bytes(conv_bn(0))
     doc = _without_tensorflow(f"""
         import json
         runner = CliRunner()
@@ -97,6 +101,7 @@ def test_tensorflow_free_commands_run_with_tensorflow_unimportable(small_builds,
             "check": ["check", {str(build / "report.json")!r}, "--baseline",
                       {str(build / "report.json")!r}, "--bench-time", "0.05", "--json"],
             "bundle": ["bundle", {str(build)!r}, "--out", {str(tmp_path / "b")!r}, "--json"],
+            "fold": ["fold", {str(residual)!r}, "--out", {str(tmp_path / "f.tflite")!r}, "--json"],
         }}.items():
             res = runner.invoke(app, args)
             out[name] = [res.exit_code, res.stderr[-300:]]
@@ -107,7 +112,7 @@ def test_tensorflow_free_commands_run_with_tensorflow_unimportable(small_builds,
     assert doc.pop("loaded") == []
     for name, (code, err) in doc.items():
         assert code == 0, (name, code, err)
-    assert (tmp_path / "b" / "manifest.json").is_file()
+    assert (tmp_path / "b" / "manifest.json").is_file() and (tmp_path / "f.tflite").is_file()
 
 
 def test_every_commands_help_works_with_tensorflow_unimportable():

@@ -15,9 +15,9 @@ from typer.testing import CliRunner
 from edgebn.cli.app import app
 from edgebn.errors import EdgebnError
 from edgebn.runtime.backends import load_interpreter
-from edgebn.runtime.profile import ProfileSettings, profile, residual_pairs, residue_cost
+from edgebn.runtime.profile import ProfileSettings, profile, residual_chains, residue_cost
 from edgebn.tflite.reader import parse_tflite, read_tflite
-from edgebn.tflite.writer import bypass_pairs, single_op, unpack
+from edgebn.tflite.writer import bypass_chains, single_op, unpack
 
 runner = CliRunner()
 QUICK = ProfileSettings(min_time_s=0.05)
@@ -132,7 +132,7 @@ def test_float16_weights_are_dequantized_once(tmp_path):
 
 
 def test_residual_pairs_are_marked(files, preact_profile):
-    pairs = residual_pairs(read_tflite(files["preact"]))
+    pairs = residual_chains(read_tflite(files["preact"]))
     assert len(pairs) == PREACT_PAIRS
     marked = [(o.index, o.op) for o in preact_profile.operators if o.residual_bn]
     assert marked == sorted((i, op) for _, mul, add in pairs for i, op in ((mul, "MUL"), (add, "ADD")))
@@ -141,7 +141,7 @@ def test_residual_pairs_are_marked(files, preact_profile):
 
 def test_bypassed_model_drops_the_pairs_and_runs(files):
     model = read_tflite(files["preact"])
-    bypassed = parse_tflite(bypass_pairs(model, residual_pairs(model)), "bypassed")
+    bypassed = parse_tflite(bypass_chains(model, residual_chains(model)), "bypassed")
     before, after = model.op_counts(), bypassed.op_counts()
     assert after.get("MUL", 0) == before["MUL"] - PREACT_PAIRS
     assert after.get("ADD", 0) == before["ADD"] - PREACT_PAIRS
@@ -150,7 +150,7 @@ def test_bypassed_model_drops_the_pairs_and_runs(files):
     assert after.get("RELU", 0) == before.get("RELU", 0) + PREACT_PAIRS - 1
     # the converter makes the same graph of the model without its BN layers
     assert after == read_tflite(files["preact_without_bn"]).op_counts()
-    assert residual_pairs(bypassed) == []
+    assert residual_chains(bypassed) == []
     interp, _ = load_interpreter(bypassed)
     interp.set_tensor(interp.get_input_details()[0]["index"], np.ones((1, 12, 12, 3), np.float32))
     interp.invoke()
@@ -168,7 +168,7 @@ def test_bypassed_model_is_the_model_without_its_bn_layers(files):
     """Independent truth: the converter's .tflite of the Keras model without its BN layers
     (same weights) computes what the bypassed flatbuffer computes, ReLUs included."""
     model = read_tflite(files["preact"])
-    bypassed = parse_tflite(bypass_pairs(model, residual_pairs(model)), "bypassed")
+    bypassed = parse_tflite(bypass_chains(model, residual_chains(model)), "bypassed")
     x = np.random.default_rng(2).random((1, 12, 12, 3), dtype=np.float32)
     np.testing.assert_allclose(_run(bypassed, x), _run(read_tflite(files["preact_without_bn"]), x),
                                atol=1e-5, rtol=1e-5)
@@ -176,7 +176,7 @@ def test_bypassed_model_is_the_model_without_its_bn_layers(files):
 
 def test_bypassing_nothing_is_the_same_model(files):
     model = read_tflite(files["preact"])
-    same = parse_tflite(bypass_pairs(model, []), "same")
+    same = parse_tflite(bypass_chains(model, []), "same")
     x = np.random.default_rng(0).random((1, 12, 12, 3), dtype=np.float32)
     outputs = []
     for m in (model, same):

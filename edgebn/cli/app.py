@@ -150,27 +150,43 @@ def convert(
 @data_options
 def fold(
     data: DataSpec,
-    model: KerasIn,
-    out: Annotated[Path, typer.Option("--out", callback=suffix(".keras"), dir_okay=False,
-                                      help="Where to write the folded .keras.")],
-    tolerance: ToleranceOpt = 1e-5,
+    model: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True,
+                                          help="The .keras model, or a .tflite from any converter.")],
+    out: Annotated[Path, typer.Option("--out", dir_okay=False,
+                                      help="Where to write the folded model (same type as MODEL).")],
+    tolerance: Annotated[float | None, typer.Option(
+        "--tolerance", min=1e-12, help="Largest |Δ| beyond float32 rounding, relative to the largest "
+        "|value| [default: 1e-5; a .tflite: per tensor]")] = None,
     as_json: JsonFlag = False,
     verbose: VerboseFlag = False,
 ) -> None:
-    """Fold every BN into the layer before or after it, in Keras, checked on real inputs.
+    """Fold every BN into the layer before or after it, checked on real inputs.
 
-    The check runs on --data, else the dataset's test split when it fits the model, else
-    random inputs. Exit 0 when every BN folded, 1 when some had to stay (each with its
-    reason), 2 when the folded model would differ beyond --tolerance (nothing is written).
+    A .keras model is folded in Keras. A .tflite is folded on the flatbuffer, without
+    TensorFlow: each BN chain the converter left folds into the operator before or after it,
+    or collapses to one MUL+ADD, and every tensor the two files share is compared.
+    The check runs on --data (or --data-dir), else the dataset's test split when it fits a
+    .keras model, else random inputs. Exit 0 when every BN folded, 1 when some had to stay
+    (each with its reason), 2 when the folded model would differ beyond --tolerance
+    (nothing is written).
     """
-    from edgebn.fold.keras_fold import fold_file
-
+    if model.suffix not in (".keras", ".tflite") or out.suffix != model.suffix:
+        raise typer.BadParameter(f"MODEL must be a .keras or .tflite and --out the same type. "
+                                 f"Received: {model.name}, --out {out.name}")
     with quiet(verbose):
-        result = fold_file(model, out, tolerance, data)
+        if model.suffix == ".tflite":
+            from edgebn.pipeline.refold import fold_file as fold_tflite_file
+
+            given = data if data.npz is not None or data.data_dir is not None else None
+            result = fold_tflite_file(model, out, given, tolerance)
+        else:
+            from edgebn.fold.keras_fold import DEFAULT_TOLERANCE, fold_file
+
+            result = fold_file(model, out, DEFAULT_TOLERANCE if tolerance is None else tolerance, data)
     if as_json:
         print_json(result.to_json())
     else:
-        render.fold(result)
+        render.fold_tflite(result) if model.suffix == ".tflite" else render.fold(result)
         render.out.print(f"wrote {out}")
     if not result.all_folded:
         raise typer.Exit(EXIT_PROBLEM)

@@ -89,6 +89,30 @@ def fold(result: Any) -> None:
     out.print(table)
 
 
+def fold_tflite(result: Any) -> None:
+    """``edgebn fold model.tflite``: each BN chain and what became of it, the proof, the p50s."""
+    worst = result.worst
+    title = (f"fold: {result.measure} ({result.inputs}); largest |Δ| {result.max_rel_diff:.3g} of a "
+             f"tensor's largest value, tolerance {result.tolerance:.3g}")
+    table = _table(title, ("BN", "form", "result", "into / reason"))
+    for c in result.chains:
+        name = c.source or f"ops {list(c.ops)}"
+        if c.result == "folded":
+            table.add_row(name, c.kind, f"[green]folded {c.direction}[/]",
+                          f"op {c.into} {c.into_type}" + (" (float16 weights)" if c.float16 else ""))
+        else:
+            colour = "yellow" if c.result == "collapsed" else "red"
+            table.add_row(name, c.kind, f"[{colour}]{c.result}[/]", c.reason)
+    out.print(table)
+    if not result.chains:
+        out.print("no residual BN: the file is written unchanged")
+    if worst is not None:
+        out.print(f"worst tensor: {worst.tensor} {worst.name or '(unnamed)'}")
+    if result.before is not None and result.after is not None:
+        out.print(f"p50 {result.before.p50:,.1f} µs before, {result.after.p50:,.1f} µs after "
+                  f"({result.before.p50 / result.after.p50:.3f}x, one interleaved run)")
+
+
 def conversion(result: Any) -> None:
     c = result.converted
     out.print(f"wrote {c.path} ({c.size_bytes} bytes, quantize {c.quantize.value})")
@@ -316,12 +340,13 @@ def profile(result: Any, top: int = 15) -> None:
     if result.residual_pairs():
         residual = [o for o in ops if o.residual_bn]
         spent = sum(o.time_us or 0.0 for o in residual)
-        out.print(f"[red]residual BN[/]: {result.residual_pairs()} MUL+ADD pairs, {spent:,.1f} µs "
+        out.print(f"[red]residual BN[/]: {result.residual_pairs()} chains ({len(residual)} operators), "
+                  f"{spent:,.1f} µs "
                   f"isolated ({spent / (result.ops_sum_us or 1):.1%} of the sum)")
     if result.residue is not None:
         r = result.residue
         out.print(f"residue cost: {r.ratio:.3f}x (p50 {r.model_p50_us:,.1f} µs against "
-                  f"{r.bypassed_p50_us:,.1f} µs with the {r.pairs} pairs bypassed, interleaved); "
+                  f"{r.bypassed_p50_us:,.1f} µs with the {r.pairs} chains bypassed, interleaved); "
                   "an estimate: the bypassed graph computes different outputs")
     elif result.residue_skipped:
         out.print(f"residue cost: not measured ({result.residue_skipped})")

@@ -18,7 +18,7 @@ its weights evicted by the others (isolated, they stay in cache), so ``ops_sum_u
 shown beside the whole model's p50, not instead of it.
 
 Residue cost: the whole model's p50 over the p50 of the same graph with its residual
-BN pairs bypassed (:func:`edgebn.tflite.writer.bypass_pairs`), both timed interleaved by
+BN pairs bypassed (:func:`edgebn.tflite.writer.bypass_chains`), both timed interleaved by
 :func:`edgebn.bench.run.bench_tflite`. The bypassed graph computes different outputs, so the
 ratio is an estimate of what the residue costs, not a model one could ship. When the
 bypassed graph cannot be loaded (XNNPACK refuses an int8 MAX_POOL_2D whose input scale
@@ -37,7 +37,7 @@ from edgebn.runtime.op_timing import ROUNDS, Timed, capture, captured
 from edgebn.runtime.opdiff import OpDiff, diff_operators
 from edgebn.runtime.timing import BenchSettings, Latency, bench_tflite
 from edgebn.tflite.reader import TFLiteModel, as_tflite, parse_tflite
-from edgebn.tflite.writer import bypass_pairs, empty_model, single_op, unpack
+from edgebn.tflite.writer import bypass_chains, empty_model, single_op, unpack
 
 METHOD = "isolated ops"
 OP_MIN_TIME_S = 0.01  # timed seconds per operator at the least
@@ -58,7 +58,7 @@ class ProfileSettings(BenchSettings):
     """
 
     cost: bool = False  # a profile reports no ceiling: no probe is run
-    residue: bool = True  # time the graph with its residual BN pairs bypassed (residue cost)
+    residue: bool = True  # time the graph with its residual BN chains bypassed (residue cost)
 
     def validate(self) -> None:
         super().validate()
@@ -84,7 +84,7 @@ class OpTime:
     runs: int
     macs: int
     weight_bytes: int
-    residual_bn: bool  # one of the MUL+ADD pairs of a BN the converter could not fold
+    residual_bn: bool  # one operator of a BN chain the converter could not fold
     share: float | None = None  # of the operators' sum
     note: str | None = None
     measured_us: float | None = None  # p50 of the one-op model's invoke(), before the overhead
@@ -104,7 +104,7 @@ class OpTime:
 
 @dataclass(frozen=True)
 class ResidueCost:
-    """The model's p50 against the same graph with its residual BN pairs bypassed."""
+    """The model's p50 against the same graph with its residual BN chains bypassed."""
 
     pairs: int
     model_p50_us: float
@@ -134,6 +134,7 @@ class ProfileResult:
     residue_skipped: str | None = None  # why the residue cost was not measured, when it was not
     invoke_overhead_us: float = 0.0  # an empty invoke(), taken off each operator's time
     method: str = METHOD
+    residual_count: int = 0  # residual BN chains; their operators are marked residual_bn
 
     @property
     def ops_sum_us(self) -> float:
@@ -157,7 +158,8 @@ class ProfileResult:
         return sorted(self.operators, key=lambda o: -(o.time_us or 0.0))[:n]
 
     def residual_pairs(self) -> int:
-        return sum(o.residual_bn for o in self.operators) // 2
+        """How many residual BN chains the model has (each of two or more operators)."""
+        return self.residual_count
 
     def by_op(self) -> dict[str, dict[str, Any]]:
         """Per operator type: how many, their summed time and share, slowest type first."""
@@ -184,7 +186,8 @@ class ProfileResult:
                "explained": self.explained, "macs": self.macs,
                "gmacs_per_s": self.macs / p50 / 1e3 if p50 else None,
                "operators": [o.to_json() for o in self.operators], "by_op": self.by_op(),
-               "residual_pairs": self.residual_pairs(), "residue_cost": self.residue_cost,
+               "residual_pairs": self.residual_pairs(), "residual_chains": self.residual_count,
+               "residue_cost": self.residue_cost,
                "residue": self.residue.to_json() if self.residue is not None else None,
                "residue_skipped": self.residue_skipped}
         if self.baseline is not None:
@@ -199,11 +202,12 @@ class ProfileResult:
 # ---------------------------------------------------------------- the profile
 
 
-def residual_pairs(model: TFLiteModel) -> list[tuple[int, int, int]]:
-    """(subgraph, MUL, ADD) of each BN the converter left as a MUL+ADD pair."""
+def residual_chains(model: TFLiteModel) -> list[tuple[int, ...]]:
+    """(subgraph, op, op, ...) of each BN the converter left as a chain of per-channel steps
+    (a MUL+ADD pair, SUB → MUL → MUL → ADD, ...): every operator of it."""
     from edgebn.tflite.residue import analyse_bn
 
-    return [(r.subgraph, *r.ops) for r in analyse_bn(model).residual if r.kind == "decomposed"]
+    return [(r.subgraph, *r.ops) for r in analyse_bn(model).residual if r.affine]
 
 
 @dataclass
@@ -258,7 +262,7 @@ def _static(sg: Any) -> set[int]:
 
 
 def _prepare(model: TFLiteModel, settings: ProfileSettings,
-             pairs: list[tuple[int, int, int]]) -> _Prepared:
+             pairs: list[tuple[int, ...]]) -> _Prepared:
     from edgebn.tflite.macs import model_cost
 
     n_inputs = len(model.subgraphs[0].inputs) if model.subgraphs else 0
@@ -293,14 +297,14 @@ def _prepare(model: TFLiteModel, settings: ProfileSettings,
 
 
 def residue_cost(model: TFLiteModel | str | Path, settings: ProfileSettings = ProfileSettings(),
-                 pairs: list[tuple[int, int, int]] | None = None) -> ResidueCost | None:
-    """p50 of ``model`` over p50 of it with its residual BN pairs bypassed; None without residue."""
+                 pairs: list[tuple[int, ...]] | None = None) -> ResidueCost | None:
+    """p50 of ``model`` over p50 of it with its residual BN chains bypassed; None without residue."""
 
     model = as_tflite(model)
-    pairs = residual_pairs(model) if pairs is None else pairs
+    pairs = residual_chains(model) if pairs is None else pairs
     if not pairs:
         return None
-    bypassed = parse_tflite(bypass_pairs(model, pairs), f"{model.path} (residual BN bypassed)")
+    bypassed = parse_tflite(bypass_chains(model, pairs), f"{model.path} (residual BN bypassed)")
     stats, base = bench_tflite(model, settings, baseline=bypassed)
     return ResidueCost(len(pairs), stats.latency_us.p50, base.latency_us.p50)
 
@@ -315,7 +319,7 @@ def profile(model: TFLiteModel | str | Path, settings: ProfileSettings = Profile
         if n > MAX_OPERATORS:
             raise EdgebnError(f"{m.path}: {n} operators; profile times at most "
                               f"{MAX_OPERATORS} (one interpreter each)")
-    pairs = [residual_pairs(m) for m in models]
+    pairs = [residual_chains(m) for m in models]
     prepared = [_prepare(m, settings, p) for m, p in zip(models, pairs, strict=True)]
     empty = Timed(parse_tflite(empty_model(), "<empty invoke>"), settings, [None, None],
                   OP_MIN_TIME_S, checked=False)
@@ -323,7 +327,8 @@ def profile(model: TFLiteModel | str | Path, settings: ProfileSettings = Profile
         for unit in (empty, *(u for p in prepared for u in p.units())):
             unit.run()
     overhead_us = empty.latency().p50
-    results = [p.result(overhead_us) for p in prepared]
+    results = [replace(p.result(overhead_us), residual_count=len(c))
+               for p, c in zip(prepared, pairs, strict=True)]
     del prepared  # free the interpreters before the residue is timed
     result = results[0]
     if settings.residue:

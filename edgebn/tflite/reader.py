@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import struct
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -121,10 +121,11 @@ class Operator:
     op: str  # builtin name as the schema spells it, or CUSTOM:<custom_code>
     inputs: tuple[int, ...]  # -1 marks an omitted optional input
     outputs: tuple[int, ...]
+    activation: str = "NONE"  # the fused activation function, where the options carry one
 
     def to_json(self) -> dict[str, Any]:
         return {"index": self.index, "op": self.op, "inputs": list(self.inputs),
-                "outputs": list(self.outputs)}
+                "outputs": list(self.outputs), "activation": self.activation}
 
 
 @dataclass(frozen=True)
@@ -337,11 +338,24 @@ def _subgraph(sg, s: int, op_codes: list[str], buffers, budget: _Budget) -> Subg
                             refs(op.InputsLength(), op.Inputs, f"{where} inputs", optional=True),
                             refs(op.OutputsLength(), op.Outputs, f"{where} outputs", optional=True))
         _check_operator(operator, op.BuiltinOptionsType(), where)
-        operators.append(operator)
+        activation = _activation(op, op.BuiltinOptionsType())
+        operators.append(operator if activation == "NONE" else replace(operator, activation=activation))
     return Subgraph(s, _text(sg.Name()) or ("main" if s == 0 else f"subgraph_{s}"),
                     refs(sg.InputsLength(), sg.Inputs, f"subgraph {s} inputs"),
                     refs(sg.OutputsLength(), sg.Outputs, f"subgraph {s} outputs"),
                     tensors, tuple(operators))
+
+
+def _activation(op, options_type: int) -> str:
+    """The fused activation an operator's options table names ("NONE" when it has none)."""
+    cls = getattr(schema(), _enum_names("BuiltinOptions").get(options_type, ""), None)
+    table = op.BuiltinOptions() if options_type else None
+    if table is None or cls is None or not hasattr(cls, "FusedActivationFunction"):
+        return "NONE"
+    opts = cls()
+    opts.Init(table.Bytes, table.Pos)
+    code = opts.FusedActivationFunction()
+    return _enum_names("ActivationFunctionType").get(code, f"activation {code}")
 
 
 def _check_operator(op: Operator, options_type: int, where: str) -> None:

@@ -2,10 +2,13 @@
 
 TFLite has no BatchNorm builtin, so residue is found from structure:
 
-* a MUL of a data tensor by a constant with one value per channel of the last
-  axis, whose output feeds, as its only consumer, an ADD (or SUB) of a constant
-  of the same per-channel shape: ``y = x * scale + shift`` is an unfolded BN
-  (kind ``decomposed``); a scalar affine such as a Rescaling layer is not BN;
+* a chain of per-channel steps ``y = x − c``, ``x · c``, ``x + c`` (``c`` a constant, or
+  what a DEQUANTIZE makes of a float16 one, with one value per channel of one axis:
+  ``[C]`` or ``[1, 1, 1, C]`` on NHWC data, ``[C, 1, 1]`` on NCHW data), each read only by
+  the next, that scales and shifts. The MUL+ADD pair the TensorFlow converter leaves is
+  kind ``decomposed``; other forms are named by their operators: ``sub_mul_mul_add`` is
+  what litert-torch writes, ``(x − μ)·(1/σ)·γ + β``. A scalar affine (a Rescaling layer)
+  is not BN;
 * a Flex or custom op whose code names FusedBatchNorm (kind ``flex``);
 * BN still in training mode, normalizing with the batch's own statistics:
   ``MEAN(x)`` over axes that include the batch axis but not the channel axis,
@@ -16,7 +19,7 @@ TFLite has no BatchNorm builtin, so residue is found from structure:
 Provenance comes from tensor names where they survive: the converter joins the
 names of fused ops with ';', so a BN layer's scope (``.../batch_normalization_3/
 batchnorm/...``) in the names around an operator tells which BN it was folded
-into, or which BN a MUL+ADD pair was.
+into, or which BN a chain was.
 """
 
 from __future__ import annotations
@@ -38,15 +41,23 @@ _BN_LAYER = re.compile(r"^batch_normalization(_\d+)*$")
 class ResidualBN:
     subgraph: int
     ops: tuple[int, ...]
-    kind: str  # "decomposed" (MUL+ADD), "flex", or "batch_stats" (training-mode BN)
+    kind: str  # "decomposed" (MUL+ADD), another chain's operators ("sub_mul_mul_add"),
+    # "flex", or "batch_stats" (training-mode BN)
     channels: int | None
-    cost_elements: int  # elements multiplied and added per inference
+    cost_elements: int  # elements of the tensor the BN normalizes, per inference
     source: str | None
+    axis: int | None = None  # the channel axis of a chain (3 in NHWC, 1 in NCHW)
+
+    @property
+    def affine(self) -> bool:
+        """A chain of per-channel MUL/ADD/SUB steps (what a bypass or a fold can remove)."""
+        return self.kind not in ("flex", "batch_stats")
 
     def to_json(self) -> dict[str, Any]:
+        flops = len(self.ops) * self.cost_elements if self.affine else 2 * self.cost_elements
         return {"subgraph": self.subgraph, "ops": list(self.ops), "kind": self.kind,
-                "channels": self.channels, "cost_elements": self.cost_elements,
-                "cost_flops": 2 * self.cost_elements, "source": self.source}
+                "channels": self.channels, "axis": self.axis, "cost_elements": self.cost_elements,
+                "cost_flops": flops, "source": self.source}
 
 
 @dataclass(frozen=True)
@@ -147,7 +158,7 @@ def analyse_bn(model: TFLiteModel, bn_layers: list[str] | None = None) -> BNAnal
     residual: list[ResidualBN] = []
     folded: list[FoldedBN] = []
     for sg in model.subgraphs:
-        sg_residual = _residual_in(sg, bn_layers) + _batch_stats_in(model, sg, bn_layers)
+        sg_residual = _residual_in(model, sg, bn_layers) + _batch_stats_in(model, sg, bn_layers)
         residual.extend(sg_residual)
         claimed = {r.source for r in sg_residual if r.source}
         claimed_ops = {i for r in sg_residual for i in r.ops}
@@ -155,16 +166,108 @@ def analyse_bn(model: TFLiteModel, bn_layers: list[str] | None = None) -> BNAnal
         for op in sg.operators:
             if op.index in claimed_ops:
                 continue
-            for source in _sources(sg, op, bn_layers):
+            for source in bn_sources(sg, op, bn_layers):
                 if source not in claimed and source not in seen:
                     seen.add(source)
                     folded.append(FoldedBN(source, sg.index, op.index, op.op))
     return BNAnalysis(tuple(residual), tuple(folded))
 
 
-def _residual_in(sg: Subgraph, bn_layers) -> list[ResidualBN]:
+# the per-channel steps a BN is written as, once unfolded: y = x - c, x * c, x + c
+AFFINE_OPS = ("SUB", "MUL", "ADD")
+
+
+@dataclass(frozen=True)
+class Step:
+    """One operator of an unfolded BN: ``y = x <op> c`` with ``c`` one value per channel."""
+
+    op: Operator
+    data: int  # the tensor x it reads
+    const: int  # the tensor c: a constant, or a DEQUANTIZE's output of one
+    axis: int  # the channel axis of x that c runs along
+
+
+def channel_axis(const_shape: tuple[int, ...], data_shape: tuple[int, ...]) -> int | None:
+    """The axis of ``data_shape`` along which a constant of ``const_shape`` gives one value
+    per channel (broadcast from the right: ``[C]``, ``[1, 1, 1, C]``, ``[C, 1, 1]`` of NCHW
+    data), or None: a scalar, or more than one axis, is not per channel."""
+    if not const_shape or len(const_shape) > len(data_shape):
+        return None
+    offset = len(data_shape) - len(const_shape)
+    axes = [offset + i for i, d in enumerate(const_shape) if d != 1]
+    if len(axes) != 1 or const_shape[axes[0] - offset] != data_shape[axes[0]] or data_shape[axes[0]] < 2:
+        return None
+    return axes[0]
+
+
+def constant_source(model: TFLiteModel, sg: Subgraph, tensor: int,
+                    producer: dict[int, Operator]) -> int | None:
+    """The stored constant behind ``tensor``: itself, or the input of the DEQUANTIZE that makes
+    it (float16 weights); None when the runtime computes it."""
+    if tensor < 0:
+        return None
+    if sg.tensors[tensor].is_constant:
+        return tensor
+    maker = producer.get(tensor)
+    if maker is not None and maker.op == "DEQUANTIZE" and maker.inputs and maker.inputs[0] >= 0 \
+            and sg.tensors[maker.inputs[0]].is_constant:
+        return maker.inputs[0]
+    return None
+
+
+def _step(model: TFLiteModel, sg: Subgraph, op: Operator, producer: dict[int, Operator]) -> Step | None:
+    if op.op not in AFFINE_OPS or len(op.inputs) != 2 or len(op.outputs) != 1 or min(op.inputs) < 0:
+        return None
+    for data, const in (op.inputs, op.inputs[::-1]):
+        if op.op == "SUB" and data != op.inputs[0]:
+            continue  # c - x negates x: not a step of the BN form
+        d = sg.tensors[data]
+        if constant_source(model, sg, data, producer) is not None or \
+                constant_source(model, sg, const, producer) is None:
+            continue
+        axis = channel_axis(sg.tensors[const].shape, d.shape)
+        if axis is not None and sg.tensors[op.outputs[0]].shape == d.shape:
+            return Step(op, data, const, axis)
+    return None
+
+
+def affine_chains(model: TFLiteModel, sg: Subgraph) -> list[tuple[Step, ...]]:
+    """Every maximal run of per-channel steps, each read only by the next, that scales and
+    shifts (a MUL and an ADD or SUB among them): the forms an unfolded BN takes."""
+    producer = {t: op for op in sg.operators for t in op.outputs if t >= 0}
     consumers = _consumers(sg)
-    graph_outputs = set(sg.outputs)
+    outputs = set(sg.outputs)
+    steps = {op.index: st for op in sg.operators if (st := _step(model, sg, op, producer))}
+
+    def successor(st: Step) -> Step | None:
+        out = st.op.outputs[0]
+        users = consumers.get(out, [])
+        if len(users) != 1 or out in outputs or st.op.activation != "NONE":
+            return None
+        nxt = steps.get(users[0].index)
+        return nxt if nxt is not None and nxt.data == out and nxt.axis == st.axis else None
+
+    followers = {n.op.index for st in steps.values() if (n := successor(st)) is not None}
+    chains = []
+    for index, st in steps.items():
+        if index in followers:
+            continue
+        chain = [st]
+        while (nxt := successor(chain[-1])) is not None and len(chain) < 64:
+            chain.append(nxt)
+        names = {s.op.op for s in chain}
+        if len(chain) >= 2 and "MUL" in names and names & {"ADD", "SUB"}:
+            chains.append(tuple(chain))
+    return chains
+
+
+def chain_kind(chain: tuple[Step, ...]) -> str:
+    """``decomposed`` for the MUL+ADD pair; other forms by their operators: ``sub_mul_mul_add``."""
+    names = [s.op.op for s in chain]
+    return "decomposed" if names == ["MUL", "ADD"] else "_".join(n.lower() for n in names)
+
+
+def _residual_in(model: TFLiteModel, sg: Subgraph, bn_layers) -> list[ResidualBN]:
     found = []
     for op in sg.operators:
         if "BatchNorm" in op.op and op.op.startswith("CUSTOM:"):
@@ -173,32 +276,14 @@ def _residual_in(sg: Subgraph, bn_layers) -> list[ResidualBN]:
                 sg.index, (op.index,), "flex",
                 channels=out.shape[-1] if out is not None and out.shape else None,
                 cost_elements=out.num_elements if out is not None else 0,
-                source=_first(_sources(sg, op, bn_layers))))
-            continue
-        if op.op != "MUL" or len(op.inputs) != 2 or len(op.outputs) != 1:
-            continue
-        split = _data_and_channel_const(sg, op.inputs)
-        if split is None:
-            continue
-        data, _scale = split
-        channels = data.shape[-1]
-        out = op.outputs[0]
-        users = consumers.get(out, [])
-        if len(users) != 1 or out in graph_outputs:
-            continue
-        nxt = users[0]
-        if nxt.op not in ("ADD", "SUB") or len(nxt.inputs) != 2 or len(nxt.outputs) != 1:
-            continue
-        other = nxt.inputs[1] if nxt.inputs[0] == out else nxt.inputs[0]
-        if nxt.op == "SUB" and nxt.inputs[0] != out:
-            continue  # c - x*s negates x: not an affine of the BN form
-        shift = sg.tensors[other] if other >= 0 else None
-        if shift is None or not _is_channel_const(shift, channels):
-            continue
-        source = _first(_sources(sg, op, bn_layers) + _sources(sg, nxt, bn_layers))
-        found.append(ResidualBN(sg.index, (op.index, nxt.index), "decomposed", channels,
-                                cost_elements=sg.tensors[out].num_elements, source=source))
-    return found
+                source=_first(bn_sources(sg, op, bn_layers))))
+    for chain in affine_chains(model, sg):
+        data = sg.tensors[chain[0].data]
+        source = _first([n for st in chain for n in bn_sources(sg, st.op, bn_layers)])
+        found.append(ResidualBN(sg.index, tuple(st.op.index for st in chain), chain_kind(chain),
+                                data.shape[chain[0].axis], cost_elements=data.num_elements,
+                                source=source, axis=chain[0].axis))
+    return sorted(found, key=lambda r: r.ops)
 
 
 def _consumers(sg: Subgraph) -> dict[int, list[Operator]]:
@@ -232,7 +317,7 @@ def _batch_stats_in(model: TFLiteModel, sg: Subgraph, bn_layers) -> list[Residua
             if not var:
                 continue
             ops = (mean.index, op.index, var[0].index)
-            source = _first([n for o in ops for n in _sources(sg, sg.operators[o], bn_layers)])
+            source = _first([n for o in ops for n in bn_sources(sg, sg.operators[o], bn_layers)])
             found.append(ResidualBN(sg.index, ops, "batch_stats", data.shape[-1],
                                     cost_elements=data.num_elements, source=source))
             break
@@ -266,7 +351,7 @@ def _is_channel_const(t: Tensor, channels: int) -> bool:
     return last == channels and all(d == 1 for d in lead)
 
 
-def _sources(sg: Subgraph, op: Operator, bn_layers) -> list[str]:
+def bn_sources(sg: Subgraph, op: Operator, bn_layers) -> list[str]:
     """BN layer names mentioned in the names of an operator's tensors, in order."""
     names: list[str] = []
     for t in (*op.outputs, *op.inputs):

@@ -13,11 +13,12 @@ probe, the empty ``invoke()``) is a :class:`Graph` of tensors, constants and ope
   the same constant buffers; its non-constant inputs become the model's inputs, its
   outputs the model's outputs. An operator that calls other subgraphs (WHILE, IF,
   CALL_ONCE, StableHLO regions) cannot stand alone and is refused.
-* :func:`bypass_pairs` — the same graph with residual BN pairs ``y = act(x * scale + shift)``
-  (a MUL whose only consumer is an ADD or SUB) removed: every reader of ``y`` reads
-  ``x`` instead. An activation the converter fused into the ADD (the ReLU after a
-  pre-activation BN) stays: fused into the operator that makes ``x`` when ``x`` has no
-  other reader and that operator can carry one, else as its own operator ``y = act(x)``,
+* :func:`bypass_chains` — the same graph with residual BN chains ``y = act(x · s + t)`` (a
+  MUL+ADD pair, a SUB → MUL → MUL → ADD chain, each operator read only by the next)
+  removed: every reader of ``y`` reads ``x`` instead. An activation the converter fused
+  into the last ADD (the ReLU after a pre-activation BN) stays: fused into the operator
+  that makes ``x`` when ``x`` has no other reader and that operator can carry one, else as
+  its own operator ``y = act(x)``,
   which is what the converter makes of the model with the BN layer deleted. Its outputs
   differ from the original's; it is a cost estimate.
 * :func:`empty_model` (what an empty ``invoke()`` costs) and :func:`strip_names`.
@@ -232,14 +233,15 @@ def _resolve(target: dict[int, int], t: int) -> int:
     return t
 
 
-def bypass_pairs(model: TFLiteModel, pairs: Iterable[tuple[int, int, int]]) -> bytes:
-    """``model`` with each (subgraph, MUL index, ADD/SUB index) pair removed and short-circuited."""
+def bypass_chains(model: TFLiteModel, chains: Iterable[Sequence[int]]) -> bytes:
+    """``model`` with each residual BN chain ``(subgraph, op, op, ...)`` (a MUL+ADD pair, a
+    SUB → MUL → MUL → ADD chain) removed and short-circuited."""
     m = unpack(model)
-    by_subgraph: dict[int, list[tuple[int, int]]] = {}
-    for sg_index, mul, add in pairs:
-        by_subgraph.setdefault(sg_index, []).append((mul, add))
-    for sg_index, sg_pairs in by_subgraph.items():
-        _bypass_in(model, m, sg_index, sg_pairs)
+    by_subgraph: dict[int, list[tuple[int, ...]]] = {}
+    for sg_index, *ops in chains:
+        by_subgraph.setdefault(sg_index, []).append(tuple(ops))
+    for sg_index, sg_chains in by_subgraph.items():
+        _bypass_in(model, m, sg_index, sg_chains)
     m.buffers = buffers_of(model)
     return pack(m)
 
@@ -277,17 +279,22 @@ def _as_activation(m: Any, op: Any, name: str, x: int) -> None:
     op.builtinOptionsType, op.builtinOptions = 0, None
 
 
-def _pair_input(model: TFLiteModel, sg_index: int, mul: int, add: int) -> int:
-    """The data tensor ``x`` of the pair ``y = x * scale + shift``, after checking its shape."""
+def _chain_input(model: TFLiteModel, sg_index: int, ops: tuple[int, ...]) -> int:
+    """The data tensor ``x`` of the chain ``y = act(x · s + t)``, after checking its links."""
     parsed = model.subgraphs[sg_index]
-    mul_op, add_op = parsed.operators[mul], parsed.operators[add]
-    if mul_op.op != "MUL" or add_op.op not in ("ADD", "SUB") or \
-            mul_op.outputs[0] not in add_op.inputs:
-        raise EdgebnError(f"{model.path}: subgraph {sg_index} ops {mul}, {add} are not a "
-                          f"MUL feeding an ADD. Received: {mul_op.op}, {add_op.op}")
-    data = [t for t in mul_op.inputs if t >= 0 and not parsed.tensors[t].is_constant]
+    chain = [parsed.operators[i] for i in ops if 0 <= i < len(parsed.operators)]
+    linked = len(chain) == len(ops) >= 2 and all(
+        op.op in ("MUL", "ADD", "SUB") and len(op.outputs) == 1 for op in chain) and all(
+        a.outputs[0] in b.inputs for a, b in zip(chain, chain[1:], strict=False))
+    if not linked:
+        raise EdgebnError(f"{model.path}: subgraph {sg_index} ops {list(ops)} are not a chain of "
+                          "MUL/ADD/SUB, each feeding the next. Received: "
+                          + ", ".join(op.op for op in chain))
+    data = [t for t in chain[0].inputs if t >= 0 and not parsed.tensors[t].is_constant]
+    if len(data) != 1 and chain[0].op == "SUB":
+        data = data[:1]
     if len(data) != 1:
-        raise EdgebnError(f"{model.path}: subgraph {sg_index} op {mul} has no single "
+        raise EdgebnError(f"{model.path}: subgraph {sg_index} op {ops[0]} has no single "
                           "data input to pass through")
     return data[0]
 
@@ -309,24 +316,25 @@ def _fusible_producer(model: TFLiteModel, sg: Any, sg_index: int, x: int, busy: 
     return producer
 
 
-def _bypass_in(model: TFLiteModel, m: Any, sg_index: int, pairs: list[tuple[int, int]]) -> None:
+def _bypass_in(model: TFLiteModel, m: Any, sg_index: int, chains: list[tuple[int, ...]]) -> None:
     sg = m.subgraphs[sg_index]
-    target: dict[int, int] = {}  # the pair's output -> the MUL's data input
+    target: dict[int, int] = {}  # the chain's output -> its data input
     drop: set[int] = set()
-    busy = {i for pair in pairs for i in pair}
-    for mul, add in pairs:
-        x = _pair_input(model, sg_index, mul, add)
-        activation = _fused_activation(sg.operators[add])
+    busy = {i for chain in chains for i in chain}
+    for ops in chains:
+        x = _chain_input(model, sg_index, ops)
+        last = sg.operators[ops[-1]]
+        activation = _fused_activation(last)
         producer = None if activation is None else _fusible_producer(model, sg, sg_index, x, busy)
         if activation is None or producer is not None:
             if producer is not None:  # y = act(x) with act fused where x is made
                 producer.builtinOptions.fusedActivationFunction = \
-                    sg.operators[add].builtinOptions.fusedActivationFunction
-            target[model.subgraphs[sg_index].operators[add].outputs[0]] = x
-            drop |= {mul, add}
-        else:  # y = act(x): the MUL goes, the ADD becomes the activation alone
-            _as_activation(m, sg.operators[add], activation, x)
-            drop.add(mul)
+                    last.builtinOptions.fusedActivationFunction
+            target[model.subgraphs[sg_index].operators[ops[-1]].outputs[0]] = x
+            drop |= set(ops)
+        else:  # y = act(x): the chain goes, its last operator becomes the activation alone
+            _as_activation(m, last, activation, x)
+            drop |= set(ops[:-1])
     for op in sg.operators:
         op.inputs = np.array([_resolve(target, int(t)) for t in op.inputs], dtype=np.int32)
     sg.outputs = np.array([_resolve(target, int(t)) for t in sg.outputs], dtype=np.int32)

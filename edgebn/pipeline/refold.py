@@ -1,0 +1,52 @@
+"""``edgebn fold model.tflite``: the user's samples for a .tflite's input, then the flatbuffer fold.
+
+The fold and its proof are :mod:`edgebn.runtime.tflite_fold` (no TensorFlow); this module
+reads the samples the proof runs on: ``--data`` (an .npz's ``x`` or an .npy), or an image
+folder read at the model's input size and colour, laid out NCHW when the model takes NCHW
+(what litert-torch keeps from PyTorch).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from edgebn.data.dataset import DataSpec
+from edgebn.errors import EdgebnError
+from edgebn.runtime.tflite_fold import TFLiteFoldResult, fold_tflite_file
+from edgebn.tensors import load_samples
+from edgebn.tflite.reader import TFLiteModel, read_tflite
+
+
+def image_layout(model: TFLiteModel) -> tuple[tuple[int, int, int], bool]:
+    """The model's image input as (height, width, channels), and whether it is laid out NCHW."""
+    sg = model.subgraphs[0] if model.subgraphs else None
+    if sg is None or len(sg.inputs) != 1 or len(sg.tensors[sg.inputs[0]].shape) != 4:
+        raise EdgebnError(f"{model.path}: images need a model with one 4-D input")
+    _, a, b, c = sg.tensors[sg.inputs[0]].shape
+    if c not in (1, 3) and a in (1, 3):
+        return (b, c, a), True
+    return (a, b, c), False
+
+
+def tflite_samples(model: TFLiteModel, spec: DataSpec | None) -> np.ndarray | None:
+    """Samples shaped for ``model``'s input, or None (the proof then uses random inputs)."""
+    if spec is None or (spec.npz is None and spec.data_dir is None):
+        return None
+    if spec.npz is not None:
+        return load_samples(spec.npz)
+    shape, nchw = image_layout(model)
+    dataset = replace(spec.for_model(shape, None), split=False).load()
+    x = dataset.x_test
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2)) if nchw else x
+
+
+def fold_file(model: str | Path, out: str | Path, spec: DataSpec | None = None,
+              tolerance: float | None = None) -> TFLiteFoldResult:
+    """Fold ``model``'s residual BN into ``out``, proven on ``spec``'s samples (or random ones)."""
+    if Path(out).suffix != ".tflite":
+        raise EdgebnError(f"the folded model's path must end in .tflite. Received: {out}")
+    parsed = read_tflite(model)
+    return fold_tflite_file(parsed, out, tflite_samples(parsed, spec), tolerance)

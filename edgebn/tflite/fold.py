@@ -1,0 +1,486 @@
+"""Fold the BN a converter left inside a .tflite, on the flatbuffer (``edgebn fold model.tflite``).
+
+Each residual chain (:func:`edgebn.tflite.residue.affine_chains`: ``y = act(x·s + t)`` per
+channel, however many SUB/MUL/ADD steps it was written as) is reduced to its ``s`` and ``t``
+in float64, then, first that applies:
+
+* **backward** into the CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED / TRANSPOSE_CONV /
+  CONV_3D that makes ``x`` and whose output only the chain reads: its weights scaled over
+  their output channels (``W' = s⊗W``, in each kernel's own layout), ``b' = s⊗b + t``; the
+  chain's fused activation moves onto that operator, which now writes ``y``;
+* **forward** into the next linear operator ``z = XW + b``, reached through operators that
+  commute with a per-channel affine map (RESHAPE, TRANSPOSE, MEAN, an AVERAGE_POOL_2D with
+  VALID padding, a MAX_POOL_2D when every ``s > 0``): ``W' = W⊗s`` over its input channels,
+  ``b' = b + Σ W⊗t`` (FULLY_CONNECTED; a CONV_2D or DEPTHWISE_CONV_2D with VALID padding:
+  zero padding would show the border ``0``, not ``t``). The same rules as the Keras fold;
+* else **collapsed** into one MUL and one ADD when it had more operators, or **kept**: each
+  with the reason nothing could take it.
+
+Float16 weights (a DEQUANTIZE of a float16 constant) are folded from float32 and stored as
+float16 again, behind a DEQUANTIZE of their own. Tensor indices are kept, so the folded
+file's tensors can be compared one by one with the original's; :attr:`Rewrite.changed` names
+those whose values the fold changes on purpose (between a forward fold's chain and its
+operator, the collapsed chain's middle). Constants nothing reads any more are emptied.
+Chains on int8 activations, and weights stored as int8, are kept (reason given).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from edgebn.errors import EdgebnError
+from edgebn.tflite.reader import Operator, Subgraph, TFLiteModel, schema
+from edgebn.tflite.residue import Step, affine_chains, bn_sources, chain_kind, constant_source
+from edgebn.tflite.writer import Buffer, buffers_of, operator_code, pack, unpack
+
+# the linear operators a BN folds into: weights input, bias input, the weights' output-channel axis
+KERNELS = {"CONV_2D": (1, 2, 0), "DEPTHWISE_CONV_2D": (1, 2, 3), "FULLY_CONNECTED": (1, 2, 0),
+           "TRANSPOSE_CONV": (1, 3, 0), "CONV_3D": (1, 2, 4)}
+FORWARD_INTO = ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D")
+PASS_THROUGH = ("RESHAPE", "TRANSPOSE", "MEAN", "AVERAGE_POOL_2D", "MAX_POOL_2D")
+
+
+@dataclass(frozen=True)
+class ChainFold:
+    """What became of one residual BN chain."""
+
+    subgraph: int
+    ops: tuple[int, ...]  # the chain's operators in the original file
+    kind: str
+    channels: int
+    result: str  # "folded" | "collapsed" | "kept"
+    into: int | None = None  # the absorbing operator's index in the original file
+    into_type: str | None = None
+    direction: str | None = None  # "backward" | "forward"
+    reason: str | None = None
+    source: str | None = None
+    float16: bool = False  # folded into float16 weights, stored as float16 again
+
+    def to_json(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"subgraph": self.subgraph, "ops": list(self.ops), "kind": self.kind,
+                               "channels": self.channels, "result": self.result,
+                               "source": self.source}
+        if self.result == "folded":
+            doc |= {"into": {"op": self.into, "type": self.into_type}, "direction": self.direction,
+                    "float16": self.float16}
+        else:
+            doc["reason"] = self.reason
+        return doc
+
+
+@dataclass(frozen=True)
+class Rewrite:
+    """The folded model's bytes, what became of each chain, and the tensors it changes."""
+
+    data: bytes
+    chains: tuple[ChainFold, ...]
+    changed: frozenset[tuple[int, int]]  # (subgraph, tensor) whose values differ on purpose
+
+    @property
+    def float16(self) -> bool:
+        return any(c.float16 for c in self.chains)
+
+
+def chain_affine(model: TFLiteModel, sg: Subgraph, chain: tuple[Step, ...],
+                 producer: dict[int, Operator]) -> tuple[np.ndarray, np.ndarray]:
+    """``s`` and ``t`` (float64, one per channel) of ``y = x·s + t``, step by step."""
+    s = t = None
+    for st in chain:
+        c = const_values(model, sg, st.const, producer).reshape(-1)
+        if s is None:
+            s, t = np.ones_like(c), np.zeros_like(c)
+        if st.op.op == "SUB":
+            t = t - c
+        elif st.op.op == "ADD":
+            t = t + c
+        else:
+            s, t = s * c, t * c
+    return s, t
+
+
+def const_values(model: TFLiteModel, sg: Subgraph, tensor: int,
+                 producer: dict[int, Operator]) -> np.ndarray:
+    """The real values of a constant (or a DEQUANTIZE's output of one), in float64."""
+    source = constant_source(model, sg, tensor, producer)
+    t = sg.tensors[source] if source is not None else None
+    raw = model.constant(t) if t is not None else None
+    if raw is None:
+        raise EdgebnError(f"{model.path}: tensor {tensor} of subgraph {sg.index} is not a "
+                          "readable constant")
+    values = raw.astype(np.float64)
+    q = t.quantization
+    if raw.dtype.kind in "iu" and q is not None and q.scale:
+        shape = [1] * raw.ndim
+        if len(q.scale) > 1 and raw.ndim:
+            shape[q.quantized_dimension] = len(q.scale)
+        zero = np.reshape(q.zero_point or [0], shape if len(q.zero_point) > 1 else [1] * raw.ndim)
+        values = (values - zero) * np.reshape(q.scale, shape)
+    return values
+
+
+class _Kernel:
+    """An operator's weights and bias being rewritten, in float64 until written."""
+
+    def __init__(self, folder: _Folder, op_index: int) -> None:
+        sg = folder.sg
+        op = sg.operators[op_index]
+        self.op, self.index = op, op_index
+        w_slot, b_slot, self.out_axis = KERNELS[op.op]
+        self.w_slot, self.b_slot = w_slot, b_slot
+        w = op.inputs[w_slot]
+        self.w_tensor = w
+        self.float16 = sg.tensors[w].dtype == "FLOAT32" and folder.producer.get(w) is not None
+        self.w = const_values(folder.model, sg, w, folder.producer)
+        b = op.inputs[b_slot] if len(op.inputs) > b_slot else -1
+        self.b = (const_values(folder.model, sg, b, folder.producer).reshape(-1) if b >= 0
+                  else np.zeros(self.w.shape[self.out_axis]))
+
+
+class _Folder:
+    """Folds the chains of one subgraph into the unpacked model ``m``."""
+
+    def __init__(self, model: TFLiteModel, m: Any, sg_index: int) -> None:
+        self.model, self.m, self.sg = model, m, model.subgraphs[sg_index]
+        self.usg = m.subgraphs[sg_index]
+        self.producer = {t: op for op in self.sg.operators for t in op.outputs if t >= 0}
+        self.consumers: dict[int, list[Operator]] = {}
+        for op in self.sg.operators:
+            for t in set(op.inputs):
+                if t >= 0:
+                    self.consumers.setdefault(t, []).append(op)
+        self.outputs = set(self.sg.outputs)
+        self.kernels: dict[int, _Kernel] = {}
+        self.drop: set[int] = set()
+        self.changed: set[int] = set()
+        self.results: list[ChainFold] = []
+
+    # ------------------------------------------------------------ per chain
+    def fold(self, chain: tuple[Step, ...]) -> None:
+        sg = self.sg
+        ops = tuple(st.op.index for st in chain)
+        x = chain[0].data
+        base = ChainFold(sg.index, ops, chain_kind(chain), sg.tensors[x].shape[chain[0].axis],
+                         "kept", source=next((n for st in chain for n in bn_sources(sg, st.op, None)), None))
+        if sg.tensors[x].dtype != "FLOAT32":
+            self.results.append(_with(base, reason=f"{sg.tensors[x].dtype} activations: a quantized "
+                                      "chain is kept as the converter wrote it"))
+            return
+        s, t = chain_affine(self.model, sg, chain, self.producer)
+        back = self._backward(chain, s, t)
+        if isinstance(back, ChainFold):
+            self.results.append(_with(back, subgraph=base.subgraph, ops=ops, kind=base.kind,
+                                      channels=base.channels, source=base.source))
+            self.drop |= set(ops)
+            return
+        fwd = self._forward(chain, s, t)
+        if isinstance(fwd, ChainFold):
+            self.results.append(_with(fwd, subgraph=base.subgraph, ops=ops, kind=base.kind,
+                                      channels=base.channels, source=base.source))
+            self.drop |= set(ops)
+            return
+        reason = f"backward: {back}; forward: {fwd}"
+        if len(chain) > 2:
+            self._collapse(chain, s, t)
+            self.results.append(_with(base, result="collapsed", reason=reason))
+        else:
+            self.results.append(_with(base, reason=reason))
+
+    def _kernel(self, index: int) -> _Kernel | str:
+        if index in self.kernels:
+            return self.kernels[index]
+        op = self.sg.operators[index]
+        w_slot, b_slot, _ = KERNELS[op.op]
+        w = op.inputs[w_slot]
+        source = constant_source(self.model, self.sg, w, self.producer)
+        if source is None or self.sg.tensors[source].dtype not in ("FLOAT32", "FLOAT16"):
+            kind = "computed" if source is None else f"stored as {self.sg.tensors[source].dtype}"
+            return f"the {op.op}'s weights are {kind}, not float constants"
+        b = op.inputs[b_slot] if len(op.inputs) > b_slot else -1
+        if b >= 0 and (constant_source(self.model, self.sg, b, self.producer) is None
+                       or self.sg.tensors[b].dtype != "FLOAT32"):
+            return f"the {op.op}'s bias is not a float32 constant"
+        kernel = _Kernel(self, index)
+        self.kernels[index] = kernel
+        return kernel
+
+    def _backward(self, chain: tuple[Step, ...], s: np.ndarray, t: np.ndarray) -> ChainFold | str:
+        sg, x = self.sg, chain[0].data
+        maker = self.producer.get(x)
+        if maker is None:
+            return "it normalizes a model input: no operator before it"
+        if maker.op not in KERNELS:
+            return f"it follows a {maker.op}, not a linear operator"
+        readers = self.consumers.get(x, [])
+        if len(readers) != 1 or x in self.outputs:
+            return f"the {maker.op}'s output is also read elsewhere"
+        if maker.activation != "NONE":
+            return f"a {maker.activation} fused into the {maker.op} stands between"
+        if chain[0].axis != len(sg.tensors[x].shape) - 1:
+            return f"its channels are not the {maker.op}'s output channels"
+        activation = chain[-1].op.activation
+        options = self.usg.operators[maker.index].builtinOptions
+        if activation != "NONE" and not hasattr(options, "fusedActivationFunction"):
+            return f"the {maker.op} cannot carry the fused {activation}"
+        kernel = self._kernel(maker.index)
+        if isinstance(kernel, str):
+            return kernel
+        if kernel.w.shape[kernel.out_axis] != len(s):
+            return f"the {maker.op}'s output channels are not its channels"
+        shape = [1] * kernel.w.ndim
+        shape[kernel.out_axis] = len(s)
+        kernel.w = kernel.w * s.reshape(shape)
+        kernel.b = kernel.b * s + t
+        uop = self.usg.operators[maker.index]
+        uop.outputs = [chain[-1].op.outputs[0]]
+        if activation != "NONE":
+            uop.builtinOptions.fusedActivationFunction = getattr(
+                schema().ActivationFunctionType, activation)
+        return ChainFold(0, (), "", 0, "folded", maker.index, maker.op, "backward",
+                         float16=kernel.float16)
+
+    def _forward(self, chain: tuple[Step, ...], s: np.ndarray, t: np.ndarray) -> ChainFold | str:
+        sg = self.sg
+        last = chain[-1].op
+        if last.activation != "NONE":
+            return f"a {last.activation} fused into its {last.op} stands between it and the next operator"
+        shape = sg.tensors[chain[0].data].shape
+        axis_shape = [1] * len(shape)
+        axis_shape[chain[0].axis] = len(s)
+        s_full = np.broadcast_to(s.reshape(axis_shape), shape)
+        t_full = np.broadcast_to(t.reshape(axis_shape), shape)
+        tensor, path = last.outputs[0], []
+        while True:
+            readers = self.consumers.get(tensor, [])
+            if tensor in self.outputs:
+                return "it makes a model output"
+            if len(readers) != 1:
+                return f"its output is read by {len(readers)} operators"
+            nxt = readers[0]
+            if nxt.inputs[0] != tensor or (nxt.op in KERNELS and nxt.inputs[KERNELS[nxt.op][0]] == tensor):
+                return f"it reaches a {nxt.op} other than as its data input"
+            if nxt.op not in PASS_THROUGH:
+                break
+            moved = self._through(nxt, s_full, t_full)
+            if isinstance(moved, str):
+                return moved
+            s_full, t_full = moved
+            path.append(nxt)
+            tensor = nxt.outputs[0]
+        if nxt.op not in FORWARD_INTO:
+            return f"it reaches a {nxt.op}, which does not commute with a per-channel scale and shift"
+        padding = getattr(self.usg.operators[nxt.index].builtinOptions, "padding", None)
+        if nxt.op != "FULLY_CONNECTED" and padding != schema().Padding.VALID:
+            return f"the {nxt.op} after it pads with zeros (SAME): border outputs would see 0, not the shift"
+        kernel = self._kernel(nxt.index)
+        if isinstance(kernel, str):
+            return kernel
+        done = _absorb_input(kernel, nxt, s_full, t_full)
+        if done is not None:
+            return done
+        # the first operator after the chain reads x; the tensors on the way carry x's image now
+        reader = self.usg.operators[(path[0] if path else nxt).index]
+        reader.inputs = [chain[0].data if int(i) == last.outputs[0] else int(i) for i in reader.inputs]
+        self.changed |= {p.outputs[0] for p in path}
+        return ChainFold(0, (), "", 0, "folded", nxt.index, nxt.op, "forward", float16=kernel.float16)
+
+    def _through(self, op: Operator, s_full: np.ndarray, t_full: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray] | str:
+        """``s`` and ``t`` per element of ``op``'s output, where it commutes with them."""
+        sg = self.sg
+        out_shape = sg.tensors[op.outputs[0]].shape
+        if op.activation != "NONE":
+            return f"a {op.activation} fused into the {op.op} on the way"
+        if op.op == "RESHAPE":
+            if int(np.prod(out_shape)) != s_full.size:
+                return "a RESHAPE on the way has a dynamic shape"
+            return s_full.reshape(out_shape), t_full.reshape(out_shape)
+        if op.op in ("TRANSPOSE", "MEAN"):
+            values = self.model.constant(sg.tensors[op.inputs[1]]) if op.inputs[1] >= 0 else None
+            if values is None:
+                return f"a {op.op} on the way has computed axes"
+            axes = [int(a) % s_full.ndim for a in values.reshape(-1)]
+            if op.op == "TRANSPOSE":
+                return s_full.transpose(axes), t_full.transpose(axes)
+            if not _constant_along(s_full, axes) or not _constant_along(t_full, axes):
+                return "a MEAN on the way averages across channels"
+            return _reduce(s_full, axes, out_shape), _reduce(t_full, axes, out_shape)
+        # pooling, NHWC
+        if s_full.ndim != 4 or not _constant_along(s_full, [1, 2]) or not _constant_along(t_full, [1, 2]):
+            return f"the {op.op} on the way pools across channels"
+        padding = self.usg.operators[op.index].builtinOptions.padding
+        if op.op == "AVERAGE_POOL_2D" and padding != schema().Padding.VALID:
+            return "an AVERAGE_POOL_2D with SAME padding on the way"
+        if op.op == "MAX_POOL_2D" and not (s_full > 0).all():
+            return "a MAX_POOL_2D on the way and a scale ≤ 0 (max(s·x) = s·min(x))"
+        return (np.broadcast_to(s_full[:, :1, :1, :], out_shape),
+                np.broadcast_to(t_full[:, :1, :1, :], out_shape))
+
+    def _collapse(self, chain: tuple[Step, ...], s: np.ndarray, t: np.ndarray) -> None:
+        """The chain as one MUL by ``s`` and one ADD of ``t`` (the last operator's activation)."""
+        sg, usg = self.sg, self.usg
+        rank = len(sg.tensors[chain[0].data].shape)
+        shape = [len(s)] + [1] * (rank - 1 - chain[0].axis)
+        first, last = usg.operators[chain[0].op.index], usg.operators[chain[-1].op.index]
+        s_tensor = _new_const(self.m, usg, s.astype(np.float32).reshape(shape), "bn_scale")
+        t_tensor = _new_const(self.m, usg, t.astype(np.float32).reshape(shape), "bn_shift")
+        mid = chain[0].op.outputs[0]
+        _set_builtin(self.m, first, "MUL", schema().MulOptionsT())
+        first.inputs, first.outputs = [chain[0].data, s_tensor], [mid]
+        options = schema().AddOptionsT()
+        options.fusedActivationFunction = getattr(schema().ActivationFunctionType, chain[-1].op.activation)
+        _set_builtin(self.m, last, "ADD", options)
+        last.inputs = [mid, t_tensor]
+        self.drop |= {st.op.index for st in chain[1:-1]}
+        self.changed.add(mid)
+
+    # ------------------------------------------------------------ writing
+    def write_kernels(self) -> dict[int, list[Any]]:
+        """Each rewritten kernel's new constants; the DEQUANTIZE ops to run before an op."""
+        before: dict[int, list[Any]] = {}
+        for index, k in self.kernels.items():
+            uop = self.usg.operators[index]
+            inputs = [int(i) for i in uop.inputs]
+            if k.float16:
+                half = _new_const(self.m, self.usg, k.w.astype(np.float16), "folded_weights", "FLOAT16")
+                w = _new_tensor(self.usg, list(k.w.shape), "FLOAT32", "folded_weights_dequantized")
+                deq = schema().OperatorT()
+                _set_builtin(self.m, deq, "DEQUANTIZE", None)
+                deq.inputs, deq.outputs = [half], [w]
+                before.setdefault(index, []).append(deq)
+            else:
+                w = _new_const(self.m, self.usg, k.w.astype(np.float32), "folded_weights")
+            inputs[k.w_slot] = w
+            b = _new_const(self.m, self.usg, k.b.astype(np.float32), "folded_bias")
+            while len(inputs) <= k.b_slot:
+                inputs.append(-1)
+            inputs[k.b_slot] = b
+            uop.inputs = inputs
+        return before
+
+
+def _with(fold: ChainFold, **changes: Any) -> ChainFold:
+    return replace(fold, **changes)
+
+
+def _constant_along(a: np.ndarray, axes: list[int]) -> bool:
+    first = a
+    for ax in axes:
+        first = np.take(first, [0], axis=ax)
+    return bool(np.array_equal(np.broadcast_to(first, a.shape), a))
+
+
+def _reduce(a: np.ndarray, axes: list[int], out_shape: tuple[int, ...]) -> np.ndarray:
+    for ax in axes:
+        a = np.take(a, [0], axis=ax)
+    return a.reshape(out_shape)
+
+
+def _absorb_input(kernel: _Kernel, op: Operator, s_full: np.ndarray, t_full: np.ndarray) -> str | None:
+    """Scale ``kernel``'s weights over its input channels by ``s``, its bias by ``Σ W⊗t``."""
+    w = kernel.w
+    if op.op == "FULLY_CONNECTED":
+        features = w.shape[1]
+        if s_full.size % features:
+            return "the FULLY_CONNECTED's input does not split into its features"
+        rows_s, rows_t = s_full.reshape(-1, features), t_full.reshape(-1, features)
+        if not (rows_s == rows_s[:1]).all() or not (rows_t == rows_t[:1]).all():
+            return "the FULLY_CONNECTED sees the batch differently scaled"
+        kernel.b = kernel.b + w @ rows_t[0]
+        kernel.w = w * rows_s[0][None, :]
+        return None
+    if s_full.ndim != 4 or not _constant_along(s_full, [1, 2]) or not _constant_along(t_full, [1, 2]):
+        return f"the {op.op}'s input is not scaled per channel"
+    s, t = s_full[0, 0, 0, :], t_full[0, 0, 0, :]
+    if op.op == "DEPTHWISE_CONV_2D":
+        mult = w.shape[3] // len(s)
+        if mult * len(s) != w.shape[3]:
+            return "the DEPTHWISE_CONV_2D's channels are not its input's"
+        s_out, t_out = np.repeat(s, mult), np.repeat(t, mult)
+        kernel.b = kernel.b + (w * t_out).sum(axis=(0, 1, 2))
+        kernel.w = w * s_out
+        return None
+    out_ch, in_ch = w.shape[0], w.shape[3]  # CONV_2D [O, H, W, I/groups]
+    groups = len(s) // in_ch if in_ch else 0
+    if not groups or groups * in_ch != len(s) or out_ch % groups:
+        return "the CONV_2D's input channels are not its input's"
+    index = (np.arange(out_ch)[:, None] // (out_ch // groups)) * in_ch + np.arange(in_ch)[None, :]
+    s_oi, t_oi = s[index], t[index]  # [O, I/groups]
+    kernel.b = kernel.b + (w * t_oi[:, None, None, :]).sum(axis=(1, 2, 3))
+    kernel.w = w * s_oi[:, None, None, :]
+    return None
+
+
+def _new_tensor(usg: Any, shape: list[int], dtype: str, name: str, buffer: int = 0) -> int:
+    t = schema().TensorT()
+    t.shape, t.type, t.name, t.buffer = list(shape), getattr(schema().TensorType, dtype), name, buffer
+    usg.tensors.append(t)
+    return len(usg.tensors) - 1
+
+
+def _new_const(m: Any, usg: Any, values: np.ndarray, name: str, dtype: str = "FLOAT32") -> int:
+    m.buffers.append(Buffer(np.ascontiguousarray(values).astype(values.dtype.newbyteorder("<")).tobytes()))
+    return _new_tensor(usg, list(values.shape), dtype, name, len(m.buffers) - 1)
+
+
+def _set_builtin(m: Any, op: Any, builtin: str, options: Any) -> None:
+    code = getattr(schema().BuiltinOperator, builtin)
+    same = [i for i, c in enumerate(m.operatorCodes) if max(c.builtinCode, c.deprecatedBuiltinCode) == code]
+    if not same:
+        m.operatorCodes.append(operator_code(builtin))
+        same = [len(m.operatorCodes) - 1]
+    op.opcodeIndex = same[0]
+    op.builtinOptionsType = getattr(schema().BuiltinOptions, type(options).__name__[:-1]) if options else 0
+    op.builtinOptions = options
+
+
+def _prune(model: TFLiteModel, m: Any) -> None:
+    """Empty the constants no operator reads any more, and drop DEQUANTIZE ops nobody reads."""
+    for usg in m.subgraphs:
+        while True:
+            read = {int(t) for op in usg.operators for t in op.inputs} | {int(t) for t in usg.outputs}
+            dead = [op for op in usg.operators if op.opcodeIndex is not None
+                    and m.operatorCodes[op.opcodeIndex].builtinCode == schema().BuiltinOperator.DEQUANTIZE
+                    and all(int(t) not in read for t in op.outputs)]
+            if not dead:
+                break
+            usg.operators = [op for op in usg.operators if all(op is not d for d in dead)]
+        read = {int(t) for op in usg.operators for t in (*op.inputs, *op.outputs)} | \
+            {int(t) for t in (*usg.inputs, *usg.outputs)}
+        shared = {}
+        for sg in m.subgraphs:
+            for i, t in enumerate(sg.tensors):
+                shared.setdefault(t.buffer, set()).add((id(sg), i))
+        for i, t in enumerate(usg.tensors):
+            if i not in read and t.buffer and len(shared.get(t.buffer, ())) == 1 and not t.isVariable:
+                m.buffers[t.buffer] = Buffer(b"")
+                t.buffer = 0
+
+
+def fold_chains(model: TFLiteModel) -> Rewrite:
+    """``model`` with every residual BN chain folded, collapsed or kept (the module docstring)."""
+    m = unpack(model)
+    m.buffers = buffers_of(model)
+    results: list[ChainFold] = []
+    changed: set[tuple[int, int]] = set()
+    for sg in model.subgraphs:
+        chains = affine_chains(model, sg)
+        if not chains:
+            continue
+        folder = _Folder(model, m, sg.index)
+        for chain in chains:
+            folder.fold(chain)
+        before = folder.write_kernels()
+        ops = []
+        for i, op in enumerate(m.subgraphs[sg.index].operators):
+            if i not in folder.drop:
+                ops += before.get(i, []) + [op]
+        m.subgraphs[sg.index].operators = ops
+        results += folder.results
+        changed |= {(sg.index, t) for t in folder.changed}
+    if not results:
+        return Rewrite(model.data, (), frozenset())
+    _prune(model, m)
+    return Rewrite(pack(m), tuple(results), frozenset(changed))
