@@ -139,10 +139,30 @@ def test_inspect_and_the_residue_cost_take_the_whole_chain():
 # ---------------------------------------------------------------- the TensorFlow converter
 
 
-@pytest.mark.parametrize("quantize", ["none", "int8"])
-@pytest.mark.parametrize("pattern", ["relu_bn_pool", "add_bn", "bn_last", "bn_before_conv"])
-def test_the_converters_residue_folds_where_an_exact_fold_exists(pattern_files, pattern, quantize):
-    model = read_tflite(pattern_files[(pattern, quantize, False)])
+@pytest.fixture(scope="module")
+def float16_patterns(tmp_path_factory):
+    """The Keras patterns that leave residue, converted with float16 weights."""
+    from patterns import build_pattern, representative
+
+    from edgebn.convert import to_tflite
+
+    out = {}
+    for name in RESIDUE_PATTERNS:
+        path = tmp_path_factory.mktemp("f16") / f"{name}.tflite"
+        to_tflite(build_pattern(name), path, "float16", representative())
+        out[name] = path
+    return out
+
+
+RESIDUE_PATTERNS = {"relu_bn_pool": "kept", "add_bn": "kept", "bn_last": "kept", "bn_before_conv": "folded"}
+
+
+@pytest.mark.parametrize("quantize", ["none", "float16", "int8"])
+@pytest.mark.parametrize("pattern", list(RESIDUE_PATTERNS))
+def test_the_converters_residue_folds_where_an_exact_fold_exists(pattern_files, float16_patterns,
+                                                                   pattern, quantize):
+    path = float16_patterns[pattern] if quantize == "float16" else pattern_files[(pattern, quantize, False)]
+    model = read_tflite(path)
     before = analyse_bn(model).residual
     assert len(before) == 1
     result = tflite_fold.fold_tflite(model)
@@ -150,11 +170,11 @@ def test_the_converters_residue_folds_where_an_exact_fold_exists(pattern_files, 
     if quantize == "int8":
         assert chain.result == "kept" and "INT8 activations" in chain.reason
         return
-    expected = {"relu_bn_pool": "kept", "add_bn": "kept", "bn_last": "kept",
-                "bn_before_conv": "folded"}[pattern]
+    expected = RESIDUE_PATTERNS[pattern]
     if pattern == "relu_bn_pool":  # forward through the max-pool only when every γ/σ > 0
         expected = "folded" if chain.direction == "forward" else "kept"
     assert chain.result == expected, chain
+    assert chain.float16 == (quantize == "float16" and expected == "folded")
     assert result.max_rel_diff <= result.tolerance
     left = analyse_bn(parse_tflite(result.data)).residual
     assert len(left) == (0 if expected == "folded" else 1)

@@ -145,6 +145,8 @@ def proof_inputs(model: TFLiteModel, data: np.ndarray | None, samples: int
         warnings.simplefilter("ignore")
         interp, _ = load_interpreter(model, xnnpack=False, checked=False)
     details = interp.get_input_details()
+    if not details:
+        raise EdgebnError(f"{model.path}: the model has no inputs to run the proof on")
     if data is not None and len(details) != 1:
         raise EdgebnError(f"{model.path}: --data gives one input; the model takes {len(details)}")
     per_input = [make_inputs(d["shape"], d["dtype"], d["quantization"], samples,

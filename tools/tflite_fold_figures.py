@@ -1,0 +1,84 @@
+"""The README's table for ``edgebn fold model.tflite``: each residue form, what the fold made of it.
+
+    python tools/tflite_fold_figures.py [--bench-time S]
+
+Rows: the forms tests/tflite_forms.py writes with edgebn's writer (float32 and float16
+weights) and, when the torch extra is installed, the litert-torch models of
+tests/test_litert_torch.py. Each is folded and proven (every shared tensor compared), then
+both files are timed interleaved on one core; the p50 ratio is before / after. The CPU is
+named: absolute times depend on it, ratios less so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import platform
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def _models(tmp: Path) -> list[tuple[str, str, bytes]]:
+    from tflite_forms import FORMS
+
+    rows = [(name + (" (float16)" if f16 else ""), "edgebn writer", build(3, f16))
+            for name, (build, _, _) in FORMS.items() for f16 in (False, True)]
+    try:
+        import litert_torch
+        import torch
+        from test_litert_torch import CASES, SHAPE, randomise_bn
+    except ImportError:
+        print("(torch extra not installed: litert-torch rows left out)", file=sys.stderr)
+        return rows
+    for cls in CASES:
+        path = tmp / f"{cls.__name__}.tflite"
+        with contextlib.redirect_stdout(io.StringIO()):  # litert-torch's progress lines
+            litert_torch.convert(randomise_bn(cls()), (torch.zeros(SHAPE),)).export(str(path))
+        rows.append((cls.__name__, "litert-torch 0.10", path.read_bytes()))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bench-time", type=float, default=1.0)
+    args = parser.parse_args()
+    from edgebn.runtime.tflite_fold import fold_tflite
+    from edgebn.runtime.timing import BenchSettings
+    from edgebn.tflite.reader import parse_tflite
+
+    settings = BenchSettings(min_time_s=args.bench_time, cost=False)
+    print(f"CPU: {_cpu()}, 1 thread, XNNPACK\n")
+    print("| model | from | form | result | into / reason | tensors compared | max rel Δ | "
+          "p50 before → after (µs) | ratio |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, source, data in _models(Path(tmp)):
+            result = fold_tflite(parse_tflite(data, name), bench=settings)
+            for c in result.chains or [None]:
+                form = c.kind if c else "(none)"
+                outcome = c.result if c else "clean"
+                where = (f"{c.direction} into {c.into_type}" if c and c.result == "folded"
+                         else (c.reason if c else "the converter folded it"))
+                timing = ("—", "—") if result.before is None else (
+                    f"{result.before.p50:.1f} → {result.after.p50:.1f}",
+                    f"{result.before.p50 / result.after.p50:.2f}")
+                print(f"| {name} | {source} | {form} | {outcome} | {where} | {result.compared} | "
+                      f"{result.max_rel_diff:.1e} | {timing[0]} | {timing[1]} |")
+
+
+if __name__ == "__main__":
+    main()
