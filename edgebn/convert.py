@@ -13,8 +13,9 @@ import numpy as np
 
 from edgebn.choices import Quantize, QuantizeSpec, quantize_spec
 from edgebn.data.dataset import DataSpec
-from edgebn.errors import EdgebnError
+from edgebn.errors import EdgebnError, FoldError
 from edgebn.fold.keras_fold import FoldResult, all_bn_layer_names, fold_model
+from edgebn.runtime.tflite_fold import TFLiteFoldResult, fold_tflite
 from edgebn.stages import Stages, timed, write_atomic
 from edgebn.tensors import CHECK_SAMPLES, sample_inputs
 from edgebn.tflite.reader import TFLiteModel, parse_tflite
@@ -97,6 +98,8 @@ class ConversionResult:
     fold: FoldResult | None = None  # when the model was folded in Keras first
     converter_only: InspectResult | None = None  # of the unfolded model's conversion
     source: str | None = None  # the .keras it came from
+    tflite_fold: TFLiteFoldResult | None = None  # the residue the converter left, folded in the file
+    tflite_fold_refused: str | None = None  # why that fold's proof refused it (the file is as converted)
 
     def fold_json(self) -> dict[str, Any] | None:
         """The fold and the two verdicts side by side, for reports and --json."""
@@ -111,7 +114,17 @@ class ConversionResult:
         return {"model": self.source, "out": str(self.converted.path),
                 "size_bytes": self.converted.size_bytes,
                 "quantize": self.converted.quantize.value, "fold": self.fold_json(),
+                "tflite_fold": self.tflite_fold_json(),
                 "inspect": self.inspected.to_json()}
+
+    def tflite_fold_json(self) -> dict[str, Any] | None:
+        """What ``edgebn fold`` did to the converter's file: each chain, the proof; or why not."""
+        if self.tflite_fold_refused is not None:
+            return {"refused": self.tflite_fold_refused}
+        if self.tflite_fold is None:
+            return None
+        doc = self.tflite_fold.to_json()
+        return {k: doc[k] for k in ("measure", "max_rel_diff", "tolerance", "bn", "counts")}
 
 
 def _verdict_json(inspected: InspectResult) -> dict[str, Any]:
@@ -162,8 +175,31 @@ def convert_model(model: Any, out: str | Path, options: ConvertOptions = Convert
         if also is not None:
             also(model if folded is None else folded.model)
     with stages.stage("inspect", f"BN residue in {Path(out).name}"):
-        return ConversionResult(converted, inspect_model(converted.model, bn_layers), folded,
-                                None if only is None else inspect_model(only.model, bn_layers))
+        inspected = inspect_model(converted.model, bn_layers)
+    result = ConversionResult(converted, inspected, folded,
+                              None if only is None else inspect_model(only.model, bn_layers))
+    if options.fold and any(r.affine for r in inspected.bn.residual):
+        result = _refold(result, bn_layers, fold_inputs[0] if fold_inputs else None, stages)
+    return result
+
+
+def _refold(result: ConversionResult, bn_layers: list[str], x: np.ndarray | None,
+            stages: Stages) -> ConversionResult:
+    """The BN the converter still left, folded in the .tflite itself (edgebn fold model.tflite);
+    the file is replaced only when the fold removed something and its proof passed."""
+    converted = result.converted
+    n = len(result.inspected.bn.residual)
+    with stages.stage("refold", f"{n} residual BN folded in the .tflite"):
+        try:
+            refold = fold_tflite(converted.model, x, bench=None)
+        except FoldError as exc:
+            return replace(result, tflite_fold_refused=str(exc))
+        if not any(c.result in ("folded", "collapsed") for c in refold.chains):
+            return replace(result, tflite_fold=refold)
+        write_atomic(converted.path, refold.data)
+        converted = replace(converted, model=parse_tflite(refold.data, str(converted.path)))
+        return replace(result, converted=converted, tflite_fold=refold,
+                       inspected=inspect_model(converted.model, bn_layers))
 
 
 def convert_file(model_path: str | Path, out: str | Path,

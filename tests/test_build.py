@@ -298,3 +298,32 @@ def test_int8_build_keeps_float32_beside_it(cnn, tmp_path, monkeypatch):
     # A float32 build into the same directory: one precision, no stale float32 file.
     again = build(BuildConfig(out=out, model=cnn["keras"], run_bench=False))
     assert again.precisions() == [] and not (out / "model_float32.tflite").exists()
+
+
+def test_a_default_build_reports_the_seeds_ledger_from_the_training_history(default_build):
+    """Steps and wall time to the twin's best validation accuracy, recomputed from each
+    model's per-epoch history in the report; the ratios from those."""
+    import statistics
+
+    out, proc, _ = default_build
+    report = json.loads((out / "report.json").read_text())
+    ledger = report["seed_ledger"]
+    bn, twin = report["model"]["history"], report["twin"]["history"]
+    assert len(bn["val_accuracy"]) == report["model"]["epochs_run"] == len(bn["epoch_s"])
+    target = max(twin["val_accuracy"])
+    assert ledger["target_val_accuracy"] == target
+    for row, hist in ((ledger["bn"], bn), (ledger["twin"], twin)):
+        reached = [i + 1 for i, a in enumerate(hist["val_accuracy"]) if a >= target]
+        assert row["epochs_to_target"] == (reached[0] if reached else None)
+        if reached:
+            assert row["steps_to_target"] == reached[0] * hist["steps_per_epoch"] > 0
+            assert row["seconds_to_target"] == pytest.approx(sum(hist["epoch_s"][:reached[0]]))
+        assert row["seconds_per_epoch"] == pytest.approx(statistics.median(hist["epoch_s"][1:]))
+    assert ledger["twin"]["epochs_to_target"] is not None  # the twin reaches its own best
+    r = ledger["ratios"]
+    assert r["epoch_slowdown"] == pytest.approx(ledger["bn"]["seconds_per_epoch"]
+                                                / ledger["twin"]["seconds_per_epoch"])
+    if ledger["bn"]["steps_to_target"]:
+        assert r["fewer_steps"] == pytest.approx(ledger["twin"]["steps_to_target"]
+                                                 / ledger["bn"]["steps_to_target"])
+    assert "BN's steps, epochs and wall time" in (out / "report.md").read_text()

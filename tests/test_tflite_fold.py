@@ -178,3 +178,28 @@ def test_the_converters_residue_folds_where_an_exact_fold_exists(pattern_files, 
     assert result.max_rel_diff <= result.tolerance
     left = analyse_bn(parse_tflite(result.data)).residual
     assert len(left) == (0 if expected == "folded" else 1)
+
+
+def test_convert_folds_what_the_converter_left_in_the_tflite(tmp_path):
+    """No Keras fold (no check inputs): the converter leaves the BN before a VALID conv as
+    MUL+ADD; convert folds it in the .tflite, proves it, and writes the folded file."""
+    from patterns import build_pattern
+
+    from edgebn.convert import ConvertOptions, convert_model, to_tflite
+
+    model = build_pattern("bn_before_conv")
+    only = to_tflite(model, tmp_path / "only.tflite")
+    assert len(analyse_bn(only.model).residual) == 1
+    result = convert_model(model, tmp_path / "m.tflite", ConvertOptions())
+    assert result.fold is None and result.inspected.clean
+    (chain,) = result.tflite_fold.chains
+    assert (chain.result, chain.direction, chain.into_type) == ("folded", "forward", "CONV_2D")
+    assert analyse_bn(read_tflite(tmp_path / "m.tflite")).residual == ()
+    doc = result.to_json()["tflite_fold"]
+    assert doc["counts"] == {"folded": 1, "collapsed": 0, "kept": 0}
+    x = np.random.default_rng(2).random((1, 8, 8, 3), dtype=np.float32)
+    want = model(x, training=False).numpy()
+    got = _run((tmp_path / "m.tflite").read_bytes(), x)
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+    none = convert_model(model, tmp_path / "n.tflite", ConvertOptions(fold=False))
+    assert none.tflite_fold is None and len(none.inspected.bn.residual) == 1

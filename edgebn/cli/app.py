@@ -170,9 +170,10 @@ def fold(
     (each with its reason), 2 when the folded model would differ beyond --tolerance
     (nothing is written).
     """
-    if model.suffix not in (".keras", ".tflite") or out.suffix != model.suffix:
-        raise typer.BadParameter(f"MODEL must be a .keras or .tflite and --out the same type. "
-                                 f"Received: {model.name}, --out {out.name}")
+    if model.suffix not in (".keras", ".tflite"):
+        raise typer.BadParameter(f"MODEL must be a .keras or a .tflite. Received: {model}")
+    if out.suffix != model.suffix:
+        raise typer.BadParameter(f"--out must end in {model.suffix}. Received: {out}")
     with quiet(verbose):
         if model.suffix == ".tflite":
             from edgebn.pipeline.refold import fold_file as fold_tflite_file
@@ -204,8 +205,9 @@ def build(
     out: Annotated[Path, typer.Option("--out", file_okay=False, help="Output directory.")] = Path(
         "build"),
     model: Annotated[Path | None, typer.Option(
-        "--model", exists=True, dir_okay=False, callback=suffix(".keras"),
-        help="Build this .keras model (yours) instead of training one from the zoo.")] = None,
+        "--model", exists=True, dir_okay=False, callback=suffix(".keras", ".tflite"),
+        help="Build this model (yours: a .keras, or a .tflite from any converter, PyTorch's "
+             "through litert-torch included) instead of training one from the zoo.")] = None,
     quantize: QuantizeOpt = Quantize.none,
     fold: FoldOpt = True,
     tolerance: ToleranceOpt = 1e-5,
@@ -238,7 +240,12 @@ def build(
         run_bench=run_bench, twin=twin, bundle=make_bundle, sign=sign,
         emulate=tuple(emulate or ()))
     with quiet(verbose), StageProgress() as progress:
-        result = run_build(config, progress)
+        if model is not None and model.suffix == ".tflite":
+            from edgebn.pipeline.tflite_build import run_tflite_build
+
+            result = run_tflite_build(config, progress)
+        else:
+            result = run_build(config, progress)
     print_json(result.to_json()) if as_json else render.build(result)
 
 

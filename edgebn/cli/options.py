@@ -184,10 +184,10 @@ train_options = _option_group("training", _TRAIN_OPTIONS, _train_config)
 train_options.__doc__ = "Add the TrainConfig options, received as ``training: TrainConfig``."
 
 
-def suffix(suffix: str):
+def suffix(*suffixes: str):
     def check(path: Path | None) -> Path | None:
-        if path is not None and path.suffix != suffix:
-            raise typer.BadParameter(f"must end in {suffix}. Received: {path}")
+        if path is not None and path.suffix not in suffixes:
+            raise typer.BadParameter(f"must end in {' or '.join(suffixes)}. Received: {path}")
         return path
 
     return check

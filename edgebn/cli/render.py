@@ -125,6 +125,11 @@ def conversion(result: Any) -> None:
             colour = "green" if inspected.clean else "red"
             out.print(f"{label}: [{colour}]{bn.verdict}[/] ({len(bn.residual)} residual BN, "
                       f"{inspected.model.size_bytes} bytes)")
+    if result.tflite_fold is not None:
+        out.print("the residue the converter left, folded in the .tflite:")
+        fold_tflite(result.tflite_fold)
+    elif result.tflite_fold_refused is not None:
+        out.print(f"[red]fold in the .tflite refused[/]: {result.tflite_fold_refused}")
 
 
 def summary(title: str, rows: list[tuple[str, str]]) -> None:

@@ -36,6 +36,16 @@ class Resize(str, Enum):
     hamming = "hamming"
 
 
+class Layout(str, Enum):
+    """How the model's input tensor holds an image: (N, H, W, C), or PyTorch's (N, C, H, W).
+
+    Images and samples are (H, W, C) everywhere in edgebn; an NCHW model's input is transposed
+    at the interpreter, on the host and in the bundle's predict.py alike."""
+
+    nhwc = "nhwc"
+    nchw = "nchw"
+
+
 @dataclass(frozen=True)
 class Preprocessing:
     """How raw pixels become model inputs: ``x = raw * scale + offset``.
@@ -52,6 +62,7 @@ class Preprocessing:
     color: Color = Color.grayscale
     resize: Resize = Resize.bilinear
     source: str = "the dataset's"  # who decided scale and offset (the report says it)
+    layout: Layout = Layout.nhwc  # the model input's layout (images are (H, W, C) here)
 
     def apply(self, raw: np.ndarray) -> np.ndarray:
         return (raw.astype(np.float32) * np.float32(self.scale) + np.float32(self.offset)).astype(
@@ -61,13 +72,14 @@ class Preprocessing:
     def to_json(self) -> dict[str, Any]:
         return {"input_shape": list(self.input_shape), "raw_max": self.raw_max,
                 "scale": self.scale, "offset": self.offset, "color": self.color.value,
-                "resize": self.resize.value, "source": self.source}
+                "resize": self.resize.value, "source": self.source, "layout": self.layout.value}
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> Preprocessing:
         return cls(tuple(doc["input_shape"]), float(doc["raw_max"]), float(doc["scale"]),
                    float(doc.get("offset", 0.0)), Color(doc.get("color", "grayscale")),
-                   Resize(doc.get("resize", "bilinear")), str(doc.get("source", "unknown")))
+                   Resize(doc.get("resize", "bilinear")), str(doc.get("source", "unknown")),
+                   Layout(doc.get("layout", "nhwc")))
 
 
 def read_image(path: str | Path, pre: Preprocessing) -> np.ndarray:

@@ -105,7 +105,7 @@ def build(config: BuildConfig, progress: Progress = SILENT) -> BuildResult:
     failure leaves it as it was (:func:`edgebn.stages.staged_dir`); Ctrl-C comes out as
     :class:`BuildInterrupted`, saying so. The result's paths are under ``config.out``.
     """
-    _refuse_early(config)
+    refuse_early(config)
     out = check_out_dir(config.out)
     previous = out.is_dir() and any(out.iterdir())
     staging = None
@@ -173,7 +173,7 @@ def _load_data(data: DataSpec, given: TrainResult | None) -> Dataset:
     return replace(ds, preprocessing=pre)
 
 
-def _refuse_early(config: BuildConfig) -> None:
+def refuse_early(config: BuildConfig) -> None:
     """Refuse what would fail late (a bad runtime, an --out that is not ours) before training."""
     if config.emulate:
         from edgebn.deploy.emulate import check_runtimes

@@ -19,6 +19,7 @@ from edgebn.convert import ConversionResult
 from edgebn.data.dataset import Dataset, DataSpec
 from edgebn.deploy.bundle import BundleResult
 from edgebn.deploy.emulate import EmulationResult
+from edgebn.pipeline.ledger import seed_ledger
 from edgebn.pipeline.precisions import Float32Beside, Precision, precision_rows, side_by_side
 from edgebn.runtime.verify import VerifyResult
 from edgebn.stages import write_atomic
@@ -80,10 +81,16 @@ class BuildResult:
             fold |= {"model": "model.keras", "out": "folded.keras"}
             fold["converter_only"]["path"] = "converter_only.tflite"
             doc["fold"] = fold
+        if self.conversion.tflite_fold_json() is not None:
+            doc["tflite_fold"] = self.conversion.tflite_fold_json()
         if self.twin is not None:
             doc["twin"] = {"available": True, "keras_path": "twin.keras",
                            "tflite_path": "twin.tflite", "params": self.twin.params,
-                           "test_accuracy": self.twin.test_accuracy}
+                           "test_accuracy": self.twin.test_accuracy,
+                           "history": self.twin.history.to_json()}
+        ledger = seed_ledger(self.trained, self.twin)
+        if ledger is not None:
+            doc["seed_ledger"] = ledger.to_json()
         elif not self.trained.has_twin:
             doc["twin"] = {"available": False, "reason": "the BN-free twin exists only for the small zoo "
                            "models (mlp, mlp-prebn, cnn); what BN costs is measured against the folded model "
@@ -108,7 +115,7 @@ class BuildResult:
                 "epochs_run": t.epochs_run, "val_accuracy": t.val_accuracy,
                 "seed": self.dataset.seed, "source": t.source or "trained by edgebn",
                 "fine_tune_epochs_run": t.fine_tune_epochs_run,
-                "strategy": t.distribution.to_json(),
+                "strategy": t.distribution.to_json(), "history": t.history.to_json(),
                 "train": t.config.to_json() if t.config else None}
 
     def _bench_json(self) -> dict[str, Any]:
@@ -141,6 +148,9 @@ class BuildResult:
                 ("TFLite file", f"{_rel(c.path, self.out)}, {c.size_bytes:,} bytes "
                                 f"(quantize {c.quantize.value})")]
         rows += self._bn_rows()
+        ledger = seed_ledger(t, self.twin)
+        if ledger is not None:
+            rows.append(("BN's steps, epochs and wall time", ledger.summary()))
         if self.benched is not None:
             if not t.has_twin and self.benched.fold_gain():
                 rows.append(("BN cost", f"no BN-free twin for {self.arch}: BN's cost is the "
@@ -168,6 +178,13 @@ class BuildResult:
                      ("converter alone / folded first",
                       f"{only.verdict} ({len(only.residual)}) / {bn.verdict} "
                       f"({len(bn.residual)})")]
+        refold, refused = self.conversion.tflite_fold, self.conversion.tflite_fold_refused
+        if refold is not None:
+            counts = refold.to_json()["counts"]
+            rows.append(("fold in the .tflite", f"{counts['folded']} folded, {counts['collapsed']} "
+                                               f"collapsed, {counts['kept']} kept"))
+        elif refused is not None:
+            rows.append(("fold in the .tflite", f"refused: {refused}"))
         return rows
 
 
@@ -230,6 +247,13 @@ def render_markdown(result: BuildResult) -> str:
                       f"{fold.inputs})", ""]
         lines += [f"- {f.bn}: folded {f.direction} into {f.into}" if f.folded
                   else f"- {f.bn}: kept, {f.reason}" for f in fold.layers]
+    refold = result.conversion.tflite_fold
+    if refold is not None:
+        lines += ["", f"## Fold in the .tflite (the residue the converter left; "
+                      f"{refold.measure}, largest |Δ| {refold.max_rel_diff:.3g})", ""]
+        lines += [f"- ops {list(c.ops)} ({c.kind}): {c.result}"
+                  + (f" {c.direction} into op {c.into} {c.into_type}" if c.result == "folded"
+                     else f", {c.reason}") for c in refold.chains]
     b = result.benched
     if b is not None:
         tl = b.tflite

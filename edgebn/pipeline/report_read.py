@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from edgebn.data.images import Color, Preprocessing, Resize
+from edgebn.data.images import Color, Layout, Preprocessing, Resize
 from edgebn.errors import EdgebnError, InvalidModelError
 
 MAX_REPORT_BYTES = 16 * 1024 * 1024  # a build's report.json is ~20 KB
@@ -220,7 +220,7 @@ class _Fields:
             self.number(f"{p}.scale", finite, math.isfinite),
             self.number(f"{p}.offset", finite, math.isfinite, 0.0),
             self.choice(f"{p}.color", Color, "grayscale"), self.choice(f"{p}.resize", Resize, "bilinear"),
-            self.text(f"{p}.source", "unknown"))
+            self.text(f"{p}.source", "unknown"), self.choice(f"{p}.layout", Layout, "nhwc"))
 
     def labels(self) -> tuple[str, ...] | None:
         names = self.get("dataset.class_names", None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +77,23 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class EpochLog:
+    """Each epoch's validation accuracy and wall time, and the optimizer steps in an epoch."""
+
+    val_accuracy: tuple[float, ...] = ()
+    seconds: tuple[float, ...] = ()
+    steps_per_epoch: int = 0
+
+    def __add__(self, other: EpochLog) -> EpochLog:
+        return EpochLog(self.val_accuracy + other.val_accuracy, self.seconds + other.seconds,
+                        self.steps_per_epoch or other.steps_per_epoch)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"val_accuracy": list(self.val_accuracy), "epoch_s": list(self.seconds),
+                "steps_per_epoch": self.steps_per_epoch}
+
+
+@dataclass(frozen=True)
 class TrainResult:
     """A model trained here, or (``config`` None) one the user brought, loaded as it is."""
 
@@ -89,6 +107,7 @@ class TrainResult:
     preprocessing_source: str | None = None  # who decided its input scaling, when brought
     distribution: Distribution = SINGLE
     fine_tune_epochs_run: int = 0
+    history: EpochLog = EpochLog()  # per epoch, for the seed's ledger
 
     @property
     def arch(self) -> str:
@@ -117,6 +136,7 @@ class TrainResult:
                 "bn_layers": self.bn_layers, "epochs_run": self.epochs_run,
                 "fine_tune_epochs_run": self.fine_tune_epochs_run,
                 "val_accuracy": self.val_accuracy, "test_accuracy": self.test_accuracy,
+                "history": self.history.to_json(),
                 "train_s": self.train_s, "strategy": self.distribution.to_json(),
                 "config": self.config.to_json() if self.config else None}
 
@@ -140,7 +160,7 @@ def train(dataset: Dataset, config: TrainConfig = TrainConfig(),
     feeds = _Feeds.of(dataset, config.batch_size)
     total = config.epochs + config.fine_tune_epochs
     with timed() as t:
-        ran = _fit(model, feeds, config, 0, config.epochs, total, progress)
+        ran, history = _fit(model, feeds, config, 0, config.epochs, total, progress)
         tuned = 0
         if config.fine_tune_epochs:
             from edgebn.zoo.backbones import FINE_TUNE_LR_DIVISOR, unfreeze_top
@@ -148,13 +168,14 @@ def train(dataset: Dataset, config: TrainConfig = TrainConfig(),
             with _scope(dist):
                 unfreeze_top(model)
                 _compile(model, config.learning_rate / FINE_TUNE_LR_DIVISOR)
-            tuned = _fit(model, feeds, config, ran, ran + config.fine_tune_epochs, total,
-                         progress)
+            tuned, more = _fit(model, feeds, config, ran, ran + config.fine_tune_epochs, total,
+                               progress)
+            history = history + more
     with _named_read_errors():
         val_acc = model.evaluate(*feeds.val, verbose=0)[1]
         test_acc = model.evaluate(*feeds.test, verbose=0)[1]
     return TrainResult(model, config, ran + tuned, float(val_acc), float(test_acc), t.seconds,
-                       distribution=dist, fine_tune_epochs_run=tuned)
+                       distribution=dist, fine_tune_epochs_run=tuned, history=history)
 
 
 def _scope(dist: Distribution):
@@ -204,20 +225,28 @@ class _Feeds:
 
 
 def _fit(model: Any, feeds: _Feeds, config: TrainConfig, first: int, last: int, total: int,
-         progress: Progress) -> int:
-    """Epochs ``first`` to ``last`` (of ``total``) with early stopping; returns epochs run."""
+         progress: Progress) -> tuple[int, EpochLog]:
+    """Epochs ``first`` to ``last`` (of ``total``) with early stopping: epochs run, their log."""
     import keras
 
     stop = keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=config.patience,
                                          restore_best_weights=True)
-    report = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: progress.epoch(
-        epoch + 1, total, {k: float(v) for k, v in (logs or {}).items()}))
+    began: list[float] = []
+    seconds: list[float] = []
+
+    def ended(epoch: int, logs: dict[str, Any] | None) -> None:
+        seconds.append(time.perf_counter() - began[-1])
+        progress.epoch(epoch + 1, total, {k: float(v) for k, v in (logs or {}).items()})
+
+    report = keras.callbacks.LambdaCallback(
+        on_epoch_begin=lambda epoch, logs: began.append(time.perf_counter()), on_epoch_end=ended)
     val = feeds.val if len(feeds.val) == 2 else feeds.val[0]
     with _named_read_errors():
         history = model.fit(*feeds.train, epochs=last, initial_epoch=first,
                             validation_data=val, callbacks=[stop, report], verbose=0,
                             **feeds.fit_kwargs)
-    return len(history.epoch)
+    accuracy = tuple(float(v) for v in history.history.get("val_accuracy", []))
+    return len(history.epoch), EpochLog(accuracy, tuple(seconds), int(history.params.get("steps") or 0))
 
 
 @contextlib.contextmanager

@@ -108,8 +108,9 @@ def load_spec(root: str, files) -> dict:
         if not (isinstance(labels, list) and labels and all(isinstance(x, str) for x in labels)):
             raise BundleError("bundle.json: labels must be a non-empty list of strings")
         if p.get("resize", "bilinear") not in RESIZE_FILTERS or p.get("color", "rgb") not in (
-                "rgb", "grayscale"):
-            raise BundleError(f"bundle.json: resize must be one of {', '.join(RESIZE_FILTERS)}")
+                "rgb", "grayscale") or p.get("layout", "nhwc") not in ("nhwc", "nchw"):
+            raise BundleError(f"bundle.json: resize must be one of {', '.join(RESIZE_FILTERS)}, "
+                              "color rgb or grayscale, layout nhwc or nchw")
         for key, low in (("raw_max", 0), ("scale", -math.inf), ("offset", -math.inf)):
             _number(p[key], f"preprocessing.{key}", low)
         _number(test["atol"], "selftest.atol", 0)
@@ -166,6 +167,8 @@ class Model:
         """The output tensor for one preprocessed float input (H, W, C), as stored."""
         np = self.np
         x = np.asarray(x, np.float32)[None]
+        if self.spec["preprocessing"].get("layout") == "nchw":  # PyTorch's layout: (1, C, H, W)
+            x = x.transpose(0, 3, 1, 2)
         if np.issubdtype(self.inp["dtype"], np.integer):
             scale, zero = self.inp["quantization"]
             info = np.iinfo(self.inp["dtype"])

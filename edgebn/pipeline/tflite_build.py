@@ -1,0 +1,233 @@
+"""``edgebn build --model model.tflite``: a .tflite from any converter through the whole pipeline.
+
+data → fold (on the flatbuffer, :mod:`edgebn.runtime.tflite_fold`, proven tensor by tensor) →
+verify (the folded file against the original on the user's labelled data: accuracy of each,
+top-1 agreement, max |Δp|) → inspect → bench (both files, interleaved) → bundle (and its
+emulated self-test) → report. OUT holds ``original.tflite`` (the file as given),
+``model.tflite`` (the folded one), ``samples.npy``, ``report.json`` and ``report.md``; like
+every build it is staged beside OUT and swapped in whole. No TensorFlow is imported.
+
+Images and samples are (H, W, C) throughout; an NCHW model (what litert-torch keeps from
+PyTorch) gets its input transposed at the interpreter, here and in the bundle's predict.py
+(``preprocessing.layout``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgebn import __version__
+from edgebn.data.dataset import Dataset, DataSpec
+from edgebn.data.images import Color, Layout
+from edgebn.deploy.bundle import GOLDEN_SAMPLES, BundleResult, BundleSource, bundle
+from edgebn.errors import DatasetError, EdgebnError, FoldError
+from edgebn.pipeline.refold import image_layout
+from edgebn.runtime.tflite_fold import TFLiteFoldResult, fold_tflite
+from edgebn.runtime.timing import BenchSettings, Latency, bench_tflite
+from edgebn.runtime.verify import predict_tflite
+from edgebn.stages import Stages, atomic_path, relocated, staged_dir, write_atomic
+from edgebn.tensors import CHECK_SAMPLES
+from edgebn.tflite.reader import TFLiteModel, parse_tflite, read_tflite
+from edgebn.tflite.residue import InspectResult, inspect_model
+
+ARTIFACTS = frozenset({"original.tflite", "model.tflite", "samples.npy", "report.json", "report.md",
+                       "bundle"})
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """The folded file against the original on the labelled samples."""
+
+    samples: int
+    original_accuracy: float
+    folded_accuracy: float
+    top1_agreement: float
+    max_abs_diff: float
+    backend: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"samples": self.samples, "original_test_accuracy": self.original_accuracy,
+                "test_accuracy": self.folded_accuracy, "top1_agreement": self.top1_agreement,
+                "max_abs_diff": self.max_abs_diff, "backend": self.backend}
+
+
+@dataclass(frozen=True)
+class TFLiteBuildResult:
+    out: Path
+    source: str
+    dataset: Dataset
+    model: TFLiteModel  # the file the build ships (folded when there was residue to fold)
+    fold: TFLiteFoldResult | None
+    fold_refused: str | None
+    inspected: InspectResult
+    verified: Agreement
+    before: Latency | None = None  # the original's p50, interleaved with the folded file's
+    after: Latency | None = None
+    bundled: BundleResult | None = None
+    emulated: Any = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    arch = "custom"
+
+    @property
+    def quantize(self) -> str:
+        sg = self.model.subgraphs[0]
+        return "int8" if sg.tensors[sg.inputs[0]].dtype in ("INT8", "UINT8") else "none"
+
+    def to_json(self) -> dict[str, Any]:
+        v = self.verified
+        doc: dict[str, Any] = {
+            "edgebn": __version__, "model": {"arch": self.arch, "source": self.source},
+            "dataset": self.dataset.to_json(),
+            "tflite": {"path": "model.tflite", "original": "original.tflite",
+                       "size_bytes": self.model.size_bytes, "quantize": self.quantize,
+                       "test_accuracy": v.folded_accuracy, **v.to_json()},
+            "inspect": self.inspected.to_json() | {"path": "model.tflite"},
+            "tflite_fold": ({"refused": self.fold_refused} if self.fold is None else
+                            {k: self.fold.to_json()[k] for k in ("measure", "max_rel_diff", "tolerance",
+                                                                  "bn", "counts")}),
+            "timings": {f"{k}_s": s for k, s in self.seconds.items()},
+        }
+        if self.before is not None and self.after is not None:
+            doc["bench"] = {"original_p50_us": self.before.p50, "folded_p50_us": self.after.p50,
+                            "ratio": self.before.p50 / self.after.p50, "interleaved": True}
+        if self.bundled is not None:
+            doc["bundle"] = {"path": "bundle", "selftest_here": self.bundled.selftest,
+                             "signed": self.bundled.signed}
+        return doc
+
+    def rows(self) -> list[tuple[str, str]]:
+        d, v, bn = self.dataset, self.verified, self.inspected.bn
+        rows = [("dataset", f"{d.name} ({v.samples} labelled samples)"),
+                ("model", f"{self.source} ({self.model.size_bytes:,} bytes, "
+                          f"{self.dataset.preprocessing.layout.value.upper()} input)"),
+                ("original test accuracy", f"{v.original_accuracy:.4f}"),
+                ("folded test accuracy", f"{v.folded_accuracy:.4f}"),
+                ("top-1 agreement folded vs original", f"{v.top1_agreement:.4f}"),
+                ("max |Δp|", f"{v.max_abs_diff:.3g}"),
+                ("BN verdict", f"{bn.verdict} ({len(bn.residual)} residual)")]
+        if self.fold is not None:
+            counts = self.fold.to_json()["counts"]
+            rows.append(("fold in the .tflite", f"{counts['folded']} folded, {counts['collapsed']} "
+                                               f"collapsed, {counts['kept']} kept; largest |Δ| of a "
+                                               f"tensor {self.fold.max_rel_diff:.3g}"))
+        else:
+            rows.append(("fold in the .tflite", f"refused: {self.fold_refused}"))
+        if self.before is not None and self.after is not None:
+            rows.append(("p50 original / folded", f"{self.before.p50:,.1f} / {self.after.p50:,.1f} µs "
+                                                  f"({self.before.p50 / self.after.p50:.3f}x, interleaved)"))
+        if self.bundled is not None:
+            rows.append(("device bundle", "bundle, self-test here "
+                         + ("passed" if self.bundled.selftest["passed"] else "FAILED")))
+        return rows
+
+
+def model_input(x: np.ndarray, layout: Layout) -> np.ndarray:
+    """(N, H, W, C) samples as the model's input tensor wants them."""
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2)) if layout is Layout.nchw else x
+
+
+def _dataset(model: TFLiteModel, spec: DataSpec) -> Dataset:
+    """The labelled samples, (H, W, C), every one for evaluation; the layout recorded."""
+    (h, w, c), nchw = image_layout(model)
+    layout = Layout.nchw if nchw else Layout.nhwc
+    if spec.npz is None and spec.data_dir is None:
+        raise EdgebnError("a .tflite build needs labelled data: --data-dir (images, a folder "
+                          "per class) or --data x.npz (x, y)")
+    if spec.npz is None:
+        ds = replace(spec.for_model((h, w, c), None), split=False).load()
+        return replace(ds, preprocessing=replace(ds.preprocessing, layout=layout))
+    ds = replace(spec, split=False).load()
+    x, pre = ds.x_test, ds.preprocessing
+    if nchw and tuple(x.shape[1:]) == (c, h, w):  # the user's samples in the model's own layout
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+        pre = replace(pre, input_shape=(h, w, c), color=Color.grayscale if c == 1 else Color.rgb)
+    if tuple(x.shape[1:]) != (h, w, c):
+        raise DatasetError(f"{spec.npz}: inputs of shape {list(x.shape)}, the model expects "
+                           f"(N, {h}, {w}, {c})" + (f" or (N, {c}, {h}, {w})" if nchw else ""))
+    ds = replace(ds, x_train=x, x_test=x)
+    return replace(ds, preprocessing=replace(ds.preprocessing, layout=layout))
+
+
+def _agreement(original: TFLiteModel, folded: TFLiteModel, x: np.ndarray, y: np.ndarray,
+               settings: BenchSettings) -> Agreement:
+    p_orig, _ = predict_tflite(original, x, settings.backend)
+    p_fold, info = predict_tflite(folded, x, settings.backend)
+    if p_fold.ndim != 2 or p_fold.shape[1] < int(y.max()) + 1:
+        raise DatasetError(f"the model outputs {list(p_fold.shape[1:])} per sample; the data has "
+                           f"{int(y.max()) + 1} classes")
+    return Agreement(len(y), float((p_orig.argmax(1) == y).mean()), float((p_fold.argmax(1) == y).mean()),
+                     float((p_orig.argmax(1) == p_fold.argmax(1)).mean()),
+                     float(np.abs(p_orig - p_fold).max()), info)
+
+
+def build_tflite(config: Any, stages: Stages, shown: Path) -> TFLiteBuildResult:
+    """Every stage for ``config.model`` (a .tflite), writing into ``config.out`` (staging)."""
+    out = config.out
+    with stages.stage("load", str(config.model)):
+        original = read_tflite(config.model)
+        write_atomic(out / "original.tflite", original.data)
+    with stages.stage("data", config.data.name):
+        ds = _dataset(original, config.data)
+    layout = ds.preprocessing.layout
+    x, y = ds.x_test, ds.y_test
+    fold, refused, model = None, None, original
+    with stages.stage("fold", "residual BN folded in the .tflite, every shared tensor compared"):
+        try:
+            fold = fold_tflite(original, model_input(x[:CHECK_SAMPLES], layout), bench=None)
+            model = parse_tflite(fold.data, str(out / "model.tflite"))
+        except FoldError as exc:
+            refused = str(exc)
+        write_atomic(out / "model.tflite", model.data)
+    with stages.stage("verify", f"{len(y)} labelled samples, folded against the original"):
+        verified = _agreement(original, model, model_input(x, layout), y, config.bench)
+    with stages.stage("inspect", "BN residue in model.tflite"):
+        inspected = inspect_model(model)
+    result = TFLiteBuildResult(out, str(config.model), ds, model, fold, refused, inspected, verified)
+    if config.run_bench:
+        with stages.stage("bench", "the folded file against the original, interleaved"):
+            stats, base = bench_tflite(model, config.bench, data=model_input(x, layout), baseline=original)
+        result = replace(result, before=base.latency_us, after=stats.latency_us)
+    with atomic_path(out / "samples.npy") as tmp:
+        np.save(tmp, x[:GOLDEN_SAMPLES])
+    if config.bundle or config.emulate or config.sign:
+        with stages.stage("bundle", str(shown / "bundle")):
+            source = BundleSource(model, ds.preprocessing, ds.class_names,
+                                  np.asarray(x[:GOLDEN_SAMPLES], np.float32), result.arch,
+                                  result.quantize, verified.folded_accuracy, inspected.bn.verdict)
+            result = replace(result, bundled=bundle(source, out / "bundle", config.sign))
+        if config.emulate:
+            from edgebn.deploy.emulate import emulate
+
+            with stages.stage("emulate", ", ".join(r.value for r in config.emulate)):
+                result = replace(result, emulated=relocated(
+                    emulate(out / "bundle", config.emulate, log=stages.progress.note), out, shown))
+    result = replace(result, seconds=dict(stages.seconds))
+    with stages.stage("report", str(shown / "report.json")):
+        import json
+
+        write_atomic(out / "report.json", json.dumps(result.to_json(), indent=2) + "\n")
+        lines = [f"# edgebn build: {result.source}", "", "| metric | value |", "| --- | --- |",
+                 *(f"| {k} | {v} |" for k, v in result.rows())]
+        if fold is not None:
+            lines += ["", "## Fold in the .tflite", ""] + [
+                f"- ops {list(c.ops)} ({c.kind}): {c.result}"
+                + (f" {c.direction} into op {c.into} {c.into_type}" if c.result == "folded"
+                   else f", {c.reason}") for c in fold.chains]
+        write_atomic(out / "report.md", "\n".join(lines) + "\n")
+    return result
+
+
+def run_tflite_build(config: Any, progress: Any) -> TFLiteBuildResult:
+    """:func:`build_tflite` staged beside ``config.out`` and swapped in whole."""
+    from edgebn.pipeline.build import check_out_dir, refuse_early
+
+    refuse_early(config)
+    out = check_out_dir(config.out)
+    with staged_dir(out, carry=lambda name: name not in ARTIFACTS) as staging:
+        result = build_tflite(replace(config, out=staging.path), Stages(progress), out)
+    return relocated(result, staging.path, out)
