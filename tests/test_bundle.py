@@ -188,3 +188,19 @@ def test_build_refuses_a_bad_emulate_runtime_before_training(tmp_path):
     res = runner.invoke(app, ["build", "--out", str(tmp_path / "b"), "--emulate", "auto"])
     assert res.exit_code == 2 and "unknown device runtime 'auto'" in res.stderr
     assert not (tmp_path / "b").exists()  # refused before the out dir, so before training
+
+
+def test_requirements_pick_the_runtime_for_each_pi_os_python(bundles):
+    """The markers, evaluated as pip does: tflite-runtime with NumPy < 2 on Python 3.11
+    (bookworm), ai-edge-litert on 3.13 (trixie); the emulation tests install them for real."""
+    from packaging.requirements import Requirement
+
+    lines = [ln for ln in (bundles["none"] / "requirements.txt").read_text().splitlines()
+             if ln.strip() and not ln.startswith("#")]
+    reqs = [Requirement(ln) for ln in lines]
+    for python, wanted in (("3.11", {"tflite-runtime", "numpy"}), ("3.13", {"ai-edge-litert"}),
+                           ("3.12", {"ai-edge-litert"})):
+        env = {"python_version": python, "python_full_version": f"{python}.0"}
+        assert {r.name for r in reqs if r.marker is None or r.marker.evaluate(env)} == wanted, python
+    numpy = next(r for r in reqs if r.name == "numpy")
+    assert not numpy.specifier.contains("2.0") and numpy.specifier.contains("1.24.2")

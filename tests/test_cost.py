@@ -92,11 +92,13 @@ def test_one_cache_directory_for_the_ceiling_and_the_emulator(tmp_path, monkeypa
     assert cache_dir() == Path.home() / ".cache" / "edgebn"
     monkeypatch.setenv("EDGEBN_CACHE", str(tmp_path))
     assert cache_dir() == tmp_path
-    assert pi_cache_dir() == tmp_path / "pi-bookworm-arm64"
+    assert pi_cache_dir("bookworm") == tmp_path / "pi-bookworm-arm64"
+    assert pi_cache_dir() == pi_cache_dir("trixie") == tmp_path / "pi-trixie-arm64"  # the default
     monkeypatch.setenv("EDGEBN_PI_CACHE", str(tmp_path / "old"))  # deprecated, still read
-    assert pi_cache_dir() == tmp_path / "old"
+    assert pi_cache_dir("bookworm") == tmp_path / "old"
+    assert pi_cache_dir("trixie") == tmp_path / "pi-trixie-arm64"  # it named bookworm's only
     monkeypatch.setenv("EDGEBN_PI_CACHE", "")
-    assert pi_cache_dir() == tmp_path / "pi-bookworm-arm64"
+    assert pi_cache_dir("bookworm") == tmp_path / "pi-bookworm-arm64"
 
 
 def test_ceiling_is_cached_per_machine_and_settings(tmp_path, monkeypatch):

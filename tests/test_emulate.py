@@ -1,8 +1,10 @@
-"""The bundle's self-test on an emulated arm64 Raspberry Pi OS (qemu-user, Debian bookworm).
+"""The bundle's self-test on both emulated arm64 Raspberry Pi OS releases (qemu-user):
+trixie (Python 3.13, NumPy 2.2) and bookworm (Python 3.11, NumPy 1.24), each runtime
+installed by the bundle's own README steps (a venv over Debian's NumPy, then pip).
 
 Needs qemu-user-static and debootstrap (.ci/run and tools/pi-emulate install them), and
-Debian's packages and PyPI for the first run (the userland is cached after). When those
-cannot be reached the tests say so in a skip, never a pass.
+Debian's packages and PyPI for the first run (userlands and venvs are cached after). When
+those cannot be reached the tests say so in a skip, never a pass.
 """
 
 from __future__ import annotations
@@ -11,47 +13,68 @@ import shutil
 
 import pytest
 
-from edgebn.deploy.emulate import RUNTIMES, EmulationUnavailable, emulate, site_packages, userland
+from edgebn.deploy.emulate import PI_OS, EmulationUnavailable, emulate, runtime_venv, userland
+from edgebn.errors import EdgebnError
 from edgebn.runtime.backends import Backend
 
 pytestmark = pytest.mark.emulation
 
 
 @pytest.fixture(scope="session")
-def pi_cache(tmp_path_factory):
-    """The cached userland and wheels, made once; a skip with the reason when it cannot be."""
-    from edgebn.deploy.emulate import pi_cache_dir
-
+def pi(bundles):
+    """Each release's userland and its README-installed venvs, made once: {(os, runtime):
+    (root, python)}; a skip with the reason when they cannot be."""
+    out = {}
     try:
-        userland()
-        for runtime in RUNTIMES:
-            site_packages(runtime)
+        for os_name, release in PI_OS.items():
+            root = userland(os_name=os_name)
+            for runtime in release.runtimes:
+                out[(os_name, runtime)] = root, runtime_venv(bundles["none"], runtime, root, os_name)
     except EmulationUnavailable as exc:
         pytest.skip(f"arm64 emulation unavailable: {exc}")
-    return pi_cache_dir()
+    return out
+
+
+# release -> (runtime, Python, NumPy) each run must report
+EXPECTED = {"trixie": [("ai_edge_litert", "3.13", "2.2")],
+            "bookworm": [("tflite_runtime 2.14.0", "3.11", "1.24"), ("ai_edge_litert", "3.11", "2.")]}
 
 
 @pytest.mark.parametrize("quantize", ["none", "int8"])
-def test_selftest_passes_on_an_emulated_pi_with_both_runtimes(pi_cache, bundles, quantize):
-    result = emulate(bundles[quantize], tuple(RUNTIMES))
-    assert [r.runtime for r in result.runs] == list(RUNTIMES)
-    for run in result.runs:
+@pytest.mark.parametrize("os_name", list(PI_OS))
+def test_selftest_passes_on_each_pi_os_with_each_runtime(pi, bundles, os_name, quantize):
+    result = emulate(bundles[quantize], os_name=os_name)
+    assert result.os == os_name and f"Raspberry Pi OS {os_name}" in result.platform
+    assert [r.runtime for r in result.runs] == [b.value for b in PI_OS[os_name].runtimes]
+    for run, (runtime, python, numpy) in zip(result.runs, EXPECTED[os_name], strict=True):
         assert run.passed, run
         st = run.selftest
-        assert st["machine"] == "aarch64" and st["python"].startswith("3.11")
-        assert st["numpy"].startswith("1.24")  # Debian bookworm's NumPy, as on the Pi
+        assert st["machine"] == "aarch64" and st["python"].startswith(python)
+        assert st["numpy"].startswith(numpy), st  # Debian's NumPy, or the venv's own where pip chose one
+        assert st["runtime"].startswith(runtime)
         assert st["top1_agreement"] == 1.0 and st["max_abs_diff"] <= st["atol"]
-    assert result.runs[0].selftest["runtime"] == "tflite_runtime 2.14.0"
-    assert result.runs[1].selftest["runtime"].startswith("ai_edge_litert")
     assert result.passed
 
 
-def test_a_changed_byte_is_refused_on_the_emulated_pi(pi_cache, bundles, tmp_path):
+def test_tflite_runtime_on_trixie_is_refused_in_one_line(bundles):
+    message = "tflite-runtime has no wheel for Python 3.13 (Raspberry Pi OS trixie): use ai-edge-litert"
+    with pytest.raises(EdgebnError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        emulate(bundles["none"], ("tflite-runtime",), os_name="trixie")
+    from typer.testing import CliRunner
+
+    from edgebn.cli.app import app
+
+    res = CliRunner().invoke(app, ["emulate", str(bundles["none"]), "--os", "trixie",
+                                   "--runtime", "tflite-runtime"])
+    assert res.exit_code == 2 and res.stderr.strip().splitlines() == [f"Error: {message}"], res.stderr
+
+
+def test_a_changed_byte_is_refused_on_the_emulated_pi(pi, bundles, tmp_path):
     b = shutil.copytree(bundles["int8"], tmp_path / "b")
     data = bytearray((b / "model.tflite").read_bytes())
     data[100] ^= 0xFF
     (b / "model.tflite").write_bytes(bytes(data))
-    run = emulate(b, ("tflite-runtime",)).runs[0]
+    run = emulate(b, ("ai-edge-litert",), os_name="trixie").runs[0]
     assert not run.passed and run.exit_code == 2
     assert "model.tflite: sha256" in run.error and "does not match the manifest" in run.error
 
@@ -68,32 +91,37 @@ def test_unreachable_debian_mirror_is_reported_not_passed(tmp_path, monkeypatch)
     assert not (tmp_path / "cache" / "root").exists()
 
 
-def test_unreachable_pypi_is_reported_not_passed(tmp_path, monkeypatch):
+def test_unreachable_pypi_is_reported_not_passed(pi, bundles, tmp_path, monkeypatch):
+    """The README's pip install, with the index at a port nothing listens on: said so, not
+    "no wheel"; and nothing is left half-made."""
     for key, value in {"PIP_INDEX_URL": "http://127.0.0.1:9/simple", "PIP_EXTRA_INDEX_URL": "",
                        "PIP_FIND_LINKS": "", "PIP_RETRIES": "0", "PIP_CONFIG_FILE": "/dev/null",
-                       "PIP_TIMEOUT": "5"}.items():
+                       "PIP_TIMEOUT": "5", "PIP_NO_CACHE_DIR": "1"}.items():
         monkeypatch.setenv(key, value)
+    root, _ = pi[("trixie", Backend.ai_edge_litert)]
     with pytest.raises(EmulationUnavailable, match="PyPI cannot be reached"):
-        site_packages(Backend.tflite_runtime, tmp_path / "cache")
+        runtime_venv(bundles["none"], Backend.ai_edge_litert, root, "trixie", tmp_path / "cache")
+    assert not (tmp_path / "cache" / "venv-ai-edge-litert").exists()
 
 
-def test_build_records_the_emulated_selftest_in_its_report(pi_cache, cnn, tmp_path):
+def test_build_records_the_emulated_selftest_in_its_report(pi, cnn, tmp_path):
     import json
 
     from edgebn.pipeline.build import BuildConfig, build
 
     out = tmp_path / "build"
     build(BuildConfig(out=out, model=cnn["keras"], run_bench=False,
-                      emulate=(Backend.tflite_runtime, Backend.ai_edge_litert)))
+                      emulate=(Backend.tflite_runtime, Backend.ai_edge_litert), emulate_os="bookworm"))
     report = json.loads((out / "report.json").read_text())
     em = report["emulation"]
     assert em["passed"] and [r["runtime"] for r in em["runs"]] == ["tflite-runtime", "ai-edge-litert"]
+    assert em["os"] == "bookworm"
     assert all(r["selftest"]["machine"] == "aarch64" for r in em["runs"])
     assert "qemu-aarch64-static" in em["platform"] and "-cpu cortex-a72" in em["platform"]
     assert "## Self-test on an emulated arm64 Raspberry Pi" in (out / "report.md").read_text()
 
 
-def test_signature_checks_on_an_emulated_pi(pi_cache, bundles, tmp_path):
+def test_signature_checks_on_an_emulated_pi(pi, bundles, tmp_path):
     """The four cases of a trusting device, with Debian arm64's own ssh-keygen verifying."""
     import hashlib
     import json
@@ -135,8 +163,8 @@ def test_signature_checks_on_an_emulated_pi(pi_cache, bundles, tmp_path):
             (b / "model.tflite").unlink()
             (b / "model.tflite").symlink_to(cases["signed"] / "model.tflite")
         cases[case] = b
-    root, site = userland(), site_packages(Backend.tflite_runtime)
-    runs = {case: run_selftest(b, Backend.tflite_runtime, root, site, trust=trust)
+    root, python = pi[("trixie", Backend.ai_edge_litert)]  # OpenSSH 10's ssh-keygen verifies
+    runs = {case: run_selftest(b, Backend.ai_edge_litert, root, python, trust=trust)
             for case, b in cases.items()}
     assert runs["signed"].passed, runs["signed"]
     assert runs["signed"].selftest["machine"] == "aarch64"

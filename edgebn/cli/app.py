@@ -220,6 +220,9 @@ def build(
     emulate: Annotated[list[Backend] | None, typer.Option(
         "--emulate", help="Run the bundle's self-test on an emulated arm64 Pi with this runtime "
                           "(tflite-runtime, ai-edge-litert; repeatable). Implies --bundle.")] = None,
+    emulate_os: Annotated[str, typer.Option(
+        "--emulate-os", help="The Raspberry Pi OS release --emulate runs: trixie or bookworm.")
+    ] = "trixie",
     run_bench: Annotated[bool, typer.Option("--bench/--no-bench", help="Benchmark.")] = True,
     bench_time: Annotated[float, typer.Option(
         "--bench-time", min=0.01, help="Seconds per benchmarked runtime.")] = 1.0,
@@ -238,7 +241,7 @@ def build(
         bench=BenchSettings(threads=threads, min_time_s=bench_time, keras_time_s=bench_time,
                             backend=runtime),
         run_bench=run_bench, twin=twin, bundle=make_bundle, sign=sign,
-        emulate=tuple(emulate or ()))
+        emulate=tuple(emulate or ()), emulate_os=emulate_os)
     with quiet(verbose), StageProgress() as progress:
         if model is not None and model.suffix == ".tflite":
             from edgebn.pipeline.tflite_build import run_tflite_build

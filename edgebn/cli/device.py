@@ -40,18 +40,26 @@ def bundle(
 def emulate(
     bundle_dir: BundleIn,
     runtime: Annotated[list[Backend] | None, typer.Option(
-        "--runtime", help="tflite-runtime and/or ai-edge-litert (default: both).")] = None,
+        "--runtime", help="tflite-runtime and/or ai-edge-litert (default: each the release has "
+                          "a wheel for).")] = None,
+    os_name: Annotated[str, typer.Option(
+        "--os", help="The Raspberry Pi OS release: trixie (Python 3.13, what Imager installs now) "
+                     "or bookworm (Python 3.11).")] = "trixie",
     cache: Annotated[Path | None, typer.Option(
-        "--cache", file_okay=False, help="Userland and wheel cache (default pi-bookworm-arm64 in "
+        "--cache", file_okay=False, help="Userland and venv cache (default pi-<os>-arm64 in "
                                          "$EDGEBN_CACHE, ~/.cache/edgebn).")] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Run the bundle's self-test on an emulated 64-bit Raspberry Pi OS (exit 1 if it fails)."""
-    from edgebn.deploy.emulate import RUNTIMES
+    """Run the bundle's self-test on an emulated 64-bit Raspberry Pi OS (exit 1 if it fails).
+
+    The runtime is installed by the bundle's own README steps (a venv that sees Debian's
+    NumPy, then pip), run by the emulated arm64 Python.
+    """
     from edgebn.deploy.emulate import emulate as run_emulate
 
     with StageProgress() as notes:
-        result = run_emulate(bundle_dir, tuple(runtime or RUNTIMES), cache, log=notes.note)
+        result = run_emulate(bundle_dir, tuple(runtime) if runtime else None, cache, log=notes.note,
+                             os_name=os_name)
     print_json(result.to_json()) if as_json else render.emulation(result)
     if not result.passed:
         raise typer.Exit(EXIT_PROBLEM)

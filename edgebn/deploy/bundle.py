@@ -40,14 +40,17 @@ DEVICE_SCRIPTS = ("predict.py", "verify.py")
 GOLDEN_SAMPLES = 16
 
 REQUIREMENTS = """\
-# The device's Python packages. On Raspberry Pi OS (bookworm, Python 3.11):
-#   sudo apt install python3-numpy python3-pil      # NumPy 1.24 from Debian
+# The device's Python packages, for Raspberry Pi OS trixie (Python 3.13) and bookworm (3.11).
+# Both mark the system Python externally managed (PEP 668): install into a venv that sees
+# Debian's NumPy (README.md):
+#   sudo apt install python3-venv python3-numpy python3-pil
 #   python3 -m venv --system-site-packages ~/edgebn-venv
 #   ~/edgebn-venv/bin/pip install -r requirements.txt
-# tflite-runtime 2.14 (its last release) is built for NumPy 1.x: keep NumPy < 2 with it.
-# Its successor, ai-edge-litert, works with NumPy 1.24 and 2.x: see README.md.
-tflite-runtime==2.14.0
-numpy>=1.23,<2
+# tflite-runtime 2.14 (its last release) has wheels up to Python 3.11 and needs NumPy 1.x;
+# elsewhere its successor ai-edge-litert (NumPy 2: Debian trixie's 2.2 fits).
+tflite-runtime==2.14.0; python_version < "3.12"
+numpy>=1.23,<2; python_version < "3.12"
+ai-edge-litert>=2.3; python_version >= "3.12"
 """
 
 DEVICE_README = """\
@@ -56,12 +59,20 @@ DEVICE_README = """\
 {arch} classifier, {classes} classes, input {shape} ({input_dtype}), quantize {quantize}.
 Built by edgebn {version}: test accuracy {accuracy}, BN verdict {verdict}.
 
-## Install on the device (Raspberry Pi OS bookworm, 64-bit)
+## Install on the device (Raspberry Pi OS 64-bit: trixie or bookworm)
 
-    sudo apt install python3-numpy python3-pil
+Both releases mark the system Python externally managed (PEP 668): a plain `pip install`
+is refused. Install into a venv that also sees Debian's NumPy and Pillow:
+
+    sudo apt install python3-venv python3-numpy python3-pil
     python3 -m venv --system-site-packages ~/edgebn-venv
-    ~/edgebn-venv/bin/pip install -r requirements.txt      # tflite-runtime 2.14, NumPy 1.x
-    # or, the maintained successor (NumPy 1.24 or 2.x):
+    ~/edgebn-venv/bin/pip install -r requirements.txt
+
+requirements.txt picks the runtime for the Python it runs on: on trixie (Python 3.13,
+NumPy 2.2) ai-edge-litert; on bookworm (Python 3.11, NumPy 1.24) tflite-runtime 2.14,
+which needs NumPy 1.x. On bookworm, ai-edge-litert works too, with a NumPy 2 of its own
+from PyPI (it needs NumPy >= 2):
+
     ~/edgebn-venv/bin/pip install ai-edge-litert
 
 ## Run

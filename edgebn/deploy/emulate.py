@@ -1,9 +1,9 @@
 """Run a bundle's self-test on an emulated 64-bit Raspberry Pi OS, without owning a Pi.
 
-The userland is Debian bookworm arm64 (what Raspberry Pi OS 64-bit is built on:
-Python 3.11, NumPy 1.24 from Debian's packages), made by ``debootstrap --foreign``,
-which downloads and unpacks but cannot configure foreign packages. The rest is done
-by hand:
+Both releases people run: **trixie** (Debian 13, what Raspberry Pi Imager installs now:
+Python 3.13, NumPy 2.2) and **bookworm** (Debian 12: Python 3.11, NumPy 1.24). Each userland
+is Debian arm64 made by ``debootstrap --foreign``, which downloads and unpacks but cannot
+configure foreign packages. The rest is done by hand:
 
 - every package it fetched is unpacked with ``dpkg-deb`` (``--include`` packages are
   only downloaded by a foreign first stage);
@@ -15,12 +15,17 @@ by hand:
   ai-edge-litert's CPU detection (cpuinfo, used by XNNPACK) crashes with SIGSEGV while
   creating the interpreter; tflite-runtime 2.14 runs either way.
 
-The runtimes come from PyPI as aarch64 wheels, unpacked beside the userland and put on
-PYTHONPATH, over Debian's NumPy. Userland and wheels are cached in
-``pi-bookworm-arm64`` of edgebn's cache directory (``$EDGEBN_CACHE``, default
-``~/.cache/edgebn``; the older ``EDGEBN_PI_CACHE`` is still read, see
-:func:`pi_cache_dir`); a first run downloads about 60 MB.
-Latency under emulation means nothing; correctness does.
+**The runtime is installed by the bundle's own install steps**, as its README says, run by
+the emulated arm64 Python: ``python3 -m venv --system-site-packages`` (``--copies``: the
+venv lives outside the userland; ``--without-pip``, with Debian's python3-pip seen through
+the system site-packages instead, because qemu-user cannot exec the arm64 child process
+ensurepip starts), then ``pip install -r requirements.txt`` — whose markers pick
+ai-edge-litert on Python 3.12+ and tflite-runtime 2.14 with NumPy < 2 on 3.11 — or, for
+ai-edge-litert on bookworm, the README's ``pip install ai-edge-litert``. So what is proven is the README. A runtime that has
+no wheel for the release's Python is refused in one line. Userlands and venvs are cached in
+``pi-<release>-arm64`` of edgebn's cache directory (``$EDGEBN_CACHE``, default
+``~/.cache/edgebn``; the older ``EDGEBN_PI_CACHE`` still names bookworm's, see
+:func:`pi_cache_dir`). Latency under emulation means nothing; correctness does.
 """
 
 from __future__ import annotations
@@ -30,9 +35,7 @@ import os
 import shlex
 import shutil
 import subprocess
-import sys
 import time
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,17 +44,33 @@ from edgebn.errors import EdgebnError
 from edgebn.machine import cache_dir
 from edgebn.runtime.backends import Backend
 
-SUITE = "bookworm"
 MIRROR = os.environ.get("EDGEBN_DEBIAN_MIRROR", "http://deb.debian.org/debian")
-DEB_PACKAGES = ("python3", "python3-numpy", "openssh-client")  # ssh-keygen: bundle signatures
-PYTHON = "usr/bin/python3.11"
-# runtime -> the pip requirement of its aarch64 wheel (no dependencies: the interpreter
-# modules need only NumPy, which Debian provides, as on the Pi)
+# python3-venv: the README's venv; python3-pip: its pip (see runtime_venv); openssh-client:
+# ssh-keygen checks bundle signatures
+DEB_PACKAGES = ("python3", "python3-numpy", "python3-venv", "python3-pip", "openssh-client")
+
+
+@dataclass(frozen=True)
+class PiOS:
+    """One Raspberry Pi OS release, as Debian arm64: its suite and its Python."""
+
+    suite: str
+    python: str  # major.minor
+    runtimes: tuple[Backend, ...]  # the runtimes that have a wheel for that Python
+
+    @property
+    def interpreter(self) -> str:
+        return f"usr/bin/python{self.python}"
+
+
+PI_OS = {"trixie": PiOS("trixie", "3.13", (Backend.ai_edge_litert,)),
+         "bookworm": PiOS("bookworm", "3.11", (Backend.tflite_runtime, Backend.ai_edge_litert))}
+DEFAULT_OS = "trixie"  # what Raspberry Pi Imager installs now
+# runtime -> its pip requirement (what the bundle's README installs it with)
 RUNTIMES = {Backend.tflite_runtime: "tflite-runtime==2.14.0",
             Backend.ai_edge_litert: "ai-edge-litert"}
-WHEEL_PLATFORMS = ("manylinux_2_34_aarch64", "manylinux_2_28_aarch64", "manylinux_2_27_aarch64",
-                   "manylinux2014_aarch64")
 SELFTEST_TIMEOUT_S = 600
+INSTALL_TIMEOUT_S = 1800
 # The Raspberry Pi 4's core. qemu's default ("max") adds every newer extension, and
 # with it ai-edge-litert 2.3's int8 kernels return wrong outputs under qemu 7.2
 # (measured: 255 steps off, top-1 agreement 0); as a Cortex-A72 they are exact.
@@ -61,6 +80,22 @@ READY = ".edgebn-ready"
 
 class EmulationUnavailable(EdgebnError):
     """The emulator cannot run here: a tool is missing, or Debian's packages or PyPI are unreachable."""
+
+
+def pi_os(name: str) -> PiOS:
+    if name not in PI_OS:
+        raise EdgebnError(f"unknown Raspberry Pi OS release {name!r}: choose from {', '.join(PI_OS)}")
+    return PI_OS[name]
+
+
+def check_os_runtimes(name: str, runtimes) -> tuple[Backend, ...]:
+    """The runtimes asked for, refused in one line where the release has no wheel for them."""
+    release, chosen = pi_os(name), check_runtimes(runtimes)
+    for r in chosen:
+        if r not in release.runtimes:
+            raise EdgebnError(f"{r.value} has no wheel for Python {release.python} (Raspberry Pi OS "
+                              f"{release.suite}): use {', '.join(b.value for b in release.runtimes)}")
+    return chosen
 
 
 @dataclass(frozen=True)
@@ -82,24 +117,28 @@ class EmulationResult:
     bundle: str
     platform: str
     runs: tuple[EmulatedRun, ...] = field(default_factory=tuple)
+    os: str = DEFAULT_OS
 
     @property
     def passed(self) -> bool:
         return bool(self.runs) and all(r.passed for r in self.runs)
 
     def to_json(self) -> dict[str, Any]:
-        return {"bundle": self.bundle, "platform": self.platform, "passed": self.passed,
-                "runs": [r.to_json() for r in self.runs]}
+        return {"bundle": self.bundle, "platform": self.platform, "os": self.os,
+                "passed": self.passed, "runs": [r.to_json() for r in self.runs]}
 
 
-def pi_cache_dir() -> Path:
-    """The userland and wheels: ``pi-bookworm-arm64`` in edgebn's cache directory
+def pi_cache_dir(os_name: str = DEFAULT_OS) -> Path:
+    """A release's userland and venvs: ``pi-<release>-arm64`` in edgebn's cache directory
     (:func:`edgebn.machine.cache_dir`, ``$EDGEBN_CACHE``).
 
-    ``$EDGEBN_PI_CACHE``, when set, is still read and names this directory itself; it is
-    deprecated in favour of ``EDGEBN_CACHE``.
+    ``$EDGEBN_PI_CACHE``, when set, is still read and names bookworm's directory itself; it
+    is deprecated in favour of ``EDGEBN_CACHE``.
     """
-    return Path(os.environ.get("EDGEBN_PI_CACHE") or cache_dir() / "pi-bookworm-arm64")
+    suite = pi_os(os_name).suite
+    if suite == "bookworm" and os.environ.get("EDGEBN_PI_CACHE"):
+        return Path(os.environ["EDGEBN_PI_CACHE"])
+    return cache_dir() / f"pi-{suite}-arm64"
 
 
 def require_tools() -> dict[str, str]:
@@ -120,30 +159,33 @@ def _run(cmd: list[str], timeout: float, what: str, **kw) -> subprocess.Complete
         raise EmulationUnavailable(f"{what} timed out after {timeout:.0f} s") from exc
 
 
+# what a fetch that never reached its server prints ("No matching distribution" is not one:
+# pip says it too when the index answered and has no wheel for this Python)
 _OFFLINE_HINTS = ("Failed getting release file", "Couldn't download", "Temporary failure",
                   "Name or service not known", "Could not resolve", "Connection refused",
-                  "Network is unreachable", "No matching distribution", "Connection timed out",
-                  "Max retries exceeded", "Failed to establish")
+                  "Network is unreachable", "Connection timed out", "Max retries exceeded",
+                  "Failed to establish", "NewConnectionError")
 
 
 def _unreachable(text: str) -> bool:
     return any(h in text for h in _OFFLINE_HINTS)
 
 
-def userland(cache: Path | None = None, log=lambda msg: None) -> Path:
-    """The cached arm64 bookworm root, made once (about 25 s and 50 MB of downloads)."""
+def userland(cache: Path | None = None, log=lambda msg: None, os_name: str = DEFAULT_OS) -> Path:
+    """The cached arm64 root of a release, made once (about 25 s and 50 MB of downloads)."""
     require_tools()
-    cache = Path(cache or pi_cache_dir())
+    suite = pi_os(os_name).suite
+    cache = Path(cache or pi_cache_dir(os_name))
     root = cache / "root"
-    made = f"{SUITE} arm64 {' '.join(DEB_PACKAGES)}\n"
+    made = f"{suite} arm64 {' '.join(DEB_PACKAGES)}\n"
     if (root / READY).is_file() and (root / READY).read_text() == made:
         return root  # (a root made with other packages is made again)
     cache.mkdir(parents=True, exist_ok=True)
     tmp = cache / f"root.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    log(f"debootstrap {SUITE} arm64 into {tmp} from {MIRROR}")
+    log(f"debootstrap {suite} arm64 into {tmp} from {MIRROR}")
     done = _run(["debootstrap", "--arch=arm64", "--foreign", "--variant=minbase",
-                 f"--include={','.join(DEB_PACKAGES)}", SUITE, str(tmp), MIRROR], 1800,
+                 f"--include={','.join(DEB_PACKAGES)}", suite, str(tmp), MIRROR], 1800,
                 "debootstrap")
     if done.returncode != 0:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -227,68 +269,128 @@ def check_runtimes(runtimes) -> tuple[Backend, ...]:
     return tuple(out)
 
 
-def site_packages(runtime: Backend, cache: Path | None = None, log=lambda msg: None) -> Path:
-    """The runtime's aarch64 wheel from PyPI, unpacked into a directory for PYTHONPATH."""
-    (runtime,) = check_runtimes((runtime,))
-    cache = Path(cache or pi_cache_dir())
-    site = cache / f"site-{runtime.value}"
-    if (site / READY).is_file():
-        return site
-    wheels = cache / "wheels" / runtime.value
-    wheels.mkdir(parents=True, exist_ok=True)
-    log(f"pip download {RUNTIMES[runtime]} (aarch64, cp311)")
-    cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-           "--python-version", "3.11", "--implementation", "cp", "--dest", str(wheels),
-           *[a for p in WHEEL_PLATFORMS for a in ("--platform", p)], RUNTIMES[runtime]]
-    done = _run(cmd, 900, "pip download")
-    if done.returncode != 0:
-        text = done.stdout + done.stderr
-        tail = text.strip().splitlines()[-1:] or ["(no output)"]
-        if _unreachable(text):
-            raise EmulationUnavailable(f"PyPI cannot be reached from here for {RUNTIMES[runtime]}: "
-                                       f"{tail[0]}")
-        raise EdgebnError(f"pip download {RUNTIMES[runtime]} failed: {tail[0]}")
-    found = sorted(wheels.glob("*.whl"))
-    if not found:
-        raise EdgebnError(f"pip download {RUNTIMES[runtime]} left no wheel in {wheels}")
-    tmp = cache / f"site-{runtime.value}.tmp-{os.getpid()}"
+def _qemu(root: Path, *args: str) -> list[str]:
+    return [shutil.which("qemu-aarch64-static") or "qemu-aarch64-static", "-L", str(root), *args]
+
+
+def _env(cache: Path) -> dict[str, str]:
+    """A clean environment for the emulated programs; this machine's pip settings (an index,
+    a proxy) come along, as a Pi's would be its own."""
+    passed = {k: v for k, v in os.environ.items()
+              if k.startswith("PIP_") or k.lower() in ("http_proxy", "https_proxy", "no_proxy")}
+    return passed | {"PYTHONNOUSERSITE": "1", "PATH": "/usr/bin:/bin", "HOME": "/tmp",
+                     "LANG": "C.UTF-8", "QEMU_CPU": QEMU_CPU, "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+                     "PIP_CACHE_DIR": str(cache / "pip-cache")}
+
+
+def install_steps(os_name: str, runtime: Backend) -> list[list[str]]:
+    """The bundle README's install steps for ``runtime`` on the release, as pip arguments."""
+    release = pi_os(os_name)
+    (runtime,) = check_os_runtimes(os_name, (runtime,))
+    if runtime is Backend.ai_edge_litert and release.python == "3.11":
+        return [["install", "ai-edge-litert"]]  # the README's alternative on bookworm
+    return [["install", "-r", "requirements.txt"]]  # the markers pick the runtime
+
+
+def runtime_venv(bundle: Path, runtime: Backend, root: Path, os_name: str = DEFAULT_OS,
+                 cache: Path | None = None, log=lambda msg: None) -> Path:
+    """A venv made as the bundle's README says, by the emulated Python; its python's path."""
+    cache = Path(cache or pi_cache_dir(os_name))
+    steps = install_steps(os_name, runtime)
+    requirements = (bundle / "requirements.txt").read_text(encoding="utf-8")
+    key = json.dumps([steps, requirements])
+    venv = cache / f"venv-{runtime.value}"
+    python = venv / "bin" / "python3"
+    if (venv / READY).is_file() and (venv / READY).read_text() == key:
+        return python
+    release = pi_os(os_name)
+    tmp = cache / f"venv-{runtime.value}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    for wheel in found:
-        with zipfile.ZipFile(wheel) as z:
-            z.extractall(tmp)
-    (tmp / READY).write_text(" ".join(w.name for w in found) + "\n")
-    shutil.rmtree(site, ignore_errors=True)
-    os.replace(tmp, site)
-    return site
+    log(f"python{release.python} -m venv --system-site-packages, then pip "
+        f"{' '.join(steps[0])} (the bundle's README, under qemu-aarch64)")
+    # qemu-user cannot exec an arm64 program from an emulated one (no binfmt here), and the
+    # venv's ensurepip runs pip in a child process: the venv is made --without-pip, and pip is
+    # Debian's python3-pip, which the venv sees through --system-site-packages.
+    commands = [_qemu(root, str(root / release.interpreter), "-m", "venv", "--copies",
+                      "--without-pip", "--system-site-packages", str(tmp))]
+    commands += [_qemu(root, str(tmp / "bin" / "python3"), "-m", "pip", *step)
+                 for step in steps]
+    for cmd in commands:
+        done = _run(cmd, INSTALL_TIMEOUT_S, "the bundle's install steps", cwd=bundle, env=_env(cache))
+        if done.returncode != 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            text = done.stdout + done.stderr
+            tail = (text.strip().splitlines() or ["(no output)"])[-1]
+            no_version = "No matching distribution" in text or "Could not find a version" in text
+            if _unreachable(text) or (no_version and not _index_answers(runtime)):
+                raise EmulationUnavailable(f"PyPI cannot be reached from here for "
+                                           f"{RUNTIMES[runtime]}: {tail}")
+            if no_version:
+                raise EdgebnError(f"{RUNTIMES[runtime]} has no wheel for Python {release.python} "
+                                  f"on arm64: {tail}")
+            raise EdgebnError(f"the bundle's install steps failed on emulated {release.suite} "
+                              f"(exit {done.returncode}): {tail}")
+    # the venv's paths were written as the emulated Python saw them: the same host paths
+    (tmp / READY).write_text(key)
+    shutil.rmtree(venv, ignore_errors=True)
+    os.replace(tmp, venv)
+    _relink(tmp, venv)
+    return python
 
 
-def run_selftest(bundle: Path, runtime: Backend, root: Path, site: Path,  # noqa: PLR0913
+def _index_answers(runtime: Backend) -> bool:
+    """Whether the package index pip used answers for the runtime's project: pip says "no
+    matching distribution" both when it has no wheel and when it never reached the index."""
+    import urllib.error
+    import urllib.request
+
+    index = os.environ.get("PIP_INDEX_URL") or "https://pypi.org/simple"
+    name = RUNTIMES[runtime].split("=")[0].split(">")[0]
+    try:
+        with urllib.request.urlopen(f"{index.rstrip('/')}/{name}/", timeout=10):
+            return True
+    except urllib.error.HTTPError:
+        return True  # it answered (404: no such project)
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def _relink(old: Path, new: Path) -> None:
+    """A venv moved into place: its pyvenv.cfg and scripts name the staging path; fix them."""
+    for path in [new / "pyvenv.cfg", *(new / "bin").glob("*")]:
+        if path.is_file() and not path.is_symlink() and path.stat().st_size < 1 << 16:
+            try:
+                text = path.read_text(encoding="utf-8")
+            except UnicodeDecodeError:
+                continue
+            if str(old) in text:
+                path.write_text(text.replace(str(old), str(new)), encoding="utf-8")
+
+
+def run_selftest(bundle: Path, runtime: Backend, root: Path, python: Path,  # noqa: PLR0913
                  timeout: float = SELFTEST_TIMEOUT_S, trust: Path | None = None) -> EmulatedRun:
-    """``predict.py --selftest --json`` under qemu-aarch64 in the userland, on ``runtime``.
+    """``predict.py --selftest --json`` under qemu-aarch64 in the userland, on ``runtime``,
+    with ``python`` (the venv :func:`runtime_venv` made by the bundle's install steps).
 
     With ``trust`` (an allowed-signers file), the device trusts those keys, and runs the
     bundle as a trusting device does: through the verifier installed beside the trust file
     (edgebn/deploy/device/verify.py, as ``edgebn deploy --trust`` installs it), which checks the
     signature with the userland's own arm64 ``ssh-keygen`` (Debian's openssh-client, run
     through qemu too, as qemu-user without binfmt cannot exec it), the exact file list and
-    every hash before predict.py runs. (``-s``, not ``-I``: the runtime comes on PYTHONPATH
-    here, where a Pi has it in a venv.)
+    every hash before predict.py runs (``-I``, as the device README says).
     """
-    qemu = shutil.which("qemu-aarch64-static")
     bundle = Path(bundle).resolve()
     script = [str(bundle / "predict.py")]
     if trust is not None:
         verifier = Path(trust).parent / "verify.py"
         shutil.copyfile(Path(__file__).parent / "device" / "verify.py", verifier)
-        script = ["-s", str(verifier), "run", str(bundle)]
-    cmd = [qemu, "-L", str(root), str(root / PYTHON), *script,
-           "--selftest", "--json", "--threads", "4", "--runtime", runtime.value]
-    env = {"PYTHONPATH": str(site), "PYTHONNOUSERSITE": "1", "PATH": "/usr/bin:/bin",
-           "HOME": "/tmp", "LANG": "C.UTF-8", "QEMU_CPU": QEMU_CPU}
+        script = ["-I", str(verifier), "run", str(bundle)]
+    cmd = _qemu(root, str(python), *script, "--selftest", "--json", "--threads", "4",
+                "--runtime", runtime.value)
+    env = _env(Path(python).parents[2])
     if trust is not None:
         env |= {"EDGEBN_TRUST": str(trust),
-                "EDGEBN_SSH_KEYGEN": shlex.join([qemu, "-L", str(root),
-                                                 str(root / "usr/bin/ssh-keygen")])}
+                "EDGEBN_SSH_KEYGEN": shlex.join(_qemu(root, str(root / "usr/bin/ssh-keygen")))}
     start = time.perf_counter()
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
@@ -305,23 +407,26 @@ def run_selftest(bundle: Path, runtime: Backend, root: Path, site: Path,  # noqa
                        done.returncode, seconds, selftest=doc)
 
 
-def emulate(bundle: str | Path, runtimes=tuple(RUNTIMES), cache: Path | None = None,
-            log=lambda msg: None) -> EmulationResult:
-    """The bundle's self-test on an emulated arm64 Raspberry Pi, once per runtime."""
+def emulate(bundle: str | Path, runtimes=None, cache: Path | None = None,
+            log=lambda msg: None, os_name: str = DEFAULT_OS) -> EmulationResult:
+    """The bundle's self-test on an emulated arm64 Raspberry Pi OS release, once per runtime
+    (default: every runtime that release has a wheel for), each installed by the bundle's
+    README steps."""
     bundle = Path(bundle)
     if not (bundle / "predict.py").is_file() or not (bundle / "manifest.json").is_file():
         raise EdgebnError(f"{bundle}: not a bundle (no predict.py and manifest.json): "
                           "run edgebn bundle")
-    runtimes = check_runtimes(runtimes)
-    root = userland(cache, log)
+    release = pi_os(os_name)
+    runtimes = check_os_runtimes(os_name, release.runtimes if runtimes is None else runtimes)
+    root = userland(cache, log, os_name)
     qemu = _run([shutil.which("qemu-aarch64-static"), "--version"], 30, "qemu --version")
     version = qemu.stdout.split("\n")[0].replace("qemu-aarch64 version ", "")
     runs = []
     for runtime in runtimes:
-        site = site_packages(runtime, cache, log)
-        log(f"self-test with {runtime.value} under qemu-aarch64")
-        runs.append(run_selftest(bundle, runtime, root, site))
-    platform = (f"Debian {SUITE} arm64 userland (python3, python3-numpy), qemu-aarch64-static "
-                f"{version.split()[0] if version else '?'} -cpu {QEMU_CPU}, Raspberry Pi 4 "
-                "CPU description")
-    return EmulationResult(str(bundle), platform, tuple(runs))
+        python = runtime_venv(bundle, runtime, root, os_name, cache, log)
+        log(f"self-test with {runtime.value} under qemu-aarch64 ({release.suite})")
+        runs.append(run_selftest(bundle, runtime, root, python))
+    platform = (f"Raspberry Pi OS {release.suite} as Debian arm64 (Python {release.python}, "
+                f"Debian's python3-numpy), qemu-aarch64-static {version.split()[0] if version else '?'} "
+                f"-cpu {QEMU_CPU}, Raspberry Pi 4 CPU description")
+    return EmulationResult(str(bundle), platform, tuple(runs), os=release.suite)

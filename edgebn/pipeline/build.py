@@ -57,6 +57,7 @@ class BuildConfig:
     bundle: bool = False  # also write OUT/bundle, the device bundle
     sign: Path | None = None  # sign the bundle's manifest with this SSH private key
     emulate: tuple[Backend, ...] = ()  # run the bundle's self-test on an emulated Pi, per runtime
+    emulate_os: str = "trixie"  # the Raspberry Pi OS release emulated (trixie or bookworm)
 
     @property
     def runtime(self) -> Backend:
@@ -176,9 +177,9 @@ def _load_data(data: DataSpec, given: TrainResult | None) -> Dataset:
 def refuse_early(config: BuildConfig) -> None:
     """Refuse what would fail late (a bad runtime, an --out that is not ours) before training."""
     if config.emulate:
-        from edgebn.deploy.emulate import check_runtimes
+        from edgebn.deploy.emulate import check_os_runtimes
 
-        check_runtimes(config.emulate)
+        check_os_runtimes(config.emulate_os, config.emulate)
     if config.bundle or config.emulate or config.sign:
         check_bundle_out(Path(config.out) / "bundle")
     config.train.validate()
@@ -276,5 +277,6 @@ def _device(config: BuildConfig, result: BuildResult, stages: Stages,
 
         with stages.stage("emulate", ", ".join(r.value for r in config.emulate)):
             emulated = relocated(emulate(config.out / "bundle", config.emulate,
-                                         log=stages.progress.note), config.out, shown)
+                                         log=stages.progress.note, os_name=config.emulate_os),
+                                 config.out, shown)
     return replace(result, bundled=bundled, emulated=emulated, seconds=dict(stages.seconds))

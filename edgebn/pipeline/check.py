@@ -2,8 +2,11 @@
 
 Only the accuracies are taken from the reports; everything else is measured on the
 artifacts the reports point to: sizes from the files, the op set and BN verdict by
-inspecting the new .tflite, and latency as a ratio from one interleaved benchmark of
-both files on this machine (absolute times move between machines, ratios do not).
+inspecting the new .tflite, and latency as a ratio of both files timed interleaved in
+rounds on this machine (absolute times move between machines, ratios do not), with a
+bootstrap interval over the rounds: the run goes on until the interval is narrower than the
+threshold or ``--bench-time`` per model is spent, and latency fails only when the whole
+interval lies beyond the threshold (:func:`edgebn.runtime.timing.latency_ratio`).
 When the latency ratio fails, both files are profiled operator by operator
 (:mod:`edgebn.runtime.profile`) and the operators whose isolated time grew most are named.
 
@@ -21,7 +24,7 @@ from typing import Any
 from edgebn.errors import EdgebnError
 from edgebn.pipeline.report_read import read_report
 from edgebn.runtime.opdiff import OpDiff
-from edgebn.runtime.timing import BenchSettings, bench_tflite
+from edgebn.runtime.timing import BenchSettings, latency_ratio
 from edgebn.tflite.residue import inspect_tflite
 
 
@@ -45,10 +48,11 @@ class Metric:
     current: Any
     threshold: str
     passed: bool
+    detail: dict[str, Any] = field(default_factory=dict)  # the latency ratio's interval, rounds
 
     def to_json(self) -> dict[str, Any]:
         return {"metric": self.name, "baseline": self.baseline, "current": self.current,
-                "threshold": self.threshold, "passed": self.passed}
+                "threshold": self.threshold, "passed": self.passed, **self.detail}
 
 
 @dataclass(frozen=True)
@@ -96,16 +100,19 @@ def check(report: str | Path, baseline: str | Path, thresholds: Thresholds = Thr
     metrics.append(Metric("bn_verdict", base_inspect.bn.verdict, cur_inspect.bn.verdict,
                           "clean", cur_inspect.clean))
 
-    cur_stats, base_stats = bench_tflite(cur.tflite, bench_settings, baseline=base.tflite)
-    p50s = (cur_stats.latency_us.p50, base_stats.latency_us.p50)
+    limit = 1 + thresholds.max_latency_regression
+    est = latency_ratio(cur.tflite, base.tflite, bench_settings,
+                        width=min(thresholds.max_latency_regression, 0.1) or 0.01)
+    p50s = (est.current_p50_us, est.baseline_p50_us)
     if not all(0 < t < math.inf for t in p50s):  # a timer that measured nothing gates nothing
         raise EdgebnError(f"the latency p50s measured must be finite and > 0. Received: {p50s}")
-    ratio = p50s[0] / p50s[1]
-    metrics.append(Metric("latency_p50_ratio", round(base_stats.latency_us.p50, 3),
-                          round(cur_stats.latency_us.p50, 3),
-                          f"ratio <= {1 + thresholds.max_latency_regression:.2f} "
-                          f"(measured {ratio:.3f}, one interleaved run)",
-                          ratio <= 1 + thresholds.max_latency_regression))
+    low, high = est.interval
+    verdict = "significant" if est.significant else "not significant"
+    metrics.append(Metric("latency_p50_ratio", round(est.baseline_p50_us, 3), round(est.current_p50_us, 3),
+                          f"ratio <= {limit:.2f} with {est.confidence:.0%} confidence (measured "
+                          f"{est.ratio:.3f}, interval [{low:.3f}, {high:.3f}] over {est.rounds} "
+                          f"interleaved rounds: {verdict})",
+                          not est.beyond(limit), detail=est.to_json()))
     grown = () if metrics[-1].passed else _grown(cur.tflite, base.tflite, bench_settings)
     return CheckResult(str(report), str(baseline), tuple(metrics), grown_ops=grown)
 

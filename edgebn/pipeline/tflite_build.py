@@ -205,7 +205,8 @@ def build_tflite(config: Any, stages: Stages, shown: Path) -> TFLiteBuildResult:
 
             with stages.stage("emulate", ", ".join(r.value for r in config.emulate)):
                 result = replace(result, emulated=relocated(
-                    emulate(out / "bundle", config.emulate, log=stages.progress.note), out, shown))
+                    emulate(out / "bundle", config.emulate, log=stages.progress.note,
+                            os_name=config.emulate_os), out, shown))
     result = replace(result, seconds=dict(stages.seconds))
     with stages.stage("report", str(shown / "report.json")):
         import json

@@ -8,6 +8,7 @@ block by block, so drift on a shared machine hits both alike.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -214,3 +215,84 @@ def bench_tflite(model: TFLiteModel | str | Path, settings: BenchSettings = Benc
             break
     stats = [r.stats(settings) for r in runners]
     return stats[0], (stats[1] if len(stats) > 1 else None)
+
+
+# ---------------------------------------------------------------- a ratio with its interval
+
+CONFIDENCE = 0.95
+MIN_ROUNDS = 12  # rounds before the interval may stop the run
+MIN_SHARE = 0.25  # and at least this share of the time cap: a burst of noise is not a sample
+BOOTSTRAP = 2000  # resamples of the rounds for the interval
+
+
+@dataclass(frozen=True)
+class RatioEstimate:
+    """``current`` p50 over ``baseline`` p50 from interleaved rounds, with its interval.
+
+    Each round times both models for one block (the order alternating round by round); the
+    ratio is the median of the rounds' p50 ratios, its interval a percentile bootstrap over
+    rounds. A busy core slows whole rounds of both models alike: the ratio stands, the
+    interval widens, and the run goes on until it is narrow enough or time is up.
+    """
+
+    ratio: float
+    interval: tuple[float, float]
+    rounds: int
+    current_p50_us: float
+    baseline_p50_us: float
+    confidence: float = CONFIDENCE
+    seconds: float = 0.0  # spent timing, against the cap
+
+    @property
+    def significant(self) -> bool:
+        """The interval excludes 1: the two differ, with this confidence."""
+        return self.interval[0] > 1 or self.interval[1] < 1
+
+    def beyond(self, limit: float) -> bool:
+        """Slower than ``limit`` (a ratio) with confidence: the whole interval above it."""
+        return self.interval[0] > limit
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ratio": self.ratio, "interval": list(self.interval), "confidence": self.confidence,
+                "rounds": self.rounds, "significant": self.significant,
+                "current_p50_us": self.current_p50_us, "baseline_p50_us": self.baseline_p50_us,
+                "seconds": self.seconds}
+
+
+def _interval(ratios: np.ndarray, rng: np.random.Generator) -> tuple[float, float]:
+    picks = rng.integers(0, len(ratios), size=(BOOTSTRAP, len(ratios)))
+    medians = np.median(ratios[picks], axis=1)
+    tail = (1 - CONFIDENCE) / 2 * 100
+    low, high = np.percentile(medians, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def latency_ratio(model: TFLiteModel | str | Path, baseline: TFLiteModel | str | Path,
+                  settings: BenchSettings = BenchSettings(), width: float = 0.05,
+                  max_time_s: float | None = None, data: np.ndarray | None = None) -> RatioEstimate:
+    """Time both interleaved in rounds until the interval is narrower than ``width`` (after
+    MIN_ROUNDS) or ``max_time_s`` (default: ``settings.min_time_s`` per model) is spent."""
+    settings.validate()
+    runners = [_Runner(as_tflite(model), settings, data), _Runner(as_tflite(baseline), settings, data)]
+    for r in runners:
+        r.warm_up(settings.warmup)
+    block = max(1, min(INTERLEAVE_BLOCK, int(BLOCK_S * 1e6 / max(max(r.first_us for r in runners), 1.0))))
+    cap = max_time_s if max_time_s is not None else 2 * settings.min_time_s
+    start = time.perf_counter()
+    rng = np.random.default_rng(0)
+    ratios: list[float] = []
+    interval = (0.0, math.inf)
+    while True:
+        order = runners if len(ratios) % 2 == 0 else runners[::-1]
+        for r in order:
+            r.run(block)
+        cur, base = (np.median(r.samples[-block:]) for r in runners)
+        ratios.append(float(cur / max(base, 1)))
+        if len(ratios) >= MIN_ROUNDS:
+            interval = _interval(np.array(ratios), rng)
+            spent = time.perf_counter() - start
+            if (interval[1] - interval[0] < width and spent >= MIN_SHARE * cap) or spent >= cap:
+                break
+    stats = [r.stats(settings) for r in runners]
+    return RatioEstimate(float(np.median(ratios)), interval, len(ratios), stats[0].latency_us.p50,
+                         stats[1].latency_us.p50, seconds=time.perf_counter() - start)

@@ -138,7 +138,8 @@ def load_interpreter(model: bytes, threads: int, runtime: str = "auto"):
             continue
         return interp, f"{name} {_version(name)}"
     raise BundleError("no usable TFLite runtime: " + "; ".join(tried) +
-                      " (pip install ai-edge-litert, or tflite-runtime==2.14.0 with NumPy < 2)")
+                      " (in a venv: pip install -r requirements.txt, which picks ai-edge-litert on "
+                      "Python 3.12+ and tflite-runtime 2.14 with NumPy < 2 on 3.11)")
 
 
 def _version(dist: str) -> str:
