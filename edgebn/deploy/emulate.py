@@ -23,8 +23,8 @@ ensurepip starts), then ``pip install -r requirements.txt`` — whose markers pi
 ai-edge-litert on Python 3.12+ and tflite-runtime 2.14 with NumPy < 2 on 3.11 — or, for
 ai-edge-litert on bookworm, the README's ``pip install ai-edge-litert``. So what is proven
 is the README. A runtime that has no wheel for the release's Python is refused in one
-line. Userlands and venvs are cached in ``pi-<release>-arm64`` of edgebn's cache directory (``$EDGEBN_CACHE``, default
-``~/.cache/edgebn``; the older ``EDGEBN_PI_CACHE`` still names bookworm's, see
+line. Userlands and venvs are cached in ``pi-<release>-arm64`` of edgebn's cache directory
+(``$EDGEBN_CACHE``, default ``~/.cache/edgebn``; the older ``EDGEBN_PI_CACHE`` still names bookworm's, see
 :func:`pi_cache_dir`). Latency under emulation means nothing; correctness does.
 """
 
