@@ -208,5 +208,4 @@ def test_build_a_litert_torch_model_with_nchw_input_to_a_bundle(photos, tmp_path
     assert top["score"] == pytest.approx(float(want.max()), abs=1e-5)
     gate = runner.invoke(app, ["check", str(out / "report.json"), "--baseline", str(out / "report.json"),
                                "--bench-time", "0.1"])
-    assert gate.exit_code in (0, 1), gate.output  # latency on a shared machine: issue 21's gate
-    assert "accuracy" in gate.output
+    assert gate.exit_code == 0, gate.output  # latency judged with its interval, not one ratio
