@@ -179,3 +179,20 @@ def test_signature_checks_on_an_emulated_pi(pi, bundles, tmp_path):
         assert not run.passed and run.exit_code == 2, (case, run)
         assert run.error.startswith("Error: ") and needle in run.error, (case, run.error)
     assert not canary.exists()  # nothing of the hostile bundles ran on the emulated Pi
+
+
+def test_the_device_bench_reads_the_pis_temperature_and_clock_under_emulation(pi, bundles):
+    """The userland's Raspberry Pi 4 thermal zone and cpufreq (no vcgencmd: null, with why)."""
+    import json
+    import subprocess
+
+    root, python = pi[("trixie", Backend.ai_edge_litert)]
+    from edgebn.deploy.emulate import _env, _qemu
+
+    done = subprocess.run(_qemu(root, str(python), str(bundles["none"] / "predict.py"), "--bench",
+                                "--json", "--threads", "1", "--runs", "20"),
+                          capture_output=True, text=True, timeout=300, env=_env(python.parents[2]))
+    assert done.returncode == 0, done.stderr
+    t = json.loads(done.stdout)["bench"]["thermal"]["after"]
+    assert t["temp_c"] == pytest.approx(48.312) and t["clock_mhz"] == 1800.0
+    assert t["throttled"] is None and "vcgencmd" in t["throttled_reason"]

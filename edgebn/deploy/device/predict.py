@@ -33,11 +33,13 @@ sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != HERE]
 sys.dont_write_bytecode = True  # a release is never written to: no __pycache__ in it
 
 import argparse  # noqa: E402
+import glob  # noqa: E402
 import importlib.util  # noqa: E402  (frozen too)
 import io  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import platform  # noqa: E402
+import subprocess  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
 
@@ -300,30 +302,103 @@ def device() -> dict:
             "python": platform.python_version(), "system": platform.platform()}
 
 
-def bench(model: Model, runs: int, root: str = HERE) -> dict:
-    np = model.np
-    x = load_golden(model, root, model.spec)[0][0]
+NO_EFFECT = 1.15  # a speedup below this at more than one thread: the threads did not apply
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path, encoding="ascii", errors="replace") as f:
+            return f.read(256).strip()
+    except OSError:
+        return None
+
+
+def thermal() -> dict:
+    """CPU temperature, clock and throttle flags, each None with the reason where unreadable."""
+    doc: dict = {}
+    zones = sorted(glob.glob("/sys/class/thermal/thermal_zone*/temp"))
+    temp = _read(zones[0]) if zones else None
+    doc["temp_c"] = int(temp) / 1000 if temp and temp.lstrip("-").isdigit() else None
+    if doc["temp_c"] is None:
+        doc["temp_reason"] = "no /sys/class/thermal/thermal_zone*/temp here"
+    freq = _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_cur_freq")
+    doc["clock_mhz"] = int(freq) / 1000 if freq and freq.isdigit() else None
+    if doc["clock_mhz"] is None:
+        doc["clock_reason"] = "no cpufreq scaling_cur_freq here"
+    doc["throttled"] = doc["throttled_flags"] = None
+    try:
+        out = subprocess.run(["vcgencmd", "get_throttled"], capture_output=True, text=True,
+                             timeout=5).stdout.strip()  # throttled=0x50005
+        flags = int(out.split("=", 1)[1], 16)
+        doc["throttled_flags"], doc["throttled"] = hex(flags), bool(flags & 0xF)
+    except (OSError, ValueError, IndexError, subprocess.SubprocessError):
+        doc["throttled_reason"] = "vcgencmd get_throttled is not available here"
+    return doc
+
+
+def _latency(t) -> dict:
+    np = __import__("numpy")
+    t = np.asarray(t)
+    return {k: float(v) for k, v in (("min", t.min()), ("p50", np.median(t)),
+                                     ("p90", np.percentile(t, 90)), ("p99", np.percentile(t, 99)),
+                                     ("mean", t.mean()))}
+
+
+def _timed(model: Model, x, runs: int, duration: float = 0.0, window: float = 10.0) -> tuple:
+    """invoke() times in µs: ``runs`` of them, or for ``duration`` seconds in windows."""
     for _ in range(min(50, runs)):
         model.raw(x)
-    times = []
-    for _ in range(runs):
+    times, windows, start = [], [], time.perf_counter()
+    while True:
         t0 = time.perf_counter_ns()
         model.interp.invoke()
         times.append((time.perf_counter_ns() - t0) / 1e3)
-    t = np.asarray(times)
+        now = time.perf_counter() - start
+        if duration and now >= (len(windows) + 1) * window:
+            done = sum(w["runs"] for w in windows)
+            windows.append({"start_s": len(windows) * window, "runs": len(times) - done,
+                            "p50_us": float(model.np.median(times[done:]))})
+        if (duration and now >= duration) or (not duration and len(times) >= runs):
+            return times, windows
+
+
+def bench(model: Model, runs: int, root: str = HERE, duration: float = 0.0,
+          window: float = 10.0) -> dict:
+    """invoke() timed at the requested threads, and at 1 thread to see whether they applied;
+    temperature, clock and throttle flags before and after; windows for a sustained run."""
+    x = load_golden(model, root, model.spec)[0][0]
+    before = thermal()
+    times, windows = _timed(model, x, runs, duration, window)
+    after = thermal()
     name, _, version = model.runtime.partition(" ")
-    return {"runs": runs, "runtime": model.runtime, "runtime_name": name,
-            "runtime_version": version, "threads": model.threads, "device": device(),
-            "latency_us": {k: float(v) for k, v in (("min", t.min()), ("p50", np.median(t)),
-                                                     ("p90", np.percentile(t, 90)),
-                                                     ("p99", np.percentile(t, 99)),
-                                                     ("mean", t.mean()))}}
+    doc = {"runs": len(times), "runtime": model.runtime, "runtime_name": name,
+           "runtime_version": version, "threads": model.threads, "device": device(),
+           "latency_us": _latency(times), "thermal": {"before": before, "after": after},
+           "windows": windows}
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    doc["cores_available"] = cores
+    if model.threads > 1:
+        one = Model(root, model.spec, 1, model.runtime.split()[0].replace("_", "-"),
+                    model=read_bundle_file(root, model.spec["model"], verifier.MAX_FILE_BYTES))
+        single = _latency(_timed(one, x, min(runs, max(len(times), 20)))[0])
+        speedup = single["p50"] / doc["latency_us"]["p50"]
+        doc["one_thread_latency_us"], doc["thread_speedup"] = single, speedup
+        if speedup < NO_EFFECT:
+            doc["warning"] = (f"threads had no effect: {model.threads} threads ran at {speedup:.2f}x "
+                              f"the 1-thread speed; this process may use {cores} core(s)"
+                              + (" (it is pinned: taskset, cgroups)" if cores < model.threads else ""))
+    return doc
 
 
 def run(args, root: str) -> tuple:
     """The document to print and the exit code; BundleError for bad input or a bad bundle."""
     if args.threads < 1 or args.top_k < 1 or args.runs < 1:
         raise BundleError("--threads, --top-k and --runs must be >= 1")
+    if not (0 <= args.duration <= 86400 and 0.1 <= args.window <= 3600):
+        raise BundleError("--duration must be 0..86400 s and --window 0.1..3600 s")
     if not (args.inputs or args.selftest or args.bench):
         raise BundleError("nothing to do: give inputs, --selftest or --bench")
     manifest = verify_bundle(root)  # before anything is loaded
@@ -335,7 +410,7 @@ def run(args, root: str) -> tuple:
         doc["selftest"] = {**selftest(model, root, spec), "signature": signature}
         code = 0 if doc["selftest"]["passed"] else EXIT_FAILED
     if args.bench:
-        doc["bench"] = bench(model, args.runs, root)
+        doc["bench"] = bench(model, args.runs, root, args.duration, args.window)
     if args.inputs:
         labels = spec["labels"]
         doc["predictions"] = []
@@ -359,6 +434,16 @@ def show(doc: dict) -> None:
         print(f"invoke(): p50 {b['latency_us']['p50']:.1f} us, p90 {b['latency_us']['p90']:.1f} us "
               f"over {b['runs']} runs ({b['runtime']}, {b['threads']} threads, "
               f"{b['device']['cpu']})")
+        if "thread_speedup" in b:
+            print(f"  {b['threads']} threads: {b['thread_speedup']:.2f}x the 1-thread p50 "
+                  f"({b['one_thread_latency_us']['p50']:.1f} us)")
+        if "warning" in b:
+            print(f"  warning: {b['warning']}")
+        t0, t1 = b["thermal"]["before"], b["thermal"]["after"]
+        print(f"  temperature {t0['temp_c']} -> {t1['temp_c']} C, clock {t0['clock_mhz']} -> "
+              f"{t1['clock_mhz']} MHz, throttled {t1['throttled']}")
+        for w in b["windows"]:
+            print(f"  {w['start_s']:>6.1f} s: p50 {w['p50_us']:.1f} us ({w['runs']} runs)")
     for pred in doc.get("predictions", []):
         print(pred["input"] + ": " + ", ".join(f"{t['label']} {t['score']:.3f}" for t in pred["top"]))
     print(f"bundle signature: {doc['signature']}", file=sys.stderr)
@@ -374,6 +459,9 @@ def main(argv=None, root: str = HERE) -> int:
     ap.add_argument("--selftest", action="store_true", help="compare with the build's outputs")
     ap.add_argument("--bench", action="store_true", help="time invoke() on this device")
     ap.add_argument("--runs", type=int, default=200)
+    ap.add_argument("--duration", type=float, default=0.0,
+                    help="with --bench: run this many seconds, p50 per --window (throttling shows)")
+    ap.add_argument("--window", type=float, default=10.0, help="seconds per window of --duration")
     ap.add_argument("--json", action="store_true", help="print JSON")
     args = ap.parse_args(argv)
     try:
