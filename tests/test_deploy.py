@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -207,6 +208,9 @@ def test_a_fleet_runs_in_parallel_and_one_dead_host_stops_nothing(sshds, bundles
     for h in doc["hosts"][:3]:  # each live device's own latency, from its own predict.py --bench
         lat = h["latency_us"]
         assert 0 < lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"]
+        dev = h["device"]  # the fleet table's OS, Python, runtime, temperature, throttle columns
+        assert dev["python"] == platform.python_version() and dev["runtime"].startswith("ai_edge_litert")
+        assert dev["os"] == _os_release() and "temp_c" in dev and dev["throttled"] is None
         assert h["result"]["bench"]["device"]["cores"] >= 1
     assert doc["hosts"][3]["latency_us"] is None
     assert doc["failed"] == 1 and "failed" in doc["hosts"][3]["error"]
@@ -243,3 +247,10 @@ def test_the_per_host_timeout_bounds_a_hanging_host(bundles, tmp_path, monkeypat
     assert time.perf_counter() - start < 10
     assert [h.error for h in result.hosts] == ["copy: ssh timed out after 1 s"] * 2
     assert not result.passed and result.to_json()["failed"] == 2
+
+
+def _os_release() -> str | None:
+    for line in open("/etc/os-release", encoding="utf-8").read().splitlines():
+        if line.startswith("PRETTY_NAME="):
+            return line.split("=", 1)[1].strip().strip('"')
+    return None

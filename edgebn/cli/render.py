@@ -266,13 +266,17 @@ def rollback(result: Any) -> None:
 
 def fleet(result: Any) -> None:
     table = _table(f"{len(result.hosts)} hosts, {result.seconds:.1f} s",
-                   ("host", "copied", "self-test", "p50 us", "seconds", "error"))
+                   ("host", "copied", "self-test", "p50 us", "OS", "Python", "runtime", "°C",
+                    "throttled", "seconds", "error"))
     for h in result.hosts:
         row = h.to_json()
         st = {None: "-", True: "[green]passed[/]", False: "[red]FAILED[/]"}[row["selftest"]]
-        lat = row["latency_us"]
+        lat, dev = row["latency_us"], row["device"]
         table.add_row(h.host, "yes" if row["copied"] else "no", st,
-                      "-" if not lat else f"{lat['p50']:.1f}", f"{h.seconds:.1f}", h.error or "")
+                      "-" if not lat else f"{lat['p50']:.1f}", dev["os"] or "-", dev["python"] or "-",
+                      dev["runtime"] or "-", "-" if dev["temp_c"] is None else f"{dev['temp_c']:.0f}",
+                      {None: "-", True: "[red]yes[/]", False: "no"}[dev["throttled"]],
+                      f"{h.seconds:.1f}", h.error or dev["thread_warning"] or "")
     out.print(table)
     failed = sum(not h.passed for h in result.hosts)
     out.print("[green]all hosts passed[/]" if not failed else f"[red]{failed} host(s) failed[/]")

@@ -41,8 +41,20 @@ class HostOutcome:
                 "copied": r is not None and hasattr(r, "bytes_sent"),
                 "selftest": None if st is None else bool(r.passed),
                 "latency_us": None if not bench else bench["latency_us"],
+                "device": _device(st if isinstance(st, dict) else None, bench),
                 "seconds": round(self.seconds, 2), "error": self.error,
                 "result": None if r is None else r.to_json()}
+
+
+def _device(selftest: dict[str, Any] | None, bench: dict[str, Any] | None) -> dict[str, Any]:
+    """What the host said of itself: OS, Python, runtime, and with a bench its temperature
+    and throttle flag after the run (None where it did not say)."""
+    st, b = selftest or {}, bench or {}
+    dev = b.get("device") or {}
+    after = (b.get("thermal") or {}).get("after") or {}
+    return {"os": st.get("os") or dev.get("os"), "python": st.get("python") or dev.get("python"),
+            "runtime": st.get("runtime") or b.get("runtime"), "temp_c": after.get("temp_c"),
+            "throttled": after.get("throttled"), "thread_warning": b.get("warning")}
 
 
 @dataclass(frozen=True)

@@ -284,7 +284,7 @@ def selftest(model: Model, root: str, spec: dict) -> dict:
     return {"passed": bool(passed), "samples": int(len(x)), "max_abs_diff": diff,
             "atol": test["atol"], "units": test["units"], "top1_agreement": agree,
             "runtime": model.runtime, "numpy": np.__version__, "python": platform.python_version(),
-            "machine": platform.machine()}
+            "machine": platform.machine(), "os": os_name()}
 
 
 def device() -> dict:
@@ -299,7 +299,24 @@ def device() -> dict:
     except OSError:
         pass
     return {"cpu": cpu, "cores": os.cpu_count(), "machine": platform.machine(),
-            "python": platform.python_version(), "system": platform.platform()}
+            "python": platform.python_version(), "system": platform.platform(), "os": os_name()}
+
+
+def os_name() -> str | None:
+    """The OS release, as /etc/os-release names it ("Debian GNU/Linux 13 (trixie)")."""
+    text = _read_text("/etc/os-release") or ""
+    for line in text.splitlines():
+        if line.startswith("PRETTY_NAME="):
+            return line.split("=", 1)[1].strip().strip('"')[:100]
+    return None
+
+
+def _read_text(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read(4096)
+    except OSError:
+        return None
 
 
 NO_EFFECT = 1.15  # a speedup below this at more than one thread: the threads did not apply
