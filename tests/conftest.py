@@ -114,6 +114,15 @@ def bundles(small_builds, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def profile_bundles(small_builds, tmp_path_factory):
+    """The same builds bundled with --profile: one-operator models for predict.py --profile."""
+    from edgebn.pipeline.rebundle import bundle_build
+
+    root = tmp_path_factory.mktemp("profile-bundles")
+    return {q: bundle_build(d, root / f"bundle-{q}", profile=True).out for q, d in small_builds.items()}
+
+
+@pytest.fixture(scope="session")
 def photos(tmp_path_factory):
     """A learnable 3-class colour folder at 64 px (edgebn.synthetic), 40 images a class."""
     from edgebn.synthetic import write_image_folder

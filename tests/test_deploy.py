@@ -254,3 +254,27 @@ def _os_release() -> str | None:
         if line.startswith("PRETTY_NAME="):
             return line.split("=", 1)[1].strip().strip('"')
     return None
+
+
+def test_deploy_profile_brings_each_hosts_operator_table_back(sshds, profile_bundles, bundles, tmp_path):
+    """``edgebn deploy --profile`` against the test's sshd hosts: predict.py --profile runs on
+    each, and its per-operator table comes back per host (--json, and the terminal's tables)."""
+    from edgebn.tflite.reader import read_tflite
+
+    hosts = tmp_path / "hosts"
+    hosts.write_text("".join(f"{s['host']}:{s['port']}\n" for s in sshds[:2]))
+    args = ["deploy", str(profile_bundles["none"]), "--hosts", str(hosts), "--dest", "~/prof",
+            "--profile", "--runs", "20", "--python", sys.executable, *_ssh_args(sshds[0])]
+    res = runner.invoke(app, [*args, "--json"])
+    assert res.exit_code == 0, res.output
+    ops = [o.op for o in read_tflite(profile_bundles["none"] / "model.tflite").subgraphs[0].operators]
+    doc = json.loads(res.stdout)
+    assert len(doc["hosts"]) == 2
+    for h in doc["hosts"]:
+        p = h["result"]["profile"]
+        assert [r["op"] for r in p["operators"]] == ops and p["ops_sum_us"] > 0
+    shown = runner.invoke(app, args)
+    assert shown.exit_code == 0 and shown.stdout.count("per operator") == 2, shown.output
+    refused = runner.invoke(app, ["deploy", str(bundles["none"]), "--hosts", str(hosts), "--profile",
+                                  "--python", sys.executable, *_ssh_args(sshds[0])])
+    assert refused.exit_code == 2 and "--profile" in refused.stderr

@@ -65,3 +65,44 @@ def test_a_sustained_run_reports_p50_per_window(bundles):
     assert [w["start_s"] for w in windows] == pytest.approx([0.0, 0.4, 0.8])
     assert all(w["runs"] > 0 and w["p50_us"] > 0 for w in windows)
     assert sum(w["runs"] for w in windows) <= b["runs"]
+
+
+# ---------------------------------------------------------------- per-operator time on the device
+
+
+def _device_profile(bundle, *args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(bundle / "predict.py"), "--profile", "--json",
+                           "--threads", "1", "--runs", "30", *args],
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("quantize", ["none", "int8"])
+def test_predict_profile_gives_a_row_per_operator_of_the_bundles_model(profile_bundles, quantize):
+    from edgebn.tflite.reader import read_tflite
+
+    bundle = profile_bundles[quantize]
+    done = _device_profile(bundle)
+    assert done.returncode == 0, done.stderr
+    p = json.loads(done.stdout)["profile"]
+    ops = read_tflite(bundle / "model.tflite").subgraphs[0].operators
+    assert [(r["index"], r["op"]) for r in p["operators"]] == [(o.index, o.op) for o in ops]
+    timed = [r for r in p["operators"] if r["time_us"] is not None]
+    assert timed and all(r["time_us"] > 0 for r in timed)
+    assert all(r["note"] for r in p["operators"] if r["time_us"] is None)
+    assert p["ops_sum_us"] == pytest.approx(sum(r["time_us"] for r in timed))
+    assert p["latency_us"]["p50"] > 0 and sum(r["share"] for r in timed) == pytest.approx(1.0)
+    conv = max(timed, key=lambda r: r["macs"])  # the widest convolution takes the most time
+    assert conv["op"] == "CONV_2D" and conv["time_us"] == max(r["time_us"] for r in timed)
+
+
+def test_profile_needs_the_operator_models_and_they_are_manifest_checked(bundles, profile_bundles,
+                                                                         tmp_path):
+    done = _device_profile(bundles["none"])
+    assert done.returncode == 2 and "edgebn bundle BUILD --out B --profile" in done.stderr
+    b = shutil.copytree(profile_bundles["none"], tmp_path / "b")
+    op = sorted((b / "profile").glob("op*.tflite"))[0]
+    data = bytearray(op.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    op.write_bytes(bytes(data))
+    done = _device_profile(b)
+    assert done.returncode == 2 and "does not match the manifest" in done.stderr

@@ -196,3 +196,23 @@ def test_the_device_bench_reads_the_pis_temperature_and_clock_under_emulation(pi
     t = json.loads(done.stdout)["bench"]["thermal"]["after"]
     assert t["temp_c"] == pytest.approx(48.312) and t["clock_mhz"] == 1800.0
     assert t["throttled"] is None and "vcgencmd" in t["throttled_reason"]
+
+
+def test_predict_profile_under_emulation_gives_a_row_per_operator(pi, profile_bundles):
+    import json
+    import subprocess
+
+    from edgebn.deploy.emulate import _env, _qemu
+    from edgebn.tflite.reader import read_tflite
+
+    root, python = pi[("trixie", Backend.ai_edge_litert)]
+    bundle = profile_bundles["int8"]
+    done = subprocess.run(_qemu(root, str(python), str(bundle / "predict.py"), "--profile", "--json",
+                                "--threads", "1", "--runs", "5"),
+                          capture_output=True, text=True, timeout=600, env=_env(python.parents[2]))
+    assert done.returncode == 0, done.stderr
+    p = json.loads(done.stdout)["profile"]
+    ops = read_tflite(bundle / "model.tflite").subgraphs[0].operators
+    assert [r["op"] for r in p["operators"]] == [o.op for o in ops]
+    assert p["device"]["machine"] == "aarch64" and p["runtime"].startswith("ai_edge_litert")
+    assert all(r["time_us"] > 0 for r in p["operators"] if r["note"] is None)

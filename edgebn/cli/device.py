@@ -26,6 +26,9 @@ def bundle(
                                               help="A build directory (edgebn build --out).")],
     out: Annotated[Path, typer.Option("--out", help="The bundle directory to write.")],
     sign: KeyIn = None,
+    profile: Annotated[bool, typer.Option(
+        "--profile", help="Also ship one-operator models, for predict.py --profile and "
+                          "edgebn deploy --profile (per-operator time on the device).")] = False,
     as_json: JsonFlag = False,
     verbose: VerboseFlag = False,
 ) -> None:
@@ -33,7 +36,7 @@ def bundle(
     from edgebn.pipeline.rebundle import bundle_build
 
     with quiet(verbose):  # the self-test's interpreter announces its delegate on fd 2
-        result = bundle_build(build_dir, out, sign)
+        result = bundle_build(build_dir, out, sign, profile)
     print_json(result.to_json()) if as_json else render.bundle(result)
 
 
@@ -79,7 +82,11 @@ def deploy(
     ] = False,
     bench: Annotated[bool, typer.Option(
         "--bench", help="Run predict.py --bench on the device: p50/p90/p99, CPU, cores.")] = False,
-    runs: Annotated[int, typer.Option("--runs", min=1, help="Invokes for --bench.")] = 200,
+    runs: Annotated[int, typer.Option("--runs", min=1, help="Invokes for --bench (and per operator "
+                                                           "for --profile).")] = 200,
+    profile: Annotated[bool, typer.Option(
+        "--profile", help="Time each operator on the device (predict.py --profile; the bundle "
+                          "made with edgebn bundle --profile).")] = False,
     rollback: Annotated[bool, typer.Option(
         "--rollback", help="Point DEST/current back at the previous release (no bundle).")] = False,
     trust: Annotated[Path | None, typer.Option(
@@ -110,7 +117,8 @@ def deploy(
         raise EdgebnError("no device: give --host user@host or --hosts FILE")
     if (bundle_dir is None) != rollback:
         raise EdgebnError("give a BUNDLE to deploy, or --rollback without one")
-    options = DeployOptions(dest, selftest, python, bench, runs, trust, trust_file, timeout)
+    options = DeployOptions(dest, selftest, python, bench, runs, trust, trust_file, timeout,
+                            profile=profile)
     if len(targets) == 1 and hosts is None:
         _deploy_one(bundle_dir, targets[0], options, as_json)
     else:

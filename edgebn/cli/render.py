@@ -251,6 +251,19 @@ def deploy(result: Any) -> None:
                   f"{st.get('signature', 'unknown')})")
     if result.bench is not None:
         out.print(f"on {result.host}: {_bench_line(result.bench)}")
+    if result.profile is not None:
+        device_profile(result.host, result.profile)
+
+
+def device_profile(host: str, p: dict[str, Any], top: int = 10) -> None:
+    """``deploy --profile``: the device's per-operator times, slowest first."""
+    table = _table(f"{host}: per operator ({p['runtime']}, {p['threads']} threads); sum "
+                   f"{p['ops_sum_us']:,.1f} µs beside the whole model's p50 "
+                   f"{p['latency_us']['p50']:,.1f} µs", ("#", "op", "µs", "share", "MACs", "note"))
+    for r in sorted(p["operators"], key=lambda r: -(r["time_us"] or 0))[:top]:
+        table.add_row(str(r["index"]), r["op"], "-" if r["time_us"] is None else f"{r['time_us']:,.1f}",
+                      f"{r['share']:.1%}", f"{r['macs']:,}" if r["macs"] else "", r["note"] or "")
+    out.print(table)
 
 
 def _bench_line(b: dict[str, Any]) -> str:
@@ -278,6 +291,9 @@ def fleet(result: Any) -> None:
                       {None: "-", True: "[red]yes[/]", False: "no"}[dev["throttled"]],
                       f"{h.seconds:.1f}", h.error or dev["thread_warning"] or "")
     out.print(table)
+    for h in result.hosts:
+        if h.result is not None and getattr(h.result, "profile", None) is not None:
+            device_profile(h.host, h.result.profile, top=5)
     failed = sum(not h.passed for h in result.hosts)
     out.print("[green]all hosts passed[/]" if not failed else f"[red]{failed} host(s) failed[/]")
 

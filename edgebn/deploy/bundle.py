@@ -190,7 +190,8 @@ def _readme(name: str, spec: dict[str, Any]) -> str:
         scale=p["scale"], offset=p["offset"])
 
 
-def bundle(source: BundleSource, out: str | Path, sign: Path | None = None) -> BundleResult:
+def bundle(source: BundleSource, out: str | Path, sign: Path | None = None,
+           profile: bool = False) -> BundleResult:
     """Assemble OUT from ``source``; run the self-test here; swap OUT in atomically.
 
     With ``sign`` (an SSH private key), manifest.json.sig is written before the swap.
@@ -212,6 +213,11 @@ def bundle(source: BundleSource, out: str | Path, sign: Path | None = None) -> B
         (tmp / "bundle.json").write_text(json.dumps(spec, indent=2) + "\n", encoding="utf-8")
         (tmp / "requirements.txt").write_text(REQUIREMENTS, encoding="utf-8")
         (tmp / "README.md").write_text(_readme(out.name, spec), encoding="utf-8")
+        if profile:  # one-operator models for predict.py --profile, listed in the manifest too
+            from edgebn.deploy.op_models import write_operator_models
+
+            write_operator_models(source.model, source.golden_inputs, tmp,
+                                  nchw=source.preprocessing.layout.value == "nchw")
         files = {str(f.relative_to(tmp)): _sha256(f) for f in sorted(tmp.rglob("*")) if f.is_file()}
         (tmp / "manifest.json").write_text(json.dumps({"edgebn": __version__, "files": files},
                                                       indent=2) + "\n", encoding="utf-8")

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgebn.deploy.ssh import DeployOptions, SshTarget, prepare, rollback, ship
+from edgebn.deploy.ssh import DeployOptions, SshTarget, check_profile, prepare, rollback, ship
 from edgebn.errors import EdgebnError
 
 DEFAULT_PARALLEL = 8
@@ -132,6 +132,7 @@ def run_fleet(targets: list[SshTarget], action: Callable[[SshTarget], Any],
 def deploy_fleet(bundle: str | Path, targets: list[SshTarget], options: DeployOptions,
                  parallel: int = DEFAULT_PARALLEL) -> FleetResult:
     """Check and pack ``bundle`` once, then ship it to every target in parallel."""
+    check_profile(bundle, options)
     shipment = prepare(bundle, options.trust)
     return run_fleet(targets, lambda t: ship(shipment, t, options), parallel)
 

@@ -80,6 +80,7 @@ class DeployOptions:
     trust: Path | None = None  # a public key to install in the device's trust file first
     trust_file: str | None = None  # the device's trust file when not the default (sets EDGEBN_TRUST)
     timeout_s: float = SSH_TIMEOUT_S  # per host: all of one host's ssh calls together
+    profile: bool = False  # predict.py --profile on the device (a bundle made with --profile)
 
     def __post_init__(self) -> None:
         _device_path(self.dest, "destination")
@@ -111,6 +112,7 @@ class DeployResult:
     previous: str | None = None  # the release current pointed to before, if any
     bench: dict[str, Any] | None = None
     trusted: str | None = None  # the allowed-signers line installed (--trust)
+    profile: dict[str, Any] | None = None  # per-operator times on the device (--profile)
 
     @property
     def passed(self) -> bool:
@@ -121,7 +123,7 @@ class DeployResult:
                 "previous": self.previous, "bytes_sent": self.bytes_sent,
                 "seconds": round(self.seconds, 2), "selftest": self.selftest,
                 "selftest_exit": self.selftest_exit, "bench": self.bench,
-                "trusted": self.trusted}
+                "trusted": self.trusted, "profile": self.profile}
 
 
 @dataclass(frozen=True)
@@ -302,15 +304,31 @@ def ship(shipment: Shipment, target: SshTarget, options: DeployOptions) -> Deplo
         bench = out.get("bench") if isinstance(out, dict) else None
         if bcode != 0 or bench is None:
             raise EdgebnError(f"bench on {target.host} failed (exit {bcode})")
+    profile = None
+    if options.profile:
+        out, pcode = _predict(target, options, ("--profile", "--runs", str(int(options.bench_runs))),
+                              "profile", deadline)
+        profile = out.get("profile") if isinstance(out, dict) else None
+        if pcode != 0 or profile is None:
+            raise EdgebnError(f"profile on {target.host} failed (exit {pcode})")
     return DeployResult(target.host, f"{options.dest}/current", len(shipment.tar),
                         time.perf_counter() - start, doc, code,
-                        f"{options.dest}/releases/{shipment.release}", previous, bench, trusted)
+                        f"{options.dest}/releases/{shipment.release}", previous, bench, trusted,
+                        profile)
 
 
 def deploy(bundle: str | Path, target: SshTarget, options: DeployOptions = DeployOptions()
            ) -> DeployResult:
     """Ship ``bundle`` to one device as a new release and switch ``DEST/current`` to it."""
+    check_profile(bundle, options)
     return ship(prepare(bundle, options.trust), target, options)
+
+
+def check_profile(bundle: str | Path, options: DeployOptions) -> None:
+    """--profile needs the bundle's operator models: refused here, before anything is sent."""
+    if options.profile and not (Path(bundle) / "profile" / "profile.json").is_file():
+        raise EdgebnError(f"{bundle}: no operator models for --profile: make the bundle with "
+                          "edgebn bundle BUILD --out B --profile")
 
 
 def rollback(target: SshTarget, options: DeployOptions = DeployOptions()) -> RollbackResult:

@@ -33,7 +33,8 @@ def source_from_build_dir(build_dir: str | Path) -> BundleSource:
                         report.test_accuracy, report.bn_verdict)
 
 
-def bundle_build(build_dir: str | Path, out: str | Path, sign: Path | None = None) -> BundleResult:
-    """``edgebn bundle BUILD --out OUT [--sign KEY]``: a bundle from a build directory."""
+def bundle_build(build_dir: str | Path, out: str | Path, sign: Path | None = None,
+                 profile: bool = False) -> BundleResult:
+    """``edgebn bundle BUILD --out OUT [--sign KEY] [--profile]``: a bundle from a build directory."""
     check_bundle_out(Path(out))
-    return bundle(source_from_build_dir(build_dir), out, sign)
+    return bundle(source_from_build_dir(build_dir), out, sign, profile)

@@ -410,14 +410,80 @@ def bench(model: Model, runs: int, root: str = HERE, duration: float = 0.0,
     return doc
 
 
+PROFILE_INDEX = "profile/profile.json"
+
+
+def _op_inputs(np, root: str, names) -> list:
+    arrays = []
+    for name in names:
+        data = read_bundle_file(root, name, MAX_GOLDEN_BYTES)
+        try:
+            arrays.append(np.load(io.BytesIO(data), allow_pickle=False))
+        except Exception as exc:  # hostile bytes make np.load raise many types
+            raise BundleError(f"{name}: not a readable .npy ({type(exc).__name__})") from exc
+    return arrays
+
+
+def _time_op(np, interp, feeds, runs: int) -> float:
+    """The p50 of invoke() in µs for one operator model fed its captured inputs."""
+    details = interp.get_input_details()
+    if len(details) != len(feeds):
+        raise BundleError(f"an operator model takes {len(details)} inputs; {len(feeds)} were shipped")
+    for d, x in zip(details, feeds, strict=True):
+        if tuple(d["shape"]) != tuple(x.shape) or np.dtype(d["dtype"]) != x.dtype:
+            raise BundleError(f"an operator input is {list(x.shape)} {x.dtype}, the model takes "
+                              f"{list(d['shape'])} {np.dtype(d['dtype'])}")
+        interp.set_tensor(d["index"], x)
+    for _ in range(5):
+        interp.invoke()
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter_ns()
+        interp.invoke()
+        times.append((time.perf_counter_ns() - t0) / 1e3)
+    return float(np.median(times))
+
+
+def profile(model: Model, root: str, files, runs: int) -> dict:
+    """Each shipped one-operator model timed on this device, beside the whole model's p50."""
+    np = model.np
+    if PROFILE_INDEX not in files:
+        raise BundleError("this bundle has no operator models: make it with "
+                          "edgebn bundle BUILD --out B --profile")
+    try:
+        rows = json.loads(read_bundle_file(root, PROFILE_INDEX, MAX_SPEC_BYTES))["operators"]
+        listed = [r for r in rows if "model" in r]
+        if any(r["model"] not in files or any(i not in files for i in r["inputs"]) for r in listed):
+            raise BundleError(f"{PROFILE_INDEX}: names a file that is not in manifest.json")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BundleError(f"{PROFILE_INDEX}: unreadable ({type(exc).__name__})") from exc
+    runtime = model.runtime.split()[0].replace("_", "-")
+    out = []
+    for r in rows:
+        row = {"index": r.get("index"), "op": str(r.get("op"))[:60], "macs": r.get("macs"),
+               "time_us": None, "note": r.get("note")}
+        if "model" in r:
+            interp, _ = load_interpreter(read_bundle_file(root, r["model"], verifier.MAX_FILE_BYTES),
+                                         model.threads, runtime)
+            row["time_us"] = _time_op(np, interp, _op_inputs(np, root, r["inputs"]), runs)
+        out.append(row)
+    whole = bench(model, runs, root)
+    total = sum(r["time_us"] or 0.0 for r in out)
+    for r in out:
+        r["share"] = (r["time_us"] or 0.0) / total if total else 0.0
+    return {"operators": out, "ops_sum_us": total, "latency_us": whole["latency_us"],
+            "explained": total / whole["latency_us"]["p50"], "runtime": model.runtime,
+            "threads": model.threads, "device": whole["device"], "method": "isolated ops"}
+
+
 def run(args, root: str) -> tuple:
     """The document to print and the exit code; BundleError for bad input or a bad bundle."""
     if args.threads < 1 or args.top_k < 1 or args.runs < 1:
         raise BundleError("--threads, --top-k and --runs must be >= 1")
     if not (0 <= args.duration <= 86400 and 0.1 <= args.window <= 3600):
         raise BundleError("--duration must be 0..86400 s and --window 0.1..3600 s")
-    if not (args.inputs or args.selftest or args.bench):
-        raise BundleError("nothing to do: give inputs, --selftest or --bench")
+    if not (args.inputs or args.selftest or args.bench or args.profile):
+        raise BundleError("nothing to do: give inputs, --selftest, --bench or --profile")
     manifest = verify_bundle(root)  # before anything is loaded
     signature = manifest["signature"]
     spec = load_spec(root, manifest["files"])
@@ -428,6 +494,8 @@ def run(args, root: str) -> tuple:
         code = 0 if doc["selftest"]["passed"] else EXIT_FAILED
     if args.bench:
         doc["bench"] = bench(model, args.runs, root, args.duration, args.window)
+    if args.profile:
+        doc["profile"] = profile(model, root, manifest["files"], args.runs)
     if args.inputs:
         labels = spec["labels"]
         doc["predictions"] = []
@@ -461,6 +529,13 @@ def show(doc: dict) -> None:
               f"{t1['clock_mhz']} MHz, throttled {t1['throttled']}")
         for w in b["windows"]:
             print(f"  {w['start_s']:>6.1f} s: p50 {w['p50_us']:.1f} us ({w['runs']} runs)")
+    if "profile" in doc:
+        p = doc["profile"]
+        print(f"per operator ({p['runtime']}, {p['threads']} threads): sum {p['ops_sum_us']:.1f} us "
+              f"beside the whole model's p50 {p['latency_us']['p50']:.1f} us")
+        for r in sorted(p["operators"], key=lambda r: -(r["time_us"] or 0)):
+            t = "-" if r["time_us"] is None else f"{r['time_us']:.1f} us {r['share']:.0%}"
+            print(f"  op {r['index']} {r['op']}: {t}" + (f" ({r['note']})" if r["note"] else ""))
     for pred in doc.get("predictions", []):
         print(pred["input"] + ": " + ", ".join(f"{t['label']} {t['score']:.3f}" for t in pred["top"]))
     print(f"bundle signature: {doc['signature']}", file=sys.stderr)
@@ -475,6 +550,8 @@ def main(argv=None, root: str = HERE) -> int:
                     default="auto")
     ap.add_argument("--selftest", action="store_true", help="compare with the build's outputs")
     ap.add_argument("--bench", action="store_true", help="time invoke() on this device")
+    ap.add_argument("--profile", action="store_true",
+                    help="time each operator on this device (a bundle made with --profile)")
     ap.add_argument("--runs", type=int, default=200)
     ap.add_argument("--duration", type=float, default=0.0,
                     help="with --bench: run this many seconds, p50 per --window (throttling shows)")
