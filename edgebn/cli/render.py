@@ -370,9 +370,12 @@ def profile(result: Any, top: int = 15) -> None:
                   f"isolated ({spent / (result.ops_sum_us or 1):.1%} of the sum)")
     if result.residue is not None:
         r = result.residue
+        interval = "" if r.estimate is None else (
+            f", interval [{r.estimate.interval[0]:.3f}, {r.estimate.interval[1]:.3f}] over "
+            f"{r.estimate.rounds} rounds: " + ("significant" if r.significant else "not significant"))
         out.print(f"residue cost: {r.ratio:.3f}x (p50 {r.model_p50_us:,.1f} µs against "
-                  f"{r.bypassed_p50_us:,.1f} µs with the {r.pairs} chains bypassed, interleaved); "
-                  "an estimate: the bypassed graph computes different outputs")
+                  f"{r.bypassed_p50_us:,.1f} µs with the {r.pairs} chains bypassed, interleaved"
+                  f"{interval}); an estimate: the bypassed graph computes different outputs")
     elif result.residue_skipped:
         out.print(f"residue cost: not measured ({result.residue_skipped})")
     if result.baseline is not None:

@@ -18,8 +18,9 @@ its weights evicted by the others (isolated, they stay in cache), so ``ops_sum_u
 shown beside the whole model's p50, not instead of it.
 
 Residue cost: the whole model's p50 over the p50 of the same graph with its residual
-BN pairs bypassed (:func:`edgebn.tflite.writer.bypass_chains`), both timed interleaved by
-:func:`edgebn.bench.run.bench_tflite`. The bypassed graph computes different outputs, so the
+BN chains bypassed (:func:`edgebn.tflite.writer.bypass_chains`), both timed interleaved in
+rounds by :func:`edgebn.runtime.timing.latency_ratio`, with the ratio's interval ("not
+significant" when it holds 1). The bypassed graph computes different outputs, so the
 ratio is an estimate of what the residue costs, not a model one could ship. When the
 bypassed graph cannot be loaded (XNNPACK refuses an int8 MAX_POOL_2D whose input scale
 is no longer its output's), the profile stands without it: ``residue_cost`` is null and
@@ -35,7 +36,7 @@ from typing import Any
 from edgebn.errors import EdgebnError
 from edgebn.runtime.op_timing import ROUNDS, Timed, capture, captured
 from edgebn.runtime.opdiff import OpDiff, diff_operators
-from edgebn.runtime.timing import BenchSettings, Latency, bench_tflite
+from edgebn.runtime.timing import BenchSettings, Latency, RatioEstimate, latency_ratio
 from edgebn.tflite.reader import TFLiteModel, as_tflite, parse_tflite
 from edgebn.tflite.writer import bypass_chains, empty_model, single_op, unpack
 
@@ -109,15 +110,26 @@ class ResidueCost:
     pairs: int
     model_p50_us: float
     bypassed_p50_us: float
+    estimate: RatioEstimate | None = None  # the rounds' ratio with its interval
 
     @property
     def ratio(self) -> float:
+        if self.estimate is not None:
+            return self.estimate.ratio
         return self.model_p50_us / self.bypassed_p50_us
 
+    @property
+    def significant(self) -> bool | None:
+        return None if self.estimate is None else self.estimate.significant
+
     def to_json(self) -> dict[str, Any]:
-        return {"pairs": self.pairs, "model_p50_us": self.model_p50_us,
-                "bypassed_p50_us": self.bypassed_p50_us, "ratio": self.ratio,
-                "note": RESIDUE_NOTE}
+        doc = {"pairs": self.pairs, "model_p50_us": self.model_p50_us,
+               "bypassed_p50_us": self.bypassed_p50_us, "ratio": self.ratio, "note": RESIDUE_NOTE}
+        if self.estimate is not None:
+            e = self.estimate
+            doc |= {"interval": list(e.interval), "confidence": e.confidence, "rounds": e.rounds,
+                    "significant": e.significant}
+        return doc
 
 
 @dataclass(frozen=True)
@@ -305,8 +317,8 @@ def residue_cost(model: TFLiteModel | str | Path, settings: ProfileSettings = Pr
     if not pairs:
         return None
     bypassed = parse_tflite(bypass_chains(model, pairs), f"{model.path} (residual BN bypassed)")
-    stats, base = bench_tflite(model, settings, baseline=bypassed)
-    return ResidueCost(len(pairs), stats.latency_us.p50, base.latency_us.p50)
+    est = latency_ratio(model, bypassed, settings, width=0.02)
+    return ResidueCost(len(pairs), est.current_p50_us, est.baseline_p50_us, est)
 
 
 def profile(model: TFLiteModel | str | Path, settings: ProfileSettings = ProfileSettings(),
