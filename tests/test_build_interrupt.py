@@ -55,6 +55,14 @@ def _env(cache):
     return os.environ | {"COLUMNS": "400", "EDGEBN_CACHE": str(cache)}
 
 
+def _terminal_sigint():
+    """The child starts with SIGINT at its default, as from a terminal. A process inherits an
+    ignored SIGINT (seen in a CI run: a pytest worker whose SIGINT something had set to
+    SIG_IGN), and Python then never raises KeyboardInterrupt: what these tests send would be
+    lost, though no user's Ctrl-C is."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _snapshot(out):
     """Every file and directory under OUT: sha256 and mtime (directories: None)."""
     return {str(p.relative_to(out)): None if p.is_dir() else (
@@ -103,7 +111,7 @@ def test_ctrl_c_at_a_stage_leaves_the_previous_build(finished, after, during):
     root, out, _ = finished
     proc = subprocess.Popen([sys.executable, "-m", "edgebn", *BUILD, "--out", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=_env(root / "cache"), cwd=root)
+                            env=_env(root / "cache"), cwd=root, preexec_fn=_terminal_sigint)
     seen = []
     for line in proc.stderr:
         seen.append(line)
@@ -123,7 +131,7 @@ def test_ctrl_c_between_the_two_reports_leaves_the_previous_build(finished):
     root, out, _ = finished
     proc = subprocess.run([sys.executable, "-c", _DRIVER, "report.md", *BUILD, "--out", str(out)],
                           capture_output=True, text=True, timeout=600, env=_env(root / "cache"),
-                          cwd=root)
+                          cwd=root, preexec_fn=_terminal_sigint)
     _assert_untouched(finished, proc.returncode, proc.stderr)
 
 
@@ -135,7 +143,7 @@ def test_ctrl_c_during_the_swap_waits_for_it_and_old_files_go(finished, tmp_path
     shutil.copytree(reference, out)  # a finished build with a twin and a bundle
     proc = subprocess.run([sys.executable, "-c", _DRIVER, "swap", "build", *FAST, "--no-twin",
                            "--out", str(out)], capture_output=True, text=True, timeout=600,
-                          env=_env(root / "cache"), cwd=root)
+                          env=_env(root / "cache"), cwd=root, preexec_fn=_terminal_sigint)
     assert proc.returncode == 130, proc.stderr[-3000:]
     assert _our_lines(proc.stderr) == [f"interrupted as the build finished: {out} holds it, "
                                        "complete"], proc.stderr

@@ -220,8 +220,11 @@ def bench_tflite(model: TFLiteModel | str | Path, settings: BenchSettings = Benc
 # ---------------------------------------------------------------- a ratio with its interval
 
 CONFIDENCE = 0.95
-MIN_ROUNDS = 12  # rounds before the interval may stop the run
+MIN_ROUNDS = 24  # rounds before the interval may stop the run (3 pairs of interpreters)
 MIN_SHARE = 0.25  # and at least this share of the time cap: a burst of noise is not a sample
+REFRESH_ROUNDS = 8  # both interpreters made anew this often: one instance can run a steady
+# ~10 % slower than another of the same file (its arena's placement), which rounds alone
+# would report as a difference between the files
 BOOTSTRAP = 2000  # resamples of the rounds for the interval
 
 
@@ -230,9 +233,11 @@ class RatioEstimate:
     """``current`` p50 over ``baseline`` p50 from interleaved rounds, with its interval.
 
     Each round times both models for one block (the order alternating round by round); the
-    ratio is the median of the rounds' p50 ratios, its interval a percentile bootstrap over
-    rounds. A busy core slows whole rounds of both models alike: the ratio stands, the
-    interval widens, and the run goes on until it is narrow enough or time is up.
+    ratio is the median of the rounds' p50 ratios. Both interpreters are made anew every
+    REFRESH_ROUNDS rounds, and the interval is a percentile bootstrap over those pairs' median
+    ratios, so that what differs between two instances of one file widens it. A busy core
+    slows whole rounds of both models alike: the ratio stands, the interval widens, and the
+    run goes on until it is narrow enough or time is up.
     """
 
     ratio: float
@@ -273,9 +278,11 @@ def latency_ratio(model: TFLiteModel | str | Path, baseline: TFLiteModel | str |
     """Time both interleaved in rounds until the interval is narrower than ``width`` (after
     MIN_ROUNDS) or ``max_time_s`` (default: ``settings.min_time_s`` per model) is spent."""
     settings.validate()
-    runners = [_Runner(as_tflite(model), settings, data), _Runner(as_tflite(baseline), settings, data)]
+    models = [as_tflite(model), as_tflite(baseline)]
+    runners = [_Runner(m, settings, data) for m in models]
     for r in runners:
         r.warm_up(settings.warmup)
+    kept: list[list[int]] = [[], []]  # samples of the interpreters already replaced
     block = max(1, min(INTERLEAVE_BLOCK, int(BLOCK_S * 1e6 / max(max(r.first_us for r in runners), 1.0))))
     cap = max_time_s if max_time_s is not None else 2 * settings.min_time_s
     start = time.perf_counter()
@@ -283,16 +290,24 @@ def latency_ratio(model: TFLiteModel | str | Path, baseline: TFLiteModel | str |
     ratios: list[float] = []
     interval = (0.0, math.inf)
     while True:
+        if ratios and len(ratios) % REFRESH_ROUNDS == 0:
+            for i, r in enumerate(runners):
+                kept[i] += r.samples
+            runners = [_Runner(m, settings, data) for m in models]
+            for r in runners:
+                r.warm_up(min(settings.warmup, 20))
         order = runners if len(ratios) % 2 == 0 else runners[::-1]
         for r in order:
             r.run(block)
         cur, base = (np.median(r.samples[-block:]) for r in runners)
         ratios.append(float(cur / max(base, 1)))
         if len(ratios) >= MIN_ROUNDS:
-            interval = _interval(np.array(ratios), rng)
+            blocks = [np.median(ratios[i:i + REFRESH_ROUNDS])
+                      for i in range(0, len(ratios), REFRESH_ROUNDS)]
+            interval = _interval(np.array(blocks), rng)  # over interpreter pairs, not rounds
             spent = time.perf_counter() - start
             if (interval[1] - interval[0] < width and spent >= MIN_SHARE * cap) or spent >= cap:
                 break
-    stats = [r.stats(settings) for r in runners]
-    return RatioEstimate(float(np.median(ratios)), interval, len(ratios), stats[0].latency_us.p50,
-                         stats[1].latency_us.p50, seconds=time.perf_counter() - start)
+    p50s = [float(np.median(np.array(k + r.samples)) / 1e3) for k, r in zip(kept, runners, strict=True)]
+    return RatioEstimate(float(np.median(ratios)), interval, len(ratios), p50s[0], p50s[1],
+                         seconds=time.perf_counter() - start)
