@@ -40,9 +40,34 @@ EXPECTED = {"trixie": [("ai_edge_litert", "3.13", "2.2")],
             "bookworm": [("tflite_runtime 2.14.0", "3.11", "1.24"), ("ai_edge_litert", "3.11", "2.")]}
 
 
+@pytest.fixture(scope="module")
+def signer(tmp_path_factory):
+    """A key pair and the allowed-signers file of a device that trusts it."""
+    import subprocess
+
+    from edgebn.deploy.sign import allowed_signers_line
+
+    d = tmp_path_factory.mktemp("signer")
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "key")], check=True)
+    (d / "allowed_signers").write_text(allowed_signers_line(d / "key.pub") + "\n")
+    return d / "key", d / "allowed_signers"
+
+
 @pytest.mark.parametrize("quantize", ["none", "int8"])
 @pytest.mark.parametrize("os_name", list(PI_OS))
-def test_selftest_passes_on_each_pi_os_with_each_runtime(pi, bundles, os_name, quantize):
+def test_selftest_passes_on_each_pi_os_with_each_runtime(pi, bundles, signer, os_name, quantize,
+                                                         tmp_path):
+    """Unsigned, then signed and checked by the device's own verifier (the release's arm64
+    ssh-keygen), each runtime installed by the bundle's README steps."""
+    from edgebn.deploy.emulate import run_selftest
+    from edgebn.deploy.sign import sign_manifest
+
+    signed = shutil.copytree(bundles[quantize], tmp_path / "signed")
+    sign_manifest(signed, signer[0])
+    for runtime in PI_OS[os_name].runtimes:
+        root, python = pi[(os_name, runtime)]
+        run = run_selftest(signed, runtime, root, python, trust=signer[1])
+        assert run.passed and run.selftest["signature"].startswith("verified"), (runtime, run)
     result = emulate(bundles[quantize], os_name=os_name)
     assert result.os == os_name and f"Raspberry Pi OS {os_name}" in result.platform
     assert [r.runtime for r in result.runs] == [b.value for b in PI_OS[os_name].runtimes]
