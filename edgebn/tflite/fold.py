@@ -169,19 +169,16 @@ class _Folder:
                                       "chain is kept as the converter wrote it"))
             return
         s, t = chain_affine(self.model, sg, chain, self.producer)
-        back = self._backward(chain, s, t)
-        if isinstance(back, ChainFold):
-            self.results.append(_with(back, subgraph=base.subgraph, ops=ops, kind=base.kind,
-                                      channels=base.channels, source=base.source))
-            self.drop |= set(ops)
-            return
-        fwd = self._forward(chain, s, t)
-        if isinstance(fwd, ChainFold):
-            self.results.append(_with(fwd, subgraph=base.subgraph, ops=ops, kind=base.kind,
-                                      channels=base.channels, source=base.source))
-            self.drop |= set(ops)
-            return
-        reason = f"backward: {back}; forward: {fwd}"
+        why = []
+        for attempt in (self._backward, self._forward):  # backward first, as the Keras fold
+            done = attempt(chain, s, t)
+            if isinstance(done, ChainFold):
+                self.results.append(_with(done, subgraph=base.subgraph, ops=ops, kind=base.kind,
+                                          channels=base.channels, source=base.source))
+                self.drop |= set(ops)
+                return
+            why.append(done)
+        reason = f"backward: {why[0]}; forward: {why[1]}"
         if len(chain) > 2:
             self._collapse(chain, s, t)
             self.results.append(_with(base, result="collapsed", reason=reason))
