@@ -73,9 +73,10 @@ def main() -> None:
                 outcome = c.result if c else "clean"
                 where = (f"{c.direction} into {c.into_type}" if c and c.result == "folded"
                          else (c.reason if c else "the converter folded it"))
-                timing = ("—", "—") if result.before is None else (
-                    f"{result.before.p50:.1f} → {result.after.p50:.1f}",
-                    f"{result.before.p50 / result.after.p50:.2f}")
+                e = result.speed
+                timing = ("—", "—") if e is None else (
+                    f"{e.current_p50_us:.1f} → {e.baseline_p50_us:.1f}",
+                    f"{e.ratio:.2f} [{e.interval[0]:.2f}, {e.interval[1]:.2f}]")
                 print(f"| {name} | {source} | {form} | {outcome} | {where} | {result.compared} | "
                       f"{result.max_rel_diff:.1e} | {timing[0]} | {timing[1]} |")
 

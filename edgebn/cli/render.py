@@ -108,9 +108,12 @@ def fold_tflite(result: Any) -> None:
         out.print("no residual BN: the file is written unchanged")
     if worst is not None:
         out.print(f"worst tensor: {worst.tensor} {worst.name or '(unnamed)'}")
-    if result.before is not None and result.after is not None:
-        out.print(f"p50 {result.before.p50:,.1f} µs before, {result.after.p50:,.1f} µs after "
-                  f"({result.before.p50 / result.after.p50:.3f}x, one interleaved run)")
+    e = result.speed
+    if e is not None:
+        out.print(f"p50 {e.current_p50_us:,.1f} µs before, {e.baseline_p50_us:,.1f} µs after "
+                  f"({e.ratio:.3f}x, interval [{e.interval[0]:.3f}, {e.interval[1]:.3f}] over "
+                  f"{e.rounds} interleaved rounds: "
+                  f"{'significant' if e.significant else 'not significant'})")
 
 
 def conversion(result: Any) -> None:

@@ -27,7 +27,7 @@ from edgebn.deploy.bundle import GOLDEN_SAMPLES, BundleResult, BundleSource, bun
 from edgebn.errors import DatasetError, EdgebnError, FoldError
 from edgebn.pipeline.refold import image_layout
 from edgebn.runtime.tflite_fold import TFLiteFoldResult, fold_tflite
-from edgebn.runtime.timing import BenchSettings, Latency, bench_tflite
+from edgebn.runtime.timing import BenchSettings, RatioEstimate, latency_ratio
 from edgebn.runtime.verify import predict_tflite
 from edgebn.stages import Stages, atomic_path, relocated, staged_dir, write_atomic
 from edgebn.tensors import CHECK_SAMPLES
@@ -65,8 +65,7 @@ class TFLiteBuildResult:
     fold_refused: str | None
     inspected: InspectResult
     verified: Agreement
-    before: Latency | None = None  # the original's p50, interleaved with the folded file's
-    after: Latency | None = None
+    speed: RatioEstimate | None = None  # the original's p50 over the folded file's, interleaved
     bundled: BundleResult | None = None
     emulated: Any = None
     seconds: dict[str, float] = field(default_factory=dict)
@@ -92,9 +91,11 @@ class TFLiteBuildResult:
                                                                   "bn", "counts")}),
             "timings": {f"{k}_s": s for k, s in self.seconds.items()},
         }
-        if self.before is not None and self.after is not None:
-            doc["bench"] = {"original_p50_us": self.before.p50, "folded_p50_us": self.after.p50,
-                            "ratio": self.before.p50 / self.after.p50, "interleaved": True}
+        if self.speed is not None:
+            e = self.speed
+            doc["bench"] = {"original_p50_us": e.current_p50_us, "folded_p50_us": e.baseline_p50_us,
+                            "ratio": e.ratio, "interval": list(e.interval), "confidence": e.confidence,
+                            "rounds": e.rounds, "significant": e.significant, "interleaved": True}
         if self.bundled is not None:
             doc["bundle"] = {"path": "bundle", "selftest_here": self.bundled.selftest,
                              "signed": self.bundled.signed}
@@ -117,9 +118,11 @@ class TFLiteBuildResult:
                                                f"tensor {self.fold.max_rel_diff:.3g}"))
         else:
             rows.append(("fold in the .tflite", f"refused: {self.fold_refused}"))
-        if self.before is not None and self.after is not None:
-            rows.append(("p50 original / folded", f"{self.before.p50:,.1f} / {self.after.p50:,.1f} µs "
-                                                  f"({self.before.p50 / self.after.p50:.3f}x, interleaved)"))
+        if self.speed is not None:
+            e = self.speed
+            rows.append(("p50 original / folded", f"{e.current_p50_us:,.1f} / {e.baseline_p50_us:,.1f} µs "
+                                                  f"({e.ratio:.3f}x, interval [{e.interval[0]:.3f}, "
+                                                  f"{e.interval[1]:.3f}], interleaved rounds)"))
         if self.bundled is not None:
             rows.append(("device bundle", "bundle, self-test here "
                          + ("passed" if self.bundled.selftest["passed"] else "FAILED")))
@@ -190,8 +193,8 @@ def build_tflite(config: Any, stages: Stages, shown: Path) -> TFLiteBuildResult:
     result = TFLiteBuildResult(out, str(config.model), ds, model, fold, refused, inspected, verified)
     if config.run_bench:
         with stages.stage("bench", "the folded file against the original, interleaved"):
-            stats, base = bench_tflite(model, config.bench, data=model_input(x, layout), baseline=original)
-        result = replace(result, before=base.latency_us, after=stats.latency_us)
+            speed = latency_ratio(original, model, config.bench, width=0.02, data=model_input(x, layout))
+        result = replace(result, speed=speed)
     with atomic_path(out / "samples.npy") as tmp:
         np.save(tmp, x[:GOLDEN_SAMPLES])
     if config.bundle or config.emulate or config.sign:

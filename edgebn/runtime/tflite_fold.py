@@ -11,7 +11,8 @@ computed in both, not one the fold changes on purpose — is compared, not only 
 ``tolerance`` defaults to :data:`DEFAULT_TOLERANCE`, float32 rounding through a few layers; where
 folded weights were stored as float16 again, float16 rounding is added
 (:data:`FLOAT16_ROUNDING`). A fold beyond it is refused: nothing is written, exit 2. Then both
-files are timed interleaved in one run (:func:`edgebn.runtime.timing.bench_tflite`).
+files are timed interleaved in rounds (:func:`edgebn.runtime.timing.latency_ratio`): the
+ratio before / after comes with its interval.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import numpy as np
 
 from edgebn.errors import EdgebnError, FoldError
 from edgebn.runtime.backends import load_interpreter
-from edgebn.runtime.timing import BenchSettings, Latency, bench_tflite
+from edgebn.runtime.timing import BenchSettings, RatioEstimate, latency_ratio
 from edgebn.stages import write_atomic
 from edgebn.tensors import make_inputs
 from edgebn.tflite.fold import ChainFold, Rewrite, fold_chains
@@ -56,8 +57,7 @@ class TFLiteFoldResult:
     inputs: str  # where the proof's inputs came from
     tolerance: float
     worst: TensorDiff | None
-    before: Latency | None = None
-    after: Latency | None = None
+    speed: RatioEstimate | None = None  # the original's p50 over the folded file's, interleaved
     data: bytes = b""
 
     @property
@@ -83,9 +83,12 @@ class TFLiteFoldResult:
             "bn": [c.to_json() for c in self.chains],
             "counts": {k: sum(c.result == k for c in self.chains) for k in ("folded", "collapsed", "kept")},
             "latency_us": None}
-        if self.before is not None and self.after is not None:
-            doc["latency_us"] = {"before_p50": self.before.p50, "after_p50": self.after.p50,
-                                 "ratio": self.before.p50 / self.after.p50}
+        if self.speed is not None:
+            e = self.speed
+            doc["latency_us"] = {"before_p50": e.current_p50_us, "after_p50": e.baseline_p50_us,
+                                 "ratio": e.ratio, "interval": list(e.interval),
+                                 "confidence": e.confidence, "rounds": e.rounds,
+                                 "significant": e.significant}
         return doc
 
 
@@ -181,8 +184,7 @@ def fold_tflite(model: TFLiteModel | str | Path, data: np.ndarray | None = None,
                         f"{worst.tensor} ({worst.name or 'unnamed'}) by {worst.max_rel_diff:.3g} of its "
                         f"largest value, above the tolerance {limit:.3g}: nothing written")
     if bench is not None and rewrite.chains:
-        stats, base = bench_tflite(folded, bench, baseline=original)
-        result = replace(result, before=base.latency_us, after=stats.latency_us)
+        result = replace(result, speed=latency_ratio(original, folded, bench, width=0.02))
     return result
 
 
