@@ -11,21 +11,18 @@ from __future__ import annotations
 import json
 import os
 import random
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from test_hostile_tflite import _byte_mutation, _object_mutation, _pack, _unpacked
+from test_hostile_tflite import _byte_mutation, _object_mutation, _own_rss_mb, _pack, _unpacked, run_worker
 from tflite_forms import FORMS, conv_bn, nchw_input_bn, relu_bn_gap_dense, transpose_conv_bn
 
 from edgebn.errors import EdgebnError
 
-ROOT = Path(__file__).resolve().parents[1]
 CASES = 2000
-CASE_TIMEOUT_S = 30
 
 
 def _constant_mutation(data: bytes, rng: random.Random) -> bytes:
@@ -69,21 +66,14 @@ def _worker(seed: int, start: int, stop: int) -> None:
             outcome = f"BUG {type(exc).__name__}: {exc}"
         print(json.dumps({"case": i, "outcome": outcome}), flush=True)
     path.unlink(missing_ok=True)
+    from edgebn.runtime import backends
+
+    peak = max((p.peak_rss_mb for p in backends._PREFLIGHTS.values()), default=0.0)
+    print(json.dumps({"preflight_peak_mb": peak, "rss_mb": _own_rss_mb()}), flush=True)
 
 
 def _run(seed: int, start: int, stop: int) -> dict[int, str]:
-    proc = subprocess.run([sys.executable, __file__, str(seed), str(start), str(stop)],
-                          capture_output=True, text=True, timeout=CASE_TIMEOUT_S + 2 * (stop - start),
-                          cwd=ROOT, env=os.environ | {"TF_CPP_MIN_LOG_LEVEL": "3"})
-    lines = [json.loads(ln) for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    started = [ln for ln in lines if "start" in ln]
-    assert proc.returncode == 0, (f"worker ended with {proc.returncode} in case "
-                                  f"{started[-1] if started else None}: {proc.stderr[-2000:]}")
-    outcomes = {ln["case"]: ln["outcome"] for ln in lines if "case" in ln}
-    bugs = {i: o for i, o in outcomes.items() if o.startswith("BUG")}
-    assert not bugs, bugs
-    assert len(outcomes) == stop - start
-    return outcomes
+    return run_worker(seed, start, stop, script=__file__, per_case_s=2)["outcomes"]
 
 
 def test_fold_fuzz_quick():

@@ -248,10 +248,11 @@ def _worker(seed: int, start: int, stop: int) -> None:
     print(json.dumps({"preflight_peak_mb": peak, "rss_mb": _own_rss_mb()}), flush=True)
 
 
-def run_worker(seed: int, start: int, stop: int) -> dict:
-    """The worker's outcomes; a signal, a hang or a traceback fails with the case named."""
-    budget = CASE_TIMEOUT_S + 5 * (stop - start)
-    proc = subprocess.run([sys.executable, __file__, str(seed), str(start), str(stop)],
+def run_worker(seed: int, start: int, stop: int, script: str = __file__, per_case_s: float = 5) -> dict:
+    """The worker's (``script``'s) outcomes; a signal, a hang or a traceback fails with the
+    case named."""
+    budget = CASE_TIMEOUT_S + per_case_s * (stop - start)
+    proc = subprocess.run([sys.executable, script, str(seed), str(start), str(stop)],
                           capture_output=True, text=True, timeout=budget, cwd=ROOT,
                           env=os.environ | {"TF_CPP_MIN_LOG_LEVEL": "3"})
     lines = [json.loads(ln) for ln in proc.stdout.splitlines() if ln.startswith("{")]

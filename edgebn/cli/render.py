@@ -111,9 +111,7 @@ def fold_tflite(result: Any) -> None:
     e = result.speed
     if e is not None:
         out.print(f"p50 {e.current_p50_us:,.1f} µs before, {e.baseline_p50_us:,.1f} µs after "
-                  f"({e.ratio:.3f}x, interval [{e.interval[0]:.3f}, {e.interval[1]:.3f}] over "
-                  f"{e.rounds} interleaved rounds: "
-                  f"{'significant' if e.significant else 'not significant'})")
+                  f"({e.describe()})")
 
 
 def conversion(result: Any) -> None:
@@ -373,12 +371,10 @@ def profile(result: Any, top: int = 15) -> None:
                   f"isolated ({spent / (result.ops_sum_us or 1):.1%} of the sum)")
     if result.residue is not None:
         r = result.residue
-        interval = "" if r.estimate is None else (
-            f", interval [{r.estimate.interval[0]:.3f}, {r.estimate.interval[1]:.3f}] over "
-            f"{r.estimate.rounds} rounds: " + ("significant" if r.significant else "not significant"))
-        out.print(f"residue cost: {r.ratio:.3f}x (p50 {r.model_p50_us:,.1f} µs against "
-                  f"{r.bypassed_p50_us:,.1f} µs with the {r.pairs} chains bypassed, interleaved"
-                  f"{interval}); an estimate: the bypassed graph computes different outputs")
+        measured = f"{r.ratio:.3f}x" if r.estimate is None else r.estimate.describe()
+        out.print(f"residue cost: {measured} (p50 {r.model_p50_us:,.1f} µs against "
+                  f"{r.bypassed_p50_us:,.1f} µs with the {r.pairs} chains bypassed); an estimate: "
+                  "the bypassed graph computes different outputs")
     elif result.residue_skipped:
         out.print(f"residue cost: not measured ({result.residue_skipped})")
     if result.baseline is not None:

@@ -106,13 +106,9 @@ def check(report: str | Path, baseline: str | Path, thresholds: Thresholds = Thr
     p50s = (est.current_p50_us, est.baseline_p50_us)
     if not all(0 < t < math.inf for t in p50s):  # a timer that measured nothing gates nothing
         raise EdgebnError(f"the latency p50s measured must be finite and > 0. Received: {p50s}")
-    low, high = est.interval
-    verdict = "significant" if est.significant else "not significant"
     metrics.append(Metric("latency_p50_ratio", round(est.baseline_p50_us, 3), round(est.current_p50_us, 3),
                           f"ratio <= {limit:.2f} with {est.confidence:.0%} confidence (measured "
-                          f"{est.ratio:.3f}, interval [{low:.3f}, {high:.3f}] over {est.rounds} "
-                          f"interleaved rounds: {verdict})",
-                          not est.beyond(limit), detail=est.to_json()))
+                          f"{est.describe()})", not est.beyond(limit), detail=est.to_json()))
     grown = () if metrics[-1].passed else _grown(cur.tflite, base.tflite, bench_settings)
     return CheckResult(str(report), str(baseline), tuple(metrics), grown_ops=grown)
 

@@ -21,6 +21,7 @@ from edgebn.deploy.bundle import BundleResult
 from edgebn.deploy.emulate import EmulationResult
 from edgebn.pipeline.ledger import seed_ledger
 from edgebn.pipeline.precisions import Float32Beside, Precision, precision_rows, side_by_side
+from edgebn.runtime.tflite_fold import TFLiteFoldResult
 from edgebn.runtime.verify import VerifyResult
 from edgebn.stages import write_atomic
 from edgebn.train.training import TrainResult
@@ -224,7 +225,7 @@ def _bench_summary(b: BenchResult) -> list[tuple[str, str]]:
 # ---------------------------------------------------------------- Markdown
 
 
-def _table(header: tuple[str, ...], rows: list[tuple[Any, ...]]) -> list[str]:
+def markdown_table(header: tuple[str, ...], rows: list[tuple[Any, ...]]) -> list[str]:
     def cell(x: Any) -> str:
         return str(x).replace("|", "\\|")
 
@@ -232,10 +233,19 @@ def _table(header: tuple[str, ...], rows: list[tuple[Any, ...]]) -> list[str]:
             + [f"| {' | '.join(cell(x) for x in row)} |" for row in rows])
 
 
+def tflite_fold_lines(fold: TFLiteFoldResult, what: str) -> list[str]:
+    """report.md's section on a fold in the .tflite: the proof, then each chain's outcome."""
+    return ["", f"## Fold in the .tflite ({what}; {fold.measure}, largest |Δ| "
+                f"{fold.max_rel_diff:.3g})", ""] + [
+        f"- ops {list(c.ops)} ({c.kind}): {c.result}"
+        + (f" {c.direction} into op {c.into} {c.into_type}" if c.result == "folded" else f", {c.reason}")
+        for c in fold.chains]
+
+
 def render_markdown(result: BuildResult) -> str:
     t = result.trained
     lines = [f"# edgebn build: {result.arch}{'' if t.bn else ' (no BN)'} on "
-             f"{result.dataset.name}", "", *_table(("metric", "value"), result.rows())]
+             f"{result.dataset.name}", "", *markdown_table(("metric", "value"), result.rows())]
     bn = result.conversion.inspected.bn
     lines += [f"- residual {r.kind} BN {r.source or '(unnamed)'}: ops {list(r.ops)}, "
               f"{r.channels} channels, {r.cost_elements} elements per inference"
@@ -249,17 +259,13 @@ def render_markdown(result: BuildResult) -> str:
                   else f"- {f.bn}: kept, {f.reason}" for f in fold.layers]
     refold = result.conversion.tflite_fold
     if refold is not None:
-        lines += ["", f"## Fold in the .tflite (the residue the converter left; "
-                      f"{refold.measure}, largest |Δ| {refold.max_rel_diff:.3g})", ""]
-        lines += [f"- ops {list(c.ops)} ({c.kind}): {c.result}"
-                  + (f" {c.direction} into op {c.into} {c.into_type}" if c.result == "folded"
-                     else f", {c.reason}") for c in refold.chains]
+        lines += tflite_fold_lines(refold, "the residue the converter left")
     b = result.benched
     if b is not None:
         tl = b.tflite
         lines += ["", f"## Latency ({b.environment['cpu']}, {tl.threads} thread(s), "
                       f"batch {tl.batch}, {tl.backend})", ""]
-        lines += _table(("runtime", "p50 µs", "p90 µs", "p99 µs", "runs"),
+        lines += markdown_table(("runtime", "p50 µs", "p90 µs", "p99 µs", "runs"),
                         [(r.label, f"{r.latency_us.p50:.1f}", f"{r.latency_us.p90:.1f}",
                           f"{r.latency_us.p99:.1f}", r.runs) for r in b.rows()])
     em = result.emulated

@@ -14,6 +14,7 @@ PyTorch) gets its input transposed at the interpreter, here and in the bundle's 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -24,12 +25,15 @@ from edgebn import __version__
 from edgebn.data.dataset import Dataset, DataSpec
 from edgebn.data.images import Color, Layout
 from edgebn.deploy.bundle import GOLDEN_SAMPLES, BundleResult, BundleSource, bundle
+from edgebn.deploy.emulate import EmulationResult, emulate
 from edgebn.errors import DatasetError, EdgebnError, FoldError
+from edgebn.pipeline.build import BuildConfig, check_out_dir, refuse_early
 from edgebn.pipeline.refold import image_layout
+from edgebn.pipeline.report import markdown_table, tflite_fold_lines
 from edgebn.runtime.tflite_fold import TFLiteFoldResult, fold_tflite
 from edgebn.runtime.timing import BenchSettings, RatioEstimate, latency_ratio
 from edgebn.runtime.verify import predict_tflite
-from edgebn.stages import Stages, atomic_path, relocated, staged_dir, write_atomic
+from edgebn.stages import Progress, Stages, atomic_path, relocated, staged_dir, write_atomic
 from edgebn.tensors import CHECK_SAMPLES
 from edgebn.tflite.reader import TFLiteModel, parse_tflite, read_tflite
 from edgebn.tflite.residue import InspectResult, inspect_model
@@ -67,7 +71,7 @@ class TFLiteBuildResult:
     verified: Agreement
     speed: RatioEstimate | None = None  # the original's p50 over the folded file's, interleaved
     bundled: BundleResult | None = None
-    emulated: Any = None
+    emulated: EmulationResult | None = None
     seconds: dict[str, float] = field(default_factory=dict)
 
     arch = "custom"
@@ -94,8 +98,7 @@ class TFLiteBuildResult:
         if self.speed is not None:
             e = self.speed
             doc["bench"] = {"original_p50_us": e.current_p50_us, "folded_p50_us": e.baseline_p50_us,
-                            "ratio": e.ratio, "interval": list(e.interval), "confidence": e.confidence,
-                            "rounds": e.rounds, "significant": e.significant, "interleaved": True}
+                            **e.interval_json(), "interleaved": True}
         if self.bundled is not None:
             doc["bundle"] = {"path": "bundle", "selftest_here": self.bundled.selftest,
                              "signed": self.bundled.signed}
@@ -121,8 +124,7 @@ class TFLiteBuildResult:
         if self.speed is not None:
             e = self.speed
             rows.append(("p50 original / folded", f"{e.current_p50_us:,.1f} / {e.baseline_p50_us:,.1f} µs "
-                                                  f"({e.ratio:.3f}x, interval [{e.interval[0]:.3f}, "
-                                                  f"{e.interval[1]:.3f}], interleaved rounds)"))
+                                                  f"({e.describe()})"))
         if self.bundled is not None:
             rows.append(("device bundle", "bundle, self-test here "
                          + ("passed" if self.bundled.selftest["passed"] else "FAILED")))
@@ -168,7 +170,7 @@ def _agreement(original: TFLiteModel, folded: TFLiteModel, x: np.ndarray, y: np.
                      float(np.abs(p_orig - p_fold).max()), info)
 
 
-def build_tflite(config: Any, stages: Stages, shown: Path) -> TFLiteBuildResult:
+def build_tflite(config: BuildConfig, stages: Stages, shown: Path) -> TFLiteBuildResult:
     """Every stage for ``config.model`` (a .tflite), writing into ``config.out`` (staging)."""
     out = config.out
     with stages.stage("load", str(config.model)):
@@ -204,32 +206,22 @@ def build_tflite(config: Any, stages: Stages, shown: Path) -> TFLiteBuildResult:
                                   result.quantize, verified.folded_accuracy, inspected.bn.verdict)
             result = replace(result, bundled=bundle(source, out / "bundle", config.sign))
         if config.emulate:
-            from edgebn.deploy.emulate import emulate
-
             with stages.stage("emulate", ", ".join(r.value for r in config.emulate)):
                 result = replace(result, emulated=relocated(
                     emulate(out / "bundle", config.emulate, log=stages.progress.note,
                             os_name=config.emulate_os), out, shown))
     result = replace(result, seconds=dict(stages.seconds))
     with stages.stage("report", str(shown / "report.json")):
-        import json
-
         write_atomic(out / "report.json", json.dumps(result.to_json(), indent=2) + "\n")
-        lines = [f"# edgebn build: {result.source}", "", "| metric | value |", "| --- | --- |",
-                 *(f"| {k} | {v} |" for k, v in result.rows())]
+        lines = [f"# edgebn build: {result.source}", "", *markdown_table(("metric", "value"), result.rows())]
         if fold is not None:
-            lines += ["", "## Fold in the .tflite", ""] + [
-                f"- ops {list(c.ops)} ({c.kind}): {c.result}"
-                + (f" {c.direction} into op {c.into} {c.into_type}" if c.result == "folded"
-                   else f", {c.reason}") for c in fold.chains]
+            lines += tflite_fold_lines(fold, "the file as given")
         write_atomic(out / "report.md", "\n".join(lines) + "\n")
     return result
 
 
-def run_tflite_build(config: Any, progress: Any) -> TFLiteBuildResult:
+def run_tflite_build(config: BuildConfig, progress: Progress) -> TFLiteBuildResult:
     """:func:`build_tflite` staged beside ``config.out`` and swapped in whole."""
-    from edgebn.pipeline.build import check_out_dir, refuse_early
-
     refuse_early(config)
     out = check_out_dir(config.out)
     with staged_dir(out, carry=lambda name: name not in ARTIFACTS) as staging:

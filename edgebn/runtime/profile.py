@@ -126,9 +126,7 @@ class ResidueCost:
         doc = {"pairs": self.pairs, "model_p50_us": self.model_p50_us,
                "bypassed_p50_us": self.bypassed_p50_us, "ratio": self.ratio, "note": RESIDUE_NOTE}
         if self.estimate is not None:
-            e = self.estimate
-            doc |= {"interval": list(e.interval), "confidence": e.confidence, "rounds": e.rounds,
-                    "significant": e.significant}
+            doc |= self.estimate.interval_json()
         return doc
 
 

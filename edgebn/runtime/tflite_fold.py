@@ -86,9 +86,7 @@ class TFLiteFoldResult:
         if self.speed is not None:
             e = self.speed
             doc["latency_us"] = {"before_p50": e.current_p50_us, "after_p50": e.baseline_p50_us,
-                                 "ratio": e.ratio, "interval": list(e.interval),
-                                 "confidence": e.confidence, "rounds": e.rounds,
-                                 "significant": e.significant}
+                                 **e.interval_json()}
         return doc
 
 

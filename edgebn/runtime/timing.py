@@ -257,11 +257,20 @@ class RatioEstimate:
         """Slower than ``limit`` (a ratio) with confidence: the whole interval above it."""
         return self.interval[0] > limit
 
-    def to_json(self) -> dict[str, Any]:
+    def interval_json(self) -> dict[str, Any]:
+        """The fields CONTRACTS gives every interleaved ratio."""
         return {"ratio": self.ratio, "interval": list(self.interval), "confidence": self.confidence,
-                "rounds": self.rounds, "significant": self.significant,
-                "current_p50_us": self.current_p50_us, "baseline_p50_us": self.baseline_p50_us,
-                "seconds": self.seconds}
+                "rounds": self.rounds, "significant": self.significant}
+
+    def to_json(self) -> dict[str, Any]:
+        return self.interval_json() | {"current_p50_us": self.current_p50_us,
+                                       "baseline_p50_us": self.baseline_p50_us, "seconds": self.seconds}
+
+    def describe(self) -> str:
+        """``1.032x, interval [1.010, 1.051] over 40 interleaved rounds: significant``."""
+        low, high = self.interval
+        return (f"{self.ratio:.3f}x, interval [{low:.3f}, {high:.3f}] over {self.rounds} interleaved "
+                f"rounds: {'significant' if self.significant else 'not significant'}")
 
 
 def _interval(ratios: np.ndarray, rng: np.random.Generator) -> tuple[float, float]:

@@ -165,7 +165,7 @@ class _Folder:
         base = ChainFold(sg.index, ops, chain_kind(chain), sg.tensors[x].shape[chain[0].axis],
                          "kept", source=next((n for st in chain for n in bn_sources(sg, st.op, None)), None))
         if sg.tensors[x].dtype != "FLOAT32":
-            self.results.append(_with(base, reason=f"{sg.tensors[x].dtype} activations: a quantized "
+            self.results.append(replace(base, reason=f"{sg.tensors[x].dtype} activations: a quantized "
                                       "chain is kept as the converter wrote it"))
             return
         s, t = chain_affine(self.model, sg, chain, self.producer)
@@ -173,7 +173,7 @@ class _Folder:
         for attempt in (self._backward, self._forward):  # backward first, as the Keras fold
             done = attempt(chain, s, t)
             if isinstance(done, ChainFold):
-                self.results.append(_with(done, subgraph=base.subgraph, ops=ops, kind=base.kind,
+                self.results.append(replace(done, subgraph=base.subgraph, ops=ops, kind=base.kind,
                                           channels=base.channels, source=base.source))
                 self.drop |= set(ops)
                 return
@@ -181,9 +181,9 @@ class _Folder:
         reason = f"backward: {why[0]}; forward: {why[1]}"
         if len(chain) > 2:
             self._collapse(chain, s, t)
-            self.results.append(_with(base, result="collapsed", reason=reason))
+            self.results.append(replace(base, result="collapsed", reason=reason))
         else:
-            self.results.append(_with(base, reason=reason))
+            self.results.append(replace(base, reason=reason))
 
     def _kernel(self, index: int) -> _Kernel | str:
         if index in self.kernels:
@@ -356,10 +356,6 @@ class _Folder:
             inputs[k.b_slot] = b
             uop.inputs = inputs
         return before
-
-
-def _with(fold: ChainFold, **changes: Any) -> ChainFold:
-    return replace(fold, **changes)
 
 
 def _constant_along(a: np.ndarray, axes: list[int]) -> bool:
