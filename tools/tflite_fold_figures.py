@@ -3,10 +3,12 @@
     python tools/tflite_fold_figures.py [--bench-time S]
 
 Rows: the forms tests/tflite_forms.py writes with edgebn's writer (float32 and float16
-weights) and, when the torch extra is installed, the litert-torch models of
-tests/test_litert_torch.py. Each is folded and proven (every shared tensor compared), then
-both files are timed interleaved on one core; the p50 ratio is before / after. The CPU is
-named: absolute times depend on it, ratios less so.
+weights, and its int8 forms), the TensorFlow converter's full-integer Conv3D → BN (→ ReLU)
+and, when the torch extra is installed, the litert-torch models of tests/test_litert_torch.py.
+For an int8 file the Δ column is the worst quantized tensor in steps of its scale. Each is
+folded and proven (every shared tensor compared), then both files are timed interleaved on
+one core; the p50 ratio is before / after. The CPU is named: absolute times depend on it,
+ratios less so.
 """
 
 from __future__ import annotations
@@ -33,10 +35,12 @@ def _cpu() -> str:
 
 
 def _models(tmp: Path) -> list[tuple[str, str, bytes]]:
-    from tflite_forms import FORMS
+    from tflite_forms import FORMS, INT8_FORMS
 
     rows = [(name + (" (float16)" if f16 else ""), "edgebn writer", build(3, f16))
             for name, (build, _, _) in FORMS.items() for f16 in (False, True)]
+    rows += [(f"{name} (int8)", "edgebn writer", build(3)) for name, build in INT8_FORMS.items()]
+    rows += _conv3d_int8(tmp)
     try:
         import litert_torch
         import torch
@@ -49,6 +53,28 @@ def _models(tmp: Path) -> list[tuple[str, str, bytes]]:
         with contextlib.redirect_stdout(io.StringIO()):  # litert-torch's progress lines
             litert_torch.convert(randomise_bn(cls()), (torch.zeros(SHAPE),)).export(str(path))
         rows.append((cls.__name__, "litert-torch 0.10", path.read_bytes()))
+    return rows
+
+
+def _conv3d_int8(tmp: Path) -> list[tuple[str, str, bytes]]:
+    """The TensorFlow converter's full-integer Conv3D → BN and Conv3D → BN → ReLU."""
+    import keras
+    import numpy as np
+    from keras import layers
+    from patterns import set_random_bn
+
+    from edgebn.convert import to_tflite
+
+    rows = []
+    for relu in (False, True):
+        x = keras.Input((4, 6, 6, 3))
+        y = layers.BatchNormalization()(layers.Conv3D(4, 3)(x))
+        model = keras.Model(x, layers.ReLU()(y) if relu else y)
+        set_random_bn(model, negative=True)
+        path = tmp / f"conv3d_{relu}.tflite"
+        with contextlib.redirect_stdout(io.StringIO()):
+            to_tflite(model, path, "int8", np.random.default_rng(0).random((32, 4, 6, 6, 3), np.float32))
+        rows.append((f"Conv3D → BN{' → ReLU' if relu else ''} (int8)", "TF converter", path.read_bytes()))
     return rows
 
 
@@ -77,8 +103,10 @@ def main() -> None:
                 timing = ("—", "—") if e is None else (
                     f"{e.current_p50_us:.1f} → {e.baseline_p50_us:.1f}",
                     f"{e.ratio:.2f} [{e.interval[0]:.2f}, {e.interval[1]:.2f}]")
+                diff = (f"{result.max_steps:g} steps" if result.compared_quantized
+                        else f"{result.max_rel_diff:.1e}")
                 print(f"| {name} | {source} | {form} | {outcome} | {where} | {result.compared} | "
-                      f"{result.max_rel_diff:.1e} | {timing[0]} | {timing[1]} |")
+                      f"{diff} | {timing[0]} | {timing[1]} |")
 
 
 if __name__ == "__main__":

@@ -10,9 +10,36 @@ computed in both, not one the fold changes on purpose — is compared, not only 
 
 ``tolerance`` defaults to :data:`DEFAULT_TOLERANCE`, float32 rounding through a few layers; where
 folded weights were stored as float16 again, float16 rounding is added
-(:data:`FLOAT16_ROUNDING`). A fold beyond it is refused: nothing is written, exit 2. Then both
-files are timed interleaved in rounds (:func:`edgebn.runtime.timing.latency_ratio`): the
-ratio before / after comes with its interval.
+(:data:`FLOAT16_ROUNDING`).
+
+**Quantized tensors** (INT8, UINT8, INT16 with one scale) are compared too, dequantized with
+their own scale and zero point, in steps of the original's scale::
+
+    max|folded − original| / scale ≤ INT8_STEPS                        (per tensor)
+
+The folded int8 file is not the original to the bit: it removes roundings. A chain of ``n``
+steps on int8 activations requantized ``x`` and each step's output, each to half a step of
+its own scale, before ``y``'s rounding; the fold keeps only ``y``'s (the kernel computes
+``s·x + t`` in int32 and rounds once). So ``y`` may land one step either side wherever those
+removed errors, at most ``Σ ½·S_k·|s after k| / S_y`` steps of ``y``, cross a rounding
+boundary: one step, or two where a removed rounding is as coarse as ``y``'s own (the
+converter's scales: each removed error ≤ ½ step of ``y``, measured ≤ 1.0 over its chains).
+Operators after ``y`` see that step and pass it on in their own steps. :data:`INT8_STEPS` is
+that bound; the worst measured is reported (``max_steps``). The fold also removes the clamps
+of those tensors: where the original clipped one (an input beyond its calibrated range), it
+saturated and the folded file did not; those elements of ``y``, and the runs for the tensors
+after it, are left out of the comparison and counted (``clipped_elements``).
+
+The int8 outputs cannot show a wrong fold of a size below their step (a scale off by 1e-3
+moves ``y`` by a fraction of a step), so each backward fold of an int8 chain is also checked
+on its **parameters**, from the original file's constants in float64 and a re-derivation of
+``s`` and ``t`` of its own: the folded kernel's dequantized weights against ``s⊗W`` (to
+float32 rounding of the new scale, :data:`SCALE_ROUNDING`), its bias, read at the kernel's
+``S_in·S_w'[o]``, against ``s⊗b + t`` (within half a bias step).
+
+A fold beyond either is refused: nothing is written, exit 2. Then both files are timed
+interleaved in rounds (:func:`edgebn.runtime.timing.latency_ratio`): the ratio before / after
+comes with its interval.
 """
 
 from __future__ import annotations
@@ -29,12 +56,16 @@ from edgebn.runtime.backends import load_interpreter
 from edgebn.runtime.timing import BenchSettings, RatioEstimate, latency_ratio
 from edgebn.stages import write_atomic
 from edgebn.tensors import make_inputs
-from edgebn.tflite.fold import ChainFold, Rewrite, fold_chains
-from edgebn.tflite.reader import TFLiteModel, as_tflite, parse_tflite
+from edgebn.tflite.fold import KERNELS, ChainFold, Rewrite, fold_chains
+from edgebn.tflite.reader import Operator, Tensor, TFLiteModel, as_tflite, parse_tflite
+from edgebn.tflite.residue import constant_source
 
 DEFAULT_TOLERANCE = 1e-5  # |Δ| per tensor beyond which a fold is refused, relative to its max |value|
 FLOAT16_ROUNDING = 2.0 ** -10  # weights rounded to float16 again: relative error per weight ≤ 2⁻¹¹
 SAMPLES = 8  # inputs each file runs on for the proof (a wrong fold shows on any)
+INT8_STEPS = 2.0  # |Δ| per quantized tensor, in steps of its scale: the roundings a fold removes
+SCALE_ROUNDING = 2.0 ** -23  # a folded weight scale rounded to float32: relative error ≤ 2⁻²⁴
+QUANTIZED = ("INT8", "UINT8", "INT16")
 BENCH_S = 1.0  # seconds each file is timed, interleaved
 
 
@@ -45,6 +76,26 @@ class TensorDiff:
     name: str
     max_abs_diff: float
     max_rel_diff: float
+    max_steps: float | None = None  # a quantized tensor: max |Δ| in steps of its scale
+
+    def to_json(self) -> dict[str, Any]:
+        doc = {"subgraph": self.subgraph, "tensor": self.tensor, "name": self.name,
+               "max_abs_diff": self.max_abs_diff, "max_rel_diff": self.max_rel_diff}
+        return doc | ({} if self.max_steps is None else {"max_steps": self.max_steps})
+
+
+@dataclass(frozen=True)
+class ParameterCheck:
+    """The folded int8 kernels' weights and bias against ``s⊗W`` and ``s⊗b + t`` (float64)."""
+
+    kernels: int  # backward folds of int8 chains checked
+    max_weight_rel_diff: float  # |folded − s⊗W| relative to the channel's largest (a float bias too)
+    max_bias_steps: float  # an int32 bias: |folded − (s⊗b + t)| in steps of S_in·S_w'[o]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kernels": self.kernels, "max_weight_rel_diff": self.max_weight_rel_diff,
+                "max_bias_steps": self.max_bias_steps, "weight_tolerance": SCALE_ROUNDING,
+                "bias_tolerance_steps": 0.5}
 
 
 @dataclass(frozen=True)
@@ -59,6 +110,14 @@ class TFLiteFoldResult:
     worst: TensorDiff | None
     speed: RatioEstimate | None = None  # the original's p50 over the folded file's, interleaved
     data: bytes = b""
+    worst_quantized: TensorDiff | None = None  # the quantized tensor most steps apart
+    compared_quantized: int = 0  # of ``compared``, the quantized tensors
+    clipped: int = 0  # chain-output elements left out: the original clipped what the fold removes
+    parameters: ParameterCheck | None = None  # the int8 backward folds' weights and bias
+
+    @property
+    def max_steps(self) -> float:
+        return self.worst_quantized.max_steps or 0.0 if self.worst_quantized is not None else 0.0
 
     @property
     def max_rel_diff(self) -> float:
@@ -77,9 +136,12 @@ class TFLiteFoldResult:
             "model": self.model, "out": self.out, "measure": self.measure, "inputs": self.inputs,
             "tolerance": self.tolerance, "compared_tensors": self.compared,
             "max_rel_diff": self.max_rel_diff,
-            "worst_tensor": None if self.worst is None else {
-                "subgraph": self.worst.subgraph, "tensor": self.worst.tensor, "name": self.worst.name,
-                "max_abs_diff": self.worst.max_abs_diff, "max_rel_diff": self.worst.max_rel_diff},
+            "worst_tensor": None if self.worst is None else self.worst.to_json(),
+            "compared_quantized": self.compared_quantized, "step_tolerance": INT8_STEPS,
+            "max_steps": self.max_steps, "clipped_elements": self.clipped,
+            "worst_quantized_tensor": None if self.worst_quantized is None else
+            self.worst_quantized.to_json(),
+            "parameters": None if self.parameters is None else self.parameters.to_json(),
             "bn": [c.to_json() for c in self.chains],
             "counts": {k: sum(c.result == k for c in self.chains) for k in ("folded", "collapsed", "kept")},
             "latency_us": None}
@@ -92,7 +154,7 @@ class TFLiteFoldResult:
 
 def _run_all(model: TFLiteModel, feeds: list[list[np.ndarray]], checked: bool
              ) -> list[dict[tuple[int, int], np.ndarray]]:
-    """Every float tensor of every subgraph after each run, by (subgraph, index)."""
+    """Every float tensor, and every quantized one dequantized, after each run, by (subgraph, index)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "preserve_all_tensors is for debugging"
         interp, _ = load_interpreter(model, xnnpack=False, preserve_all_tensors=True, checked=checked)
@@ -104,39 +166,183 @@ def _run_all(model: TFLiteModel, feeds: list[list[np.ndarray]], checked: bool
         interp.invoke()
         values = {}
         for sg_index, t in made:
-            if model.subgraphs[sg_index].tensors[t].dtype != "FLOAT32":
+            tensor = model.subgraphs[sg_index].tensors[t]
+            q = _per_tensor(tensor)
+            if tensor.dtype != "FLOAT32" and q is None:
                 continue
             try:
                 v = interp.get_tensor(t, sg_index) if sg_index else interp.get_tensor(t)
             except (ValueError, RuntimeError, TypeError):
                 continue
             if v is not None:
-                values[(sg_index, t)] = np.array(v, dtype=np.float64)
+                v = np.array(v, dtype=np.float64)
+                values[(sg_index, t)] = v if q is None else (v - q[1]) * q[0]
         runs.append(values)
     return runs
 
 
+def _per_tensor(tensor: Tensor) -> tuple[float, int] | None:
+    """A quantized tensor's one scale and zero point, or None (float, or per-channel)."""
+    q = tensor.quantization
+    if tensor.dtype not in QUANTIZED or q is None or len(q.scale) != 1 or len(q.zero_point) > 1:
+        return None
+    return q.scale[0], (q.zero_point or (0,))[0]
+
+
+@dataclass(frozen=True)
+class Comparison:
+    compared: int  # tensors compared, float and quantized
+    worst: TensorDiff | None  # the float tensor with the largest relative difference
+    worst_quantized: TensorDiff | None  # the quantized tensor most steps apart
+    quantized: int = 0
+    clipped: int = 0  # chain-output elements left out: the original clipped a removed tensor there
+
+
+def _clipped(original: TFLiteModel, rewrite: Rewrite, before: list[dict[tuple[int, int], np.ndarray]]
+             ) -> tuple[dict[tuple[int, int], np.ndarray], np.ndarray]:
+    """Where the original saturated a tensor a fold removes (the chain's input and middle): the
+    elements of each chain output, stacked over runs; and the runs with any."""
+    masks, runs = {}, np.zeros(len(before), bool)
+    for c in rewrite.chains:
+        sg = original.subgraphs[c.subgraph]
+        ops = [sg.operators[i] for i in c.ops]
+        y = (c.subgraph, ops[-1].outputs[0])
+        if c.result != "folded" or y not in before[0]:
+            continue
+        mask = np.zeros(np.stack([r[y] for r in before]).shape, bool)
+        x = next(i for i in ops[0].inputs if not sg.tensors[i].is_constant)
+        for t in [x] + [op.outputs[0] for op in ops[:-1]]:
+            q, key = _per_tensor(sg.tensors[t]), (c.subgraph, t)
+            if q is None or key not in before[0]:
+                continue
+            info = np.iinfo(sg.tensors[t].dtype.lower())
+            stored = np.round(np.stack([r[key] for r in before]) / q[0] + q[1])
+            mask |= ((stored <= info.min) | (stored >= info.max)).reshape(mask.shape)
+        if mask.any():
+            masks[y] = mask
+            runs |= mask.reshape(len(before), -1).any(axis=1)
+    return masks, runs
+
+
 def compare(original: TFLiteModel, folded: TFLiteModel, rewrite: Rewrite,
-            feeds: list[list[np.ndarray]]) -> tuple[int, TensorDiff | None]:
-    """How many tensors were compared, and the worst (largest relative difference)."""
+            feeds: list[list[np.ndarray]]) -> Comparison:
+    """Every tensor both files compute, float ones relative to their largest value, quantized
+    ones in steps of their scale; the worst of each."""
     # the original was preflighted; the rewrite of it is checked in a child process too
     before, after = _run_all(original, feeds, checked=False), _run_all(folded, feeds, checked=True)
-    worst, compared = None, 0
+    masks, runs = _clipped(original, rewrite, before)
+    worst = worst_q = None
+    compared = quantized = 0
     for key in sorted(set(before[0]) & set(after[0]) - rewrite.changed):
         a = np.stack([run[key] for run in before])
         b = np.stack([run[key] for run in after])
         if a.shape != b.shape:
             continue
+        keep = ~masks[key] if key in masks else np.broadcast_to(~runs.reshape((-1,) + (1,) * (a.ndim - 1)),
+                                                                a.shape)
+        a, b = a[keep], b[keep]
         compared += 1
+        tensor = original.subgraphs[key[0]].tensors[key[1]]
         scale = float(np.abs(a).max()) if a.size else 0.0
         diff = float(np.abs(a - b).max()) if a.size else 0.0
         rel = diff / scale if scale > 0 else (0.0 if diff == 0 else float("inf"))
         if not np.isfinite(diff):
             rel = float("inf")
-        if worst is None or rel > worst.max_rel_diff:
-            name = original.subgraphs[key[0]].tensors[key[1]].name
-            worst = TensorDiff(key[0], key[1], name, diff, rel)
-    return compared, worst
+        q = _per_tensor(tensor)
+        if q is not None:
+            quantized += 1
+            found = TensorDiff(key[0], key[1], tensor.name, diff, rel, diff / q[0])
+            if worst_q is None or not found.max_steps <= worst_q.max_steps:
+                worst_q = found
+        elif worst is None or rel > worst.max_rel_diff:
+            worst = TensorDiff(key[0], key[1], tensor.name, diff, rel)
+    return Comparison(compared, worst, worst_q, quantized, int(sum(m.sum() for m in masks.values())))
+
+
+def _chain_affine(model: TFLiteModel, ops: tuple[int, ...], sg: int) -> tuple[np.ndarray, np.ndarray]:
+    """``s`` and ``t`` of a chain, re-derived here from its stored constants (not the fold's)."""
+    s = t = np.zeros(0)
+    graph = model.subgraphs[sg]
+    for i, index in enumerate(ops):
+        op = graph.operators[index]
+        const = next(j for j in op.inputs if graph.tensors[j].is_constant)
+        c = _real(model, graph.tensors[const]).reshape(-1)
+        if i == 0:
+            s, t = np.ones_like(c), np.zeros_like(c)
+        s, t = {"SUB": (s, t - c), "ADD": (s, t + c), "MUL": (s * c, t * c)}[op.op]
+    return s, t
+
+
+def _real(model: TFLiteModel, tensor: Tensor) -> np.ndarray:
+    """A stored constant's real values, float64: ``(q − zero point)·scale`` along its axis."""
+    raw = model.constant(tensor)
+    if raw is None:
+        raise FoldError(f"{model.path}: tensor {tensor.index} is not a readable constant")
+    q = tensor.quantization
+    if raw.dtype.kind not in "iu" or q is None or not q.scale:
+        return raw.astype(np.float64)
+    shape = [1] * raw.ndim
+    if len(q.scale) > 1:
+        shape[q.quantized_dimension] = -1
+    zero = np.array(q.zero_point or (0,), np.float64)
+    zero = zero.reshape(shape) if zero.size > 1 else zero.reshape([1] * raw.ndim)
+    step = np.array(q.scale, np.float64).reshape(shape)
+    return (raw.astype(np.float64) - zero) * step
+
+
+def check_parameters(original: TFLiteModel, folded: TFLiteModel, rewrite: Rewrite) -> ParameterCheck | None:
+    """Each backward fold of an int8 chain: the folded kernel's weights and bias against
+    ``s⊗W`` and ``s⊗b + t`` from the original's constants (the module docstring)."""
+    kernels, w_worst, b_worst = 0, 0.0, 0.0
+    for c in rewrite.chains:
+        sg = original.subgraphs[c.subgraph]
+        if c.result != "folded" or c.direction != "backward" or c.into is None or \
+                sg.tensors[sg.operators[c.ops[0]].inputs[0]].dtype != "INT8":
+            continue
+        s, t = _chain_affine(original, c.ops, c.subgraph)
+        w_old, b_old, _ = _kernel_parts(original, c.subgraph, sg.operators[c.into])
+        fsg = folded.subgraphs[c.subgraph]
+        makes = {o: op for op in fsg.operators for o in op.outputs}
+        op = makes[sg.operators[c.ops[-1]].outputs[0]]
+        op = makes[op.inputs[0]] if op.op == "QUANTIZE" else op  # a float kernel, then QUANTIZE
+        w_new, b_new, b_step = _kernel_parts(folded, c.subgraph, op)
+        axis = KERNELS[op.op][2]
+        shape = [1] * w_old.ndim
+        shape[axis] = -1
+        want_w, want_b = w_old * s.reshape(shape), s * b_old + t
+        # per output channel: |Δ| relative to that channel's largest weight
+        others = tuple(i for i in range(w_old.ndim) if i != axis)
+        top = np.abs(want_w).max(axis=others)
+        err = np.abs(w_new - want_w).max(axis=others)
+        w_worst = max(w_worst, float(np.max(np.where(top > 0, err / np.where(top > 0, top, 1), err))))
+        if b_step is None:  # a float kernel's bias: relative to its largest value, as a weight
+            w_worst = max(w_worst, float(np.abs(b_new - want_b).max() / max(np.abs(want_b).max(), 1e-30)))
+        else:
+            b_worst = max(b_worst, float((np.abs(b_new - want_b) / b_step).max()))
+        kernels += 1
+    return ParameterCheck(kernels, w_worst, b_worst) if kernels else None
+
+
+def _kernel_parts(model: TFLiteModel, sg_index: int, op: Operator
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """A kernel's real weights and bias (float64), and its int8 bias step ``S_in·S_w[o]``
+    (None: a float kernel). The bias is read at that step, as the kernel reads it."""
+    sg = model.subgraphs[sg_index]
+    w_slot, b_slot, axis = KERNELS[op.op]
+    producer = {o: p for p in sg.operators for o in p.outputs}
+    w_tensor = sg.tensors[constant_source(model, sg, op.inputs[w_slot], producer)]
+    w = _real(model, w_tensor)
+    channels = w.shape[axis]
+    b = op.inputs[b_slot] if len(op.inputs) > b_slot else -1
+    if w_tensor.dtype != "INT8":
+        bias = np.zeros(channels) if b < 0 else _real(model, sg.tensors[
+            constant_source(model, sg, b, producer)]).reshape(-1)
+        return w, bias, None
+    data = sg.tensors[op.inputs[2 if op.op == "TRANSPOSE_CONV" else 0]]
+    step = data.quantization.scale[0] * np.broadcast_to(
+        np.array(w_tensor.quantization.scale, np.float64), (channels,))
+    raw = np.zeros(channels) if b < 0 else model.constant(sg.tensors[b]).reshape(-1).astype(np.float64)
+    return w, raw * step, step
 
 
 def proof_inputs(model: TFLiteModel, data: np.ndarray | None, samples: int
@@ -172,18 +378,37 @@ def fold_tflite(model: TFLiteModel | str | Path, data: np.ndarray | None = None,
     limit = (DEFAULT_TOLERANCE if tolerance is None else tolerance) + (
         FLOAT16_ROUNDING if rewrite.float16 else 0.0)
     try:
-        compared, worst = compare(original, folded, rewrite, feeds)
+        found = compare(original, folded, rewrite, feeds)
     except (ValueError, RuntimeError) as exc:
         raise FoldError(f"{original.path}: the folded file cannot run: {exc}; nothing written") from None
-    result = TFLiteFoldResult(original.path, None, rewrite.chains, compared, SAMPLES, where,
-                              limit, worst, data=rewrite.data)
-    if worst is not None and not worst.max_rel_diff <= limit:
-        raise FoldError(f"{original.path}: the folded file differs from the original at tensor "
-                        f"{worst.tensor} ({worst.name or 'unnamed'}) by {worst.max_rel_diff:.3g} of its "
-                        f"largest value, above the tolerance {limit:.3g}: nothing written")
+    result = TFLiteFoldResult(original.path, None, rewrite.chains, found.compared, SAMPLES, where,
+                              limit, found.worst, data=rewrite.data, worst_quantized=found.worst_quantized,
+                              compared_quantized=found.quantized, clipped=found.clipped,
+                              parameters=check_parameters(original, folded, rewrite))
+    _refuse_beyond(result, FLOAT16_ROUNDING if rewrite.float16 else SCALE_ROUNDING)
     if bench is not None and rewrite.chains:
         result = replace(result, speed=latency_ratio(original, folded, bench, width=0.02))
     return result
+
+
+def _refuse_beyond(result: TFLiteFoldResult, weight_rounding: float) -> None:
+    """A FoldError where the proof sees the folded file beyond its tolerances."""
+    worst, worst_q, check = result.worst, result.worst_quantized, result.parameters
+    if worst is not None and not worst.max_rel_diff <= result.tolerance:
+        raise FoldError(f"{result.model}: the folded file differs from the original at tensor "
+                        f"{worst.tensor} ({worst.name or 'unnamed'}) by {worst.max_rel_diff:.3g} of its "
+                        f"largest value, above the tolerance {result.tolerance:.3g}: nothing written")
+    if worst_q is not None and not (worst_q.max_steps or 0.0) <= INT8_STEPS:
+        raise FoldError(f"{result.model}: the folded file differs from the original at quantized "
+                        f"tensor {worst_q.tensor} ({worst_q.name or 'unnamed'}) by {worst_q.max_steps:.3g} "
+                        f"steps of its scale, above {INT8_STEPS:g}: nothing written")
+    if check is not None and not check.max_weight_rel_diff <= weight_rounding:
+        raise FoldError(f"{result.model}: a folded kernel's weights differ from s⊗W by "
+                        f"{check.max_weight_rel_diff:.3g} of a channel's largest weight, above "
+                        f"{weight_rounding:.3g}: nothing written")
+    if check is not None and not check.max_bias_steps <= 0.5 + 1e-6:
+        raise FoldError(f"{result.model}: a folded kernel's bias differs from s⊗b + t by "
+                        f"{check.max_bias_steps:.3g} bias steps, above half a step: nothing written")
 
 
 def fold_tflite_file(model: str | Path, out: str | Path, data: np.ndarray | None = None,

@@ -17,11 +17,12 @@ in float64, then, first that applies:
   with the reason nothing could take it.
 
 Float16 weights (a DEQUANTIZE of a float16 constant) are folded from float32 and stored as
-float16 again, behind a DEQUANTIZE of their own. Tensor indices are kept, so the folded
+float16 again, behind a DEQUANTIZE of their own. A chain on int8 activations folds backward
+only (:mod:`edgebn.tflite.fold_int8`), else it is kept. Tensor indices are kept, so the folded
 file's tensors can be compared one by one with the original's; :attr:`Rewrite.changed` names
 those whose values the fold changes on purpose (between a forward fold's chain and its
-operator, the collapsed chain's middle). Constants nothing reads any more are emptied.
-Chains on int8 activations, and weights stored as int8, are kept (reason given).
+operator, the collapsed chain's middle, a float kernel's output before its QUANTIZE).
+Constants nothing reads any more are emptied. Chains on other quantized activations are kept.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from edgebn.errors import EdgebnError
+from edgebn.tflite import fold_int8
+from edgebn.tflite.fold_int8 import const_values
 from edgebn.tflite.reader import Operator, Subgraph, TFLiteModel, schema
 from edgebn.tflite.residue import Step, affine_chains, bn_sources, chain_kind, constant_source
 from edgebn.tflite.writer import Buffer, buffers_of, operator_code, pack, unpack
@@ -58,6 +60,7 @@ class ChainFold:
     reason: str | None = None
     source: str | None = None
     float16: bool = False  # folded into float16 weights, stored as float16 again
+    int8: bool = False  # folded into int8 weights: new scales, flipped signs, a requantized bias
 
     def to_json(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"subgraph": self.subgraph, "ops": list(self.ops), "kind": self.kind,
@@ -65,7 +68,7 @@ class ChainFold:
                                "source": self.source}
         if self.result == "folded":
             doc |= {"into": {"op": self.into, "type": self.into_type}, "direction": self.direction,
-                    "float16": self.float16}
+                    "float16": self.float16, "int8": self.int8}
         else:
             doc["reason"] = self.reason
         return doc
@@ -101,40 +104,17 @@ def chain_affine(model: TFLiteModel, sg: Subgraph, chain: tuple[Step, ...],
     return s, t
 
 
-def const_values(model: TFLiteModel, sg: Subgraph, tensor: int,
-                 producer: dict[int, Operator]) -> np.ndarray:
-    """The real values of a constant (or a DEQUANTIZE's output of one), in float64."""
-    source = constant_source(model, sg, tensor, producer)
-    t = sg.tensors[source] if source is not None else None
-    raw = model.constant(t) if t is not None else None
-    if raw is None:
-        raise EdgebnError(f"{model.path}: tensor {tensor} of subgraph {sg.index} is not a "
-                          "readable constant")
-    values = raw.astype(np.float64)
-    q = t.quantization
-    if raw.dtype.kind in "iu" and q is not None and q.scale:
-        shape = [1] * raw.ndim
-        if len(q.scale) > 1 and raw.ndim:
-            shape[q.quantized_dimension] = len(q.scale)
-        zero = np.reshape(q.zero_point or [0], shape if len(q.zero_point) > 1 else [1] * raw.ndim)
-        values = (values - zero) * np.reshape(q.scale, shape)
-    return values
-
-
 class _Kernel:
     """An operator's weights and bias being rewritten, in float64 until written."""
 
     def __init__(self, folder: _Folder, op_index: int) -> None:
         sg = folder.sg
         op = sg.operators[op_index]
-        self.op, self.index = op, op_index
-        w_slot, b_slot, self.out_axis = KERNELS[op.op]
-        self.w_slot, self.b_slot = w_slot, b_slot
-        w = op.inputs[w_slot]
-        self.w_tensor = w
+        self.w_slot, self.b_slot, self.out_axis = KERNELS[op.op]
+        w = op.inputs[self.w_slot]
         self.float16 = sg.tensors[w].dtype == "FLOAT32" and folder.producer.get(w) is not None
         self.w = const_values(folder.model, sg, w, folder.producer)
-        b = op.inputs[b_slot] if len(op.inputs) > b_slot else -1
+        b = op.inputs[self.b_slot] if len(op.inputs) > self.b_slot else -1
         self.b = (const_values(folder.model, sg, b, folder.producer).reshape(-1) if b >= 0
                   else np.zeros(self.w.shape[self.out_axis]))
 
@@ -153,6 +133,7 @@ class _Folder:
                     self.consumers.setdefault(t, []).append(op)
         self.outputs = set(self.sg.outputs)
         self.kernels: dict[int, _Kernel] = {}
+        self.int8: dict[int, fold_int8.Int8Kernel] = {}
         self.drop: set[int] = set()
         self.changed: set[int] = set()
         self.results: list[ChainFold] = []
@@ -164,8 +145,9 @@ class _Folder:
         x = chain[0].data
         base = ChainFold(sg.index, ops, chain_kind(chain), sg.tensors[x].shape[chain[0].axis],
                          "kept", source=next((n for st in chain for n in bn_sources(sg, st.op, None)), None))
-        if sg.tensors[x].dtype != "FLOAT32":
-            self.results.append(replace(base, reason=f"{sg.tensors[x].dtype} activations: a quantized "
+        dtype = sg.tensors[x].dtype
+        if dtype not in ("FLOAT32", "INT8"):
+            self.results.append(replace(base, reason=f"{dtype} activations: a quantized "
                                       "chain is kept as the converter wrote it"))
             return
         s, t = chain_affine(self.model, sg, chain, self.producer)
@@ -178,12 +160,12 @@ class _Folder:
                 self.drop |= set(ops)
                 return
             why.append(done)
-        reason = f"backward: {why[0]}; forward: {why[1]}"
-        if len(chain) > 2:
+        int8, collapse = dtype == "INT8", len(chain) > 2 and dtype != "INT8"
+        reason = f"backward: {why[0]}; forward: {why[1]}" + (
+            f"; {fold_int8.COLLAPSE}" if int8 and len(chain) > 2 else "")
+        if collapse:
             self._collapse(chain, s, t)
-            self.results.append(replace(base, result="collapsed", reason=reason))
-        else:
-            self.results.append(replace(base, reason=reason))
+        self.results.append(replace(base, result="collapsed" if collapse else "kept", reason=reason))
 
     def _kernel(self, index: int) -> _Kernel | str:
         if index in self.kernels:
@@ -206,6 +188,12 @@ class _Folder:
     def _backward(self, chain: tuple[Step, ...], s: np.ndarray, t: np.ndarray) -> ChainFold | str:
         sg, x = self.sg, chain[0].data
         maker = self.producer.get(x)
+        int8, quantize = sg.tensors[x].dtype == "INT8", None
+        if int8 and maker is not None and maker.op == "QUANTIZE":  # a float kernel, then QUANTIZE
+            quantize = fold_int8.after_quantize(sg, maker, self.consumers, self.outputs)
+            if isinstance(quantize, str):
+                return quantize
+            x, maker, int8 = quantize.inputs[0], self.producer.get(quantize.inputs[0]), False
         if maker is None:
             return "it normalizes a model input: no operator before it"
         if maker.op not in KERNELS:
@@ -221,22 +209,40 @@ class _Folder:
         options = self.usg.operators[maker.index].builtinOptions
         if activation != "NONE" and not hasattr(options, "fusedActivationFunction"):
             return f"the {maker.op} cannot carry the fused {activation}"
-        kernel = self._kernel(maker.index)
-        if isinstance(kernel, str):
-            return kernel
-        if kernel.w.shape[kernel.out_axis] != len(s):
-            return f"the {maker.op}'s output channels are not its channels"
-        shape = [1] * kernel.w.ndim
-        shape[kernel.out_axis] = len(s)
-        kernel.w = kernel.w * s.reshape(shape)
-        kernel.b = kernel.b * s + t
+        float16 = self._absorb_output(maker, int8, s, t)
+        if isinstance(float16, str):
+            return float16
         uop = self.usg.operators[maker.index]
-        uop.outputs = [chain[-1].op.outputs[0]]
+        # the operator that made the chain's input now makes its output (a QUANTIZE: y's scale)
+        self.usg.operators[(quantize or maker).index].outputs = [chain[-1].op.outputs[0]]
+        if quantize is not None:
+            self.changed.add(x)
         if activation != "NONE":
             uop.builtinOptions.fusedActivationFunction = getattr(
                 schema().ActivationFunctionType, activation)
         return ChainFold(0, (), "", 0, "folded", maker.index, maker.op, "backward",
-                         float16=kernel.float16)
+                         float16=float16, int8=int8)
+
+    def _absorb_output(self, op: Operator, int8: bool, s: np.ndarray, t: np.ndarray) -> bool | str:
+        """``op``'s weights and bias scaled over its output channels (whether float16), or why not."""
+        if int8:
+            kernel = fold_int8.read_kernel(self.model, self.sg, op, KERNELS[op.op],
+                                           2 if op.op == "TRANSPOSE_CONV" else 0)
+            folded = kernel if isinstance(kernel, str) else fold_int8.absorb(kernel, s, t, op.op)
+            if isinstance(folded, str):
+                return folded
+            self.int8[op.index] = folded
+            return False
+        kernel = self._kernel(op.index)
+        if isinstance(kernel, str):
+            return kernel
+        if kernel.w.shape[kernel.out_axis] != len(s):
+            return f"the {op.op}'s output channels are not its channels"
+        shape = [1] * kernel.w.ndim
+        shape[kernel.out_axis] = len(s)
+        kernel.w = kernel.w * s.reshape(shape)
+        kernel.b = kernel.b * s + t
+        return kernel.float16
 
     def _forward(self, chain: tuple[Step, ...], s: np.ndarray, t: np.ndarray) -> ChainFold | str:
         sg = self.sg
@@ -271,7 +277,8 @@ class _Folder:
         padding = getattr(self.usg.operators[nxt.index].builtinOptions, "padding", None)
         if nxt.op != "FULLY_CONNECTED" and padding != schema().Padding.VALID:
             return f"the {nxt.op} after it pads with zeros (SAME): border outputs would see 0, not the shift"
-        kernel = self._kernel(nxt.index)
+        int8 = sg.tensors[chain[0].data].dtype == "INT8"  # int8 activations, int8 weights
+        kernel = f"the {nxt.op} after it is int8: {fold_int8.FORWARD}" if int8 else self._kernel(nxt.index)
         if isinstance(kernel, str):
             return kernel
         done = _absorb_input(kernel, nxt, s_full, t_full)
@@ -355,6 +362,14 @@ class _Folder:
                 inputs.append(-1)
             inputs[k.b_slot] = b
             uop.inputs = inputs
+        for index, q in self.int8.items():
+            uop = self.usg.operators[index]
+            w_slot, b_slot, _ = KERNELS[self.sg.operators[index].op]
+            inputs = [int(i) for i in uop.inputs] + [-1] * (b_slot + 1 - len(uop.inputs))
+            for slot, (values, name, dtype, quantization) in zip((w_slot, b_slot), fold_int8.constants(q),
+                                                                 strict=True):
+                inputs[slot] = _new_const(self.m, self.usg, values, name, dtype, quantization)
+            uop.inputs = inputs
         return before
 
 
@@ -406,16 +421,20 @@ def _absorb_input(kernel: _Kernel, op: Operator, s_full: np.ndarray, t_full: np.
     return None
 
 
-def _new_tensor(usg: Any, shape: list[int], dtype: str, name: str, buffer: int = 0) -> int:
+def _new_tensor(usg: Any, shape: list[int], dtype: str, name: str, buffer: int = 0,
+                quantization: Any = None) -> int:
     t = schema().TensorT()
     t.shape, t.type, t.name, t.buffer = list(shape), getattr(schema().TensorType, dtype), name, buffer
+    t.quantization = quantization
     usg.tensors.append(t)
     return len(usg.tensors) - 1
 
 
-def _new_const(m: Any, usg: Any, values: np.ndarray, name: str, dtype: str = "FLOAT32") -> int:
+def _new_const(m: Any, usg: Any, values: np.ndarray, name: str, dtype: str = "FLOAT32",
+               quantization: Any = None) -> int:
     m.buffers.append(Buffer(np.ascontiguousarray(values).astype(values.dtype.newbyteorder("<")).tobytes()))
-    return _new_tensor(usg, list(values.shape), dtype, name, len(m.buffers) - 1)
+    return _new_tensor(usg, list(values.shape), dtype, name, len(m.buffers) - 1, quantization)
+
 
 
 def _set_builtin(m: Any, op: Any, builtin: str, options: Any) -> None:
