@@ -1,9 +1,13 @@
 #!/usr/bin/env python3
 """Reproduce the README's "Where the time goes" figures: `edgebn profile` on keras.applications.
 
-    python tools/profile_figures.py [--min-time S] [--repeats N] [--cache DIR] 2>/dev/null
+    python tools/profile_figures.py [--min-time S] [--repeats N] [--cache DIR] [--tflite F ...] 2>/dev/null
 
-Three models, weights=None, converted float32 by edgebn.convert, 1 thread, XNNPACK on:
+Three models, weights=None, converted float32 by edgebn.convert, 1 thread, XNNPACK on (and
+any ``--tflite`` files, e.g. MediaPipe's, profiled as they are). For each: the whole model's
+p50, the isolated operators' sum over it (XNNPACK's PAD fusion timed as it runs), the
+in-context rows' sum over it (each segment's cost by differences of model prefixes) and the
+range of the segments' factors (in context / isolated):
 
 * MobileNetV2 (alpha 0.35, 96x96): the sum of isolated operator times beside the
   whole model's p50 (the issue's target: within 25 %);
@@ -112,6 +116,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="residue cost measurements")
     parser.add_argument("--cache", type=Path, help="where the .tflite files are kept")
     parser.add_argument("--top", type=int, default=5, help="operators listed per model")
+    parser.add_argument("--tflite", type=Path, nargs="*", default=[],
+                        help="other .tflite files to profile as they are")
     args = parser.parse_args()
     cache = args.cache or Path(tempfile.mkdtemp(prefix="edgebn-profile-"))
     cache.mkdir(parents=True, exist_ok=True)
@@ -126,6 +132,7 @@ def main() -> None:
     load_before = os.getloadavg()[0]
     with quiet(False):  # the interpreters announce their delegate on fd 2
         results = {name: profile(path, settings) for name, path in paths.items()}
+        results |= {path.name: profile(path, settings) for path in args.tflite}
         residues = {name: _residue(path, twins[name], settings, args.repeats)
                     for name, path in paths.items() if results[name].residual_pairs()}
     first = next(iter(results.values()))
@@ -140,32 +147,43 @@ def main() -> None:
 
 
 def _summary(results, residues) -> None:
-    print("| model | input | M MACs | operators | residual BN pairs | whole p50 µs | "
-          "sum of isolated ops µs | sum / p50 | residue cost: pairs bypassed (median, range) | "
+    print("| model | input | M MACs | operators | residual BN chains | whole p50 µs | "
+          "isolated sum / p50 | in context sum / p50 | segment factors | rows by method | "
+          "residue cost: chains bypassed (median, range) | "
           "cross-check: against the BN-free Keras twin |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, r in results.items():
-        _, kwargs, size, _ = MODELS[name]
-        label = f"{size}x{size}" + "".join(f", {k} {v}" for k, v in kwargs.items())
+        if name in MODELS:
+            _, kwargs, size, _ = MODELS[name]
+            label = f"{size}x{size}" + "".join(f", {k} {v}" for k, v in kwargs.items())
+        else:
+            label = "x".join(map(str, r.operators[0].shape[1:3])) if r.operators else "-"
         bypassed, twin = residues.get(name, (None, None))
+        factors = [g.factor for g in r.segments if g.factor is not None]
+        spread = f"{min(factors):.2f}-{max(factors):.2f}" if factors else (r.context_skipped or "-")
+        methods = ", ".join(f"{k} {v}" for k, v in r.methods().items())
         print(f"| {name} | {label} | {r.macs / 1e6:,.1f} | {len(r.operators)} | "
-              f"{r.residual_pairs()} | {r.latency_us.p50:,.0f} | {r.ops_sum_us:,.0f} | "
-              f"{r.explained:.2f} | {_ratios(bypassed)} | {_ratios(twin)} |")
+              f"{r.residual_pairs()} | {r.latency_us.p50:,.0f} | "
+              f"{r.isolated_sum_us / r.latency_us.p50:.2f} | {r.explained:.2f} | {spread} | "
+              f"{methods} | {_ratios(bypassed)} | {_ratios(twin)} |")
 
 
 def _top(results, top: int) -> None:
-    print("| model | op # | op | output | µs | share | GMAC/s | BN residue |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| model | op # | op | output | µs in context | µs isolated | share | GMAC/s | method | "
+          "BN residue |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, r in results.items():
         for o in r.top(top):
             gmacs = f"{o.gmacs_per_s:.1f}" if o.gmacs_per_s else "-"
+            isolated = "-" if o.isolated_us is None else f"{o.isolated_us:,.1f}"
             print(f"| {name} | {o.index} | {o.op} | {'x'.join(map(str, o.shape))} | "
-                  f"{o.time_us:,.1f} | {o.share:.1%} | {gmacs} | {'yes' if o.residual_bn else ''} |")
+                  f"{o.time_us:,.1f} | {isolated} | {o.share:.1%} | {gmacs} | {o.method} | "
+                  f"{'yes' if o.residual_bn else ''} |")
         pairs = [o for o in r.operators if o.residual_bn]
         if pairs:
             spent = sum(o.time_us or 0 for o in pairs)
-            print(f"| {name} | all {len(pairs)} residual MUL/ADD | | | {spent:,.1f} | "
-                  f"{spent / r.ops_sum_us:.1%} | | yes |")
+            print(f"| {name} | all {len(pairs)} residual BN operators | | | {spent:,.1f} | | "
+                  f"{spent / r.ops_sum_us:.1%} | | | yes |")
 
 
 if __name__ == "__main__":

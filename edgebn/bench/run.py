@@ -24,7 +24,7 @@ from edgebn.bench.keras import KerasStats, bench_keras_models
 from edgebn.bench.scaling import ThreadScaling, check_thread_counts
 from edgebn.machine import environment
 from edgebn.runtime.measure import time_tflite
-from edgebn.runtime.timing import BenchSettings, Latency, TFLiteStats
+from edgebn.runtime.timing import BenchSettings, Latency, RatioEstimate, TFLiteStats, latency_ratio
 from edgebn.tensors import make_inputs
 from edgebn.tflite.reader import TFLiteModel, as_tflite
 
@@ -51,6 +51,7 @@ class BenchResult:
     baseline_label: str = "baseline"  # what the baseline is ("BN-free twin" in a build)
     others: dict[str, TFLiteStats] = field(default_factory=dict)  # label -> another .tflite
     scaling: ThreadScaling | None = None  # with several thread counts (edgebn.bench.scaling)
+    baseline_ratio: RatioEstimate | None = None  # p50 / baseline p50 with its interval (rounds)
 
     def rows(self) -> list[BenchRow]:
         rows = [BenchRow(f"TFLite {Path(self.tflite.model).name}", "tflite", self.tflite.runs,
@@ -108,6 +109,8 @@ class BenchResult:
             doc["fold_gain"] = self.fold_gain()
         if self.bn_cost():
             doc["bn_cost"] = self.bn_cost()
+        if self.baseline_ratio is not None:
+            doc["baseline_ratio"] = self.baseline_ratio.to_json()
         if self.others:
             doc["others"] = {label: s.to_json() for label, s in self.others.items()}
         if self.scaling is not None:
@@ -131,6 +134,7 @@ class BenchTargets:
     keras_folded: Any = None
     baseline_label: str = "baseline"
     others: dict[str, Any] = field(default_factory=dict)  # label -> .tflite, timed after the rest
+    ratio_interval: bool = True  # with a baseline, also time both in rounds: the ratio's interval
 
     def keras_models(self) -> dict[str, Any]:
         from edgebn.zoo.keras_io import load_keras
@@ -150,6 +154,9 @@ def bench(targets: BenchTargets, settings: BenchSettings = BenchSettings(),
     tfl, base = time_tflite(model, settings, data, baseline)
     others = {label: time_tflite(as_tflite(m), settings, data)[0]
               for label, m in targets.others.items()}
+    ratio = None
+    if baseline is not None and targets.ratio_interval and not settings.isolate:
+        ratio = latency_ratio(model, baseline, settings, width=0.02, data=data)
     timed_models: dict[str, dict[str, KerasStats]] = {}
     keras_models = targets.keras_models()
     if keras_models:
@@ -161,7 +168,7 @@ def bench(targets: BenchTargets, settings: BenchSettings = BenchSettings(),
     env = environment(tfl.backend, tfl.xnnpack, tfl.threads)
     return BenchResult(env, tfl, base, timed_models.get("model", {}),
                        timed_models.get("baseline", {}), timed_models.get("folded", {}),
-                       targets.baseline_label, others)
+                       targets.baseline_label, others, baseline_ratio=ratio)
 
 
 def bench_threads(targets: BenchTargets, settings: BenchSettings = BenchSettings(),

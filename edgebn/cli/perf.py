@@ -29,16 +29,20 @@ def profile(  # noqa: PLR0913 - a Typer command's parameters are its options
                                      "share as much (at least 10 ms each).")] = 1.0,
     residue: Annotated[bool, typer.Option(
         help="Time the graph with its residual BN pairs bypassed (the residue's cost).")] = True,
+    context: Annotated[bool, typer.Option(
+        help="Time the model's prefixes too: each operator's time scaled to its segment's "
+             "inside the model (weights as cold, fusions as they are there).")] = True,
     top: Annotated[int, typer.Option("--top", min=1, help="Operators shown in the table.")] = 15,
     as_json: JsonFlag = False,
     verbose: VerboseFlag = False,
 ) -> None:
-    """Time each operator isolated (same constants, threads, delegate) beside the whole model."""
+    """Time each operator isolated (same constants, threads, delegate), and in context by
+    differences of the model's prefixes, beside the whole model."""
     from edgebn.runtime.profile import ProfileSettings
     from edgebn.runtime.profile import profile as run_profile
 
     settings = ProfileSettings(threads=threads, backend=runtime, xnnpack=xnnpack,
-                               min_time_s=min_time, residue=residue)
+                               min_time_s=min_time, residue=residue, context=context)
     with quiet(verbose):  # the interpreters announce their delegate on fd 2
         result = run_profile(model, settings, baseline)
     print_json(result.to_json()) if as_json else render.profile(result, top)

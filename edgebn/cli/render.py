@@ -170,6 +170,8 @@ def bench(result: Any) -> None:
                           ("fold in Keras (BN model p50 / folded p50)", result.fold_gain())):
         if ratios:
             out.print(f"{label}: " + ", ".join(f"{k} {v:.3f}x" for k, v in ratios.items()))
+    if result.baseline_ratio is not None:
+        out.print(f"p50 / baseline p50 in interleaved rounds: {result.baseline_ratio.describe()}")
     if t.cost is not None:
         c = t.cost
         out.print(f"cost: {c.macs / 1e6:,.2f} M MACs per inference, {c.gmacs_per_s:.1f} GMAC/s "
@@ -361,8 +363,13 @@ def profile(result: Any, top: int = 15) -> None:
               f"p50 {result.latency_us.p50:,.1f} µs ({result.explained:.0%}); each less an "
               f"empty invoke() ({result.invoke_overhead_us:.2f} µs); "
               f"{result.macs / 1e6:,.2f} M MACs")
+    notes: dict[str, list[str]] = {}
     for o in (o for o in ops if o.note):
-        out.print(f"  op {o.index} {o.op}: {o.note}")
+        notes.setdefault(o.note if o.method != "fused" else "fused by XNNPACK into the convolution "
+                         "after it: timed with it", []).append(f"{o.index} {o.op}")
+    for note, which in notes.items():
+        more = f" and {len(which) - 3} more" if len(which) > 3 else ""
+        out.print(f"  op {', '.join(which[:3])}{more}: {note}")
     if result.residual_pairs():
         residual = [o for o in ops if o.residual_bn]
         spent = sum(o.time_us or 0.0 for o in residual)

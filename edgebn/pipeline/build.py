@@ -256,7 +256,8 @@ def _bench(config: BuildConfig, ds: Dataset, trained: TrainResult, twin: TrainRe
         conversion.converted.model, twin_tflite.model if twin_tflite else None,
         keras=trained.model, keras_baseline=twin.model if twin else None,
         keras_folded=conversion.fold.model if conversion.fold else None,
-        baseline_label="BN-free twin", others=float32_models(float32))
+        baseline_label="BN-free twin", others=float32_models(float32),
+        ratio_interval=False)  # the twin's ratio is reported; the gate times its own rounds
     with stages.stage("bench", "TFLite against Keras" + (", and the float32 file" if targets.others
                                                          else "")):
         return bench(targets, config.bench, data=ds.x_test)

@@ -95,6 +95,7 @@ class Timed:
             self.interp.set_tensor(d["index"], x.astype(d["dtype"]))
         self.samples: list[int] = []
         warm = [self._once() for _ in range(WARMUP_RUNS)]
+        self.warm_ns = min(warm)
         per_round = budget_s / ROUNDS / max(min(warm) / 1e9, 1e-7)
         self.block = max(-(-MIN_RUNS // ROUNDS), int(per_round))
 
@@ -103,13 +104,14 @@ class Timed:
         self.interp.invoke()
         return time.perf_counter_ns() - t0
 
-    def run(self) -> None:
+    def run(self, runs: int | None = None) -> None:
+        """One block: ``runs`` timed invoke() calls (default: the block its budget sized)."""
         with interpreter_errors(f"{self.path}: the interpreter cannot run this model"):
-            self._run()
+            self._run(self.block if runs is None else runs)
 
-    def _run(self) -> None:
+    def _run(self, runs: int) -> None:
         invoke, clock, keep = self.interp.invoke, time.perf_counter_ns, self.samples.append
-        for _ in range(self.block):
+        for _ in range(runs):
             t0 = clock()
             invoke()
             keep(clock() - t0)

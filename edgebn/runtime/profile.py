@@ -9,13 +9,19 @@ delegate, and fed the values it sees in the whole model (one reference run with 
 intermediate tensor preserved). All interpreters, the whole model's included, are
 timed in rounds, block by block, so drift on a shared machine hits them alike.
 
+Where XNNPACK fuses two operators into one node, they are timed together: a PAD (constant,
+spatial) read only by the CONV_2D or DEPTHWISE_CONV_2D after it becomes that convolution's
+padding, so the pair is one two-operator model, its time the convolution's row (``method``
+``"with the PAD before it"``), the PAD's row 0 (``"fused"``). Timed alone, the PAD copies
+its whole padded output, which the model never does: MediaPipe's detectors pad before
+nearly every strided convolution, and their isolated sum was 1.3 of the whole model.
+
 Each operator's time is its one-op model's p50 less the p50 of an empty ``invoke()``
 (one ADD of one element, timed in the same rounds): the whole model pays that overhead
 once, not once per operator. An operator with only constant inputs (a DEQUANTIZE of
-float16 weights) is computed once when the model is loaded, and counts 0. Isolation
-still leaves out what lies between operators: in the whole model an operator may find
-its weights evicted by the others (isolated, they stay in cache), so ``ops_sum_us`` is
-shown beside the whole model's p50, not instead of it.
+float16 weights) is computed once when the model is loaded, and counts 0 (``"at load"``).
+``ops_sum_us`` is shown beside the whole model's p50, not instead of it: what isolation
+explains.
 
 Residue cost: the whole model's p50 over the p50 of the same graph with its residual
 BN chains bypassed (:func:`edgebn.tflite.writer.bypass_chains`), both timed interleaved in
@@ -34,14 +40,20 @@ from pathlib import Path
 from typing import Any
 
 from edgebn.errors import EdgebnError
+from edgebn.runtime.context import Segment, context_unsupported, prefix_fractions, segment_cuts, segments_of
 from edgebn.runtime.op_timing import ROUNDS, Timed, capture, captured
 from edgebn.runtime.opdiff import OpDiff, diff_operators
 from edgebn.runtime.timing import BenchSettings, Latency, RatioEstimate, latency_ratio
 from edgebn.tflite.reader import TFLiteModel, as_tflite, parse_tflite
-from edgebn.tflite.writer import bypass_chains, empty_model, single_op, unpack
+from edgebn.tflite.writer import bypass_chains, empty_model, op_group, unpack
 
 METHOD = "isolated ops"
 OP_MIN_TIME_S = 0.01  # timed seconds per operator at the least
+ISOLATED, WITH_PAD, FUSED, AT_LOAD_METHOD, NOT_TIMED = (
+    "isolated", "with the PAD before it", "fused", "at load", "not timed")
+IN_CONTEXT = "in context"  # an isolated time scaled to its segment's (edgebn.runtime.context)
+PADS = ("PAD", "PADV2")
+PAD_CONSUMERS = ("CONV_2D", "DEPTHWISE_CONV_2D")
 CONSTANT_NOTE = "only constant inputs: the runtime computes it once, when the model is loaded"
 AT_LOAD = frozenset({"DEQUANTIZE", "DENSIFY"})  # kernels that compute constants once, cached
 MAX_OPERATORS = 5000  # one interpreter each is alive at once: refuse what would exhaust memory
@@ -60,6 +72,7 @@ class ProfileSettings(BenchSettings):
 
     cost: bool = False  # a profile reports no ceiling: no probe is run
     residue: bool = True  # time the graph with its residual BN chains bypassed (residue cost)
+    context: bool = True  # time the model's prefixes: each segment's cost inside the model
 
     def validate(self) -> None:
         super().validate()
@@ -89,6 +102,9 @@ class OpTime:
     share: float | None = None  # of the operators' sum
     note: str | None = None
     measured_us: float | None = None  # p50 of the one-op model's invoke(), before the overhead
+    method: str = ISOLATED  # how the row was timed: isolated, with the PAD before it, fused, at load
+    isolated_us: float | None = None  # the isolated time, before its segment's scaling
+    segment: int | None = None  # its segment (ProfileResult.segments), when timed in context
 
     @property
     def gmacs_per_s(self) -> float | None:
@@ -99,7 +115,8 @@ class OpTime:
                 "shape": list(self.shape), "time_us": self.time_us, "share": self.share,
                 "macs": self.macs, "gmacs_per_s": self.gmacs_per_s,
                 "weight_bytes": self.weight_bytes, "residual_bn": self.residual_bn,
-                "measured_us": self.measured_us, "runs": self.runs} | (
+                "measured_us": self.measured_us, "runs": self.runs, "method": self.method,
+                "isolated_us": self.isolated_us, "segment": self.segment} | (
                     {"note": self.note} if self.note else {})
 
 
@@ -145,6 +162,8 @@ class ProfileResult:
     invoke_overhead_us: float = 0.0  # an empty invoke(), taken off each operator's time
     method: str = METHOD
     residual_count: int = 0  # residual BN chains; their operators are marked residual_bn
+    segments: tuple[Segment, ...] = ()  # the model's prefixes timed in it (edgebn.runtime.context)
+    context_skipped: str | None = None  # why there are no segments, when there are none
 
     @property
     def ops_sum_us(self) -> float:
@@ -154,6 +173,12 @@ class ProfileResult:
     def explained(self) -> float:
         """The operators' sum over the whole model's p50."""
         return self.ops_sum_us / self.latency_us.p50
+
+    @property
+    def isolated_sum_us(self) -> float:
+        """The operators' isolated times, before any scaling in context."""
+        return sum(o.isolated_us if o.isolated_us is not None else (o.time_us or 0.0)
+                   for o in self.operators)
 
     @property
     def macs(self) -> int:
@@ -166,6 +191,13 @@ class ProfileResult:
     def top(self, n: int) -> list[OpTime]:
         """The ``n`` slowest operators, slowest first."""
         return sorted(self.operators, key=lambda o: -(o.time_us or 0.0))[:n]
+
+    def methods(self) -> dict[str, int]:
+        """How many rows each timing method gave."""
+        out: dict[str, int] = {}
+        for o in self.operators:
+            out[o.method] = out.get(o.method, 0) + 1
+        return out
 
     def residual_pairs(self) -> int:
         """How many residual BN chains the model has (each of two or more operators)."""
@@ -189,11 +221,14 @@ class ProfileResult:
 
     def to_json(self) -> dict[str, Any]:
         p50 = self.latency_us.p50
-        doc = {"model": self.model, "method": self.method, "backend": self.backend,
+        doc = {"model": self.model, "method": self.method, "methods": self.methods(), "backend": self.backend,
                "threads": self.threads, "xnnpack": self.xnnpack,
                "latency_us": asdict(self.latency_us), "ops_sum_us": self.ops_sum_us,
                "invoke_overhead_us": self.invoke_overhead_us,
-               "explained": self.explained, "macs": self.macs,
+               "explained": self.explained, "isolated_sum_us": self.isolated_sum_us,
+               "isolated_explained": self.isolated_sum_us / p50 if p50 else None,
+               "segments": [g.to_json() for g in self.segments],
+               "context_skipped": self.context_skipped, "macs": self.macs,
                "gmacs_per_s": self.macs / p50 / 1e3 if p50 else None,
                "operators": [o.to_json() for o in self.operators], "by_op": self.by_op(),
                "residual_pairs": self.residual_pairs(), "residual_chains": self.residual_count,
@@ -229,15 +264,19 @@ class _Op:
     residual: bool
     timed: Timed | None = None
     note: str | None = None
+    method: str = ISOLATED
 
     def row(self, overhead_us: float) -> OpTime:
         c, measured = self.cost, self.timed.latency().p50 if self.timed is not None else None
         time_us = None if measured is None else max(measured - overhead_us, 0.0)
-        if self.note == CONSTANT_NOTE:
+        method = self.method if self.timed is not None or self.method in (FUSED, AT_LOAD_METHOD) \
+            else NOT_TIMED
+        if self.method in (FUSED, AT_LOAD_METHOD):
             time_us = 0.0
         return OpTime(c.subgraph, c.index, c.op, self.shape, time_us,
                       len(self.timed.samples) if self.timed is not None else 0, c.macs,
-                      c.weight_bytes, self.residual, note=self.note, measured_us=measured)
+                      c.weight_bytes, self.residual, note=self.note, measured_us=measured,
+                      method=method)
 
 
 @dataclass
@@ -246,6 +285,9 @@ class _Prepared:
 
     model: TFLiteModel
     whole: Timed
+    reference: Any  # the run that kept every tensor: the operators' and prefixes' inputs
+    unpacked: Any
+    pads: dict[int, int]  # subgraph 0's PAD -> the convolution XNNPACK fuses it into
     ops: list[_Op] = field(default_factory=list)
 
     def units(self) -> list[Timed]:
@@ -271,6 +313,40 @@ def _static(sg: Any) -> set[int]:
     return static
 
 
+def fused_pads(model: TFLiteModel, sg_index: int) -> dict[int, int]:
+    """PAD operator -> the CONV_2D / DEPTHWISE_CONV_2D XNNPACK fuses it into: a constant,
+    non-negative padding of the spatial axes only, read by that convolution alone as its data."""
+    sg = model.subgraphs[sg_index]
+    readers: dict[int, list[Any]] = {}
+    for op in sg.operators:
+        for t in set(op.inputs):
+            readers.setdefault(t, []).append(op)
+    fused = {}
+    for op in sg.operators:
+        if op.op not in PADS or len(op.inputs) < 2 or len(op.outputs) != 1 or min(op.inputs) < 0:
+            continue
+        out = op.outputs[0]
+        users = readers.get(out, [])
+        if len(users) != 1 or users[0].op not in PAD_CONSUMERS or users[0].inputs[0] != out \
+                or out in sg.outputs or users[0].index <= op.index:
+            continue
+        paddings = model.constant(sg.tensors[op.inputs[1]])
+        if paddings is None or paddings.shape != (4, 2) or (paddings < 0).any() \
+                or paddings[[0, 3]].any():
+            continue
+        if op.op == "PADV2" and (len(op.inputs) < 3 or not _zero_pad_value(model, sg, op)):
+            continue
+        fused[op.index] = users[0].index
+    return fused
+
+
+def _zero_pad_value(model: TFLiteModel, sg: Any, op: Any) -> bool:
+    value = model.constant(sg.tensors[op.inputs[2]]) if op.inputs[2] >= 0 else None
+    q = sg.tensors[op.inputs[2]].quantization if op.inputs[2] >= 0 else None
+    zero = q.zero_point[0] if q is not None and q.zero_point else 0
+    return value is not None and value.size == 1 and float(value.reshape(-1)[0]) == float(zero)
+
+
 def _prepare(model: TFLiteModel, settings: ProfileSettings,
              pairs: list[tuple[int, ...]]) -> _Prepared:
     from edgebn.tflite.macs import model_cost
@@ -283,7 +359,10 @@ def _prepare(model: TFLiteModel, settings: ProfileSettings,
     budget = max(settings.min_time_s / max(len(costs), 1), OP_MIN_TIME_S)
     unpacked = unpack(model)
     static = {sg.index: _static(sg) for sg in model.subgraphs}
-    prepared = _Prepared(model, whole)
+    pads = {sg.index: fused_pads(model, sg.index) if settings.xnnpack else {}
+            for sg in model.subgraphs}
+    padded = {(s, conv): pad for s, fused in pads.items() for pad, conv in fused.items()}
+    prepared = _Prepared(model, whole, reference, unpacked, pads.get(0, {}))
     for cost in costs:
         sg = model.subgraphs[cost.subgraph]
         op = sg.operators[cost.index]
@@ -291,19 +370,68 @@ def _prepare(model: TFLiteModel, settings: ProfileSettings,
         entry = _Op(cost, shape, (cost.subgraph, cost.index) in residual)
         prepared.ops.append(entry)
         if op.op in AT_LOAD and all(t in static[sg.index] for t in op.outputs if t >= 0):
-            entry.note = CONSTANT_NOTE
+            entry.note, entry.method = CONSTANT_NOTE, AT_LOAD_METHOD
             continue
-        frozen = {t: captured(reference, sg.index, t) for t in op.inputs
+        if cost.index in pads[cost.subgraph]:
+            conv = pads[cost.subgraph][cost.index]
+            entry.method = FUSED
+            entry.note = f"XNNPACK makes it the padding of the {sg.operators[conv].op} #{conv}: timed with it"
+            continue
+        group = (cost.index,)
+        if (cost.subgraph, cost.index) in padded:
+            group = (padded[(cost.subgraph, cost.index)], cost.index)
+            entry.method = WITH_PAD
+        group_inputs = {t for i in group for t in sg.operators[i].inputs}
+        frozen = {t: captured(reference, sg.index, t) for t in group_inputs
                   if t in static[sg.index] and not sg.tensors[t].is_constant}
         try:
-            one = single_op(model, unpacked, cost.subgraph, cost.index,
-                            {t: v for t, v in frozen.items() if v is not None})
+            one = op_group(model, unpacked, cost.subgraph, group,
+                           {t: v for t, v in frozen.items() if v is not None})
             feeds = [captured(reference, cost.subgraph, t) for t in one.inputs]
             entry.timed = Timed(parse_tflite(one.data, f"{model.path} operator {cost.index}"),
                                 settings, feeds, budget, checked=False)  # a preflighted node
         except (EdgebnError, ValueError, RuntimeError) as exc:
             entry.note = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
     return prepared
+
+
+def in_context(result: ProfileResult, prepared: _Prepared, settings: ProfileSettings,
+               overhead_us: float) -> ProfileResult:
+    """``result`` with each row scaled to its segment's time inside the model (the module
+    :mod:`edgebn.runtime.context`), or unchanged with ``context_skipped`` saying why."""
+    model = prepared.model
+    why = context_unsupported(model, prepared.unpacked)
+    if why is None and prepared.reference is None:
+        why = "the reference run that feeds the prefixes failed"
+    if why is not None:
+        return replace(result, context_skipped=why)
+    n_ops = len(model.subgraphs[0].operators)
+    cuts = segment_cuts(n_ops, prepared.pads)
+    budget = max(settings.min_time_s / len(cuts), OP_MIN_TIME_S)
+    try:
+        fractions = prefix_fractions(model, prepared.unpacked, settings, prepared.whole,
+                                     prepared.reference, cuts, budget)
+    except (EdgebnError, ValueError, RuntimeError) as exc:
+        return replace(result, context_skipped="a prefix of the model cannot be timed: " + (
+            str(exc).strip().splitlines() or [type(exc).__name__])[0])
+    segments = segments_of(cuts, fractions, result.latency_us.p50, overhead_us)
+    of = {i: k for k, g in enumerate(segments) for i in range(g.first, g.last + 1)}
+    isolated = [0.0] * len(segments)
+    for o in result.operators:
+        isolated[of[o.index]] += o.time_us or 0.0
+    segments = [replace(g, isolated_us=iso) for g, iso in zip(segments, isolated, strict=True)]
+    rows = []
+    for o in result.operators:
+        g = segments[of[o.index]]
+        if o.time_us is None or o.method in (FUSED, AT_LOAD_METHOD) or g.factor is None:
+            rows.append(replace(o, isolated_us=o.time_us, segment=of[o.index]))
+            continue
+        method = IN_CONTEXT if o.method == ISOLATED else f"{IN_CONTEXT}, {o.method}"
+        rows.append(replace(o, time_us=o.time_us * g.factor, isolated_us=o.time_us,
+                            segment=of[o.index], method=method))
+    total = sum(r.time_us for r in rows if r.time_us is not None) or 1.0
+    rows = [replace(r, share=r.time_us / total) if r.time_us is not None else r for r in rows]
+    return replace(result, operators=tuple(rows), segments=tuple(segments))
 
 
 def residue_cost(model: TFLiteModel | str | Path, settings: ProfileSettings = ProfileSettings(),
@@ -339,6 +467,10 @@ def profile(model: TFLiteModel | str | Path, settings: ProfileSettings = Profile
     overhead_us = empty.latency().p50
     results = [replace(p.result(overhead_us), residual_count=len(c))
                for p, c in zip(prepared, pairs, strict=True)]
+    for p in prepared:  # free the operators' interpreters before the prefixes are timed
+        p.ops.clear()
+    if settings.context:
+        results = [in_context(r, p, settings, overhead_us) for r, p in zip(results, prepared, strict=True)]
     del prepared  # free the interpreters before the residue is timed
     result = results[0]
     if settings.residue:
@@ -355,5 +487,6 @@ def profile(model: TFLiteModel | str | Path, settings: ProfileSettings = Profile
 
 def grown_operators(model: TFLiteModel | str | Path, baseline: TFLiteModel | str | Path,
                     settings: ProfileSettings = ProfileSettings(), top: int = 5) -> list[OpDiff]:
-    """The ``top`` operators of ``model`` whose isolated time grew most over ``baseline``'s."""
-    return profile(model, replace(settings, residue=False), baseline).grown(top)
+    """The ``top`` operators of ``model`` whose isolated time grew most over ``baseline``'s
+    (isolated: the two files' operators side by side, without the prefixes' extra seconds)."""
+    return profile(model, replace(settings, residue=False, context=False), baseline).grown(top)

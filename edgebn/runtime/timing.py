@@ -220,12 +220,19 @@ def bench_tflite(model: TFLiteModel | str | Path, settings: BenchSettings = Benc
 # ---------------------------------------------------------------- a ratio with its interval
 
 CONFIDENCE = 0.95
+RESOLUTION = 0.02  # one file against itself measured 1.006x-1.019x (2-core Xeon, 3 runs):
+# a smaller difference is not called significant, whatever its interval
 MIN_ROUNDS = 24  # rounds before the interval may stop the run (3 pairs of interpreters)
 MIN_SHARE = 0.25  # and at least this share of the time cap: a burst of noise is not a sample
 REFRESH_ROUNDS = 8  # both interpreters made anew this often: one instance can run a steady
 # ~10 % slower than another of the same file (its arena's placement), which rounds alone
 # would report as a difference between the files
-BOOTSTRAP = 2000  # resamples of the rounds for the interval
+# Student's t, two-sided 95 %, by degrees of freedom (pairs − 1): with 3 pairs of
+# interpreters a percentile bootstrap can only return their range, which called one file
+# against itself "significant" (1.013x, [1.010, 1.025]); t widens it as few pairs deserve
+T_95 = ((1, 12.706), (2, 4.303), (3, 3.182), (4, 2.776), (5, 2.571), (6, 2.447), (7, 2.365),
+        (8, 2.306), (9, 2.262), (10, 2.228), (12, 2.179), (15, 2.131), (20, 2.086),
+        (30, 2.042), (60, 2.000))
 
 
 @dataclass(frozen=True)
@@ -234,8 +241,9 @@ class RatioEstimate:
 
     Each round times both models for one block (the order alternating round by round); the
     ratio is the median of the rounds' p50 ratios. Both interpreters are made anew every
-    REFRESH_ROUNDS rounds, and the interval is a percentile bootstrap over those pairs' median
-    ratios, so that what differs between two instances of one file widens it. A busy core
+    REFRESH_ROUNDS rounds, and the interval is Student's t over those pairs' median ratios
+    (on their logarithms: ``exp(mean ± t·s/√n)``, n pairs, n − 1 degrees of freedom), widened
+    to hold the ratio itself, so that what differs between two instances of one file widens it. A busy core
     slows whole rounds of both models alike: the ratio stands, the interval widens, and the
     run goes on until it is narrow enough or time is up.
     """
@@ -250,8 +258,9 @@ class RatioEstimate:
 
     @property
     def significant(self) -> bool:
-        """The interval excludes 1: the two differ, with this confidence."""
-        return self.interval[0] > 1 or self.interval[1] < 1
+        """The interval excludes 1 and the ratio is ``RESOLUTION`` or more from it: the two
+        differ, with this confidence, by more than the method resolves."""
+        return (self.interval[0] > 1 or self.interval[1] < 1) and abs(self.ratio - 1) >= RESOLUTION
 
     def beyond(self, limit: float) -> bool:
         """Slower than ``limit`` (a ratio) with confidence: the whole interval above it."""
@@ -273,12 +282,16 @@ class RatioEstimate:
                 f"rounds: {'significant' if self.significant else 'not significant'}")
 
 
-def _interval(ratios: np.ndarray, rng: np.random.Generator) -> tuple[float, float]:
-    picks = rng.integers(0, len(ratios), size=(BOOTSTRAP, len(ratios)))
-    medians = np.median(ratios[picks], axis=1)
-    tail = (1 - CONFIDENCE) / 2 * 100
-    low, high = np.percentile(medians, [tail, 100 - tail])
-    return float(low), float(high)
+def _interval(pairs: np.ndarray) -> tuple[float, float]:
+    """Student's t interval of the pairs' ratios, on their logarithms (CONFIDENCE 0.95)."""
+    logs = np.log(np.maximum(pairs, 1e-12))
+    n = len(logs)
+    if n < 2:
+        return 0.0, math.inf
+    t = next((q for df, q in reversed(T_95) if n - 1 >= df), T_95[0][1])
+    half = t * float(np.std(logs, ddof=1)) / math.sqrt(n)
+    centre = float(np.mean(logs))
+    return math.exp(centre - half), math.exp(centre + half)
 
 
 def latency_ratio(model: TFLiteModel | str | Path, baseline: TFLiteModel | str | Path,
@@ -295,7 +308,6 @@ def latency_ratio(model: TFLiteModel | str | Path, baseline: TFLiteModel | str |
     block = max(1, min(INTERLEAVE_BLOCK, int(BLOCK_S * 1e6 / max(max(r.first_us for r in runners), 1.0))))
     cap = max_time_s if max_time_s is not None else 2 * settings.min_time_s
     start = time.perf_counter()
-    rng = np.random.default_rng(0)
     ratios: list[float] = []
     interval = (0.0, math.inf)
     while True:
@@ -313,10 +325,12 @@ def latency_ratio(model: TFLiteModel | str | Path, baseline: TFLiteModel | str |
         if len(ratios) >= MIN_ROUNDS:
             blocks = [np.median(ratios[i:i + REFRESH_ROUNDS])
                       for i in range(0, len(ratios), REFRESH_ROUNDS)]
-            interval = _interval(np.array(blocks), rng)  # over interpreter pairs, not rounds
+            interval = _interval(np.array(blocks))  # over interpreter pairs, not rounds
             spent = time.perf_counter() - start
             if (interval[1] - interval[0] < width and spent >= MIN_SHARE * cap) or spent >= cap:
                 break
     p50s = [float(np.median(np.array(k + r.samples)) / 1e3) for k, r in zip(kept, runners, strict=True)]
-    return RatioEstimate(float(np.median(ratios)), interval, len(ratios), p50s[0], p50s[1],
+    ratio = float(np.median(ratios))
+    interval = (min(interval[0], ratio), max(interval[1], ratio))
+    return RatioEstimate(ratio, interval, len(ratios), p50s[0], p50s[1],
                          seconds=time.perf_counter() - start)

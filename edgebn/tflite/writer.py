@@ -186,20 +186,34 @@ def single_op(model: TFLiteModel, unpacked: Any, subgraph: int, index: int,
     ``frozen``: tensors to write as constants with these values, though the file computes
     them (the float32 weights a DEQUANTIZE makes of float16 ones once, at load).
     """
+    return op_group(model, unpacked, subgraph, (index,), frozen)
+
+
+def op_group(model: TFLiteModel, unpacked: Any, subgraph: int, indices: Sequence[int],
+             frozen: dict[int, np.ndarray] | None = None) -> OneOp:
+    """Operators ``indices`` of ``subgraph`` (in execution order) as a model of their own: what
+    :func:`single_op` makes of one operator, for a run of them (a PAD and the convolution that
+    XNNPACK fuses it into). The group's inputs are what it reads and does not make; its
+    outputs what it makes and does not read itself."""
     frozen = frozen or {}
-    if not 0 <= subgraph < len(model.subgraphs) or \
-            not 0 <= index < len(model.subgraphs[subgraph].operators):
+    if not 0 <= subgraph < len(model.subgraphs) or not indices or not all(
+            0 <= i < len(model.subgraphs[subgraph].operators) for i in indices):
+        index = next((i for i in indices if not 0 <= subgraph < len(model.subgraphs)
+                      or not 0 <= i < len(model.subgraphs[subgraph].operators)), None)
         raise EdgebnError(f"{model.path}: no operator {index} in subgraph {subgraph}; it has "
                           f"{len(model.subgraphs)} subgraphs" + (
                               f", subgraph {subgraph} {len(model.subgraphs[subgraph].operators)} "
                               "operators" if 0 <= subgraph < len(model.subgraphs) else ""))
     sg, parsed = unpacked.subgraphs[subgraph], model.subgraphs[subgraph]
-    op = sg.operators[index]
-    if calls_subgraphs(op):
-        raise EdgebnError(f"{parsed.operators[index].op} runs other subgraphs; it cannot be "
-                          "timed on its own")
-    intermediates = [int(t) for t in (op.intermediates if op.intermediates is not None else [])]
-    used = [int(t) for t in (*op.inputs, *op.outputs, *intermediates) if t >= 0]
+    ops = [sg.operators[i] for i in indices]
+    for i, op in zip(indices, ops, strict=True):
+        if calls_subgraphs(op):
+            raise EdgebnError(f"{parsed.operators[i].op} runs other subgraphs; it cannot be "
+                              "timed on its own")
+    intermediates = [[int(t) for t in (op.intermediates if op.intermediates is not None else [])]
+                     for op in ops]
+    used = [int(t) for op, mid in zip(ops, intermediates, strict=True)
+            for t in (*op.inputs, *op.outputs, *mid) if t >= 0]
     order = list(dict.fromkeys(used))
     remap = {old: new for new, old in enumerate(order)}
     graph = Graph()
@@ -211,16 +225,22 @@ def single_op(model: TFLiteModel, unpacked: Any, subgraph: int, index: int,
         elif parsed.tensors[old].is_constant:
             t.buffer = graph.add_buffer(model.buffer_bytes(parsed.tensors[old].buffer))
         graph.add_tensor(t)
-    one = copy.copy(op)
-    one.inputs = [remap[int(t)] if t >= 0 else -1 for t in op.inputs]
-    one.outputs = [remap[int(t)] if t >= 0 else -1 for t in op.outputs]
-    one.intermediates = [remap[t] for t in intermediates] or None
-    graph.add_operator(one, unpacked.operatorCodes[op.opcodeIndex])
-    inputs = tuple(t for t in dict.fromkeys(int(i) for i in op.inputs)
-                   if t >= 0 and not parsed.tensors[t].is_constant and t not in frozen
-                   and not sg.tensors[t].isVariable)
-    data = graph.pack([remap[t] for t in inputs], [remap[int(t)] for t in op.outputs if t >= 0],
-                      name=f"op{index}", version=unpacked.version or 3)
+    for op, mid in zip(ops, intermediates, strict=True):
+        one = copy.copy(op)
+        one.inputs = [remap[int(t)] if t >= 0 else -1 for t in op.inputs]
+        one.outputs = [remap[int(t)] if t >= 0 else -1 for t in op.outputs]
+        one.intermediates = [remap[t] for t in mid] or None
+        graph.add_operator(one, unpacked.operatorCodes[op.opcodeIndex])
+    made = {int(t) for op in ops for t in op.outputs if t >= 0}
+    read = {int(t) for op in ops for t in op.inputs if t >= 0}
+    inputs = tuple(t for t in dict.fromkeys(int(i) for op in ops for i in op.inputs)
+                   if t >= 0 and t not in made and not parsed.tensors[t].is_constant
+                   and t not in frozen and not sg.tensors[t].isVariable)
+    outputs = [t for t in dict.fromkeys(int(i) for op in ops for i in op.outputs)
+               if t >= 0 and t not in read] or [int(t) for t in ops[-1].outputs if t >= 0]
+    data = graph.pack([remap[t] for t in inputs], [remap[t] for t in outputs],
+                      name=f"op{indices[0]}" if len(indices) == 1 else
+                      f"ops{indices[0]}-{indices[-1]}", version=unpacked.version or 3)
     return OneOp(data, inputs)
 
 

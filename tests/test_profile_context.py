@@ -1,0 +1,115 @@
+"""edgebn profile explains the model: XNNPACK's fusions timed as they run, segments timed in context.
+
+The models are written by tests/profile_models.py with edgebn's own writer. On the
+MediaPipe-like model, timing each PAD alone (what profile did before) summed to 2.2-2.3 of
+the whole model's p50 on a 2-core Intel Xeon: XNNPACK makes every PAD the padding of the
+convolution after it, so inside the model it costs nothing.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from profile_models import densenet_like, mediapipe_like, two_halves
+from typer.testing import CliRunner
+
+from edgebn.cli.app import app
+from edgebn.runtime.context import segment_cuts
+from edgebn.runtime.profile import FUSED, IN_CONTEXT, ProfileSettings, fused_pads, profile
+from edgebn.tflite.reader import parse_tflite
+from edgebn.tflite.residue import analyse_bn
+
+FAST = ProfileSettings(min_time_s=0.3, residue=False)
+
+
+@pytest.fixture(scope="module")
+def mediapipe():
+    return parse_tflite(mediapipe_like(), "mediapipe_like.tflite")
+
+
+def test_isolated_sum_explains_a_mediapipe_like_model(mediapipe):
+    pads = fused_pads(mediapipe, 0)
+    assert len(pads) == 7 and all(mediapipe.subgraphs[0].operators[c].op in ("CONV_2D", "DEPTHWISE_CONV_2D")
+                                  for c in pads.values())
+    result = profile(mediapipe, FAST)
+    rows = {o.index: o for o in result.operators}
+    for pad, conv in pads.items():
+        assert rows[pad].method == FUSED and rows[pad].time_us == 0.0
+        assert rows[conv].method.endswith("with the PAD before it") and rows[conv].time_us > 0
+    assert 0.8 <= result.isolated_sum_us / result.latency_us.p50 <= 1.2, result.to_json()
+    assert 0.8 <= result.explained <= 1.2
+
+
+def test_without_the_delegate_nothing_is_fused(mediapipe):
+    """XNNPACK fuses the PAD; the reference kernels run it: then it is timed alone."""
+    result = profile(mediapipe, ProfileSettings(min_time_s=0.1, residue=False, context=False,
+                                                xnnpack=False))
+    assert {o.method for o in result.operators} == {"isolated"}
+    assert all(o.time_us > 0 for o in result.operators if o.op == "PAD")
+
+
+def test_a_densenet_like_model_is_explained_in_context():
+    model = parse_tflite(densenet_like(), "densenet_like.tflite")
+    assert len(analyse_bn(model).residual) == 8
+    result = profile(model, FAST)
+    assert len(result.segments) == 8 and result.context_skipped is None
+    assert all(o.method == IN_CONTEXT and o.segment is not None and o.isolated_us is not None
+               for o in result.operators)
+    assert 0.8 <= result.explained <= 1.2, result.to_json()
+    doc = result.to_json()
+    assert doc["isolated_sum_us"] == pytest.approx(result.isolated_sum_us)
+    assert [s["ops"][0] for s in doc["segments"]][0] == 0
+    assert doc["segments"][-1]["ops"][1] == len(model.subgraphs[0].operators) - 1
+    # a row's context time is its isolated time times its segment's factor
+    for o in result.operators:
+        factor = result.segments[o.segment].factor
+        assert o.time_us == pytest.approx(o.isolated_us * factor)
+
+
+def test_the_prefix_between_two_equal_halves_takes_half_the_time():
+    """The independent truth: the same block twice costs the same twice."""
+    model = parse_tflite(two_halves(), "two_halves.tflite")
+    result = profile(model, FAST)
+    middle = next(s for s in result.segments if s.last == 3)
+    assert 0.4 <= middle.fraction <= 0.6, [s.to_json() for s in result.segments]
+    first = sum(s.context_us for s in result.segments if s.last <= 3)
+    second = sum(s.context_us for s in result.segments if s.first >= 4)
+    assert 0.7 <= first / second <= 1.4
+
+
+def test_cuts_keep_a_pad_with_its_convolution():
+    assert segment_cuts(10, {}, 4) == [2, 5, 8, 10]
+    assert segment_cuts(10, {4: 6}, 4) == [2, 7, 8, 10]
+    assert segment_cuts(3, {}, 8) == [1, 2, 3]
+
+
+def test_a_model_that_cannot_be_cut_keeps_its_isolated_rows():
+    model = parse_tflite(_one_conv(), "one.tflite")
+    result = profile(model, FAST)
+    assert result.segments == () and "one operator" in result.context_skipped
+    assert {o.method for o in result.operators} == {"isolated"}
+    assert result.to_json()["context_skipped"] == result.context_skipped
+
+
+def _one_conv() -> bytes:
+    from profile_models import _Net
+
+    n = _Net(0)
+    x = n.g.tensor([1, 8, 8, 4])
+    return n.g.pack([x], [n.conv(x, 4, 4, [1, 8, 8, 4], padding="SAME")])
+
+
+def test_cli_shows_the_method_of_each_row(tmp_path):
+    path = tmp_path / "mp.tflite"
+    path.write_bytes(mediapipe_like())
+    result = CliRunner().invoke(app, ["profile", str(path), "--json", "--min-time", "0.2",
+                                      "--no-residue"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["method"] == "isolated ops" and doc["methods"]["fused"] == 7
+    assert {o["method"] for o in doc["operators"]} >= {"fused", "in context, with the PAD before it"}
+    table = CliRunner().invoke(app, ["profile", str(path), "--min-time", "0.2", "--no-residue",
+                                     "--no-context"])
+    assert table.exit_code == 0, table.output
+    assert "fused by XNNPACK" in table.output and "isolated" in table.output
