@@ -147,6 +147,47 @@ def test_litert_torch_residue_is_found_and_folded(converted, cls):
     assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
 
 
+# litert-torch's int8 route (PT2E, static, per-channel weights): model -> what fold makes of it
+INT8_CASES = {DenseBlock: ("collapsed", "it follows a CONCATENATION"),
+              ConvReluBnConv: ("collapsed", "it reaches a QUANTIZE")}
+
+
+def pt2e_int8(cls, path) -> None:
+    """``cls`` (BN randomised) quantized by PT2E, static, per-channel, converted to ``path``."""
+    from litert_torch.quantize import pt2e_quantizer
+    from torchao.quantization.pt2e import quantize_pt2e
+
+    model = randomise_bn(cls())
+    args = (torch.randn(SHAPE, generator=torch.Generator().manual_seed(1)),)
+    exported = torch.export.export(model, args).module()
+    quantizer = pt2e_quantizer.PT2EQuantizer().set_global(
+        pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True))
+    prepared = quantize_pt2e.prepare_pt2e(exported, quantizer)
+    prepared(*args)  # calibration
+    quantized = quantize_pt2e.convert_pt2e(prepared, fold_quantize=False)
+    litert_torch.convert(quantized, args).export(str(path))
+
+
+@pytest.mark.parametrize("cls", list(INT8_CASES), ids=lambda c: c.__name__)
+def test_litert_torch_int8_files_keep_their_float_chain_between_quantizes(cls, tmp_path):
+    """PT2E quantizes activations with QUANTIZE/DEQUANTIZE pairs and leaves the BN's
+    SUB → MUL → MUL → ADD in float between them: found, collapsed to MUL+ADD, proven, and the
+    reason says what stops a fold (a requantization between the chain and the next kernel)."""
+    path = tmp_path / f"{cls.__name__}_int8.tflite"
+    pt2e_int8(cls, path)
+    parsed = read_tflite(path)
+    assert "QUANTIZE" in parsed.op_counts() and "CONV_2D" in parsed.op_counts()
+    (residual,) = analyse_bn(parsed).residual
+    assert residual.kind == "sub_mul_mul_add"
+    result = fold_tflite(parsed)
+    (chain,) = result.chains
+    outcome, reason = INT8_CASES[cls]
+    assert chain.result == outcome and reason in chain.reason, chain
+    assert result.compared > 0 and result.max_rel_diff <= result.tolerance
+    (left,) = analyse_bn(parse_tflite(result.data)).residual
+    assert len(left.ops) == 2
+
+
 class DenseClassifier(nn.Module):
     """A DenseNet-style classifier for 3 classes: a BN it folds, one it collapses, GAP, Linear."""
 

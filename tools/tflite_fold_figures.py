@@ -44,7 +44,7 @@ def _models(tmp: Path) -> list[tuple[str, str, bytes]]:
     try:
         import litert_torch
         import torch
-        from test_litert_torch import CASES, SHAPE, randomise_bn
+        from test_litert_torch import CASES, INT8_CASES, SHAPE, pt2e_int8, randomise_bn
     except ImportError:
         print("(torch extra not installed: litert-torch rows left out)", file=sys.stderr)
         return rows
@@ -53,6 +53,11 @@ def _models(tmp: Path) -> list[tuple[str, str, bytes]]:
         with contextlib.redirect_stdout(io.StringIO()):  # litert-torch's progress lines
             litert_torch.convert(randomise_bn(cls()), (torch.zeros(SHAPE),)).export(str(path))
         rows.append((cls.__name__, "litert-torch 0.10", path.read_bytes()))
+    for cls in INT8_CASES:
+        path = tmp / f"{cls.__name__}_int8.tflite"
+        with contextlib.redirect_stdout(io.StringIO()):
+            pt2e_int8(cls, path)
+        rows.append((f"{cls.__name__} (int8, PT2E)", "litert-torch 0.10", path.read_bytes()))
     return rows
 
 
