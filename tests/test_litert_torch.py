@@ -115,6 +115,46 @@ def converted(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def converted_float16(tmp_path_factory):
+    """The same models through litert-torch's float16 recipe (weights stored as float16)."""
+    pytest.importorskip("ai_edge_quantizer", reason="the torch extra is not installed: "
+                                                   "pip install '.[torch]'")
+    from litert_torch.generative.quantize import quant_recipes
+
+    out = {}
+    for cls in CASES:
+        model = randomise_bn(cls())
+        path = tmp_path_factory.mktemp("litert16") / f"{cls.__name__}.tflite"
+        litert_torch.convert(model, (torch.zeros(SHAPE),),
+                             quant_config=quant_recipes.full_fp16_recipe()).export(str(path))
+        out[cls] = (path, model)
+    return out
+
+
+@pytest.mark.parametrize("cls", list(CASES), ids=lambda c: c.__name__)
+def test_litert_torch_float16_residue_folds_into_float16_weights(converted_float16, cls):
+    path, model = converted_float16[cls]
+    kind, outcome, into = CASES[cls]
+    parsed = read_tflite(path)
+    assert "DEQUANTIZE" in parsed.op_counts() or kind is None
+    assert [r.kind for r in analyse_bn(parsed).residual] == ([kind] if kind else [])
+    result = fold_tflite(parsed)
+    assert [c.result for c in result.chains] == ([outcome] if outcome else [])
+    if outcome == "folded":
+        (chain,) = result.chains
+        assert chain.into_type == into and chain.float16  # stored as float16 again
+        assert result.tolerance > 2 ** -10
+    assert result.max_rel_diff <= result.tolerance
+    folded = parse_tflite(result.data)
+    assert len(analyse_bn(folded).residual) == (1 if outcome == "collapsed" else 0)
+    x = np.random.default_rng(6).normal(0, 1, SHAPE).astype(np.float32)
+    with torch.no_grad():
+        want = model(torch.from_numpy(x)).numpy()
+    got = _predict(result.data, x)  # float16 weights: within their rounding of PyTorch's float32
+    assert np.abs(got - want).max() <= 1e-2 * np.abs(want).max()
+
+
 def _predict(data: bytes, x: np.ndarray) -> np.ndarray:
     interp, _ = load_interpreter(parse_tflite(data), xnnpack=False)
     interp.set_tensor(interp.get_input_details()[0]["index"], x)

@@ -53,6 +53,16 @@ def _models(tmp: Path) -> list[tuple[str, str, bytes]]:
         with contextlib.redirect_stdout(io.StringIO()):  # litert-torch's progress lines
             litert_torch.convert(randomise_bn(cls()), (torch.zeros(SHAPE),)).export(str(path))
         rows.append((cls.__name__, "litert-torch 0.10", path.read_bytes()))
+    try:
+        from litert_torch.generative.quantize import quant_recipes
+    except ImportError:
+        quant_recipes = None
+    for cls in CASES if quant_recipes is not None else ():
+        path = tmp / f"{cls.__name__}_f16.tflite"
+        with contextlib.redirect_stdout(io.StringIO()):
+            litert_torch.convert(randomise_bn(cls()), (torch.zeros(SHAPE),),
+                                 quant_config=quant_recipes.full_fp16_recipe()).export(str(path))
+        rows.append((f"{cls.__name__} (float16)", "litert-torch 0.10", path.read_bytes()))
     for cls in INT8_CASES:
         path = tmp / f"{cls.__name__}_int8.tflite"
         with contextlib.redirect_stdout(io.StringIO()):
