@@ -12,7 +12,7 @@ import json
 
 import numpy as np
 import pytest
-from tflite_forms import FORMS, Form, conv_bn, relu_bn_pool_dense
+from tflite_forms import FORMS, Form, conv_bn, relu_bn_pool_dense, wrong_scale
 from typer.testing import CliRunner
 
 from edgebn.cli.app import app
@@ -83,13 +83,7 @@ def test_a_max_pool_stops_a_negative_scale_and_passes_a_positive_one():
 
 def test_a_wrong_fold_is_refused_and_nothing_is_written(monkeypatch, tmp_path):
     """One channel's scale × (1 + 1e-3): the proof sees it."""
-    real = tflite_fold_algebra.chain_affine
-
-    def wrong(*args):
-        s, t = real(*args)
-        s = s.copy()
-        s[1] *= 1 + 1e-3
-        return s, t
+    wrong = wrong_scale(tflite_fold_algebra.chain_affine)
 
     src = tmp_path / "conv.tflite"
     src.write_bytes(conv_bn(0))

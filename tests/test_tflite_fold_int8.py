@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from tflite_forms import INT8_FORMS, float64_run, int8_kernel_bn
+from tflite_forms import INT8_FORMS, float64_run, int8_kernel_bn, wrong_scale
 from typer.testing import CliRunner
 
 from edgebn.cli.app import app
@@ -89,13 +89,7 @@ def test_a_wrong_int8_fold_fails_the_float64_truth(monkeypatch):
 
 def test_a_wrong_int8_fold_is_refused_and_nothing_is_written(monkeypatch, tmp_path):
     """One channel's s × (1 + 1e-3): a fraction of a step on the outputs, refused on the weights."""
-    real = tflite_fold_algebra.chain_affine
-
-    def wrong(*args):
-        s, t = real(*args)
-        s = s.copy()
-        s[1] *= 1 + 1e-3
-        return s, t
+    wrong = wrong_scale(tflite_fold_algebra.chain_affine)
 
     src = tmp_path / "conv_int8.tflite"
     src.write_bytes(INT8_FORMS["conv_sub_mul_mul_add"](0))

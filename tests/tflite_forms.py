@@ -449,3 +449,13 @@ def _float64_op(builtin: str, ins: list) -> np.ndarray:
     linear = {"CONV_2D": conv2d, "DEPTHWISE_CONV_2D": depthwise,
               "FULLY_CONNECTED": lambda x, w: x @ w.T}[builtin]
     return linear(ins[0], ins[1]) + (ins[2] if ins[2] is not None else 0)
+
+
+def wrong_scale(real, channel: int = 1, factor: float = 1 + 1e-3):
+    """``chain_affine`` made wrong on purpose: one channel's ``s`` times ``factor``."""
+    def wrong(*args):
+        s, t = real(*args)
+        s = s.copy()
+        s[channel] *= factor
+        return s, t
+    return wrong
