@@ -16,7 +16,8 @@ from typer.testing import CliRunner
 
 from edgebn.cli.app import app
 from edgebn.runtime.context import segment_cuts
-from edgebn.runtime.profile import FUSED, IN_CONTEXT, ProfileSettings, fused_pads, profile
+from edgebn.runtime.fusion import fused_pads
+from edgebn.runtime.profile import FUSED, IN_CONTEXT, ProfileSettings, profile
 from edgebn.tflite.reader import parse_tflite
 from edgebn.tflite.residue import analyse_bn
 
@@ -113,3 +114,34 @@ def test_cli_shows_the_method_of_each_row(tmp_path):
                                      "--no-context"])
     assert table.exit_code == 0, table.output
     assert "fused by XNNPACK" in table.output and "isolated" in table.output
+
+
+def test_delegate_partitions_tell_an_operator_that_fell_out_of_xnnpack():
+    """The residue cost's check that the bypassed copy is delegated as the model is: a CUMSUM
+    (no XNNPACK kernel) between two convolutions splits the graph in two partitions."""
+    import numpy as np
+    from profile_models import _Net
+    from tflite_forms import _opts
+
+    from edgebn.runtime.backends import delegate_partitions, load_interpreter
+
+    n = _Net(0)
+    x = n.g.tensor([1, 8, 8, 4])
+    y = n.conv(x, 4, 4, [1, 8, 8, 4], padding="SAME")
+    axis = n.g.tensor([], "INT32", data=np.array(3, np.int32))
+    y = n.op("CUMSUM", [y, axis], [1, 8, 8, 4], _opts("CumsumOptionsT"))
+    split = parse_tflite(n.g.pack([x], [n.conv(y, 4, 4, [1, 8, 8, 4], padding="SAME")]), "split")
+    assert delegate_partitions(load_interpreter(split)[0]) == 2
+    assert delegate_partitions(load_interpreter(_one_conv_model())[0]) == 1
+
+
+def _one_conv_model():
+    return parse_tflite(_one_conv(), "one.tflite")
+
+
+def test_the_residue_cost_says_the_bypassed_copy_keeps_its_delegation():
+    model = parse_tflite(densenet_like(layers=3), "densenet_like.tflite")
+    result = profile(model, ProfileSettings(min_time_s=0.2, context=False))
+    assert result.residue is not None and result.residue.partitions == (1, 1)
+    assert not result.residue.lost_delegation
+    assert result.to_json()["residue"]["delegate_partitions"] == {"model": 1, "bypassed": 1}

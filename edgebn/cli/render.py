@@ -382,6 +382,10 @@ def profile(result: Any, top: int = 15) -> None:
         out.print(f"residue cost: {measured} (p50 {r.model_p50_us:,.1f} µs against "
                   f"{r.bypassed_p50_us:,.1f} µs with the {r.pairs} chains bypassed); an estimate: "
                   "the bypassed graph computes different outputs")
+        if r.lost_delegation:
+            out.print(f"  [yellow]the bypassed copy has {r.partitions[1]} XNNPACK partitions against "
+                      f"the model's {r.partitions[0]}: an operator fell out of the delegate, so the "
+                      "cost is understated[/]")
     elif result.residue_skipped:
         out.print(f"residue cost: not measured ({result.residue_skipped})")
     if result.baseline is not None:

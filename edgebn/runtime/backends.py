@@ -171,6 +171,17 @@ def load_interpreter(  # noqa: PLR0913 - the interpreter's own options
     return interpreter, BackendInfo(name, version, threads, xnnpack)
 
 
+def delegate_partitions(interpreter: Any) -> int | None:
+    """How many delegate nodes (XNNPACK partitions) the interpreter's graph has; None where the
+    runtime does not say. One partition means every operator was delegated; each operator the
+    delegate refuses splits the graph."""
+    try:
+        details = interpreter._get_ops_details()  # noqa: SLF001 - the only view of the nodes
+    except (AttributeError, ValueError, RuntimeError):
+        return None
+    return sum(1 for d in details if d.get("op_name") == "DELEGATE")
+
+
 # ---------------------------------------------------------------- the preflight
 
 PREFLIGHT_TIMEOUT_S = 300.0  # a model that takes longer to prepare and run once is refused

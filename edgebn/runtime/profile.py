@@ -41,6 +41,7 @@ from typing import Any
 
 from edgebn.errors import EdgebnError
 from edgebn.runtime.context import Segment, context_unsupported, prefix_fractions, segment_cuts, segments_of
+from edgebn.runtime.fusion import fused_pads
 from edgebn.runtime.op_timing import ROUNDS, Timed, capture, captured
 from edgebn.runtime.opdiff import OpDiff, diff_operators
 from edgebn.runtime.timing import BenchSettings, Latency, RatioEstimate, latency_ratio
@@ -52,8 +53,6 @@ OP_MIN_TIME_S = 0.01  # timed seconds per operator at the least
 ISOLATED, WITH_PAD, FUSED, AT_LOAD_METHOD, NOT_TIMED = (
     "isolated", "with the PAD before it", "fused", "at load", "not timed")
 IN_CONTEXT = "in context"  # an isolated time scaled to its segment's (edgebn.runtime.context)
-PADS = ("PAD", "PADV2")
-PAD_CONSUMERS = ("CONV_2D", "DEPTHWISE_CONV_2D")
 CONSTANT_NOTE = "only constant inputs: the runtime computes it once, when the model is loaded"
 AT_LOAD = frozenset({"DEQUANTIZE", "DENSIFY"})  # kernels that compute constants once, cached
 MAX_OPERATORS = 5000  # one interpreter each is alive at once: refuse what would exhaust memory
@@ -128,6 +127,7 @@ class ResidueCost:
     model_p50_us: float
     bypassed_p50_us: float
     estimate: RatioEstimate | None = None  # the rounds' ratio with its interval
+    partitions: tuple[int | None, int | None] | None = None  # XNNPACK partitions: model, bypassed
 
     @property
     def ratio(self) -> float:
@@ -144,7 +144,15 @@ class ResidueCost:
                "bypassed_p50_us": self.bypassed_p50_us, "ratio": self.ratio, "note": RESIDUE_NOTE}
         if self.estimate is not None:
             doc |= self.estimate.interval_json()
+        if self.partitions is not None:
+            doc["delegate_partitions"] = {"model": self.partitions[0], "bypassed": self.partitions[1]}
         return doc
+
+    @property
+    def lost_delegation(self) -> bool:
+        """The bypassed copy has more XNNPACK partitions: an operator fell out of the delegate."""
+        p = self.partitions
+        return p is not None and None not in p and p[1] > p[0]
 
 
 @dataclass(frozen=True)
@@ -313,40 +321,6 @@ def _static(sg: Any) -> set[int]:
     return static
 
 
-def fused_pads(model: TFLiteModel, sg_index: int) -> dict[int, int]:
-    """PAD operator -> the CONV_2D / DEPTHWISE_CONV_2D XNNPACK fuses it into: a constant,
-    non-negative padding of the spatial axes only, read by that convolution alone as its data."""
-    sg = model.subgraphs[sg_index]
-    readers: dict[int, list[Any]] = {}
-    for op in sg.operators:
-        for t in set(op.inputs):
-            readers.setdefault(t, []).append(op)
-    fused = {}
-    for op in sg.operators:
-        if op.op not in PADS or len(op.inputs) < 2 or len(op.outputs) != 1 or min(op.inputs) < 0:
-            continue
-        out = op.outputs[0]
-        users = readers.get(out, [])
-        if len(users) != 1 or users[0].op not in PAD_CONSUMERS or users[0].inputs[0] != out \
-                or out in sg.outputs or users[0].index <= op.index:
-            continue
-        paddings = model.constant(sg.tensors[op.inputs[1]])
-        if paddings is None or paddings.shape != (4, 2) or (paddings < 0).any() \
-                or paddings[[0, 3]].any():
-            continue
-        if op.op == "PADV2" and (len(op.inputs) < 3 or not _zero_pad_value(model, sg, op)):
-            continue
-        fused[op.index] = users[0].index
-    return fused
-
-
-def _zero_pad_value(model: TFLiteModel, sg: Any, op: Any) -> bool:
-    value = model.constant(sg.tensors[op.inputs[2]]) if op.inputs[2] >= 0 else None
-    q = sg.tensors[op.inputs[2]].quantization if op.inputs[2] >= 0 else None
-    zero = q.zero_point[0] if q is not None and q.zero_point else 0
-    return value is not None and value.size == 1 and float(value.reshape(-1)[0]) == float(zero)
-
-
 def _prepare(model: TFLiteModel, settings: ProfileSettings,
              pairs: list[tuple[int, ...]]) -> _Prepared:
     from edgebn.tflite.macs import model_cost
@@ -444,7 +418,14 @@ def residue_cost(model: TFLiteModel | str | Path, settings: ProfileSettings = Pr
         return None
     bypassed = parse_tflite(bypass_chains(model, pairs), f"{model.path} (residual BN bypassed)")
     est = latency_ratio(model, bypassed, settings, width=0.02)
-    return ResidueCost(len(pairs), est.current_p50_us, est.baseline_p50_us, est)
+    partitions = None
+    if settings.xnnpack:  # a ratio below 1 would mean the bypassed copy ran slower: is it delegated?
+        from edgebn.runtime.backends import delegate_partitions, load_interpreter
+
+        partitions = tuple(delegate_partitions(load_interpreter(m, settings.backend, settings.threads,
+                                                                checked=False)[0])
+                           for m in (model, bypassed))
+    return ResidueCost(len(pairs), est.current_p50_us, est.baseline_p50_us, est, partitions)
 
 
 def profile(model: TFLiteModel | str | Path, settings: ProfileSettings = ProfileSettings(),
