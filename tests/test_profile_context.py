@@ -145,3 +145,20 @@ def test_the_residue_cost_says_the_bypassed_copy_keeps_its_delegation():
     assert result.residue is not None and result.residue.partitions == (1, 1)
     assert not result.residue.lost_delegation
     assert result.to_json()["residue"]["delegate_partitions"] == {"model": 1, "bypassed": 1}
+
+
+def test_the_devices_operator_models_time_a_pad_with_its_convolution(tmp_path):
+    """predict.py --profile's models (edgebn bundle --profile) follow the same fusion."""
+    import numpy as np
+
+    from edgebn.deploy.op_models import write_operator_models
+
+    model = parse_tflite(mediapipe_like(size=32), "mediapipe_like.tflite")
+    golden = np.random.default_rng(0).random((1, 32, 32, 3), dtype=np.float32)
+    doc = write_operator_models(model, golden, tmp_path)
+    rows = {r["index"]: r for r in doc["operators"]}
+    for pad, conv in fused_pads(model, 0).items():
+        assert rows[pad]["method"] == "fused" and "model" not in rows[pad]
+        assert rows[conv]["method"] == "with the PAD before it"
+        ops = parse_tflite((tmp_path / rows[conv]["model"]).read_bytes()).subgraphs[0].operators
+        assert [o.op for o in ops] == ["PAD", model.subgraphs[0].operators[conv].op]

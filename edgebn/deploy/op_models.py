@@ -7,7 +7,9 @@ on the first golden input (captured with every tensor kept). They are written in
 under ``profile/`` and listed in ``profile/profile.json``, so the manifest covers them like
 every other file; the device times each with only NumPy and its interpreter. Operators that
 compute constants once, at load (a DEQUANTIZE of float16 weights), are listed with that note
-and not timed; an operator that cannot stand alone is listed with its reason.
+and not timed; an operator that cannot stand alone is listed with its reason. A PAD that
+XNNPACK makes the padding of the convolution after it (:mod:`edgebn.runtime.fusion`) is
+written into that convolution's model and listed as fused, as ``edgebn profile`` times it.
 """
 
 from __future__ import annotations
@@ -20,13 +22,14 @@ from typing import Any
 import numpy as np
 
 from edgebn.errors import EdgebnError
+from edgebn.runtime.fusion import fused_pads
 from edgebn.runtime.op_timing import capture, captured
 from edgebn.runtime.profile import AT_LOAD, CONSTANT_NOTE
 from edgebn.runtime.timing import BenchSettings
 from edgebn.tensors import make_inputs
 from edgebn.tflite.macs import model_cost
 from edgebn.tflite.reader import TFLiteModel
-from edgebn.tflite.writer import single_op, unpack
+from edgebn.tflite.writer import op_group, unpack
 
 PROFILE_DIR = "profile"
 INDEX = f"{PROFILE_DIR}/profile.json"
@@ -59,6 +62,8 @@ def write_operator_models(model: TFLiteModel, golden: np.ndarray, out: Path, nch
     sg, unpacked = model.subgraphs[0], unpack(model)
     macs = {c.index: c.macs for c in model_cost(model).ops if c.subgraph == 0}
     static = {t.index for t in sg.tensors if t.is_constant}
+    pads = fused_pads(model, 0)
+    padded = {conv: pad for pad, conv in pads.items()}
     (out / PROFILE_DIR).mkdir()
     rows = []
     for op in sg.operators:
@@ -68,10 +73,19 @@ def write_operator_models(model: TFLiteModel, golden: np.ndarray, out: Path, nch
             static |= {t for t in op.outputs if t >= 0}
             row["note"] = CONSTANT_NOTE
             continue
-        frozen = {t: v for t in op.inputs if t in static and not sg.tensors[t].is_constant
+        if op.index in pads:
+            row["note"] = (f"XNNPACK makes it the padding of the {sg.operators[pads[op.index]].op} "
+                           f"#{pads[op.index]}: timed with it")
+            row["method"] = "fused"
+            continue
+        group = (padded[op.index], op.index) if op.index in padded else (op.index,)
+        if len(group) == 2:
+            row["method"] = "with the PAD before it"
+        reads = [t for i in group for t in sg.operators[i].inputs]
+        frozen = {t: v for t in reads if t in static and not sg.tensors[t].is_constant
                   and (v := captured(reference, 0, t)) is not None}
         try:
-            one = single_op(model, unpacked, 0, op.index, frozen)
+            one = op_group(model, unpacked, 0, group, frozen)
         except EdgebnError as exc:
             row["note"] = str(exc)
             continue
