@@ -156,8 +156,11 @@ def _summary(results, residues) -> None:
         if name in MODELS:
             _, kwargs, size, _ = MODELS[name]
             label = f"{size}x{size}" + "".join(f", {k} {v}" for k, v in kwargs.items())
-        else:
-            label = "x".join(map(str, r.operators[0].shape[1:3])) if r.operators else "-"
+        else:  # the model's input, height x width
+            from edgebn.tflite.reader import read_tflite
+
+            sg = read_tflite(r.model).subgraphs[0]
+            label = "x".join(map(str, sg.tensors[sg.inputs[0]].shape[1:3]))
         bypassed, twin = residues.get(name, (None, None))
         factors = [g.factor for g in r.segments if g.factor is not None]
         spread = f"{min(factors):.2f}-{max(factors):.2f}" if factors else (r.context_skipped or "-")

@@ -71,7 +71,7 @@ def write_operator_models(model: TFLiteModel, golden: np.ndarray, out: Path, nch
         rows.append(row)
         if op.op in AT_LOAD and all(t in static for t in op.inputs if t >= 0):
             static |= {t for t in op.outputs if t >= 0}
-            row["note"] = CONSTANT_NOTE
+            row["note"], row["method"] = CONSTANT_NOTE, "at load"
             continue
         if op.index in pads:
             row["note"] = (f"XNNPACK makes it the padding of the {sg.operators[pads[op.index]].op} "

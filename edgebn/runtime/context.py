@@ -98,8 +98,11 @@ def prefix_fractions(model: TFLiteModel, unpacked: Any, settings: BenchSettings,
     for cut in cuts[:-1]:
         read = {t for op in sg.operators[:cut] for t in op.inputs}
         # a DEQUANTIZE of weights read only after the cut would be a constant output: left out
-        ops = tuple(i for i in range(cut) if sg.operators[i].op not in AT_LOAD
+        ops = tuple(i for i in range(cut) if not _at_load(sg, sg.operators[i])
                     or set(sg.operators[i].outputs) & read)
+        if not ops:  # only weights made at load: the prefix costs nothing at inference
+            fractions.append(0.0)
+            continue
         one = op_group(model, unpacked, 0, ops)
         feeds = [captured(reference, 0, t) for t in one.inputs]
         prefix = Timed(parse_tflite(one.data, f"{model.path} operators 0-{cut - 1}"), settings,
@@ -113,6 +116,11 @@ def prefix_fractions(model: TFLiteModel, unpacked: Any, settings: BenchSettings,
         fractions.append(float(mine / theirs) if theirs > 0 else 0.0)
         del prefix, one
     return fractions
+
+
+def _at_load(sg: Any, op: Any) -> bool:
+    """An operator of constants only (a DEQUANTIZE of float16 weights): computed once, at load."""
+    return op.op in AT_LOAD and all(sg.tensors[t].is_constant for t in op.inputs if t >= 0)
 
 
 def segments_of(cuts: list[int], fractions: list[float], whole_p50_us: float,

@@ -336,7 +336,8 @@ def _prepare(model: TFLiteModel, settings: ProfileSettings,
     pads = {sg.index: fused_pads(model, sg.index) if settings.xnnpack else {}
             for sg in model.subgraphs}
     padded = {(s, conv): pad for s, fused in pads.items() for pad, conv in fused.items()}
-    prepared = _Prepared(model, whole, reference, unpacked, pads.get(0, {}))
+    prepared = _Prepared(model, whole, reference if settings.context else None, unpacked,
+                         pads.get(0, {}))
     for cost in costs:
         sg = model.subgraphs[cost.subgraph]
         op = sg.operators[cost.index]
@@ -448,12 +449,15 @@ def profile(model: TFLiteModel | str | Path, settings: ProfileSettings = Profile
     overhead_us = empty.latency().p50
     results = [replace(p.result(overhead_us), residual_count=len(c))
                for p, c in zip(prepared, pairs, strict=True)]
-    for p in prepared:  # free the operators' interpreters before the prefixes are timed
-        p.ops.clear()
-    if settings.context:
-        results = [in_context(r, p, settings, overhead_us) for r, p in zip(results, prepared, strict=True)]
-    del prepared  # free the interpreters before the residue is timed
+    base = prepared[1:]
+    del prepared[1:], empty  # free the baseline's interpreters, and the operators', before the prefixes
+    base.clear()
+    main = prepared.pop()
+    main.ops.clear()
     result = results[0]
+    if settings.context:  # the model's rows in context; a baseline's stay isolated (the diff)
+        result = in_context(result, main, settings, overhead_us)
+    del main  # free the whole model's interpreter and its reference run before the residue
     if settings.residue:
         try:
             result = replace(result, residue=residue_cost(models[0], settings, pairs[0]))
@@ -461,8 +465,10 @@ def profile(model: TFLiteModel | str | Path, settings: ProfileSettings = Profile
             result = replace(result, residue_skipped=f"the graph with its residual BN bypassed "
                                                      f"cannot be timed: {exc}")
     if baseline is not None:
+        isolated = [replace(o, time_us=o.isolated_us) if o.isolated_us is not None else o
+                    for o in result.operators]  # both files' isolated times, side by side
         result = replace(result, baseline=results[1],
-                         diff=diff_operators(result.operators, results[1].operators))
+                         diff=diff_operators(isolated, results[1].operators))
     return result
 
 

@@ -15,20 +15,22 @@ folded weights were stored as float16 again, float16 rounding is added
 **Quantized tensors** (INT8, UINT8, INT16 with one scale) are compared too, dequantized with
 their own scale and zero point, in steps of the original's scale::
 
-    max|folded − original| / scale ≤ INT8_STEPS                        (per tensor)
+    max|folded − original| / scale ≤ step tolerance                    (per tensor)
 
 The folded int8 file is not the original to the bit: it removes roundings. A chain of ``n``
 steps on int8 activations requantized ``x`` and each step's output, each to half a step of
 its own scale, before ``y``'s rounding; the fold keeps only ``y``'s (the kernel computes
 ``s·x + t`` in int32 and rounds once). So ``y`` may land one step either side wherever those
 removed errors, at most ``Σ ½·S_k·|s after k| / S_y`` steps of ``y``, cross a rounding
-boundary: one step, or two where a removed rounding is as coarse as ``y``'s own (the
-converter's scales: each removed error ≤ ½ step of ``y``, measured ≤ 1.0 over its chains).
-Operators after ``y`` see that step and pass it on in their own steps. :data:`INT8_STEPS` is
-that bound; the worst measured is reported (``max_steps``). The fold also removes the clamps
+boundary. The step tolerance is that bound, computed per folded chain from its own scales and
+constants (:func:`step_bound`: ``1 + Σ ½·S_k·max|s after k| / S_y``, rounded up), and at
+least :data:`INT8_STEPS`; operators after ``y`` see that difference and pass it on in their
+own steps. The worst measured is reported (``max_steps``, beside ``step_tolerance``). The
+fold also removes the clamps
 of those tensors: where the original clipped one (an input beyond its calibrated range), it
-saturated and the folded file did not; those elements of ``y``, and the runs for the tensors
-after it, are left out of the comparison and counted (``clipped_elements``).
+saturated and the folded file did not; those elements of ``y``, and those runs for the
+tensors computed from ``y``, are left out of the comparison and counted (``clipped_elements``,
+``clipped_runs``); a tensor with every run left out is not counted as compared.
 
 The int8 outputs cannot show a wrong fold of a size below their step (a scale off by 1e-3
 moves ``y`` by a fraction of a step), so each backward fold of an int8 chain is also checked
@@ -113,6 +115,8 @@ class TFLiteFoldResult:
     worst_quantized: TensorDiff | None = None  # the quantized tensor most steps apart
     compared_quantized: int = 0  # of ``compared``, the quantized tensors
     clipped: int = 0  # chain-output elements left out: the original clipped what the fold removes
+    clipped_runs: int = 0  # runs left out for the tensors after those elements
+    step_tolerance: float = INT8_STEPS  # quantized tensors: steps allowed (step_bound)
     parameters: ParameterCheck | None = None  # the int8 backward folds' weights and bias
 
     @property
@@ -137,8 +141,9 @@ class TFLiteFoldResult:
             "tolerance": self.tolerance, "compared_tensors": self.compared,
             "max_rel_diff": self.max_rel_diff,
             "worst_tensor": None if self.worst is None else self.worst.to_json(),
-            "compared_quantized": self.compared_quantized, "step_tolerance": INT8_STEPS,
+            "compared_quantized": self.compared_quantized, "step_tolerance": self.step_tolerance,
             "max_steps": self.max_steps, "clipped_elements": self.clipped,
+            "clipped_runs": self.clipped_runs,
             "worst_quantized_tensor": None if self.worst_quantized is None else
             self.worst_quantized.to_json(),
             "parameters": None if self.parameters is None else self.parameters.to_json(),
@@ -181,6 +186,37 @@ def _run_all(model: TFLiteModel, feeds: list[list[np.ndarray]], checked: bool
     return runs
 
 
+def step_bound(model: TFLiteModel, rewrite: Rewrite) -> float:
+    """Steps of ``y`` the roundings a fold removes can move it, the worst folded chain:
+    ``1 + Σ_k ½·S_k·max|Π_(j≥k) m_j| / S_y`` over the chain's quantized input and middle
+    tensors ``k`` (``m_j`` the MUL constants from step ``k`` on), rounded up; at least
+    :data:`INT8_STEPS`."""
+    from edgebn.tflite.fold import const_values
+    from edgebn.tflite.residue import constant_source
+
+    worst = INT8_STEPS
+    for c in rewrite.chains:
+        if c.result != "folded":
+            continue
+        sg = model.subgraphs[c.subgraph]
+        ops = [sg.operators[i] for i in c.ops]
+        qy = _per_tensor(sg.tensors[ops[-1].outputs[0]])
+        if qy is None:
+            continue
+        producer = {t: op for op in sg.operators for t in op.outputs if t >= 0}
+        total, factor = 1.0, 1.0
+        for op in reversed(ops):  # the factor after each step's input, from the end
+            const = next((t for t in op.inputs if constant_source(model, sg, t, producer) is not None), None)
+            if op.op == "MUL" and const is not None:
+                factor = factor * float(np.abs(const_values(model, sg, const, producer)).max())
+            data = next((t for t in op.inputs if t != const and t >= 0), None)
+            q = _per_tensor(sg.tensors[data]) if data is not None else None
+            if q is not None:
+                total += 0.5 * q[0] * factor / qy[0]
+        worst = max(worst, float(np.ceil(total)))
+    return worst
+
+
 def _per_tensor(tensor: Tensor) -> tuple[float, int] | None:
     """A quantized tensor's one scale and zero point, or None (float, or per-channel)."""
     q = tensor.quantization
@@ -196,6 +232,19 @@ class Comparison:
     worst_quantized: TensorDiff | None  # the quantized tensor most steps apart
     quantized: int = 0
     clipped: int = 0  # chain-output elements left out: the original clipped a removed tensor there
+    clipped_runs: int = 0  # runs left out for the tensors after such a chain output
+
+
+def _downstream(model: TFLiteModel, outputs: set[tuple[int, int]]) -> set[tuple[int, int]]:
+    """Every tensor computed from ``outputs`` (not themselves), in the same subgraph."""
+    out: set[tuple[int, int]] = set()
+    for sg in model.subgraphs:
+        reached = {t for s, t in outputs if s == sg.index}
+        for op in sg.operators:  # execution order: producers first
+            if reached & set(op.inputs):
+                reached |= {t for t in op.outputs if t >= 0}
+        out |= {(sg.index, t) for t in reached} - outputs
+    return out
 
 
 def _clipped(original: TFLiteModel, rewrite: Rewrite, before: list[dict[tuple[int, int], np.ndarray]]
@@ -231,6 +280,7 @@ def compare(original: TFLiteModel, folded: TFLiteModel, rewrite: Rewrite,
     # the original was preflighted; the rewrite of it is checked in a child process too
     before, after = _run_all(original, feeds, checked=False), _run_all(folded, feeds, checked=True)
     masks, runs = _clipped(original, rewrite, before)
+    after_clipped = _downstream(original, set(masks)) if runs.any() else set()
     worst = worst_q = None
     compared = quantized = 0
     for key in sorted(set(before[0]) & set(after[0]) - rewrite.changed):
@@ -238,9 +288,15 @@ def compare(original: TFLiteModel, folded: TFLiteModel, rewrite: Rewrite,
         b = np.stack([run[key] for run in after])
         if a.shape != b.shape:
             continue
-        keep = ~masks[key] if key in masks else np.broadcast_to(~runs.reshape((-1,) + (1,) * (a.ndim - 1)),
-                                                                a.shape)
+        if key in masks:
+            keep = ~masks[key]
+        elif key in after_clipped:  # what the clipped elements fed: those runs left out
+            keep = np.broadcast_to(~runs.reshape((-1,) + (1,) * (a.ndim - 1)), a.shape)
+        else:
+            keep = np.ones(a.shape, bool)
         a, b = a[keep], b[keep]
+        if a.size == 0 and keep.size:  # every run left out: this tensor is not compared
+            continue
         compared += 1
         tensor = original.subgraphs[key[0]].tensors[key[1]]
         scale = float(np.abs(a).max()) if a.size else 0.0
@@ -256,7 +312,8 @@ def compare(original: TFLiteModel, folded: TFLiteModel, rewrite: Rewrite,
                 worst_q = found
         elif worst is None or rel > worst.max_rel_diff:
             worst = TensorDiff(key[0], key[1], tensor.name, diff, rel)
-    return Comparison(compared, worst, worst_q, quantized, int(sum(m.sum() for m in masks.values())))
+    return Comparison(compared, worst, worst_q, quantized, int(sum(m.sum() for m in masks.values())),
+                      int(runs.sum()) if after_clipped else 0)
 
 
 def _chain_affine(model: TFLiteModel, ops: tuple[int, ...], sg: int) -> tuple[np.ndarray, np.ndarray]:
@@ -384,6 +441,8 @@ def fold_tflite(model: TFLiteModel | str | Path, data: np.ndarray | None = None,
     result = TFLiteFoldResult(original.path, None, rewrite.chains, found.compared, SAMPLES, where,
                               limit, found.worst, data=rewrite.data, worst_quantized=found.worst_quantized,
                               compared_quantized=found.quantized, clipped=found.clipped,
+                              clipped_runs=found.clipped_runs,
+                              step_tolerance=step_bound(original, rewrite),
                               parameters=check_parameters(original, folded, rewrite))
     _refuse_beyond(result, FLOAT16_ROUNDING if rewrite.float16 else SCALE_ROUNDING)
     if bench is not None and rewrite.chains:
@@ -398,10 +457,10 @@ def _refuse_beyond(result: TFLiteFoldResult, weight_rounding: float) -> None:
         raise FoldError(f"{result.model}: the folded file differs from the original at tensor "
                         f"{worst.tensor} ({worst.name or 'unnamed'}) by {worst.max_rel_diff:.3g} of its "
                         f"largest value, above the tolerance {result.tolerance:.3g}: nothing written")
-    if worst_q is not None and not (worst_q.max_steps or 0.0) <= INT8_STEPS:
+    if worst_q is not None and not (worst_q.max_steps or 0.0) <= result.step_tolerance:
         raise FoldError(f"{result.model}: the folded file differs from the original at quantized "
                         f"tensor {worst_q.tensor} ({worst_q.name or 'unnamed'}) by {worst_q.max_steps:.3g} "
-                        f"steps of its scale, above {INT8_STEPS:g}: nothing written")
+                        f"steps of its scale, above {result.step_tolerance:g}: nothing written")
     if check is not None and not check.max_weight_rel_diff <= weight_rounding:
         raise FoldError(f"{result.model}: a folded kernel's weights differ from s⊗W by "
                         f"{check.max_weight_rel_diff:.3g} of a channel's largest weight, above "

@@ -324,7 +324,7 @@ def latency_ratio(model: TFLiteModel | str | Path, baseline: TFLiteModel | str |
         ratios.append(float(cur / max(base, 1)))
         if len(ratios) >= MIN_ROUNDS:
             blocks = [np.median(ratios[i:i + REFRESH_ROUNDS])
-                      for i in range(0, len(ratios), REFRESH_ROUNDS)]
+                      for i in range(0, len(ratios) - REFRESH_ROUNDS + 1, REFRESH_ROUNDS)]  # full pairs
             interval = _interval(np.array(blocks))  # over interpreter pairs, not rounds
             spent = time.perf_counter() - start
             if (interval[1] - interval[0] < width and spent >= MIN_SHARE * cap) or spent >= cap:

@@ -463,7 +463,7 @@ def profile(model: Model, root: str, files, runs: int) -> dict:
         row = {"index": r.get("index"), "op": str(r.get("op"))[:60], "macs": r.get("macs"),
                "time_us": None, "note": r.get("note"),
                "method": str(r.get("method", "isolated"))[:40]}
-        if row["method"] == "fused":
+        if row["method"] in ("fused", "at load"):
             row["time_us"] = 0.0
         if "model" in r:
             interp, _ = load_interpreter(read_bundle_file(root, r["model"], verifier.MAX_FILE_BYTES),
