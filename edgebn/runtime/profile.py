@@ -9,7 +9,8 @@ delegate, and fed the values it sees in the whole model (one reference run with 
 intermediate tensor preserved). All interpreters, the whole model's included, are
 timed in rounds, block by block, so drift on a shared machine hits them alike.
 
-Where XNNPACK fuses two operators into one node, they are timed together: a PAD (constant,
+Where XNNPACK fuses two operators into one node (:mod:`edgebn.runtime.fusion`), they are
+timed together: a PAD (constant,
 spatial) read only by the CONV_2D or DEPTHWISE_CONV_2D after it becomes that convolution's
 padding, so the pair is one two-operator model, its time the convolution's row (``method``
 ``"with the PAD before it"``), the PAD's row 0 (``"fused"``). Timed alone, the PAD copies
@@ -20,8 +21,13 @@ Each operator's time is its one-op model's p50 less the p50 of an empty ``invoke
 (one ADD of one element, timed in the same rounds): the whole model pays that overhead
 once, not once per operator. An operator with only constant inputs (a DEQUANTIZE of
 float16 weights) is computed once when the model is loaded, and counts 0 (``"at load"``).
-``ops_sum_us`` is shown beside the whole model's p50, not instead of it: what isolation
-explains.
+
+In context (:mod:`edgebn.runtime.context`, unless ``context=False``): the model's prefixes
+are timed too, and each row is its isolated time scaled to its segment's cost inside the
+model (``method`` ``"in context"``; ``isolated_us`` keeps the isolated time). ``ops_sum_us``
+then sums to about the whole model's p50 by construction; ``isolated_sum_us`` is what
+isolation alone explains. A ``baseline`` is profiled isolated, and the diff compares the
+two files' isolated times.
 
 Residue cost: the whole model's p50 over the p50 of the same graph with its residual
 BN chains bypassed (:func:`edgebn.tflite.writer.bypass_chains`), both timed interleaved in
