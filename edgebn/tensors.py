@@ -43,9 +43,11 @@ def make_inputs(shape, dtype, quant: QuantParams, count: int,
     random ones span the dtype's range (integers) or [0, 1) (floats).
     """
     rng = np.random.default_rng(seed)
-    batch = int(shape[0])
+    batch = int(shape[0]) if len(shape) else 1  # a scalar input: one value, no batch axis
     dtype = np.dtype(dtype)
     if data is not None:
+        if not len(shape):
+            raise DatasetError("the model's input is a scalar: samples of data cannot feed it")
         _check_fits(data, shape)
     out = []
     for i in range(count):

@@ -371,3 +371,11 @@ def test_fuzzed_npy_and_npz_bytes_end_in_data_or_a_dataset_error(tmp_path):
                 outcomes["refused"] += 1
         p.unlink()
     assert outcomes["data"] > 20 and outcomes["refused"] > 200, outcomes
+
+
+def test_a_scalar_model_input_gets_random_values_and_refuses_samples():
+    """Found by the fold fuzz on int8 files: an input of shape [] was an IndexError."""
+    (x,) = make_inputs((), np.int8, (0.1, 0), 1)
+    assert x.shape == () and x.dtype == np.int8
+    with pytest.raises(DatasetError, match="scalar"):
+        make_inputs((), np.float32, None, 1, data=np.zeros((4, 1), np.float32))

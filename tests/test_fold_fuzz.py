@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from test_hostile_tflite import _byte_mutation, _object_mutation, _own_rss_mb, _pack, _unpacked, run_worker
-from tflite_forms import FORMS, conv_bn, nchw_input_bn, relu_bn_gap_dense, transpose_conv_bn
+from tflite_forms import FORMS, INT8_FORMS, conv_bn, nchw_input_bn, relu_bn_gap_dense, transpose_conv_bn
 
 from edgebn.errors import EdgebnError
 
@@ -40,7 +40,9 @@ def _constant_mutation(data: bytes, rng: random.Random) -> bytes:
 def fold_mutations(seed: int, count: int) -> list[tuple[str, bytes]]:
     rng = random.Random(seed)
     sources = {"conv_bn": conv_bn(1), "concat": FORMS["concat_bn_relu"][0](1), "nchw": nchw_input_bn(1),
-               "gap_dense_f16": relu_bn_gap_dense(1, float16=True), "tconv": transpose_conv_bn(1)}
+               "gap_dense_f16": relu_bn_gap_dense(1, float16=True), "tconv": transpose_conv_bn(1),
+               "int8_conv": INT8_FORMS["conv_bn"](1), "int8_chain": INT8_FORMS["conv_sub_mul_mul_add"](1),
+               "int8_dense": INT8_FORMS["dense_bn"](1)}
     cases = []
     for i in range(count):
         source = rng.choice(list(sources))
