@@ -162,3 +162,19 @@ def test_the_devices_operator_models_time_a_pad_with_its_convolution(tmp_path):
         assert rows[conv]["method"] == "with the PAD before it"
         ops = parse_tflite((tmp_path / rows[conv]["model"]).read_bytes()).subgraphs[0].operators
         assert [o.op for o in ops] == ["PAD", model.subgraphs[0].operators[conv].op]
+
+
+def test_a_wrong_prefix_fails_the_halves_check(monkeypatch):
+    """The check has teeth: prefixes that leave out half their operators put the cut between
+    the halves at about a quarter of the model, outside 0.4-0.6."""
+    from edgebn.runtime import context
+
+    real = context.op_group
+
+    def half(model, unpacked, subgraph, ops, *rest):
+        return real(model, unpacked, subgraph, ops[:max(len(ops) // 2, 1)], *rest)
+
+    monkeypatch.setattr(context, "op_group", half)
+    result = profile(parse_tflite(two_halves(), "two_halves.tflite"), FAST)
+    middle = next(s for s in result.segments if s.last == 3)
+    assert not 0.4 <= middle.fraction <= 0.6
