@@ -23,8 +23,8 @@ import numpy as np
 
 from edgebn.errors import EdgebnError
 from edgebn.runtime.fusion import fused_pads
-from edgebn.runtime.op_timing import capture, captured
-from edgebn.runtime.profile import AT_LOAD, CONSTANT_NOTE
+from edgebn.runtime.op_timing import AT_LOAD, capture, captured
+from edgebn.runtime.profile import CONSTANT_NOTE
 from edgebn.runtime.timing import BenchSettings
 from edgebn.tensors import make_inputs
 from edgebn.tflite.macs import model_cost

@@ -32,13 +32,12 @@ from typing import Any
 
 import numpy as np
 
-from edgebn.runtime.op_timing import ROUNDS, Timed, captured
+from edgebn.runtime.op_timing import AT_LOAD, ROUNDS, Timed, captured
 from edgebn.runtime.timing import BenchSettings
 from edgebn.tflite.reader import TFLiteModel, parse_tflite
 from edgebn.tflite.writer import calls_subgraphs, op_group
 
 SEGMENTS = 8  # prefixes timed: more resolve finer, each difference is noisier
-AT_LOAD = ("DEQUANTIZE", "DENSIFY")  # what computes constants once, at load
 
 
 @dataclass(frozen=True)

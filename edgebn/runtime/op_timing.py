@@ -20,6 +20,7 @@ from edgebn.runtime.backends import interpreter_errors, load_interpreter
 from edgebn.runtime.timing import BenchSettings, Latency
 from edgebn.tflite.reader import TFLiteModel
 
+AT_LOAD = frozenset({"DEQUANTIZE", "DENSIFY"})  # kernels that compute constants once, cached
 ROUNDS = 8  # every interpreter is timed in this many blocks, taking turns
 MIN_RUNS = 16  # timed runs per interpreter at the least
 WARMUP_RUNS = 5

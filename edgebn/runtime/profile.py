@@ -48,7 +48,7 @@ from typing import Any
 from edgebn.errors import EdgebnError
 from edgebn.runtime.context import Segment, context_unsupported, prefix_fractions, segment_cuts, segments_of
 from edgebn.runtime.fusion import fused_pads
-from edgebn.runtime.op_timing import ROUNDS, Timed, capture, captured
+from edgebn.runtime.op_timing import AT_LOAD, ROUNDS, Timed, capture, captured
 from edgebn.runtime.opdiff import OpDiff, diff_operators
 from edgebn.runtime.timing import BenchSettings, Latency, RatioEstimate, latency_ratio
 from edgebn.tflite.reader import TFLiteModel, as_tflite, parse_tflite
@@ -60,7 +60,6 @@ ISOLATED, WITH_PAD, FUSED, AT_LOAD_METHOD, NOT_TIMED = (
     "isolated", "with the PAD before it", "fused", "at load", "not timed")
 IN_CONTEXT = "in context"  # an isolated time scaled to its segment's (edgebn.runtime.context)
 CONSTANT_NOTE = "only constant inputs: the runtime computes it once, when the model is loaded"
-AT_LOAD = frozenset({"DEQUANTIZE", "DENSIFY"})  # kernels that compute constants once, cached
 MAX_OPERATORS = 5000  # one interpreter each is alive at once: refuse what would exhaust memory
 RESIDUE_NOTE = "an estimate: the bypassed graph computes different outputs"
 
