@@ -2,7 +2,15 @@
 
 
 class EdgebnError(Exception):
-    """Bad input or usage: the message says what was received and what is allowed."""
+    """Bad input or usage: the message says what was received and what is allowed.
+
+    ``option`` names the parameter it is about (``"recalibrate_bn"``), when one is: the CLI
+    prints the flag's spelling before the message; the library never spells flags.
+    """
+
+    def __init__(self, message: str, option: str | None = None) -> None:
+        super().__init__(message)
+        self.option = option
 
 
 class InvalidModelError(EdgebnError):

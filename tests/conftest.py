@@ -131,6 +131,22 @@ def photos(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def digits_rgb(tmp_path_factory):
+    """scikit-learn's digits as a folder of 32 px RGB PNGs, one sub-folder per class."""
+    from digits_images import write_folder
+
+    return write_folder(tmp_path_factory.mktemp("digits") / "digits_rgb")
+
+
+@pytest.fixture(scope="session")
+def digits_rgb_npz(tmp_path_factory):
+    """The same 32 px RGB digits as raw pixels in an .npz (x, y)."""
+    from digits_images import write_npz
+
+    return write_npz(tmp_path_factory.mktemp("digits-npz") / "digits32.npz")
+
+
+@pytest.fixture(scope="session")
 def mobilenet_weights(tmp_path_factory):
     """'Pretrained' MobileNetV2 (alpha 0.35) weights in the ImageNet .h5 format: trained
     here on another folder of the same kind, nothing downloaded."""

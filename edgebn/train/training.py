@@ -12,6 +12,8 @@ from typing import Any
 from edgebn.data.dataset import Dataset, DataSpec
 from edgebn.errors import EdgebnError
 from edgebn.fold.keras_fold import all_bn_layer_names
+from edgebn.fold.statistics import DRIFT_SAMPLES, RECALIBRATE_SAMPLES, bn_layers_of
+from edgebn.fold.stats_check import StatsCheck, StatsPolicy, StatsSamples, check_statistics
 from edgebn.stages import SILENT, Progress, timed
 from edgebn.train.distribute import SINGLE, Distribution, Strategy, distribution
 from edgebn.zoo.keras_io import load_keras, save_keras
@@ -32,6 +34,7 @@ class TrainConfig:
     augment: bool = False  # flip, small rotation, zoom: layers active only in training
     strategy: Strategy = Strategy.none
     replicas: int | None = None  # mirrored: devices to use (default: every GPU, or 2 CPUs)
+    fit_bn_momentum: bool = True  # lower a BN's momentum to remember about one epoch (below)
 
     def __post_init__(self) -> None:  # "cnn" as well as Arch.cnn; any other refused
         object.__setattr__(self, "arch", Arch(arch_spec(self.arch).name))
@@ -94,6 +97,30 @@ class EpochLog:
 
 
 @dataclass(frozen=True)
+class TrainedStatistics:
+    """What training did so that its BN statistics describe the data (edgebn.fold.statistics).
+
+    Keras keeps a BN's statistics as a momentum average of training batches; MobileNetV2's
+    and V3's momentum (0.999) remembers 1,000 steps, more than a small dataset trains for.
+    Training lowers a BN's momentum to remember about one epoch (``1 − 1/steps``) so that
+    validation and early stopping see statistics of the current weights, then recomputes
+    every statistic exactly on the training inputs (a model trained from scratch; the frozen
+    BN of a pretrained backbone keeps its statistics).
+    """
+
+    momentum: float | None  # the momentum the BN layers trained with, when it was lowered
+    momentum_from: tuple[float, ...]  # the models' own momenta it replaced
+    check: StatsCheck  # the statistics training left, on the validation split; recomputed
+    test_accuracy_stored: float  # with the statistics training left
+    kept: str | None = None  # why the statistics were not recomputed
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.check.to_json(), "momentum": self.momentum,
+                "momentum_from": list(self.momentum_from),
+                "test_accuracy_stored": self.test_accuracy_stored, "kept": self.kept}
+
+
+@dataclass(frozen=True)
 class TrainResult:
     """A model trained here, or (``config`` None) one the user brought, loaded as it is."""
 
@@ -108,6 +135,7 @@ class TrainResult:
     distribution: Distribution = SINGLE
     fine_tune_epochs_run: int = 0
     history: EpochLog = EpochLog()  # per epoch, for the seed's ledger
+    bn_statistics: TrainedStatistics | None = None  # None: no BN, or brought by the user
 
     @property
     def arch(self) -> str:
@@ -138,16 +166,19 @@ class TrainResult:
                 "val_accuracy": self.val_accuracy, "test_accuracy": self.test_accuracy,
                 "history": self.history.to_json(),
                 "train_s": self.train_s, "strategy": self.distribution.to_json(),
+                "bn_statistics": None if self.bn_statistics is None
+                else self.bn_statistics.to_json(),
                 "config": self.config.to_json() if self.config else None}
 
 
 def train(dataset: Dataset, config: TrainConfig = TrainConfig(),
-          progress: Progress = SILENT) -> TrainResult:
+          progress: Progress = SILENT, bn_stats: StatsPolicy = StatsPolicy()) -> TrainResult:
     """Train ``config.arch`` on ``dataset``; restore the weights of the best validation epoch.
 
     A streamed folder (``dataset.streams``) is read through tf.data. A backbone trains
     its head first, then (``fine_tune_epochs``) the top of the backbone at a lower rate.
-    Keras' own progress lines stay off; each epoch's metrics go to ``progress``.
+    Keras' own progress lines stay off; each epoch's metrics go to ``progress``. The BN
+    statistics are recomputed at the end (:class:`TrainedStatistics`), as ``bn_stats`` says.
     """
     config.validate()
     dist = distribution(config.strategy, config.replicas)  # before TensorFlow initializes
@@ -159,6 +190,8 @@ def train(dataset: Dataset, config: TrainConfig = TrainConfig(),
         _compile(model, config.learning_rate)
     feeds = _Feeds.of(dataset, config.batch_size)
     total = config.epochs + config.fine_tune_epochs
+    momentum = fit_bn_momentum(model, -(-dataset.counts[0] // config.batch_size)) \
+        if config.fit_bn_momentum else None
     with timed() as t:
         ran, history = _fit(model, feeds, config, 0, config.epochs, total, progress)
         tuned = 0
@@ -172,10 +205,64 @@ def train(dataset: Dataset, config: TrainConfig = TrainConfig(),
                                progress)
             history = history + more
     with _named_read_errors():
+        test_stored = float(model.evaluate(*feeds.test, verbose=0)[1])
+        statistics = _final_statistics(model, dataset, config, momentum, test_stored, bn_stats)
         val_acc = model.evaluate(*feeds.val, verbose=0)[1]
-        test_acc = model.evaluate(*feeds.test, verbose=0)[1]
+        test_acc = model.evaluate(*feeds.test, verbose=0)[1] \
+            if statistics is not None and statistics.check.recalibration else test_stored
     return TrainResult(model, config, ran + tuned, float(val_acc), float(test_acc), t.seconds,
-                       distribution=dist, fine_tune_epochs_run=tuned, history=history)
+                       distribution=dist, fine_tune_epochs_run=tuned, history=history,
+                       bn_statistics=statistics)
+
+
+BN_MOMENTUM_FLOOR = 0.9  # a momentum fitted to very few steps per epoch stays at least this
+
+
+def fit_bn_momentum(model: Any, steps_per_epoch: int) -> tuple[float, tuple[float, ...]] | None:
+    """Lower each trainable BN's momentum to remember about one epoch, ``1 − 1/steps``.
+
+    Returns the momentum set and the momenta it replaced; None when every BN already
+    remembers at most an epoch (or none trains). A frozen BN is left as it is.
+    """
+    fit = max(BN_MOMENTUM_FLOOR, 1.0 - 1.0 / max(steps_per_epoch, 1))
+    slow = [layer for layer in bn_layers_of(model) if layer.trainable and layer.momentum > fit]
+    if not slow:
+        return None
+    replaced = tuple(sorted({float(layer.momentum) for layer in slow}))
+    for layer in slow:
+        layer.momentum = fit
+    return fit, replaced
+
+
+def _final_statistics(model: Any, dataset: Dataset, config: TrainConfig,
+                      momentum: tuple[float, tuple[float, ...]] | None, test_stored: float,
+                      policy: StatsPolicy) -> TrainedStatistics | None:
+    """Recompute every BN statistic on the training inputs (a model trained from scratch, or
+    any when ``policy`` asks); else measure how far they are from the validation split."""
+    if not bn_layers_of(model):
+        return None
+    fitted, replaced = momentum if momentum is not None else (None, ())
+    kept = None
+    if config.weights != "none" and policy.recalibrate is None:
+        kept = "the pretrained backbone's frozen BN keep their statistics"
+    elif policy.recalibrate is None:
+        policy = StatsPolicy(RECALIBRATE_SAMPLES, policy.strict)
+    checked = check_statistics(model, _statistics_samples(dataset, policy.recalibrate), policy)
+    return TrainedStatistics(fitted, replaced, checked, test_stored, kept)
+
+
+def _statistics_samples(ds: Dataset, samples: int | None) -> StatsSamples:
+    """Training inputs to recompute on, validation inputs to prove it on (in memory)."""
+    import numpy as np
+
+    n = samples or RECALIBRATE_SAMPLES
+    if ds.streams is None:
+        x, val, labels = ds.x_train[:n], ds.x_val[:DRIFT_SAMPLES], ds.y_val[:DRIFT_SAMPLES]
+    else:
+        train = ds.streams.train.take(np.arange(min(n, len(ds.streams.train))))
+        held = ds.streams.val.take(np.arange(min(DRIFT_SAMPLES, len(ds.streams.val))))
+        x, val, labels = train.load(), held.load(), held.labels
+    return StatsSamples(x, val, labels, f"{len(x)} training inputs", "the validation split")
 
 
 def _scope(dist: Distribution):

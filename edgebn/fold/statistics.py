@@ -1,0 +1,495 @@
+"""BN statistics that describe the data: each BN's drift measured, and its statistics recomputed.
+
+At inference a BN layer normalizes its input ``y`` with its moving statistics, the momentum
+averages of training batches, ``ẑ = (y − μ_s)/σ_s`` with ``σ_s = sqrt(var_s + ε)``. What it
+should compute is ``z = (y − μ_p)/σ_p``, with ``μ_p`` and ``var_p`` the population statistics
+of ``y`` on the data, every layer before it in inference mode. Per channel,
+
+    ẑ − z = z·(σ_p/σ_s − 1) + (μ_p − μ_s)/σ_s
+
+so over ``z`` of unit spread the RMS error of the normalized output is
+
+    drift_c = sqrt((σ_p/σ_s − 1)² + ((μ_p − μ_s)/σ_s)²)
+
+in units of the population's own spread: 0 when the statistics describe the data, 1 when
+the error is as large as the signal. A BN's ``drift`` is the RMS of ``drift_c`` over its
+channels; ``worst_channel`` is the largest. The fold bakes ``μ_s`` and ``σ_s`` into the
+weights, so an exact fold of a drifted BN is exactly wrong.
+
+**Sampling noise.** The statistics of N samples are themselves estimates: the same measure
+between the statistics of the two halves of the samples (even and odd rows), halved, is
+the ``noise`` of the full-sample figure (two half-sample means differ by twice the error of
+the full-sample mean). A BN is **stale** when ``drift > STALE_DRIFT`` and ``drift >
+NOISE_FACTOR · noise``: far from the data, and beyond what the sample can tell.
+
+**Recomputing** (:func:`recompute`) is exact, not by momentum: layer by layer in graph
+order, each BN's ``μ_p`` and ``var_p`` over the N samples with the BNs before it already
+recomputed, so every BN normalizes what it will see at inference (what PyTorch's
+``torch.optim.swa_utils.update_bn`` does with ``momentum=None``). :func:`recalibrate` then
+proves it on held-out samples: every BN's drift must be at the samples' noise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from edgebn.errors import EdgebnError
+from edgebn.fold.graph import as_functional, graph, is_graph_model
+from edgebn.tensors import rows_per_chunk
+
+STALE_DRIFT = 0.25  # a normalized output off by a quarter of its spread (RMS over channels)
+NOISE_FACTOR = 4.0  # and this many times the sampling noise of the figure
+RECALIBRATE_SAMPLES = 600  # --recalibrate-bn's default N
+DRIFT_SAMPLES = 512  # the held-out samples a drift is measured on, at most
+CHUNK = 512  # samples per forward pass, at most (fewer for large inputs: edgebn.tensors)
+WORST = 5  # BN layers named in a summary
+
+
+class StatisticsError(EdgebnError):
+    """BN statistics that cannot be measured or recomputed, or a recalibration that failed its check."""
+
+
+# ---------------------------------------------------------------- per-channel moments
+
+
+@dataclass
+class _Moments:
+    """Running count, mean and sum of squared deviations per channel (Chan's merge, float64)."""
+
+    count: int = 0
+    mean: np.ndarray | None = None
+    m2: np.ndarray | None = None
+
+    def add(self, values: np.ndarray) -> None:
+        """``values`` (rows, channels)."""
+        n = len(values)
+        if n == 0:
+            return
+        mean = values.mean(0)
+        m2 = ((values - mean) ** 2).sum(0)
+        if self.mean is None:
+            self.count, self.mean, self.m2 = n, mean, m2
+            return
+        total = self.count + n
+        delta = mean - self.mean
+        self.mean = self.mean + delta * (n / total)
+        self.m2 = self.m2 + m2 + delta**2 * (self.count * n / total)
+        self.count = total
+
+    @property
+    def var(self) -> np.ndarray:
+        return self.m2 / max(self.count, 1)
+
+
+@dataclass
+class _Split:
+    """The moments of all the samples, and of the even and odd rows apart (the noise)."""
+
+    whole: _Moments = field(default_factory=_Moments)
+    halves: tuple[_Moments, _Moments] = field(default_factory=lambda: (_Moments(), _Moments()))
+
+    def add(self, y: np.ndarray, axis: int) -> None:
+        y = np.moveaxis(np.asarray(y, np.float64), axis, -1)
+        self.whole.add(y.reshape(-1, y.shape[-1]))
+        for half, rows in zip(self.halves, (y[0::2], y[1::2]), strict=True):
+            half.add(rows.reshape(-1, y.shape[-1]))
+
+
+def channel_drift(mean_s, var_s, mean_p, var_p, epsilon: float) -> np.ndarray:
+    """``drift_c`` of every channel (the module docstring), float64."""
+    sigma_s = np.sqrt(np.asarray(var_s, np.float64) + epsilon)
+    sigma_p = np.sqrt(np.asarray(var_p, np.float64) + epsilon)
+    shift = (np.asarray(mean_p, np.float64) - np.asarray(mean_s, np.float64)) / sigma_s
+    return np.sqrt((sigma_p / sigma_s - 1.0) ** 2 + shift**2)
+
+
+def _rms(values: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(values)))) if values.size else 0.0
+
+
+# ---------------------------------------------------------------- where each BN is
+
+
+@dataclass(frozen=True)
+class _Site:
+    """One BN node: its path, the layer, and the chain of graphs that lead to its input."""
+
+    path: str  # "backbone/conv1_bn"
+    layer: Any  # keras BatchNormalization
+    axis: int  # the channel axis of its input
+    route: tuple[tuple[Any, Any], ...]  # (functional model, tensor in it): the last is the BN's input
+
+
+def _is_bn(layer: Any) -> bool:
+    from keras import layers
+
+    return isinstance(layer, layers.BatchNormalization)
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A BN whose statistics are not measured, and why."""
+
+    bn: str
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"bn": self.bn, "reason": self.reason}
+
+
+def bn_sites(model: Any) -> tuple[list[_Site], list[Skipped]]:
+    """Every BN node of ``model``'s graph at any depth, in graph order, and the ones left out."""
+    sites: list[_Site] = []
+    skipped: list[Skipped] = []
+
+    def visit(functional: Any, prefix: str, route: tuple[tuple[Any, Any], ...]) -> None:
+        g = graph(functional)
+        for node in g.nodes:
+            layer = node.operation
+            path = prefix + layer.name
+            if _is_bn(layer):
+                tensor = node.input_tensors[0]
+                axes = layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]
+                if g.calls.get(layer.name, 0) > 1:
+                    skipped.append(Skipped(path, f"called {g.calls[layer.name]} times (a shared layer)"))
+                elif len(axes) != 1:
+                    skipped.append(Skipped(path, f"normalizes over several axes ({layer.axis})"))
+                else:
+                    sites.append(_Site(path, layer, axes[0] % len(tensor.shape),
+                                       (*route, (functional, tensor))))
+            elif is_graph_model(layer) and _has_bn(layer):
+                if g.calls.get(layer.name, 0) > 1:
+                    skipped.extend(Skipped(f"{path}/{p}", f"inside {layer.name}, called "
+                                           f"{g.calls[layer.name]} times") for p in _bn_paths(layer))
+                    continue
+                inputs = node.input_tensors
+                visit(as_functional(layer), f"{path}/",
+                      (*route, (functional, inputs[0] if len(inputs) == 1 else list(inputs))))
+            elif _has_bn(layer):
+                skipped.extend(Skipped(f"{path}/{p}", f"inside {layer.name} "
+                                       f"({type(layer).__name__}), whose graph is not visible")
+                               for p in _bn_paths(layer))
+
+    visit(as_functional(model), "", ())
+    return sites, skipped
+
+
+def _bn_paths(layer: Any, prefix: str = "") -> list[str]:
+    found = []
+    for sub in getattr(layer, "layers", []):
+        if _is_bn(sub):
+            found.append(prefix + sub.name)
+        found.extend(_bn_paths(sub, f"{prefix}{sub.name}/"))
+    return found
+
+
+def _has_bn(layer: Any) -> bool:
+    return bool(_bn_paths(layer))
+
+
+# ---------------------------------------------------------------- BN inputs on data
+
+
+def _chunks(x: np.ndarray, most: int = CHUNK) -> Iterator[np.ndarray]:
+    rows = rows_per_chunk(int(np.prod(x.shape[1:])), most)
+    for start in range(0, len(x), rows):
+        yield np.asarray(x[start:start + rows], np.float32)
+
+
+class _Probe:
+    """The inputs of ``sites`` on a batch, everything in inference mode.
+
+    One probe model per graph, built once: its outputs are the BN inputs of that graph and
+    the inputs of the nested models that hold the other sites, probed in turn.
+    """
+
+    def __init__(self, sites: list[_Site]):
+        import keras
+
+        self.parts: list[tuple[Any, list[tuple[int, int, list[_Site], _Probe | None]]]] = []
+        by_graph: dict[int, list[_Site]] = {}
+        for site in sites:
+            by_graph.setdefault(id(site.route[0][0]), []).append(site)
+        for group in by_graph.values():
+            functional = group[0].route[0][0]
+            ends: dict[tuple[int, ...], tuple[Any, list[_Site]]] = {}
+            for site in group:  # sites reading the same tensor(s) share an output
+                tensor = site.route[0][1]
+                key = tuple(id(t) for t in (tensor if isinstance(tensor, list) else [tensor]))
+                ends.setdefault(key, (tensor, []))[1].append(site)
+            tensors: list[Any] = []
+            outputs = []
+            for tensor, at in ends.values():
+                many = tensor if isinstance(tensor, list) else [tensor]
+                deeper = [_Site(s.path, s.layer, s.axis, s.route[1:]) for s in at
+                          if len(s.route) > 1]
+                outputs.append((len(tensors), len(many), [s for s in at if len(s.route) == 1],
+                                _Probe(deeper) if deeper else None))
+                tensors.extend(many)
+            inputs = functional.inputs
+            self.parts.append((keras.Model(inputs[0] if len(inputs) == 1 else inputs, tensors),
+                               outputs))
+
+    def __call__(self, x: Any) -> dict[str, np.ndarray]:
+        found: dict[str, np.ndarray] = {}
+        for probe, outputs in self.parts:
+            values = probe(x, training=False)
+            values = list(values) if isinstance(values, (list, tuple)) else [values]
+            for first, width, here, deeper in outputs:
+                for site in here:
+                    found[site.path] = np.asarray(values[first])
+                if deeper is not None:
+                    part = values[first:first + width]
+                    found.update(deeper(part[0] if width == 1 else part))
+        return found
+
+
+def _population(sites: list[_Site], x: np.ndarray) -> dict[str, _Split]:
+    """Each BN input's moments over every row of ``x``."""
+    moments = {site.path: _Split() for site in sites}
+    axes = {site.path: site.axis for site in sites}
+    probe = _Probe(sites)
+    for batch in _chunks(x):
+        for path, value in probe(batch).items():
+            moments[path].add(value, axes[path])
+    return moments
+
+
+# ---------------------------------------------------------------- drift
+
+
+@dataclass(frozen=True)
+class BNDrift:
+    """One BN's stored statistics against the population of its input on the data."""
+
+    bn: str
+    channels: int
+    drift: float  # RMS over channels of drift_c (the module docstring)
+    worst_channel: float  # the largest drift_c
+    mean_shift: float  # RMS over channels of (μ_p − μ_s)/σ_s
+    spread_ratio: float  # median over channels of σ_p/σ_s
+    noise: float  # the sampling noise of ``drift``
+    stale: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {"bn": self.bn, "channels": self.channels, "drift": self.drift,
+                "worst_channel": self.worst_channel, "mean_shift": self.mean_shift,
+                "spread_ratio": self.spread_ratio, "noise": self.noise, "stale": self.stale}
+
+
+def _noise(split: _Split, eps: float) -> float:
+    """The sampling noise of statistics from ``split``'s samples: the drift between its two
+    halves' statistics, halved."""
+    a, b = split.halves
+    return _rms(channel_drift(a.mean, a.var, b.mean, b.var, eps)) / 2 if b.count else float("inf")
+
+
+def _drift(site: _Site, split: _Split, mean_s: np.ndarray, var_s: np.ndarray) -> BNDrift:
+    eps = float(site.layer.epsilon)
+    whole = split.whole
+    per_channel = channel_drift(mean_s, var_s, whole.mean, whole.var, eps)
+    noise = _noise(split, eps)
+    drift = _rms(per_channel)
+    sigma_s = np.sqrt(np.asarray(var_s, np.float64) + eps)
+    return BNDrift(site.path, len(per_channel), drift, float(per_channel.max()),
+                   _rms((whole.mean - mean_s) / sigma_s),
+                   float(np.median(np.sqrt(whole.var + eps) / sigma_s)), noise,
+                   drift > STALE_DRIFT and drift > NOISE_FACTOR * noise)
+
+
+def _stored(layer: Any) -> tuple[np.ndarray, np.ndarray]:
+    return (np.asarray(layer.moving_mean.numpy(), np.float64),
+            np.asarray(layer.moving_variance.numpy(), np.float64))
+
+
+@dataclass(frozen=True)
+class DriftReport:
+    """Every BN's drift on ``samples`` inputs (``inputs`` says which), worst first in ``worst()``."""
+
+    samples: int
+    inputs: str
+    layers: tuple[BNDrift, ...]  # graph order
+    skipped: tuple[Skipped, ...] = ()
+    stale_drift: float = STALE_DRIFT
+    noise_factor: float = NOISE_FACTOR
+
+    @property
+    def stale(self) -> list[BNDrift]:
+        return [d for d in self.layers if d.stale]
+
+    @property
+    def max_drift(self) -> float:
+        return max((d.drift for d in self.layers), default=0.0)
+
+    def worst(self, n: int = WORST) -> list[BNDrift]:
+        return sorted(self.layers, key=lambda d: -d.drift)[:n]
+
+    def summary(self) -> str:
+        """One line: how many are stale, and the worst."""
+        if not self.layers:
+            return "no BN statistics measured"
+        worst = ", ".join(f"{d.bn} {d.drift:.2f}" for d in self.worst(3))
+        head = (f"{len(self.stale)} of {len(self.layers)} BN layers stale (drift > "
+                f"{self.stale_drift:g})" if self.stale else
+                f"all {len(self.layers)} BN layers describe the data")
+        return f"{head}; largest drift {worst} (on {self.samples} inputs, {self.inputs})"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"samples": self.samples, "inputs": self.inputs, "stale_drift": self.stale_drift,
+                "noise_factor": self.noise_factor, "stale": len(self.stale),
+                "max_drift": self.max_drift, "worst": [d.bn for d in self.worst()],
+                "layers": [d.to_json() for d in self.layers],
+                "skipped": [s.to_json() for s in self.skipped]}
+
+
+def measure_drift(model: Any, x: np.ndarray, inputs: str = "given") -> DriftReport:
+    """Each BN's stored statistics against the population of its input on ``x``."""
+    x = _samples(x)
+    sites, skipped = bn_sites(model)
+    moments = _population(sites, x) if sites else {}
+    layers = tuple(_drift(s, moments[s.path], *_stored(s.layer)) for s in sites)
+    return DriftReport(len(x), inputs, layers, tuple(skipped))
+
+
+def _samples(x: Any) -> np.ndarray:
+    if isinstance(x, (list, tuple)):
+        raise StatisticsError("BN statistics are measured on models with one input. "
+                              f"Received: {len(x)} input arrays")
+    x = np.asarray(x, np.float32)
+    if len(x) < 2:
+        raise StatisticsError(f"BN statistics need at least 2 samples. Received: {len(x)}")
+    return x
+
+
+# ---------------------------------------------------------------- recompute, recalibrate
+
+
+@dataclass(frozen=True)
+class Recomputed:
+    """The statistics set on each BN: population mean and variance over ``samples`` inputs."""
+
+    samples: int
+    stats: dict[str, tuple[np.ndarray, np.ndarray]]  # BN path -> (mean, var), float64
+    noise: dict[str, float] = field(default_factory=dict)  # BN path -> their sampling noise
+    seconds: float = 0.0
+
+
+def set_statistics(model: Any, stats: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+    """Assign ``stats`` (BN path -> mean, variance) to the BN layers of ``model``."""
+    by_path = {s.path: s.layer for s in bn_sites(model)[0]}
+    for path, (mean, var) in stats.items():
+        layer = by_path[path]
+        if np.shape(mean) != tuple(layer.moving_mean.shape):
+            raise StatisticsError(f"{path}: statistics of {np.shape(mean)[0]} channels for a BN of "
+                                  f"{layer.moving_mean.shape[0]}")
+        layer.moving_mean.assign(np.asarray(mean).astype(layer.moving_mean.dtype))
+        layer.moving_variance.assign(np.asarray(var).astype(layer.moving_variance.dtype))
+
+
+def recompute(model: Any, x: np.ndarray, only: Any = None) -> Recomputed:
+    """Set every BN's statistics (or those ``only(layer)`` accepts) to its population's on
+    ``x``, layer by layer in graph order: each with the ones before it already recomputed."""
+    import time
+
+    start = time.perf_counter()
+    x = _samples(x)
+    sites = [s for s in bn_sites(model)[0] if only is None or only(s.layer)]
+    stats: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    noise: dict[str, float] = {}
+    for site in sites:
+        split = _population([site], x)[site.path]
+        stats[site.path] = (split.whole.mean, split.whole.var)
+        noise[site.path] = _noise(split, float(site.layer.epsilon))
+        set_statistics(model, {site.path: stats[site.path]})
+    return Recomputed(len(x), stats, noise, time.perf_counter() - start)
+
+
+def accuracy(model: Any, x: np.ndarray, y: np.ndarray) -> float:
+    """Top-1 accuracy of ``model`` on (x, y), in inference mode."""
+    hits, start = 0, 0
+    for batch in _chunks(x):
+        p = np.asarray(model(batch, training=False))
+        hits += int((p.argmax(-1) == y[start:start + len(batch)]).sum())
+        start += len(batch)
+    return hits / max(len(y), 1)
+
+
+@dataclass(frozen=True)
+class Recalibration:
+    """``--recalibrate-bn``: the drift before and after, and accuracy on held-out data."""
+
+    samples: int  # inputs the statistics were recomputed on
+    source: str  # where they came from
+    before: DriftReport  # on the held-out inputs
+    after: DriftReport
+    accuracy_before: float | None = None  # on the held-out split, when it has labels
+    accuracy_after: float | None = None
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"samples": self.samples, "source": self.source, "seconds": self.seconds,
+                "accuracy_before": self.accuracy_before, "accuracy_after": self.accuracy_after,
+                "before": self.before.to_json(), "after": self.after.to_json()}
+
+    def summary(self) -> str:
+        acc = "" if self.accuracy_before is None else (
+            f"held-out accuracy {self.accuracy_before:.4f} -> {self.accuracy_after:.4f}; ")
+        return (f"recomputed from {self.samples} inputs ({self.source}): {acc}largest drift "
+                f"{self.before.max_drift:.3g} -> {self.after.max_drift:.3g}")
+
+
+AT_NOISE_FLOOR = 0.05  # a drift this small is at the noise, whatever the estimate says
+
+
+def check_recalibrated(after: DriftReport, noise: dict[str, float] | None = None) -> None:
+    """Every BN's drift after recomputing must be at the sampling noise: else refuse.
+
+    The noise is the held-out samples' (in ``after``) and the recomputing samples' own
+    (``noise``, by BN path), combined as independent errors.
+    """
+    noise = noise or {}
+    bound = {d.bn: NOISE_FACTOR * float(np.hypot(d.noise, noise.get(d.bn, 0.0)))
+             for d in after.layers}
+    off = [d for d in after.layers if d.drift > max(bound[d.bn], AT_NOISE_FLOOR)]
+    if off:
+        worst = max(off, key=lambda d: d.drift / bound[d.bn])
+        raise StatisticsError(f"the recomputed statistics do not describe the held-out data: "
+                              f"{len(off)} BN layers drift beyond {NOISE_FACTOR:g}x their "
+                              f"sampling noise, the worst {worst.bn} by {worst.drift:.3g} "
+                              f"(bound {bound[worst.bn]:.3g})")
+
+
+def recalibrate(model: Any, x: np.ndarray, held_out: np.ndarray, labels: np.ndarray | None = None,
+                source: str = "given", held_out_source: str = "held-out") -> Recalibration:
+    """Recompute every BN's statistics from ``x`` in place, and prove them on ``held_out``.
+
+    StatisticsError when a BN still drifts beyond its sampling noise afterwards (the
+    model's statistics are then the recomputed ones: the caller writes nothing).
+    """
+    held_out = _samples(held_out)[:DRIFT_SAMPLES]
+    labels = None if labels is None else np.asarray(labels)[:len(held_out)]
+    before = measure_drift(model, held_out, held_out_source)
+    acc_before = None if labels is None else accuracy(model, held_out, labels)
+    done = recompute(model, x)
+    after = measure_drift(model, held_out, held_out_source)
+    check_recalibrated(after, done.noise)
+    acc_after = None if labels is None else accuracy(model, held_out, labels)
+    return Recalibration(done.samples, source, before, after, acc_before, acc_after, done.seconds)
+
+
+def bn_layers_of(model: Any) -> list[Any]:
+    """Every BN layer at any depth (graph or not), each once."""
+    found: dict[int, Any] = {}
+
+    def visit(layer: Any) -> None:
+        for sub in getattr(layer, "layers", []):
+            if _is_bn(sub):
+                found[id(sub)] = sub
+            visit(sub)
+
+    visit(model)
+    return list(found.values())
