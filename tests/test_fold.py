@@ -182,7 +182,8 @@ def test_without_float64_the_check_is_float32_against_the_tolerance(cnn, digits,
     assert result.measure == "float32 (no float64 run: TypeError: no float64 here)"
     assert result.fold_rel_diff is None and result.max_rel_diff <= EXACT
     with pytest.raises(FoldError, match=r"\(\S+ relative\) on 360 inputs, above the tolerance "
-                                        r"1e-12: nothing written$"):
+                                        r"1e-12, measured in float32 \(no float64 run: "
+                                        r"TypeError: no float64 here\): nothing written$"):
         fold_model(model, digits.x_test, tolerance=1e-12)
 
 

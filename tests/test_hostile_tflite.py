@@ -193,6 +193,67 @@ def _byte_mutation(data: bytes, rng: random.Random) -> bytes:
     return bytes(out)
 
 
+INDEX_FIELDS = ("operator inputs", "operator outputs", "operator intermediates", "subgraph inputs",
+                "subgraph outputs", "tensor buffer", "opcode index", "quantized dimension",
+                "signature tensor", "signature subgraph")
+
+
+def _index_value(rng: random.Random, n: int) -> int:
+    return rng.choice([-1, -2, -3, n, n + 1, n + 100, 2**31 - 1, -(2**31), rng.randrange(max(n, 1))])
+
+
+def _index_mutation(data: bytes, rng: random.Random, field: str) -> bytes:  # noqa: C901 - one case per field
+    """One index field of the model set to a value in or (mostly) out of range."""
+    m = _unpacked(data)
+    sg = m.subgraphs[0]
+    n = len(sg.tensors)
+    op = rng.choice(sg.operators)
+    if field in ("operator inputs", "operator outputs"):
+        vec = np.array(op.inputs if field == "operator inputs" else op.outputs, dtype=np.int32)
+        vec[rng.randrange(len(vec))] = _index_value(rng, n)
+        setattr(op, "inputs" if field == "operator inputs" else "outputs", vec)
+    elif field == "operator intermediates":
+        op.intermediates = np.array([_index_value(rng, n) for _ in range(rng.randint(1, 3))],
+                                    dtype=np.int32)
+    elif field in ("subgraph inputs", "subgraph outputs"):
+        name = field.split()[1]
+        vec = np.array(getattr(sg, name), dtype=np.int32)
+        vec[rng.randrange(len(vec))] = _index_value(rng, n)
+        setattr(sg, name, vec)
+    elif field == "tensor buffer":
+        rng.choice(sg.tensors).buffer = _index_value(rng, len(m.buffers)) & 0xFFFFFFFF
+    elif field == "opcode index":
+        op.opcodeIndex = _index_value(rng, len(m.operatorCodes)) & 0xFFFFFFFF
+    elif field == "quantized dimension":
+        quantized = [t for t in sg.tensors if t.quantization is not None
+                     and t.quantization.scale is not None and len(t.quantization.scale) > 1]
+        t = rng.choice(quantized or sg.tensors)
+        if t.quantization is None or t.quantization.scale is None:
+            t.quantization = s.QuantizationParametersT()
+            t.quantization.scale, t.quantization.zeroPoint = [0.1, 0.2], [0, 0]
+        t.quantization.quantizedDimension = _index_value(rng, len(t.shape if t.shape is not None else []))
+    elif m.signatureDefs:
+        sig = rng.choice(m.signatureDefs)
+        if field == "signature subgraph":
+            sig.subgraphIndex = _index_value(rng, len(m.subgraphs)) & 0xFFFFFFFF
+        else:
+            rng.choice([*(sig.inputs or []), *(sig.outputs or [])]).tensorIndex = \
+                _index_value(rng, n) & 0xFFFFFFFF
+    return _pack(m)
+
+
+def index_mutations(seed: int, count: int) -> list[tuple[str, bytes]]:
+    """(name, bytes): ``count`` mutations of every index field, in turn, of both models."""
+    rng = random.Random(seed)
+    sources = {"digits": DIGITS.read_bytes(), "int8": int8_residual_model()}
+    cases = []
+    for i in range(count):
+        field = INDEX_FIELDS[i % len(INDEX_FIELDS)]
+        source = "digits" if field.startswith("signature") else rng.choice(list(sources))
+        cases.append((f"{source}-{field}-{i}", _index_mutation(sources[source], rng, field)))
+    return cases
+
+
 def mutations(seed: int, count: int) -> list[tuple[str, bytes]]:
     """(name, bytes): ``count`` mutations of the two models, object-level and byte-level."""
     rng = random.Random(seed)
@@ -233,14 +294,38 @@ def library_case(i: int, data: bytes) -> str:
     return "ok"
 
 
-def _worker(seed: int, start: int, stop: int) -> None:
-    """Run cases [start, stop) of ``mutations(seed, stop)``; one JSON line per case."""
+def index_case(i: int, data: bytes) -> str:
+    """One index mutation through inspect, then (when the reader takes it) profile, bench and
+    the flatbuffer fold: "refused" when any refused it in one line, else "ok"."""
+    from edgebn.runtime.tflite_fold import fold_tflite
+    from edgebn.tflite.residue import inspect_tflite
+
+    path = Path(os.environ.get("TMPDIR", "/tmp")) / f"edgebn-index-{os.getpid()}.tflite"
+    path.write_bytes(data)
+    refused = False
+    try:
+        for run in (lambda: inspect_tflite(path), lambda: profile(path, QUICK_PROFILE),
+                    lambda: bench_tflite(path, QUICK_BENCH), lambda: fold_tflite(path, None)):
+            try:
+                run()
+            except EdgebnError as exc:
+                assert "\n" not in str(exc), str(exc)
+                refused = True
+    finally:
+        path.unlink()
+    return "refused" if refused else "ok"
+
+
+def _worker(seed: int, start: int, stop: int, index: bool = False) -> None:
+    """Run cases [start, stop) of ``mutations(seed, stop)`` (``index``: of
+    ``index_mutations``); one JSON line per case."""
     from edgebn.runtime import backends as runtime
 
-    for i, (name, data) in list(enumerate(mutations(seed, stop)))[start:]:
+    cases = (index_mutations if index else mutations)(seed, stop)
+    for i, (name, data) in list(enumerate(cases))[start:]:
         print(json.dumps({"start": i, "name": name}), flush=True)
         try:
-            outcome = library_case(i, data)
+            outcome = (index_case if index else library_case)(i, data)
         except Exception as exc:  # noqa: BLE001 - a traceback is the finding
             outcome = f"BUG {type(exc).__name__}: {exc}"
         print(json.dumps({"case": i, "outcome": outcome}), flush=True)
@@ -248,11 +333,12 @@ def _worker(seed: int, start: int, stop: int) -> None:
     print(json.dumps({"preflight_peak_mb": peak, "rss_mb": _own_rss_mb()}), flush=True)
 
 
-def run_worker(seed: int, start: int, stop: int, script: str = __file__, per_case_s: float = 5) -> dict:
+def run_worker(seed: int, start: int, stop: int, script: str = __file__, per_case_s: float = 5,
+               mode: tuple[str, ...] = ()) -> dict:
     """The worker's (``script``'s) outcomes; a signal, a hang or a traceback fails with the
     case named."""
     budget = CASE_TIMEOUT_S + per_case_s * (stop - start)
-    proc = subprocess.run([sys.executable, script, str(seed), str(start), str(stop)],
+    proc = subprocess.run([sys.executable, script, *mode, str(seed), str(start), str(stop)],
                           capture_output=True, text=True, timeout=budget, cwd=ROOT,
                           env=os.environ | {"TF_CPP_MIN_LOG_LEVEL": "3"})
     lines = [json.loads(ln) for ln in proc.stdout.splitlines() if ln.startswith("{")]
@@ -458,6 +544,31 @@ def test_fuzz_the_library():
 
 
 @pytest.mark.slow
+def test_fuzz_every_index_field():
+    """1,000 seeded mutations of every index field (operator inputs, outputs, intermediates,
+    subgraph inputs and outputs, buffers, opcodes, a quantization's dimension, signatures)
+    through inspect, profile, bench and fold: a result or one line, never a traceback, a
+    signal or a hang."""
+    t0 = time.perf_counter()
+    outcomes: dict = {}
+    for start in range(0, 1000, 500):
+        result = run_worker(3, start, start + 500, mode=("index",))
+        outcomes |= result["outcomes"]
+        _check_memory(result["rss_mb"], result["preflight_peak_mb"])
+    counts = {o: list(outcomes.values()).count(o) for o in set(outcomes.values())}
+    print(f"index fuzz: {counts} in {time.perf_counter() - t0:.1f} s")
+    assert len(outcomes) == 1000 and counts.get("refused", 0) > 500 and counts.get("ok", 0) > 0
+
+
+def test_an_intermediate_out_of_range_is_refused_by_the_reader():
+    """What made profile raise KeyError: -3 (issue 27): the reader refuses it now."""
+    m = _unpacked(DIGITS.read_bytes())
+    m.subgraphs[0].operators[0].intermediates = np.array([-3], dtype=np.int32)
+    with pytest.raises(InvalidModelError, match=r"operator 0 intermediates refers to tensor -3"):
+        parse_tflite(_pack(m))
+
+
+@pytest.mark.slow
 def test_fuzz_the_cli():
     """30 mutations through bench, profile, check and fold: exit 0, 1 or 2 with one line."""
     proc = subprocess.run([sys.executable, __file__, "cli", "7", "30"], capture_output=True,
@@ -477,8 +588,10 @@ def test_fuzz_the_cli():
     _check_memory([ln for ln in lines if "rss_mb" in ln][-1]["rss_mb"])
 
 
-if __name__ == "__main__":  # the workers: SEED START STOP, or cli SEED COUNT
+if __name__ == "__main__":  # the workers: SEED START STOP, index SEED START STOP, cli SEED COUNT
     if sys.argv[1] == "cli":
         _cli_worker(int(sys.argv[2]), int(sys.argv[3]))
+    elif sys.argv[1] == "index":
+        _worker(*(int(a) for a in sys.argv[2:5]), index=True)
     else:
         _worker(*(int(a) for a in sys.argv[1:4]))

@@ -15,6 +15,7 @@ from edgebn.runtime.backends import load_interpreter
 from edgebn.runtime.tflite_fold import fold_tflite
 from edgebn.tflite.reader import parse_tflite, read_tflite
 from edgebn.tflite.residue import analyse_bn
+from edgebn.tflite.writer import strip_names
 
 torch = pytest.importorskip("torch", reason="the torch extra is not installed: pip install '.[torch]'")
 litert_torch = pytest.importorskip("litert_torch",
@@ -169,6 +170,11 @@ def test_litert_torch_residue_is_found_and_folded(converted, cls):
     parsed = read_tflite(path)
     residual = analyse_bn(parsed).residual
     assert [r.kind for r in residual] == ([kind] if kind else [])
+    # names present: the BN module's own name; stripped: every surviving BN still counted
+    assert [(r.source_type, r.source) for r in residual] == ([("bn", "bn")] if kind else [])
+    stripped = analyse_bn(parse_tflite(strip_names(parsed.data)))
+    assert [(r.kind, r.source_type) for r in stripped.residual] == ([(kind, "bn")] if kind else [])
+    assert stripped.names is False and stripped.not_bn == ()
     assert parsed.subgraphs[0].operators[0].op == "TRANSPOSE" or cls is InputBn
     result = fold_tflite(parsed)
     assert [c.result for c in result.chains] == ([outcome] if outcome else [])
@@ -291,3 +297,37 @@ def test_build_a_litert_torch_model_with_nchw_input_to_a_bundle(photos, tmp_path
                                "--bench-time", "0.1", "--json"])
     failed = [m["metric"] for m in json.loads(gate.stdout)["metrics"] if not m["passed"]]
     assert gate.exit_code == 1 and failed == ["bn_verdict"], gate.output  # the collapsed chain is residue
+
+
+@pytest.mark.slow
+def test_torchvision_densenet121_folds_and_matches_pytorch(tmp_path):
+    """torchvision's DenseNet121 (weights=None, BN statistics random) through litert-torch:
+    every residual BN chain folded, collapsed or kept with its reason; the folded file within
+    1e-5 of PyTorch's own outputs (relative to the largest). Before issue 27 the proof's
+    measure was inf on the −inf padding of its first max-pool, and the fold was refused."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from edgebn.cli.app import app
+    from edgebn.runtime.verify import predict_tflite
+
+    torchvision = pytest.importorskip("torchvision", reason="the torch extra is not installed: "
+                                                            "pip install '.[torch]'")
+    torch.manual_seed(0)
+    model = randomise_bn(torchvision.models.densenet121(weights=None))
+    path, out = tmp_path / "densenet121.tflite", tmp_path / "densenet121.folded.tflite"
+    litert_torch.convert(model, (torch.zeros(1, 3, 64, 64),)).export(str(path))
+    residual = analyse_bn(read_tflite(path)).residual
+    assert len(residual) == 62  # the BN after each concatenation (the converter took the rest)
+    r = CliRunner().invoke(app, ["fold", str(path), "--out", str(out), "--json"])
+    assert r.exit_code in (0, 1), r.output
+    doc = json.loads(r.stdout)
+    assert len(doc["bn"]) == len(residual)
+    assert all(c["result"] == "folded" or c["reason"] for c in doc["bn"])
+    assert doc["max_rel_diff"] <= doc["tolerance"]
+    x = np.random.default_rng(0).uniform(0, 1, (8, 3, 64, 64)).astype(np.float32)
+    with torch.no_grad():
+        want = model(torch.from_numpy(x)).numpy().astype(np.float64)
+    got, _ = predict_tflite(out, x)
+    assert np.max(np.abs(got - want)) / np.max(np.abs(want)) <= 1e-5

@@ -99,6 +99,7 @@ class Form:
                                      ("ADD", p["beta"])],
                  "sub_mul_add": [("SUB", p["mean"]), ("MUL", p["inv_std"] * p["gamma"]), ("ADD", p["beta"])],
                  "decomposed": [("MUL", s), ("ADD", t)],
+                 "sub_mul": [("SUB", p["mean"]), ("MUL", p["inv_std"])],  # a BN without γ and β
                  "mul_sub": [("MUL", s), ("SUB", -t)]}[form]
         for i, (name, values) in enumerate(steps):
             last = i == len(steps) - 1

@@ -20,10 +20,12 @@ not ``t``) nor a transposed convolution; a negative scale cannot pass a max-pool
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
+
+from edgebn.errors import InvalidModelError
 
 
 @dataclass(frozen=True)
@@ -33,11 +35,15 @@ class LayerFold:
     into: str | None = None  # the absorbing layer(s), ", "-joined after a Concatenate
     direction: str | None = None  # "backward" | "forward"
     reason: str | None = None
+    layer_type: str = "BatchNormalization"  # or "Normalization": input normalization, not BN
 
     def to_json(self) -> dict[str, Any]:
+        key = "bn" if self.layer_type == "BatchNormalization" else "layer"
+        extra = {} if key == "bn" else {"type": self.layer_type}
         if self.folded:
-            return {"bn": self.bn, "folded": True, "into": self.into, "direction": self.direction}
-        return {"bn": self.bn, "folded": False, "reason": self.reason}
+            return {key: self.bn, **extra, "folded": True, "into": self.into,
+                    "direction": self.direction}
+        return {key: self.bn, **extra, "folded": False, "reason": self.reason}
 
 
 @dataclass
@@ -114,6 +120,21 @@ def is_graph_model(layer) -> bool:
         and bool(getattr(layer, "outputs", None))
 
 
+def as_functional(model):
+    import keras
+
+    if isinstance(model, keras.Sequential):
+        if not model.built or not getattr(model, "inputs", None):
+            raise InvalidModelError("a Sequential model needs a known input shape to fold. "
+                                    f"Received: {model.name} without an Input")
+        one = lambda ts: ts[0] if len(ts) == 1 else ts  # noqa: E731 - a bare tensor, not a list of one
+        return keras.Model(one(model.inputs), one(model.outputs), name=model.name)
+    if not is_graph_model(model):
+        raise InvalidModelError(f"cannot fold a subclassed model ({type(model).__name__}): "
+                                "only functional and Sequential models expose their graph")
+    return model
+
+
 def _is_identity_activation(layer) -> bool:
     from keras import activations
 
@@ -139,6 +160,28 @@ def bn_affine(bn) -> tuple[np.ndarray, np.ndarray]:
     sigma = np.sqrt(var + bn.epsilon)
     scale = gamma / sigma
     return scale, beta - mean * scale
+
+
+def is_normalization(layer) -> bool:
+    """A Keras Normalization layer (exactly that class)."""
+    return type(layer).__name__ == "Normalization" and type(layer).__module__.startswith("keras.")
+
+
+def normalization_affine(layer, rank: int) -> tuple[np.ndarray, np.ndarray, int] | str:
+    """``s`` and ``t`` of a Keras Normalization, ``(x − mean) / max(sqrt(var), ε)`` (or its
+    inverse, ``mean + x · max(sqrt(var), ε)``), in float64, and the one axis they run along;
+    or why it is not one per-channel map."""
+    from keras import backend
+
+    axes = sorted({a % rank for a in (layer.axis or ())})
+    if len(axes) != 1:
+        return f"normalizes per {len(axes)} axes ({layer.axis}), not per channel of one axis"
+    mean = np.asarray(layer.mean, np.float64).reshape(-1)
+    std = np.maximum(np.sqrt(np.asarray(layer.variance, np.float64).reshape(-1)),
+                     backend.epsilon())
+    if layer.invert:
+        return std, mean, axes[0]
+    return 1.0 / std, -mean / std, axes[0]
 
 
 def _weights(layer, state: dict[str, dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -244,23 +287,33 @@ class Folder:
                    for n in self.g.consumers.get(id(tensor), []) if id(n) in self.removed)
 
     def fold(self, node) -> LayerFold:
-        """Fold the BN at ``node`` backward, else forward, else say why neither."""
+        """Fold the BN (or Normalization) at ``node`` backward, else forward, else say why
+        neither."""
         bn = node.operation
+        kind = type(bn).__name__ if is_normalization(bn) else "BatchNormalization"
         if self.g.calls.get(bn.name, 0) > 1:
             return LayerFold(bn.name, False, reason=f"{bn.name} is called {self.g.calls[bn.name]} "
-                                                    "times in the graph (a shared layer)")
+                                                    "times in the graph (a shared layer)",
+                             layer_type=kind)
         rank = len(node.input_tensors[0].shape)
-        axis = _bn_axis(bn, rank)
-        if axis is None:
-            return LayerFold(bn.name, False, reason=f"normalizes over several axes ({bn.axis})")
-        s, t = bn_affine(bn)
+        if is_normalization(bn):
+            affine = normalization_affine(bn, rank)
+            if isinstance(affine, str):
+                return LayerFold(bn.name, False, reason=affine, layer_type=kind)
+            s, t, axis = affine
+        else:
+            axis = _bn_axis(bn, rank)
+            if axis is None:
+                return LayerFold(bn.name, False, reason=f"normalizes over several axes ({bn.axis})")
+            s, t = bn_affine(bn)
         backward = self.backward(node, axis, rank, s, t)
         if isinstance(backward, LayerFold):
-            return backward
+            return replace(backward, layer_type=kind)
         forward = self.forward(node, axis, rank, s, t)
         if isinstance(forward, LayerFold):
-            return forward
-        return LayerFold(bn.name, False, reason=f"backward: {backward}; forward: {forward}")
+            return replace(forward, layer_type=kind)
+        return LayerFold(bn.name, False, reason=f"backward: {backward}; forward: {forward}",
+                         layer_type=kind)
 
     def backward(self, node, axis: int, rank: int, s, t) -> LayerFold | str:
         prev = self.producer(node.input_tensors[0])

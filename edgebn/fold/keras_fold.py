@@ -23,8 +23,16 @@ original's own float32 rounding ``y32``, which grows with depth::
 
     max|f32 − y64|  ≤  FLOAT32_SLACK · max|y32 − y64| + tolerance · max|y64|
 
-When a model cannot run in float64 the measure is float32 alone,
-``max|f32 − y32| ≤ tolerance · max|y32|``; :attr:`FoldResult.measure` says which was used.
+**The reference is proven first.** ``y64`` comes from a float64 twin that edgebn rebuilt,
+and a twin rebuilt by the same machinery as the folded model can lose the same state (a
+``Normalization`` layer's adapted mean and variance, which Keras sets up when a file is
+loaded, not in ``set_weights``). So the twin is the reference only when it is the model:
+its outputs must equal the original float32 model's within float32 rounding,
+``max|y32 − y64| ≤ REFERENCE_LIMIT · max|y32|``, a bound that does not come from the twin.
+When it is not, or when a model cannot run in float64, the measure is float32 alone,
+``max|f32 − y32| ≤ tolerance · max|y32|``; :attr:`FoldResult.measure` says which was used
+and why. Every layer's state travels through each rebuild as it does through a saved file
+(:func:`copy_state`).
 """
 
 from __future__ import annotations
@@ -35,11 +43,15 @@ from typing import Any
 
 import numpy as np
 
-from edgebn.errors import EdgebnError, FoldError, InvalidModelError
-from edgebn.fold.graph import Folder, LayerFold, is_graph_model
+from edgebn.errors import EdgebnError, FoldError
+from edgebn.fold.graph import Folder, LayerFold, as_functional, is_graph_model, is_normalization
+from edgebn.fold.stats_check import StatsCheck, StatsPolicy, bn_statistics, statistics_json
 from edgebn.tensors import rows_per_chunk, sample_inputs
 
 DEFAULT_TOLERANCE = 1e-5  # |Δ| allowed beyond float32 rounding, relative to the largest |output|
+# the float64 twin is the reference only within this of the original float32 model (relative
+# to its largest |output|): float32 rounding, <= 1e-6 on every keras.applications family
+REFERENCE_LIMIT = 1e-4
 EXACT_FLOAT64 = 1e-9  # a correct fold's float64 error is float64 rounding: ~1e-15 relative
 FLOAT32_SLACK = 4.0  # the folded float32 model may be this many times as far from float64
 FLOAT64_SAMPLES = 16  # float64 runs ~10x slower than float32 on a CPU; a wrong fold shows on any input
@@ -62,6 +74,8 @@ class FoldResult:
     fold_rel_diff: float | None = None  # max|f64 − y64| / max|y64|: the fold's own error
     noise_rel_diff: float | None = None  # max|y32 − y64| / max|y64|: the original's rounding
     folded_rel_error: float | None = None  # max|f32 − y64| / max|y64|
+    bn_statistics: StatsCheck | str | None = None  # on the data given; a str: why not measured
+    others: tuple[LayerFold, ...] = ()  # Normalization layers: folded where exact, not BN
 
     @property
     def all_folded(self) -> bool:
@@ -78,7 +92,12 @@ class FoldResult:
                 "fold_rel_diff": self.fold_rel_diff, "noise_rel_diff": self.noise_rel_diff,
                 "folded_rel_error": self.folded_rel_error,
                 "folded": sum(f.folded for f in self.layers), "kept": len(self.kept),
-                "layers": [f.to_json() for f in self.layers]}
+                "layers": [f.to_json() for f in self.layers],
+                "other_affine": [f.to_json() for f in self.others],
+                "bn_statistics": self._statistics_json()}
+
+    def _statistics_json(self) -> dict[str, Any] | None:
+        return statistics_json(self.bn_statistics)
 
 
 @dataclass(frozen=True)
@@ -88,26 +107,12 @@ class FoldPlan:
     model: Any  # the functional model planned (a Sequential is wrapped as one)
     folds: tuple[LayerFold, ...]  # graph order, nested models' BN included (named by path)
     state: dict[str, dict[str, np.ndarray]]  # layer name -> folded weights (float64)
-    removed: frozenset[str]  # names of this model's BN layers folded away
+    removed: frozenset[str]  # names of this model's BN (and Normalization) layers folded away
     nested: dict[str, FoldPlan]  # nested model name -> its own plan
+    others: tuple[LayerFold, ...] = ()  # Normalization layers: folded where exact, not BN
 
 
 # ---------------------------------------------------------------- planning
-
-
-def _as_functional(model):
-    import keras
-
-    if isinstance(model, keras.Sequential):
-        if not model.built or not getattr(model, "inputs", None):
-            raise InvalidModelError("a Sequential model needs a known input shape to fold. "
-                                    f"Received: {model.name} without an Input")
-        one = lambda ts: ts[0] if len(ts) == 1 else ts  # noqa: E731 - a bare tensor, not a list of one
-        return keras.Model(one(model.inputs), one(model.outputs), name=model.name)
-    if not is_graph_model(model):
-        raise InvalidModelError(f"cannot fold a subclassed model ({type(model).__name__}): "
-                                "only functional and Sequential models expose their graph")
-    return model
 
 
 def _is_bn(layer) -> bool:
@@ -140,28 +145,30 @@ def _prefixed(fold: LayerFold, prefix: str) -> LayerFold:
 
 def plan_fold(model, prefix: str = "") -> FoldPlan:
     """Decide every BN's fold, at any depth, without building anything."""
-    model = _as_functional(model)
+    model = as_functional(model)
     folder = Folder(model)
     folds: list[LayerFold] = []
+    others: list[LayerFold] = []
     nested: dict[str, FoldPlan] = {}
     removed: set[str] = set()
     for node in folder.g.nodes:
         layer = node.operation
-        if _is_bn(layer):
+        if _is_bn(layer) or is_normalization(layer):
             fold = folder.fold(node)
             removed.update([fold.bn] if fold.folded else [])
-            folds.append(_prefixed(fold, prefix))
+            (folds if _is_bn(layer) else others).append(_prefixed(fold, prefix))
         elif layer.name in nested or not bn_layer_paths(layer):
             continue
         elif is_graph_model(layer):
             nested[layer.name] = plan_fold(layer, f"{prefix}{layer.name}/")
             folds.extend(nested[layer.name].folds)
+            others.extend(nested[layer.name].others)
         else:
             folds.extend(LayerFold(f"{prefix}{layer.name}/{path}", False,
                                    reason=f"inside {layer.name} ({type(layer).__name__}), a layer "
                                           "whose graph is not visible (subclassed)")
                          for path in bn_layer_paths(layer))
-    return FoldPlan(model, tuple(folds), folder.state, frozenset(removed), nested)
+    return FoldPlan(model, tuple(folds), folder.state, frozenset(removed), nested, tuple(others))
 
 
 # ---------------------------------------------------------------- the folded model
@@ -174,7 +181,7 @@ def _rebuild(model, plan: FoldPlan):
     """
     import keras
 
-    model = _as_functional(model)
+    model = as_functional(model)
     inner = {name: _rebuild(model.get_layer(name), sub) for name, sub in plan.nested.items()}
 
     def clone(layer):
@@ -199,7 +206,7 @@ def _rebuild(model, plan: FoldPlan):
             for attr, value in plan.state[layer.name].items():
                 getattr(layer, attr).assign(value.astype(layer.variable_dtype))
         elif layer.weights and layer.name not in inner:
-            layer.set_weights(model.get_layer(layer.name).get_weights())
+            copy_state(model.get_layer(layer.name), layer)
     return folded
 
 
@@ -222,10 +229,29 @@ def _float64_config(config):
 
 
 def _float64_twin(model):
-    """The same model computing in float64, with the same (float32) weights."""
+    """The same model computing in float64, with the same (float32) weights and state."""
     twin = model.__class__.from_config(_float64_config(model.get_config()))
-    twin.set_weights(model.get_weights())
+    copy_state(model, twin)
     return twin
+
+
+def _layer_pairs(source, target):
+    """(source layer, target layer) for ``target``, a clone of ``source``, at any depth."""
+    yield source, target
+    for a, b in zip(getattr(source, "layers", []), getattr(target, "layers", []), strict=True):
+        yield from _layer_pairs(a, b)
+
+
+def copy_state(source, target) -> None:
+    """``target`` (a clone of ``source``, in any float dtype) takes every layer's variables
+    the way loading a saved file gives them: through each layer's ``load_own_variables``,
+    where Keras also sets up state that is not a variable (a Normalization's adapted mean
+    and variance, made into its constants by ``finalize_state``)."""
+    for a, b in _layer_pairs(source, target):
+        store: dict[str, Any] = {}
+        a.save_own_variables(store)
+        if store:
+            b.load_own_variables({key: np.asarray(value) for key, value in store.items()})
 
 
 # ---------------------------------------------------------------- the check
@@ -256,13 +282,6 @@ def _peak(a: list[np.ndarray]) -> float:
     return peak if peak > 0 else 1.0
 
 
-def equivalence(original, folded, x: np.ndarray, batch: int = 256) -> tuple[float, float]:
-    """(max |Δ|, max |Δ| / max |original|) over ``x``, in inference mode."""
-    a, b = _predict(original, x, batch), _predict(folded, x, batch)
-    diff = _max_diff(a, b)
-    return diff, diff / _peak(a)
-
-
 @dataclass(frozen=True)
 class _Check:
     """The measures of one fold (see the module docstring), each relative to the largest output."""
@@ -286,7 +305,12 @@ def _float64_measures(plan: FoldPlan, x, y32, f32) -> _Check | str:
         y64 = _predict(original64, x)
         f64 = _predict(_rebuild(original64, plan), x)
     except Exception as e:  # a layer without a float64 kernel or config: judge in float32
-        return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]
+        return f"no float64 run: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]
+    reference = _max_diff(y32, y64) / _peak(y32)
+    if not reference <= REFERENCE_LIMIT:  # the twin is not the model: it cannot be the truth
+        return (f"the float64 reference differs from the original model by {reference:.3g} of "
+                f"its largest output, beyond float32 rounding ({REFERENCE_LIMIT:g}): refused as "
+                "the reference")
     peak = _peak(y64)
     return _Check(diff, rel, MEASURE_FLOAT64, _max_diff(f64, y64) / peak,
                   _max_diff(y32, y64) / peak, _max_diff(f32, y64) / peak)
@@ -295,15 +319,15 @@ def _float64_measures(plan: FoldPlan, x, y32, f32) -> _Check | str:
 def _judge(plan: FoldPlan, folded, x, tolerance: float, samples: int) -> _Check:
     """The measures, or FoldError when the fold is not exact or the folded model drifts."""
     y32, f32 = _predict(plan.model, x), _predict(folded, x)
-    folds_any = any(f.folded for f in plan.folds)
+    folds_any = any(f.folded for f in (*plan.folds, *plan.others))
     check = _float64_measures(plan, x, y32, f32) if folds_any else "nothing folded"
     if isinstance(check, str):
         diff = _max_diff(y32, f32)
-        check = _Check(diff, diff / _peak(y32), f"{MEASURE_FLOAT32} (no float64 run: {check})")
+        check = _Check(diff, diff / _peak(y32), f"{MEASURE_FLOAT32} ({check})")
         if not np.isfinite(diff) or check.max_rel_diff > tolerance:
             raise FoldError(f"the folded model differs from the original by {diff:.3g} "
                             f"({check.max_rel_diff:.3g} relative) on {samples} inputs, above the "
-                            f"tolerance {tolerance:g}: nothing written")
+                            f"tolerance {tolerance:g}, measured in {check.measure}: nothing written")
         return check
     samples = min(samples, FLOAT64_SAMPLES)  # the float64 measures' inputs
     if not check.fold_rel_diff <= EXACT_FLOAT64:
@@ -337,15 +361,18 @@ def fold_model(model, x: np.ndarray, tolerance: float = DEFAULT_TOLERANCE,
     check = _judge(plan, folded, x, tolerance, samples)
     return FoldResult(folded, plan.folds, check.max_abs_diff, check.max_rel_diff, samples, inputs,
                       tolerance, measure=check.measure, fold_rel_diff=check.fold_rel_diff,
-                      noise_rel_diff=check.noise_rel_diff, folded_rel_error=check.folded_rel_error)
+                      noise_rel_diff=check.noise_rel_diff, folded_rel_error=check.folded_rel_error,
+                      others=plan.others)
 
 
 def fold_file(model_path: str | Path, out: str | Path, tolerance: float = DEFAULT_TOLERANCE,
-              data: Any = None) -> FoldResult:
+              data: Any = None, bn_stats: StatsPolicy = StatsPolicy()) -> FoldResult:
     """``edgebn fold``: load a .keras (safe mode), fold, check, save ``out`` atomically.
 
     The check runs on ``data`` (a DataSpec): its .npz/.npy inputs, else its test split
-    when it fits the model, else random inputs (said so in the result).
+    when it fits the model, else random inputs (said so in the result). The BN statistics
+    are measured on the same data first, and recomputed when ``bn_stats`` asks
+    (:mod:`edgebn.fold.statistics`); the file at ``model_path`` is never changed.
     """
     from edgebn.zoo.keras_io import load_keras, save_keras
 
@@ -361,8 +388,9 @@ def fold_file(model_path: str | Path, out: str | Path, tolerance: float = DEFAUL
         data = fit_data(data, model)[0]
     npz = data.npz if data is not None else None
     dataset = data.load() if data is not None and npz is None else None
+    statistics = None if data is None else bn_statistics(model, data, bn_stats, dataset)
     x, where = sample_inputs(model.input_shape[1:], npz, dataset,
                              seed=data.seed if data is not None else 0)
     result = fold_model(model, x, tolerance, inputs=where)
     save_keras(result.model, out)
-    return replace(result, source=str(model_path), out=str(out))
+    return replace(result, source=str(model_path), out=str(out), bn_statistics=statistics)

@@ -8,6 +8,10 @@ computed in both, not one the fold changes on purpose — is compared, not only 
 
     max|folded − original| ≤ tolerance · max|original|      (per tensor)
 
+Equal infinities are equal (litert-torch pads a max-pool with −inf); a tensor whose every
+value is 0 is measured against the largest value of any tensor compared, so the measure
+stays finite.
+
 ``tolerance`` defaults to :data:`DEFAULT_TOLERANCE`, float32 rounding through a few layers; where
 folded weights were stored as float16 again, float16 rounding is added
 (:data:`FLOAT16_ROUNDING`).
@@ -55,12 +59,14 @@ import numpy as np
 
 from edgebn.errors import EdgebnError, FoldError
 from edgebn.runtime.backends import load_interpreter
+from edgebn.runtime.tensor_diff import activation_scale, difference
 from edgebn.runtime.timing import BenchSettings, RatioEstimate, latency_ratio
 from edgebn.stages import write_atomic
 from edgebn.tensors import make_inputs
+from edgebn.tflite.chains import constant_source
 from edgebn.tflite.fold import KERNELS, ChainFold, Rewrite, fold_chains
+from edgebn.tflite.provenance import COUNTED
 from edgebn.tflite.reader import Operator, Tensor, TFLiteModel, as_tflite, parse_tflite
-from edgebn.tflite.residue import constant_source
 
 DEFAULT_TOLERANCE = 1e-5  # |Δ| per tensor beyond which a fold is refused, relative to its max |value|
 FLOAT16_ROUNDING = 2.0 ** -10  # weights rounded to float16 again: relative error per weight ≤ 2⁻¹¹
@@ -129,7 +135,8 @@ class TFLiteFoldResult:
 
     @property
     def all_folded(self) -> bool:
-        return all(c.result == "folded" for c in self.chains)
+        """Every BN chain folded (a Normalization or Rescaling chain kept does not count)."""
+        return all(c.result == "folded" for c in self.chains if c.source_type in COUNTED)
 
     @property
     def measure(self) -> str:
@@ -191,8 +198,8 @@ def step_bound(model: TFLiteModel, rewrite: Rewrite) -> float:
     ``1 + Σ_k ½·S_k·max|Π_(j≥k) m_j| / S_y`` over the chain's quantized input and middle
     tensors ``k`` (``m_j`` the MUL constants from step ``k`` on), rounded up; at least
     :data:`INT8_STEPS`."""
+    from edgebn.tflite.chains import constant_source
     from edgebn.tflite.fold import const_values
-    from edgebn.tflite.residue import constant_source
 
     worst = INT8_STEPS
     for c in rewrite.chains:
@@ -283,7 +290,9 @@ def compare(original: TFLiteModel, folded: TFLiteModel, rewrite: Rewrite,
     after_clipped = _downstream(original, set(masks)) if runs.any() else set()
     worst = worst_q = None
     compared = quantized = 0
-    for key in sorted(set(before[0]) & set(after[0]) - rewrite.changed):
+    keys = sorted(set(before[0]) & set(after[0]) - rewrite.changed)
+    floor = activation_scale(before, keys)  # for a tensor whose own largest value is 0
+    for key in keys:
         a = np.stack([run[key] for run in before])
         b = np.stack([run[key] for run in after])
         if a.shape != b.shape:
@@ -299,11 +308,9 @@ def compare(original: TFLiteModel, folded: TFLiteModel, rewrite: Rewrite,
             continue
         compared += 1
         tensor = original.subgraphs[key[0]].tensors[key[1]]
-        scale = float(np.abs(a).max()) if a.size else 0.0
-        diff = float(np.abs(a - b).max()) if a.size else 0.0
+        diff, scale = difference(a, b)
+        scale = scale if scale > 0 else floor
         rel = diff / scale if scale > 0 else (0.0 if diff == 0 else float("inf"))
-        if not np.isfinite(diff):
-            rel = float("inf")
         q = _per_tensor(tensor)
         if q is not None:
             quantized += 1

@@ -3,18 +3,67 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from edgebn.choices import quantize_spec
 from edgebn.errors import EdgebnError
 from edgebn.runtime.backends import Backend, interpreter_errors, load_interpreter
 from edgebn.tensors import dequantize, quantize, rows_per_chunk
 from edgebn.tflite.reader import TFLiteModel
 
 CHUNK = 256  # samples per invoke at most: the input is resized to this batch
+
+
+@dataclass(frozen=True)
+class VerifyLimits:
+    """How far a .tflite may be from the model it came from: a quantize mode's row
+    (edgebn.choices), or the user's own where they loosen it."""
+
+    min_agreement: float
+    max_prob_diff: float
+    mode: str = "none"
+
+    @classmethod
+    def of(cls, mode: Any, min_agreement: float | None = None,
+           max_prob_diff: float | None = None) -> VerifyLimits:
+        spec = quantize_spec(mode)
+        return cls(spec.min_agreement if min_agreement is None else min_agreement,
+                   spec.max_prob_diff if max_prob_diff is None else max_prob_diff, spec.name)
+
+    def judge(self, agreement: float, max_prob_diff: float) -> tuple[VerifyCheck, ...]:
+        return (VerifyCheck("top1_agreement", agreement, self.min_agreement,
+                            agreement >= self.min_agreement, ">="),
+                VerifyCheck("max_abs_diff", max_prob_diff, self.max_prob_diff,
+                            bool(max_prob_diff <= self.max_prob_diff), "<="))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"mode": self.mode, "min_agreement": self.min_agreement,
+                "max_prob_diff": self.max_prob_diff}
+
+
+@dataclass(frozen=True)
+class VerifyCheck:
+    """One of verify's measures against its limit."""
+
+    name: str  # "top1_agreement" | "max_abs_diff"
+    value: float
+    limit: float
+    passed: bool
+    relation: str  # how value must stand to the limit: ">=" or "<="
+
+    def describe(self) -> str:
+        what = {"top1_agreement": "top-1 agreement", "max_abs_diff": "max |Δp|"}[self.name]
+        if self.passed:
+            return f"{what} {self.value:.4g} {self.relation} {self.limit:g}"
+        return f"{what} {self.value:.4g}, the limit {self.relation} {self.limit:g}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "value": self.value, "limit": self.limit,
+                "relation": self.relation, "passed": self.passed}
 
 
 @dataclass(frozen=True)
@@ -25,11 +74,23 @@ class VerifyResult:
     top1_agreement: float | None
     max_abs_diff: float | None  # max |p_tflite - p_keras| over all samples and classes
     backend: str
+    checks: tuple[VerifyCheck, ...] = ()  # against the limits, when judged (judged())
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.checks)
+
+    def judged(self, limits: VerifyLimits) -> VerifyResult:
+        """With its checks against ``limits`` (a reference model is needed: Keras')."""
+        if self.top1_agreement is None or self.max_abs_diff is None:
+            return self
+        return replace(self, checks=limits.judge(self.top1_agreement, self.max_abs_diff))
 
     def to_json(self) -> dict[str, Any]:
         return {"samples": self.samples, "test_accuracy": self.tflite_accuracy,
                 "keras_test_accuracy": self.keras_accuracy, "top1_agreement": self.top1_agreement,
-                "max_abs_diff": self.max_abs_diff, "backend": self.backend}
+                "max_abs_diff": self.max_abs_diff, "backend": self.backend,
+                "passed": self.passed, "checks": [c.to_json() for c in self.checks]}
 
 
 def _chunks(x: Any) -> Iterator[np.ndarray]:

@@ -1,6 +1,6 @@
 """Fold the BN a converter left inside a .tflite, on the flatbuffer (``edgebn fold model.tflite``).
 
-Each residual chain (:func:`edgebn.tflite.residue.affine_chains`: ``y = act(x·s + t)`` per
+Each residual chain (:func:`edgebn.tflite.chains.affine_chains`: ``y = act(x·s + t)`` per
 channel, however many SUB/MUL/ADD steps it was written as) is reduced to its ``s`` and ``t``
 in float64, then, first that applies:
 
@@ -16,13 +16,10 @@ in float64, then, first that applies:
 * else **collapsed** into one MUL and one ADD when it had more operators, or **kept**: each
   with the reason nothing could take it.
 
-Float16 weights (a DEQUANTIZE of a float16 constant) are folded from float32 and stored as
-float16 again, behind a DEQUANTIZE of their own. A chain on int8 activations folds backward
-only (:mod:`edgebn.tflite.fold_int8`), else it is kept. Tensor indices are kept, so the folded
-file's tensors can be compared one by one with the original's; :attr:`Rewrite.changed` names
-those whose values the fold changes on purpose (between a forward fold's chain and its
-operator, the collapsed chain's middle, a float kernel's output before its QUANTIZE).
-Constants nothing reads any more are emptied. Chains on other quantized activations are kept.
+Float16 weights are folded from float32 and stored as float16 again. An int8 chain folds
+backward only (:mod:`edgebn.tflite.fold_int8`); other quantized chains are kept. Tensor
+indices are kept, so the files' tensors compare one by one; :attr:`Rewrite.changed` names
+those the fold changes on purpose. Constants nothing reads any more are emptied.
 """
 
 from __future__ import annotations
@@ -33,9 +30,10 @@ from typing import Any
 import numpy as np
 
 from edgebn.tflite import fold_int8
+from edgebn.tflite.chains import Step, affine_chains, chain_kind, constant_source
 from edgebn.tflite.fold_int8 import const_values
+from edgebn.tflite.provenance import attribute, has_names
 from edgebn.tflite.reader import Operator, Subgraph, TFLiteModel, schema
-from edgebn.tflite.residue import Step, affine_chains, bn_sources, chain_kind, constant_source
 from edgebn.tflite.writer import Buffer, buffers_of, operator_code, pack, unpack
 
 # the linear operators a BN folds into: weights input, bias input, the weights' output-channel axis
@@ -59,13 +57,14 @@ class ChainFold:
     direction: str | None = None  # "backward" | "forward"
     reason: str | None = None
     source: str | None = None
+    source_type: str = "bn"  # edgebn.tflite.provenance.attribute: bn, normalization, ...
     float16: bool = False  # folded into float16 weights, stored as float16 again
     int8: bool = False  # folded into int8 weights: new scales, flipped signs, a requantized bias
 
     def to_json(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"subgraph": self.subgraph, "ops": list(self.ops), "kind": self.kind,
                                "channels": self.channels, "result": self.result,
-                               "source": self.source}
+                               "source": self.source, "source_type": self.source_type}
         if self.result == "folded":
             doc |= {"into": {"op": self.into, "type": self.into_type}, "direction": self.direction,
                     "float16": self.float16, "int8": self.int8}
@@ -137,14 +136,16 @@ class _Folder:
         self.drop: set[int] = set()
         self.changed: set[int] = set()
         self.results: list[ChainFold] = []
+        self.names = has_names(model)
 
     # ------------------------------------------------------------ per chain
     def fold(self, chain: tuple[Step, ...]) -> None:
         sg = self.sg
         ops = tuple(st.op.index for st in chain)
         x = chain[0].data
+        who = attribute(self.model, sg, chain, None, self.names)
         base = ChainFold(sg.index, ops, chain_kind(chain), sg.tensors[x].shape[chain[0].axis],
-                         "kept", source=next((n for st in chain for n in bn_sources(sg, st.op, None)), None))
+                         "kept", source=who.layer, source_type=who.source_type)
         dtype = sg.tensors[x].dtype
         if dtype not in ("FLOAT32", "INT8"):
             self.results.append(replace(base, reason=f"{dtype} activations: a quantized "
@@ -156,7 +157,8 @@ class _Folder:
             done = attempt(chain, s, t)
             if isinstance(done, ChainFold):
                 self.results.append(replace(done, subgraph=base.subgraph, ops=ops, kind=base.kind,
-                                          channels=base.channels, source=base.source))
+                                          channels=base.channels, source=base.source,
+                                          source_type=base.source_type))
                 self.drop |= set(ops)
                 return
             why.append(done)

@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 
 from edgebn.errors import EdgebnError
+from edgebn.tflite.chains import constant_source
 from edgebn.tflite.reader import Operator, Subgraph, TFLiteModel, schema
-from edgebn.tflite.residue import constant_source
 
 INT32_MAX = 2 ** 31 - 1
 INT8_MIN = -128

@@ -10,6 +10,9 @@ flatbuffers runtime. That runtime does not verify buffers, so this module does:
 * every operator is checked against the schema: opcode and tensor indices, inputs
   (count, -1 only where optional) and options table (a CONV_2D's code swapped for
   SPLIT is refused: XNNPACK would read SplitOptions that are not there);
+* every index list is checked against what it indexes: operator inputs, outputs and
+  intermediates, subgraph inputs and outputs, tensor buffers, a per-channel
+  quantization's dimension, signature subgraphs and tensors;
 * the identifier and size (at most ``MAX_FILE_BYTES``) are checked before reading;
 * any low-level failure while decoding (offset out of range, bad UTF-8, ...)
   becomes an ``InvalidModelError`` naming the file.
@@ -279,10 +282,25 @@ def _parse(data: bytes, name: str) -> TFLiteModel:
     buffers = _buffers(model, size, budget)
     subgraphs = [_subgraph(model.Subgraphs(s), s, op_codes, buffers, budget)
                  for s in range(budget.length(model.SubgraphsLength(), 4, "subgraphs"))]
+    signatures = _signatures(model, budget)
+    _check_signatures(signatures, subgraphs)
     # Weight bytes: constant buffers referenced by tensors (each buffer counted once).
     used = {t.buffer for sg in subgraphs for t in sg.tensors if t.constant_bytes}
-    return TFLiteModel(name, size, model.Version(), tuple(subgraphs), _signatures(model, budget),
+    return TFLiteModel(name, size, model.Version(), tuple(subgraphs), signatures,
                        sum(buffers[b][1] for b in used), tuple(buffers), data)
+
+
+def _check_signatures(signatures: tuple[Signature, ...], subgraphs: list[Subgraph]) -> None:
+    """Each signature's subgraph exists and its tensors are that subgraph's."""
+    for sig in signatures:
+        if not 0 <= sig.subgraph < len(subgraphs):
+            raise InvalidModelError(f"signature {sig.key!r} names subgraph {sig.subgraph}; there "
+                                    f"are {len(subgraphs)}")
+        count = len(subgraphs[sig.subgraph].tensors)
+        for name, index in (*sig.inputs.items(), *sig.outputs.items()):
+            if not 0 <= index < count:
+                raise InvalidModelError(f"signature {sig.key!r} maps {name!r} to tensor {index}; "
+                                        f"subgraph {sig.subgraph} has {count}")
 
 
 def _op_codes(model, schema, budget: _Budget) -> list[str]:
@@ -337,6 +355,7 @@ def _subgraph(sg, s: int, op_codes: list[str], buffers, budget: _Budget) -> Subg
         operator = Operator(o, op_codes[code],
                             refs(op.InputsLength(), op.Inputs, f"{where} inputs", optional=True),
                             refs(op.OutputsLength(), op.Outputs, f"{where} outputs", optional=True))
+        refs(op.IntermediatesLength(), op.Intermediates, f"{where} intermediates")
         _check_operator(operator, op.BuiltinOptionsType(), where)
         activation = _activation(op, op.BuiltinOptionsType())
         operators.append(operator if activation == "NONE" else replace(operator, activation=activation))
@@ -403,6 +422,9 @@ def _tensor(t, index: int, buffers, dtype_names, budget: _Budget) -> Tensor:
         zp = budget.length(q.ZeroPointLength(), 8, f"tensor {index} zero points")
         quant = Quantization(tuple(float(q.Scale(j)) for j in range(n)),
                              tuple(int(q.ZeroPoint(j)) for j in range(zp)), q.QuantizedDimension())
+        if n > 1 and not 0 <= quant.quantized_dimension < max(len(shape), 1):
+            raise InvalidModelError(f"tensor {index} is quantized per channel along dimension "
+                                    f"{quant.quantized_dimension}; it has {len(shape)}")
     return Tensor(index, _text(t.Name()), shape, dtype_names.get(t.Type(), f"TYPE_{t.Type()}"),
                   buffer, constant_bytes, quant)
 

@@ -20,21 +20,44 @@ Provenance comes from tensor names where they survive: the converter joins the
 names of fused ops with ';', so a BN layer's scope (``.../batch_normalization_3/
 batchnorm/...``) in the names around an operator tells which BN it was folded
 into, or which BN a chain was.
+
+**Not every per-channel scale and shift is a BN.** A Keras ``Normalization`` layer (Keras'
+guides put one first in an image model; EfficientNetV2 and ConvNeXt carry one) converts to
+``SUB(mean) → MUL(1/std)``, a per-channel ``Rescaling`` to MUL and ADD. Each chain is
+attributed (:func:`attribute`), first rule that applies:
+
+1. names: a BN's scope (``batchnorm``, ``FusedBatchNorm``, a ``batch_normalization`` layer)
+   or a PyTorch ``BatchNorm1d/2d/3d`` module (litert-torch's names) → BN, that layer;
+2. names: a Keras Normalization's own operators, ``<layer>/Sub`` and ``<layer>/truediv`` →
+   Normalization, that layer;
+3. names: a ``rescaling`` layer's scope → Rescaling, that layer;
+4. form, when the names do not tell: ``SUB`` then ``MUL`` with no shift after the scale,
+   on a model input (directly or behind a scalar rescale, a TRANSPOSE or a RESHAPE) →
+   input normalization (a BN shifts after it scales: TensorFlow writes it as MUL+ADD,
+   litert-torch as SUB, MUL, MUL, ADD);
+5. form: anything else → BN when the file has no names at all; ``unknown`` when it has
+   names that do not say what the chain is.
+
+Only BN and ``unknown`` count toward the verdict (a chain nothing rules out as BN counts);
+Normalization and Rescaling chains are listed apart (``not_bn``), with their cost.
 """
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from edgebn.errors import EdgebnError
-from edgebn.tflite.reader import Operator, Subgraph, Tensor, TFLiteModel, read_tflite, tensor_bytes
-
-_BN_MARKERS = ("batchnorm", "FusedBatchNorm")
-_BN_LAYER = re.compile(r"^batch_normalization(_\d+)*$")
+from edgebn.tflite.chains import affine_chains, chain_kind, consumers
+from edgebn.tflite.provenance import (
+    COUNTED,
+    attribute,
+    bn_sources,
+    has_names,
+)
+from edgebn.tflite.reader import Subgraph, TFLiteModel, read_tflite, tensor_bytes
 
 
 @dataclass(frozen=True)
@@ -47,6 +70,8 @@ class ResidualBN:
     cost_elements: int  # elements of the tensor the BN normalizes, per inference
     source: str | None
     axis: int | None = None  # the channel axis of a chain (3 in NHWC, 1 in NCHW)
+    source_type: str = "bn"  # "bn" | "normalization" | "rescaling" | "unknown"
+    rule: str | None = None  # how the source was decided (names, or the chain's form)
 
     @property
     def affine(self) -> bool:
@@ -57,7 +82,8 @@ class ResidualBN:
         flops = len(self.ops) * self.cost_elements if self.affine else 2 * self.cost_elements
         return {"subgraph": self.subgraph, "ops": list(self.ops), "kind": self.kind,
                 "channels": self.channels, "axis": self.axis, "cost_elements": self.cost_elements,
-                "cost_flops": flops, "source": self.source}
+                "cost_flops": flops, "source": self.source, "source_type": self.source_type,
+                "rule": self.rule}
 
 
 @dataclass(frozen=True)
@@ -73,8 +99,10 @@ class FoldedBN:
 
 @dataclass(frozen=True)
 class BNAnalysis:
-    residual: tuple[ResidualBN, ...]
+    residual: tuple[ResidualBN, ...]  # BN, and chains nothing rules out as BN
     folded: tuple[FoldedBN, ...]
+    not_bn: tuple[ResidualBN, ...] = ()  # per-channel affine chains that are not BN
+    names: bool = True  # the file has tensor names (False: stripped)
 
     @property
     def verdict(self) -> str:
@@ -84,7 +112,8 @@ class BNAnalysis:
         return {"verdict": self.verdict,
                 "residual_count": len(self.residual),
                 "residual": [r.to_json() for r in self.residual],
-                "folded": [f.to_json() for f in self.folded]}
+                "folded": [f.to_json() for f in self.folded],
+                "not_bn": [r.to_json() for r in self.not_bn], "names": self.names}
 
 
 @dataclass(frozen=True)
@@ -156,9 +185,13 @@ def inspect_model(model: TFLiteModel, bn_layers: list[str] | None = None) -> Ins
 
 def analyse_bn(model: TFLiteModel, bn_layers: list[str] | None = None) -> BNAnalysis:
     residual: list[ResidualBN] = []
+    not_bn: list[ResidualBN] = []
     folded: list[FoldedBN] = []
+    names = has_names(model)
     for sg in model.subgraphs:
-        sg_residual = _residual_in(model, sg, bn_layers) + _batch_stats_in(model, sg, bn_layers)
+        found = _residual_in(model, sg, bn_layers, names) + _batch_stats_in(model, sg, bn_layers)
+        sg_residual = [r for r in found if r.source_type in COUNTED]
+        not_bn.extend(r for r in found if r.source_type not in COUNTED)
         residual.extend(sg_residual)
         claimed = {r.source for r in sg_residual if r.source}
         claimed_ops = {i for r in sg_residual for i in r.ops}
@@ -170,104 +203,10 @@ def analyse_bn(model: TFLiteModel, bn_layers: list[str] | None = None) -> BNAnal
                 if source not in claimed and source not in seen:
                     seen.add(source)
                     folded.append(FoldedBN(source, sg.index, op.index, op.op))
-    return BNAnalysis(tuple(residual), tuple(folded))
+    return BNAnalysis(tuple(residual), tuple(folded), tuple(not_bn), names)
 
 
-# the per-channel steps a BN is written as, once unfolded: y = x - c, x * c, x + c
-AFFINE_OPS = ("SUB", "MUL", "ADD")
-
-
-@dataclass(frozen=True)
-class Step:
-    """One operator of an unfolded BN: ``y = x <op> c`` with ``c`` one value per channel."""
-
-    op: Operator
-    data: int  # the tensor x it reads
-    const: int  # the tensor c: a constant, or a DEQUANTIZE's output of one
-    axis: int  # the channel axis of x that c runs along
-
-
-def channel_axis(const_shape: tuple[int, ...], data_shape: tuple[int, ...]) -> int | None:
-    """The axis of ``data_shape`` along which a constant of ``const_shape`` gives one value
-    per channel (broadcast from the right: ``[C]``, ``[1, 1, 1, C]``, ``[C, 1, 1]`` of NCHW
-    data), or None: a scalar, or more than one axis, is not per channel."""
-    if not const_shape or len(const_shape) > len(data_shape):
-        return None
-    offset = len(data_shape) - len(const_shape)
-    axes = [offset + i for i, d in enumerate(const_shape) if d != 1]
-    if len(axes) != 1 or const_shape[axes[0] - offset] != data_shape[axes[0]] or data_shape[axes[0]] < 2:
-        return None
-    return axes[0]
-
-
-def constant_source(model: TFLiteModel, sg: Subgraph, tensor: int,
-                    producer: dict[int, Operator]) -> int | None:
-    """The stored constant behind ``tensor``: itself, or the input of the DEQUANTIZE that makes
-    it (float16 weights); None when the runtime computes it."""
-    if tensor < 0:
-        return None
-    if sg.tensors[tensor].is_constant:
-        return tensor
-    maker = producer.get(tensor)
-    if maker is not None and maker.op == "DEQUANTIZE" and maker.inputs and maker.inputs[0] >= 0 \
-            and sg.tensors[maker.inputs[0]].is_constant:
-        return maker.inputs[0]
-    return None
-
-
-def _step(model: TFLiteModel, sg: Subgraph, op: Operator, producer: dict[int, Operator]) -> Step | None:
-    if op.op not in AFFINE_OPS or len(op.inputs) != 2 or len(op.outputs) != 1 or min(op.inputs) < 0:
-        return None
-    for data, const in (op.inputs, op.inputs[::-1]):
-        if op.op == "SUB" and data != op.inputs[0]:
-            continue  # c - x negates x: not a step of the BN form
-        d = sg.tensors[data]
-        if constant_source(model, sg, data, producer) is not None or \
-                constant_source(model, sg, const, producer) is None:
-            continue
-        axis = channel_axis(sg.tensors[const].shape, d.shape)
-        if axis is not None and sg.tensors[op.outputs[0]].shape == d.shape:
-            return Step(op, data, const, axis)
-    return None
-
-
-def affine_chains(model: TFLiteModel, sg: Subgraph) -> list[tuple[Step, ...]]:
-    """Every maximal run of per-channel steps, each read only by the next, that scales and
-    shifts (a MUL and an ADD or SUB among them): the forms an unfolded BN takes."""
-    producer = {t: op for op in sg.operators for t in op.outputs if t >= 0}
-    consumers = _consumers(sg)
-    outputs = set(sg.outputs)
-    steps = {op.index: st for op in sg.operators if (st := _step(model, sg, op, producer))}
-
-    def successor(st: Step) -> Step | None:
-        out = st.op.outputs[0]
-        users = consumers.get(out, [])
-        if len(users) != 1 or out in outputs or st.op.activation != "NONE":
-            return None
-        nxt = steps.get(users[0].index)
-        return nxt if nxt is not None and nxt.data == out and nxt.axis == st.axis else None
-
-    followers = {n.op.index for st in steps.values() if (n := successor(st)) is not None}
-    chains = []
-    for index, st in steps.items():
-        if index in followers:
-            continue
-        chain = [st]
-        while (nxt := successor(chain[-1])) is not None and len(chain) < 64:
-            chain.append(nxt)
-        names = {s.op.op for s in chain}
-        if len(chain) >= 2 and "MUL" in names and names & {"ADD", "SUB"}:
-            chains.append(tuple(chain))
-    return chains
-
-
-def chain_kind(chain: tuple[Step, ...]) -> str:
-    """``decomposed`` for the MUL+ADD pair; other forms by their operators: ``sub_mul_mul_add``."""
-    names = [s.op.op for s in chain]
-    return "decomposed" if names == ["MUL", "ADD"] else "_".join(n.lower() for n in names)
-
-
-def _residual_in(model: TFLiteModel, sg: Subgraph, bn_layers) -> list[ResidualBN]:
+def _residual_in(model: TFLiteModel, sg: Subgraph, bn_layers, names: bool) -> list[ResidualBN]:
     found = []
     for op in sg.operators:
         if "BatchNorm" in op.op and op.op.startswith("CUSTOM:"):
@@ -279,27 +218,18 @@ def _residual_in(model: TFLiteModel, sg: Subgraph, bn_layers) -> list[ResidualBN
                 source=_first(bn_sources(sg, op, bn_layers))))
     for chain in affine_chains(model, sg):
         data = sg.tensors[chain[0].data]
-        source = _first([n for st in chain for n in bn_sources(sg, st.op, bn_layers)])
+        who = attribute(model, sg, chain, bn_layers, names)
         found.append(ResidualBN(sg.index, tuple(st.op.index for st in chain), chain_kind(chain),
                                 data.shape[chain[0].axis], cost_elements=data.num_elements,
-                                source=source, axis=chain[0].axis))
+                                source=who.layer, axis=chain[0].axis,
+                                source_type=who.source_type, rule=who.rule))
     return sorted(found, key=lambda r: r.ops)
-
-
-def _consumers(sg: Subgraph) -> dict[int, list[Operator]]:
-    """Tensor index -> the operators that read it."""
-    consumers: dict[int, list[Operator]] = {}
-    for op in sg.operators:
-        for t in op.inputs:
-            if t >= 0:
-                consumers.setdefault(t, []).append(op)
-    return consumers
 
 
 def _batch_stats_in(model: TFLiteModel, sg: Subgraph, bn_layers) -> list[ResidualBN]:
     """Training-mode BN: mean and variance over the batch (and spatial) axes, per channel."""
     producer = {t: op for op in sg.operators for t in op.outputs if t >= 0}
-    consumers = _consumers(sg)
+    readers = consumers(sg)
     found = []
     for op in sg.operators:
         if (op.op != "SQUARED_DIFFERENCE" or len(op.inputs) != 2 or min(op.inputs) < 0
@@ -313,7 +243,7 @@ def _batch_stats_in(model: TFLiteModel, sg: Subgraph, bn_layers) -> list[Residua
             axes = _axes(model, sg, mean.inputs[1], len(data.shape))
             if axes is None or 0 not in axes or len(data.shape) - 1 in axes:
                 continue
-            var = [u for u in consumers.get(op.outputs[0], []) if u.op == "MEAN"]
+            var = [u for u in readers.get(op.outputs[0], []) if u.op == "MEAN"]
             if not var:
                 continue
             ops = (mean.index, op.index, var[0].index)
@@ -331,65 +261,6 @@ def _axes(model: TFLiteModel, sg: Subgraph, index: int, rank: int) -> set[int] |
     if values is None or values.dtype.kind not in "iu":
         return None
     return {int(a) % rank for a in values.reshape(-1)}
-
-
-def _data_and_channel_const(sg: Subgraph, inputs) -> tuple[Tensor, Tensor] | None:
-    if any(i < 0 for i in inputs):
-        return None
-    a, b = (sg.tensors[i] for i in inputs)
-    for data, const in ((a, b), (b, a)):
-        if not data.is_constant and data.shape and _is_channel_const(const, data.shape[-1]):
-            return data, const
-    return None
-
-
-def _is_channel_const(t: Tensor, channels: int) -> bool:
-    """A constant with one value per channel: shape [C] or [1, ..., 1, C], C > 1."""
-    if not t.is_constant or channels <= 1 or not t.shape:
-        return False
-    *lead, last = t.shape
-    return last == channels and all(d == 1 for d in lead)
-
-
-def bn_sources(sg: Subgraph, op: Operator, bn_layers) -> list[str]:
-    """BN layer names mentioned in the names of an operator's tensors, in order."""
-    names: list[str] = []
-    for t in (*op.outputs, *op.inputs):
-        if t < 0:
-            continue
-        for part in sg.tensors[t].name.split(";"):
-            scope = _bn_scope(part)
-            if scope:
-                name = _resolve(scope, bn_layers)
-                if name not in names:
-                    names.append(name)
-    return names
-
-
-def _bn_scope(name: str) -> str | None:
-    parts = name.split("/")
-    for i, part in enumerate(parts):
-        if i > 0 and any(part.startswith(m) for m in _BN_MARKERS):
-            return parts[i - 1]
-    for part in parts[:-1]:
-        if _BN_LAYER.match(part):
-            return part
-    return None
-
-
-def _resolve(scope: str, bn_layers) -> str:
-    """Map an export scope to a known layer name.
-
-    Keras 3's export appends one ``_N`` to every name scope (layer ``bn1`` is
-    traced as ``bn1_1``), so the once-stripped name is tried first.
-    """
-    if not bn_layers:
-        return scope
-    once = re.sub(r"_\d+$", "", scope)
-    for candidate in (once, scope):
-        if candidate in bn_layers:
-            return candidate
-    return scope
 
 
 def _first(items: list[str]) -> str | None:
