@@ -114,7 +114,8 @@ def _folder(tmp_path, size):
     (None, ".keras", "no such file"),
     (b"not a zip", ".keras", "not a Keras model"),
     (b"PK\x05\x06" + b"\x00" * 18, ".keras", "cannot load as a Keras model"),
-    (b"x", ".h5", "expected a .keras file"),
+    (b"x", ".h5", "not an HDF5 file"),
+    (b"x", ".pb", "expected a .keras or .h5 Keras model"),
 ])
 def test_bad_keras_files_are_refused(tmp_path, content, suffix, message):
     path = tmp_path / f"m{suffix}"

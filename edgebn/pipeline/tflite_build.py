@@ -1,4 +1,4 @@
-"""``edgebn build --model model.tflite``: a .tflite from any converter through the whole pipeline.
+"""``edgebn build --model model.tflite`` (or a SavedModel directory): the .tflite route, whole.
 
 data → fold (on the flatbuffer, :mod:`edgebn.runtime.tflite_fold`, proven tensor by tensor) →
 verify (the folded file against the original on the user's labelled data: accuracy of each,
@@ -6,6 +6,10 @@ top-1 agreement, max |Δp|) → inspect → bench (both files, interleaved) → 
 emulated self-test) → report. OUT holds ``original.tflite`` (the file as given),
 ``model.tflite`` (the folded one), ``samples.npy``, ``report.json`` and ``report.md``; like
 every build it is staged beside OUT and swapped in whole. No TensorFlow is imported.
+
+A SavedModel directory (:mod:`edgebn.saved_model`) takes the same route after TensorFlow's
+converter: ``original.tflite`` is the converter's file, and verify holds the folded file to the
+SavedModel's own outputs, not to the converted file. ``report.json``'s ``route`` says which.
 
 Images and samples are (H, W, C) throughout; an NCHW model (what litert-torch keeps from
 PyTorch) gets its input transposed at the interpreter, here and in the bundle's predict.py
@@ -15,13 +19,14 @@ PyTorch) gets its input transposed at the interpreter, here and in the bundle's 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edgebn import __version__
+from edgebn import __version__, saved_model
 from edgebn.data.dataset import Dataset, DataSpec
 from edgebn.data.images import Color, Layout
 from edgebn.deploy.bundle import GOLDEN_SAMPLES, BundleResult, BundleSource, bundle
@@ -29,10 +34,11 @@ from edgebn.deploy.emulate import EmulationResult, emulate
 from edgebn.errors import DatasetError, EdgebnError, FoldError
 from edgebn.pipeline.build import BuildConfig, check_out_dir, refuse_early
 from edgebn.pipeline.refold import image_layout
-from edgebn.pipeline.report import markdown_table, tflite_fold_lines
+from edgebn.pipeline.report import at_chance, markdown_table, tflite_fold_lines
 from edgebn.runtime.tflite_fold import TFLiteFoldResult, fold_tflite
 from edgebn.runtime.timing import BenchSettings, RatioEstimate, latency_ratio
-from edgebn.runtime.verify import predict_tflite
+from edgebn.runtime.verify import VerifyCheck, VerifyLimits, predict_tflite
+from edgebn.saved_model import Reference, SavedModelSource
 from edgebn.stages import Progress, Stages, atomic_path, relocated, staged_dir, write_atomic
 from edgebn.tensors import CHECK_SAMPLES
 from edgebn.tflite.reader import TFLiteModel, parse_tflite, read_tflite
@@ -40,6 +46,7 @@ from edgebn.tflite.residue import InspectResult, inspect_model
 
 ARTIFACTS = frozenset({"original.tflite", "model.tflite", "samples.npy", "report.json", "report.md",
                        "bundle"})
+TFLITE_ROUTE = {"format": "tflite", "verified_against": "the original .tflite"}
 
 
 @dataclass(frozen=True)
@@ -52,11 +59,17 @@ class Agreement:
     top1_agreement: float
     max_abs_diff: float
     backend: str
+    checks: tuple[VerifyCheck, ...] = ()  # against the limits (VerifyLimits)
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.checks)
 
     def to_json(self) -> dict[str, Any]:
         return {"samples": self.samples, "original_test_accuracy": self.original_accuracy,
                 "test_accuracy": self.folded_accuracy, "top1_agreement": self.top1_agreement,
-                "max_abs_diff": self.max_abs_diff, "backend": self.backend}
+                "max_abs_diff": self.max_abs_diff, "backend": self.backend,
+                "passed": self.passed, "checks": [c.to_json() for c in self.checks]}
 
 
 @dataclass(frozen=True)
@@ -73,6 +86,7 @@ class TFLiteBuildResult:
     bundled: BundleResult | None = None
     emulated: EmulationResult | None = None
     seconds: dict[str, float] = field(default_factory=dict)
+    route: dict[str, Any] = field(default_factory=lambda: dict(TFLITE_ROUTE))
 
     arch = "custom"
 
@@ -81,18 +95,35 @@ class TFLiteBuildResult:
         sg = self.model.subgraphs[0]
         return "int8" if sg.tensors[sg.inputs[0]].dtype in ("INT8", "UINT8") else "none"
 
+    @property
+    def passed(self) -> bool:
+        return self.verified.passed
+
+    def failed_checks(self) -> list[str]:
+        return [f"model.tflite: {c.describe()}" for c in self.verified.checks if not c.passed]
+
+    def warnings(self) -> list[str]:
+        """A model at chance on the labelled data (the file learned nothing, or the data is not
+        what it was trained on)."""
+        chance = at_chance(self.verified.folded_accuracy, self.dataset.y_test, self.dataset.classes)
+        return [] if chance is None else [chance]
+
     def to_json(self) -> dict[str, Any]:
         v = self.verified
         doc: dict[str, Any] = {
             "edgebn": __version__, "model": {"arch": self.arch, "source": self.source},
+            "route": self.route,
             "dataset": self.dataset.to_json(),
             "tflite": {"path": "model.tflite", "original": "original.tflite",
                        "size_bytes": self.model.size_bytes, "quantize": self.quantize,
                        "test_accuracy": v.folded_accuracy, **v.to_json()},
             "inspect": self.inspected.to_json() | {"path": "model.tflite"},
+            "verify": {"passed": self.passed, "failed": self.failed_checks(),
+                       "checks": [c.to_json() for c in v.checks]},
             "tflite_fold": ({"refused": self.fold_refused} if self.fold is None else
                             {k: self.fold.to_json()[k] for k in ("measure", "max_rel_diff", "tolerance",
                                                                   "bn", "counts")}),
+            "warnings": self.warnings(),
             "timings": {f"{k}_s": s for k, s in self.seconds.items()},
         }
         if self.speed is not None:
@@ -106,13 +137,18 @@ class TFLiteBuildResult:
 
     def rows(self) -> list[tuple[str, str]]:
         d, v, bn = self.dataset, self.verified, self.inspected.bn
+        original = "SavedModel" if self.route["format"] == "saved_model" else "original"
         rows = [("dataset", f"{d.name} ({v.samples} labelled samples)"),
                 ("model", f"{self.source} ({self.model.size_bytes:,} bytes, "
                           f"{self.dataset.preprocessing.layout.value.upper()} input)"),
-                ("original test accuracy", f"{v.original_accuracy:.4f}"),
+                ("route", f"{self.route['format']}: verified against "
+                          f"{self.route['verified_against']}"),
+                (f"{original} test accuracy", f"{v.original_accuracy:.4f}"),
                 ("folded test accuracy", f"{v.folded_accuracy:.4f}"),
-                ("top-1 agreement folded vs original", f"{v.top1_agreement:.4f}"),
+                (f"top-1 agreement folded vs {original}", f"{v.top1_agreement:.4f}"),
                 ("max |Δp|", f"{v.max_abs_diff:.3g}"),
+                ("verify", "passed: " + ", ".join(c.describe() for c in v.checks) if self.passed
+                 else "FAILED: " + "; ".join(self.failed_checks())),
                 ("BN verdict", f"{bn.verdict} ({len(bn.residual)} residual)")]
         if self.fold is not None:
             counts = self.fold.to_json()["counts"]
@@ -158,24 +194,48 @@ def _dataset(model: TFLiteModel, spec: DataSpec) -> Dataset:
     return replace(ds, preprocessing=replace(ds.preprocessing, layout=layout))
 
 
-def _agreement(original: TFLiteModel, folded: TFLiteModel, x: np.ndarray, y: np.ndarray,
-               settings: BenchSettings) -> Agreement:
-    p_orig, _ = predict_tflite(original, x, settings.backend)
+def file_limits(config: BuildConfig, model: TFLiteModel, fold: TFLiteFoldResult | None
+                ) -> VerifyLimits:
+    """The folded file against the original: the limits of what the file is (int8, float
+    weights stored as float16 again, float32), or the user's."""
+    sg = model.subgraphs[0]
+    mode = "int8" if sg.tensors[sg.inputs[0]].dtype in ("INT8", "UINT8") else \
+        "float16" if fold is not None and any(c.float16 for c in fold.chains) else "none"
+    return VerifyLimits.of(mode, config.min_agreement, config.max_prob_diff)
+
+
+def _agreement(original: TFLiteModel | Callable[[np.ndarray], np.ndarray], folded: TFLiteModel,
+               x: np.ndarray, y: np.ndarray, settings: BenchSettings,
+               limits: VerifyLimits) -> Agreement:
+    """The folded file against ``original``: a .tflite, or a model computing its own outputs."""
+    if callable(original):
+        p_orig = original(x)
+    else:
+        p_orig, _ = predict_tflite(original, x, settings.backend)
     p_fold, info = predict_tflite(folded, x, settings.backend)
     if p_fold.ndim != 2 or p_fold.shape[1] < int(y.max()) + 1:
         raise DatasetError(f"the model outputs {list(p_fold.shape[1:])} per sample; the data has "
                            f"{int(y.max()) + 1} classes")
+    agreement = float((p_orig.argmax(1) == p_fold.argmax(1)).mean())
+    diff = float(np.abs(p_orig - p_fold).max())
     return Agreement(len(y), float((p_orig.argmax(1) == y).mean()), float((p_fold.argmax(1) == y).mean()),
-                     float((p_orig.argmax(1) == p_fold.argmax(1)).mean()),
-                     float(np.abs(p_orig - p_fold).max()), info)
+                     agreement, diff, info, limits.judge(agreement, diff))
 
 
-def build_tflite(config: BuildConfig, stages: Stages, shown: Path) -> TFLiteBuildResult:
-    """Every stage for ``config.model`` (a .tflite), writing into ``config.out`` (staging)."""
+def build_tflite(config: BuildConfig, stages: Stages, shown: Path,
+                 source: SavedModelSource | None = None) -> TFLiteBuildResult:
+    """Every stage for ``config.model`` (a .tflite, or a SavedModel ``source`` already
+    converted), writing into ``config.out`` (staging)."""
     out = config.out
-    with stages.stage("load", str(config.model)):
-        original = read_tflite(config.model)
-        write_atomic(out / "original.tflite", original.data)
+    truth: TFLiteModel | Reference
+    if source is None:
+        with stages.stage("load", str(config.model)):
+            original = read_tflite(config.model)
+            write_atomic(out / "original.tflite", original.data)
+        truth = original
+    else:
+        original = source.converted
+        truth = saved_model.reference(source)
     with stages.stage("data", config.data.name):
         ds = _dataset(original, config.data)
     layout = ds.preprocessing.layout
@@ -189,10 +249,12 @@ def build_tflite(config: BuildConfig, stages: Stages, shown: Path) -> TFLiteBuil
             refused = str(exc)
         write_atomic(out / "model.tflite", model.data)
     with stages.stage("verify", f"{len(y)} labelled samples, folded against the original"):
-        verified = _agreement(original, model, model_input(x, layout), y, config.bench)
+        verified = _agreement(truth, model, model_input(x, layout), y, config.bench,
+                              file_limits(config, model, fold))
     with stages.stage("inspect", "BN residue in model.tflite"):
         inspected = inspect_model(model)
-    result = TFLiteBuildResult(out, str(config.model), ds, model, fold, refused, inspected, verified)
+    result = TFLiteBuildResult(out, str(config.model), ds, model, fold, refused, inspected, verified,
+                               route=dict(TFLITE_ROUTE) if source is None else source.route_json())
     if config.run_bench:
         with stages.stage("bench", "the folded file against the original, interleaved"):
             speed = latency_ratio(original, model, config.bench, width=0.02, data=model_input(x, layout))
@@ -220,10 +282,18 @@ def build_tflite(config: BuildConfig, stages: Stages, shown: Path) -> TFLiteBuil
     return result
 
 
-def run_tflite_build(config: BuildConfig, progress: Progress) -> TFLiteBuildResult:
-    """:func:`build_tflite` staged beside ``config.out`` and swapped in whole."""
+def run_tflite_build(config: BuildConfig, progress: Progress,
+                     signature: str | None = None) -> TFLiteBuildResult:
+    """:func:`build_tflite` staged beside ``config.out`` and swapped in whole; a SavedModel
+    directory is converted first (its ``signature``, else serving_default)."""
     refuse_early(config)
     out = check_out_dir(config.out)
     with staged_dir(out, carry=lambda name: name not in ARTIFACTS) as staging:
-        result = build_tflite(replace(config, out=staging.path), Stages(progress), out)
+        stages = Stages(progress)
+        source = None
+        if saved_model.is_saved_model(config.model):
+            with stages.stage("convert", f"{config.model} with TensorFlow's converter"):
+                source = saved_model.convert(config.model, staging.path / "original.tflite",
+                                             signature)
+        result = build_tflite(replace(config, out=staging.path), stages, out, source)
     return relocated(result, staging.path, out)
