@@ -15,6 +15,7 @@ from edgebn.choices import Quantize, QuantizeSpec, quantize_spec
 from edgebn.data.dataset import DataSpec
 from edgebn.errors import EdgebnError, FoldError
 from edgebn.fold.keras_fold import FoldResult, all_bn_layer_names, fold_model
+from edgebn.fold.stats_check import StatsCheck, StatsPolicy, bn_statistics, statistics_json
 from edgebn.runtime.tflite_fold import TFLiteFoldResult, fold_tflite
 from edgebn.stages import Stages, timed, write_atomic
 from edgebn.tensors import CHECK_SAMPLES, sample_inputs
@@ -53,6 +54,7 @@ class ConvertOptions:
     quantize: Quantize = Quantize.none
     fold: bool = True  # fold BN in Keras first; the converter-only file is made beside it
     tolerance: float = 1e-5  # the fold's max |Δ|, relative to the largest output
+    bn_stats: StatsPolicy = StatsPolicy()  # recompute BN statistics first; refuse stale ones
 
     def __post_init__(self) -> None:  # "int8" as well as Quantize.int8; any other refused
         object.__setattr__(self, "quantize", Quantize(quantize_spec(self.quantize).name))
@@ -100,6 +102,7 @@ class ConversionResult:
     source: str | None = None  # the .keras it came from
     tflite_fold: TFLiteFoldResult | None = None  # the residue the converter left, folded in the file
     tflite_fold_refused: str | None = None  # why that fold's proof refused it (the file is as converted)
+    bn_statistics: StatsCheck | str | None = None  # the BN statistics on the data; a str: why not
 
     def fold_json(self) -> dict[str, Any] | None:
         """The fold and the two verdicts side by side, for reports and --json."""
@@ -115,6 +118,7 @@ class ConversionResult:
                 "size_bytes": self.converted.size_bytes,
                 "quantize": self.converted.quantize.value, "fold": self.fold_json(),
                 "tflite_fold": self.tflite_fold_json(),
+                "bn_statistics": statistics_json(self.bn_statistics),
                 "inspect": self.inspected.to_json()}
 
     def tflite_fold_json(self) -> dict[str, Any] | None:
@@ -223,21 +227,23 @@ def convert_file(model_path: str | Path, out: str | Path,
         data = fit_data(data, model)[0]
     calibrate = quantize_spec(options.quantize).calibrate
     pool, fold_pool = None, None  # calibration samples; (inputs, name) for the fold's check
+    ds = None
     if data.npz is not None:
         x, where = sample_inputs(want, data.npz, samples=REPRESENTATIVE_SAMPLES)
         pool, fold_pool = x, (x, where)
-    elif calibrate or options.fold:
-        ds = data.load()
+    elif calibrate or options.fold or all_bn_layer_names(model):
+        ds = data.load()  # once: calibration, the fold's check, the BN statistics
         if tuple(ds.input_shape) == want:
             pool, fold_pool = ds.x_train, (ds.x_test, f"{ds.name} test split")
         elif calibrate:
             raise EdgebnError(f"calibration data {ds.name} has input shape "
                               f"{list(ds.input_shape)}, the model expects {list(want)}: "
                               "give the data it was trained on")
+    statistics = bn_statistics(model, data, options.bn_stats, ds)  # before the fold bakes them in
     representative = pool[:REPRESENTATIVE_SAMPLES] if calibrate else None
     fold_inputs = None
     if options.fold:
         fold_inputs = fold_pool or sample_inputs(want, None, None, seed=data.seed)
         fold_inputs = (fold_inputs[0][:CHECK_SAMPLES], fold_inputs[1])
     result = convert_model(model, out, options, representative, fold_inputs)
-    return replace(result, source=str(model_path))
+    return replace(result, source=str(model_path), bn_statistics=statistics)

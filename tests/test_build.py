@@ -4,6 +4,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -327,3 +328,123 @@ def test_a_default_build_reports_the_seeds_ledger_from_the_training_history(defa
         assert r["fewer_steps"] == pytest.approx(ledger["twin"]["steps_to_target"]
                                                  / ledger["bn"]["steps_to_target"])
     assert "BN's steps, epochs and wall time" in (out / "report.md").read_text()
+
+
+def test_at_chance_hand_worked():
+    from edgebn.pipeline.report import at_chance
+
+    labels = np.array([0] * 50 + [1] * 30 + [2] * 20)  # the majority class is 0.5 of them
+    assert "at chance (0.5000: the majority class" in at_chance(0.55, labels, 3)
+    assert at_chance(0.56 + 3 * np.sqrt(0.25 / 100), labels, 3) is None  # 3 standard errors
+    balanced = np.repeat(np.arange(10), 100)
+    assert "1 of 10 classes" in at_chance(0.149, balanced, 10)
+    assert at_chance(0.151, balanced, 10) is None  # margin 0.05 > 3 standard errors (0.028)
+
+
+def test_a_build_at_chance_warns_in_the_table_and_the_report(tmp_path):
+    """Random labels: nothing to learn. The build still succeeds (it made what was asked),
+    and says, in the table, report.json and report.md, that the model learned nothing."""
+    rng = np.random.default_rng(0)
+    npz = tmp_path / "noise.npz"
+    np.savez(npz, x=rng.uniform(0, 1, (600, 8, 8, 1)).astype(np.float32),
+             y=rng.integers(0, 3, 600))
+    out = tmp_path / "b"
+    r = runner.invoke(app, ["build", "--data", str(npz), "--epochs", "2", "--no-twin",
+                            "--no-bench", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "warning" in r.output and "the model learned nothing" in r.output
+    report = json.loads((out / "report.json").read_text())
+    assert [w for w in report["warnings"] if "learned nothing" in w]
+    assert "> **Warning:** test accuracy" in (out / "report.md").read_text()
+
+
+def test_verify_limits_hand_worked():
+    from edgebn.runtime.verify import VerifyLimits
+
+    limits = VerifyLimits.of("none")
+    assert (limits.min_agreement, limits.max_prob_diff) == (0.99, 1e-4)
+    ok, diff = limits.judge(1.0, 9e-5)
+    assert ok.passed and diff.passed
+    ok, diff = limits.judge(0.985, 2e-4)
+    assert not ok.passed and not diff.passed
+    assert diff.describe() == "max |Δp| 0.0002, the limit <= 0.0001"
+    loose = VerifyLimits.of("none", max_prob_diff=1e-3)
+    assert loose.judge(1.0, 2e-4)[1].passed and loose.min_agreement == 0.99
+    assert VerifyLimits.of("int8").min_agreement < VerifyLimits.of("float16").min_agreement
+
+
+def one_weight_perturbed(m, factor: float = 1.01) -> bytes:
+    """The bytes of ``m`` (a parsed .tflite) with the largest weight of its last
+    FULLY_CONNECTED times ``factor``."""
+    sg = m.subgraphs[0]
+    fc = [op for op in sg.operators if op.op == "FULLY_CONNECTED"][-1]
+    weights = sg.tensors[fc.inputs[1]]
+    raw = m.buffer_bytes(weights.buffer)
+    values = m.constant(weights).reshape(-1).copy()
+    values[int(np.abs(values).argmax())] *= factor
+    data = bytearray(m.data)
+    start = bytes(data).find(raw)
+    data[start:start + len(raw)] = values.astype("<f4").tobytes()
+    return bytes(data)
+
+
+def _one_weight_perturbed(converted):
+    from edgebn.convert import Converted
+    from edgebn.tflite.reader import parse_tflite
+
+    data = one_weight_perturbed(converted.model)
+    write_atomic(converted.path, data)
+    return Converted(parse_tflite(data, str(converted.path)), converted.quantize,
+                     converted.convert_s)
+
+
+def test_a_wrong_tflite_fails_the_build(cnn, tmp_path, monkeypatch):
+    """The converter's file with one weight 1 % off: verify measures it against Keras, and the
+    build exits 1, its table and report naming the check that failed."""
+    import edgebn.convert as convert
+
+    real = convert.to_tflite
+
+    def wrong(model, out, *args, **kwargs):
+        converted = real(model, out, *args, **kwargs)
+        return _one_weight_perturbed(converted) if str(out).endswith("model.tflite") else converted
+
+    monkeypatch.setattr(convert, "to_tflite", wrong)
+    out = tmp_path / "b"
+    r = runner.invoke(app, ["build", "--model", str(cnn["keras"]), "--no-bench", "--out", str(out)])
+    assert r.exit_code == 1, r.output
+    assert "verify failed" in r.output and "max |Δp|" in r.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["verify"]["passed"] is False
+    failed = [c for c in report["verify"]["checks"] if not c["passed"]]
+    assert [c["name"] for c in failed] == ["max_abs_diff"] and failed[0]["value"] > 1e-4
+    assert "| verify | FAILED: model.tflite: max \\|Δp\\|" in (out / "report.md").read_text()
+    # the user may loosen the limit, knowingly
+    r = runner.invoke(app, ["build", "--model", str(cnn["keras"]), "--no-bench", "--out",
+                            str(tmp_path / "c"), "--max-prob-diff", "0.5"])
+    assert r.exit_code == 0, r.output
+
+
+def test_a_wrong_fold_of_a_tflite_fails_the_build(cnn, digits, tmp_path, monkeypatch):
+    """``build --model x.tflite``: the folded file against the original on the labelled data;
+    a folded file with one weight 1 % off makes the build exit 1."""
+    from dataclasses import replace
+
+    import edgebn.pipeline.tflite_build as tflite_build
+
+    real = tflite_build.fold_tflite
+
+    def wrong(model, *args, **kwargs):
+        return replace(real(model, *args, **kwargs), data=one_weight_perturbed(model))
+
+    npz = tmp_path / "digits.npz"
+    np.savez(npz, x=digits.x_test, y=digits.y_test)
+    out = tmp_path / "b"
+    args = ["build", "--model", str(cnn["tflite"]), "--data", str(npz), "--no-bench", "--out", str(out)]
+    assert runner.invoke(app, args).exit_code == 0  # the honest fold passes
+    monkeypatch.setattr(tflite_build, "fold_tflite", wrong)
+    r = runner.invoke(app, args)
+    assert r.exit_code == 1, r.output
+    assert "verify failed" in r.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["verify"]["passed"] is False and report["verify"]["failed"]

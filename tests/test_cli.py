@@ -23,7 +23,7 @@ def test_every_registered_command_has_help():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
     commands = [c.name or c.callback.__name__ for c in app.registered_commands]
-    assert len(commands) == 11 and "profile" in commands
+    assert len(commands) == 12 and {"profile", "recalibrate"} <= set(commands)
     for command in commands:
         assert command in result.stdout
         sub = runner.invoke(app, [command, "--help"])

@@ -22,13 +22,20 @@ from edgebn.cli.options import (
     FoldOpt,
     JsonFlag,
     KerasIn,
+    MaxProbDiffOpt,
+    MinAgreementOpt,
+    ModelOpt,
     OneLineErrors,
     QuantizeOpt,
+    RecalibrateOpt,
     RuntimeOpt,
+    SignatureOpt,
+    StrictStatsOpt,
     ThreadCountsOpt,
     ThreadsOpt,
     ToleranceOpt,
     VerboseFlag,
+    check_model_options,
     data_options,
     suffix,
     train_options,
@@ -37,6 +44,8 @@ from edgebn.cli.perf import register_perf_commands
 from edgebn.cli.ui import StageProgress, print_json, quiet
 from edgebn.convert import ConvertOptions, Quantize, convert_file
 from edgebn.data.dataset import DatasetName, DataSpec
+from edgebn.fold.statistics import RECALIBRATE_SAMPLES
+from edgebn.fold.stats_check import StatsPolicy
 from edgebn.runtime.backends import Backend
 from edgebn.train.training import TrainConfig, train_to_file
 
@@ -129,6 +138,8 @@ def convert(
     quantize: QuantizeOpt = Quantize.none,
     fold: FoldOpt = True,
     tolerance: ToleranceOpt = 1e-5,
+    recalibrate_bn: RecalibrateOpt = None,
+    strict_bn_stats: StrictStatsOpt = False,
     as_json: JsonFlag = False,
     verbose: VerboseFlag = False,
 ) -> None:
@@ -140,7 +151,8 @@ def convert(
 
     with quiet(verbose):
         result = convert_file(model, out or model.with_suffix(".tflite"),
-                              ConvertOptions(quantize, fold, tolerance), data)
+                              ConvertOptions(quantize, fold, tolerance,
+                                             StatsPolicy(recalibrate_bn, strict_bn_stats)), data)
     print_json(result.to_json()) if as_json else render.conversion(result)
     if not result.inspected.clean:
         raise typer.Exit(EXIT_PROBLEM)
@@ -157,6 +169,8 @@ def fold(
     tolerance: Annotated[float | None, typer.Option(
         "--tolerance", min=1e-12, help="Largest |Δ| beyond float32 rounding, relative to the largest "
         "|value| [default: 1e-5; a .tflite: per tensor]")] = None,
+    recalibrate_bn: RecalibrateOpt = None,
+    strict_bn_stats: StrictStatsOpt = False,
     as_json: JsonFlag = False,
     verbose: VerboseFlag = False,
 ) -> None:
@@ -170,10 +184,14 @@ def fold(
     (each with its reason), 2 when the folded model would differ beyond --tolerance
     (nothing is written).
     """
-    if model.suffix not in (".keras", ".tflite"):
-        raise typer.BadParameter(f"MODEL must be a .keras or a .tflite. Received: {model}")
-    if out.suffix != model.suffix:
-        raise typer.BadParameter(f"--out must end in {model.suffix}. Received: {out}")
+    if model.suffix not in (".keras", ".h5", ".tflite"):
+        raise typer.BadParameter(f"MODEL must be a .keras, a .h5 or a .tflite. Received: {model}")
+    if model.suffix == ".tflite" and (recalibrate_bn is not None or strict_bn_stats):
+        raise typer.BadParameter("--recalibrate-bn and --strict-bn-stats are for a .keras model: "
+                                 "a .tflite has its BN statistics baked into its weights")
+    want = ".tflite" if model.suffix == ".tflite" else ".keras"  # a legacy .h5 is written as .keras
+    if out.suffix != want:
+        raise typer.BadParameter(f"--out must end in {want}. Received: {out}")
     with quiet(verbose):
         if model.suffix == ".tflite":
             from edgebn.pipeline.refold import fold_file as fold_tflite_file
@@ -183,7 +201,8 @@ def fold(
         else:
             from edgebn.fold.keras_fold import DEFAULT_TOLERANCE, fold_file
 
-            result = fold_file(model, out, DEFAULT_TOLERANCE if tolerance is None else tolerance, data)
+            result = fold_file(model, out, DEFAULT_TOLERANCE if tolerance is None else tolerance,
+                               data, StatsPolicy(recalibrate_bn, strict_bn_stats))
     if as_json:
         print_json(result.to_json())
     else:
@@ -191,6 +210,32 @@ def fold(
         render.out.print(f"wrote {out}")
     if not result.all_folded:
         raise typer.Exit(EXIT_PROBLEM)
+
+
+@app.command()
+@data_options
+def recalibrate(
+    data: DataSpec,
+    model: KerasIn,
+    out: Annotated[Path, typer.Option("--out", callback=suffix(".keras"), dir_okay=False,
+                                      help="Where to write the recalibrated model.")],
+    samples: Annotated[int, typer.Option(
+        "--samples", min=2, help="Inputs to recompute the statistics from.")] = RECALIBRATE_SAMPLES,
+    as_json: JsonFlag = False,
+    verbose: VerboseFlag = False,
+) -> None:
+    """Recompute every BN's statistics from the data, layer by layer, and prove them.
+
+    The population mean and variance of each BN's input over --samples inputs (not momentum
+    averages), the BNs before it already recomputed; then every BN's drift on held-out
+    inputs must be at their sampling noise, or nothing is written (exit 2). MODEL is never
+    changed.
+    """
+    from edgebn.fold.stats_check import recalibrate_file
+
+    with quiet(verbose):
+        result = recalibrate_file(model, out, data, samples)
+    print_json(result.to_json()) if as_json else render.recalibrated(result)
 
 
 # ---------------------------------------------------------------- build
@@ -204,13 +249,13 @@ def build(
     training: TrainConfig,
     out: Annotated[Path, typer.Option("--out", file_okay=False, help="Output directory.")] = Path(
         "build"),
-    model: Annotated[Path | None, typer.Option(
-        "--model", exists=True, dir_okay=False, callback=suffix(".keras", ".tflite"),
-        help="Build this model (yours: a .keras, or a .tflite from any converter, PyTorch's "
-             "through litert-torch included) instead of training one from the zoo.")] = None,
+    model: ModelOpt = None,
+    signature: SignatureOpt = None,
     quantize: QuantizeOpt = Quantize.none,
     fold: FoldOpt = True,
     tolerance: ToleranceOpt = 1e-5,
+    recalibrate_bn: RecalibrateOpt = None,
+    strict_bn_stats: StrictStatsOpt = False,
     twin: Annotated[bool, typer.Option(help="Also train the BN-free twin as bench baseline.")] = True,
     make_bundle: Annotated[bool, typer.Option(
         "--bundle", help="Also write OUT/bundle, the self-verifying device bundle.")] = False,
@@ -223,6 +268,8 @@ def build(
     emulate_os: Annotated[str, typer.Option(
         "--emulate-os", help="The Raspberry Pi OS release --emulate runs: trixie or bookworm.")
     ] = "trixie",
+    min_agreement: MinAgreementOpt = None,
+    max_prob_diff: MaxProbDiffOpt = None,
     run_bench: Annotated[bool, typer.Option("--bench/--no-bench", help="Benchmark.")] = True,
     bench_time: Annotated[float, typer.Option(
         "--bench-time", min=0.01, help="Seconds per benchmarked runtime.")] = 1.0,
@@ -237,19 +284,24 @@ def build(
     from edgebn.runtime.timing import BenchSettings
     config = BuildConfig(
         out=out, model=model, data=data, train=training,
-        convert=ConvertOptions(quantize, fold, tolerance),
+        convert=ConvertOptions(quantize, fold, tolerance,
+                               StatsPolicy(recalibrate_bn, strict_bn_stats)),
         bench=BenchSettings(threads=threads, min_time_s=bench_time, keras_time_s=bench_time,
                             backend=runtime),
         run_bench=run_bench, twin=twin, bundle=make_bundle, sign=sign,
-        emulate=tuple(emulate or ()), emulate_os=emulate_os)
+        emulate=tuple(emulate or ()), emulate_os=emulate_os, min_agreement=min_agreement,
+        max_prob_diff=max_prob_diff)
+    tflite_route = check_model_options(model, signature, config.convert.bn_stats)
     with quiet(verbose), StageProgress() as progress:
-        if model is not None and model.suffix == ".tflite":
+        if tflite_route:
             from edgebn.pipeline.tflite_build import run_tflite_build
 
-            result = run_tflite_build(config, progress)
+            result = run_tflite_build(config, progress, signature)
         else:
             result = run_build(config, progress)
     print_json(result.to_json()) if as_json else render.build(result)
+    if not result.passed:  # the build ran, and its own verification failed
+        raise typer.Exit(EXIT_PROBLEM)
 
 
 # ---------------------------------------------------------------- bench

@@ -17,6 +17,8 @@ from edgebn.choices import QUANTIZE_HELP, Quantize
 from edgebn.data.dataset import DatasetName, DataSpec
 from edgebn.data.images import Color, Resize
 from edgebn.errors import EdgebnError
+from edgebn.fold.statistics import RECALIBRATE_SAMPLES, STALE_DRIFT
+from edgebn.fold.stats_check import StatsPolicy
 from edgebn.runtime.backends import Backend
 from edgebn.train.distribute import Strategy
 from edgebn.zoo.models import BACKBONE_NAMES, DEFAULT_ARCH, Arch
@@ -29,6 +31,7 @@ class OneLineErrors(TyperGroup):
     """The CLI's single error boundary: bad input or usage -> one stderr line, exit 2."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        args = with_optional_values(list(sys.argv[1:] if args is None else args))
         try:
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except TyperException as exc:  # Typer's usage errors: bad option value, missing file, ...
@@ -41,7 +44,7 @@ class OneLineErrors(TyperGroup):
             typer.echo(f"Error: {where}{message}", err=True)
             sys.exit(getattr(exc, "exit_code", EXIT_BAD_INPUT))
         except EdgebnError as exc:
-            typer.echo(f"Error: {exc}", err=True)
+            typer.echo(f"Error: {error_line(exc)}", err=True)
             sys.exit(EXIT_BAD_INPUT)
         except typer.Abort:
             typer.echo("Aborted.", err=True)
@@ -49,7 +52,30 @@ class OneLineErrors(TyperGroup):
         sys.exit(rv if isinstance(rv, int) else 0)
 
 
+def error_line(exc: EdgebnError) -> str:
+    """A library error as the CLI says it: the flag it is about, when it names one."""
+    option = getattr(exc, "option", None)
+    return f"--{option.replace('_', '-')}: {exc}" if option else str(exc)
+
+
 # ---------------------------------------------------------------- shared options
+
+# Options whose value may be left out (``--recalibrate-bn`` or ``--recalibrate-bn 300``):
+# click has no such option, so a bare one gets its default value before parsing.
+OPTIONAL_VALUES = {"--recalibrate-bn": str(RECALIBRATE_SAMPLES)}
+
+
+def with_optional_values(args: list[str]) -> list[str]:
+    """``args`` with each option of :data:`OPTIONAL_VALUES` given its value when left out."""
+    out: list[str] = []
+    for i, arg in enumerate(args):
+        out.append(arg)
+        if arg == "--":
+            return out + args[i + 1:]
+        if arg in OPTIONAL_VALUES and not (i + 1 < len(args) and args[i + 1].isdigit()):
+            out.append(OPTIONAL_VALUES[arg])
+    return out
+
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
 VerboseFlag = Annotated[bool, typer.Option(
@@ -85,8 +111,15 @@ ToleranceOpt = Annotated[float, typer.Option(
     "--tolerance", min=1e-12,
     help="How much further the folded model may be from the original's float64 outputs than "
          "the original's own float32 rounding, relative to the largest output.")]
+RecalibrateOpt = Annotated[int | None, typer.Option(
+    "--recalibrate-bn", metavar="[N]", min=2,
+    help=f"Recompute every BN's statistics from N inputs (default {RECALIBRATE_SAMPLES}), layer "
+         "by layer, before the fold; proven on held-out inputs.")]
+StrictStatsOpt = Annotated[bool, typer.Option(
+    "--strict-bn-stats", help=f"Refuse a model whose BN statistics do not describe the data "
+                              f"(drift > {STALE_DRIFT:g}) instead of warning.")]
 KerasIn = Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True,
-                                         help="The .keras model.")]
+                                         help="The Keras model: a .keras, or a legacy .h5.")]
 
 _DATA_OPTIONS = [  # (name, annotation, default): the DataSpec group, shared by every command
     ("dataset", Annotated[DatasetName, typer.Option(
@@ -191,3 +224,47 @@ def suffix(*suffixes: str):
         return path
 
     return check
+
+
+def model_path(path: Path | None) -> Path | None:
+    """``--model``: a .keras, .h5 or .tflite file, or a SavedModel directory."""
+    if path is None:
+        return None
+    if path.is_dir():
+        if not (path / "saved_model.pb").is_file():
+            raise typer.BadParameter(f"{path} is a directory without saved_model.pb: not a "
+                                     "TensorFlow SavedModel")
+        return path
+    if path.suffix not in (".keras", ".h5", ".tflite"):
+        raise typer.BadParameter(f"must be a .keras, .h5 or .tflite file, or a SavedModel "
+                                 f"directory. Received: {path}")
+    return path
+
+
+ModelOpt = Annotated[Path | None, typer.Option(
+    "--model", exists=True, callback=model_path,
+    help="Build this model instead of training one from the zoo: yours, as a .keras, a legacy "
+         ".h5, a TensorFlow SavedModel directory, or a .tflite from any converter (PyTorch's "
+         "through litert-torch included).")]
+SignatureOpt = Annotated[str | None, typer.Option(
+    "--signature", help="A SavedModel's signature to convert [default: serving_default].")]
+MinAgreementOpt = Annotated[float | None, typer.Option(
+    "--min-agreement", min=0, max=1,
+    help="Loosen verify: the least top-1 agreement of the .tflite with the model "
+         "[default: the quantize mode's, 0.99 for float32 to 0.9 for int8].")]
+MaxProbDiffOpt = Annotated[float | None, typer.Option(
+    "--max-prob-diff", min=0, max=1,
+    help="Loosen verify: the largest |Δp| of the .tflite against the model "
+         "[default: the quantize mode's, 1e-4 for float32 to 0.5 for int8].")]
+
+
+def check_model_options(model: Path | None, signature: str | None, bn_stats: StatsPolicy) -> bool:
+    """``build``'s options that fit only some models, refused where they cannot apply; True
+    when the model takes the .tflite route (a .tflite, or a SavedModel directory)."""
+    tflite_route = model is not None and (model.suffix == ".tflite" or model.is_dir())
+    if tflite_route and (bn_stats.recalibrate is not None or bn_stats.strict):
+        raise typer.BadParameter("--recalibrate-bn and --strict-bn-stats are for a Keras model: "
+                                 "a .tflite has its BN statistics baked into its weights")
+    if signature is not None and (model is None or not model.is_dir()):
+        raise typer.BadParameter("--signature is for a SavedModel directory given as --model")
+    return tflite_route

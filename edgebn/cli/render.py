@@ -59,12 +59,19 @@ def bn_verdict(result: Any) -> None:
     for f in bn.folded:
         out.print(f"  folded: {f.source} -> op {f.op} {f.into}")
     for r in bn.residual:
-        out.print(f"  [red]residual[/] {r.kind} BN {r.source or '(names stripped)'}: "
+        what = "BN" if r.source_type == "bn" else "per-channel affine, unknown source"
+        out.print(f"  [red]residual[/] {r.kind} {what} {r.source or ''}: subgraph {r.subgraph} "
+                  f"ops {list(r.ops)}, {r.channels} channels, {r.cost_elements} elements x "
+                  f"(mul + add) per inference ({r.rule})")
+    for r in bn.not_bn:
+        out.print(f"  per-channel affine, not BN: {r.source_type} {r.source or ''} ({r.kind}): "
                   f"subgraph {r.subgraph} ops {list(r.ops)}, {r.channels} channels, "
-                  f"{r.cost_elements} elements x (mul + add) per inference")
+                  f"{len(r.ops) * r.cost_elements:,} operations per inference ({r.rule})")
     colour = "green" if result.clean else "red"
+    names = "" if bn.names else "; the file has no tensor names (stripped): attributed by form"
     out.print(f"BN verdict: [bold {colour}]{bn.verdict}[/] "
-              f"({len(bn.residual)} residual, {len(bn.folded)} folded)")
+              f"({len(bn.residual)} residual, {len(bn.folded)} folded, "
+              f"{len(bn.not_bn)} not BN{names})")
 
 
 def inspect_many(results: list[Any]) -> None:
@@ -78,6 +85,7 @@ def inspect_many(results: list[Any]) -> None:
 
 
 def fold(result: Any) -> None:
+    bn_statistics(result.bn_statistics)
     table = _table(f"fold: max |Δ| {result.max_abs_diff:.3g} ({result.max_rel_diff:.3g} "
                    f"relative, tolerance {result.tolerance:g}) on {result.samples} inputs "
                    f"({result.inputs})", ("BN", "result", "into / reason"))
@@ -86,7 +94,38 @@ def fold(result: Any) -> None:
             table.add_row(f.bn, f"[green]folded {f.direction}[/]", f.into)
         else:
             table.add_row(f.bn, "[red]kept[/]", f.reason)
+    for f in result.others:  # input normalization: folded where exact, else not BN residue
+        table.add_row(f"{f.bn} ({f.layer_type}, not BN)",
+                      f"[green]folded {f.direction}[/]" if f.folded else "[yellow]kept[/]",
+                      f.into if f.folded else f.reason)
     out.print(table)
+
+
+def bn_statistics(check: Any) -> None:
+    """The BN statistics a command measured: the worst layers, what recomputing did."""
+    if check is None:
+        return
+    if isinstance(check, str):
+        out.print(f"BN statistics: not measured ({check})")
+        return
+    drift = check.drift
+    table = _table(f"BN statistics on {drift.samples} inputs ({drift.inputs}): drift of the "
+                   "normalized output, in units of its own spread",
+                   ("BN", "channels", "drift", "worst channel", "noise", ""))
+    for d in drift.worst():
+        table.add_row(d.bn, str(d.channels), f"{d.drift:.3f}", f"{d.worst_channel:.3f}",
+                      f"{d.noise:.3f}", "[red]stale[/]" if d.stale else "")
+    out.print(table)
+    out.print(f"BN statistics: {check.summary()}")
+    if check.warning():
+        warnings([f"{check.warning()} (--recalibrate-bn)"])
+
+
+def recalibrated(result: Any) -> None:
+    r = result.recalibration
+    out.print(f"wrote {result.out}: {r.summary()}")
+    for label, drift in (("before", r.before), ("after", r.after)):
+        out.print(f"  {label}: {drift.summary()}")
 
 
 def fold_tflite(result: Any) -> None:
@@ -118,6 +157,7 @@ def conversion(result: Any) -> None:
     c = result.converted
     out.print(f"wrote {c.path} ({c.size_bytes} bytes, quantize {c.quantize.value})")
     inspect(result.inspected)
+    bn_statistics(result.bn_statistics)
     if result.fold is not None:
         fold(result.fold)
         for label, inspected in (("converter alone", result.converter_only),
@@ -142,9 +182,18 @@ def summary(title: str, rows: list[tuple[str, str]]) -> None:
 
 def build(result: Any) -> None:
     summary(f"edgebn build -> {result.out}", result.rows())
+    warnings(result.warnings())
+    for failed in result.failed_checks():
+        out.print(f"[bold red]verify failed[/]: {failed} (--min-agreement, --max-prob-diff "
+                  "loosen the limits)")
     if result.emulated is not None:
         emulation(result.emulated)
     out.print(f"report: {result.out / 'report.json'}, {result.out / 'report.md'}")
+
+
+def warnings(lines: list[str]) -> None:
+    for line in lines:
+        out.print(f"[bold yellow]warning[/]: {line}")
 
 
 def bench(result: Any) -> None:

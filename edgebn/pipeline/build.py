@@ -32,11 +32,13 @@ from edgebn.convert import (
 from edgebn.data.dataset import Dataset, DataSpec
 from edgebn.deploy.bundle import GOLDEN_SAMPLES, BundleSource, bundle, check_bundle_out
 from edgebn.errors import DatasetError, EdgebnError
+from edgebn.fold.statistics import bn_layers_of
+from edgebn.fold.stats_check import StatsCheck, bn_statistics
 from edgebn.pipeline.precisions import FLOAT32_BESIDE, FLOAT32_FILE, Float32Beside, float32_models
 from edgebn.pipeline.report import BuildResult, write_report
 from edgebn.runtime.backends import Backend
 from edgebn.runtime.timing import BenchSettings
-from edgebn.runtime.verify import verify
+from edgebn.runtime.verify import VerifyLimits, verify
 from edgebn.stages import SILENT, Progress, Stages, atomic_path, recover_dir, relocated, staged_dir
 from edgebn.tensors import CHECK_SAMPLES
 from edgebn.train.training import TrainConfig, TrainResult, given_model, train
@@ -58,6 +60,13 @@ class BuildConfig:
     sign: Path | None = None  # sign the bundle's manifest with this SSH private key
     emulate: tuple[Backend, ...] = ()  # run the bundle's self-test on an emulated Pi, per runtime
     emulate_os: str = "trixie"  # the Raspberry Pi OS release emulated (trixie or bookworm)
+    min_agreement: float | None = None  # verify's limits, loosened (None: the quantize mode's)
+    max_prob_diff: float | None = None
+
+    @property
+    def limits(self) -> VerifyLimits:
+        """What verify holds the .tflite to: the quantize mode's limits, or the user's."""
+        return VerifyLimits.of(self.convert.quantize, self.min_agreement, self.max_prob_diff)
 
     @property
     def runtime(self) -> Backend:
@@ -132,15 +141,17 @@ def _run(config: BuildConfig, shown: Path, stages: Stages) -> BuildResult:
     if ds.streams is not None:
         with stages.stage("data", "the first test images into memory (fold check, bench)"):
             ds = ds.with_test()  # verify reads the whole test split in chunks
+    statistics = _given_statistics(config, data, ds, trained, stages)
     conversion, twin_tflite, float32 = _convert(config, ds, trained, twin, stages)
     with stages.stage("verify", f"{ds.counts[2]} test samples against Keras"):
         verified = verify(conversion.converted.model, *ds.test_split, trained.model,
-                          config.runtime)
+                          config.runtime).judged(config.limits)
     benched = _bench(config, ds, trained, twin, conversion, twin_tflite, float32, stages)
     with atomic_path(out / "samples.npy") as tmp:  # golden inputs for a later edgebn bundle
         np.save(tmp, ds.x_test[:GOLDEN_SAMPLES])
     result = BuildResult(out, data, ds, trained, twin, conversion, verified, benched,
-                         seconds=dict(stages.seconds), float32=float32)
+                         seconds=dict(stages.seconds), float32=float32,
+                         given_statistics=statistics)
     result = _device(config, result, stages, shown)
     with stages.stage("report", str(shown / "report.json")):
         write_report(result)
@@ -174,6 +185,21 @@ def _load_data(data: DataSpec, given: TrainResult | None) -> Dataset:
     return replace(ds, preprocessing=pre)
 
 
+def _given_statistics(config: BuildConfig, data: DataSpec, ds: Dataset, given: TrainResult,
+                      stages: Stages) -> StatsCheck | str | None:
+    """A model brought by the user: its BN statistics on the data, recomputed when asked (then
+    model.keras is the recomputed model). A model trained here did this in training."""
+    if given.config is not None or not bn_layers_of(given.model):
+        return None
+    policy = config.convert.bn_stats
+    what = "recomputed and proven" if policy.recalibrate else "measured"
+    with stages.stage("bn stats", f"BN statistics {what} on {ds.name}"):
+        statistics = bn_statistics(given.model, data, policy, ds)
+        if isinstance(statistics, StatsCheck) and statistics.recalibration is not None:
+            save_keras(given.model, config.out / "model.keras")
+    return statistics
+
+
 def refuse_early(config: BuildConfig) -> None:
     """Refuse what would fail late (a bad runtime, an --out that is not ours) before training."""
     if config.emulate:
@@ -204,7 +230,7 @@ def _train(config: BuildConfig, ds: Dataset,
     tc = config.train
     with stages.stage("train", f"{tc.arch.value}{'' if tc.bn else ' (no BN)'} on {ds.name}, "
                                f"{ds.counts[0]} samples{' (streamed)' if ds.streams else ''}"):
-        trained = train(ds, tc, stages.progress)
+        trained = train(ds, tc, stages.progress, config.convert.bn_stats)
         save_keras(trained.model, config.out / "model.keras")
     twin = None
     if config.twin and tc.bn and arch_spec(tc.arch).twin:  # backbones: fold_gain is the cost
@@ -243,7 +269,8 @@ def _convert(config: BuildConfig, ds: Dataset, trained: TrainResult, twin: Train
         return conversion, twin_tflite, None
     with stages.stage("float32", f"{FLOAT32_FILE} against Keras, beside "
                                  f"{options.quantize.value}"):  # side by side in the report
-        verified = verify(float32.model, *ds.test_split, trained.model, config.runtime)
+        verified = verify(float32.model, *ds.test_split, trained.model,
+                          config.runtime).judged(VerifyLimits.of("none"))
     return conversion, twin_tflite, Float32Beside(float32, verified)
 
 

@@ -19,6 +19,7 @@ from edgebn.convert import ConversionResult
 from edgebn.data.dataset import Dataset, DataSpec
 from edgebn.deploy.bundle import BundleResult
 from edgebn.deploy.emulate import EmulationResult
+from edgebn.fold.stats_check import StatsCheck, statistics_json
 from edgebn.pipeline.ledger import seed_ledger
 from edgebn.pipeline.precisions import Float32Beside, Precision, precision_rows, side_by_side
 from edgebn.runtime.tflite_fold import TFLiteFoldResult
@@ -48,6 +49,46 @@ class BuildResult:
     emulated: EmulationResult | None = None
     seconds: dict[str, float] = field(default_factory=dict)  # per stage
     float32: Float32Beside | None = None  # the float32 file kept beside a quantized one
+    given_statistics: StatsCheck | str | None = None  # a brought model's BN statistics
+
+    @property
+    def passed(self) -> bool:
+        """Verify's checks held: the .tflite (and the float32 file beside it) against Keras."""
+        return self.verified.passed and (self.float32 is None or self.float32.verified.passed)
+
+    def failed_checks(self) -> list[str]:
+        found = [f"{self.conversion.converted.path.name}: {c.describe()}"
+                 for c in self.verified.checks if not c.passed]
+        if self.float32 is not None:
+            found += [f"{self.float32.converted.path.name}: {c.describe()}"
+                      for c in self.float32.verified.checks if not c.passed]
+        return found
+
+    def route_json(self) -> dict[str, Any]:
+        """Which route the build took: a zoo model trained here, or the user's .keras or .h5."""
+        source = self.trained.source
+        fmt = "zoo" if source is None else Path(source).suffix.lstrip(".")
+        return {"format": fmt, "path": source,
+                "verified_against": "the Keras model" + (" trained here" if source is None
+                                                         else f" loaded from the .{fmt} file")}
+
+    def statistics_json(self) -> dict[str, Any] | None:
+        """The BN statistics: training's (a zoo model), or the brought model's check."""
+        trained = self.trained.bn_statistics
+        return trained.to_json() if trained is not None else statistics_json(self.given_statistics)
+
+    def warnings(self) -> list[str]:
+        """What the build found wrong without failing: stale BN statistics, a model at chance."""
+        found = []
+        check = self.trained.bn_statistics.check if self.trained.bn_statistics else \
+            self.given_statistics
+        if isinstance(check, StatsCheck) and check.warning():
+            found.append(check.warning())
+        labels = self.dataset.test_split[1]
+        chance = at_chance(self.verified.tflite_accuracy, labels, self.dataset.classes)
+        if chance is not None:
+            found.append(chance)
+        return found
 
     @property
     def arch(self) -> str:
@@ -64,6 +105,7 @@ class BuildResult:
         converted, inspected = self.conversion.converted, self.conversion.inspected
         doc: dict[str, Any] = {
             "edgebn": __version__,
+            "route": self.route_json(),
             "dataset": self.dataset.to_json(),
             "model": self._model_json(),
             "keras": {"path": "model.keras", "test_accuracy": self.keras_accuracy},
@@ -100,6 +142,11 @@ class BuildResult:
             doc["bench"] = self._bench_json()
         if self.precisions():
             doc["precisions"] = {p.precision: p.to_json() for p in self.precisions()}
+        doc["verify"] = {"passed": self.passed, "failed": self.failed_checks(),
+                         "checks": [c.to_json() for c in self.verified.checks]}
+        if self.statistics_json() is not None:
+            doc["bn_statistics"] = self.statistics_json()
+        doc["warnings"] = self.warnings()
         doc["timings"] = {f"{k}_s": v for k, v in self.seconds.items()}
         if self.bundled is not None:
             doc["bundle"] = {"path": _rel(self.bundled.out, self.out),
@@ -146,9 +193,14 @@ class BuildResult:
                 ("TFLite test accuracy", f"{v.tflite_accuracy:.4f}"),
                 ("top-1 agreement TFLite vs Keras", f"{v.top1_agreement:.4f}"),
                 ("max |Δp|", f"{v.max_abs_diff:.3g}"),
+                ("verify", "passed: " + ", ".join(c.describe() for c in v.checks) if self.passed
+                 else "FAILED: " + "; ".join(self.failed_checks())),
                 ("TFLite file", f"{_rel(c.path, self.out)}, {c.size_bytes:,} bytes "
                                 f"(quantize {c.quantize.value})")]
         rows += self._bn_rows()
+        statistics = self._statistics_row()
+        if statistics is not None:
+            rows.append(("BN statistics", statistics))
         ledger = seed_ledger(t, self.twin)
         if ledger is not None:
             rows.append(("BN's steps, epochs and wall time", ledger.summary()))
@@ -166,6 +218,24 @@ class BuildResult:
             rows += [(f"emulated Pi, {r.runtime}", "passed" if r.passed else f"FAILED {r.error}")
                      for r in self.emulated.runs]
         return rows
+
+    def _statistics_row(self) -> str | None:
+        ts = self.trained.bn_statistics
+        if ts is None:
+            given = self.given_statistics
+            if given is None:
+                return None
+            return f"not measured: {given}" if isinstance(given, str) else given.summary()
+        momentum = "" if ts.momentum is None else (
+            f"; trained at momentum {ts.momentum:.3f} (the model's "
+            f"{'/'.join(f'{m:g}' for m in ts.momentum_from)} remembers more steps than an epoch)")
+        done = ts.check.recalibration
+        if done is None:
+            return f"{ts.kept}: {ts.check.drift.summary()}{momentum}"
+        return (f"recomputed from {done.samples} training inputs: test accuracy "
+                f"{ts.test_accuracy_stored:.4f} with training's, {self.keras_accuracy:.4f} "
+                f"recomputed; largest drift {done.before.max_drift:.2f} -> "
+                f"{done.after.max_drift:.2f}{momentum}")
 
     def _bn_rows(self) -> list[tuple[str, str]]:
         bn = self.conversion.inspected.bn
@@ -187,6 +257,27 @@ class BuildResult:
         elif refused is not None:
             rows.append(("fold in the .tflite", f"refused: {refused}"))
         return rows
+
+
+CHANCE_MARGIN = 0.05  # accuracy within this (or 3 standard errors) of chance: nothing learned
+
+
+def at_chance(accuracy: float, labels: Any, classes: int) -> str | None:
+    """A warning when ``accuracy`` is within a small margin of chance: the larger of
+    1 / classes and the majority class's share of ``labels``; else None."""
+    import numpy as np
+
+    labels = np.asarray(labels)
+    if not len(labels) or classes < 2:
+        return None
+    majority = float(np.bincount(labels).max() / len(labels))
+    chance = max(1.0 / classes, majority)
+    margin = max(CHANCE_MARGIN, 3 * float(np.sqrt(chance * (1 - chance) / len(labels))))
+    if accuracy > chance + margin:
+        return None
+    return (f"test accuracy {accuracy:.4f} is at chance ({chance:.4f}: "
+            f"{'the majority class' if majority > 1.0 / classes else f'1 of {classes} classes'}, "
+            f"margin {margin:.3f}): the model learned nothing")
 
 
 def training_summary(t: TrainResult) -> str:
@@ -245,7 +336,10 @@ def tflite_fold_lines(fold: TFLiteFoldResult, what: str) -> list[str]:
 def render_markdown(result: BuildResult) -> str:
     t = result.trained
     lines = [f"# edgebn build: {result.arch}{'' if t.bn else ' (no BN)'} on "
-             f"{result.dataset.name}", "", *markdown_table(("metric", "value"), result.rows())]
+             f"{result.dataset.name}", ""]
+    lines += [f"> **Warning:** {w}" for w in result.warnings()]
+    lines += ([""] if result.warnings() else []) + markdown_table(("metric", "value"),
+                                                                 result.rows())
     bn = result.conversion.inspected.bn
     lines += [f"- residual {r.kind} BN {r.source or '(unnamed)'}: ops {list(r.ops)}, "
               f"{r.channels} channels, {r.cost_elements} elements per inference"
