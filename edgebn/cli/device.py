@@ -10,6 +10,7 @@ import typer
 from edgebn.cli import render
 from edgebn.cli.options import EXIT_PROBLEM, JsonFlag, VerboseFlag
 from edgebn.cli.ui import StageProgress, print_json, quiet
+from edgebn.deploy.policy import Engine
 from edgebn.errors import EdgebnError
 from edgebn.runtime.backends import Backend
 
@@ -76,10 +77,32 @@ def deploy(
     hosts: Annotated[Path | None, typer.Option(
         "--hosts", exists=True, dir_okay=False, readable=True,
         help="A file of hosts: one user@host[:port] a line, # comments.")] = None,
+    inventory: Annotated[str | None, typer.Option(
+        "--inventory", help="An Ansible inventory (a file, a plugin's config, or 'a,b,'): "
+                            "the hosts, with --engine ansible.")] = None,
+    engine: Annotated[Engine, typer.Option(
+        "--engine", help="native: edgebn's own threads over ssh; ansible: ansible-playbook with "
+                         "the edgebn.fleet collection (pip install 'edgebn[fleet]').")
+    ] = Engine.native,
+    batches: Annotated[str | None, typer.Option(
+        "--batches", help="Batch sizes or percentages, as Ansible's serial: e.g. 1,10%,100% "
+                          "(the last repeats until every host has one).")] = None,
+    max_failures: Annotated[int | None, typer.Option(
+        "--max-failures", min=0, help="More failed (or refused, or rolled back) hosts than this "
+                                      "in the whole rollout and no later batch starts.")] = None,
+    check: Annotated[bool, typer.Option(
+        "--check", help="Report what would change on each host; change nothing.")] = False,
     dest: Annotated[str, typer.Option("--dest", help="Directory on the device.")] = "edgebn",
     selftest: Annotated[bool, typer.Option(
-        "--selftest", help="Run predict.py --selftest in DEST/current and bring its JSON back.")
-    ] = False,
+        "--selftest/--no-selftest", help="Self-test the staged release on the device before the "
+                                         "switch (and, without a service, after it). "
+                                         "--no-selftest switches unproven.")] = True,
+    health_timeout: Annotated[float, typer.Option(
+        "--health-timeout", min=0.1, help="Seconds for the service's /health to report the new "
+                                          "release (DEST/service.json).")] = 30.0,
+    no_rollback: Annotated[bool, typer.Option(
+        "--no-rollback", help="Keep a release that failed its health check live (to look at "
+                              "it on the device).")] = False,
     bench: Annotated[bool, typer.Option(
         "--bench", help="Run predict.py --bench on the device: p50/p90/p99, CPU, cores.")] = False,
     runs: Annotated[int, typer.Option("--runs", min=1, help="Invokes for --bench (and per operator "
@@ -104,50 +127,97 @@ def deploy(
     parallel: Annotated[int, typer.Option("--parallel", min=1, help="Hosts at once.")] = 8,
     timeout: Annotated[float, typer.Option("--timeout", min=1, help="Seconds per host (all its ssh calls).")
                        ] = 600.0,
+    export_playbook: Annotated[Path | None, typer.Option(
+        "--export-playbook", file_okay=False,
+        help="Write the Ansible playbook, inventory, variables, packed release and ansible.cfg "
+             "(collections_path) to this directory, for your own ansible-playbook; run nothing.")
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Copy a bundle to devices over ssh as a new release; --selftest, --bench, --rollback."""
+    """Ship a bundle to devices: staged, verified, self-tested, switched, health-checked, and
+    rolled back on failure; in batches with a failure budget; --rollback, --check."""
+    from edgebn.deploy.ansible_engine import Connection
     from edgebn.deploy.fleet import parse_host, read_hosts
-    from edgebn.deploy.ssh import DeployOptions, SshTarget
+    from edgebn.deploy.policy import RolloutPolicy, parse_batches
+    from edgebn.deploy.release import DeployOptions
+    from edgebn.deploy.ssh import SshTarget
 
     base = SshTarget("localhost", port, identity, tuple(ssh_option or ()))
     targets = [parse_host(h, base) for h in host or ()]
     targets += read_hosts(hosts, base) if hosts is not None else []
-    if not targets:
-        raise EdgebnError("no device: give --host user@host or --hosts FILE")
+    if not targets and inventory is None:
+        raise EdgebnError("no device: give --host user@host, --hosts FILE or --inventory")
+    if targets and inventory is not None:
+        raise EdgebnError("--inventory names the hosts itself: not with --host or --hosts")
+    if inventory is not None and engine is not Engine.ansible and export_playbook is None:
+        raise EdgebnError("--inventory is read by Ansible: add --engine ansible (or list the "
+                          "hosts with --hosts FILE)")
     if (bundle_dir is None) != rollback:
         raise EdgebnError("give a BUNDLE to deploy, or --rollback without one")
     options = DeployOptions(dest, selftest, python, bench, runs, trust, trust_file, timeout,
-                            profile=profile)
-    if len(targets) == 1 and hosts is None:
+                            profile=profile, health_timeout_s=health_timeout,
+                            rollback=not no_rollback)
+    policy = RolloutPolicy(parse_batches(batches) if batches is not None else (), max_failures,
+                           check, parallel)
+    conn = Connection(tuple(targets), inventory, base, port is not None)
+    if rollback:
+        if engine is not Engine.native or inventory is not None or export_playbook is not None:
+            raise EdgebnError("--rollback runs with the native engine and --host/--hosts only")
+        _rollback(targets, options, parallel, hosts is None and len(targets) == 1, as_json)
+    elif export_playbook is not None:
+        _export(export_playbook, bundle_dir, conn, options, policy, as_json)
+    elif (len(targets) == 1 and hosts is None and engine is Engine.native and batches is None
+          and max_failures is None and not check):
         _deploy_one(bundle_dir, targets[0], options, as_json)
     else:
-        _deploy_fleet(bundle_dir, targets, options, parallel, as_json)
+        _rollout(bundle_dir, conn, options, policy, engine, as_json)
 
 
 def _deploy_one(bundle_dir, target, options, as_json: bool) -> None:
-    """One host: the single-host JSON as before; a failure is one line, exit 2."""
+    """One host: its row; a deploy that did not run is one line, exit 2."""
     from edgebn.deploy.ssh import deploy as run_deploy
+
+    row = run_deploy(bundle_dir, target, options)
+    print_json(row.to_json()) if as_json else render.deploy(row)
+    if not row.passed:
+        raise typer.Exit(EXIT_PROBLEM)
+
+
+def _rollback(targets, options, parallel: int, one: bool, as_json: bool) -> None:
+    from edgebn.deploy.fleet import rollback_fleet
     from edgebn.deploy.ssh import rollback
 
-    if bundle_dir is None:
-        result = rollback(target, options)
+    if one:
+        result = rollback(targets[0], options)
         print_json(result.to_json()) if as_json else render.rollback(result)
         return
-    result = run_deploy(bundle_dir, target, options)
-    print_json(result.to_json()) if as_json else render.deploy(result)
+    fleet = rollback_fleet(targets, options, parallel)
+    print_json(fleet.to_json()) if as_json else render.fleet(fleet)
+    if not fleet.passed:
+        raise typer.Exit(EXIT_PROBLEM)
+
+
+def _rollout(bundle_dir, conn, options, policy, engine, as_json: bool) -> None:
+    """Many hosts (or any of --batches, --max-failures, --check, --engine ansible): one row
+    per host; exit 1 when a host failed, was refused or rolled back."""
+    if engine is Engine.ansible:
+        from edgebn.deploy.ansible_engine import rollout_ansible
+
+        result = rollout_ansible(bundle_dir, conn, options, policy)
+    else:
+        from edgebn.deploy.rollout import rollout_native
+
+        result = rollout_native(bundle_dir, list(conn.targets), options, policy)
+    print_json(result.to_json()) if as_json else render.rollout(result)
     if not result.passed:
         raise typer.Exit(EXIT_PROBLEM)
 
 
-def _deploy_fleet(bundle_dir, targets, options, parallel: int, as_json: bool) -> None:
-    from edgebn.deploy.fleet import deploy_fleet, rollback_fleet
+def _export(d: Path, bundle_dir, conn, options, policy, as_json: bool) -> None:
+    from edgebn.deploy.ansible_engine import export_playbook
 
-    result = (rollback_fleet(targets, options, parallel) if bundle_dir is None
-              else deploy_fleet(bundle_dir, targets, options, parallel))
-    print_json(result.to_json()) if as_json else render.fleet(result)
-    if not result.passed:
-        raise typer.Exit(EXIT_PROBLEM)
+    exported = export_playbook(d, bundle_dir, conn, options, policy)
+    print_json(exported.to_json()) if as_json else render.exported(exported)
 
 
 def register_device_commands(app: typer.Typer) -> None:
