@@ -149,3 +149,35 @@ def make_keys(d: Path) -> tuple[Path, str]:
     (d / "authorized_keys").write_text((d / "user.pub").read_text())
     Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation directory
     return d, subprocess.run(["id", "-un"], capture_output=True, text=True).stdout.strip()
+
+
+@contextlib.contextmanager
+def tarpit():
+    """A port that sends an SSH banner to every connection and then says nothing more."""
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    server.settimeout(0.2)
+    stop, held = threading.Event(), []
+
+    def serve():
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                continue
+            conn.sendall(b"SSH-2.0-OpenSSH_9.2\r\n")
+            held.append(conn)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join(5)
+        for conn in held:
+            conn.close()
+        server.close()

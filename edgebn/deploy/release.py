@@ -347,59 +347,89 @@ def _json(text: str | None) -> dict[str, Any] | None:
     return doc if isinstance(doc, dict) else None
 
 
+class _Attempt:
+    """One host's deploy as it goes: its clock, what the device said, what was sent."""
+
+    def __init__(self, t: Transport, shipment: Shipment, options: DeployOptions,
+                 batch: int | None) -> None:
+        self.t, self.shipment, self.options, self.batch = t, shipment, options, batch
+        self.start, self.deadline = time.perf_counter(), time.monotonic() + options.timeout_s
+        self.st: DeviceStatus | None = None
+        self.sent = 0
+
+    def left(self) -> float:
+        return _left(self.deadline)
+
+    def row(self, status: Status, **kw: Any) -> HostRow:
+        st = self.st
+        base: dict[str, Any] = {"previous": st.current if st else None,
+                                "device": st.facts if st else DeviceFacts()}
+        return HostRow(self.t.name, status, self.shipment.release, batch=self.batch,
+                       path=f"{self.options.dest}/current", bytes_sent=self.sent,
+                       seconds=time.perf_counter() - self.start, **(base | kw))
+
+
+def _failing(exc: EdgebnError, row: HostRow) -> EdgebnError:
+    """``exc``, carrying the row so far (what the device had, what was sent) for host_row."""
+    exc.row = row  # type: ignore[attr-defined]
+    return exc
+
+
 def release_host(t: Transport, shipment: Shipment, options: DeployOptions, *,
                  trust_line: str | None = None, batch: int | None = None, check: bool = False
                  ) -> HostRow:
     """One host, in issue 29's order. Returns the row of a deploy that ran (deployed,
     unchanged, failed with the device's reason, rolled_back; with ``check`` what would
     change); raises :class:`Unreachable`, :class:`Refused` or EdgebnError when it did not."""
-    start, deadline = time.perf_counter(), time.monotonic() + options.timeout_s
+    a = _Attempt(t, shipment, options, batch)
     try:
-        st = device_status(t, shipment.release, options, _left(deadline))
+        a.st = device_status(t, shipment.release, options, a.left())
     except EdgebnError as exc:  # read-only: nothing was changed on a host that did not answer
         raise Unreachable(str(exc)) from None
-    row = functools.partial(HostRow, t.name, release=shipment.release, batch=batch,
-                            previous=st.current, path=f"{options.dest}/current", device=st.facts)
-    trust = _trust_needed(st, trust_line)
-    if st.current == shipment.release:  # nothing of the bundle is sent
-        if check:
-            return row(Status.unchanged, seconds=time.perf_counter() - start, would_change=trust)
-        if trust:
-            install_trust(t, trust_line, options, _left(deadline))
-        return _measured(t, options, deadline, row(Status.unchanged,
-                                                   trusted=trust_line if trust else None), start)
+    trust = _trust_needed(a.st, trust_line)
     if check:
-        return row(Status.not_attempted, seconds=time.perf_counter() - start, would_change=True,
-                   reason=f"check: would deploy {shipment.release} over {st.current or 'nothing'}"
-                   + (" and install the trust key" if trust else ""))
-    if trust:
-        install_trust(t, trust_line, options, _left(deadline))
-    ran, said = _deploy(t, shipment, options, _left(deadline))
+        if a.st.current == shipment.release:
+            return a.row(Status.unchanged, would_change=trust)
+        return a.row(Status.not_attempted, would_change=True, reason=(
+            f"check: would deploy {shipment.release} over {a.st.current or 'nothing'}"
+            + (" and install the trust key" if trust else "")))
+    try:
+        if trust:
+            install_trust(t, trust_line, options, a.left())
+        trusted = trust_line if trust else None
+        if a.st.current == shipment.release:  # nothing of the bundle is sent
+            return _measured(a, a.row(Status.unchanged, trusted=trusted))
+        a.sent = len(shipment.tar)
+        ran, said = _deploy(t, shipment, options, a.left())
+    except EdgebnError as exc:
+        raise _failing(exc, a.row(Status.failed)) from None
     doc = (_json(said.get("selftest")) or {}).get("selftest")
     code = int(said["selftest_exit"]) if said.get("selftest_exit", "").isdigit() else None
-    facts = DeviceFacts(os=(doc or {}).get("os") or st.facts.os,
-                        python=(doc or {}).get("python") or st.facts.python,
-                        runtime=(doc or {}).get("runtime"), temp_c=st.facts.temp_c)
-    row = functools.partial(row, bytes_sent=len(shipment.tar), selftest=doc, selftest_exit=code,
-                            health=said.get("health"), device=facts,
-                            trusted=trust_line if trust else None)
-    status, reason = _outcome(t, shipment, options, ran, said, doc, code)
+    facts = DeviceFacts(os=(doc or {}).get("os") or a.st.facts.os,
+                        python=(doc or {}).get("python") or a.st.facts.python,
+                        runtime=(doc or {}).get("runtime"), temp_c=a.st.facts.temp_c)
+    row = a.row(Status.failed, selftest=doc, selftest_exit=code, health=said.get("health"),
+                device=facts, trusted=trusted)
+    try:
+        status, reason = _outcome(t, shipment, options, ran, said, doc, code)
+    except EdgebnError as exc:
+        raise _failing(exc, row) from None
     if status is not Status.deployed:
-        return row(status, seconds=time.perf_counter() - start, reason=reason)
-    return _measured(t, options, deadline, row(status), start)
+        return dataclasses.replace(row, status=status, reason=reason)
+    return _measured(a, dataclasses.replace(row, status=status))
 
 
-def _measured(t: Transport, options: DeployOptions, deadline: float, row: HostRow,
-              start: float) -> HostRow:
+def _measured(a: _Attempt, row: HostRow) -> HostRow:
     """The live release's row with --bench and --profile run on it (when asked for)."""
-    measured = _measure(t, options, deadline) if options.bench or options.profile else {}
+    options = a.options
+    measured = _measure(a.t, options, a.deadline) if options.bench or options.profile else {}
     bench, facts = measured.get("bench") or {}, row.device
     after = (bench.get("thermal") or {}).get("after") or {}
     if bench:
         facts = DeviceFacts(facts.os, facts.python, facts.runtime,
                             after.get("temp_c", facts.temp_c), after.get("throttled"),
                             bench.get("warning"))
-    return dataclasses.replace(row, seconds=time.perf_counter() - start, device=facts,
+    return dataclasses.replace(row, seconds=time.perf_counter() - a.start, device=facts,
                                bench=measured.get("bench"), profile=measured.get("profile"),
                                reason=measured.get("reason"))
 
@@ -431,18 +461,20 @@ def host_row(t: Transport, shipment: Shipment, options: DeployOptions, *,
     """:func:`release_host` that never raises: what did not happen becomes a row too."""
     start = time.perf_counter()
 
-    def failed(status: Status, reason: str) -> HostRow:
-        return HostRow(t.name, status, shipment.release, batch=batch, reason=reason,
-                       seconds=time.perf_counter() - start, path=f"{options.dest}/current")
+    def failed(status: Status, reason: str, exc: Exception | None = None) -> HostRow:
+        row = getattr(exc, "row", None) or HostRow(t.name, status, shipment.release, batch=batch,
+                                                   path=f"{options.dest}/current")
+        return dataclasses.replace(row, status=status, reason=reason,
+                                   seconds=time.perf_counter() - start)
 
     try:
         return release_host(t, shipment, options, trust_line=trust_line, batch=batch, check=check)
     except Unreachable as exc:
-        return failed(Status.failed if exc.changing else Status.offline, str(exc))
+        return failed(Status.failed if exc.changing else Status.offline, str(exc), exc)
     except Refused as exc:
-        return failed(Status.refused, str(exc))
+        return failed(Status.refused, str(exc), exc)
     except EdgebnError as exc:
-        return failed(Status.failed, str(exc))
+        return failed(Status.failed, str(exc), exc)
     except Exception as exc:  # a bug for one host must not lose the other hosts' rows
         return failed(Status.failed, f"internal error: {type(exc).__name__}: {exc}")
 
