@@ -69,70 +69,76 @@ def emulate(
         raise typer.Exit(EXIT_PROBLEM)
 
 
+HostOpt = Annotated[list[str] | None, typer.Option(
+    "--host", help="user@host[:port], as ssh takes it (repeatable).")]
+HostsOpt = Annotated[Path | None, typer.Option(
+    "--hosts", exists=True, dir_okay=False, readable=True,
+    help="A file of hosts: one user@host[:port] a line, # comments.")]
+InventoryOpt = Annotated[str | None, typer.Option(
+    "--inventory", help="An Ansible inventory (a file, a plugin's config, or 'a,b,'): the "
+                        "hosts, with --engine ansible.")]
+EngineOpt = Annotated[Engine, typer.Option(
+    "--engine", help="native: edgebn's own threads over ssh; ansible: ansible-playbook with the "
+                     "edgebn.fleet collection (pip install 'edgebn[fleet]').")]
+BatchesOpt = Annotated[str | None, typer.Option(
+    "--batches", help="Batch sizes or percentages, as Ansible's serial: e.g. 1,10%,100% (the "
+                      "last repeats until every host has one).")]
+MaxFailuresOpt = Annotated[int | None, typer.Option(
+    "--max-failures", min=0, help="More failed (or refused, or rolled back) hosts than this in "
+                                  "the whole rollout and no later batch starts.")]
+CheckOpt = Annotated[bool, typer.Option(
+    "--check", help="Report what would change on each host; change nothing.")]
+SelftestOpt = Annotated[bool, typer.Option(
+    "--selftest/--no-selftest", help="Self-test the staged release on the device before the "
+                                     "switch (and, without a service, after it). --no-selftest "
+                                     "switches unproven.")]
+HealthTimeoutOpt = Annotated[float, typer.Option(
+    "--health-timeout", min=0.1, help="Seconds for the service's /health to report the new "
+                                      "release (DEST/service.json).")]
+NoRollbackOpt = Annotated[bool, typer.Option(
+    "--no-rollback", help="Keep a release that failed its health check live (to look at it on "
+                          "the device).")]
+BenchOpt = Annotated[bool, typer.Option(
+    "--bench", help="Run predict.py --bench on the device: p50/p90/p99, CPU, cores.")]
+RunsOpt = Annotated[int, typer.Option(
+    "--runs", min=1, help="Invokes for --bench (and per operator for --profile).")]
+ProfileOpt = Annotated[bool, typer.Option(
+    "--profile", help="Time each operator on the device (predict.py --profile; the bundle made "
+                      "with edgebn bundle --profile).")]
+RollbackOpt = Annotated[bool, typer.Option(
+    "--rollback", help="Point DEST/current back at the previous release (no bundle).")]
+TrustOpt = Annotated[Path | None, typer.Option(
+    "--trust", exists=True, dir_okay=False, readable=True,
+    help="Install this SSH public key (KEY.pub) as the device's trusted bundle signer.")]
+TrustFileOpt = Annotated[str | None, typer.Option(
+    "--trust-file", help="The device's trust file (default ~/.config/edgebn/allowed_signers).")]
+SshOptionOpt = Annotated[list[str] | None, typer.Option(
+    "--ssh-option", "-o", help="An ssh -o option (repeatable).")]
+TimeoutOpt = Annotated[float, typer.Option(
+    "--timeout", min=1, help="Seconds per host (all its ssh calls).")]
+ExportOpt = Annotated[Path | None, typer.Option(
+    "--export-playbook", file_okay=False,
+    help="Write the Ansible playbook, inventory, variables, packed release and ansible.cfg "
+         "(collections_path) to this directory, for your own ansible-playbook; run nothing.")]
+
+
 def deploy(
     bundle_dir: Annotated[Path | None, typer.Argument(
         exists=True, file_okay=False, help="A bundle directory (not with --rollback).")] = None,
-    host: Annotated[list[str] | None, typer.Option(
-        "--host", help="user@host[:port], as ssh takes it (repeatable).")] = None,
-    hosts: Annotated[Path | None, typer.Option(
-        "--hosts", exists=True, dir_okay=False, readable=True,
-        help="A file of hosts: one user@host[:port] a line, # comments.")] = None,
-    inventory: Annotated[str | None, typer.Option(
-        "--inventory", help="An Ansible inventory (a file, a plugin's config, or 'a,b,'): "
-                            "the hosts, with --engine ansible.")] = None,
-    engine: Annotated[Engine, typer.Option(
-        "--engine", help="native: edgebn's own threads over ssh; ansible: ansible-playbook with "
-                         "the edgebn.fleet collection (pip install 'edgebn[fleet]').")
-    ] = Engine.native,
-    batches: Annotated[str | None, typer.Option(
-        "--batches", help="Batch sizes or percentages, as Ansible's serial: e.g. 1,10%,100% "
-                          "(the last repeats until every host has one).")] = None,
-    max_failures: Annotated[int | None, typer.Option(
-        "--max-failures", min=0, help="More failed (or refused, or rolled back) hosts than this "
-                                      "in the whole rollout and no later batch starts.")] = None,
-    check: Annotated[bool, typer.Option(
-        "--check", help="Report what would change on each host; change nothing.")] = False,
+    host: HostOpt = None, hosts: HostsOpt = None, inventory: InventoryOpt = None,
+    engine: EngineOpt = Engine.native, batches: BatchesOpt = None,
+    max_failures: MaxFailuresOpt = None, check: CheckOpt = False,
     dest: Annotated[str, typer.Option("--dest", help="Directory on the device.")] = "edgebn",
-    selftest: Annotated[bool, typer.Option(
-        "--selftest/--no-selftest", help="Self-test the staged release on the device before the "
-                                         "switch (and, without a service, after it). "
-                                         "--no-selftest switches unproven.")] = True,
-    health_timeout: Annotated[float, typer.Option(
-        "--health-timeout", min=0.1, help="Seconds for the service's /health to report the new "
-                                          "release (DEST/service.json).")] = 30.0,
-    no_rollback: Annotated[bool, typer.Option(
-        "--no-rollback", help="Keep a release that failed its health check live (to look at "
-                              "it on the device).")] = False,
-    bench: Annotated[bool, typer.Option(
-        "--bench", help="Run predict.py --bench on the device: p50/p90/p99, CPU, cores.")] = False,
-    runs: Annotated[int, typer.Option("--runs", min=1, help="Invokes for --bench (and per operator "
-                                                           "for --profile).")] = 200,
-    profile: Annotated[bool, typer.Option(
-        "--profile", help="Time each operator on the device (predict.py --profile; the bundle "
-                          "made with edgebn bundle --profile).")] = False,
-    rollback: Annotated[bool, typer.Option(
-        "--rollback", help="Point DEST/current back at the previous release (no bundle).")] = False,
-    trust: Annotated[Path | None, typer.Option(
-        "--trust", exists=True, dir_okay=False, readable=True,
-        help="Install this SSH public key (KEY.pub) as the device's trusted bundle signer.")
-    ] = None,
-    trust_file: Annotated[str | None, typer.Option(
-        "--trust-file", help="The device's trust file (default ~/.config/edgebn/allowed_signers)."
-    )] = None,
+    selftest: SelftestOpt = True, health_timeout: HealthTimeoutOpt = 30.0,
+    no_rollback: NoRollbackOpt = False, bench: BenchOpt = False, runs: RunsOpt = 200,
+    profile: ProfileOpt = False, rollback: RollbackOpt = False, trust: TrustOpt = None,
+    trust_file: TrustFileOpt = None,
     python: Annotated[str, typer.Option("--python", help="The device's Python.")] = "python3",
     port: Annotated[int | None, typer.Option("--port", min=1, max=65535)] = None,
     identity: Annotated[Path | None, typer.Option("--identity", "-i", help="ssh key file.")] = None,
-    ssh_option: Annotated[list[str] | None, typer.Option(
-        "--ssh-option", "-o", help="An ssh -o option (repeatable).")] = None,
+    ssh_option: SshOptionOpt = None,
     parallel: Annotated[int, typer.Option("--parallel", min=1, help="Hosts at once.")] = 8,
-    timeout: Annotated[float, typer.Option("--timeout", min=1, help="Seconds per host (all its ssh calls).")
-                       ] = 600.0,
-    export_playbook: Annotated[Path | None, typer.Option(
-        "--export-playbook", file_okay=False,
-        help="Write the Ansible playbook, inventory, variables, packed release and ansible.cfg "
-             "(collections_path) to this directory, for your own ansible-playbook; run nothing.")
-    ] = None,
-    as_json: JsonFlag = False,
+    timeout: TimeoutOpt = 600.0, export_playbook: ExportOpt = None, as_json: JsonFlag = False,
 ) -> None:
     """Ship a bundle to devices: staged, verified, self-tested, switched, health-checked, and
     rolled back on failure; in batches with a failure budget; --rollback, --check."""
@@ -145,13 +151,7 @@ def deploy(
     base = SshTarget("localhost", port, identity, tuple(ssh_option or ()))
     targets = [parse_host(h, base) for h in host or ()]
     targets += read_hosts(hosts, base) if hosts is not None else []
-    if not targets and inventory is None:
-        raise EdgebnError("no device: give --host user@host, --hosts FILE or --inventory")
-    if targets and inventory is not None:
-        raise EdgebnError("--inventory names the hosts itself: not with --host or --hosts")
-    if inventory is not None and engine is not Engine.ansible and export_playbook is None:
-        raise EdgebnError("--inventory is read by Ansible: add --engine ansible (or list the "
-                          "hosts with --hosts FILE)")
+    _check_hosts(targets, inventory, engine, export_playbook is not None)
     if (bundle_dir is None) != rollback:
         raise EdgebnError("give a BUNDLE to deploy, or --rollback without one")
     options = DeployOptions(dest, selftest, python, bench, runs, trust, trust_file, timeout,
@@ -171,6 +171,16 @@ def deploy(
         _deploy_one(bundle_dir, targets[0], options, as_json)
     else:
         _rollout(bundle_dir, conn, options, policy, engine, as_json)
+
+
+def _check_hosts(targets, inventory: str | None, engine: Engine, export: bool) -> None:
+    if not targets and inventory is None:
+        raise EdgebnError("no device: give --host user@host, --hosts FILE or --inventory")
+    if targets and inventory is not None:
+        raise EdgebnError("--inventory names the hosts itself: not with --host or --hosts")
+    if inventory is not None and engine is not Engine.ansible and not export:
+        raise EdgebnError("--inventory is read by Ansible: add --engine ansible (or list the "
+                          "hosts with --hosts FILE)")
 
 
 def _deploy_one(bundle_dir, target, options, as_json: bool) -> None:
