@@ -446,7 +446,8 @@ def test_check_reports_what_would_change_and_changes_nothing(devices, bundles, t
     assert code == 0 and doc["check"] and doc["passed"]
     assert [r["status"] for r in doc["hosts"]] == ["unchanged", "not_attempted", "not_attempted"]
     assert [r["would_change"] for r in doc["hosts"]] == [False, True, True]
-    assert doc["hosts"][1]["reason"] == f"check: would deploy {release} over nothing"
+    assert doc["hosts"][1]["reason"] == (f"check: would deploy {release} over nothing; the staged "
+                                         "self-test and the live self-test would decide")
     assert all(r["bytes_sent"] == 0 for r in doc["hosts"])
     assert before == [_stats(devs[0].home / dest[2:]), _tree(devs[0].home / dest[2:])]
     for d in devs[1:]:
@@ -468,7 +469,7 @@ def test_an_exported_playbook_runs_with_ansible_playbook(devices, bundles, tmp_p
     assert not (devices[0].home / "exported").exists()  # nothing run
     cfg = (out / "ansible.cfg").read_text()
     ssh_args = next(line for line in cfg.splitlines() if line.startswith("ssh_args"))
-    assert "ServerAliveInterval=10" in ssh_args and "ControlPersist" in ssh_args
+    assert "ServerAliveInterval=5 -o ServerAliveCountMax=4" in ssh_args and "ControlPersist" in ssh_args
     assert " -C" not in ssh_args and "Compression=yes" not in ssh_args
     assert "forks = 1" in cfg.splitlines()  # sized to the largest batch
     assert f"collections_path = {doc['collections_path']}" in cfg

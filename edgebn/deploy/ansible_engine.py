@@ -44,7 +44,15 @@ from typing import Any
 
 from edgebn.deploy import policy
 from edgebn.deploy.policy import Engine, RolloutPolicy, RolloutResult
-from edgebn.deploy.release import KEEPALIVE_S, DeployOptions, HostRow, Shipment, Status, last_line
+from edgebn.deploy.release import (
+    KEEPALIVE_COUNT,
+    KEEPALIVE_S,
+    DeployOptions,
+    HostRow,
+    Shipment,
+    Status,
+    last_line,
+)
 from edgebn.deploy.ssh import SshTarget, check_profile, prepare, trust_line
 from edgebn.errors import EdgebnError
 
@@ -54,7 +62,8 @@ PLAYBOOK = COLLECTION / "playbooks" / "rollout.yml"
 CONNECT_TIMEOUT_S = 15  # ssh ConnectTimeout, as edgebn's own ssh
 CONTROL_PERSIST_S = 30
 SSH_ARGS = (f"-o ControlMaster=auto -o ControlPersist={CONTROL_PERSIST_S}s "
-            f"-o ServerAliveInterval={KEEPALIVE_S} -o ServerAliveCountMax=3 -o BatchMode=yes")
+            f"-o ServerAliveInterval={KEEPALIVE_S} -o ServerAliveCountMax={KEEPALIVE_COUNT} "
+            "-o BatchMode=yes")
 
 
 def require_ansible() -> None:

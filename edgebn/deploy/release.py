@@ -36,7 +36,12 @@ from edgebn.errors import EdgebnError
 
 DEVICE_DIR = Path(__file__).parent / "device"
 SSH_TIMEOUT_S = 600
-KEEPALIVE_S = 10  # ssh's ServerAliveInterval; 3 unanswered probes end the connection
+# ssh's ServerAliveInterval and ServerAliveCountMax: a host that stops answering (hung, powered
+# off, a tarpit) is dropped after about KEEPALIVE_S * (KEEPALIVE_COUNT + 1) s in a session and
+# KEEPALIVE_S * KEEPALIVE_COUNT s before login (measured: 25 s and 20 s); a slow command on a
+# live host is no silence to ssh, its sshd answers the probes.
+KEEPALIVE_S = 5
+KEEPALIVE_COUNT = 4
 HEALTH_TIMEOUT_S = 30.0  # how long a service has to report the new release healthy
 DEVICE_TRUST = "~/.config/edgebn/allowed_signers"  # predict.py's default; $EDGEBN_TRUST overrides
 VERIFIER = "verify.py"  # installed beside the device's trust file by --trust
@@ -375,6 +380,16 @@ def _failing(exc: EdgebnError, row: HostRow) -> EdgebnError:
     return exc
 
 
+def _would(st: DeviceStatus, shipment: Shipment, trust: bool) -> str:
+    """--check: what a deploy would do on the host, from its status."""
+    again = " (its directory there again)" if st.present else ""
+    checks = "its verifier, " if st.trusting or trust else ""
+    health = "the service's /health" if st.service else "the live self-test"
+    return (f"check: would deploy {shipment.release}{again} over {st.current or 'nothing'}"
+            + (" and install the trust key" if trust else "")
+            + f"; {checks}the staged self-test and {health} would decide")
+
+
 def release_host(t: Transport, shipment: Shipment, options: DeployOptions, *,
                  trust_line: str | None = None, batch: int | None = None, check: bool = False
                  ) -> HostRow:
@@ -390,9 +405,7 @@ def release_host(t: Transport, shipment: Shipment, options: DeployOptions, *,
     if check:
         if a.st.current == shipment.release:
             return a.row(Status.unchanged, would_change=trust)
-        return a.row(Status.not_attempted, would_change=True, reason=(
-            f"check: would deploy {shipment.release} over {a.st.current or 'nothing'}"
-            + (" and install the trust key" if trust else "")))
+        return a.row(Status.not_attempted, would_change=True, reason=_would(a.st, shipment, trust))
     try:
         if trust:
             install_trust(t, trust_line, options, a.left())

@@ -49,6 +49,7 @@ from pathlib import Path
 
 from edgebn.deploy.bundle import load_device_module
 from edgebn.deploy.release import (
+    KEEPALIVE_COUNT,
     KEEPALIVE_S,
     SSH_TIMEOUT_S,
     DeployOptions,
@@ -89,7 +90,7 @@ class SshTarget:
     port: int | None = None
     identity: Path | None = None
     options: tuple[str, ...] = ()  # ssh -o options
-    keepalive_s: int = KEEPALIVE_S  # a silent host is dropped after 3 of these
+    keepalive_s: int = KEEPALIVE_S  # a silent host is dropped after KEEPALIVE_COUNT + 1 of these
 
     def __post_init__(self) -> None:
         if (not self.host or self.host.startswith("-") or not self.host.isprintable()
@@ -101,7 +102,8 @@ class SshTarget:
 
     def command(self) -> list[str]:
         cmd = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=15",
-               "-o", f"ServerAliveInterval={int(self.keepalive_s)}", "-o", "ServerAliveCountMax=3"]
+               "-o", f"ServerAliveInterval={int(self.keepalive_s)}",
+               "-o", f"ServerAliveCountMax={KEEPALIVE_COUNT}"]
         if self.port is not None:
             cmd += ["-p", str(self.port)]
         if self.identity is not None:

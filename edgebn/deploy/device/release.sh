@@ -154,15 +154,17 @@ deploy() {
     fi
     say "switched=$R"
     # 5. health check
-    rc=0
+    rc=0 OK=ok
     if [ -f "$D/service.json" ]; then
         ERR=$("$PY" -I -c "$HEALTH_PY" "$D" "$R" "$HEALTH_S" 2>&1) || rc=$?
         ERR=$(printf '%s\n' "$ERR" | tail -n 1)
     elif [ "$SELFTEST" = 1 ]; then
         selftest "$D/current" || rc=$?
         [ "$rc" = 0 ] || ERR="the live release's self-test (exit $rc): $ERR"
+    else
+        OK="unchecked (no service, no self-test)"
     fi
-    if [ "$rc" = 0 ]; then say "health=ok"; exit 0; fi
+    if [ "$rc" = 0 ]; then say "health=$OK"; exit 0; fi
     say "health=$ERR"
     # 6. roll back what this deploy switched
     if [ "$ROLLBACK" != 1 ]; then echo "health check failed: $ERR" >&2; exit 9; fi
