@@ -10,7 +10,8 @@ import typer
 from edgebn.cli import render
 from edgebn.cli.options import EXIT_PROBLEM, JsonFlag, VerboseFlag
 from edgebn.cli.ui import StageProgress, print_json, quiet
-from edgebn.deploy.policy import Engine
+from edgebn.deploy.policy import Engine, RolloutPolicy
+from edgebn.deploy.release import DeployOptions
 from edgebn.errors import EdgebnError
 from edgebn.runtime.backends import Backend
 
@@ -144,8 +145,7 @@ def deploy(
     rolled back on failure; in batches with a failure budget; --rollback, --check."""
     from edgebn.deploy.ansible_engine import Connection
     from edgebn.deploy.fleet import parse_host, read_hosts
-    from edgebn.deploy.policy import RolloutPolicy, parse_batches
-    from edgebn.deploy.release import DeployOptions
+    from edgebn.deploy.policy import parse_batches
     from edgebn.deploy.ssh import SshTarget
 
     base = SshTarget("localhost", port, identity, tuple(ssh_option or ()))
@@ -183,7 +183,7 @@ def _check_hosts(targets, inventory: str | None, engine: Engine, export: bool) -
                           "hosts with --hosts FILE)")
 
 
-def _deploy_one(bundle_dir, target, options, as_json: bool) -> None:
+def _deploy_one(bundle_dir: Path, target, options: DeployOptions, as_json: bool) -> None:
     """One host: its row; a deploy that did not run is one line, exit 2."""
     from edgebn.deploy.ssh import deploy as run_deploy
 
@@ -193,7 +193,8 @@ def _deploy_one(bundle_dir, target, options, as_json: bool) -> None:
         raise typer.Exit(EXIT_PROBLEM)
 
 
-def _rollback(targets, options, parallel: int, one: bool, as_json: bool) -> None:
+def _rollback(targets: list, options: DeployOptions, parallel: int, one: bool, as_json: bool
+              ) -> None:
     from edgebn.deploy.fleet import rollback_fleet
     from edgebn.deploy.ssh import rollback
 
@@ -207,7 +208,8 @@ def _rollback(targets, options, parallel: int, one: bool, as_json: bool) -> None
         raise typer.Exit(EXIT_PROBLEM)
 
 
-def _rollout(bundle_dir, conn, options, policy, engine, as_json: bool) -> None:
+def _rollout(bundle_dir: Path, conn, options: DeployOptions, policy: RolloutPolicy, engine: Engine,
+             as_json: bool) -> None:
     """Many hosts (or any of --batches, --max-failures, --check, --engine ansible): one row
     per host; exit 1 when a host failed, was refused or rolled back."""
     if engine is Engine.ansible:
@@ -223,7 +225,8 @@ def _rollout(bundle_dir, conn, options, policy, engine, as_json: bool) -> None:
         raise typer.Exit(EXIT_PROBLEM)
 
 
-def _export(d: Path, bundle_dir, conn, options, policy, as_json: bool) -> None:
+def _export(d: Path, bundle_dir: Path, conn, options: DeployOptions, policy: RolloutPolicy,
+            as_json: bool) -> None:
     from edgebn.deploy.ansible_engine import export_playbook
 
     exported = export_playbook(d, bundle_dir, conn, options, policy)
