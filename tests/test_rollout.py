@@ -13,6 +13,7 @@ import http.server
 import importlib.util
 import json
 import os
+import re
 import shutil
 import socketserver
 import subprocess
@@ -250,9 +251,11 @@ def test_a_trusting_host_refuses_another_signer_once(devices, bundles, keys, tmp
     dest, trust_file = f"~/signer-{engine}", f"~/signer-{engine}-config/allowed_signers"
     mine = _signed(bundles["int8"], keys / "trusted", tmp_path / "mine")
     other = _signed(bundles["none"], keys / "other", tmp_path / "other")
-    code, doc = _deploy(mine, _hosts(tmp_path, [d0]), dest, "native", "--trust",
+    code, doc = _deploy(mine, _hosts(tmp_path, [d0]), dest, engine, "--trust",
                         str(keys / "trusted.pub"), "--trust-file", trust_file)
     assert code == 0 and doc["hosts"][0]["selftest"]["signature"].startswith("verified by ED25519")
+    assert doc["hosts"][0]["trusted"].startswith('edgebn-bundle namespaces="edgebn-bundle" ')
+    assert (d0.home / trust_file[2:]).read_text() == doc["hosts"][0]["trusted"] + "\n"
     (d0.home / "python.log").unlink()
     code, doc = _deploy(other, _hosts(tmp_path, [d0, d1]), dest, engine, "--trust-file", trust_file)
     assert code == 1 and [h["status"] for h in doc["hosts"]] == ["refused", "deployed"]
@@ -437,6 +440,27 @@ def test_hosts_that_go_away_are_reported_and_the_rollout_completes(devices, bund
 
 
 @pytest.mark.parametrize("engine", ENGINES)
+def test_the_per_host_timeout_holds_with_either_engine(devices, bundles, tmp_path, engine):
+    """--timeout 3 and a self-test that takes 6 s: the host is failed when its time is up, and
+    the device, left alone, does not switch after it (it is out of time, or its controller
+    is gone)."""
+    d, dest = devices[0], f"~/timeout-{engine}"
+    old = _release(bundles["int8"])
+    assert _deploy(bundles["int8"], _hosts(tmp_path, [d]), dest, "native")[0] == 0
+    d.set_python(sys.executable, before='case "$*" in *--selftest*) sleep 6 ;; esac\n')
+    start = time.perf_counter()
+    code, doc = _deploy(bundles["none"], _hosts(tmp_path, [d]), dest, engine, "--timeout", "3")
+    row = doc["hosts"][0]
+    assert code == 1 and row["status"] == "failed" and time.perf_counter() - start < 6 + 5
+    assert re.fullmatch(r"deploy: ssh timed out after [0-9.]+ s", row["reason"]), row["reason"]
+    assert row["seconds"] < 4.5
+    time.sleep(8)  # the device's self-test ends; what it does then is its own
+    home = d.home / dest[2:]
+    assert os.readlink(home / "current") == f"releases/{old}"
+    assert (home / "releases.log").read_text() == f"{old}\n"
+
+
+@pytest.mark.parametrize("engine", ENGINES)
 def test_check_reports_what_would_change_and_changes_nothing(devices, bundles, tmp_path, engine):
     devs, dest = devices[:3], f"~/check-{engine}"
     release = _release(bundles["none"])
@@ -498,6 +522,13 @@ def test_any_ansible_inventory_names_the_hosts(devices, bundles, tmp_path):
     doc = json.loads(res.stdout)
     assert [(h["host"], h["status"]) for h in doc["hosts"]] == [("pi-0", "deployed"),
                                                                  ("pi-1", "deployed")]
+    lone = tmp_path / "lone.ini"  # no port in the inventory: --port gives it, as natively
+    lone.write_text(f"pi-lone ansible_host=127.0.0.1 ansible_user={devices[2].user}\n")
+    res = runner.invoke(app, ["deploy", str(bundles["none"]), "--inventory", str(lone), "--port",
+                              str(devices[2].port), "--dest", "~/inventory",
+                              *_connection(devices[2]), "--engine", "ansible", "--json"])
+    assert res.exit_code == 0 and json.loads(res.stdout)["hosts"][0]["status"] == "deployed"
+    assert (devices[2].home / "inventory" / "current").is_symlink()
     native = runner.invoke(app, args)
     assert native.exit_code == 2 and native.stderr.strip().splitlines() == [
         "Error: --inventory is read by Ansible: add --engine ansible (or list the hosts with "
