@@ -440,6 +440,27 @@ def test_hosts_that_go_away_are_reported_and_the_rollout_completes(devices, bund
 
 
 @pytest.mark.parametrize("engine", ENGINES)
+def test_a_host_that_refuses_the_deploy_connection_is_offline(devices, bundles, tmp_path,
+                                                               monkeypatch, engine):
+    """Its status answered, then the deploy's connection is refused (the network, faked by an
+    ssh in PATH that says what ssh says): nothing changed there, so offline, 0 bytes sent."""
+    real = shutil.which("ssh")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "ssh").write_text(
+        f'#!/bin/sh\ncase "$*" in *"class HealthError"*) echo "ssh: connect to host 127.0.0.1 '
+        f'port 22: Connection refused" >&2; exit 255 ;; esac\nexec {real} "$@"\n')  # deploy only
+    (bin_dir / "ssh").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    code, doc = _deploy(bundles["none"], _hosts(tmp_path, devices[:1]), f"~/refused-{engine}",
+                        engine)
+    row = doc["hosts"][0]
+    assert code == 0 and row["status"] == "offline" and row["bytes_sent"] == 0, row
+    assert row["reason"].startswith("deploy: ssh") and row["reason"].endswith("Connection refused")
+    assert not (devices[0].home / f"refused-{engine}").exists()
+
+
+@pytest.mark.parametrize("engine", ENGINES)
 def test_the_per_host_timeout_holds_with_either_engine(devices, bundles, tmp_path, engine):
     """--timeout 3 and a self-test that takes 6 s: the host is failed when its time is up, and
     the device, left alone, does not switch after it (it is out of time, or its controller

@@ -324,6 +324,8 @@ def _deploy(t: Transport, shipment: Shipment, options: DeployOptions, timeout_s:
     try:
         ran = t.run(command, shipment.tar, "deploy", timeout_s)
     except Unreachable as exc:
+        if "connect to host" in str(exc):  # ssh's words for a connection never made: no change
+            raise
         raise Unreachable(f"{exc} (the device keeps current as it was, or finishes the "
                           "deploy and its checks on its own)", changing=True) from None
     return ran, _pairs(ran.stdout)
@@ -415,6 +417,8 @@ def release_host(t: Transport, shipment: Shipment, options: DeployOptions, *,
         a.sent = len(shipment.tar)
         ran, said = _deploy(t, shipment, options, a.left())
     except EdgebnError as exc:
+        if isinstance(exc, Unreachable) and not exc.changing:
+            a.sent = 0  # the connection was never made
         raise _failing(exc, a.row(Status.failed)) from None
     doc = (_json(said.get("selftest")) or {}).get("selftest")
     code = int(said["selftest_exit"]) if said.get("selftest_exit", "").isdigit() else None
