@@ -17,8 +17,8 @@ from typer.testing import CliRunner
 
 from edgebn.cli.app import app
 from edgebn.deploy.fleet import read_hosts
-from edgebn.deploy.release import Status
 from edgebn.deploy.rollout import rollout_native
+from edgebn.deploy.rows import Status
 from edgebn.deploy.ssh import DeployOptions, SshTarget, deploy, rollback
 from edgebn.errors import EdgebnError
 

@@ -23,8 +23,8 @@ from edgebn.cli.app import app
 from edgebn.deploy.bundle import load_device_module
 from edgebn.deploy.fleet import read_hosts
 from edgebn.deploy.policy import RolloutPolicy
-from edgebn.deploy.release import Status
 from edgebn.deploy.rollout import rollout_native
+from edgebn.deploy.rows import Status
 from edgebn.deploy.ssh import DeployOptions, SshTarget, deploy, prepare, rollback, ship
 from edgebn.errors import EdgebnError
 

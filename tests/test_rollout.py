@@ -29,7 +29,8 @@ from typer.testing import CliRunner
 
 from edgebn.cli.app import app
 from edgebn.deploy import policy
-from edgebn.deploy.release import DeployOptions, Status
+from edgebn.deploy.release import DeployOptions
+from edgebn.deploy.rows import Status
 from edgebn.deploy.sign import sign_manifest
 from edgebn.deploy.ssh import SshTarget, prepare, ship
 

@@ -38,8 +38,9 @@ from sshd_hosts import Device, make_keys  # noqa: E402
 
 from edgebn.deploy.ansible_engine import Connection, rollout_ansible  # noqa: E402
 from edgebn.deploy.policy import RolloutPolicy  # noqa: E402
-from edgebn.deploy.release import DeployOptions, Status  # noqa: E402
+from edgebn.deploy.release import DeployOptions  # noqa: E402
 from edgebn.deploy.rollout import rollout_native  # noqa: E402
+from edgebn.deploy.rows import Status  # noqa: E402
 from edgebn.deploy.ssh import SshTarget  # noqa: E402
 
 

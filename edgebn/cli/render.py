@@ -14,7 +14,7 @@ from rich.table import Table
 from edgebn.cli.ui import out
 from edgebn.deploy.ansible_engine import Exported
 from edgebn.deploy.policy import RolloutResult
-from edgebn.deploy.release import HostRow
+from edgebn.deploy.rows import HostRow
 
 _LATENCY_FIELDS = ("min", "p50", "p90", "p99", "mean", "std")
 

@@ -48,11 +48,10 @@ from edgebn.deploy.release import (
     KEEPALIVE_COUNT,
     KEEPALIVE_S,
     DeployOptions,
-    HostRow,
     Shipment,
-    Status,
     last_line,
 )
+from edgebn.deploy.rows import HostRow, Status
 from edgebn.deploy.ssh import SshTarget, check_profile, prepare, trust_line
 from edgebn.errors import EdgebnError
 

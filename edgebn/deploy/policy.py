@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from edgebn.deploy.release import FAILING, HostRow, Status
+from edgebn.deploy.rows import FAILING, HostRow, Status
 from edgebn.errors import EdgebnError
 
 

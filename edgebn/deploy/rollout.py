@@ -22,11 +22,11 @@ from edgebn.deploy import policy
 from edgebn.deploy.policy import Engine, RolloutPolicy, RolloutResult
 from edgebn.deploy.release import (
     DeployOptions,
-    HostRow,
     Shipment,
     host_row,
     not_attempted,
 )
+from edgebn.deploy.rows import HostRow
 from edgebn.deploy.ssh import SshTarget, SshTransport, check_profile, prepare, trust_line
 from edgebn.errors import EdgebnError
 

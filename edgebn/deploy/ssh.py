@@ -53,7 +53,6 @@ from edgebn.deploy.release import (
     KEEPALIVE_S,
     SSH_TIMEOUT_S,
     DeployOptions,
-    HostRow,
     Ran,
     Shipment,
     Unreachable,
@@ -61,6 +60,7 @@ from edgebn.deploy.release import (
     release_command,
     release_host,
 )
+from edgebn.deploy.rows import HostRow
 from edgebn.errors import EdgebnError
 
 __all__ = ["DeployOptions", "HostRow", "RollbackResult", "Shipment", "SshTarget", "SshTransport",

@@ -25,16 +25,15 @@ from ansible.plugins.action import ActionBase
 
 from edgebn.deploy import policy
 from edgebn.deploy.release import (
-    FAILING,
     DeployOptions,
     Ran,
     Shipment,
-    Status,
     Unreachable,
     host_row,
     last_line,
     not_attempted,
 )
+from edgebn.deploy.rows import FAILING, Status
 from edgebn.errors import EdgebnError
 
 REGISTER = "edgebn_result"  # the playbook's register: the earlier batches' rows
