@@ -16,7 +16,9 @@ from sshd_hosts import REAL_SSH, _free_port, _ssh_args, _target
 from typer.testing import CliRunner
 
 from edgebn.cli.app import app
-from edgebn.deploy.fleet import deploy_fleet, read_hosts
+from edgebn.deploy.fleet import read_hosts
+from edgebn.deploy.rollout import rollout_native
+from edgebn.deploy.rows import Status
 from edgebn.deploy.ssh import DeployOptions, SshTarget, deploy, rollback
 from edgebn.errors import EdgebnError
 
@@ -43,11 +45,12 @@ def test_deploy_lands_in_a_release_and_runs_the_selftest_in_current(sshd, bundle
     dest = str(tmp_path / "device")
     opts = DeployOptions(dest, selftest=True, python=sys.executable)
     result = deploy(bundles["int8"], _target(sshd), opts)
-    assert result.passed and result.selftest_exit == 0
+    assert result.passed and result.status is Status.deployed and result.selftest_exit == 0
     assert result.selftest["passed"] and result.selftest["samples"] == 16
     assert result.selftest["signature"] == "unverified (no trust file)"
+    assert result.health == "ok"  # no service: the live release's self-test passed too
     current = Path(dest) / "current"
-    release = Path(result.release)
+    release = Path(dest) / "releases" / result.release
     assert os.readlink(current) == f"releases/{release.name}" and len(release.name) == 16
     assert (current / "manifest.json").read_bytes() == (bundles["int8"] / "manifest.json").read_bytes()
     assert sorted(p.name for p in Path(dest).iterdir()) == [".lock", "current", "releases",
@@ -58,27 +61,29 @@ def test_deploy_lands_in_a_release_and_runs_the_selftest_in_current(sshd, bundle
 
 def test_a_second_release_keeps_the_first_and_rollback_returns_to_it(sshd, bundles, tmp_path):
     dest = tmp_path / "device"
-    target, opts = _target(sshd), DeployOptions(str(dest))
+    target, opts = _target(sshd), DeployOptions(str(dest), python=sys.executable)
     first = deploy(bundles["int8"], target, opts)
     second = deploy(bundles["none"], target, opts)
-    assert second.previous == Path(first.release).name
-    assert os.readlink(dest / "current") == f"releases/{Path(second.release).name}"
-    assert Path(first.release).is_dir() and Path(second.release).is_dir()
-    assert (dest / "releases.log").read_text().split() == [Path(first.release).name,
-                                                          Path(second.release).name]
-    back = rollback(target, opts)
-    assert (back.release, back.previous) == (Path(first.release).name, Path(second.release).name)
-    assert os.readlink(dest / "current") == f"releases/{Path(first.release).name}"
+    assert second.previous == first.release
+    assert os.readlink(dest / "current") == f"releases/{second.release}"
+    assert (dest / "releases" / first.release).is_dir()
+    assert (dest / "releases" / second.release).is_dir()
+    assert (dest / "releases.log").read_text().split() == [first.release, second.release]
+    with pytest.raises(EdgebnError, match=f"current is {second.release}, not {first.release}"):
+        rollback(target, opts, expect=first.release)  # only what this deploy switched
+    back = rollback(target, opts, expect=second.release)
+    assert (back.release, back.previous) == (first.release, second.release)
+    assert os.readlink(dest / "current") == f"releases/{first.release}"
     assert _local_selftest(dest / "current")["passed"]
     with pytest.raises(EdgebnError, match="no earlier release to roll back to"):
         rollback(target, opts)
-    assert os.readlink(dest / "current") == f"releases/{Path(first.release).name}"
+    assert os.readlink(dest / "current") == f"releases/{first.release}"
 
 
 def test_rollback_cli(sshd, bundles, tmp_path):
     dest = str(tmp_path / "d")
     for q in ("int8", "none"):
-        deploy(bundles[q], _target(sshd), DeployOptions(dest))
+        deploy(bundles[q], _target(sshd), DeployOptions(dest, selftest=False))
     res = runner.invoke(app, ["deploy", "--rollback", "--host", sshd["host"], "--dest", dest,
                               *_ssh_args(sshd), "--json"])
     assert res.exit_code == 0, res.output
@@ -87,13 +92,13 @@ def test_rollback_cli(sshd, bundles, tmp_path):
 
 def test_a_copy_cut_short_leaves_current_untouched(sshd, bundles, tmp_path, monkeypatch):
     dest = tmp_path / "device"
-    old = deploy(bundles["int8"], _target(sshd), DeployOptions(str(dest)))
+    old = deploy(bundles["int8"], _target(sshd), DeployOptions(str(dest), selftest=False))
     monkeypatch.setenv("PATH", _fake_ssh(tmp_path, 'head -c 4096 | "$REAL_SSH" "$@"')["PATH"])
-    with pytest.raises(EdgebnError, match=r"copy to .* failed \(exit"):
-        deploy(bundles["none"], _target(sshd), DeployOptions(str(dest)))
-    assert os.readlink(dest / "current") == f"releases/{Path(old.release).name}"
+    with pytest.raises(EdgebnError, match=r"deploy to .* failed \(exit 5\): receiving the bundle"):
+        deploy(bundles["none"], _target(sshd), DeployOptions(str(dest), selftest=False))
+    assert os.readlink(dest / "current") == f"releases/{old.release}"
     assert _local_selftest(dest / "current")["passed"]
-    assert (dest / "releases.log").read_text().split() == [Path(old.release).name]
+    assert (dest / "releases.log").read_text().split() == [old.release]
 
 
 def test_a_host_starting_with_a_dash_never_reaches_ssh(bundles, tmp_path):
@@ -126,6 +131,7 @@ def test_deploy_cli_json_with_bench(sshd, bundles, tmp_path):
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
     assert doc["selftest"]["passed"] and doc["selftest_exit"] == 0 and doc["bytes_sent"] > 0
+    assert doc["status"] == "deployed" and doc["health"] == "ok" and len(doc["release"]) == 16
     bench = doc["bench"]
     assert 0 < bench["latency_us"]["p50"] <= bench["latency_us"]["p90"] <= bench["latency_us"]["p99"]
     assert bench["device"]["cores"] == os.cpu_count() and bench["device"]["cpu"]
@@ -149,7 +155,7 @@ def test_trust_then_deploy_verifies_the_signature_on_the_device(sshd, bundles, t
                                   trust_file=trust_file)
     with pytest.raises(EdgebnError, match="the device's verifier refused the bundle: unsigned"):
         deploy(bundles["int8"], _target(sshd), unsigned_opts)
-    assert os.readlink(tmp_path / "d" / "current") == f"releases/{Path(result.release).name}"
+    assert os.readlink(tmp_path / "d" / "current") == f"releases/{result.release}"
 
 
 def test_deploy_refuses_a_damaged_bundle_before_connecting(bundles, tmp_path):
@@ -164,7 +170,7 @@ def test_unreachable_host_is_one_line_exit_2(bundles):
                               "--port", str(_free_port())])
     assert res.exit_code == 2
     lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and "copy: ssh nobody@127.0.0.1 failed" in lines[0]
+    assert len(lines) == 1 and "status: ssh nobody@127.0.0.1 failed" in lines[0]
 
 
 def test_hosts_file_parsing(tmp_path):
@@ -190,30 +196,31 @@ def test_a_fleet_runs_in_parallel_and_one_dead_host_stops_nothing(sshds, bundles
                      f"# a dead one\nnobody@127.0.0.1:{_free_port()}\n")
     base = _target(sshds[0])
     start = time.perf_counter()
-    result = deploy_fleet(bundles["none"], read_hosts(hosts, base), opts)
+    result = rollout_native(bundles["none"], read_hosts(hosts, base), opts)
     wall = time.perf_counter() - start
-    assert [h.passed for h in result.hosts] == [True, True, True, False]
-    dead = result.hosts[3]
-    assert dead.error.startswith("copy: ssh nobody@127.0.0.1 failed")
+    assert [h.status for h in result.rows] == [Status.deployed] * 3 + [Status.offline]
+    dead = result.rows[3]
+    assert dead.reason.startswith("status: ssh nobody@127.0.0.1 failed")
+    assert result.passed  # offline is not failed: a re-run brings it up to date
     assert wall < 0.8 * sum(alone), (wall, alone)
     for s in sshds:  # each device's own home
         assert (s["home"] / "fleet" / "current" / "manifest.json").is_file()
     res = runner.invoke(app, ["deploy", str(bundles["none"]), "--hosts", str(hosts),
                               "--dest", "~/fleet-cli", "--selftest", "--bench", "--runs", "20",
                               "--python", sys.executable, *_ssh_args(sshds[0]), "--json"])
-    assert res.exit_code == 1, res.output
+    assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
-    assert [(h["copied"], h["selftest"]) for h in doc["hosts"]] == [(True, True)] * 3 + [
-        (False, None)]
+    assert [h["status"] for h in doc["hosts"]] == ["deployed"] * 3 + ["offline"]
+    assert doc["engine"] == "native" and doc["batches"] == [4] and doc["failed"] == 0
     for h in doc["hosts"][:3]:  # each live device's own latency, from its own predict.py --bench
-        lat = h["latency_us"]
+        lat = h["bench"]["latency_us"]
         assert 0 < lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"]
-        dev = h["device"]  # the fleet table's OS, Python, runtime, temperature, throttle columns
+        dev = h["device"]  # the table's OS, Python, runtime, temperature, throttle columns
         assert dev["python"] == platform.python_version() and dev["runtime"].startswith("ai_edge_litert")
         assert dev["os"] == _os_release() and "temp_c" in dev and dev["throttled"] is None
-        assert h["result"]["bench"]["device"]["cores"] >= 1
-    assert doc["hosts"][3]["latency_us"] is None
-    assert doc["failed"] == 1 and "failed" in doc["hosts"][3]["error"]
+        assert h["bench"]["device"]["cores"] >= 1 and h["selftest"]["passed"]
+    assert doc["hosts"][3]["bench"] is None and doc["hosts"][3]["bytes_sent"] == 0
+    assert doc["hosts"][3]["reason"].startswith("status: ssh nobody@127.0.0.1 failed")
 
 
 def test_trust_cli_installs_the_default_trust_file_in_the_devices_home(sshds, bundles, tmp_path):
@@ -243,10 +250,11 @@ def test_the_per_host_timeout_bounds_a_hanging_host(bundles, tmp_path, monkeypat
     monkeypatch.setenv("PATH", _fake_ssh(tmp_path, "exec sleep 30")["PATH"])
     targets = [SshTarget("pi@a"), SshTarget("pi@b", 2222)]
     start = time.perf_counter()
-    result = deploy_fleet(bundles["none"], targets, DeployOptions(timeout_s=1))
+    result = rollout_native(bundles["none"], targets, DeployOptions(timeout_s=1))
     assert time.perf_counter() - start < 10
-    assert [h.error for h in result.hosts] == ["copy: ssh timed out after 1 s"] * 2
-    assert not result.passed and result.to_json()["failed"] == 2
+    assert [h.reason for h in result.rows] == ["status: ssh timed out after 1 s"] * 2
+    assert [h.status for h in result.rows] == [Status.offline] * 2  # nothing changed there
+    assert result.passed and result.to_json()["failed"] == 0
 
 
 def _os_release() -> str | None:
@@ -271,7 +279,7 @@ def test_deploy_profile_brings_each_hosts_operator_table_back(sshds, profile_bun
     doc = json.loads(res.stdout)
     assert len(doc["hosts"]) == 2
     for h in doc["hosts"]:
-        p = h["result"]["profile"]
+        p = h["profile"]
         assert [r["op"] for r in p["operators"]] == ops and p["ops_sum_us"] > 0
     shown = runner.invoke(app, args)
     assert shown.exit_code == 0 and shown.stdout.count("per operator") == 2, shown.output

@@ -21,7 +21,10 @@ from typer.testing import CliRunner
 
 from edgebn.cli.app import app
 from edgebn.deploy.bundle import load_device_module
-from edgebn.deploy.fleet import deploy_fleet, read_hosts
+from edgebn.deploy.fleet import read_hosts
+from edgebn.deploy.policy import RolloutPolicy
+from edgebn.deploy.rollout import rollout_native
+from edgebn.deploy.rows import Status
 from edgebn.deploy.ssh import DeployOptions, SshTarget, deploy, prepare, rollback, ship
 from edgebn.errors import EdgebnError
 
@@ -46,10 +49,12 @@ def test_the_same_host_eight_times_in_parallel(sshd, bundles, tmp_path):
     dest = tmp_path / "device"
     shipments = [prepare(bundles[q]) for q in ("none", "int8")]
     target = _target(sshd)
-    opts = DeployOptions(str(dest), timeout_s=120)
+    opts = DeployOptions(str(dest), selftest=False, timeout_s=120)  # the lock, not the proofs
     for round_ in range(ROUNDS):
-        result = deploy_fleet(bundles[("none", "int8")[round_ % 2]], [target] * 8, opts, parallel=8)
-        assert result.passed, [h.error for h in result.hosts if h.error]
+        result = rollout_native(bundles[("none", "int8")[round_ % 2]], [target] * 8, opts,
+                                RolloutPolicy(parallel=8))
+        assert result.passed, [h.reason for h in result.rows if h.reason]
+        assert {h.status for h in result.rows} <= {Status.deployed, Status.unchanged}
         assert _consistent(dest) == shipments[round_ % 2].release
     log = (dest / "releases.log").read_text().split()
     back = rollback(target, opts)
@@ -59,7 +64,7 @@ def test_the_same_host_eight_times_in_parallel(sshd, bundles, tmp_path):
 def test_two_bundles_at_once_to_one_device(sshd, bundles, tmp_path):
     dest = tmp_path / "device"
     shipments = [prepare(bundles[q]) for q in ("none", "int8")]
-    target, opts = _target(sshd), DeployOptions(str(dest), timeout_s=120)
+    target, opts = _target(sshd), DeployOptions(str(dest), selftest=False, timeout_s=120)
     for _ in range(ROUNDS):
         with ThreadPoolExecutor(2) as pool:
             results = list(pool.map(lambda s: ship(s, target, opts), shipments))
@@ -82,7 +87,7 @@ def test_a_full_disk_says_so_and_leaves_nothing_behind(sshd, bundles, tmp_path):
         pytest.skip(f"cannot mount a small tmpfs here: {mount.stderr.strip()}")
     try:
         with pytest.raises(EdgebnError, match="no space left on the device in .* nothing was changed"):
-            deploy(bundles["none"], _target(sshd), DeployOptions(str(dest)))
+            deploy(bundles["none"], _target(sshd), DeployOptions(str(dest), selftest=False))
         assert [p.name for p in (dest / "releases").iterdir()] == []  # no .incoming left
         assert not (dest / "current").exists()
     finally:
@@ -91,11 +96,11 @@ def test_a_full_disk_says_so_and_leaves_nothing_behind(sshd, bundles, tmp_path):
 
 def test_leftovers_of_a_deploy_that_died_are_removed_by_the_next(sshd, bundles, tmp_path):
     dest = tmp_path / "device"
-    first = deploy(bundles["none"], _target(sshd), DeployOptions(str(dest)))
-    stale = dest / "releases" / f".{Path(first.release).name}.incoming.999999"
+    first = deploy(bundles["none"], _target(sshd), DeployOptions(str(dest), selftest=False))
+    stale = dest / "releases" / f".{first.release}.incoming.999999"
     (stale / "x").mkdir(parents=True)
     (dest / ".current.999999").symlink_to("releases/nowhere")
-    deploy(bundles["int8"], _target(sshd), DeployOptions(str(dest)))
+    deploy(bundles["int8"], _target(sshd), DeployOptions(str(dest), selftest=False))
     assert not stale.exists() and not (dest / ".current.999999").is_symlink()
     _consistent(dest)
 

@@ -241,3 +241,81 @@ def test_predict_profile_under_emulation_gives_a_row_per_operator(pi, profile_bu
     assert [r["op"] for r in p["operators"]] == [o.op for o in ops]
     assert p["device"]["machine"] == "aarch64" and p["runtime"].startswith("ai_edge_litert")
     assert all(r["time_us"] > 0 for r in p["operators"] if r["note"] is None)
+
+
+@pytest.fixture(scope="module")
+def trixie(bundles):
+    """The trixie userland and its README-installed venv (ai-edge-litert), from the cache or
+    made once; a skip with the reason when they cannot be."""
+    try:
+        root = userland(os_name="trixie")
+        return root, runtime_venv(bundles["none"], Backend.ai_edge_litert, root, "trixie")
+    except EmulationUnavailable as exc:
+        pytest.skip(f"arm64 emulation unavailable: {exc}")
+
+
+def test_the_emulated_pi_takes_a_release_through_the_new_order(trixie, bundles, tmp_path):
+    """A device (a real sshd on 127.0.0.1) whose python3 is trixie's, under qemu-aarch64: a
+    signed release is staged, verified by its own verifier (with trixie's ssh-keygen), self-
+    tested by its own Python and runtime, switched and health-checked; a second one too; and
+    a third whose service never comes up is rolled back."""
+    import hashlib
+    import json
+    import os
+    import shlex
+    import subprocess
+
+    from sshd_hosts import Device, _free_port, make_keys
+    from typer.testing import CliRunner
+
+    from edgebn.cli.app import app
+    from edgebn.deploy.emulate import QEMU_CPU, _qemu
+    from edgebn.deploy.sign import sign_manifest
+
+    root, python = trixie
+    (tmp_path / "keys").mkdir()
+    keys, user = make_keys(tmp_path / "keys")
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "k")],
+                   check=True)
+    keygen = shlex.join(_qemu(root, str(root / "usr/bin/ssh-keygen")))
+    device = Device(tmp_path, keys, user, 0, shlex.join(_qemu(root, str(python))))
+    device.set_python(shlex.join(_qemu(root, str(python))), before=(
+        f"export QEMU_CPU={QEMU_CPU} PYTHONNOUSERSITE=1 LANG=C.UTF-8 "
+        f"EDGEBN_SSH_KEYGEN={shlex.quote(keygen)}\n"))
+    releases = []
+    try:
+        args = ["--host", device.spec, "-i", str(device.identity), "--dest", "~/pi",
+                "--trust-file", "~/pi-config/allowed_signers", "--health-timeout", "5"]
+        for opt in device.options:
+            args += ["-o", opt]
+        for q in ("none", "int8", "none-again"):
+            b = shutil.copytree(bundles[q.split("-")[0]], tmp_path / f"signed-{q}")
+            if q == "none-again":  # another release: the same bundle with another label line
+                (b / "labels.txt").write_text((b / "labels.txt").read_text() + "\n")
+                manifest = json.loads((b / "manifest.json").read_text())
+                manifest["files"]["labels.txt"] = hashlib.sha256(
+                    (b / "labels.txt").read_bytes()).hexdigest()
+                (b / "manifest.json").write_text(json.dumps(manifest))
+                service = {"listen": f"127.0.0.1:{_free_port()}"}
+                (device.home / "pi" / "service.json").write_text(json.dumps(service))
+            sign_manifest(b, tmp_path / "k")
+            releases.append(hashlib.sha256((b / "manifest.json").read_bytes()).hexdigest()[:16])
+            trust = ["--trust", str(tmp_path / "k.pub")] if q == "none" else []
+            res = CliRunner().invoke(app, ["deploy", str(b), *args, *trust, "--json"])
+            row = json.loads(res.stdout)
+            st = row["selftest"]
+            assert st["machine"] == "aarch64" and st["python"].startswith("3.13"), st
+            assert st["runtime"].startswith("ai_edge_litert") and st["passed"]
+            assert st["signature"].startswith("verified by ED25519"), st
+            if q != "none-again":
+                assert res.exit_code == 0 and row["status"] == "deployed", res.output
+                assert row["health"] == "ok" and row["device"]["python"].startswith("3.13")
+            else:
+                assert res.exit_code == 1 and row["status"] == "rolled_back", res.output
+                assert row["reason"].endswith(f"rolled back to {releases[1]}")
+        live = os.readlink(device.home / "pi" / "current")
+        assert live == f"releases/{releases[1]}"
+        assert (device.home / "pi" / "releases.log").read_text().split() == releases[:2]
+        assert device.calls("verify.py run") == 5  # each staged copy, and each live one after
+    finally:
+        device.kill()

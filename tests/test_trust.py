@@ -97,16 +97,26 @@ def _unchecked(b: Path) -> Shipment:
     return Shipment(b, release, stream.getvalue())
 
 
+@pytest.fixture(scope="module")
+def signed_other(bundles, key, tmp_path_factory):
+    """Another release signed by the same key (the int8 bundle)."""
+    b = shutil.copytree(bundles["int8"], tmp_path_factory.mktemp("signed-int8") / "b")
+    sign_manifest(b, key)
+    return b
+
+
 @pytest.fixture
-def trusting(sshd, signed, key, device, tmp_path):
-    """A device (an sshd) that trusts ``key``, with the signed bundle live on it."""
+def trusting(sshd, signed_other, key, device, tmp_path):
+    """A device (an sshd) that trusts ``key``, with another signed release live on it: a
+    hostile copy of ``signed`` is a new release there, and gets sent (a copy of the live
+    release's manifest would be ``unchanged``: nothing sent, nothing run)."""
     opts = DeployOptions(str(tmp_path / "dest"), selftest=True, python=sys.executable,
                          trust=key.with_suffix(".pub"), trust_file=str(device / "allowed_signers"))
-    first = deploy(signed, _target(sshd), opts)
+    first = deploy(signed_other, _target(sshd), opts)
     assert first.passed and first.selftest["signature"].startswith("verified by ED25519")
     later = DeployOptions(opts.dest, selftest=True, python=sys.executable,
                           trust_file=opts.trust_file)
-    return {"target": _target(sshd), "options": later, "live": Path(first.release).name,
+    return {"target": _target(sshd), "options": later, "live": first.release,
             "dest": Path(opts.dest)}
 
 

@@ -10,6 +10,8 @@ import typer
 from edgebn.cli import render
 from edgebn.cli.options import EXIT_PROBLEM, JsonFlag, VerboseFlag
 from edgebn.cli.ui import StageProgress, print_json, quiet
+from edgebn.deploy.policy import Engine, RolloutPolicy
+from edgebn.deploy.release import DeployOptions
 from edgebn.errors import EdgebnError
 from edgebn.runtime.backends import Backend
 
@@ -68,86 +70,167 @@ def emulate(
         raise typer.Exit(EXIT_PROBLEM)
 
 
+HostOpt = Annotated[list[str] | None, typer.Option(
+    "--host", help="user@host[:port], as ssh takes it (repeatable).")]
+HostsOpt = Annotated[Path | None, typer.Option(
+    "--hosts", exists=True, dir_okay=False, readable=True,
+    help="A file of hosts: one user@host[:port] a line, # comments.")]
+InventoryOpt = Annotated[str | None, typer.Option(
+    "--inventory", help="An Ansible inventory (a file, a plugin's config, or 'a,b,'): the "
+                        "hosts, with --engine ansible.")]
+EngineOpt = Annotated[Engine, typer.Option(
+    "--engine", help="native: edgebn's own threads over ssh; ansible: ansible-playbook with the "
+                     "edgebn.fleet collection (pip install 'edgebn[fleet]').")]
+BatchesOpt = Annotated[str | None, typer.Option(
+    "--batches", help="Batch sizes or percentages, as Ansible's serial: e.g. 1,10%,100% (the "
+                      "last repeats until every host has one).")]
+MaxFailuresOpt = Annotated[int | None, typer.Option(
+    "--max-failures", min=0, help="More failed (or refused, or rolled back) hosts than this in "
+                                  "the whole rollout and no later batch starts.")]
+CheckOpt = Annotated[bool, typer.Option(
+    "--check", help="Report what would change on each host; change nothing.")]
+SelftestOpt = Annotated[bool, typer.Option(
+    "--selftest/--no-selftest", help="Self-test the staged release on the device before the "
+                                     "switch (and, without a service, after it). --no-selftest "
+                                     "switches unproven.")]
+HealthTimeoutOpt = Annotated[float, typer.Option(
+    "--health-timeout", min=0.1, help="Seconds for the service's /health to report the new "
+                                      "release (DEST/service.json).")]
+NoRollbackOpt = Annotated[bool, typer.Option(
+    "--no-rollback", help="Keep a release that failed its health check live (to look at it on "
+                          "the device).")]
+BenchOpt = Annotated[bool, typer.Option(
+    "--bench", help="Run predict.py --bench on the device: p50/p90/p99, CPU, cores.")]
+RunsOpt = Annotated[int, typer.Option(
+    "--runs", min=1, help="Invokes for --bench (and per operator for --profile).")]
+ProfileOpt = Annotated[bool, typer.Option(
+    "--profile", help="Time each operator on the device (predict.py --profile; the bundle made "
+                      "with edgebn bundle --profile).")]
+RollbackOpt = Annotated[bool, typer.Option(
+    "--rollback", help="Point DEST/current back at the previous release (no bundle).")]
+TrustOpt = Annotated[Path | None, typer.Option(
+    "--trust", exists=True, dir_okay=False, readable=True,
+    help="Install this SSH public key (KEY.pub) as the device's trusted bundle signer.")]
+TrustFileOpt = Annotated[str | None, typer.Option(
+    "--trust-file", help="The device's trust file (default ~/.config/edgebn/allowed_signers).")]
+SshOptionOpt = Annotated[list[str] | None, typer.Option(
+    "--ssh-option", "-o", help="An ssh -o option (repeatable).")]
+TimeoutOpt = Annotated[float, typer.Option(
+    "--timeout", min=1, help="Seconds per host (all its ssh calls).")]
+ExportOpt = Annotated[Path | None, typer.Option(
+    "--export-playbook", file_okay=False,
+    help="Write the Ansible playbook, inventory, variables, packed release and ansible.cfg "
+         "(collections_path) to this directory, for your own ansible-playbook; run nothing.")]
+
+
 def deploy(
     bundle_dir: Annotated[Path | None, typer.Argument(
         exists=True, file_okay=False, help="A bundle directory (not with --rollback).")] = None,
-    host: Annotated[list[str] | None, typer.Option(
-        "--host", help="user@host[:port], as ssh takes it (repeatable).")] = None,
-    hosts: Annotated[Path | None, typer.Option(
-        "--hosts", exists=True, dir_okay=False, readable=True,
-        help="A file of hosts: one user@host[:port] a line, # comments.")] = None,
+    host: HostOpt = None, hosts: HostsOpt = None, inventory: InventoryOpt = None,
+    engine: EngineOpt = Engine.native, batches: BatchesOpt = None,
+    max_failures: MaxFailuresOpt = None, check: CheckOpt = False,
     dest: Annotated[str, typer.Option("--dest", help="Directory on the device.")] = "edgebn",
-    selftest: Annotated[bool, typer.Option(
-        "--selftest", help="Run predict.py --selftest in DEST/current and bring its JSON back.")
-    ] = False,
-    bench: Annotated[bool, typer.Option(
-        "--bench", help="Run predict.py --bench on the device: p50/p90/p99, CPU, cores.")] = False,
-    runs: Annotated[int, typer.Option("--runs", min=1, help="Invokes for --bench (and per operator "
-                                                           "for --profile).")] = 200,
-    profile: Annotated[bool, typer.Option(
-        "--profile", help="Time each operator on the device (predict.py --profile; the bundle "
-                          "made with edgebn bundle --profile).")] = False,
-    rollback: Annotated[bool, typer.Option(
-        "--rollback", help="Point DEST/current back at the previous release (no bundle).")] = False,
-    trust: Annotated[Path | None, typer.Option(
-        "--trust", exists=True, dir_okay=False, readable=True,
-        help="Install this SSH public key (KEY.pub) as the device's trusted bundle signer.")
-    ] = None,
-    trust_file: Annotated[str | None, typer.Option(
-        "--trust-file", help="The device's trust file (default ~/.config/edgebn/allowed_signers)."
-    )] = None,
+    selftest: SelftestOpt = True, health_timeout: HealthTimeoutOpt = 30.0,
+    no_rollback: NoRollbackOpt = False, bench: BenchOpt = False, runs: RunsOpt = 200,
+    profile: ProfileOpt = False, rollback: RollbackOpt = False, trust: TrustOpt = None,
+    trust_file: TrustFileOpt = None,
     python: Annotated[str, typer.Option("--python", help="The device's Python.")] = "python3",
     port: Annotated[int | None, typer.Option("--port", min=1, max=65535)] = None,
     identity: Annotated[Path | None, typer.Option("--identity", "-i", help="ssh key file.")] = None,
-    ssh_option: Annotated[list[str] | None, typer.Option(
-        "--ssh-option", "-o", help="An ssh -o option (repeatable).")] = None,
+    ssh_option: SshOptionOpt = None,
     parallel: Annotated[int, typer.Option("--parallel", min=1, help="Hosts at once.")] = 8,
-    timeout: Annotated[float, typer.Option("--timeout", min=1, help="Seconds per host (all its ssh calls).")
-                       ] = 600.0,
-    as_json: JsonFlag = False,
+    timeout: TimeoutOpt = 600.0, export_playbook: ExportOpt = None, as_json: JsonFlag = False,
 ) -> None:
-    """Copy a bundle to devices over ssh as a new release; --selftest, --bench, --rollback."""
+    """Ship a bundle to devices: staged, verified, self-tested, switched, health-checked, and
+    rolled back on failure; in batches with a failure budget; --rollback, --check."""
+    from edgebn.deploy.ansible_engine import Connection
     from edgebn.deploy.fleet import parse_host, read_hosts
-    from edgebn.deploy.ssh import DeployOptions, SshTarget
+    from edgebn.deploy.policy import parse_batches
+    from edgebn.deploy.ssh import SshTarget
 
     base = SshTarget("localhost", port, identity, tuple(ssh_option or ()))
     targets = [parse_host(h, base) for h in host or ()]
     targets += read_hosts(hosts, base) if hosts is not None else []
-    if not targets:
-        raise EdgebnError("no device: give --host user@host or --hosts FILE")
+    _check_hosts(targets, inventory, engine, export_playbook is not None)
     if (bundle_dir is None) != rollback:
         raise EdgebnError("give a BUNDLE to deploy, or --rollback without one")
     options = DeployOptions(dest, selftest, python, bench, runs, trust, trust_file, timeout,
-                            profile=profile)
-    if len(targets) == 1 and hosts is None:
+                            profile=profile, health_timeout_s=health_timeout,
+                            rollback=not no_rollback)
+    policy = RolloutPolicy(parse_batches(batches) if batches is not None else (), max_failures,
+                           check, parallel)
+    conn = Connection(tuple(targets), inventory, base, port is not None)
+    if rollback:
+        if engine is not Engine.native or inventory is not None or export_playbook is not None:
+            raise EdgebnError("--rollback runs with the native engine and --host/--hosts only")
+        _rollback(targets, options, parallel, hosts is None and len(targets) == 1, as_json)
+    elif export_playbook is not None:
+        _export(export_playbook, bundle_dir, conn, options, policy, as_json)
+    elif (len(targets) == 1 and hosts is None and engine is Engine.native and batches is None
+          and max_failures is None and not check):
         _deploy_one(bundle_dir, targets[0], options, as_json)
     else:
-        _deploy_fleet(bundle_dir, targets, options, parallel, as_json)
+        _rollout(bundle_dir, conn, options, policy, engine, as_json)
 
 
-def _deploy_one(bundle_dir, target, options, as_json: bool) -> None:
-    """One host: the single-host JSON as before; a failure is one line, exit 2."""
+def _check_hosts(targets, inventory: str | None, engine: Engine, export: bool) -> None:
+    if not targets and inventory is None:
+        raise EdgebnError("no device: give --host user@host, --hosts FILE or --inventory")
+    if targets and inventory is not None:
+        raise EdgebnError("--inventory names the hosts itself: not with --host or --hosts")
+    if inventory is not None and engine is not Engine.ansible and not export:
+        raise EdgebnError("--inventory is read by Ansible: add --engine ansible (or list the "
+                          "hosts with --hosts FILE)")
+
+
+def _deploy_one(bundle_dir: Path, target, options: DeployOptions, as_json: bool) -> None:
+    """One host: its row; a deploy that did not run is one line, exit 2."""
     from edgebn.deploy.ssh import deploy as run_deploy
+
+    row = run_deploy(bundle_dir, target, options)
+    print_json(row.to_json()) if as_json else render.deploy(row)
+    if not row.passed:
+        raise typer.Exit(EXIT_PROBLEM)
+
+
+def _rollback(targets: list, options: DeployOptions, parallel: int, one: bool, as_json: bool
+              ) -> None:
+    from edgebn.deploy.fleet import rollback_fleet
     from edgebn.deploy.ssh import rollback
 
-    if bundle_dir is None:
-        result = rollback(target, options)
+    if one:
+        result = rollback(targets[0], options)
         print_json(result.to_json()) if as_json else render.rollback(result)
         return
-    result = run_deploy(bundle_dir, target, options)
-    print_json(result.to_json()) if as_json else render.deploy(result)
+    fleet = rollback_fleet(targets, options, parallel)
+    print_json(fleet.to_json()) if as_json else render.fleet(fleet)
+    if not fleet.passed:
+        raise typer.Exit(EXIT_PROBLEM)
+
+
+def _rollout(bundle_dir: Path, conn, options: DeployOptions, policy: RolloutPolicy, engine: Engine,
+             as_json: bool) -> None:
+    """Many hosts (or any of --batches, --max-failures, --check, --engine ansible): one row
+    per host; exit 1 when a host failed, was refused or rolled back."""
+    if engine is Engine.ansible:
+        from edgebn.deploy.ansible_engine import rollout_ansible
+
+        result = rollout_ansible(bundle_dir, conn, options, policy)
+    else:
+        from edgebn.deploy.rollout import rollout_native
+
+        result = rollout_native(bundle_dir, list(conn.targets), options, policy)
+    print_json(result.to_json()) if as_json else render.rollout(result)
     if not result.passed:
         raise typer.Exit(EXIT_PROBLEM)
 
 
-def _deploy_fleet(bundle_dir, targets, options, parallel: int, as_json: bool) -> None:
-    from edgebn.deploy.fleet import deploy_fleet, rollback_fleet
+def _export(d: Path, bundle_dir: Path, conn, options: DeployOptions, policy: RolloutPolicy,
+            as_json: bool) -> None:
+    from edgebn.deploy.ansible_engine import export_playbook
 
-    result = (rollback_fleet(targets, options, parallel) if bundle_dir is None
-              else deploy_fleet(bundle_dir, targets, options, parallel))
-    print_json(result.to_json()) if as_json else render.fleet(result)
-    if not result.passed:
-        raise typer.Exit(EXIT_PROBLEM)
+    exported = export_playbook(d, bundle_dir, conn, options, policy)
+    print_json(exported.to_json()) if as_json else render.exported(exported)
 
 
 def register_device_commands(app: typer.Typer) -> None:

@@ -12,6 +12,9 @@ from typing import Any
 from rich.table import Table
 
 from edgebn.cli.ui import out
+from edgebn.deploy.ansible_engine import Exported
+from edgebn.deploy.policy import RolloutResult
+from edgebn.deploy.rows import HostRow
 
 _LATENCY_FIELDS = ("min", "p50", "p90", "p99", "mean", "std")
 
@@ -291,20 +294,61 @@ def emulation(result: Any) -> None:
     out.print(table)
 
 
-def deploy(result: Any) -> None:
-    out.print(f"copied to {result.host}:{result.release} ({result.bytes_sent} bytes, "
-              f"{result.seconds:.1f} s); {result.path} -> it"
-              + (f" (was {result.previous})" if result.previous else ""))
-    st = result.selftest
+def deploy(row: HostRow) -> None:
+    """One host's deploy (edgebn.deploy.release.HostRow)."""
+    colour = "green" if row.passed else "red"
+    was = f" (was {row.previous})" if row.previous else ""
+    out.print(f"{row.host}: [{colour}]{row.status.value}[/] {row.release}{was}, "
+              f"{row.bytes_sent} bytes sent, {row.seconds:.1f} s")
+    st = row.selftest
     if st is not None:
-        out.print(f"self-test on {result.host}: {'passed' if result.passed else 'FAILED'} "
-                  f"({st['runtime']}, NumPy {st['numpy']}, {st['machine']}, max |diff| "
-                  f"{st['max_abs_diff']:.3g} {st['units']}; signature "
-                  f"{st.get('signature', 'unknown')})")
-    if result.bench is not None:
-        out.print(f"on {result.host}: {_bench_line(result.bench)}")
-    if result.profile is not None:
-        device_profile(result.host, result.profile)
+        out.print(f"self-test of the staged release on {row.host}: "
+                  f"{'passed' if st.get('passed') else 'FAILED'} ({st.get('runtime')}, NumPy "
+                  f"{st.get('numpy')}, {st.get('machine')}, max |diff| {st.get('max_abs_diff'):.3g} "
+                  f"{st.get('units')}; signature {st.get('signature', 'unknown')})")
+    if row.health is not None:
+        out.print(f"health check: {row.health}")
+    if row.reason:
+        out.print(f"[{colour}]{row.reason}[/]")
+    if row.bench is not None:
+        out.print(f"on {row.host}: {_bench_line(row.bench)}")
+    if row.profile is not None:
+        device_profile(row.host, row.profile)
+
+
+_STATUS_COLOUR = {"deployed": "green", "unchanged": "green", "offline": "yellow",
+                  "not_attempted": "yellow", "rolled_back": "red", "failed": "red", "refused": "red"}
+
+
+def rollout(result: RolloutResult) -> None:
+    """A rollout's rows (either engine): one line per host, then what happened in all."""
+    sizes = "+".join(map(str, result.batch_sizes))
+    table = _table(f"{len(result.rows)} hosts in batches of {sizes}, {result.engine.value} engine, "
+                   f"release {result.release}, {result.seconds:.1f} s"
+                   + (" (check: nothing changed)" if result.check else ""),
+                   ("host", "batch", "status", "previous", "p50 us", "OS", "Python", "runtime",
+                    "°C", "seconds", "reason"))
+    for r in result.rows:
+        dev, lat = r.device, (r.bench or {}).get("latency_us")
+        colour = _STATUS_COLOUR[r.status.value]
+        table.add_row(r.host, "-" if r.batch is None else str(r.batch),
+                      f"[{colour}]{r.status.value}[/]", r.previous or "-",
+                      "-" if not lat else f"{lat['p50']:.1f}", dev.os or "-", dev.python or "-",
+                      dev.runtime or "-", "-" if dev.temp_c is None else f"{dev.temp_c:.0f}",
+                      f"{r.seconds:.1f}", r.reason or dev.thread_warning or "")
+    out.print(table)
+    for r in result.rows:
+        if r.profile is not None:
+            device_profile(r.host, r.profile, top=5)
+    counts = ", ".join(f"{n} {s}" for s, n in result.counts().items() if n)
+    budget = (f"; the failure budget ({result.max_failures}) was spent"
+              if result.budget_spent else "")
+    colour = "green" if result.passed else "red"
+    out.print(f"[{colour}]{counts}{budget}[/]")
+
+
+def exported(result: Exported) -> None:
+    out.print(f"wrote {', '.join(result.files)} to {result.dir}; run it with:\n  {result.command}")
 
 
 def device_profile(host: str, p: dict[str, Any], top: int = 10) -> None:

@@ -1,10 +1,11 @@
-"""Deploy to many devices at once: one row per host, one failing host never stops the others.
+"""Many devices at once: the hosts file, and --rollback on every host of it.
 
-    edgebn deploy BUNDLE --hosts pis.txt --selftest --bench --parallel 8 --timeout 300
+    edgebn deploy --rollback --hosts pis.txt --parallel 8 --timeout 300
 
-A hosts file holds one ``user@host[:port]`` a line; ``#`` starts a comment. The bundle
-is checked and packed once (edgebn.deploy.ssh.prepare); hosts run in a thread pool, each
-ssh call bounded by the per-host timeout. Exit 1 when any host failed.
+A hosts file holds one ``user@host[:port]`` a line; ``#`` starts a comment. Hosts run in a
+thread pool, each ssh call bounded by the per-host timeout; one failing host never stops
+the others. Exit 1 when any host failed. A deploy to many hosts is a rollout, in batches
+with a failure budget: edgebn.deploy.rollout.
 """
 
 from __future__ import annotations
@@ -16,17 +17,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgebn.deploy.ssh import DeployOptions, SshTarget, check_profile, prepare, rollback, ship
+from edgebn.deploy.policy import DEFAULT_PARALLEL
+from edgebn.deploy.ssh import DeployOptions, RollbackResult, SshTarget, rollback
 from edgebn.errors import EdgebnError
-
-DEFAULT_PARALLEL = 8
 
 
 @dataclass(frozen=True)
 class HostOutcome:
     host: str  # user@host[:port], as in the hosts file
     seconds: float
-    result: Any = None  # a DeployResult or RollbackResult
+    result: RollbackResult | None = None
     error: str | None = None
 
     @property
@@ -127,14 +127,6 @@ def run_fleet(targets: list[SshTarget], action: Callable[[SshTarget], Any],
     with ThreadPoolExecutor(max_workers=min(parallel, len(targets))) as pool:
         outcomes = list(pool.map(lambda t: _one(action, t), targets))
     return FleetResult(tuple(outcomes), time.perf_counter() - start)
-
-
-def deploy_fleet(bundle: str | Path, targets: list[SshTarget], options: DeployOptions,
-                 parallel: int = DEFAULT_PARALLEL) -> FleetResult:
-    """Check and pack ``bundle`` once, then ship it to every target in parallel."""
-    check_profile(bundle, options)
-    shipment = prepare(bundle, options.trust)
-    return run_fleet(targets, lambda t: ship(shipment, t, options), parallel)
 
 
 def rollback_fleet(targets: list[SshTarget], options: DeployOptions,
