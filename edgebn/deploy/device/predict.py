@@ -591,6 +591,7 @@ SERVE_MAX_BODY = 32 << 20  # bytes of one request's body
 SERVE_MAX_CONNECTIONS = 64  # connections served at once; more get a 503 at once
 SERVE_MAX_BATCH = 256  # inputs in one .npy body
 SERVE_POLL_S = 1.0  # how often DEST/current is read
+SERVE_LINGER_S = 1.0  # at most this long reading what a client still sends after the answer
 LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                      2.5, 5.0, 10.0)
 ROUTES = {"/predict": ("POST",), "/health": ("GET",), "/metrics": ("GET",)}
@@ -781,7 +782,8 @@ class Service:
                 "selftest_passed": bool(live.selftest["passed"]), "signature": live.signature,
                 "uptime_s": round(time.monotonic() - self.started, 3), "rejected": self.rejected,
                 "load_s": round(live.load_s, 4), "runtime": live.runtime,
-                "workers": self.settings["workers"], "current": self.follow}
+                "workers": self.settings["workers"], "current": self.follow,
+                "machine": platform.machine(), "python": platform.python_version()}
 
     def _target(self) -> str | None:
         if self.follow is None:
@@ -927,8 +929,18 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.t0 = None
 
     def finish(self) -> None:
+        """Send what is left; before closing, read and drop what the client still sends for
+        a moment (a lingering close), so that a refused body's bytes do not make the kernel
+        reset the connection before the client has read the refusal."""
         with contextlib.suppress(OSError):
             self.wfile.flush()
+            if self.reader.got or not self.reader.timed_out:
+                self.connection.shutdown(socket.SHUT_WR)
+                end = time.monotonic() + SERVE_LINGER_S
+                while (left := end - time.monotonic()) > 0:
+                    self.connection.settimeout(left)
+                    if not self.connection.recv(1 << 16):
+                        break
 
     def handle_one_request(self) -> None:
         self.reader.start(self.server.service.settings["timeout_s"])
