@@ -104,6 +104,16 @@ def deploy(
     parallel: Annotated[int, typer.Option("--parallel", min=1, help="Hosts at once.")] = 8,
     timeout: Annotated[float, typer.Option("--timeout", min=1, help="Seconds per host (all its ssh calls).")
                        ] = 600.0,
+    service: Annotated[bool, typer.Option(
+        "--service", help="Run the model as a server (predict.py --serve) in a systemd user unit "
+                          "from DEST/current; with --rollback, the server moves back too.")] = False,
+    listen: Annotated[str | None, typer.Option(
+        "--listen", help="With --service: HOST:PORT on the device (default 127.0.0.1:8750; "
+                         "0.0.0.0:PORT for every interface).")] = None,
+    socket: Annotated[str | None, typer.Option(
+        "--socket", help="With --service: a Unix socket on the device instead.")] = None,
+    workers: Annotated[int | None, typer.Option(
+        "--workers", min=1, max=64, help="With --service: requests the server runs at once.")] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Copy a bundle to devices over ssh as a new release; --selftest, --bench, --rollback."""
@@ -119,6 +129,10 @@ def deploy(
         raise EdgebnError("give a BUNDLE to deploy, or --rollback without one")
     options = DeployOptions(dest, selftest, python, bench, runs, trust, trust_file, timeout,
                             profile=profile)
+    if service or listen or socket or workers:
+        _deploy_service(bundle_dir, targets, options, (service, listen, socket, workers),
+                        parallel if len(targets) > 1 or hosts is not None else 0, as_json)
+        return
     if len(targets) == 1 and hosts is None:
         _deploy_one(bundle_dir, targets[0], options, as_json)
     else:
@@ -146,6 +160,26 @@ def _deploy_fleet(bundle_dir, targets, options, parallel: int, as_json: bool) ->
     result = (rollback_fleet(targets, options, parallel) if bundle_dir is None
               else deploy_fleet(bundle_dir, targets, options, parallel))
     print_json(result.to_json()) if as_json else render.fleet(result)
+    if not result.passed:
+        raise typer.Exit(EXIT_PROBLEM)
+
+
+def _deploy_service(bundle_dir, targets, options, asked: tuple, parallel: int, as_json: bool) -> None:
+    """--service: the release, then its server (edgebn.deploy.service); parallel 0: one host."""
+    from edgebn.deploy import service as svc
+
+    on, listen, socket, workers = asked
+    if not on:
+        raise EdgebnError("--listen, --socket and --workers go with --service")
+    service = svc.ServiceOptions(listen, socket, workers)
+    if not parallel:
+        result = (svc.rollback_service(targets[0], options, service) if bundle_dir is None
+                  else svc.deploy_service(bundle_dir, targets[0], options, service))
+        print_json(result.to_json()) if as_json else render.served(result)
+    else:
+        result = (svc.rollback_service_fleet(targets, options, service, parallel) if bundle_dir is None
+                  else svc.deploy_service_fleet(bundle_dir, targets, options, service, parallel))
+        print_json(result.to_json()) if as_json else render.fleet(result)
     if not result.passed:
         raise typer.Exit(EXIT_PROBLEM)
 
