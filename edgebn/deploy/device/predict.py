@@ -225,7 +225,7 @@ class Model:
             scale, zero = self.inp["quantization"]
             info = np.iinfo(self.inp["dtype"])
             x = np.clip(np.round(x / scale + zero), info.min, info.max)
-        self.interp.set_tensor(self.inp["index"], x.astype(self.inp["dtype"]))
+        self.interp.set_tensor(self.inp["index"], x.astype(self.inp["dtype"], copy=False))
         self.interp.invoke()
         return self.interp.get_tensor(self.out["index"])[0].copy()
 
@@ -271,8 +271,13 @@ def preprocess_image(source, spec: dict, name: str | None = None, guard: bool = 
         raise BundleError(f"{name}: too large to decode") from exc
     except Exception as exc:  # a decoder fed hostile bytes may raise anything: one line, exit 2
         raise BundleError(f"{name}: not a readable image ({type(exc).__name__}: {exc})") from exc
-    raw = raw * (p["raw_max"] / 255.0)  # 8-bit pixels onto the training data's raw range
-    return (raw.reshape(h, w, c) * p["scale"] + p["offset"]).astype(np.float32)
+    # float32 throughout, in place (one array, not five): the very same values as
+    # raw * (raw_max / 255) * scale + offset computed into new arrays
+    x = raw.reshape(h, w, c)
+    np.multiply(x, p["raw_max"] / 255.0, out=x)  # 8-bit pixels onto the training data's raw range
+    np.multiply(x, p["scale"], out=x)
+    np.add(x, p["offset"], out=x)
+    return x
 
 
 def load_npy(path: str, shape: tuple):
