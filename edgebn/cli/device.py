@@ -20,6 +20,18 @@ KeyIn = Annotated[Path | None, typer.Option(
     help="Sign manifest.json with this SSH private key (ssh-keygen -Y sign): "
          "writes manifest.json.sig.")]
 
+# deploy --service (edgebn.deploy.service)
+ServiceFlag = Annotated[bool, typer.Option(
+    "--service", help="Run the model as a server (predict.py --serve) in a systemd user unit from "
+                      "DEST/current; with --rollback, the server moves back too.")]
+ListenIn = Annotated[str | None, typer.Option(
+    "--listen", help="With --service: HOST:PORT on the device (default 127.0.0.1:8750; "
+                     "0.0.0.0:PORT for every interface).")]
+SocketIn = Annotated[str | None, typer.Option(
+    "--socket", help="With --service: a Unix socket on the device instead.")]
+WorkersIn = Annotated[int | None, typer.Option(
+    "--workers", min=1, max=64, help="With --service: requests the server runs at once.")]
+
 
 def bundle(
     build_dir: Annotated[Path, typer.Argument(exists=True, file_okay=False,
@@ -104,16 +116,8 @@ def deploy(
     parallel: Annotated[int, typer.Option("--parallel", min=1, help="Hosts at once.")] = 8,
     timeout: Annotated[float, typer.Option("--timeout", min=1, help="Seconds per host (all its ssh calls).")
                        ] = 600.0,
-    service: Annotated[bool, typer.Option(
-        "--service", help="Run the model as a server (predict.py --serve) in a systemd user unit "
-                          "from DEST/current; with --rollback, the server moves back too.")] = False,
-    listen: Annotated[str | None, typer.Option(
-        "--listen", help="With --service: HOST:PORT on the device (default 127.0.0.1:8750; "
-                         "0.0.0.0:PORT for every interface).")] = None,
-    socket: Annotated[str | None, typer.Option(
-        "--socket", help="With --service: a Unix socket on the device instead.")] = None,
-    workers: Annotated[int | None, typer.Option(
-        "--workers", min=1, max=64, help="With --service: requests the server runs at once.")] = None,
+    service: ServiceFlag = False, listen: ListenIn = None,
+    socket: SocketIn = None, workers: WorkersIn = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Copy a bundle to devices over ssh as a new release; --selftest, --bench, --rollback."""
@@ -130,9 +134,8 @@ def deploy(
     options = DeployOptions(dest, selftest, python, bench, runs, trust, trust_file, timeout,
                             profile=profile)
     if service or listen or socket or workers:
-        _deploy_service(bundle_dir, targets, options, (service, listen, socket, workers),
-                        parallel if len(targets) > 1 or hosts is not None else 0, as_json)
-        return
+        return _deploy_service(bundle_dir, targets, options, (service, listen, socket, workers),
+                               parallel if len(targets) > 1 or hosts is not None else 0, as_json)
     if len(targets) == 1 and hosts is None:
         _deploy_one(bundle_dir, targets[0], options, as_json)
     else:
