@@ -576,8 +576,25 @@ def test_a_trusting_device_refuses_a_release_tampered_after_deploy(bundles, tmp_
 
 # --- listening -------------------------------------------------------------------------------
 
-def test_loopback_unless_told_otherwise(predict, dest, tmp_path):
-    assert predict.parse_listen(predict.SERVE_LISTEN) == ("127.0.0.1", 8750)
+def test_serve_py_runs_only_from_bytes_the_manifest_lists(predict, bundles, tmp_path):
+    manifest = json.loads((bundles["none"] / "manifest.json").read_text())
+    served = predict.load_serve(str(bundles["none"]), manifest)
+    assert served["parse_listen"](predict.SERVE_LISTEN) == ("127.0.0.1", 8750)  # loopback
+    wrong = {"files": {**manifest["files"], "serve.py": "0" * 64}}
+    with pytest.raises(predict.BundleError, match="serve.py: sha256 does not match the manifest"):
+        predict.load_serve(str(bundles["none"]), wrong)
+    old = shutil.copytree(bundles["none"], tmp_path / "old")
+    (old / "serve.py").unlink()
+    manifest = json.loads((old / "manifest.json").read_text())
+    del manifest["files"]["serve.py"]  # a bundle made before the server
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    done = subprocess.run([sys.executable, "-I", str(old / "predict.py"), "--serve"],
+                          capture_output=True, text=True, timeout=60,
+                          env=untrusting_env(tmp_path / "home"))
+    assert done.returncode == 2 and done.stderr.startswith("Error: this bundle has no serve.py")
+
+
+def test_loopback_unless_told_otherwise(dest, tmp_path):
     env = untrusting_env(tmp_path / "home")
     for listen in (":8750", "8750", "127.0.0.1:http", "127.0.0.1:70000", "[::1]"):
         done = subprocess.run([sys.executable, "-I", str(dest["path"] / "current" / "predict.py"),

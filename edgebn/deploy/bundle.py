@@ -82,6 +82,8 @@ from PyPI (it needs NumPy >= 2):
     ~/edgebn-venv/bin/python predict.py photo.png --top-k 3
     ~/edgebn-venv/bin/python predict.py batch.npy --json    # preprocessed inputs (N, {shape_csv})
     ~/edgebn-venv/bin/python predict.py --bench --threads 4
+    ~/edgebn-venv/bin/python predict.py --serve             # POST /predict, GET /health, /metrics
+                                                            # on 127.0.0.1:8750 (serve.py)
 
 predict.py checks every file against manifest.json before it loads anything: a
 bundle with one changed byte, an unlisted file or a symlink is refused (exit 2). Exit 1
