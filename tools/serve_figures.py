@@ -210,11 +210,12 @@ def decode_p50(bundle: Path, body: bytes, runs: int) -> float:
     from edgebn.deploy.bundle import load_predict_module
 
     predict = load_predict_module()
+    served = predict.load_serve(str(bundle), json.loads((bundle / "manifest.json").read_text()))
     spec = json.loads((bundle / "bundle.json").read_text())
     times = []
     for _ in range(runs):
         t0 = time.perf_counter_ns()
-        predict.decode_body(body, spec)
+        served["decode_body"](body, spec)
         times.append((time.perf_counter_ns() - t0) / 1e3)
     return statistics.median(times)
 
