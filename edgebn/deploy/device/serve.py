@@ -81,12 +81,12 @@ def _release_id(root: str) -> str:
 
 def load_release(root: str, workers: int, threads: int, runtime: str, at_start: bool = False
                  ) -> Release:
-    """Verify the bundle at ``root`` (the device's p.verifier on a trusting device), load one
+    """Verify the bundle at ``root`` (the device's verifier on a trusting device), load one
     interpreter per worker from the verified model bytes, and run the self-test on them.
 
-    p.BundleError when the bundle is refused or its model does not load; p.SelfTestFailed when
-    its outputs are not the build's. ``at_start``: the p.verifier that started this process
-    has just checked ``root`` (see :func:`p.verify_bundle`).
+    BundleError when the bundle is refused or its model does not load; SelfTestFailed when
+    its outputs are not the build's. ``at_start``: the verifier that started this process
+    has just checked ``root`` (see predict.py's ``verify_bundle``).
     """
     start = time.perf_counter()
     root = os.path.realpath(root)
@@ -123,7 +123,7 @@ class Metrics:
         self.latency_sum = 0.0
         self.latency_count = 0
         self.reloads = {"swapped": 0, "rejected": 0}
-        self.cpu = (0.0, {})  # (when read, p.thermal state): read at most every 10 s
+        self.cpu = (0.0, {})  # (when read, predict.py's thermal() state): read at most every 10 s
 
     def observe(self, path: str, code: int, seconds: float | None) -> None:
         with self.lock:
@@ -196,7 +196,7 @@ class Metrics:
                [f"edgebn_workers {service.settings['workers']}"])
         cpu = self._cpu_state()
         if cpu.get("temp_c") is not None:
-            family("edgebn_cpu_temperature_celsius", "gauge", "CPU temperature (p.thermal zone 0).",
+            family("edgebn_cpu_temperature_celsius", "gauge", "CPU temperature (thermal zone 0).",
                    [f"edgebn_cpu_temperature_celsius {cpu['temp_c']:g}"])
         if cpu.get("throttled") is not None:
             family("edgebn_cpu_throttled", "gauge", "1 while the firmware throttles the CPU now "
@@ -277,7 +277,7 @@ class Service:
         with self.metrics.lock:
             self.metrics.reloads["swapped"] += 1
         self.event(event="live", release=new.id, previous=old.id, load_s=round(new.load_s, 4),
-                   swapped_monotonic=[before, after], selftest_passed=True)
+                   kept=new is kept, swapped_monotonic=[before, after], selftest_passed=True)
 
     def _reject(self, root: str | None, name: str, reason: str) -> None:
         reason = " ".join(reason.split())[:500]
@@ -322,14 +322,14 @@ def npy_from_bytes(data: bytes, shape: tuple, name: str):
         dims, fortran, dtype = read(f)
     except Exception as exc:  # hostile bytes make the header parser raise many types
         raise p.BundleError(f"{name}: not a readable .npy ({type(exc).__name__}: "
-                          f"{str(exc)[:100]})") from exc
+                            f"{str(exc)[:100]})") from exc
     if dtype.hasobject or dtype.kind not in "biuf" or dtype.fields is not None:
         raise p.BundleError(f"{name}: dtype {dtype}, expected a float or integer array")
     count = math.prod(dims)
     rest = len(data) - f.tell()
     if count * dtype.itemsize != rest:
         raise p.BundleError(f"{name}: the header claims {list(dims)} of {dtype} "
-                          f"({count * dtype.itemsize} bytes); {rest} bytes follow it")
+                            f"({count * dtype.itemsize} bytes); {rest} bytes follow it")
     arr = np.frombuffer(data, dtype, count, f.tell()).reshape(dims, order="F" if fortran else "C")
     return p.check_inputs(np, arr, shape, name)
 
@@ -619,8 +619,8 @@ def parse_listen(text: str) -> tuple:
     host, sep, port = text.rpartition(":")
     host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     if not (sep and host and port.isascii() and port.isdigit() and int(port) <= 65535):
-        raise p.BundleError(f"--listen {text!r}: expected HOST:PORT, e.g. {p.SERVE_LISTEN} (loopback) "
-                          "or 0.0.0.0:8750 to listen on every interface")
+        raise p.BundleError(f"--listen {text!r}: expected HOST:PORT, e.g. {p.SERVE_LISTEN} "
+                            "(loopback) or 0.0.0.0:8750 to listen on every interface")
     return host, int(port)
 
 
@@ -674,8 +674,8 @@ def serve_settings(args) -> dict:
     if not 1 <= args.max_body_bytes <= p.MAX_INPUT_BYTES:
         raise p.BundleError(f"--max-body-bytes must be 1..{p.MAX_INPUT_BYTES}")
     if args.inputs or args.selftest or args.bench or args.profile:
-        raise p.BundleError("--serve takes no inputs, --p.selftest, --bench or --profile: the "
-                          "server self-tests every release it loads")
+        raise p.BundleError("--serve takes no inputs, --selftest, --bench or --profile: the "
+                            "server self-tests every release it loads")
     if args.listen is not None and args.socket is not None:
         raise p.BundleError("give --listen or --socket, not both")
     return settings
