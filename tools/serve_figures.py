@@ -16,7 +16,8 @@ For each, in a device's layout (DEST/releases/<id>, DEST/current):
 * **POST /predict p50**: one client on a kept-alive connection posting a preloaded JPEG (quality 90) of the
   model's input size to ``predict.py --serve --workers 1 --threads 1`` (the same interpreter
   settings); measured in ``--rounds`` rounds that alternate with the bench, so both see the
-  same load on a shared machine; the ratio and the difference in µs;
+  same load on a shared machine; the ratio and the difference in µs, each the median of
+  the rounds' own;
 * **requests/s** with 1, 2 and 4 concurrent clients (each its own kept-alive connection)
   against the server's defaults (workers min(4, cores), threads cores // workers);
 * **reload**: from the ``mv -T`` that switches current to a release the server has not
@@ -306,19 +307,22 @@ def measure(name: str, bundle: Path, work: Path, runs: int, rounds: int) -> dict
     inv, srv = statistics.median(invoke), statistics.median(served)
     return {"model": name, "image_bytes": len(body), "invoke_p50_us": inv, "server_p50_us": srv,
             "decode_p50_us": decode_p50(bundle, body, runs),
-            "ratio": srv / inv, "overhead_us": srv - inv, "rounds": list(zip(invoke, served, strict=True)),
+            # per round, so that a load that comes and goes between rounds cancels out
+            "ratio": statistics.median(s / i for i, s in zip(invoke, served, strict=True)),
+            "overhead_us": statistics.median(s - i for i, s in zip(invoke, served, strict=True)),
+            "rounds": list(zip(invoke, served, strict=True)),
             "rps": rps, "workers": workers, "reload_new_ms": new, "reload_back_ms": back,
             "failed": failed, "answered": answered}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--runs", type=int, default=200, help="requests and invokes per round")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--runs", type=int, default=50, help="requests and invokes per round")
+    ap.add_argument("--rounds", type=int, default=15)
     args = ap.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.path.insert(0, str(ROOT))
-    rows = []
+    rows, load_before = [], f"{os.getloadavg()[0]:.1f}"
     with tempfile.TemporaryDirectory(prefix="edgebn-serve-") as tmp:
         work = Path(tmp)
         bundles = {"default CNN (digits 8x8x1)": cnn_bundle(work),
@@ -330,7 +334,8 @@ def main() -> None:
                              text=True).stdout.strip()
     print(f"CPU: {cpu_model()}, {os.cpu_count()} cores (shared with other work: read the ratios); "
           f"Python {platform.python_version()}, ai-edge-litert {runtime}; "
-          f"{args.rounds} rounds of {args.runs}, medians of the rounds' p50s\n")
+          f"{args.rounds} rounds of {args.runs}; p50s, ratio and overhead: the medians over the "
+          f"rounds; load average before: {load_before}, after: {os.getloadavg()[0]:.1f}\n")
     print("| model | invoke p50 | POST /predict p50 | server / invoke | overhead | of which "
           "JPEG decode | req/s, 1 / 2 / 4 clients | reload: new / back | dropped during 10 reloads |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
