@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from serving import Served, ServerExited, UnixHTTPConnection, call, raw, untrusting_env
+from test_predict import _npy, _png
 
 from edgebn.deploy.bundle import DEVICE_DIR, load_predict_module
 
@@ -65,22 +66,6 @@ def variant(bundle: Path, out: Path, change) -> Path:
     change(out)
     rehash(out)
     return out
-
-
-def _png(shape=(8, 8), mode="L", fmt="PNG", seed=0) -> bytes:
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    pixels = rng.integers(0, 256, (*shape, 3) if mode == "RGB" else shape, dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(pixels, mode).save(buf, fmt)
-    return buf.getvalue()
-
-
-def _npy(arr, allow_pickle=False) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, arr, allow_pickle=allow_pickle)
-    return buf.getvalue()
 
 
 @pytest.fixture
