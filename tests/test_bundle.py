@@ -24,7 +24,7 @@ def predict(bundle_dir, *args):
 def test_bundle_has_every_file_and_a_matching_manifest(bundles, quantize):
     b = bundles[quantize]
     manifest = json.loads((b / "manifest.json").read_text())
-    expected = {"model.tflite", "labels.txt", "bundle.json", "predict.py", "verify.py",
+    expected = {"model.tflite", "labels.txt", "bundle.json", "predict.py", "verify.py", "serve.py",
                 "requirements.txt", "README.md", "golden/inputs.npy", "golden/outputs.npy"}
     assert set(manifest["files"]) == expected
     spec = json.loads((b / "bundle.json").read_text())

@@ -51,7 +51,7 @@ def test_the_cycle_check_sees_a_cycle():
 ALLOWED_ON_THE_DEVICE = {"numpy", "PIL", "ai_edge_litert", "tflite_runtime"}
 
 
-@pytest.mark.parametrize("script", ["predict.py", "verify.py"])
+@pytest.mark.parametrize("script", ["predict.py", "verify.py", "serve.py"])
 def test_the_device_files_import_only_the_standard_library_numpy_pil_and_a_runtime(script):
     tree = ast.parse((DEVICE / script).read_text())
     found = set()

@@ -31,10 +31,10 @@ def run(predict, bundle_dir, capsys, *args):
     return code, got.out, got.err
 
 
-def _png(shape=(8, 8), mode="L", fmt="PNG") -> bytes:
+def _png(shape=(8, 8), mode="L", fmt="PNG", seed=0) -> bytes:
     from PIL import Image
 
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     pixels = rng.integers(0, 256, (*shape, 3) if mode == "RGB" else shape, dtype=np.uint8)
     buf = io.BytesIO()
     Image.fromarray(pixels, mode).save(buf, fmt)

@@ -22,6 +22,18 @@ KeyIn = Annotated[Path | None, typer.Option(
     help="Sign manifest.json with this SSH private key (ssh-keygen -Y sign): "
          "writes manifest.json.sig.")]
 
+# deploy --service (edgebn.deploy.service)
+ServiceFlag = Annotated[bool, typer.Option(
+    "--service", help="Run the model as a server (predict.py --serve) in a systemd user unit from "
+                      "DEST/current; with --rollback, the server moves back too.")]
+ListenIn = Annotated[str | None, typer.Option(
+    "--listen", help="With --service: HOST:PORT on the device (default 127.0.0.1:8750; "
+                     "0.0.0.0:PORT for every interface).")]
+SocketIn = Annotated[str | None, typer.Option(
+    "--socket", help="With --service: a Unix socket on the device instead.")]
+WorkersIn = Annotated[int | None, typer.Option(
+    "--workers", min=1, max=64, help="With --service: requests the server runs at once.")]
+
 
 def bundle(
     build_dir: Annotated[Path, typer.Argument(exists=True, file_okay=False,
@@ -139,7 +151,10 @@ def deploy(
     identity: Annotated[Path | None, typer.Option("--identity", "-i", help="ssh key file.")] = None,
     ssh_option: SshOptionOpt = None,
     parallel: Annotated[int, typer.Option("--parallel", min=1, help="Hosts at once.")] = 8,
-    timeout: TimeoutOpt = 600.0, export_playbook: ExportOpt = None, as_json: JsonFlag = False,
+    timeout: TimeoutOpt = 600.0, export_playbook: ExportOpt = None,
+    service: ServiceFlag = False, listen: ListenIn = None,
+    socket: SocketIn = None, workers: WorkersIn = None,
+    as_json: JsonFlag = False,
 ) -> None:
     """Ship a bundle to devices: staged, verified, self-tested, switched, health-checked, and
     rolled back on failure; in batches with a failure budget; --rollback, --check."""
@@ -160,6 +175,11 @@ def deploy(
     policy = RolloutPolicy(parse_batches(batches) if batches is not None else (), max_failures,
                            check, parallel)
     conn = Connection(tuple(targets), inventory, base, port is not None)
+    if service or listen or socket or workers:
+        if engine is not Engine.native or inventory is not None or export_playbook is not None:
+            raise EdgebnError("--service runs with the native engine and --host/--hosts only")
+        return _deploy_service(bundle_dir, targets, options, (service, listen, socket, workers),
+                               parallel if len(targets) > 1 or hosts is not None else 0, as_json)
     if rollback:
         if engine is not Engine.native or inventory is not None or export_playbook is not None:
             raise EdgebnError("--rollback runs with the native engine and --host/--hosts only")
@@ -231,6 +251,26 @@ def _export(d: Path, bundle_dir: Path, conn, options: DeployOptions, policy: Rol
 
     exported = export_playbook(d, bundle_dir, conn, options, policy)
     print_json(exported.to_json()) if as_json else render.exported(exported)
+
+
+def _deploy_service(bundle_dir, targets, options, asked: tuple, parallel: int, as_json: bool) -> None:
+    """--service: the release, then its server (edgebn.deploy.service); parallel 0: one host."""
+    from edgebn.deploy import service as svc
+
+    on, listen, socket, workers = asked
+    if not on:
+        raise EdgebnError("--listen, --socket and --workers go with --service")
+    service = svc.ServiceOptions(listen, socket, workers)
+    if not parallel:
+        result = (svc.rollback_service(targets[0], options, service) if bundle_dir is None
+                  else svc.deploy_service(bundle_dir, targets[0], options, service))
+        print_json(result.to_json()) if as_json else render.served(result)
+    else:
+        result = (svc.rollback_service_fleet(targets, options, service, parallel) if bundle_dir is None
+                  else svc.deploy_service_fleet(bundle_dir, targets, options, service, parallel))
+        print_json(result.to_json()) if as_json else render.fleet(result)
+    if not result.passed:
+        raise typer.Exit(EXIT_PROBLEM)
 
 
 def register_device_commands(app: typer.Typer) -> None:

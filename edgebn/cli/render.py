@@ -373,6 +373,23 @@ def rollback(result: Any) -> None:
     out.print(f"{result.host}:{result.path} -> releases/{result.release} (was {result.previous})")
 
 
+def served(result: Any) -> None:
+    """``deploy --service`` (a ServedDeploy) or ``--rollback --service`` (a ServedRollback)."""
+    deploy(result.deploy) if hasattr(result, "deploy") else rollback(result.rollback)
+    s = result.service
+    if s is None:
+        out.print("[red]the release did not go live: the service was left as it was[/]")
+        return
+    where = s.address.get("listen") or s.address.get("socket") or "?"
+    if s.error is not None:
+        out.print(f"[red]service {s.unit} on {s.host} ({where}): {s.error}[/]", markup=True,
+                  highlight=False)
+        return
+    h = s.health
+    out.print(f"service {s.unit} on {s.host} ({where}): serving release {h['release']}, "
+              f"self-test passed at load, {h['runtime']}", highlight=False)
+
+
 def fleet(result: Any) -> None:
     table = _table(f"{len(result.hosts)} hosts, {result.seconds:.1f} s",
                    ("host", "copied", "self-test", "p50 us", "OS", "Python", "runtime", "°C",

@@ -6,6 +6,7 @@
       bundle.json       input/output spec, preprocessing, self-test tolerance, the build's numbers
       predict.py        NumPy + ai_edge_litert or tflite_runtime; top-k, --bench, --selftest
       verify.py         the checks predict.py runs first (a trusting device runs its own copy)
+      serve.py          predict.py --serve: the model over HTTP, following DEST/current
       requirements.txt  the device's Python packages (tflite-runtime 2.14 on NumPy 1.x)
       README.md         how to install and run it on the device
       golden/inputs.npy, golden/outputs.npy   inputs and the build's raw outputs for them
@@ -36,7 +37,7 @@ from edgebn.stages import atomic_dir
 from edgebn.tflite.reader import TFLiteModel
 
 DEVICE_DIR = Path(__file__).parent / "device"
-DEVICE_SCRIPTS = ("predict.py", "verify.py")
+DEVICE_SCRIPTS = ("predict.py", "verify.py", "serve.py")
 GOLDEN_SAMPLES = 16
 
 REQUIREMENTS = """\
@@ -81,6 +82,8 @@ from PyPI (it needs NumPy >= 2):
     ~/edgebn-venv/bin/python predict.py photo.png --top-k 3
     ~/edgebn-venv/bin/python predict.py batch.npy --json    # preprocessed inputs (N, {shape_csv})
     ~/edgebn-venv/bin/python predict.py --bench --threads 4
+    ~/edgebn-venv/bin/python predict.py --serve             # POST /predict, GET /health, /metrics
+                                                            # on 127.0.0.1:8750 (serve.py)
 
 predict.py checks every file against manifest.json before it loads anything: a
 bundle with one changed byte, an unlisted file or a symlink is refused (exit 2). Exit 1

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import shlex
 import subprocess
 import tarfile
 import tempfile
@@ -56,6 +57,7 @@ from edgebn.deploy.release import (
     Ran,
     Shipment,
     Unreachable,
+    device_file,
     last_line,
     release_command,
     release_host,
@@ -228,3 +230,18 @@ def rollback(target: SshTarget, options: DeployOptions = DeployOptions(),
     said = dict(w.split("=", 1) for w in done.stdout.decode(errors="replace").split() if "=" in w)
     return RollbackResult(target.host, f"{options.dest}/current", said.get("current", ""),
                           said.get("previous", ""), time.perf_counter() - start)
+
+
+def device_script(name: str, *args: str | float) -> str:
+    """The remote command that runs edgebn/deploy/device/``name`` (a POSIX sh script) with
+    ``args`` on the device: for modules beside this one (edgebn.deploy.service)."""
+    script = device_file(name).decode("utf-8")
+    words = [a if isinstance(a, str) else str(int(a)) for a in args]
+    return shlex.join(["sh", "-c", script, name, *words])
+
+
+def run_remote(target: SshTarget, remote: str, what: str, timeout_s: float = SSH_TIMEOUT_S,
+               data: bytes | None = None) -> subprocess.CompletedProcess:
+    """``remote`` on the device over ssh; EdgebnError when ssh itself fails (exit 255) or
+    times out, else the finished process (its exit code is the caller's to read)."""
+    return _ssh(target, remote, what, timeout_s, data)

@@ -4,6 +4,12 @@
     python3 predict.py IMAGE_OR_NPY [...] [--top-k 3] [--threads 4] [--json]
     python3 predict.py --selftest [--json]      # golden inputs vs the build's outputs
     python3 predict.py --bench [--runs 200]     # per-invoke latency on this device
+    python3 predict.py --serve [--listen 127.0.0.1:8750 | --socket PATH]   # an HTTP server
+
+The server (``--serve``, see :func:`serve`) answers ``POST /predict`` (an image or a
+.npy body), ``GET /health`` and ``GET /metrics`` (Prometheus' text format), and follows
+``DEST/current``: a release that ``current`` switches to (or SIGHUP) goes through the
+same checks as at start, then its self-test, before it is served.
 
 Before anything is loaded the bundle is checked by verify.py (see its docstring): the
 signature over manifest.json on a device that trusts a signing key (an OpenSSH
@@ -33,13 +39,16 @@ sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != HERE]
 sys.dont_write_bytecode = True  # a release is never written to: no __pycache__ in it
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import glob  # noqa: E402
+import hashlib  # noqa: E402
 import importlib.util  # noqa: E402  (frozen too)
 import io  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import platform  # noqa: E402
 import subprocess  # noqa: E402
+import threading  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
 
@@ -48,7 +57,7 @@ EXIT_BAD_INPUT = 2
 MAX_IMAGE_PIXELS = 16_000_000  # a 4000x4000 photo; more is refused as a decompression bomb
 MAX_SPEC_BYTES = 1 << 20  # bundle.json
 MAX_GOLDEN_BYTES = 256 << 20
-MAX_INPUT_BYTES = 1 << 30  # an image or .npy given on the command line
+MAX_INPUT_BYTES = 1 << 30  # an image or .npy given on the command line (or a request's body)
 RESIZE_FILTERS = ("nearest", "box", "bilinear", "hamming", "bicubic", "lanczos")
 
 
@@ -122,6 +131,37 @@ def load_spec(root: str, files) -> dict:
     return spec
 
 
+VERBOSE = False  # --verbose: let the runtime's own log lines through to stderr
+_FD2_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def runtime_quiet():
+    """fd 2 on /dev/null while the runtime starts (unless --verbose).
+
+    LiteRT's C++ prints "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." straight
+    to file descriptor 2 when tensors are allocated: Python's sys.stderr cannot catch it.
+    """
+    if VERBOSE:
+        yield
+        return
+    with _FD2_LOCK:
+        try:
+            sys.stderr.flush()
+            saved = os.dup(2)
+        except (OSError, ValueError):  # no fd 2 at all: nothing to keep quiet
+            yield
+            return
+        try:
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, 2)
+            os.close(null)
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 def load_interpreter(model: bytes, threads: int, runtime: str = "auto"):
     """An allocated interpreter for the model's bytes from ai_edge_litert or tflite_runtime."""
     tried = []
@@ -133,8 +173,9 @@ def load_interpreter(model: bytes, threads: int, runtime: str = "auto"):
             tried.append(f"{name}: {exc}")
             continue
         try:
-            interp = module.Interpreter(model_content=model, num_threads=threads)
-            interp.allocate_tensors()
+            with runtime_quiet():
+                interp = module.Interpreter(model_content=model, num_threads=threads)
+                interp.allocate_tensors()
         except Exception as exc:  # e.g. tflite-runtime 2.14 under NumPy 2
             tried.append(f"{name}: {type(exc).__name__}: {exc}")
             continue
@@ -176,7 +217,7 @@ class Model:
             scale, zero = self.inp["quantization"]
             info = np.iinfo(self.inp["dtype"])
             x = np.clip(np.round(x / scale + zero), info.min, info.max)
-        self.interp.set_tensor(self.inp["index"], x.astype(self.inp["dtype"]))
+        self.interp.set_tensor(self.inp["index"], x.astype(self.inp["dtype"], copy=False))
         self.interp.invoke()
         return self.interp.get_tensor(self.out["index"])[0].copy()
 
@@ -189,14 +230,17 @@ class Model:
         return y.astype(np.float32)
 
 
-def preprocess_image(path: str, spec: dict):
-    """An image file -> the model's float input, as the build preprocessed its data."""
+def preprocess_image(source, spec: dict, name: str | None = None, guard: bool = True):
+    """An image (a path or a binary file object) -> the model's float input, as the build
+    preprocessed its data. ``guard=False`` leaves Python's warning filters alone (they are
+    not thread-safe): the server installs its own filter once (see :func:`serve`)."""
     import numpy as np
 
+    name = name or str(source)
     try:
         from PIL import Image
     except ImportError as exc:
-        raise BundleError(f"{path}: reading images needs Pillow (sudo apt install python3-pil), "
+        raise BundleError(f"{name}: reading images needs Pillow (sudo apt install python3-pil), "
                           "or pass a preprocessed .npy") from exc
     p = spec["preprocessing"]
     h, w, c = p["input_shape"]
@@ -204,19 +248,28 @@ def preprocess_image(path: str, spec: dict):
     resample = getattr(Image, p.get("resize", "bilinear").upper())
     Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
+        with warnings.catch_warnings() if guard else contextlib.nullcontext():
+            if guard:
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(source) as im:
+                if im.width * im.height > MAX_IMAGE_PIXELS:  # the header says: nothing decoded yet
+                    raise Image.DecompressionBombError(
+                        f"{im.width}x{im.height} pixels, over the limit of {MAX_IMAGE_PIXELS}")
                 im = im.convert("L" if c == 1 else "RGB").resize((w, h), resample)
                 raw = np.asarray(im, np.float32)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise BundleError(f"{path}: refused as a decompression bomb ({exc})") from exc
+        raise BundleError(f"{name}: refused as a decompression bomb ({exc})") from exc
     except MemoryError as exc:
-        raise BundleError(f"{path}: too large to decode") from exc
+        raise BundleError(f"{name}: too large to decode") from exc
     except Exception as exc:  # a decoder fed hostile bytes may raise anything: one line, exit 2
-        raise BundleError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from exc
-    raw = raw * (p["raw_max"] / 255.0)  # 8-bit pixels onto the training data's raw range
-    return (raw.reshape(h, w, c) * p["scale"] + p["offset"]).astype(np.float32)
+        raise BundleError(f"{name}: not a readable image ({type(exc).__name__}: {exc})") from exc
+    # float32 throughout, in place (one array, not five): the very same values as
+    # raw * (raw_max / 255) * scale + offset computed into new arrays
+    x = raw.reshape(h, w, c)
+    np.multiply(x, p["raw_max"] / 255.0, out=x)  # 8-bit pixels onto the training data's raw range
+    np.multiply(x, p["scale"], out=x)
+    np.add(x, p["offset"], out=x)
+    return x
 
 
 def load_npy(path: str, shape: tuple):
@@ -227,24 +280,33 @@ def load_npy(path: str, shape: tuple):
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
     except Exception as exc:  # hostile bytes make np.load raise many types: one line, exit 2
         raise BundleError(f"{path}: not a readable .npy ({type(exc).__name__}: {exc})") from exc
+    return check_inputs(np, arr, shape, path)
+
+
+def check_inputs(np, arr, shape: tuple, name: str):
+    """Inputs (N, H, W, C) as float32 from an array of (N, H, W, C) or (H, W, C)."""
     if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "biuf":
-        raise BundleError(f"{path}: dtype {getattr(arr, 'dtype', type(arr).__name__)}, "
+        raise BundleError(f"{name}: dtype {getattr(arr, 'dtype', type(arr).__name__)}, "
                           "expected a float or integer array")
     if arr.shape == shape:
         arr = arr[None]
     if arr.ndim != 4 or tuple(arr.shape[1:]) != shape or len(arr) == 0:
-        raise BundleError(f"{path}: inputs of shape {list(arr.shape)}, the model "
+        raise BundleError(f"{name}: inputs of shape {list(arr.shape)}, the model "
                           f"expects (N, {', '.join(map(str, shape))}) with N >= 1")
     with np.errstate(over="ignore", invalid="ignore"):
         x = np.array(arr, dtype=np.float32)
     if not np.isfinite(x).all():
-        raise BundleError(f"{path}: holds NaN or infinite values (or values beyond float32)")
+        raise BundleError(f"{name}: holds NaN or infinite values (or values beyond float32)")
     return x
 
 
 def load_inputs(paths, spec):
     shape = tuple(spec["preprocessing"]["input_shape"])
     for path in paths:
+        size = os.stat(path).st_size if os.path.isfile(path) else 0  # (the loaders say why not)
+        if size > MAX_INPUT_BYTES:
+            raise BundleError(f"{path}: {size} bytes, over the limit of {MAX_INPUT_BYTES} "
+                              "for one input file")
         if path.endswith(".npy"):
             for i, x in enumerate(load_npy(path, shape)):
                 yield f"{path}[{i}]", x
@@ -479,8 +541,57 @@ def profile(model: Model, root: str, files, runs: int) -> dict:
             "threads": model.threads, "device": whole["device"], "method": "isolated ops"}
 
 
+# predict.py --serve (serve.py): the options' defaults
+SERVE_LISTEN = "127.0.0.1:8750"
+SERVE_TIMEOUT_S = 10.0  # a whole request (line, headers and body) must arrive within this
+SERVE_MAX_BODY = 32 << 20  # bytes of one request's body
+SERVE_MAX_CONNECTIONS = 64  # connections served at once; more get a 503 at once
+SERVE_POLL_S = 1.0  # how often DEST/current is read
+SERVE_SCRIPT = "serve.py"
+
+
+class SelfTestFailed(BundleError):
+    """A release whose outputs on its golden inputs are not the build's."""
+
+
+class _Names:
+    """predict.py's globals as attributes, read when used (VERBOSE is set by main)."""
+
+    def __getattr__(self, name):
+        try:
+            return globals()[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+def load_serve(root: str, manifest: dict) -> dict:
+    """serve.py's namespace, executed from bytes whose sha256 the verified ``manifest`` lists:
+    read once, hashed, and those very bytes run (never imported from the folder by path)."""
+    want = manifest["files"].get(SERVE_SCRIPT)
+    if want is None:
+        raise BundleError(f"this bundle has no {SERVE_SCRIPT} (made by an edgebn without "
+                          "--serve): bundle it again with this edgebn")
+    data = read_bundle_file(root, SERVE_SCRIPT, MAX_SPEC_BYTES)
+    if hashlib.sha256(data).hexdigest() != want:
+        raise BundleError(f"{SERVE_SCRIPT}: sha256 does not match the manifest: the bundle is "
+                          "damaged or was modified")
+    path = os.path.join(os.path.realpath(root), SERVE_SCRIPT)
+    namespace = {"__name__": "edgebn_bundle_serve", "__file__": path,
+                 "__builtins__": __builtins__}
+    exec(compile(data, path, "exec"), namespace)
+    namespace["p"] = _Names()
+    return namespace
+
+
+def serve(args, root: str) -> int:
+    """``--serve``: the bundle checked, then serve.py's server (exit 2 refused, 1 self-test)."""
+    return load_serve(root, verify_bundle(root))["serve"](args, root)
+
+
 def run(args, root: str) -> tuple:
     """The document to print and the exit code; BundleError for bad input or a bad bundle."""
+    if args.threads is None:
+        args.threads = os.cpu_count() or 1
     if args.threads < 1 or args.top_k < 1 or args.runs < 1:
         raise BundleError("--threads, --top-k and --runs must be >= 1")
     if not (0 <= args.duration <= 86400 and 0.1 <= args.window <= 3600):
@@ -541,14 +652,16 @@ def show(doc: dict) -> None:
             print(f"  op {r['index']} {r['op']}: {t}" + (f" ({r['note']})" if r["note"] else ""))
     for pred in doc.get("predictions", []):
         print(pred["input"] + ": " + ", ".join(f"{t['label']} {t['score']:.3f}" for t in pred["top"]))
-    print(f"bundle signature: {doc['signature']}", file=sys.stderr)
+    print(f"bundle signature: {doc['signature']}")
 
 
 def main(argv=None, root: str = HERE) -> int:
     ap = argparse.ArgumentParser(description="Run this edgebn bundle's model.")
     ap.add_argument("inputs", nargs="*", help="image files or .npy of preprocessed inputs")
     ap.add_argument("--top-k", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="interpreter threads (default: every core; with --serve, the cores "
+                         "shared among the workers)")
     ap.add_argument("--runtime", choices=["auto", "ai-edge-litert", "tflite-runtime"],
                     default="auto")
     ap.add_argument("--selftest", action="store_true", help="compare with the build's outputs")
@@ -560,9 +673,36 @@ def main(argv=None, root: str = HERE) -> int:
                     help="with --bench: run this many seconds, p50 per --window (throttling shows)")
     ap.add_argument("--window", type=float, default=10.0, help="seconds per window of --duration")
     ap.add_argument("--json", action="store_true", help="print JSON")
+    ap.add_argument("--verbose", action="store_true",
+                    help="let the runtime's log lines through to stderr; with --serve, log requests")
+    serving = ap.add_argument_group("serving (--serve)")
+    serving.add_argument("--serve", action="store_true",
+                         help="serve POST /predict, GET /health and GET /metrics over HTTP")
+    serving.add_argument("--listen", metavar="HOST:PORT",
+                         help=f"address to listen on (default {SERVE_LISTEN}; 0.0.0.0:PORT for "
+                              "every interface)")
+    serving.add_argument("--socket", metavar="PATH", help="listen on this Unix socket instead")
+    serving.add_argument("--workers", type=int, default=None,
+                         help="interpreters, so requests run at once (default min(4, cores))")
+    serving.add_argument("--timeout", type=float, default=SERVE_TIMEOUT_S,
+                         help="seconds a whole request may take to arrive")
+    serving.add_argument("--max-body-bytes", type=int, default=SERVE_MAX_BODY)
+    serving.add_argument("--max-connections", type=int, default=SERVE_MAX_CONNECTIONS)
+    serving.add_argument("--poll", type=float, default=SERVE_POLL_S,
+                         help="seconds between two reads of DEST/current")
+    serving.add_argument("--follow", metavar="LINK",
+                         help="the link to follow (default DEST/current when the bundle is a "
+                              "release of DEST)")
     args = ap.parse_args(argv)
+    global VERBOSE
+    VERBOSE = args.verbose
     try:
+        if args.serve:
+            return serve(args, root)
         doc, code = run(args, root)
+    except SelfTestFailed as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except BundleError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -1,0 +1,354 @@
+#!/usr/bin/env python3
+"""The figures of the device's server (predict.py --serve), for the README.
+
+    python tools/serve_figures.py [--runs 200] [--rounds 3]
+
+Two bundles, made by edgebn's own code:
+
+* the default CNN: ``edgebn build --no-bench --no-twin --bundle`` (digits, 8x8x1);
+* MobileNetV2 at 224 px: ``keras.applications.MobileNetV2(weights=None)``, converted with
+  edgebn.convert.to_tflite and bundled with edgebn.deploy.bundle (1000 classes, 16 random
+  golden inputs).
+
+For each, in a device's layout (DEST/releases/<id>, DEST/current):
+
+* **invoke p50**: ``predict.py --bench --threads 1`` on the bundle (a process of its own);
+* **POST /predict p50**: one client on a kept-alive connection posting a preloaded JPEG (quality 90) of the
+  model's input size to ``predict.py --serve --workers 1 --threads 1`` (the same interpreter
+  settings); measured in ``--rounds`` rounds that alternate with the bench, so both see the
+  same load on a shared machine; the ratio and the difference in µs, each the median of
+  the rounds' own;
+* **requests/s** with 1, 2 and 4 concurrent clients (each its own kept-alive connection)
+  against the server's defaults (workers min(4, cores), threads cores // workers);
+* **reload**: from the ``mv -T`` that switches current to a release the server has not
+  loaded to the first /health naming it (``--poll 0.05``: the poll wait is at most 50 ms of
+  it), and back to the release before (kept: verified again, not loaded again);
+* **of which JPEG decode**: the p50 of the server's own decode and preprocessing of that
+  image (the bundle's predict.py in this process): the part of the overhead any reader of
+  an image pays, beside HTTP;
+* **dropped during reloads**: 4 clients posting without pause while current switches 10
+  times; every answer that is not a 200 or a connection that fails counts.
+
+Prints a Markdown table and the CPU it ran on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import http.client
+import io
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.lower().startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def env(home: Path) -> dict[str, str]:
+    home.mkdir(parents=True, exist_ok=True)
+    return {"PATH": os.environ["PATH"], "HOME": str(home), "EDGEBN_TRUST": str(home / "no-trust"),
+            "LANG": "C.UTF-8"}
+
+
+# --- the two bundles -------------------------------------------------------------------------
+
+def cnn_bundle(tmp: Path) -> Path:
+    subprocess.run([sys.executable, "-m", "edgebn.cli.app", "build", "--out", str(tmp / "cnn"),
+                    "--no-bench", "--no-twin", "--bundle", "--epochs", "2"], check=True,
+                   stdout=subprocess.DEVNULL, cwd=ROOT)
+    return tmp / "cnn" / "bundle"
+
+
+def mobilenet_bundle(tmp: Path) -> Path:
+    from edgebn.cli.ui import quiet
+
+    with quiet(False):
+        import keras
+
+        from edgebn.convert import to_tflite
+        from edgebn.data.images import Color, Preprocessing
+        from edgebn.deploy.bundle import BundleSource, bundle
+        from edgebn.tflite.residue import inspect_model
+
+        model = keras.applications.MobileNetV2(input_shape=(224, 224, 3), weights=None)
+        converted = to_tflite(model, tmp / "mobilenet_v2_224.tflite")
+        golden = np.random.default_rng(0).uniform(-1, 1, (16, 224, 224, 3)).astype(np.float32)
+        source = BundleSource(converted.model, Preprocessing((224, 224, 3), 255.0, 1 / 127.5, -1.0,
+                                                             Color.rgb),
+                              tuple(f"class_{i}" for i in range(1000)), golden, "mobilenet-v2",
+                              "none", 0.0, inspect_model(converted.model).bn.verdict)
+        return bundle(source, tmp / "mobilenet-bundle").out
+
+
+def image(shape: tuple[int, int, int]) -> bytes:
+    """A camera-like frame at the model's input size: a smooth picture with sensor noise, as
+    a JPEG (quality 90), which is what a camera or a browser sends."""
+    from PIL import Image
+
+    h, w, c = shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = (128 + 100 * np.sin(xx / 7.0) * np.cos(yy / 11.0))[..., None]
+    noise = np.random.default_rng(1).normal(0, 8, (h, w, c))
+    pixels = np.clip(base + noise, 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels[..., 0] if c == 1 else pixels, "L" if c == 1 else "RGB").save(
+        buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def device(bundle: Path, dest: Path) -> tuple[str, str]:
+    """DEST with ``bundle`` live (A) and a second release of it (B: another README)."""
+    (dest / "releases").mkdir(parents=True)
+    ids = []
+    for name in ("A", "B"):
+        copy = dest / f"tmp-{name}"
+        shutil.copytree(bundle, copy)
+        if name == "B":
+            (copy / "README.md").write_text("B\n")
+            manifest = json.loads((copy / "manifest.json").read_text())
+            manifest["files"]["README.md"] = hashlib.sha256(b"B\n").hexdigest()
+            (copy / "manifest.json").write_text(json.dumps(manifest))
+        rid = hashlib.sha256((copy / "manifest.json").read_bytes()).hexdigest()[:16]
+        copy.rename(dest / "releases" / rid)
+        ids.append(rid)
+    switch(dest, ids[0])
+    return ids[0], ids[1]
+
+
+def switch(dest: Path, rid: str) -> None:
+    tmp = dest / ".current.tmp"
+    if tmp.is_symlink():
+        tmp.unlink()
+    tmp.symlink_to(f"releases/{rid}")
+    os.replace(tmp, dest / "current")  # rename(2), as mv -T
+
+
+# --- the server ------------------------------------------------------------------------------
+
+class Server:
+    def __init__(self, dest: Path, logs: Path, *args: str):
+        logs.mkdir(parents=True, exist_ok=True)
+        self.out = logs / "server.out"
+        with open(self.out, "wb") as out, open(logs / "server.err", "wb") as err:
+            self.proc = subprocess.Popen([sys.executable, "-I", str(dest / "current" / "predict.py"),
+                                          "--serve", "--listen", "127.0.0.1:0", *args],
+                                         stdout=out, stderr=err, env=env(logs / "home"))
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            lines = self.out.read_text().splitlines()
+            if lines:
+                self.port = int(json.loads(lines[0])["address"].rsplit(":", 1)[1])
+                return
+            if self.proc.poll() is not None:
+                raise SystemExit(f"the server exited: {(logs / 'server.err').read_text()}")
+            time.sleep(0.05)
+        raise SystemExit("the server did not start")
+
+    def connection(self) -> http.client.HTTPConnection:
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+
+    def health(self) -> dict:
+        conn = self.connection()
+        conn.request("GET", "/health")
+        doc = json.loads(conn.getresponse().read())
+        conn.close()
+        return doc
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(60)
+
+
+def post(conn: http.client.HTTPConnection, body: bytes) -> int:
+    conn.request("POST", "/predict", body=body)
+    resp = conn.getresponse()
+    resp.read()
+    return resp.status
+
+
+def server_times(server: Server, body: bytes, runs: int) -> list[float]:
+    conn = server.connection()
+    for _ in range(10):
+        post(conn, body)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter_ns()
+        assert post(conn, body) == 200
+        times.append((time.perf_counter_ns() - t0) / 1e3)
+    conn.close()
+    return times
+
+
+def bench_p50(bundle: Path, runs: int, home: Path) -> float:
+    done = subprocess.run([sys.executable, "-I", str(bundle / "predict.py"), "--bench", "--runs",
+                           str(runs), "--threads", "1", "--json"], capture_output=True, text=True,
+                          env=env(home), check=True)
+    return json.loads(done.stdout)["bench"]["latency_us"]["p50"]
+
+
+def decode_p50(bundle: Path, body: bytes, runs: int) -> float:
+    """p50 of the server's own decode of ``body`` (the bundle's predict.py, in this process):
+    the part of the overhead that is image decoding and preprocessing, not HTTP."""
+    from edgebn.deploy.bundle import load_predict_module
+
+    predict = load_predict_module()
+    served = predict.load_serve(str(bundle), json.loads((bundle / "manifest.json").read_text()))
+    spec = json.loads((bundle / "bundle.json").read_text())
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter_ns()
+        served["decode_body"](body, spec)
+        times.append((time.perf_counter_ns() - t0) / 1e3)
+    return statistics.median(times)
+
+
+def throughput(server: Server, body: bytes, clients: int, seconds: float) -> float:
+    counts = [0] * clients
+    stop = time.monotonic() + seconds
+
+    def run(i: int) -> None:
+        conn = server.connection()
+        post(conn, body)
+        while time.monotonic() < stop:
+            assert post(conn, body) == 200
+            counts[i] += 1
+        conn.close()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(clients)]
+    start = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(counts) / (time.monotonic() - start)
+
+
+def reload_ms(server: Server, dest: Path, rid: str) -> float:
+    start = time.monotonic()
+    switch(dest, rid)
+    while server.health()["release"] != rid:
+        time.sleep(0.002)
+    return (time.monotonic() - start) * 1e3
+
+
+def dropped_during_reloads(server: Server, dest: Path, ids: tuple[str, str], body: bytes,
+                           switches: int = 10) -> tuple[int, int]:
+    """(failed, answered) while current switches ``switches`` times under 4 clients."""
+    done, failed, answered = threading.Event(), [0], [0]
+    lock = threading.Lock()
+
+    def client() -> None:
+        conn = server.connection()
+        while not done.is_set():
+            try:
+                ok = post(conn, body) == 200
+            except Exception:
+                ok = False
+                conn.close()
+                conn = server.connection()
+            with lock:
+                answered[0] += 1
+                failed[0] += not ok
+        conn.close()
+
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for k in range(switches):
+        reload_ms(server, dest, ids[(k + 1) % 2])
+        time.sleep(0.1)
+    done.set()
+    for t in threads:
+        t.join()
+    return failed[0], answered[0]
+
+
+def measure(name: str, bundle: Path, work: Path, runs: int, rounds: int) -> dict:
+    spec = json.loads((bundle / "bundle.json").read_text())
+    body = image(tuple(spec["preprocessing"]["input_shape"]))
+    dest = work / f"{name}-device"
+    a, b = device(bundle, dest)
+    one = Server(dest, work / f"{name}-one", "--workers", "1", "--threads", "1")
+    invoke, served = [], []
+    try:
+        for _ in range(rounds):  # alternate, so that both see the same load
+            invoke.append(bench_p50(dest / "current", runs, work / "bench-home"))
+            served.append(statistics.median(server_times(one, body, runs)))
+    finally:
+        one.stop()
+    server = Server(dest, work / f"{name}-default", "--poll", "0.05")
+    try:
+        workers = server.health()["workers"]
+        rps = {c: throughput(server, body, c, 5.0) for c in (1, 2, 4)}
+        new = reload_ms(server, dest, b)  # not loaded before
+        back = reload_ms(server, dest, a)  # the release before: kept
+        failed, answered = dropped_during_reloads(server, dest, (a, b), body)
+    finally:
+        server.stop()
+    inv, srv = statistics.median(invoke), statistics.median(served)
+    return {"model": name, "image_bytes": len(body), "invoke_p50_us": inv, "server_p50_us": srv,
+            "decode_p50_us": decode_p50(bundle, body, runs),
+            # per round, so that a load that comes and goes between rounds cancels out
+            "ratio": statistics.median(s / i for i, s in zip(invoke, served, strict=True)),
+            "overhead_us": statistics.median(s - i for i, s in zip(invoke, served, strict=True)),
+            "rounds": list(zip(invoke, served, strict=True)),
+            "rps": rps, "workers": workers, "reload_new_ms": new, "reload_back_ms": back,
+            "failed": failed, "answered": answered}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--runs", type=int, default=50, help="requests and invokes per round")
+    ap.add_argument("--rounds", type=int, default=15)
+    args = ap.parse_args()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.path.insert(0, str(ROOT))
+    rows, load_before = [], f"{os.getloadavg()[0]:.1f}"
+    with tempfile.TemporaryDirectory(prefix="edgebn-serve-") as tmp:
+        work = Path(tmp)
+        bundles = {"default CNN (digits 8x8x1)": cnn_bundle(work),
+                   "MobileNetV2 224x224x3": mobilenet_bundle(work)}
+        for i, (name, bundle) in enumerate(bundles.items()):
+            rows.append(measure(f"m{i}", bundle, work, args.runs, args.rounds) | {"model": name})
+    runtime = subprocess.run([sys.executable, "-c", "import importlib.metadata as m;"
+                              "print(m.version('ai-edge-litert'))"], capture_output=True,
+                             text=True).stdout.strip()
+    print(f"CPU: {cpu_model()}, {os.cpu_count()} cores (shared with other work: read the ratios); "
+          f"Python {platform.python_version()}, ai-edge-litert {runtime}; "
+          f"{args.rounds} rounds of {args.runs}; p50s, ratio and overhead: the medians over the "
+          f"rounds; load average before: {load_before}, after: {os.getloadavg()[0]:.1f}\n")
+    print("| model | invoke p50 | POST /predict p50 | server / invoke | overhead | of which "
+          "JPEG decode | req/s, 1 / 2 / 4 clients | reload: new / back | dropped during 10 reloads |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for r in rows:
+        rps = " / ".join(f"{r['rps'][c]:,.0f}" for c in (1, 2, 4))
+        print(f"| {r['model']} | {r['invoke_p50_us']:,.0f} µs | {r['server_p50_us']:,.0f} µs | "
+              f"{r['ratio']:.3f} | {r['overhead_us']:,.0f} µs | {r['decode_p50_us']:,.0f} µs | "
+              f"{rps} ({r['workers']} workers) | "
+              f"{r['reload_new_ms']:,.0f} / {r['reload_back_ms']:,.0f} ms | "
+              f"{r['failed']} of {r['answered']:,} |")
+    print("\nper round (invoke p50, server p50) in µs: " + "; ".join(
+        f"{r['model']}: " + ", ".join(f"({i:,.0f}, {s:,.0f})" for i, s in r["rounds"]) for r in rows))
+
+
+if __name__ == "__main__":
+    main()
