@@ -219,7 +219,7 @@ def test_reloads_under_load_drop_nothing(sshd, bundles, tmp_path):
 
     from edgebn.deploy.ssh import DeployOptions, prepare, rollback, ship
 
-    target, opts = _target(sshd), DeployOptions(str(tmp_path / "device"))
+    target, opts = _target(sshd), DeployOptions(str(tmp_path / "device"), python=sys.executable)
     a, b = prepare(bundles["none"]), prepare(bundles["int8"])
     ship(a, target, opts)
     ship(b, target, opts)  # current: B; releases.log: A, B

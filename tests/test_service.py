@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -167,7 +168,10 @@ def test_rollback_service_moves_the_server_back(sshd, bundles, tmp_path):
         assert status == 200 and json.loads(body)["release"] == first
     finally:
         srv.stop()
-    deploy(bundles["int8"], target, options)  # a rollback whose server is gone: not passed
+    # the server is gone: the deploy's health check fails; kept live (no rollback) so that the
+    # rollback below has a release to go back from, to a server that does not answer
+    kept = deploy(bundles["int8"], target, replace(options, rollback=False, health_timeout_s=2))
+    assert kept.status.value == "failed" and "health" in kept.reason
     start = time.monotonic()
     result = rollback_service(target, options, ServiceOptions(health_timeout_s=2))
     assert not result.passed and time.monotonic() - start < 30

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from edgebn.cli import render
+from edgebn.cli import render, render_device
 from edgebn.cli.options import EXIT_PROBLEM, JsonFlag, VerboseFlag
 from edgebn.cli.ui import StageProgress, print_json, quiet
 from edgebn.deploy.policy import Engine, RolloutPolicy
@@ -51,7 +51,7 @@ def bundle(
 
     with quiet(verbose):  # the self-test's interpreter announces its delegate on fd 2
         result = bundle_build(build_dir, out, sign, profile)
-    print_json(result.to_json()) if as_json else render.bundle(result)
+    print_json(result.to_json()) if as_json else render_device.bundle(result)
 
 
 def emulate(
@@ -208,7 +208,7 @@ def _deploy_one(bundle_dir: Path, target, options: DeployOptions, as_json: bool)
     from edgebn.deploy.ssh import deploy as run_deploy
 
     row = run_deploy(bundle_dir, target, options)
-    print_json(row.to_json()) if as_json else render.deploy(row)
+    print_json(row.to_json()) if as_json else render_device.deploy(row)
     if not row.passed:
         raise typer.Exit(EXIT_PROBLEM)
 
@@ -220,10 +220,10 @@ def _rollback(targets: list, options: DeployOptions, parallel: int, one: bool, a
 
     if one:
         result = rollback(targets[0], options)
-        print_json(result.to_json()) if as_json else render.rollback(result)
+        print_json(result.to_json()) if as_json else render_device.rollback(result)
         return
     fleet = rollback_fleet(targets, options, parallel)
-    print_json(fleet.to_json()) if as_json else render.fleet(fleet)
+    print_json(fleet.to_json()) if as_json else render_device.fleet(fleet)
     if not fleet.passed:
         raise typer.Exit(EXIT_PROBLEM)
 
@@ -240,7 +240,7 @@ def _rollout(bundle_dir: Path, conn, options: DeployOptions, policy: RolloutPoli
         from edgebn.deploy.rollout import rollout_native
 
         result = rollout_native(bundle_dir, list(conn.targets), options, policy)
-    print_json(result.to_json()) if as_json else render.rollout(result)
+    print_json(result.to_json()) if as_json else render_device.rollout(result)
     if not result.passed:
         raise typer.Exit(EXIT_PROBLEM)
 
@@ -250,7 +250,7 @@ def _export(d: Path, bundle_dir: Path, conn, options: DeployOptions, policy: Rol
     from edgebn.deploy.ansible_engine import export_playbook
 
     exported = export_playbook(d, bundle_dir, conn, options, policy)
-    print_json(exported.to_json()) if as_json else render.exported(exported)
+    print_json(exported.to_json()) if as_json else render_device.exported(exported)
 
 
 def _deploy_service(bundle_dir, targets, options, asked: tuple, parallel: int, as_json: bool) -> None:
@@ -264,11 +264,11 @@ def _deploy_service(bundle_dir, targets, options, asked: tuple, parallel: int, a
     if not parallel:
         result = (svc.rollback_service(targets[0], options, service) if bundle_dir is None
                   else svc.deploy_service(bundle_dir, targets[0], options, service))
-        print_json(result.to_json()) if as_json else render.served(result)
+        print_json(result.to_json()) if as_json else render_device.served(result)
     else:
         result = (svc.rollback_service_fleet(targets, options, service, parallel) if bundle_dir is None
                   else svc.deploy_service_fleet(bundle_dir, targets, options, service, parallel))
-        print_json(result.to_json()) if as_json else render.fleet(result)
+        print_json(result.to_json()) if as_json else render_device.fleet(result)
     if not result.passed:
         raise typer.Exit(EXIT_PROBLEM)
 
