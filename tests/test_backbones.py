@@ -74,7 +74,7 @@ def test_a_model_build_refuses_training_options(cnn, tmp_path):
     (["--arch", "cnn", "--alpha", "0.5"], "--alpha is for the backbones"),
     (["--arch", "cnn", "--fine-tune-epochs", "1"], "--fine-tune-epochs is for the backbones"),
     (["--arch", "mobilenet-v2", "--weights", "nope.h5"], "no such file"),
-    (["--arch", "mobilenet-v2", "--no-bn"], "no BN-free twin"),
+    (["--arch", "mobilenet-v2", "--no-bn"], "no BN-free baseline"),
     (["--arch", "efficientnet-b0", "--alpha", "0.5"], "no width multiplier"),
     (["--arch", "mobilenet-v2", "--color", "grayscale"], "RGB"),
     (["--arch", "mobilenet-v2", "--image-size", "300"], "32 to 224"),

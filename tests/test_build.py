@@ -94,7 +94,7 @@ def test_a_default_build_shows_only_edgebns_own_lines(default_build):
     assert foreign == []
     stages = [line.split()[1] for line in proc.stderr.splitlines() if line.startswith("✓")]
     assert stages == ["data", "train", "twin", "fold", "convert", "inspect", "verify", "bench",
-                      "bundle", "report"]  # one progress display: each stage once, in order
+                      "profile", "bundle", "report"]  # one progress display: each stage once
     assert "speedup vs fastest Keras" in proc.stdout
 
 
@@ -141,7 +141,8 @@ def test_default_build_writes_every_artifact_and_the_report(default_build):
     assert {"environment", "tflite", "baseline", "keras", "speedup", "bn_cost"} <= set(b)
     assert b["tflite"]["model"] == "model.tflite" and b["baseline"]["model"] == "twin.tflite"
     assert set(report["timings"]) == {f"{s}_s" for s in (
-        "data", "train", "twin", "fold", "convert", "inspect", "verify", "bench", "bundle")}
+        "data", "train", "twin", "fold", "convert", "inspect", "verify", "bench", "profile",
+        "bundle")}
     md = (out / "report.md").read_text()
     assert "| BN verdict | clean" in md and "| speedup vs fastest Keras |" in md
     # The fold (on by default): both verdicts, the folded model, and its bench rows.
@@ -327,7 +328,7 @@ def test_a_default_build_reports_the_seeds_ledger_from_the_training_history(defa
     if ledger["bn"]["steps_to_target"]:
         assert r["fewer_steps"] == pytest.approx(ledger["twin"]["steps_to_target"]
                                                  / ledger["bn"]["steps_to_target"])
-    assert "BN's steps, epochs and wall time" in (out / "report.md").read_text()
+    assert "| BN vs no-BN training |" in (out / "report.md").read_text()
 
 
 def test_at_chance_hand_worked():
@@ -448,3 +449,88 @@ def test_a_wrong_fold_of_a_tflite_fails_the_build(cnn, digits, tmp_path, monkeyp
     assert "verify failed" in r.output
     report = json.loads((out / "report.json").read_text())
     assert report["verify"]["passed"] is False and report["verify"]["failed"]
+
+
+def test_a_default_build_plots_training_latency_and_profile(default_build):
+    """report.md links three PNGs; the training plot shows both curves and the target line."""
+    out, _, _ = default_build
+    report = json.loads((out / "report.json").read_text())
+    plots = report["plots"]
+    assert set(plots) == {"training", "latency", "profile"}
+    for name, plot in plots.items():
+        assert (out / plot["path"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"![{name}]({plot['path']})" in (out / "report.md").read_text()
+    assert plots["training"]["shows"] == ["BN", "BN-free baseline", "target"]
+    assert report["seed_ledger"]["target_val_accuracy"] > 0
+
+
+def test_the_training_plot_marks_where_each_curve_reaches_the_target(tmp_path):
+    from edgebn.pipeline.plots import Curve, training
+
+    plot = training([Curve("BN", (0.5, 0.9, 0.95), 10), Curve("BN-free baseline", (0.4, 0.7, 0.9),
+                                                             10)], 0.9, tmp_path / "t.png")
+    assert plot.shows == ("BN", "BN-free baseline", "target")
+    assert plot.path.read_bytes()[:4] == b"\x89PNG"
+
+
+def _log(val, steps=10, seconds=1.0):
+    from edgebn.train.training import EpochLog
+
+    return EpochLog(tuple(val), tuple(seconds for _ in val), steps)
+
+
+def test_ledger_row_hand_worked():
+    from edgebn.pipeline.ledger import LedgerRow
+
+    row = LedgerRow.of(_log([0.5, 0.8, 0.9, 0.95], steps=36, seconds=2.0), target=0.9)
+    assert (row.epochs_to_target, row.steps_to_target, row.seconds_to_target) == (3, 108, 6.0)
+    assert row.seconds_per_epoch == 2.0 and row.epochs_run == 4
+    never = LedgerRow.of(_log([0.5, 0.6]), target=0.9)
+    assert never.steps_to_target is None and never.seconds_to_target is None
+
+
+def test_sweep_ledger_takes_each_model_at_its_own_best_rate():
+    """Hand-worked: the BN-free model's best accuracy at any rate (0.9, at x1) is the target;
+    BN reaches it soonest at x10 (2 epochs), the BN-free model only at x1 (4 epochs)."""
+    from types import SimpleNamespace
+
+    from edgebn.pipeline.ledger import SweepRun, sweep_ledger
+
+    def result(val):
+        return SimpleNamespace(history=_log(val, steps=10))
+
+    runs = [SweepRun(1, 3e-3, result([0.5, 0.7, 0.85, 0.92]), result([0.4, 0.6, 0.8, 0.9])),
+            SweepRun(3, 9e-3, result([0.6, 0.85, 0.91]), result([0.5, 0.7, 0.85])),
+            SweepRun(10, 3e-2, result([0.8, 0.93]), result([0.3, 0.4]))]
+    sweep = sweep_ledger(runs)
+    assert sweep.target == 0.9
+    assert sweep.best_bn.multiplier == 10 and sweep.best_twin.multiplier == 1
+    ledger = sweep.ledger
+    assert ledger.bn.steps_to_target == 20 and ledger.twin.steps_to_target == 40
+    assert ledger.fewer_steps == 2.0
+    doc = sweep.to_json()
+    assert [r["multiplier"] for r in doc["rates"]] == [1, 3, 10]
+    assert doc["rates"][1]["bn"]["steps_to_target"] == 30
+    assert doc["rates"][2]["twin"]["steps_to_target"] is None
+
+
+@pytest.mark.slow
+def test_a_learning_rate_sweep_compares_best_against_best(tmp_path):
+    out = tmp_path / "b"
+    r = runner.invoke(app, ["build", "--lr-sweep", "1,3,10", "--epochs", "4", "--no-bench",
+                            "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    report = json.loads((out / "report.json").read_text())
+    sweep = report["lr_sweep"]
+    assert [row["multiplier"] for row in sweep["rates"]] == [1.0, 3.0, 10.0]
+    assert all({"bn", "twin", "learning_rate"} <= set(row) for row in sweep["rates"])
+    best = sweep["best_against_best"]
+    assert best == report["seed_ledger"]
+    assert set(best["ratios"]) == {"fewer_steps", "epoch_slowdown", "wall_speedup"}
+    shows = report["plots"]["training"]["shows"]
+    assert shows == [f"BN (its best learning rate, x{sweep['best']['bn']:g})",
+                     f"BN-free baseline (its best learning rate, x{sweep['best']['twin']:g})",
+                     "target"]
+    assert "| learning-rate sweep |" in (out / "report.md").read_text()
+    bad = runner.invoke(app, ["build", "--lr-sweep", "1,0", "--out", str(tmp_path / "c")])
+    assert bad.exit_code == 2 and "--lr-sweep" in bad.output

@@ -337,3 +337,29 @@ def test_thresholds_must_be_finite_and_not_negative(tmp_path, name, value):
     good = _committed(tmp_path, "good")
     with pytest.raises(EdgebnError, match=f"{name} must be a finite number >= 0"):
         check(good, good, Thresholds(**{name: value}), QUICK)
+
+
+def test_junit_and_the_github_summary(cnn, baseline, tmp_path, monkeypatch):
+    """check --junit: read back by junitparser, one case per metric, a failure where the gate
+    fails; with GITHUB_STEP_SUMMARY set, the Markdown summary is appended to that file."""
+    from junitparser import Failure, JUnitXml
+
+    summary = tmp_path / "summary.md"
+    summary.write_text("earlier steps\n")
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    worse = _build_dir(tmp_path, "worse", cnn["tflite"], 0.5)
+    xml = tmp_path / "gate.xml"
+    r = runner.invoke(app, ["check", str(worse), "--baseline", str(baseline), "--bench-time", "0.2",
+                            "--junit", str(xml)])
+    assert r.exit_code == 1, r.output
+    suites = JUnitXml.fromfile(str(xml))
+    cases = {case.name: case for suite in suites for case in suite}
+    assert set(cases) == {"accuracy", "size_bytes", "new_ops", "bn_verdict", "latency_p50_ratio"}
+    failed = {name for name, case in cases.items()
+              if any(isinstance(r, Failure) for r in case.result)}
+    assert failed == {"accuracy"}
+    (failure,) = cases["accuracy"].result
+    assert "baseline 0.98, current 0.5" in failure.message and "drop <= 0.01" in failure.message
+    text = summary.read_text()
+    assert text.startswith("earlier steps\n") and "### edgebn check: **regression**" in text
+    assert "| accuracy | 0.98 | 0.5 | drop <= 0.01 | FAIL |" in text

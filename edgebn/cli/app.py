@@ -22,6 +22,7 @@ from edgebn.cli.options import (
     FoldOpt,
     JsonFlag,
     KerasIn,
+    LrSweepOpt,
     MaxProbDiffOpt,
     MinAgreementOpt,
     ModelOpt,
@@ -256,7 +257,9 @@ def build(
     tolerance: ToleranceOpt = 1e-5,
     recalibrate_bn: RecalibrateOpt = None,
     strict_bn_stats: StrictStatsOpt = False,
-    twin: Annotated[bool, typer.Option(help="Also train the BN-free twin as bench baseline.")] = True,
+    twin: Annotated[bool, typer.Option(
+        help="Also train the BN-free baseline (the same model without BN): the baseline of the "
+             "BN vs no-BN training ledger and of the bench.")] = True,
     make_bundle: Annotated[bool, typer.Option(
         "--bundle", help="Also write OUT/bundle, the self-verifying device bundle.")] = False,
     sign: Annotated[Path | None, typer.Option(
@@ -270,6 +273,7 @@ def build(
     ] = "trixie",
     min_agreement: MinAgreementOpt = None,
     max_prob_diff: MaxProbDiffOpt = None,
+    lr_sweep: LrSweepOpt = None,
     run_bench: Annotated[bool, typer.Option("--bench/--no-bench", help="Benchmark.")] = True,
     bench_time: Annotated[float, typer.Option(
         "--bench-time", min=0.01, help="Seconds per benchmarked runtime.")] = 1.0,
@@ -290,7 +294,7 @@ def build(
                             backend=runtime),
         run_bench=run_bench, twin=twin, bundle=make_bundle, sign=sign,
         emulate=tuple(emulate or ()), emulate_os=emulate_os, min_agreement=min_agreement,
-        max_prob_diff=max_prob_diff)
+        max_prob_diff=max_prob_diff, lr_sweep=tuple(lr_sweep or ()))
     tflite_route = check_model_options(model, signature, config.convert.bn_stats)
     with quiet(verbose), StageProgress() as progress:
         if tflite_route:
@@ -313,7 +317,7 @@ def bench(
                                           help="The .tflite to benchmark.")],
     keras: Annotated[Path | None, typer.Option("--keras", help="The .keras it came from.")] = None,
     baseline: Annotated[Path | None, typer.Option(
-        "--baseline", help="Another .tflite (e.g. the BN-free twin), timed interleaved.")] = None,
+        "--baseline", help="Another .tflite (e.g. the BN-free baseline), timed interleaved.")] = None,
     keras_baseline: Annotated[Path | None, typer.Option(
         "--keras-baseline", help="The baseline's .keras, to show BN's cost inside Keras.")] = None,
     keras_folded: Annotated[Path | None, typer.Option(
@@ -394,10 +398,16 @@ def check(
         "--allow-op", help="An op the new model may add (repeatable).")] = None,
     bench_time: Annotated[float, typer.Option(
         "--bench-time", min=0.01, help="Seconds per model for the latency ratio.")] = 1.0,
+    junit: Annotated[Path | None, typer.Option(
+        "--junit", dir_okay=False, help="Also write JUnit XML here: one test case per metric "
+                                        "(GitLab, Jenkins and most CI systems read it).")] = None,
     as_json: JsonFlag = False,
     verbose: VerboseFlag = False,
 ) -> None:
-    """Gate a build against a baseline: accuracy, latency, size, op set, BN (exit 1 on regression)."""
+    """Gate a build against a baseline: accuracy, latency, size, op set, BN (exit 1 on regression).
+
+    With $GITHUB_STEP_SUMMARY set (GitHub Actions), a Markdown summary is appended to it.
+    """
     from edgebn.pipeline.check import Thresholds
     from edgebn.pipeline.check import check as run_check
     from edgebn.runtime.timing import BenchSettings
@@ -406,6 +416,11 @@ def check(
         result = run_check(report, baseline, Thresholds(max_accuracy_drop, max_latency_regression,
                                                         max_size_growth, tuple(allow_op or ())),
                            BenchSettings(min_time_s=bench_time))
+    from edgebn.pipeline.ci_formats import append_step_summary, write_junit
+
+    if junit is not None:
+        write_junit(result, junit)
+    append_step_summary(result)
     print_json(result.to_json()) if as_json else render.check(result)
     if not result.passed:
         raise typer.Exit(EXIT_PROBLEM)

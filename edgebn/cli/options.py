@@ -157,7 +157,7 @@ _TRAIN_OPTIONS = [  # (name, annotation, default): the TrainConfig group of trai
         "--arch", help="Model: a small zoo model, or a keras.applications backbone with a new "
                        f"head ({BACKBONE_NAMES}).")], DEFAULT_ARCH),
     ("no_bn", Annotated[bool, typer.Option(
-        "--no-bn", help="The BN-free twin instead (small zoo models).")], False),
+        "--no-bn", help="The BN-free baseline instead (small zoo models).")], False),
     ("epochs", Annotated[int, typer.Option(
         "--epochs", min=1, help="Most epochs (early stop); a backbone: of its head.")], 40),
     ("batch_size", Annotated[int, typer.Option("--batch-size", min=1)], 32),
@@ -268,3 +268,26 @@ def check_model_options(model: Path | None, signature: str | None, bn_stats: Sta
     if signature is not None and (model is None or not model.is_dir()):
         raise typer.BadParameter("--signature is for a SavedModel directory given as --model")
     return tflite_route
+
+
+class Multipliers(tuple):
+    """``--lr-sweep 1,3,10``: learning-rate multipliers (a tuple subclass: one option)."""
+
+
+def _multipliers(text: str | tuple) -> Multipliers:
+    if isinstance(text, tuple):
+        return Multipliers(text)
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise typer.BadParameter(f"expected numbers such as 1,3,10. Received: {text}") from None
+    if not values or any(not v > 0 for v in values) or len(set(values)) != len(values):
+        raise typer.BadParameter(f"expected distinct numbers > 0 such as 1,3,10. Received: {text}")
+    return Multipliers(values)
+
+
+LrSweepOpt = Annotated[Multipliers | None, typer.Option(
+    "--lr-sweep", parser=_multipliers, metavar="M[,M...]",
+    help="Train the BN model and its BN-free baseline at each multiple of --learning-rate, and "
+         "compare each at its own best rate (BN allows higher rates: the BN paper's claim came "
+         "with them).")]

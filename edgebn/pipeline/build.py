@@ -34,9 +34,11 @@ from edgebn.deploy.bundle import GOLDEN_SAMPLES, BundleSource, bundle, check_bun
 from edgebn.errors import DatasetError, EdgebnError
 from edgebn.fold.statistics import bn_layers_of
 from edgebn.fold.stats_check import StatsCheck, bn_statistics
+from edgebn.pipeline.ledger import SweepLedger, SweepRun, sweep_ledger
 from edgebn.pipeline.precisions import FLOAT32_BESIDE, FLOAT32_FILE, Float32Beside, float32_models
-from edgebn.pipeline.report import BuildResult, write_report
+from edgebn.pipeline.report import PLOTS, BuildResult, write_report
 from edgebn.runtime.backends import Backend
+from edgebn.runtime.profile import ProfileResult, ProfileSettings, profile
 from edgebn.runtime.timing import BenchSettings
 from edgebn.runtime.verify import VerifyLimits, verify
 from edgebn.stages import SILENT, Progress, Stages, atomic_path, recover_dir, relocated, staged_dir
@@ -60,6 +62,7 @@ class BuildConfig:
     sign: Path | None = None  # sign the bundle's manifest with this SSH private key
     emulate: tuple[Backend, ...] = ()  # run the bundle's self-test on an emulated Pi, per runtime
     emulate_os: str = "trixie"  # the Raspberry Pi OS release emulated (trixie or bookworm)
+    lr_sweep: tuple[float, ...] = ()  # multipliers of the learning rate: BN and BN-free at each
     min_agreement: float | None = None  # verify's limits, loosened (None: the quantize mode's)
     max_prob_diff: float | None = None
 
@@ -76,7 +79,7 @@ class BuildConfig:
 # Every name a build writes in OUT; anything else in OUT is carried into the new build whole.
 ARTIFACTS = frozenset({"model.keras", "twin.keras", "folded.keras", "model.tflite", "twin.tflite",
                        "converter_only.tflite", FLOAT32_FILE, "samples.npy", "report.json",
-                       "report.md", "bundle"})
+                       "report.md", "bundle", *PLOTS.values()})
 
 
 class BuildInterrupted(KeyboardInterrupt):
@@ -137,7 +140,7 @@ def _run(config: BuildConfig, shown: Path, stages: Stages) -> BuildResult:
     given, data = _given_model(config, stages)
     with stages.stage("data", data.name):
         ds = _load_data(data, given)
-    trained, twin = (given, None) if given is not None else _train(config, ds, stages)
+    trained, twin, sweep = (given, None, None) if given is not None else _train(config, ds, stages)
     if ds.streams is not None:
         with stages.stage("data", "the first test images into memory (fold check, bench)"):
             ds = ds.with_test()  # verify reads the whole test split in chunks
@@ -147,11 +150,12 @@ def _run(config: BuildConfig, shown: Path, stages: Stages) -> BuildResult:
         verified = verify(conversion.converted.model, *ds.test_split, trained.model,
                           config.runtime).judged(config.limits)
     benched = _bench(config, ds, trained, twin, conversion, twin_tflite, float32, stages)
+    profiled = _profile(config, conversion, stages)
     with atomic_path(out / "samples.npy") as tmp:  # golden inputs for a later edgebn bundle
         np.save(tmp, ds.x_test[:GOLDEN_SAMPLES])
     result = BuildResult(out, data, ds, trained, twin, conversion, verified, benched,
                          seconds=dict(stages.seconds), float32=float32,
-                         given_statistics=statistics)
+                         given_statistics=statistics, profiled=profiled, sweep=sweep)
     result = _device(config, result, stages, shown)
     with stages.stage("report", str(shown / "report.json")):
         write_report(result)
@@ -212,6 +216,14 @@ def refuse_early(config: BuildConfig) -> None:
     config.bench.validate()
     if config.model is not None:
         _refuse_training_options(config.train)
+    if config.lr_sweep and (config.model is not None or not config.twin or not config.train.bn
+                            or not arch_spec(config.train.arch).twin):
+        raise EdgebnError("a learning-rate sweep trains a zoo model and its BN-free baseline: "
+                          "not with a model of yours, a backbone, or without the baseline",
+                          option="lr_sweep")
+    if any(not m > 0 for m in config.lr_sweep):
+        raise EdgebnError(f"learning-rate multipliers must be > 0. Received: "
+                          f"{list(config.lr_sweep)}", option="lr_sweep")
 
 
 def _refuse_training_options(train: TrainConfig) -> None:
@@ -226,7 +238,9 @@ def _refuse_training_options(train: TrainConfig) -> None:
 
 
 def _train(config: BuildConfig, ds: Dataset,
-           stages: Stages) -> tuple[TrainResult, TrainResult | None]:
+           stages: Stages) -> tuple[TrainResult, TrainResult | None, SweepLedger | None]:
+    if config.lr_sweep:
+        return _sweep(config, ds, stages)
     tc = config.train
     with stages.stage("train", f"{tc.arch.value}{'' if tc.bn else ' (no BN)'} on {ds.name}, "
                                f"{ds.counts[0]} samples{' (streamed)' if ds.streams else ''}"):
@@ -234,10 +248,30 @@ def _train(config: BuildConfig, ds: Dataset,
         save_keras(trained.model, config.out / "model.keras")
     twin = None
     if config.twin and tc.bn and arch_spec(tc.arch).twin:  # backbones: fold_gain is the cost
-        with stages.stage("twin", "the BN-free twin, the benchmark's baseline"):
+        with stages.stage("twin", "the BN-free baseline (the same model without BN)"):
             twin = train(ds, replace(tc, bn=False), stages.progress)
             save_keras(twin.model, config.out / "twin.keras")
-    return trained, twin
+    return trained, twin, None
+
+
+def _sweep(config: BuildConfig, ds: Dataset,
+           stages: Stages) -> tuple[TrainResult, TrainResult, SweepLedger]:
+    """``--lr-sweep``: the BN model and its BN-free baseline at each learning rate; the build
+    goes on with each at its own best rate (:func:`edgebn.pipeline.ledger.sweep_ledger`)."""
+    tc = config.train
+    rates = [(m, tc.learning_rate * m) for m in config.lr_sweep]
+    shown = ", ".join(f"x{m:g}" for m in config.lr_sweep)
+    with stages.stage("train", f"{tc.arch.value} on {ds.name} at learning rates {shown}"):
+        bn = [train(ds, replace(tc, learning_rate=lr), stages.progress, config.convert.bn_stats)
+              for _, lr in rates]
+    with stages.stage("twin", f"the BN-free baseline at learning rates {shown}"):
+        free = [train(ds, replace(tc, bn=False, learning_rate=lr), stages.progress)
+                for _, lr in rates]
+    sweep = sweep_ledger([SweepRun(m, lr, b, f) for (m, lr), b, f in zip(rates, bn, free,
+                                                                         strict=True)])
+    save_keras(sweep.best_bn.bn.model, config.out / "model.keras")
+    save_keras(sweep.best_twin.twin.model, config.out / "twin.keras")
+    return sweep.best_bn.bn, sweep.best_twin.twin, sweep
 
 
 def _convert(config: BuildConfig, ds: Dataset, trained: TrainResult, twin: TrainResult | None,
@@ -283,11 +317,26 @@ def _bench(config: BuildConfig, ds: Dataset, trained: TrainResult, twin: TrainRe
         conversion.converted.model, twin_tflite.model if twin_tflite else None,
         keras=trained.model, keras_baseline=twin.model if twin else None,
         keras_folded=conversion.fold.model if conversion.fold else None,
-        baseline_label="BN-free twin", others=float32_models(float32),
+        baseline_label="BN-free baseline", others=float32_models(float32),
         ratio_interval=False)  # the twin's ratio is reported; the gate times its own rounds
     with stages.stage("bench", "TFLite against Keras" + (", and the float32 file" if targets.others
                                                          else "")):
         return bench(targets, config.bench, data=ds.x_test)
+
+
+PROFILE_S = 0.3  # the build's profile: seconds of the whole model (the operators share as much)
+
+
+def _profile(config: BuildConfig, conversion: ConversionResult, stages: Stages
+             ) -> ProfileResult | None:
+    """Each operator's time in the .tflite, for report.md's profile plot (with the bench)."""
+    if not config.run_bench:
+        return None
+    settings = ProfileSettings(threads=config.bench.threads, backend=config.bench.backend,
+                               min_time_s=min(config.bench.min_time_s, PROFILE_S),
+                               residue=False, context=False)
+    with stages.stage("profile", "each operator of the .tflite, isolated"):
+        return profile(conversion.converted.model, settings)
 
 
 def _device(config: BuildConfig, result: BuildResult, stages: Stages,

@@ -78,9 +78,10 @@ class SeedLedger:
                                                       (self.epoch_slowdown, "slower epochs"),
                                                       (self.wall_speedup, "wall-time speedup"))
                   if v is not None]
-        return (f"to the twin's best val accuracy {self.target:.4f}: BN {steps(self.bn)}, twin "
-                f"{steps(self.twin)}; per epoch {self.bn.seconds_per_epoch:.2f} s vs "
-                f"{self.twin.seconds_per_epoch:.2f} s" + (f" ({', '.join(ratios)})" if ratios else ""))
+        return (f"to the BN-free baseline's best val accuracy {self.target:.4f}: BN "
+                f"{steps(self.bn)}, BN-free {steps(self.twin)}; per epoch "
+                f"{self.bn.seconds_per_epoch:.2f} s vs {self.twin.seconds_per_epoch:.2f} s"
+                + (f" ({', '.join(ratios)})" if ratios else ""))
 
 
 def seed_ledger(bn: TrainResult, twin: TrainResult | None) -> SeedLedger | None:
@@ -89,3 +90,71 @@ def seed_ledger(bn: TrainResult, twin: TrainResult | None) -> SeedLedger | None:
         return None
     target = max(twin.history.val_accuracy)
     return SeedLedger(target, LedgerRow.of(bn.history, target), LedgerRow.of(twin.history, target))
+
+
+# ---------------------------------------------------------------- --lr-sweep
+
+
+@dataclass(frozen=True)
+class SweepRun:
+    """One learning rate of ``--lr-sweep``: the BN model and its BN-free baseline trained at it."""
+
+    multiplier: float
+    learning_rate: float
+    bn: TrainResult
+    twin: TrainResult
+
+
+def _best(rows: list[tuple[SweepRun, LedgerRow, float]]) -> tuple[SweepRun, LedgerRow]:
+    """The run that reaches the target in the fewest steps; when none does, the best-scoring."""
+    reached = [r for r in rows if r[1].steps_to_target is not None]
+    if reached:
+        run, row, _ = min(reached, key=lambda r: (r[1].steps_to_target, r[0].multiplier))
+    else:
+        run, row, _ = max(rows, key=lambda r: r[2])
+    return run, row
+
+
+@dataclass(frozen=True)
+class SweepLedger:
+    """BN against BN-free, each at its own best learning rate (the BN paper's claim came with
+    the higher rates BN allows), and every rate's rows. The target is the BN-free model's best
+    validation accuracy at any rate."""
+
+    runs: tuple[SweepRun, ...]
+    target: float
+    rows: tuple[tuple[LedgerRow, LedgerRow], ...]  # (bn, twin) per run, in the runs' order
+    best_bn: SweepRun
+    best_twin: SweepRun
+
+    @property
+    def ledger(self) -> SeedLedger:
+        """The best BN run against the best BN-free run, to the same target."""
+        return SeedLedger(self.target, LedgerRow.of(self.best_bn.bn.history, self.target),
+                          LedgerRow.of(self.best_twin.twin.history, self.target))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"target_val_accuracy": self.target,
+                "best": {"bn": self.best_bn.multiplier, "twin": self.best_twin.multiplier},
+                "best_against_best": self.ledger.to_json(),
+                "rates": [{"multiplier": run.multiplier, "learning_rate": run.learning_rate,
+                           "bn": bn.to_json() | {"best_val_accuracy": max(run.bn.history.val_accuracy)},
+                           "twin": twin.to_json() | {
+                               "best_val_accuracy": max(run.twin.history.val_accuracy)}}
+                          for run, (bn, twin) in zip(self.runs, self.rows, strict=True)]}
+
+    def summary(self) -> str:
+        return (f"best rate x{self.best_bn.multiplier:g} (BN) against x{self.best_twin.multiplier:g} "
+                f"(BN-free): {self.ledger.summary()}")
+
+
+def sweep_ledger(runs: list[SweepRun]) -> SweepLedger:
+    """Each model at its own best rate, to the BN-free model's best accuracy at any rate."""
+    target = max(max(run.twin.history.val_accuracy) for run in runs)
+    rows = [(LedgerRow.of(run.bn.history, target), LedgerRow.of(run.twin.history, target))
+            for run in runs]
+    best_bn, _ = _best([(run, bn, max(run.bn.history.val_accuracy))
+                        for run, (bn, _) in zip(runs, rows, strict=True)])
+    best_twin, _ = _best([(run, twin, max(run.twin.history.val_accuracy))
+                          for run, (_, twin) in zip(runs, rows, strict=True)])
+    return SweepLedger(tuple(runs), target, tuple(rows), best_bn, best_twin)

@@ -20,8 +20,10 @@ from edgebn.data.dataset import Dataset, DataSpec
 from edgebn.deploy.bundle import BundleResult
 from edgebn.deploy.emulate import EmulationResult
 from edgebn.fold.stats_check import StatsCheck, statistics_json
-from edgebn.pipeline.ledger import seed_ledger
+from edgebn.pipeline import plots
+from edgebn.pipeline.ledger import SeedLedger, SweepLedger, seed_ledger
 from edgebn.pipeline.precisions import Float32Beside, Precision, precision_rows, side_by_side
+from edgebn.runtime.profile import ProfileResult
 from edgebn.runtime.tflite_fold import TFLiteFoldResult
 from edgebn.runtime.verify import VerifyResult
 from edgebn.stages import write_atomic
@@ -50,6 +52,13 @@ class BuildResult:
     seconds: dict[str, float] = field(default_factory=dict)  # per stage
     float32: Float32Beside | None = None  # the float32 file kept beside a quantized one
     given_statistics: StatsCheck | str | None = None  # a brought model's BN statistics
+    profiled: ProfileResult | None = None  # each operator's time (the profile plot)
+    sweep: SweepLedger | None = None  # --lr-sweep: each model at its own best learning rate
+
+    @property
+    def ledger(self) -> SeedLedger | None:
+        """BN against the BN-free baseline: at one rate, or each at its best (--lr-sweep)."""
+        return self.sweep.ledger if self.sweep is not None else seed_ledger(self.trained, self.twin)
 
     @property
     def passed(self) -> bool:
@@ -131,9 +140,11 @@ class BuildResult:
                            "tflite_path": "twin.tflite", "params": self.twin.params,
                            "test_accuracy": self.twin.test_accuracy,
                            "history": self.twin.history.to_json()}
-        ledger = seed_ledger(self.trained, self.twin)
+        ledger = self.ledger
         if ledger is not None:
             doc["seed_ledger"] = ledger.to_json()
+        if self.sweep is not None:
+            doc["lr_sweep"] = self.sweep.to_json()
         elif not self.trained.has_twin:
             doc["twin"] = {"available": False, "reason": "the BN-free twin exists only for the small zoo "
                            "models (mlp, mlp-prebn, cnn); what BN costs is measured against the folded model "
@@ -201,12 +212,14 @@ class BuildResult:
         statistics = self._statistics_row()
         if statistics is not None:
             rows.append(("BN statistics", statistics))
-        ledger = seed_ledger(t, self.twin)
+        ledger = self.ledger
         if ledger is not None:
-            rows.append(("BN's steps, epochs and wall time", ledger.summary()))
+            rows.append(("BN vs no-BN training", ledger.summary()))
+        if self.sweep is not None:
+            rows.append(("learning-rate sweep", self.sweep.summary()))
         if self.benched is not None:
             if not t.has_twin and self.benched.fold_gain():
-                rows.append(("BN cost", f"no BN-free twin for {self.arch}: BN's cost is the "
+                rows.append(("BN cost", f"no BN-free baseline for {self.arch}: BN's cost is the "
                                         "fold gain (BN model p50 / folded p50)"))
             rows += _bench_summary(self.benched)
         rows += precision_rows(self.precisions())
@@ -372,7 +385,55 @@ def render_markdown(result: BuildResult) -> str:
     return "\n".join(lines) + "\n"
 
 
+PLOTS = {"training": "training.png", "latency": "latency.png", "profile": "profile.png"}
+
+
+def training_curves(result: BuildResult) -> tuple[list[plots.Curve], float | None]:
+    """The BN model's and its BN-free baseline's validation curves, and the target: the
+    baseline's best validation accuracy (as the seed's ledger takes it)."""
+    curves = []
+    sweep = result.sweep
+    for label, t, m in (("BN", result.trained, sweep.best_bn.multiplier if sweep else None),
+                        ("BN-free baseline", result.twin,
+                         sweep.best_twin.multiplier if sweep else None)):
+        if t is not None and t.history.val_accuracy:
+            label += "" if m is None else f" (its best learning rate, x{m:g})"
+            curves.append(plots.Curve(label, t.history.val_accuracy, t.history.steps_per_epoch))
+    ledger = result.ledger
+    return curves, None if ledger is None else ledger.target
+
+
+def write_plots(result: BuildResult) -> dict[str, plots.Plot]:
+    """training.png, latency.png, profile.png: each when the build has what it shows."""
+    made: dict[str, plots.Plot] = {}
+    curves, target = training_curves(result)
+    if curves:
+        made["training"] = plots.training(
+            curves, target, result.out / PLOTS["training"],
+            f"{result.arch} on {result.dataset.name}: validation accuracy against steps")
+    b = result.benched
+    if b is not None:
+        made["latency"] = plots.latency(
+            b.rows(), result.out / PLOTS["latency"],
+            f"{b.environment.get('cpu', '')}, {b.tflite.threads} thread(s), batch {b.tflite.batch}")
+    if result.profiled is not None:
+        p = result.profiled
+        made["profile"] = plots.profile(
+            p.operators, result.out / PLOTS["profile"],
+            f"{Path(str(p.model)).name}: the slowest operators ({p.method}), "
+            f"{p.latency_us.p50:,.1f} µs p50")
+    return made
+
+
 def write_report(result: BuildResult) -> None:
-    """report.json and report.md, each written once, atomically."""
-    write_atomic(result.out / "report.json", json.dumps(result.to_json(), indent=2) + "\n")
-    write_atomic(result.out / "report.md", render_markdown(result))
+    """The plots, report.json and report.md, each written once, atomically."""
+    made = write_plots(result)
+    doc = result.to_json()
+    doc["plots"] = {name: {"path": plot.path.name, "shows": list(plot.shows)}
+                    for name, plot in made.items()}
+    write_atomic(result.out / "report.json", json.dumps(doc, indent=2) + "\n")
+    md = render_markdown(result)
+    if made:
+        md += "\n## Plots\n\n" + "\n".join(f"![{name}]({plot.path.name})"
+                                            for name, plot in made.items()) + "\n"
+    write_atomic(result.out / "report.md", md)

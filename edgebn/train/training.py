@@ -52,7 +52,7 @@ class TrainConfig:
             raise EdgebnError(f"alpha must be > 0. Received: {self.alpha}")
         if not self.bn and not arch_spec(self.arch).twin:
             raise EdgebnError(f"{self.arch.value} is a pretrained backbone: it has no "
-                              "BN-free twin (drop --no-bn)")
+                              "BN-free baseline (drop --no-bn)")
         if is_backbone(self.arch):
             from edgebn.zoo.backbones import check_weights
 
