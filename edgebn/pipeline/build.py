@@ -336,7 +336,8 @@ def _profile(config: BuildConfig, conversion: ConversionResult, stages: Stages
                                min_time_s=min(config.bench.min_time_s, PROFILE_S),
                                residue=False, context=False)
     with stages.stage("profile", "each operator of the .tflite, isolated"):
-        return profile(conversion.converted.model, settings)
+        return profile(conversion.converted.model, settings,
+                       analysis=conversion.inspected.bn)  # inspected once, by the convert stage
 
 
 def _device(config: BuildConfig, result: BuildResult, stages: Stages,

@@ -52,6 +52,7 @@ from edgebn.runtime.op_timing import AT_LOAD, ROUNDS, Timed, capture, captured
 from edgebn.runtime.opdiff import OpDiff, diff_operators
 from edgebn.runtime.timing import BenchSettings, Latency, RatioEstimate, latency_ratio
 from edgebn.tflite.reader import TFLiteModel, as_tflite, parse_tflite
+from edgebn.tflite.residue import BNAnalysis
 from edgebn.tflite.writer import bypass_chains, empty_model, op_group, unpack
 
 METHOD = "isolated ops"
@@ -260,12 +261,17 @@ class ProfileResult:
 # ---------------------------------------------------------------- the profile
 
 
+def chains_of(analysis: BNAnalysis) -> list[tuple[int, ...]]:
+    """(subgraph, *ops) of each residual BN chain of an analysis."""
+    return [(r.subgraph, *r.ops) for r in analysis.residual if r.affine]
+
+
 def residual_chains(model: TFLiteModel) -> list[tuple[int, ...]]:
     """(subgraph, op, op, ...) of each BN the converter left as a chain of per-channel steps
     (a MUL+ADD pair, SUB → MUL → MUL → ADD, ...): every operator of it."""
-    from edgebn.tflite.residue import analyse_bn
+    from edgebn.tflite import residue  # looked up when called: a build's count of inspections
 
-    return [(r.subgraph, *r.ops) for r in analyse_bn(model).residual if r.affine]
+    return chains_of(residue.analyse_bn(model))
 
 
 @dataclass
@@ -435,8 +441,12 @@ def residue_cost(model: TFLiteModel | str | Path, settings: ProfileSettings = Pr
 
 
 def profile(model: TFLiteModel | str | Path, settings: ProfileSettings = ProfileSettings(),
-            baseline: TFLiteModel | str | Path | None = None) -> ProfileResult:
-    """Time every operator of ``model`` isolated, beside the whole model (and ``baseline``)."""
+            baseline: TFLiteModel | str | Path | None = None,
+            analysis: BNAnalysis | None = None) -> ProfileResult:
+    """Time every operator of ``model`` isolated, beside the whole model (and ``baseline``).
+
+    ``analysis``: ``model``'s BN analysis when the caller has it (a build inspected the file).
+    """
     settings.validate()
     models = [as_tflite(model)] + ([as_tflite(baseline)] if baseline is not None else [])
     for m in models:
@@ -444,7 +454,8 @@ def profile(model: TFLiteModel | str | Path, settings: ProfileSettings = Profile
         if n > MAX_OPERATORS:
             raise EdgebnError(f"{m.path}: {n} operators; profile times at most "
                               f"{MAX_OPERATORS} (one interpreter each)")
-    pairs = [residual_chains(m) for m in models]
+    pairs = [residual_chains(m) for m in models[1:]]
+    pairs.insert(0, residual_chains(models[0]) if analysis is None else chains_of(analysis))
     prepared = [_prepare(m, settings, p) for m, p in zip(models, pairs, strict=True)]
     empty = Timed(parse_tflite(empty_model(), "<empty invoke>"), settings, [None, None],
                   OP_MIN_TIME_S, checked=False)
