@@ -517,7 +517,7 @@ def test_sweep_ledger_takes_each_model_at_its_own_best_rate():
 @pytest.mark.slow
 def test_a_learning_rate_sweep_compares_best_against_best(tmp_path):
     out = tmp_path / "b"
-    r = runner.invoke(app, ["build", "--lr-sweep", "1,3,10", "--epochs", "4", "--no-bench",
+    r = runner.invoke(app, ["build", "--lr-sweep", "1,3,10", "--epochs", "2", "--no-bench",
                             "--out", str(out)])
     assert r.exit_code == 0, r.output
     report = json.loads((out / "report.json").read_text())

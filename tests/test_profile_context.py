@@ -37,7 +37,9 @@ def test_isolated_sum_explains_a_mediapipe_like_model(mediapipe):
     rows = {o.index: o for o in result.operators}
     for pad, conv in pads.items():
         assert rows[pad].method == FUSED and rows[pad].time_us == 0.0
-        assert rows[conv].method.endswith("with the PAD before it") and rows[conv].time_us > 0
+        # timed with its PAD; in context a segment's share can be 0 where the machine's noise
+        # exceeds it (the prefixes' differences are clamped at 0), isolated it never is
+        assert rows[conv].method.endswith("with the PAD before it") and rows[conv].isolated_us > 0
     assert 0.8 <= result.isolated_sum_us / result.latency_us.p50 <= 1.2, result.to_json()
     assert 0.8 <= result.explained <= 1.2
 

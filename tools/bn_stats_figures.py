@@ -15,7 +15,6 @@ inputs, layer by layer ("recomputed"), and the largest BN drift before and after
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import tempfile
 import time
@@ -24,15 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+from edgebn.machine import cpu_model  # noqa: E402  (after the tests' folder is on the path)
 
 
 def main() -> None:
@@ -49,7 +40,7 @@ def main() -> None:
 
     folder = write_folder(Path(tempfile.mkdtemp(prefix="edgebn-digits-")) / "digits_rgb",
                           args.image_size)
-    print(f"CPU: {_cpu()}; digits as {args.image_size} px RGB images, default epochs")
+    print(f"CPU: {cpu_model()}; digits as {args.image_size} px RGB images, default epochs")
     print("| backbone | BN momentum in training | epochs | test accuracy, stored statistics | "
           "recomputed | largest drift stored → recomputed | train s |")
     print("| --- | --- | --- | --- | --- | --- | --- |")

@@ -12,7 +12,6 @@ rounds on one core, with its 95 % interval, ``--repeats`` times. The CPU is name
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import tempfile
 from pathlib import Path
@@ -21,15 +20,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+from edgebn.machine import cpu_model  # noqa: E402  (after the tests' folder is on the path)
 
 
 def main() -> None:
@@ -57,7 +48,7 @@ def main() -> None:
     x = np.random.default_rng(0).uniform(0, 1, (8, 3, args.size, args.size)).astype(np.float32)
     with torch.no_grad():
         want = model(torch.from_numpy(x)).numpy().astype(np.float64)
-    print(f"CPU: {_cpu()}; torch {torch.__version__}, torchvision {torchvision.__version__}, "
+    print(f"CPU: {cpu_model()}; torch {torch.__version__}, torchvision {torchvision.__version__}, "
           f"litert-torch {litert_torch.__version__ if hasattr(litert_torch, '__version__') else ''}")
     print("| run | chains: folded / collapsed / kept | largest |Δ| of a tensor | folded vs PyTorch "
           "| p50 before µs | p50 after µs | ratio before / after (95 % interval) |")

@@ -19,6 +19,7 @@ from edgebn.cli.options import (
     EXIT_BAD_INPUT,
     EXIT_PROBLEM,
     ONE_THREAD,
+    BaselineFlag,
     FoldOpt,
     JsonFlag,
     KerasIn,
@@ -257,9 +258,7 @@ def build(
     tolerance: ToleranceOpt = 1e-5,
     recalibrate_bn: RecalibrateOpt = None,
     strict_bn_stats: StrictStatsOpt = False,
-    twin: Annotated[bool, typer.Option(
-        help="Also train the BN-free baseline (the same model without BN): the baseline of the "
-             "BN vs no-BN training ledger and of the bench.")] = True,
+    twin: BaselineFlag = True,
     make_bundle: Annotated[bool, typer.Option(
         "--bundle", help="Also write OUT/bundle, the self-verifying device bundle.")] = False,
     sign: Annotated[Path | None, typer.Option(

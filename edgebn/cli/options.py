@@ -291,3 +291,7 @@ LrSweepOpt = Annotated[Multipliers | None, typer.Option(
     help="Train the BN model and its BN-free baseline at each multiple of --learning-rate, and "
          "compare each at its own best rate (BN allows higher rates: the BN paper's claim came "
          "with them).")]
+
+BaselineFlag = Annotated[bool, typer.Option(
+    "--twin/--no-twin", help="Also train the BN-free baseline (the same model without BN): the "
+                             "baseline of the BN vs no-BN training ledger and of the bench.")]

@@ -243,28 +243,11 @@ def scaling(result: Any, model: str) -> None:
 
 def plot(result: Any, path: Path) -> Path:
     """Latency distributions per runtime on a log axis, written atomically as PNG."""
-    import matplotlib
+    from edgebn.pipeline.plots import latency  # matplotlib: only when a plot is asked for
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    from edgebn.stages import atomic_path
-
-    rows = result.rows()
-    fig, ax = plt.subplots(figsize=(8, 0.6 * len(rows) + 1.5))
-    ax.boxplot([np.asarray(r.samples_ns) / 1e3 for r in rows], orientation="horizontal",
-               whis=(1, 99), showfliers=False)
-    ax.set_yticks(range(1, len(rows) + 1), [r.label for r in rows])
-    ax.set_xscale("log")
-    ax.set_xlabel("latency per call (µs, log scale); box: p25–p75, whiskers: p1–p99")
-    ax.set_title(f"{result.environment.get('cpu', '')}, {result.tflite.threads} thread(s), "
-                 f"batch {result.tflite.batch}", fontsize=9)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return Path(path)
+    title = (f"{result.environment.get('cpu', '')}, {result.tflite.threads} thread(s), "
+             f"batch {result.tflite.batch}")
+    return latency(result.rows(), path, title).path
 
 
 def emulation(result: Any) -> None:

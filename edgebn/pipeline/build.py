@@ -158,8 +158,7 @@ def _run(config: BuildConfig, shown: Path, stages: Stages) -> BuildResult:
                          given_statistics=statistics, profiled=profiled, sweep=sweep)
     result = _device(config, result, stages, shown)
     with stages.stage("report", str(shown / "report.json")):
-        write_report(result)
-    return result
+        return write_report(result)
 
 
 def _given_model(config: BuildConfig, stages: Stages) -> tuple[TrainResult | None, DataSpec]:

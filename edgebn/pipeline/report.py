@@ -9,7 +9,7 @@ show. Reports are read back (``edgebn bundle``, ``edgebn check``) by
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,7 @@ class BuildResult:
     given_statistics: StatsCheck | str | None = None  # a brought model's BN statistics
     profiled: ProfileResult | None = None  # each operator's time (the profile plot)
     sweep: SweepLedger | None = None  # --lr-sweep: each model at its own best learning rate
+    plots: dict[str, plots.Plot] = field(default_factory=dict)  # written beside report.md
 
     @property
     def ledger(self) -> SeedLedger | None:
@@ -135,20 +136,7 @@ class BuildResult:
             doc["fold"] = fold
         if self.conversion.tflite_fold_json() is not None:
             doc["tflite_fold"] = self.conversion.tflite_fold_json()
-        if self.twin is not None:
-            doc["twin"] = {"available": True, "keras_path": "twin.keras",
-                           "tflite_path": "twin.tflite", "params": self.twin.params,
-                           "test_accuracy": self.twin.test_accuracy,
-                           "history": self.twin.history.to_json()}
-        ledger = self.ledger
-        if ledger is not None:
-            doc["seed_ledger"] = ledger.to_json()
-        if self.sweep is not None:
-            doc["lr_sweep"] = self.sweep.to_json()
-        elif not self.trained.has_twin:
-            doc["twin"] = {"available": False, "reason": "the BN-free twin exists only for the small zoo "
-                           "models (mlp, mlp-prebn, cnn); what BN costs is measured against the folded model "
-                           "(bench.fold_gain: BN model p50 / folded p50)"}
+        doc |= self._baseline_json()
         if self.benched is not None:
             doc["bench"] = self._bench_json()
         if self.precisions():
@@ -158,6 +146,9 @@ class BuildResult:
         if self.statistics_json() is not None:
             doc["bn_statistics"] = self.statistics_json()
         doc["warnings"] = self.warnings()
+        if self.plots:
+            doc["plots"] = {name: {"path": plot.path.name, "shows": list(plot.shows)}
+                            for name, plot in self.plots.items()}
         doc["timings"] = {f"{k}_s": v for k, v in self.seconds.items()}
         if self.bundled is not None:
             doc["bundle"] = {"path": _rel(self.bundled.out, self.out),
@@ -165,6 +156,25 @@ class BuildResult:
                              "signed": self.bundled.signed}
         if self.emulated is not None:
             doc["emulation"] = self.emulated.to_json()
+        return doc
+
+    def _baseline_json(self) -> dict[str, Any]:
+        """The BN-free baseline ("twin" in the document), the BN vs no-BN training ledger, and
+        the learning-rate sweep."""
+        doc: dict[str, Any] = {}
+        if self.twin is not None:
+            doc["twin"] = {"available": True, "keras_path": "twin.keras",
+                           "tflite_path": "twin.tflite", "params": self.twin.params,
+                           "test_accuracy": self.twin.test_accuracy,
+                           "history": self.twin.history.to_json()}
+        elif not self.trained.has_twin:
+            doc["twin"] = {"available": False, "reason": "the BN-free baseline exists only for the "
+                           "small zoo models (mlp, mlp-prebn, cnn); what BN costs is measured "
+                           "against the folded model (bench.fold_gain: BN model p50 / folded p50)"}
+        if self.ledger is not None:
+            doc["seed_ledger"] = self.ledger.to_json()
+        if self.sweep is not None:
+            doc["lr_sweep"] = self.sweep.to_json()
         return doc
 
     def _model_json(self) -> dict[str, Any]:
@@ -375,6 +385,9 @@ def render_markdown(result: BuildResult) -> str:
         lines += markdown_table(("runtime", "p50 µs", "p90 µs", "p99 µs", "runs"),
                         [(r.label, f"{r.latency_us.p50:.1f}", f"{r.latency_us.p90:.1f}",
                           f"{r.latency_us.p99:.1f}", r.runs) for r in b.rows()])
+    if result.plots:
+        lines += ["", "## Plots", ""] + [f"![{name}]({plot.path.name})"
+                                         for name, plot in result.plots.items()]
     em = result.emulated
     if em is not None:
         lines += ["", f"## Self-test on an emulated arm64 Raspberry Pi ({em.platform})", ""]
@@ -425,15 +438,10 @@ def write_plots(result: BuildResult) -> dict[str, plots.Plot]:
     return made
 
 
-def write_report(result: BuildResult) -> None:
-    """The plots, report.json and report.md, each written once, atomically."""
-    made = write_plots(result)
-    doc = result.to_json()
-    doc["plots"] = {name: {"path": plot.path.name, "shows": list(plot.shows)}
-                    for name, plot in made.items()}
-    write_atomic(result.out / "report.json", json.dumps(doc, indent=2) + "\n")
-    md = render_markdown(result)
-    if made:
-        md += "\n## Plots\n\n" + "\n".join(f"![{name}]({plot.path.name})"
-                                            for name, plot in made.items()) + "\n"
-    write_atomic(result.out / "report.md", md)
+def write_report(result: BuildResult) -> BuildResult:
+    """The plots, then report.json and report.md, each written once, atomically; the result
+    with its plots."""
+    result = replace(result, plots=write_plots(result))
+    write_atomic(result.out / "report.json", json.dumps(result.to_json(), indent=2) + "\n")
+    write_atomic(result.out / "report.md", render_markdown(result))
+    return result

@@ -487,10 +487,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if close:
             self.close_connection = True
             head.append("Connection: close")
-        self.wfile.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
-        self.wfile.flush()
+        # counted before it is sent: a client that reads /metrics next sees this request in it
         seconds = None if self.t0 is None else time.perf_counter() - self.t0
         self.server.service.metrics.observe(self.route, code, seconds)
+        self.wfile.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
+        self.wfile.flush()
         if p.VERBOSE:
             self.log_message("%d", code)
 

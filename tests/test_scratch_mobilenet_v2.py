@@ -1,0 +1,9 @@
+"""``edgebn build --arch mobilenet-v2 --weights none`` on the digits as 32 px RGB images (issue 33)."""
+
+import pytest
+from scratch_builds import from_scratch_build
+
+
+@pytest.mark.slow
+def test_mobilenet_v2_from_scratch_learns_in_the_default_epochs(digits_rgb, tmp_path):
+    from_scratch_build("mobilenet-v2", digits_rgb, tmp_path)
