@@ -12,13 +12,13 @@ from typing import Any
 import numpy as np
 
 from edgebn.choices import Quantize, QuantizeSpec, quantize_spec
-from edgebn.data.dataset import DataSpec
+from edgebn.data.dataset import CHECK_SAMPLES, DataSpec, sample_inputs
 from edgebn.errors import EdgebnError, FoldError
-from edgebn.fold.keras_fold import FoldResult, all_bn_layer_names, fold_model
-from edgebn.fold.stats_check import StatsCheck, StatsPolicy, bn_statistics, statistics_json
-from edgebn.runtime.tflite_fold import TFLiteFoldResult, fold_tflite
-from edgebn.stages import Stages, timed, write_atomic
-from edgebn.tensors import CHECK_SAMPLES, sample_inputs
+from edgebn.files import write_atomic
+from edgebn.fold.keras.keras_fold import FoldResult, all_bn_layer_names, fold_model
+from edgebn.fold.keras.stats_check import StatsCheck, StatsPolicy, bn_statistics, statistics_json
+from edgebn.fold.tflite.tflite_fold import TFLiteFoldResult, fold_tflite
+from edgebn.progress import Stages, timed
 from edgebn.tflite.reader import TFLiteModel, parse_tflite
 from edgebn.tflite.residue import InspectResult, inspect_model
 

@@ -1,4 +1,12 @@
-"""The project's exception types. The CLI turns any of them into one stderr line and exit 2."""
+"""The project's exception types, and how their messages show a path or a cause.
+
+The CLI turns any of them into one stderr line and exit 2.
+"""
+
+from __future__ import annotations
+
+import os
+import unicodedata
 
 
 class EdgebnError(Exception):
@@ -27,3 +35,18 @@ class RuntimeBackendError(EdgebnError):
 
 class FoldError(EdgebnError):
     """A fold that cannot be trusted: the folded model's outputs differ beyond the tolerance."""
+
+
+def path_text(path: str | os.PathLike) -> str:
+    """``path`` as one printable line: itself, or (bytes that are not UTF-8, control
+    characters such as a newline) the repr of its bytes, e.g. ``b'caf\\xe9.png'``."""
+    text = os.fsdecode(path)
+    if any(unicodedata.category(c) in ("Cc", "Cs") for c in text):
+        return repr(os.fsencode(text))
+    return text
+
+
+def reason(exc: BaseException) -> str:
+    """An exception's message as one printable line."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")

@@ -22,9 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from edgebn.errors import InvalidModelError
-from edgebn.stages import timed, write_atomic
-from edgebn.tensors import path_text, reason, rows_per_chunk
+from edgebn.errors import InvalidModelError, path_text, reason
+from edgebn.files import write_atomic
+from edgebn.progress import timed
+from edgebn.runtime.accuracy import rows_per_chunk
 from edgebn.tflite.reader import TFLiteModel, parse_tflite
 
 DEFAULT_SIGNATURE = "serving_default"

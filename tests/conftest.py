@@ -124,8 +124,8 @@ def profile_bundles(small_builds, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def photos(tmp_path_factory):
-    """A learnable 3-class colour folder at 64 px (edgebn.synthetic), 40 images a class."""
-    from edgebn.synthetic import write_image_folder
+    """A learnable 3-class colour folder at 64 px (synthetic), 40 images a class."""
+    from synthetic import write_image_folder
 
     return write_image_folder(tmp_path_factory.mktemp("imgs") / "photos", per_class=40, size=64)
 
@@ -150,9 +150,10 @@ def digits_rgb_npz(tmp_path_factory):
 def mobilenet_weights(tmp_path_factory):
     """'Pretrained' MobileNetV2 (alpha 0.35) weights in the ImageNet .h5 format: trained
     here on another folder of the same kind, nothing downloaded."""
+    from synthetic import pretrained_weights, write_image_folder
+
     from edgebn.data.dataset import DataSpec
     from edgebn.data.images import Color
-    from edgebn.synthetic import pretrained_weights, write_image_folder
 
     other = write_image_folder(tmp_path_factory.mktemp("pre") / "other", per_class=30, size=64,
                                seed=1)
@@ -166,8 +167,7 @@ def mobilenet_weights_untrained(tmp_path_factory):
     """MobileNetV2 (alpha 0.35) weights in the ImageNet .h5 format, random filters with BN
     statistics set from random images: cheap, for what needs a weights file, not features."""
     import numpy as np
-
-    from edgebn.synthetic import pretrained_weights
+    from synthetic import pretrained_weights
 
     images = np.random.default_rng(0).uniform(0, 255, (16, 64, 64, 3))
     return pretrained_weights(tmp_path_factory.mktemp("w0") / "W0.h5", images,

@@ -12,10 +12,10 @@ import textwrap
 
 import numpy as np
 import pytest
+from synthetic import pretrained_weights, write_image_folder
 from typer.testing import CliRunner
 
 from edgebn.cli.app import app
-from edgebn.synthetic import pretrained_weights, write_image_folder
 from edgebn.train.training import TrainConfig, train
 from edgebn.zoo.models import Arch
 

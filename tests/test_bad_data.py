@@ -14,14 +14,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from synthetic import write_image_folder
 from typer.testing import CliRunner
 
 from edgebn.cli.app import app
+from edgebn.data.arrays import load_labelled, load_samples
 from edgebn.data.dataset import DataSpec
 from edgebn.data.images import Color
 from edgebn.errors import DatasetError, EdgebnError, InvalidModelError
-from edgebn.synthetic import write_image_folder
-from edgebn.tensors import load_labelled, load_samples, make_inputs
+from edgebn.tflite.quantization import make_inputs
 
 runner = CliRunner()
 TFLITE = Path(__file__).parent.parent / "models" / "digits-cnn" / "model.tflite"  # (1, 8, 8, 1)

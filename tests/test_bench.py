@@ -7,7 +7,7 @@ import pytest
 from edgebn.bench.run import BenchTargets, bench
 from edgebn.errors import EdgebnError
 from edgebn.runtime.timing import BenchSettings, Latency, bench_tflite
-from edgebn.tensors import make_inputs
+from edgebn.tflite.quantization import make_inputs
 
 QUICK = BenchSettings(warmup=5, runs=200)
 

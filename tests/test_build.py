@@ -9,9 +9,9 @@ import pytest
 from typer.testing import CliRunner
 
 from edgebn.cli.app import app
+from edgebn.files import write_atomic
 from edgebn.pipeline.build import BuildConfig, build
 from edgebn.runtime.timing import BenchSettings
-from edgebn.stages import write_atomic
 from edgebn.train.training import TrainConfig
 from edgebn.zoo.models import ZOO
 
@@ -219,7 +219,7 @@ def test_interrupted_write_leaves_the_old_file_and_no_temp(tmp_path):
     class Boom(Exception):
         pass
 
-    from edgebn.stages import atomic_path
+    from edgebn.files import atomic_path
 
     with pytest.raises(Boom):
         with atomic_path(target) as tmp:
@@ -360,7 +360,7 @@ def test_a_build_at_chance_warns_in_the_table_and_the_report(tmp_path):
 
 
 def test_verify_limits_hand_worked():
-    from edgebn.runtime.verify import VerifyLimits
+    from edgebn.runtime.accuracy import VerifyLimits
 
     limits = VerifyLimits.of("none")
     assert (limits.min_agreement, limits.max_prob_diff) == (0.99, 1e-4)
@@ -480,7 +480,7 @@ def _log(val, steps=10, seconds=1.0):
 
 
 def test_ledger_row_hand_worked():
-    from edgebn.pipeline.ledger import LedgerRow
+    from edgebn.train.ledger import LedgerRow
 
     row = LedgerRow.of(_log([0.5, 0.8, 0.9, 0.95], steps=36, seconds=2.0), target=0.9)
     assert (row.epochs_to_target, row.steps_to_target, row.seconds_to_target) == (3, 108, 6.0)
@@ -494,7 +494,7 @@ def test_sweep_ledger_takes_each_model_at_its_own_best_rate():
     BN reaches it soonest at x10 (2 epochs), the BN-free model only at x1 (4 epochs)."""
     from types import SimpleNamespace
 
-    from edgebn.pipeline.ledger import SweepRun, sweep_ledger
+    from edgebn.train.ledger import SweepRun, sweep_ledger
 
     def result(val):
         return SimpleNamespace(history=_log(val, steps=10))

@@ -167,7 +167,7 @@ def _dead_pid():
 
 def test_a_swap_cut_between_its_renames_is_undone_by_the_next_one(tmp_path):
     """A process killed (SIGKILL, power loss) between OUT -> old and staging -> OUT."""
-    from edgebn.stages import staged_dir
+    from edgebn.files import staged_dir
 
     out = tmp_path / "out"
     (out / "bundle").mkdir(parents=True)
@@ -193,7 +193,7 @@ def test_a_swap_cut_between_its_renames_is_undone_by_the_next_one(tmp_path):
 
 
 def test_a_live_builds_staging_is_left_alone(tmp_path):
-    from edgebn.stages import staged_dir
+    from edgebn.files import staged_dir
 
     theirs = tmp_path / f".tmp-out-{os.getppid()}-abcdefgh"  # a live process's staging
     theirs.mkdir()

@@ -8,7 +8,7 @@ import pytest
 from edgebn.convert import ConvertOptions, Quantize, convert_file
 from edgebn.convert import to_tflite as convert
 from edgebn.errors import EdgebnError, InvalidModelError
-from edgebn.runtime.verify import predict_tflite, verify
+from edgebn.runtime.accuracy import predict_tflite, verify
 from edgebn.tflite.residue import inspect_tflite
 from edgebn.train.training import TrainConfig, train
 from edgebn.zoo.keras_io import load_keras
@@ -134,7 +134,7 @@ def test_convert_model_is_the_builds_conversion_its_stages_and_its_files(cnn, di
     """What ``edgebn build`` converts with: fold, convert, inspect timed as its stages, the
     folded model and the converter-only file kept where asked; calibration is the caller's."""
     from edgebn.convert import convert_model
-    from edgebn.stages import Stages
+    from edgebn.progress import Stages
 
     stages = Stages()
     res = convert_model(cnn["result"].model, tmp_path / "m.tflite", ConvertOptions(Quantize.int8),

@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 from edgebn.cli.app import app
 from edgebn.errors import FoldError
-from edgebn.fold.keras_fold import all_bn_layer_names, bn_layer_paths, fold_file, fold_model, plan_fold
+from edgebn.fold.keras.keras_fold import all_bn_layer_names, bn_layer_paths, fold_file, fold_model, plan_fold
 from edgebn.zoo.models import ZOO, build_model
 
 runner = CliRunner()
@@ -120,7 +120,7 @@ def test_channels_first_is_planned_backward():
 
 def _wrong_in_one_channel(monkeypatch, bn_name: str) -> None:
     """Make the fold of ``bn_name`` wrong: one channel's scale off by 1e-3."""
-    import edgebn.fold.graph as fold_graph
+    import edgebn.fold.keras.graph as fold_graph
 
     right = fold_graph.bn_affine
 
@@ -156,9 +156,10 @@ def test_a_correct_fold_is_exact_in_float64_below_any_tolerance(cnn, digits):
 
 
 def test_a_folded_float32_model_that_drifts_is_refused(cnn, digits, monkeypatch):
-    import edgebn.fold.keras_fold
+    import edgebn.fold.keras.keras_fold
 
-    monkeypatch.setattr(edgebn.fold.keras_fold, "FLOAT32_SLACK", 0.0)  # no room for float32 rounding at all
+    # no room for float32 rounding at all
+    monkeypatch.setattr(edgebn.fold.keras.keras_fold, "FLOAT32_SLACK", 0.0)
     with pytest.raises(FoldError, match=r"^the folded float32 model is \S+ \(relative\) from the "
                                         r"float64 outputs on 16 inputs, the original \S+: above 0x "
                                         r"that plus the tolerance 1e-12: nothing written$"):
@@ -171,12 +172,12 @@ def test_a_tolerance_must_be_positive(cnn, digits):
 
 
 def test_without_float64_the_check_is_float32_against_the_tolerance(cnn, digits, monkeypatch):
-    import edgebn.fold.keras_fold
+    import edgebn.fold.keras.keras_fold
 
     def no_float64(model):
         raise TypeError("no float64 here")
 
-    monkeypatch.setattr(edgebn.fold.keras_fold, "_float64_twin", no_float64)
+    monkeypatch.setattr(edgebn.fold.keras.keras_fold, "_float64_twin", no_float64)
     model = cnn["result"].model
     result = fold_model(model, digits.x_test)
     assert result.measure == "float32 (no float64 run: TypeError: no float64 here)"

@@ -15,7 +15,7 @@ import pytest
 from patterns import randomise_bn_statistics
 
 from edgebn.errors import FoldError
-from edgebn.fold.keras_fold import all_bn_layer_names, bn_layer_paths, fold_model
+from edgebn.fold.keras.keras_fold import all_bn_layer_names, bn_layer_paths, fold_model
 
 pytestmark = pytest.mark.slow
 
@@ -95,7 +95,7 @@ def test_application_folds_exactly(family):
 
 def test_a_wrong_fold_deep_in_a_network_is_refused(monkeypatch):
     """One channel's scale off by 1e-3 in one of 52 BN: float32 alone would not tell."""
-    import edgebn.fold.graph as fold_graph
+    import edgebn.fold.keras.graph as fold_graph
 
     right = fold_graph.bn_affine
 

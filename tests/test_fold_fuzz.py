@@ -52,7 +52,7 @@ def fold_mutations(seed: int, count: int) -> list[tuple[str, bytes]]:
 
 
 def _worker(seed: int, start: int, stop: int) -> None:
-    from edgebn.runtime.tflite_fold import fold_tflite
+    from edgebn.fold.tflite.tflite_fold import fold_tflite
     from edgebn.tflite.reader import read_tflite
 
     path = Path(os.environ.get("TMPDIR", "/tmp")) / f"edgebn-fold-fuzz-{os.getpid()}.tflite"

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from synthetic import write_image_folder
 
 from edgebn.data import folder as folder_mod
 from edgebn.data.dataset import TRAIN_SAMPLE, DataSpec
 from edgebn.data.images import Color
 from edgebn.errors import DatasetError
-from edgebn.synthetic import write_image_folder
 from edgebn.train.training import TrainConfig, train
 from edgebn.zoo.models import Arch
 
@@ -82,7 +82,7 @@ def test_a_bad_image_in_the_test_split_is_named_too(tmp_path):
 def test_verify_reads_a_streamed_test_split_in_chunks(photos, monkeypatch):
     """The whole split is verified while only a chunk of it is decoded at a time."""
     from edgebn.convert import to_tflite
-    from edgebn.runtime import verify as verify_mod
+    from edgebn.runtime import accuracy as verify_mod
 
     monkeypatch.setattr(verify_mod, "CHUNK", 5)
     ds = _spec(photos).load(stream=True)

@@ -23,7 +23,9 @@ import numpy as np
 import pytest
 
 from edgebn.errors import EdgebnError, InvalidModelError
-from edgebn.runtime.profile import ProfileSettings, profile, residual_chains
+from edgebn.runtime.profile.operators import profile
+from edgebn.runtime.profile.residue_cost import residual_chains
+from edgebn.runtime.profile.result import ProfileSettings
 from edgebn.runtime.timing import BenchSettings, bench_tflite
 from edgebn.tflite.reader import FILE_IDENTIFIER, parse_tflite, read_tflite
 from edgebn.tflite.reader import schema as _schema
@@ -297,7 +299,7 @@ def library_case(i: int, data: bytes) -> str:
 def index_case(i: int, data: bytes) -> str:
     """One index mutation through inspect, then (when the reader takes it) profile, bench and
     the flatbuffer fold: "refused" when any refused it in one line, else "ok"."""
-    from edgebn.runtime.tflite_fold import fold_tflite
+    from edgebn.fold.tflite.tflite_fold import fold_tflite
     from edgebn.tflite.residue import inspect_tflite
 
     path = Path(os.environ.get("TMPDIR", "/tmp")) / f"edgebn-index-{os.getpid()}.tflite"

@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from edgebn.fold.tflite.tflite_fold import fold_tflite
 from edgebn.runtime.backends import load_interpreter
-from edgebn.runtime.tflite_fold import fold_tflite
 from edgebn.tflite.reader import parse_tflite, read_tflite
 from edgebn.tflite.residue import analyse_bn
 from edgebn.tflite.writer import strip_names
@@ -310,7 +310,7 @@ def test_torchvision_densenet121_folds_and_matches_pytorch(tmp_path):
     from typer.testing import CliRunner
 
     from edgebn.cli.app import app
-    from edgebn.runtime.verify import predict_tflite
+    from edgebn.runtime.accuracy import predict_tflite
 
     torchvision = pytest.importorskip("torchvision", reason="the torch extra is not installed: "
                                                             "pip install '.[torch]'")

@@ -147,7 +147,7 @@ def test_state_lost_in_the_rebuild_is_refused(models, tmp_path, monkeypatch):
     """The machinery that rebuilds the folded model and its float64 reference, broken on
     purpose: one layer's state (the Normalization's) dropped in both. The reference is no
     longer the model, and the folded model is not either: refused, nothing written."""
-    import edgebn.fold.keras_fold as keras_fold
+    import edgebn.fold.keras.keras_fold as keras_fold
 
     real = keras_fold.copy_state
 
@@ -171,7 +171,7 @@ def test_state_lost_in_the_rebuild_is_refused(models, tmp_path, monkeypatch):
 def test_a_reference_that_is_not_the_model_is_not_used(models, tmp_path, monkeypatch):
     """Only the float64 twin broken: it is refused as the reference, the fold is checked
     against the original float32 model instead, and the output says so."""
-    import edgebn.fold.keras_fold as keras_fold
+    import edgebn.fold.keras.keras_fold as keras_fold
 
     real = keras_fold._float64_twin
 

@@ -15,7 +15,9 @@ from typer.testing import CliRunner
 from edgebn.cli.app import app
 from edgebn.errors import EdgebnError
 from edgebn.runtime.backends import load_interpreter
-from edgebn.runtime.profile import ProfileSettings, profile, residual_chains, residue_cost
+from edgebn.runtime.profile.operators import profile
+from edgebn.runtime.profile.residue_cost import residual_chains, residue_cost
+from edgebn.runtime.profile.result import ProfileSettings
 from edgebn.tflite.reader import parse_tflite, read_tflite
 from edgebn.tflite.writer import bypass_chains, single_op, unpack
 
@@ -120,7 +122,7 @@ def test_float16_weights_are_dequantized_once(tmp_path):
     """The DEQUANTIZE of each float16 weight runs at load: it counts 0, and its consumer is
     timed with the float32 weights as constants, as the runtime sees them."""
     from edgebn.convert import to_tflite
-    from edgebn.runtime.profile import CONSTANT_NOTE
+    from edgebn.runtime.profile.operators import CONSTANT_NOTE
 
     path = to_tflite(_conv_model(4), tmp_path / "f16.tflite", "float16").path
     result = profile(path, QUICK)

@@ -15,9 +15,10 @@ from profile_models import densenet_like, mediapipe_like, two_halves
 from typer.testing import CliRunner
 
 from edgebn.cli.app import app
-from edgebn.runtime.context import segment_cuts
-from edgebn.runtime.fusion import fused_pads
-from edgebn.runtime.profile import FUSED, IN_CONTEXT, ProfileSettings, profile
+from edgebn.runtime.profile.context import segment_cuts
+from edgebn.runtime.profile.fusion import fused_pads
+from edgebn.runtime.profile.operators import profile
+from edgebn.runtime.profile.result import FUSED, IN_CONTEXT, ProfileSettings
 from edgebn.tflite.reader import parse_tflite
 from edgebn.tflite.residue import analyse_bn
 
@@ -169,7 +170,7 @@ def test_the_devices_operator_models_time_a_pad_with_its_convolution(tmp_path):
 def test_a_wrong_prefix_fails_the_halves_check(monkeypatch):
     """The check has teeth: prefixes that leave out half their operators put the cut between
     the halves at about a quarter of the model, outside 0.4-0.6."""
-    from edgebn.runtime import context
+    from edgebn.runtime.profile import context
 
     real = context.op_group
 

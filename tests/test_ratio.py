@@ -1,4 +1,4 @@
-"""The interleaved ratio's interval (edgebn.runtime.timing.latency_ratio) and bench --baseline."""
+"""The interleaved ratio's interval (edgebn.runtime.ratio.latency_ratio) and bench --baseline."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from profile_models import two_halves
 from typer.testing import CliRunner
 
 from edgebn.cli.app import app
-from edgebn.runtime.timing import RESOLUTION, BenchSettings, RatioEstimate, _interval, latency_ratio
+from edgebn.runtime.ratio import RESOLUTION, RatioEstimate, _interval, latency_ratio
+from edgebn.runtime.timing import BenchSettings
 from edgebn.tflite.reader import parse_tflite
 
 

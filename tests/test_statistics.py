@@ -1,4 +1,4 @@
-"""BN statistics (edgebn.fold.statistics): drift measured against the data, recomputed
+"""BN statistics (edgebn.fold.keras.statistics): drift measured against the data, recomputed
 layer by layer, proven on held-out inputs; stale MobileNetV2 statistics found and fixed.
 
 Truths: hand-worked drift figures, NumPy's mean and variance of each BN input computed by
@@ -14,8 +14,8 @@ import pytest
 from typer.testing import CliRunner
 
 from edgebn.cli.app import app
-from edgebn.fold import statistics as S
-from edgebn.fold import stats_check as C
+from edgebn.fold.keras import statistics as S
+from edgebn.fold.keras import stats_check as C
 
 runner = CliRunner()
 
@@ -136,7 +136,7 @@ def stale_mobilenet(digits_rgb_npz, tmp_path_factory):
     0.999: its moving statistics are still nearly their initial values."""
     import keras
 
-    from edgebn.tensors import load_labelled
+    from edgebn.data.arrays import load_labelled
 
     x, arrays = load_labelled(digits_rgb_npz, ("y",))
     keras.utils.set_random_seed(0)
@@ -160,7 +160,7 @@ def _held_out_accuracy(path, npz) -> float:
     """Keras' own accuracy on the half of the .npz that edgebn holds out (its seed 0 split)."""
     import keras
 
-    from edgebn.tensors import load_labelled
+    from edgebn.data.arrays import load_labelled
 
     x, arrays = load_labelled(npz, ("y",))
     held = C.split_samples(x, arrays["y"], "x")

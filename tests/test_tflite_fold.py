@@ -17,10 +17,12 @@ from typer.testing import CliRunner
 
 from edgebn.cli.app import app
 from edgebn.errors import FoldError
-from edgebn.runtime import tflite_fold
+from edgebn.fold.tflite import rewrite as tflite_fold_algebra
+from edgebn.fold.tflite import tflite_fold
 from edgebn.runtime.backends import load_interpreter
-from edgebn.runtime.profile import ProfileSettings, profile, residual_chains
-from edgebn.tflite import fold as tflite_fold_algebra
+from edgebn.runtime.profile.operators import profile
+from edgebn.runtime.profile.residue_cost import residual_chains
+from edgebn.runtime.profile.result import ProfileSettings
 from edgebn.tflite.reader import parse_tflite, read_tflite
 from edgebn.tflite.residue import analyse_bn
 from edgebn.tflite.writer import bypass_chains

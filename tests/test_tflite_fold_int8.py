@@ -19,10 +19,10 @@ from typer.testing import CliRunner
 
 from edgebn.cli.app import app
 from edgebn.errors import FoldError
-from edgebn.runtime import tflite_fold
+from edgebn.fold.tflite import int8 as fold_int8
+from edgebn.fold.tflite import rewrite as tflite_fold_algebra
+from edgebn.fold.tflite import tflite_fold
 from edgebn.runtime.backends import load_interpreter
-from edgebn.tflite import fold as tflite_fold_algebra
-from edgebn.tflite import fold_int8
 from edgebn.tflite.reader import parse_tflite, read_tflite
 from edgebn.tflite.residue import analyse_bn
 

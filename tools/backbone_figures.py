@@ -27,7 +27,8 @@ CLASSES = 5
 
 def _model(arch, size: int, work: Path):
     """The transfer model with BN statistics from images (what pretrained weights give)."""
-    from edgebn.synthetic import pretrained_weights
+    from synthetic import pretrained_weights
+
     from edgebn.zoo.backbones import build_transfer
 
     rng = np.random.default_rng(0)
@@ -40,7 +41,7 @@ def _model(arch, size: int, work: Path):
 def _row(arch, size: int, seconds: float, work: Path) -> str:
     from edgebn.bench.run import BenchTargets, bench
     from edgebn.convert import to_tflite
-    from edgebn.fold.keras_fold import all_bn_layer_names, fold_model
+    from edgebn.fold.keras.keras_fold import all_bn_layer_names, fold_model
     from edgebn.runtime.timing import BenchSettings
 
     model = _model(arch, size, work)

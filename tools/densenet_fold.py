@@ -35,9 +35,9 @@ def main() -> None:
     import torchvision
     from test_litert_torch import randomise_bn
 
-    from edgebn.runtime.tflite_fold import fold_tflite
+    from edgebn.fold.tflite.tflite_fold import fold_tflite
+    from edgebn.runtime.accuracy import predict_tflite
     from edgebn.runtime.timing import BenchSettings
-    from edgebn.runtime.verify import predict_tflite
     from edgebn.tflite.reader import read_tflite
 
     torch.manual_seed(0)

@@ -92,7 +92,7 @@ def build(name: str, cache: Path, twin: bool = False) -> Path:
 
 def _residue(path: Path, twin: Path, settings, repeats: int) -> tuple[list[float], list[float]]:
     """Residue cost (pairs bypassed) and the model against its BN-free twin, ``repeats`` each."""
-    from edgebn.runtime.profile import residue_cost
+    from edgebn.runtime.profile.residue_cost import residue_cost
     from edgebn.runtime.timing import bench_tflite
 
     bypassed, against_twin = [], []
@@ -126,7 +126,8 @@ def main() -> None:
 
     from edgebn.cli.ui import quiet
     from edgebn.machine import environment
-    from edgebn.runtime.profile import ProfileSettings, profile
+    from edgebn.runtime.profile.operators import profile
+    from edgebn.runtime.profile.result import ProfileSettings
 
     settings = ProfileSettings(min_time_s=args.min_time, residue=False)
     load_before = os.getloadavg()[0]

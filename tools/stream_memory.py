@@ -55,7 +55,7 @@ def main() -> None:
     a = parser.parse_args()
     work = a.work or Path(tempfile.mkdtemp(prefix="edgebn-stream-"))
     work.mkdir(parents=True, exist_ok=True)
-    from edgebn.synthetic import pretrained_weights, write_image_folder
+    from synthetic import pretrained_weights, write_image_folder
 
     folder = work / f"photos-{a.images}-{a.size}"
     if not folder.exists():

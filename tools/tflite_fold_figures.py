@@ -97,7 +97,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bench-time", type=float, default=1.0)
     args = parser.parse_args()
-    from edgebn.runtime.tflite_fold import fold_tflite
+    from edgebn.fold.tflite.tflite_fold import fold_tflite
     from edgebn.runtime.timing import BenchSettings
     from edgebn.tflite.reader import parse_tflite
 

@@ -24,8 +24,9 @@ from edgebn.bench.keras import KerasStats, bench_keras_models
 from edgebn.bench.scaling import ThreadScaling, check_thread_counts
 from edgebn.machine import environment
 from edgebn.runtime.measure import time_tflite
-from edgebn.runtime.timing import BenchSettings, Latency, RatioEstimate, TFLiteStats, latency_ratio
-from edgebn.tensors import make_inputs
+from edgebn.runtime.ratio import RatioEstimate, latency_ratio
+from edgebn.runtime.timing import BenchSettings, Latency, TFLiteStats
+from edgebn.tflite.quantization import make_inputs
 from edgebn.tflite.reader import TFLiteModel, as_tflite
 
 

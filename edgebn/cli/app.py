@@ -46,8 +46,8 @@ from edgebn.cli.perf import register_perf_commands
 from edgebn.cli.ui import StageProgress, print_json, quiet
 from edgebn.convert import ConvertOptions, Quantize, convert_file
 from edgebn.data.dataset import DatasetName, DataSpec
-from edgebn.fold.statistics import RECALIBRATE_SAMPLES
-from edgebn.fold.stats_check import StatsPolicy
+from edgebn.fold.keras.statistics import RECALIBRATE_SAMPLES
+from edgebn.fold.keras.stats_check import StatsPolicy
 from edgebn.runtime.backends import Backend
 from edgebn.train.training import TrainConfig, train_to_file
 
@@ -196,12 +196,12 @@ def fold(
         raise typer.BadParameter(f"--out must end in {want}. Received: {out}")
     with quiet(verbose):
         if model.suffix == ".tflite":
-            from edgebn.pipeline.refold import fold_file as fold_tflite_file
+            from edgebn.fold.tflite.tflite_fold import fold_file as fold_tflite_file
 
             given = data if data.npz is not None or data.data_dir is not None else None
             result = fold_tflite_file(model, out, given, tolerance)
         else:
-            from edgebn.fold.keras_fold import DEFAULT_TOLERANCE, fold_file
+            from edgebn.fold.keras.keras_fold import DEFAULT_TOLERANCE, fold_file
 
             result = fold_file(model, out, DEFAULT_TOLERANCE if tolerance is None else tolerance,
                                data, StatsPolicy(recalibrate_bn, strict_bn_stats))
@@ -233,7 +233,7 @@ def recalibrate(
     inputs must be at their sampling noise, or nothing is written (exit 2). MODEL is never
     changed.
     """
-    from edgebn.fold.stats_check import recalibrate_file
+    from edgebn.fold.keras.stats_check import recalibrate_file
 
     with quiet(verbose):
         result = recalibrate_file(model, out, data, samples)
@@ -352,9 +352,9 @@ def bench(
     import json
 
     from edgebn.bench.run import BenchTargets, bench_threads
+    from edgebn.data.arrays import load_samples
+    from edgebn.files import write_atomic
     from edgebn.runtime.timing import BenchSettings
-    from edgebn.stages import write_atomic
-    from edgebn.tensors import load_samples
 
     if inputs is not None and dataset is not None:
         raise typer.BadParameter("give --data or --dataset, not both")

@@ -17,8 +17,8 @@ from edgebn.choices import QUANTIZE_HELP, Quantize
 from edgebn.data.dataset import DatasetName, DataSpec
 from edgebn.data.images import Color, Resize
 from edgebn.errors import EdgebnError
-from edgebn.fold.statistics import RECALIBRATE_SAMPLES, STALE_DRIFT
-from edgebn.fold.stats_check import StatsPolicy
+from edgebn.fold.keras.statistics import RECALIBRATE_SAMPLES, STALE_DRIFT
+from edgebn.fold.keras.stats_check import StatsPolicy
 from edgebn.runtime.backends import Backend
 from edgebn.train.distribute import Strategy
 from edgebn.zoo.models import BACKBONE_NAMES, DEFAULT_ARCH, Arch

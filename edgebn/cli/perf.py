@@ -38,8 +38,8 @@ def profile(  # noqa: PLR0913 - a Typer command's parameters are its options
 ) -> None:
     """Time each operator isolated (same constants, threads, delegate), and in context by
     differences of the model's prefixes, beside the whole model."""
-    from edgebn.runtime.profile import ProfileSettings
-    from edgebn.runtime.profile import profile as run_profile
+    from edgebn.runtime.profile.operators import profile as run_profile
+    from edgebn.runtime.profile.result import ProfileSettings
 
     settings = ProfileSettings(threads=threads, backend=runtime, xnnpack=xnnpack,
                                min_time_s=min_time, residue=residue, context=context)

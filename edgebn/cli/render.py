@@ -276,7 +276,7 @@ def check(result: Any) -> None:
 
 
 def grown_ops(diffs: Any) -> None:
-    """The operators that grew most (edgebn.runtime.opdiff.OpDiff), as ``edgebn check`` names them."""
+    """The operators that grew most (edgebn.runtime.profile.opdiff.OpDiff), as ``edgebn check`` names them."""
     if diffs:
         out.print("operators that grew most (isolated time, baseline -> current):")
     for d in diffs:
@@ -294,7 +294,7 @@ def train(result: Any) -> None:
               f"test accuracy {t.test_accuracy:.4f}")
 
 
-# ---------------------------------------------------------------- profile (edgebn.runtime.profile)
+# ---------------------------------------------------------------- profile (edgebn.runtime.profile.operators)
 
 
 def _us(value: float | None) -> str:

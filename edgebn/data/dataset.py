@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np
 
+from edgebn.data.arrays import load_classified, load_samples
 from edgebn.data.folder import ImageFiles, Streams, check_headers, list_folder, read_checked
 from edgebn.data.images import Color, Preprocessing, Resize
-from edgebn.errors import DatasetError
-from edgebn.tensors import load_classified, path_text, reason
+from edgebn.errors import DatasetError, path_text, reason
 
 TRAIN_SAMPLE = 200  # a streamed folder keeps this many training inputs in memory (int8 calibration)
 EVAL_SAMPLE = 256  # and this many test inputs, after training (fold check, bench, bundle)
@@ -281,3 +281,27 @@ def _split(x, y, spec: DataSpec, fixed_test=None):
                            f"split into train/val/test with every class in each ({reason(exc)})"
                            ) from exc
     return (x[train_idx], y[train_idx], x[val_idx], y[val_idx], x[test_idx], y[test_idx])
+
+
+CHECK_SAMPLES = 64  # inputs for a fold's equivalence check: enough to see any wrong channel
+
+
+def sample_inputs(input_shape, npy: str | Path | None, dataset: Dataset | None = None,
+                  samples: int = CHECK_SAMPLES,
+                  seed: int = 0) -> tuple[np.ndarray, str]:
+    """Real inputs of ``input_shape`` (without the batch axis), and where they came from.
+
+    ``npy`` (a file of inputs) first; else ``dataset``'s test split when its shape is
+    ``input_shape``; else uniform random values in [0, 1), said so in the second value.
+    """
+    want = tuple(input_shape)
+    if npy is not None:
+        x = load_samples(npy)
+        if tuple(x.shape[1:]) != want:
+            raise DatasetError(f"{path_text(npy)}: inputs of shape {list(x.shape[1:])}, the model "
+                               f"expects {list(want)}")
+        return x[:samples], f"{path_text(Path(npy).name)} ({min(len(x), samples)})"
+    if dataset is not None and tuple(dataset.input_shape) == want:
+        return dataset.x_test[:samples], f"{dataset.name} test split"
+    rng = np.random.default_rng(seed)
+    return rng.random((samples, *want), dtype=np.float32), "random uniform [0, 1)"

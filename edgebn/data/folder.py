@@ -20,8 +20,7 @@ from typing import Any
 import numpy as np
 
 from edgebn.data.images import IMAGE_SUFFIXES, Preprocessing, read_image
-from edgebn.errors import DatasetError
-from edgebn.tensors import path_text, reason
+from edgebn.errors import DatasetError, path_text, reason
 
 CACHE_BYTES = 256 * 2**20  # decoded float32 tensors of a split cached in memory up to this
 

@@ -33,7 +33,7 @@ from edgebn import __version__
 from edgebn.choices import selftest_tolerance
 from edgebn.data.images import Preprocessing
 from edgebn.errors import EdgebnError, InvalidModelError
-from edgebn.stages import atomic_dir
+from edgebn.files import atomic_dir
 from edgebn.tflite.reader import TFLiteModel
 
 DEVICE_DIR = Path(__file__).parent / "device"

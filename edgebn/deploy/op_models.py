@@ -8,7 +8,7 @@ under ``profile/`` and listed in ``profile/profile.json``, so the manifest cover
 every other file; the device times each with only NumPy and its interpreter. Operators that
 compute constants once, at load (a DEQUANTIZE of float16 weights), are listed with that note
 and not timed; an operator that cannot stand alone is listed with its reason. A PAD that
-XNNPACK makes the padding of the convolution after it (:mod:`edgebn.runtime.fusion`) is
+XNNPACK makes the padding of the convolution after it (:mod:`edgebn.runtime.profile.fusion`) is
 written into that convolution's model and listed as fused, as ``edgebn profile`` times it.
 """
 
@@ -22,12 +22,12 @@ from typing import Any
 import numpy as np
 
 from edgebn.errors import EdgebnError
-from edgebn.runtime.fusion import fused_pads
-from edgebn.runtime.op_timing import AT_LOAD, capture, captured
-from edgebn.runtime.profile import CONSTANT_NOTE
+from edgebn.runtime.profile.fusion import fused_pads
+from edgebn.runtime.profile.op_timing import AT_LOAD, capture, captured
+from edgebn.runtime.profile.operators import CONSTANT_NOTE
 from edgebn.runtime.timing import BenchSettings
-from edgebn.tensors import make_inputs
 from edgebn.tflite.macs import model_cost
+from edgebn.tflite.quantization import make_inputs
 from edgebn.tflite.reader import TFLiteModel
 from edgebn.tflite.writer import op_group, unpack
 

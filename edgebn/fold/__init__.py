@@ -1,1 +1,1 @@
-"""Folding BatchNorm into the linear layers around it, in Keras, with its proof."""
+"""Folding BatchNorm into the layers around it: in Keras (``keras/``) and in the .tflite (``tflite/``)."""

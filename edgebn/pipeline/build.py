@@ -29,20 +29,21 @@ from edgebn.convert import (
     convert_model,
     to_tflite,
 )
-from edgebn.data.dataset import Dataset, DataSpec
+from edgebn.data.dataset import CHECK_SAMPLES, Dataset, DataSpec
 from edgebn.deploy.bundle import GOLDEN_SAMPLES, BundleSource, bundle, check_bundle_out
 from edgebn.errors import DatasetError, EdgebnError
-from edgebn.fold.statistics import bn_layers_of
-from edgebn.fold.stats_check import StatsCheck, bn_statistics
-from edgebn.pipeline.ledger import SweepLedger, SweepRun, sweep_ledger
+from edgebn.files import atomic_path, recover_dir, staged_dir
+from edgebn.fold.keras.statistics import bn_layers_of
+from edgebn.fold.keras.stats_check import StatsCheck, bn_statistics
 from edgebn.pipeline.precisions import FLOAT32_BESIDE, FLOAT32_FILE, Float32Beside, float32_models
 from edgebn.pipeline.report import PLOTS, BuildResult, write_report
+from edgebn.progress import SILENT, Progress, Stages
+from edgebn.runtime.accuracy import VerifyLimits, verify
 from edgebn.runtime.backends import Backend
-from edgebn.runtime.profile import ProfileResult, ProfileSettings, profile
+from edgebn.runtime.profile.operators import profile
+from edgebn.runtime.profile.result import ProfileResult, ProfileSettings
 from edgebn.runtime.timing import BenchSettings
-from edgebn.runtime.verify import VerifyLimits, verify
-from edgebn.stages import SILENT, Progress, Stages, atomic_path, recover_dir, relocated, staged_dir
-from edgebn.tensors import CHECK_SAMPLES
+from edgebn.train.ledger import SweepLedger, SweepRun, sweep_ledger
 from edgebn.train.training import TrainConfig, TrainResult, given_model, train
 from edgebn.zoo.keras_io import save_keras
 from edgebn.zoo.models import arch_spec, fit_data
@@ -115,7 +116,7 @@ def build(config: BuildConfig, progress: Progress = SILENT) -> BuildResult:
 
     ``config.out`` holds one build at every moment: the previous one until this one is
     complete (report.json and report.md written last), then this one. Ctrl-C or any
-    failure leaves it as it was (:func:`edgebn.stages.staged_dir`); Ctrl-C comes out as
+    failure leaves it as it was (:func:`edgebn.files.staged_dir`); Ctrl-C comes out as
     :class:`BuildInterrupted`, saying so. The result's paths are under ``config.out``.
     """
     refuse_early(config)
@@ -131,7 +132,7 @@ def build(config: BuildConfig, progress: Progress = SILENT) -> BuildResult:
                                    "complete") from exc
         raise BuildInterrupted(f"interrupted: {out} still holds the previous build" if previous
                                else f"interrupted: nothing was written to {out}") from exc
-    return relocated(result, staging.path, out)
+    return replace(result, out=out)  # its files are named relative to OUT: only OUT moved
 
 
 def _run(config: BuildConfig, shown: Path, stages: Stages) -> BuildResult:
@@ -256,7 +257,7 @@ def _train(config: BuildConfig, ds: Dataset,
 def _sweep(config: BuildConfig, ds: Dataset,
            stages: Stages) -> tuple[TrainResult, TrainResult, SweepLedger]:
     """``--lr-sweep``: the BN model and its BN-free baseline at each learning rate; the build
-    goes on with each at its own best rate (:func:`edgebn.pipeline.ledger.sweep_ledger`)."""
+    goes on with each at its own best rate (:func:`edgebn.train.ledger.sweep_ledger`)."""
     tc = config.train
     rates = [(m, tc.learning_rate * m) for m in config.lr_sweep]
     shown = ", ".join(f"x{m:g}" for m in config.lr_sweep)
@@ -353,7 +354,6 @@ def _device(config: BuildConfig, result: BuildResult, stages: Stages,
         from edgebn.deploy.emulate import emulate
 
         with stages.stage("emulate", ", ".join(r.value for r in config.emulate)):
-            emulated = relocated(emulate(config.out / "bundle", config.emulate,
-                                         log=stages.progress.note, os_name=config.emulate_os),
-                                 config.out, shown)
+            emulated = emulate(config.out / "bundle", config.emulate, log=stages.progress.note,
+                               os_name=config.emulate_os)
     return replace(result, bundled=bundled, emulated=emulated, seconds=dict(stages.seconds))

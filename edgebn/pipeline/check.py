@@ -6,9 +6,9 @@ inspecting the new .tflite, and latency as a ratio of both files timed interleav
 rounds on this machine (absolute times move between machines, ratios do not), with a
 bootstrap interval over the rounds: the run goes on until the interval is narrower than the
 threshold or ``--bench-time`` per model is spent, and latency fails only when the whole
-interval lies beyond the threshold (:func:`edgebn.runtime.timing.latency_ratio`).
+interval lies beyond the threshold (:func:`edgebn.runtime.ratio.latency_ratio`).
 When the latency ratio fails, both files are profiled operator by operator
-(:mod:`edgebn.runtime.profile`) and the operators whose isolated time grew most are named.
+(:mod:`edgebn.runtime.profile.operators`) and the operators whose isolated time grew most are named.
 
 Reports are read by :func:`edgebn.pipeline.report_read.read_report`, which refuses a hostile one
 in one line naming the field.
@@ -23,8 +23,9 @@ from typing import Any
 
 from edgebn.errors import EdgebnError
 from edgebn.pipeline.report_read import read_report
-from edgebn.runtime.opdiff import OpDiff
-from edgebn.runtime.timing import BenchSettings, latency_ratio
+from edgebn.runtime.profile.opdiff import OpDiff
+from edgebn.runtime.ratio import latency_ratio
+from edgebn.runtime.timing import BenchSettings
 from edgebn.tflite.residue import inspect_tflite
 
 
@@ -118,7 +119,8 @@ GROWN_OPS = 5  # operators named when latency regressed
 
 def _grown(current: Path, baseline: Path, settings: BenchSettings) -> tuple[OpDiff, ...]:
     """The operators whose isolated time grew most, same runtime, threads and delegate."""
-    from edgebn.runtime.profile import ProfileSettings, grown_operators
+    from edgebn.runtime.profile.operators import grown_operators
+    from edgebn.runtime.profile.result import ProfileSettings
 
     profile_settings = ProfileSettings(threads=settings.threads, backend=settings.backend,
                                        xnnpack=settings.xnnpack, min_time_s=settings.min_time_s,

@@ -12,8 +12,8 @@ import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from edgebn.files import write_atomic
 from edgebn.pipeline.check import CheckResult, Metric
-from edgebn.stages import write_atomic
 
 SUMMARY_ENV = "GITHUB_STEP_SUMMARY"
 

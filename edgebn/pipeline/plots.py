@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from edgebn.stages import atomic_path
+from edgebn.files import atomic_path
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,8 @@ from typing import Any
 from edgebn.bench.run import BenchResult
 from edgebn.choices import QUANTIZE_MODES, Quantize
 from edgebn.convert import Converted
+from edgebn.runtime.accuracy import VerifyResult
 from edgebn.runtime.timing import CostStats, TFLiteStats
-from edgebn.runtime.verify import VerifyResult
 from edgebn.tflite.reader import TFLiteModel
 
 FLOAT32_FILE = "model_float32.tflite"

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
+from edgebn.data.arrays import load_samples
 from edgebn.deploy.bundle import GOLDEN_SAMPLES, BundleResult, BundleSource, bundle, check_bundle_out
 from edgebn.errors import EdgebnError, InvalidModelError
 from edgebn.pipeline.report_read import read_report
-from edgebn.tensors import load_samples
 from edgebn.tflite.reader import read_tflite
 
 

@@ -19,22 +19,21 @@ from edgebn.convert import ConversionResult
 from edgebn.data.dataset import Dataset, DataSpec
 from edgebn.deploy.bundle import BundleResult
 from edgebn.deploy.emulate import EmulationResult
-from edgebn.fold.stats_check import StatsCheck, statistics_json
+from edgebn.files import write_atomic
+from edgebn.fold.keras.stats_check import StatsCheck, statistics_json
+from edgebn.fold.tflite.tflite_fold import TFLiteFoldResult
 from edgebn.pipeline import plots
-from edgebn.pipeline.ledger import SeedLedger, SweepLedger, seed_ledger
 from edgebn.pipeline.precisions import Float32Beside, Precision, precision_rows, side_by_side
-from edgebn.runtime.profile import ProfileResult
-from edgebn.runtime.tflite_fold import TFLiteFoldResult
-from edgebn.runtime.verify import VerifyResult
-from edgebn.stages import write_atomic
+from edgebn.runtime.accuracy import VerifyResult
+from edgebn.runtime.profile.result import ProfileResult
+from edgebn.train.ledger import SeedLedger, SweepLedger, seed_ledger
 from edgebn.train.training import TrainResult
 
 
-def _rel(path: str | Path, out: Path) -> str:
-    try:
-        return str(Path(path).resolve().relative_to(Path(out).resolve()))
-    except ValueError:
-        return str(path)
+def _name(path: str | Path) -> str:
+    """A file the build wrote, as report.json gives it: relative to OUT, where every artifact
+    is a name (:data:`edgebn.pipeline.build.ARTIFACTS`), wherever OUT was staged."""
+    return Path(path).name
 
 
 @dataclass(frozen=True)
@@ -119,7 +118,7 @@ class BuildResult:
             "dataset": self.dataset.to_json(),
             "model": self._model_json(),
             "keras": {"path": "model.keras", "test_accuracy": self.keras_accuracy},
-            "tflite": {"path": _rel(converted.path, self.out), "size_bytes": converted.size_bytes,
+            "tflite": {"path": _name(converted.path), "size_bytes": converted.size_bytes,
                        "weight_bytes": converted.model.weight_bytes,
                        "graph_bytes": converted.model.graph_bytes,
                        "quantize": converted.quantize.value,
@@ -127,7 +126,7 @@ class BuildResult:
                        "top1_agreement": self.verified.top1_agreement,
                        "max_abs_diff": self.verified.max_abs_diff,
                        "backend": self.verified.backend},
-            "inspect": inspected.to_json() | {"path": _rel(inspected.model.path, self.out)},
+            "inspect": inspected.to_json() | {"path": _name(inspected.model.path)},
         }
         fold = self.conversion.fold_json()
         if fold is not None:
@@ -151,11 +150,11 @@ class BuildResult:
                             for name, plot in self.plots.items()}
         doc["timings"] = {f"{k}_s": v for k, v in self.seconds.items()}
         if self.bundled is not None:
-            doc["bundle"] = {"path": _rel(self.bundled.out, self.out),
+            doc["bundle"] = {"path": _name(self.bundled.out),
                              "selftest_here": self.bundled.selftest,
                              "signed": self.bundled.signed}
         if self.emulated is not None:
-            doc["emulation"] = self.emulated.to_json()
+            doc["emulation"] = self.emulated.to_json() | {"bundle": str(self.out / "bundle")}
         return doc
 
     def _baseline_json(self) -> dict[str, Any]:
@@ -191,15 +190,15 @@ class BuildResult:
         doc = self.benched.to_json()
         for key in ("tflite", "baseline"):
             if key in doc:
-                doc[key]["model"] = _rel(doc[key]["model"], self.out)
+                doc[key]["model"] = _name(doc[key]["model"])
         for other in doc.get("others", {}).values():
-            other["model"] = _rel(other["model"], self.out)
+            other["model"] = _name(other["model"])
         return doc
 
     def precisions(self) -> list[Precision]:
         """float32 beside the quantized model, when the build kept both (edgebn.pipeline.precisions)."""
         return side_by_side(self.float32, self.conversion.converted, self.verified, self.benched,
-                            rel=lambda path: _rel(path, self.out))
+                            rel=_name)
 
     def rows(self) -> list[tuple[str, str]]:
         """The summary, metric by metric: the terminal's table and report.md's."""
@@ -216,7 +215,7 @@ class BuildResult:
                 ("max |Δp|", f"{v.max_abs_diff:.3g}"),
                 ("verify", "passed: " + ", ".join(c.describe() for c in v.checks) if self.passed
                  else "FAILED: " + "; ".join(self.failed_checks())),
-                ("TFLite file", f"{_rel(c.path, self.out)}, {c.size_bytes:,} bytes "
+                ("TFLite file", f"{_name(c.path)}, {c.size_bytes:,} bytes "
                                 f"(quantize {c.quantize.value})")]
         rows += self._bn_rows()
         statistics = self._statistics_row()
@@ -235,7 +234,7 @@ class BuildResult:
         rows += precision_rows(self.precisions())
         if self.bundled is not None:
             st = self.bundled.selftest
-            rows.append(("device bundle", f"{_rel(self.bundled.out, self.out)}, self-test here "
+            rows.append(("device bundle", f"{_name(self.bundled.out)}, self-test here "
                                           f"{'passed' if st['passed'] else 'FAILED'}"))
         if self.emulated is not None:
             rows += [(f"emulated Pi, {r.runtime}", "passed" if r.passed else f"FAILED {r.error}")

@@ -1,6 +1,6 @@
 """``edgebn build --model model.tflite`` (or a SavedModel directory): the .tflite route, whole.
 
-data → fold (on the flatbuffer, :mod:`edgebn.runtime.tflite_fold`, proven tensor by tensor) →
+data → fold (on the flatbuffer, :mod:`edgebn.fold.tflite.tflite_fold`, proven tensor by tensor) →
 verify (the folded file against the original on the user's labelled data: accuracy of each,
 top-1 agreement, max |Δp|) → inspect → bench (both files, interleaved) → bundle (and its
 emulated self-test) → report. OUT holds ``original.tflite`` (the file as given),
@@ -27,20 +27,21 @@ from typing import Any
 import numpy as np
 
 from edgebn import __version__, saved_model
-from edgebn.data.dataset import Dataset, DataSpec
+from edgebn.data.dataset import CHECK_SAMPLES, Dataset, DataSpec
 from edgebn.data.images import Color, Layout
 from edgebn.deploy.bundle import GOLDEN_SAMPLES, BundleResult, BundleSource, bundle
 from edgebn.deploy.emulate import EmulationResult, emulate
 from edgebn.errors import DatasetError, EdgebnError, FoldError
+from edgebn.files import atomic_path, staged_dir, write_atomic
+from edgebn.fold.tflite.samples import image_layout
+from edgebn.fold.tflite.tflite_fold import TFLiteFoldResult, fold_tflite
 from edgebn.pipeline.build import BuildConfig, check_out_dir, refuse_early
-from edgebn.pipeline.refold import image_layout
 from edgebn.pipeline.report import at_chance, markdown_table, tflite_fold_lines
-from edgebn.runtime.tflite_fold import TFLiteFoldResult, fold_tflite
-from edgebn.runtime.timing import BenchSettings, RatioEstimate, latency_ratio
-from edgebn.runtime.verify import VerifyCheck, VerifyLimits, predict_tflite
+from edgebn.progress import Progress, Stages
+from edgebn.runtime.accuracy import VerifyCheck, VerifyLimits, predict_tflite
+from edgebn.runtime.ratio import RatioEstimate, latency_ratio
+from edgebn.runtime.timing import BenchSettings
 from edgebn.saved_model import Reference, SavedModelSource
-from edgebn.stages import Progress, Stages, atomic_path, relocated, staged_dir, write_atomic
-from edgebn.tensors import CHECK_SAMPLES
 from edgebn.tflite.reader import TFLiteModel, parse_tflite, read_tflite
 from edgebn.tflite.residue import InspectResult, inspect_model
 
@@ -269,9 +270,9 @@ def build_tflite(config: BuildConfig, stages: Stages, shown: Path,
             result = replace(result, bundled=bundle(source, out / "bundle", config.sign))
         if config.emulate:
             with stages.stage("emulate", ", ".join(r.value for r in config.emulate)):
-                result = replace(result, emulated=relocated(
-                    emulate(out / "bundle", config.emulate, log=stages.progress.note,
-                            os_name=config.emulate_os), out, shown))
+                result = replace(result, emulated=emulate(
+                    out / "bundle", config.emulate, log=stages.progress.note,
+                    os_name=config.emulate_os))
     result = replace(result, seconds=dict(stages.seconds))
     with stages.stage("report", str(shown / "report.json")):
         write_atomic(out / "report.json", json.dumps(result.to_json(), indent=2) + "\n")
@@ -296,4 +297,4 @@ def run_tflite_build(config: BuildConfig, progress: Progress,
                 source = saved_model.convert(config.model, staging.path / "original.tflite",
                                              signature)
         result = build_tflite(replace(config, out=staging.path), stages, out, source)
-    return relocated(result, staging.path, out)
+    return replace(result, out=out)  # its files are named relative to OUT: only OUT moved

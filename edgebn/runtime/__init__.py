@@ -1,1 +1,1 @@
-"""A TFLite interpreter without TensorFlow: backends, timing, the ceiling, isolated runs, profile, verify."""
+"""A TFLite interpreter without TensorFlow: backends, timing, ratios, the ceiling, accuracy, profiles."""

@@ -15,10 +15,10 @@ from dataclasses import replace
 
 import numpy as np
 
+from edgebn.files import write_atomic
 from edgebn.machine import cache_dir, cpu_model
 from edgebn.runtime.backends import Backend, backend_version, resolve_backend
 from edgebn.runtime.timing import BenchSettings, CostStats, TFLiteStats, bench_tflite
-from edgebn.stages import write_atomic
 from edgebn.tflite.macs import model_cost
 from edgebn.tflite.reader import TFLiteModel, parse_tflite, schema
 from edgebn.tflite.writer import Graph

@@ -11,10 +11,10 @@ from typing import Any
 
 from edgebn.data.dataset import Dataset, DataSpec
 from edgebn.errors import EdgebnError
-from edgebn.fold.keras_fold import all_bn_layer_names
-from edgebn.fold.statistics import DRIFT_SAMPLES, RECALIBRATE_SAMPLES, bn_layers_of
-from edgebn.fold.stats_check import StatsCheck, StatsPolicy, StatsSamples, check_statistics
-from edgebn.stages import SILENT, Progress, timed
+from edgebn.fold.keras.keras_fold import all_bn_layer_names
+from edgebn.fold.keras.statistics import DRIFT_SAMPLES, RECALIBRATE_SAMPLES, bn_layers_of
+from edgebn.fold.keras.stats_check import StatsCheck, StatsPolicy, StatsSamples, check_statistics
+from edgebn.progress import SILENT, Progress, timed
 from edgebn.train.distribute import SINGLE, Distribution, Strategy, distribution
 from edgebn.zoo.keras_io import load_keras, save_keras
 from edgebn.zoo.models import BACKBONE_NAMES, DEFAULT_ARCH, Arch, arch_spec, build_model, is_backbone
@@ -98,7 +98,7 @@ class EpochLog:
 
 @dataclass(frozen=True)
 class TrainedStatistics:
-    """What training did so that its BN statistics describe the data (edgebn.fold.statistics).
+    """What training did so that its BN statistics describe the data (edgebn.fold.keras.statistics).
 
     Keras keeps a BN's statistics as a momentum average of training batches; MobileNetV2's
     and V3's momentum (0.999) remembers 1,000 steps, more than a small dataset trains for.

@@ -14,9 +14,8 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from edgebn.errors import EdgebnError, InvalidModelError
-from edgebn.stages import atomic_path
-from edgebn.tensors import path_text, reason
+from edgebn.errors import EdgebnError, InvalidModelError, path_text, reason
+from edgebn.files import atomic_path
 
 
 def save_keras(model: Any, path: str | Path) -> Path:

@@ -1,10 +1,8 @@
-"""Helpers every stage uses: atomic writes and directory swaps, stage timing with progress."""
+"""Files a run writes: atomic writes, and directories staged beside their target and swapped in whole."""
 
 from __future__ import annotations
 
 import contextlib
-import copy
-import dataclasses
 import glob
 import os
 import re
@@ -12,11 +10,9 @@ import shutil
 import signal
 import stat
 import tempfile
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path, PurePath
-from typing import Any, Protocol
+from dataclasses import dataclass
+from pathlib import Path
 
 from edgebn.errors import EdgebnError
 
@@ -60,69 +56,6 @@ def write_atomic(target: str | Path, data: bytes | str) -> Path:
         else:
             tmp.write_bytes(data)
     return Path(target)
-
-
-@dataclass
-class Timer:
-    seconds: float = 0.0
-
-
-@contextlib.contextmanager
-def timed() -> Iterator[Timer]:
-    """``with timed() as t: ...`` then ``t.seconds`` holds the wall time of the block."""
-    t = Timer()
-    start = time.perf_counter()
-    try:
-        yield t
-    finally:
-        t.seconds = time.perf_counter() - start
-
-
-class Progress(Protocol):
-    """What a long run tells its user: stages, training epochs, and notes."""
-
-    def start(self, stage: str, detail: str) -> None: ...
-
-    def done(self, stage: str, seconds: float) -> None: ...
-
-    def epoch(self, epoch: int, epochs: int, metrics: dict[str, float]) -> None: ...
-
-    def note(self, message: str) -> None: ...
-
-
-class Silent:
-    """A Progress that shows nothing (the library's default)."""
-
-    def start(self, stage: str, detail: str) -> None:
-        pass
-
-    def done(self, stage: str, seconds: float) -> None:
-        pass
-
-    def epoch(self, epoch: int, epochs: int, metrics: dict[str, float]) -> None:
-        pass
-
-    def note(self, message: str) -> None:
-        pass
-
-
-SILENT = Silent()
-
-
-@dataclass
-class Stages:
-    """Times each stage of a run, records it, and tells ``progress`` as it goes."""
-
-    progress: Progress = field(default_factory=Silent)
-    seconds: dict[str, float] = field(default_factory=dict)
-
-    @contextlib.contextmanager
-    def stage(self, name: str, detail: str = "") -> Iterator[None]:
-        self.progress.start(name, detail)
-        start = time.perf_counter()
-        yield
-        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
-        self.progress.done(name, self.seconds[name])
 
 
 @contextlib.contextmanager
@@ -285,40 +218,3 @@ def held_interrupts() -> Iterator[None]:
         signal.signal(signal.SIGINT, signal.default_int_handler if previous is None else previous)
         if got:
             signal.raise_signal(signal.SIGINT)
-
-
-def relocated(obj: Any, old: str | Path, new: str | Path, _memo: dict | None = None) -> Any:
-    """``obj`` with every path under ``old`` moved under ``new`` (``obj`` itself if none is).
-
-    Paths are ``str`` or ``Path`` values in dataclasses, dicts, lists and tuples, at any
-    depth; what changes is copied, the rest is shared: a result built in a staging
-    directory, pointing where its files are once the staging directory is swapped in.
-    """
-    memo = {} if _memo is None else _memo
-    if id(obj) in memo:
-        return memo[id(obj)][1]
-    old, new = str(old), str(new)
-    result = obj
-    if isinstance(obj, (str, PurePath)):
-        s = str(obj)
-        if s == old or s.startswith(old.rstrip(os.sep) + os.sep):
-            moved = new + s[len(old):]
-            result = moved if isinstance(obj, str) else type(obj)(moved)
-    elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        changes = {f.name: relocated(getattr(obj, f.name), old, new, memo)
-                   for f in dataclasses.fields(obj) if hasattr(obj, f.name)}
-        changes = {k: v for k, v in changes.items() if v is not getattr(obj, k)}
-        if changes:
-            result = copy.copy(obj)
-            for name, value in changes.items():
-                object.__setattr__(result, name, value)  # frozen dataclasses too
-    elif isinstance(obj, dict):
-        items = {k: relocated(v, old, new, memo) for k, v in obj.items()}
-        if any(items[k] is not v for k, v in obj.items()):
-            result = items
-    elif type(obj) in (list, tuple):
-        items = [relocated(v, old, new, memo) for v in obj]
-        if any(a is not b for a, b in zip(items, obj, strict=True)):
-            result = type(obj)(items)
-    memo[id(obj)] = (obj, result)  # obj kept alive: its id stays its own
-    return result

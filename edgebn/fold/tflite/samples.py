@@ -1,6 +1,6 @@
-"""``edgebn fold model.tflite``: the user's samples for a .tflite's input, then the flatbuffer fold.
+"""The samples a .tflite fold is proven on, shaped for the file's input.
 
-The fold and its proof are :mod:`edgebn.runtime.tflite_fold` (no TensorFlow); this module
+The fold and its proof are :mod:`edgebn.fold.tflite.tflite_fold` (no TensorFlow); this module
 reads the samples the proof runs on: ``--data`` (an .npz's ``x`` or an .npy), or an image
 folder read at the model's input size and colour, laid out NCHW when the model takes NCHW
 (what litert-torch keeps from PyTorch).
@@ -9,15 +9,13 @@ folder read at the model's input size and colour, laid out NCHW when the model t
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 
+from edgebn.data.arrays import load_samples
 from edgebn.data.dataset import DataSpec
 from edgebn.errors import EdgebnError
-from edgebn.runtime.tflite_fold import TFLiteFoldResult, fold_tflite_file
-from edgebn.tensors import load_samples
-from edgebn.tflite.reader import TFLiteModel, read_tflite
+from edgebn.tflite.reader import TFLiteModel
 
 
 def image_layout(model: TFLiteModel) -> tuple[tuple[int, int, int], bool]:
@@ -41,12 +39,3 @@ def tflite_samples(model: TFLiteModel, spec: DataSpec | None) -> np.ndarray | No
     dataset = replace(spec.for_model(shape, None), split=False).load()
     x = dataset.x_test
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2)) if nchw else x
-
-
-def fold_file(model: str | Path, out: str | Path, spec: DataSpec | None = None,
-              tolerance: float | None = None) -> TFLiteFoldResult:
-    """Fold ``model``'s residual BN into ``out``, proven on ``spec``'s samples (or random ones)."""
-    if Path(out).suffix != ".tflite":
-        raise EdgebnError(f"the folded model's path must end in .tflite. Received: {out}")
-    parsed = read_tflite(model)
-    return fold_tflite_file(parsed, out, tflite_samples(parsed, spec), tolerance)

@@ -2,7 +2,7 @@
 
 The samples come from the command's data options (a .npy/.npz of inputs is split in two
 halves; a dataset gives its training split to recompute on and its validation split to
-measure on); the measure and the recomputing are :mod:`edgebn.fold.statistics`.
+measure on); the measure and the recomputing are :mod:`edgebn.fold.keras.statistics`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from edgebn.fold.statistics import (
+from edgebn.data.arrays import load_labelled
+from edgebn.fold.keras.statistics import (
     DRIFT_SAMPLES,
     RECALIBRATE_SAMPLES,
     BNDrift,
@@ -24,7 +25,6 @@ from edgebn.fold.statistics import (
     measure_drift,
     recalibrate,
 )
-from edgebn.tensors import load_labelled
 from edgebn.zoo.keras_io import load_keras, save_keras
 from edgebn.zoo.models import fit_data
 

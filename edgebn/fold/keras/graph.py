@@ -1,4 +1,5 @@
-"""The graph walker of :mod:`edgebn.fold.keras_fold`: which layer absorbs each BN, and its folded weights.
+"""The graph walker of :mod:`edgebn.fold.keras.keras_fold`: which layer absorbs each BN, and its
+folded weights.
 
 A BN in inference mode is ``BN(y) = s⊗y + t`` per channel, ``s = γ/σ``, ``t = β − μ⊗s``,
 ``σ = sqrt(var + ε)``. **Backward**, into the linear layer ``y = XW + b`` whose output feeds

@@ -1,4 +1,4 @@
-"""Loading, feeding and timing the interpreters of ``edgebn profile`` (see edgebn.runtime.profile).
+"""Loading, feeding and timing the interpreters of ``edgebn profile`` (see edgebn.runtime.profile.operators).
 
 An isolated operator is fed what it sees inside the whole model: one reference run
 with every intermediate tensor preserved (:func:`capture`), read back per tensor
@@ -61,7 +61,7 @@ def _fallback(detail: dict[str, Any], rng: np.random.Generator) -> np.ndarray:
 
 def _whole_input(detail: dict[str, Any]) -> np.ndarray:
     """What ``edgebn bench`` feeds: uniform [0, 1) floats, integers over their whole range."""
-    from edgebn.tensors import make_inputs
+    from edgebn.tflite.quantization import make_inputs
 
     return make_inputs(detail["shape"], detail["dtype"], detail["quantization"], 1)[0]
 

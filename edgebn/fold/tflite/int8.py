@@ -20,7 +20,7 @@ the kernel computes ``s·x + t`` before one requantization, to ``y``'s scale: ex
 * a folded bias beyond int32.
 
 A channel with ``s == 0`` outputs ``t``: its weights become 0, its scale stays ``S_w[o]``.
-NumPy only; the caller (:mod:`edgebn.tflite.fold`) writes the result into the flatbuffer.
+NumPy only; the caller (:mod:`edgebn.fold.tflite.rewrite`) writes the result into the flatbuffer.
 """
 
 from __future__ import annotations

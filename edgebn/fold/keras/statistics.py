@@ -38,14 +38,14 @@ from typing import Any
 import numpy as np
 
 from edgebn.errors import EdgebnError
-from edgebn.fold.graph import as_functional, graph, is_graph_model
-from edgebn.tensors import rows_per_chunk
+from edgebn.fold.keras.graph import as_functional, graph, is_graph_model
+from edgebn.runtime.accuracy import rows_per_chunk
 
 STALE_DRIFT = 0.25  # a normalized output off by a quarter of its spread (RMS over channels)
 NOISE_FACTOR = 4.0  # and this many times the sampling noise of the figure
 RECALIBRATE_SAMPLES = 600  # --recalibrate-bn's default N
 DRIFT_SAMPLES = 512  # the held-out samples a drift is measured on, at most
-CHUNK = 512  # samples per forward pass, at most (fewer for large inputs: edgebn.tensors)
+CHUNK = 512  # samples per forward pass, at most (fewer for large inputs: edgebn.data.arrays)
 WORST = 5  # BN layers named in a summary
 
 

@@ -1,7 +1,8 @@
-"""Tensor helpers every stage shares: (de)quantization, input batches, arrays from files.
+"""Arrays from files the user gives: .npy and .npz read without trusting them.
 
-A quantized tensor stores ``q = round(x / scale + zero_point)`` clipped to its integer
-type; ``x ≈ (q − zero_point) · scale``. A missing or zero scale means no quantization.
+Every header is checked before its array is allocated (:func:`read_arrays`); what comes out
+is float32 samples (:func:`load_samples`), or images with their class indices and names
+(:func:`load_classified`).
 """
 
 from __future__ import annotations
@@ -10,69 +11,13 @@ import math
 import os
 import struct
 import tokenize
-import unicodedata
 import zipfile
 import zlib
 from pathlib import Path
 
 import numpy as np
 
-from edgebn.errors import DatasetError
-
-QuantParams = tuple[float, int] | None  # (scale, zero_point) as the interpreter reports it
-
-
-def quantize(x: np.ndarray, quant: QuantParams, dtype) -> np.ndarray:
-    scale, zero_point = quant if quant and quant[0] else (1.0, 0)
-    info = np.iinfo(dtype)
-    return np.clip(np.round(x / scale + zero_point), info.min, info.max).astype(dtype)
-
-
-def dequantize(y: np.ndarray, quant: QuantParams) -> np.ndarray:
-    if not np.issubdtype(y.dtype, np.integer):
-        return y.astype(np.float32)
-    scale, zero_point = quant if quant and quant[0] else (1.0, 0)
-    return (y.astype(np.float32) - zero_point) * scale
-
-
-def make_inputs(shape, dtype, quant: QuantParams, count: int,
-                data: np.ndarray | None = None, seed: int = 0) -> list[np.ndarray]:
-    """``count`` input tensors of ``shape``: real samples when ``data`` is given, else random.
-
-    Real samples are float (preprocessed) and get quantized for an int8/uint8 input;
-    random ones span the dtype's range (integers) or [0, 1) (floats).
-    """
-    rng = np.random.default_rng(seed)
-    batch = int(shape[0]) if len(shape) else 1  # a scalar input: one value, no batch axis
-    dtype = np.dtype(dtype)
-    if data is not None:
-        if not len(shape):
-            raise DatasetError("the model's input is a scalar: samples of data cannot feed it")
-        _check_fits(data, shape)
-    out = []
-    for i in range(count):
-        if data is not None:
-            idx = (np.arange(batch) + i * batch) % len(data)
-            x = data[idx].reshape(shape)
-            if np.issubdtype(dtype, np.integer):
-                x = quantize(x, quant, dtype)
-            out.append(x.astype(dtype))
-        elif np.issubdtype(dtype, np.integer):
-            info = np.iinfo(dtype)
-            out.append(rng.integers(info.min, info.max, size=shape, endpoint=True, dtype=dtype))
-        else:
-            out.append(rng.random(shape, dtype=np.float32).astype(dtype))
-    return out
-
-
-def _check_fits(data: np.ndarray, shape) -> None:
-    want = [int(d) for d in shape[1:]]
-    if len(data) == 0:
-        raise DatasetError(f"no samples to feed the model: the inputs given are empty "
-                           f"(shape {list(data.shape)})")
-    if list(data.shape[1:]) != want:
-        raise DatasetError(f"inputs of shape {list(data.shape[1:])} per sample; the model's "
-                           f"input takes {want}")
+from edgebn.errors import DatasetError, path_text, reason
 
 
 def load_samples(path: str | Path) -> np.ndarray:
@@ -124,21 +69,6 @@ _NPZ_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)  # what np.savez(_comp
 # What reading damaged bytes raises (zipfile, zlib, NumPy's header parser, seeks past the end).
 _READ_ERRORS = (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, struct.error,
                 NotImplementedError, RuntimeError, OverflowError, SyntaxError, tokenize.TokenError)
-
-
-def path_text(path: str | os.PathLike) -> str:
-    """``path`` as one printable line: itself, or (bytes that are not UTF-8, control
-    characters such as a newline) the repr of its bytes, e.g. ``b'caf\\xe9.png'``."""
-    text = os.fsdecode(path)
-    if any(unicodedata.category(c) in ("Cc", "Cs") for c in text):
-        return repr(os.fsencode(text))
-    return text
-
-
-def reason(exc: BaseException) -> str:
-    """An exception's message as one printable line."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def read_arrays(path: str | Path, names: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
@@ -280,36 +210,3 @@ def _labels_file(path: Path) -> list[str]:
         raise DatasetError(f"{where}: class names must be UTF-8 text, one a line "
                            f"({reason(exc)})") from exc
     return [line.strip() for line in text.splitlines() if line.strip()]
-
-
-CHUNK_BYTES = 4 * 2**20  # inputs per batch that a check runs at once: activations grow with it
-
-
-def rows_per_chunk(sample_elements: int, most: int) -> int:
-    """How many float32 samples of ``sample_elements`` values to run at once: at most ``most``, and
-    at most CHUNK_BYTES of inputs. MobileNetV2 at 224 px run 64 (or 256) at a time took a
-    build to 6 GB of resident memory; 6 at a time, under 2."""
-    return max(1, min(most, CHUNK_BYTES // (sample_elements * 4)))
-
-
-CHECK_SAMPLES = 64  # inputs for a fold's equivalence check: enough to see any wrong channel
-
-
-def sample_inputs(input_shape, npy: str | Path | None, dataset=None, samples: int = CHECK_SAMPLES,
-                  seed: int = 0) -> tuple[np.ndarray, str]:
-    """Real inputs of ``input_shape`` (without the batch axis), and where they came from.
-
-    ``npy`` (a file of inputs) first; else ``dataset``'s test split when its shape is
-    ``input_shape``; else uniform random values in [0, 1), said so in the second value.
-    """
-    want = tuple(input_shape)
-    if npy is not None:
-        x = load_samples(npy)
-        if tuple(x.shape[1:]) != want:
-            raise DatasetError(f"{path_text(npy)}: inputs of shape {list(x.shape[1:])}, the model "
-                               f"expects {list(want)}")
-        return x[:samples], f"{path_text(Path(npy).name)} ({min(len(x), samples)})"
-    if dataset is not None and tuple(dataset.input_shape) == want:
-        return dataset.x_test[:samples], f"{dataset.name} test split"
-    rng = np.random.default_rng(seed)
-    return rng.random((samples, *want), dtype=np.float32), "random uniform [0, 1)"

@@ -17,7 +17,7 @@ in float64, then, first that applies:
   with the reason nothing could take it.
 
 Float16 weights are folded from float32 and stored as float16 again. An int8 chain folds
-backward only (:mod:`edgebn.tflite.fold_int8`); other quantized chains are kept. Tensor
+backward only (:mod:`edgebn.fold.tflite.int8`); other quantized chains are kept. Tensor
 indices are kept, so the files' tensors compare one by one; :attr:`Rewrite.changed` names
 those the fold changes on purpose. Constants nothing reads any more are emptied.
 """
@@ -29,9 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from edgebn.tflite import fold_int8
+from edgebn.fold.tflite import int8 as fold_int8
+from edgebn.fold.tflite.int8 import const_values
 from edgebn.tflite.chains import Step, affine_chains, chain_kind, constant_source
-from edgebn.tflite.fold_int8 import const_values
 from edgebn.tflite.provenance import attribute, has_names
 from edgebn.tflite.reader import Operator, Subgraph, TFLiteModel, schema
 from edgebn.tflite.writer import Buffer, buffers_of, operator_code, pack, unpack

@@ -7,7 +7,7 @@ In inference mode a BN layer computes, per channel ``c`` of its axis,
 an affine map ``s⊗y + t`` (``s = γ/σ``, ``t = β − μ⊗s``) that a linear layer before it
 absorbs (backward: ``W' = γ⊗W/σ``, ``b' = γ⊗(b − μ)/σ + β``) or one after it, through
 layers that commute with it (forward: ``W' = W⊗s``, ``b' = b + Σ W⊗t``). The graph walk
-and each layer's algebra are in :mod:`edgebn.fold.graph`. A model nested as a layer (a
+and each layer's algebra are in :mod:`edgebn.fold.keras.graph`. A model nested as a layer (a
 backbone) is folded on its own graph, at any depth, and rebuilt in place under the same
 layer names; its BN layers are reported by path (``backbone/conv1_bn``). Every BN gets a
 :class:`LayerFold`: folded into which layer and in which direction, or why it stays.
@@ -43,10 +43,11 @@ from typing import Any
 
 import numpy as np
 
+from edgebn.data.dataset import sample_inputs
 from edgebn.errors import EdgebnError, FoldError
-from edgebn.fold.graph import Folder, LayerFold, as_functional, is_graph_model, is_normalization
-from edgebn.fold.stats_check import StatsCheck, StatsPolicy, bn_statistics, statistics_json
-from edgebn.tensors import rows_per_chunk, sample_inputs
+from edgebn.fold.keras.graph import Folder, LayerFold, as_functional, is_graph_model, is_normalization
+from edgebn.fold.keras.stats_check import StatsCheck, StatsPolicy, bn_statistics, statistics_json
+from edgebn.runtime.accuracy import rows_per_chunk
 
 DEFAULT_TOLERANCE = 1e-5  # |Δ| allowed beyond float32 rounding, relative to the largest |output|
 # the float64 twin is the reference only within this of the original float32 model (relative
@@ -372,7 +373,7 @@ def fold_file(model_path: str | Path, out: str | Path, tolerance: float = DEFAUL
     The check runs on ``data`` (a DataSpec): its .npz/.npy inputs, else its test split
     when it fits the model, else random inputs (said so in the result). The BN statistics
     are measured on the same data first, and recomputed when ``bn_stats`` asks
-    (:mod:`edgebn.fold.statistics`); the file at ``model_path`` is never changed.
+    (:mod:`edgebn.fold.keras.statistics`); the file at ``model_path`` is never changed.
     """
     from edgebn.zoo.keras_io import load_keras, save_keras
 

@@ -1,6 +1,6 @@
 """Operators in context: what each segment of a model costs inside it, by differences of prefixes.
 
-An isolated operator (:mod:`edgebn.runtime.profile`) is timed on its own, invoke after
+An isolated operator (:mod:`edgebn.runtime.profile.operators`) is timed on its own, invoke after
 invoke, so its weights stay in the cache between runs. Inside the whole model the other
 operators pass through the cache in between: a model whose weights exceed it streams every
 convolution's weights from memory on each inference (ResNet50V2's isolated operators sum
@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from edgebn.runtime.op_timing import AT_LOAD, ROUNDS, Timed, captured
+from edgebn.runtime.profile.op_timing import AT_LOAD, ROUNDS, Timed, captured
 from edgebn.runtime.timing import BenchSettings
 from edgebn.tflite.reader import TFLiteModel, parse_tflite
 from edgebn.tflite.writer import calls_subgraphs, op_group
