@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -21,11 +22,13 @@ from edgebn.fold.tflite.tflite_fold import TFLiteFoldResult, fold_tflite
 from edgebn.progress import Stages, timed
 from edgebn.tflite.reader import TFLiteModel, parse_tflite
 from edgebn.tflite.residue import InspectResult, inspect_model
+from edgebn.zoo.keras_io import load_keras, save_keras
+from edgebn.zoo.models import fit_data
 
 
 def _configure(converter: Any, spec: QuantizeSpec, representative: np.ndarray | None) -> None:
     """Set the converter up as the mode's row says (edgebn.choices.QUANTIZE_MODES)."""
-    import tensorflow as tf
+    import tensorflow as tf  # lazy: TensorFlow takes seconds to import
 
     if spec.calibrate and (representative is None or len(representative) == 0):
         raise EdgebnError(f"{spec.name} quantization needs representative samples for "
@@ -81,7 +84,7 @@ def to_tflite(model: Any, out: str | Path, quantize: Quantize | str = Quantize.n
               representative: np.ndarray | None = None) -> Converted:
     """Convert a Keras model with the TFLite converter and write ``out`` atomically."""
     spec = quantize_spec(quantize)
-    import tensorflow as tf
+    import tensorflow as tf  # lazy: TensorFlow takes seconds to import
 
     with timed() as t, contextlib.redirect_stdout(io.StringIO()):  # Keras' export chatter
         converter = tf.lite.TFLiteConverter.from_keras_model(model)
@@ -156,8 +159,6 @@ def convert_model(model: Any, out: str | Path, options: ConvertOptions = Convert
     times the fold, convert and inspect stages (a build's); ``also`` runs inside the convert
     stage with the model that was converted (folded or not): a build's further conversions.
     """
-    import tempfile
-
     stages = stages or Stages()
     bn_layers = all_bn_layer_names(model)
     folded = None
@@ -166,8 +167,6 @@ def convert_model(model: Any, out: str | Path, options: ConvertOptions = Convert
         with stages.stage("fold", f"{len(bn_layers)} BN layers, checked on {where}"):
             folded = fold_model(model, x, options.tolerance, inputs=where)
             if folded_out is not None:
-                from edgebn.zoo.keras_io import save_keras
-
                 save_keras(folded.model, folded_out)
     with stages.stage("convert", f"quantize {Quantize(options.quantize).value}"), \
             tempfile.TemporaryDirectory(prefix="edgebn-") as tmp:
@@ -215,14 +214,11 @@ def convert_file(model_path: str | Path, out: str | Path,
     which must have the model's input shape. The fold is checked on the same inputs
     (the test split) when they fit the model, else on random inputs (said so).
     """
-    from edgebn.zoo.keras_io import load_keras
-
     if Path(out).suffix != ".tflite":
         raise EdgebnError(f"the output path must end in .tflite. Received: {out}")
     model = load_keras(model_path)
     want = tuple(model.input_shape[1:])
     if data.data_dir is not None:  # its images at the model's size, scaled as it expects
-        from edgebn.zoo.models import fit_data
 
         data = fit_data(data, model)[0]
     calibrate = quantize_spec(options.quantize).calibrate

@@ -88,7 +88,7 @@ def _signature(loaded: Any, path: Path, name: str) -> tuple[Any, str, str]:
 
 def load(path: str | Path, signature: str | None = None) -> tuple[Any, str, str, Any]:
     """The loaded SavedModel (kept alive), its signature's input and output names, the function."""
-    import tensorflow as tf
+    import tensorflow as tf  # lazy: TensorFlow takes seconds to import
 
     path = Path(path)
     check_saved_model(path)
@@ -103,7 +103,7 @@ def load(path: str | Path, signature: str | None = None) -> tuple[Any, str, str,
 
 def convert(path: str | Path, out: str | Path, signature: str | None = None) -> SavedModelSource:
     """Convert the SavedModel at ``path`` with TensorFlow's converter; write ``out`` atomically."""
-    import tensorflow as tf
+    import tensorflow as tf  # lazy: TensorFlow takes seconds to import
 
     path = Path(path)
     name = signature or DEFAULT_SIGNATURE
@@ -130,7 +130,7 @@ class Reference:
     output_name: str
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        import tensorflow as tf
+        import tensorflow as tf  # lazy: TensorFlow takes seconds to import
 
         rows = rows_per_chunk(int(np.prod(x.shape[1:])), CHUNK)
         parts = []

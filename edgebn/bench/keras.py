@@ -36,7 +36,7 @@ class KerasStats:
 
 
 def _keras_calls(model, x: np.ndarray, xla: bool) -> dict[str, Any]:
-    import tensorflow as tf
+    import tensorflow as tf  # lazy: TensorFlow takes seconds to import
 
     x_tensor = tf.constant(x)
     compiled = tf.function(lambda t: model(t, training=False), jit_compile=xla)

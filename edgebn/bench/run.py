@@ -28,6 +28,7 @@ from edgebn.runtime.ratio import RatioEstimate, latency_ratio
 from edgebn.runtime.timing import BenchSettings, Latency, TFLiteStats
 from edgebn.tflite.quantization import make_inputs
 from edgebn.tflite.reader import TFLiteModel, as_tflite
+from edgebn.zoo.keras_io import load_keras
 
 
 @dataclass(frozen=True)
@@ -138,8 +139,6 @@ class BenchTargets:
     ratio_interval: bool = True  # with a baseline, also time both in rounds: the ratio's interval
 
     def keras_models(self) -> dict[str, Any]:
-        from edgebn.zoo.keras_io import load_keras
-
         given = {"model": self.keras, "baseline": self.keras_baseline,
                  "folded": self.keras_folded}
         return {k: load_keras(m) if isinstance(m, (str, Path)) else m

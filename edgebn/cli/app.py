@@ -7,12 +7,14 @@ terminal unless ``--verbose``; ``inspect`` never pays for it.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from edgebn import __version__
+from edgebn.bench.run import BenchTargets, bench_threads
 from edgebn.cli import render
 from edgebn.cli.device import register_device_commands
 from edgebn.cli.options import (
@@ -45,10 +47,22 @@ from edgebn.cli.options import (
 from edgebn.cli.perf import register_perf_commands
 from edgebn.cli.ui import StageProgress, print_json, quiet
 from edgebn.convert import ConvertOptions, Quantize, convert_file
+from edgebn.data.arrays import load_samples
 from edgebn.data.dataset import DatasetName, DataSpec
+from edgebn.files import write_atomic
+from edgebn.fold.keras.keras_fold import DEFAULT_TOLERANCE, fold_file
 from edgebn.fold.keras.statistics import RECALIBRATE_SAMPLES
-from edgebn.fold.keras.stats_check import StatsPolicy
+from edgebn.fold.keras.stats_check import StatsPolicy, recalibrate_file
+from edgebn.fold.tflite.tflite_fold import fold_file as fold_tflite_file
+from edgebn.pipeline.build import BuildConfig
+from edgebn.pipeline.build import build as run_build
+from edgebn.pipeline.check import Thresholds
+from edgebn.pipeline.check import check as run_check
+from edgebn.pipeline.ci_formats import append_step_summary, write_junit
+from edgebn.pipeline.tflite_build import run_tflite_build
 from edgebn.runtime.backends import Backend
+from edgebn.runtime.timing import BenchSettings
+from edgebn.tflite.residue import inspect_files
 from edgebn.train.training import TrainConfig, train_to_file
 
 app = typer.Typer(
@@ -85,8 +99,6 @@ def inspect(
     With several files: one table row (or one JSON line) per file; a file that cannot be
     read gets its error line and makes the exit code 2, the others are still inspected.
     """
-    from edgebn.tflite.residue import inspect_files
-
     results, errors = inspect_files(models)
     if len(models) == 1 and errors:
         raise errors[0]
@@ -196,13 +208,9 @@ def fold(
         raise typer.BadParameter(f"--out must end in {want}. Received: {out}")
     with quiet(verbose):
         if model.suffix == ".tflite":
-            from edgebn.fold.tflite.tflite_fold import fold_file as fold_tflite_file
-
             given = data if data.npz is not None or data.data_dir is not None else None
             result = fold_tflite_file(model, out, given, tolerance)
         else:
-            from edgebn.fold.keras.keras_fold import DEFAULT_TOLERANCE, fold_file
-
             result = fold_file(model, out, DEFAULT_TOLERANCE if tolerance is None else tolerance,
                                data, StatsPolicy(recalibrate_bn, strict_bn_stats))
     if as_json:
@@ -233,8 +241,6 @@ def recalibrate(
     inputs must be at their sampling noise, or nothing is written (exit 2). MODEL is never
     changed.
     """
-    from edgebn.fold.keras.stats_check import recalibrate_file
-
     with quiet(verbose):
         result = recalibrate_file(model, out, data, samples)
     print_json(result.to_json()) if as_json else render.recalibrated(result)
@@ -282,9 +288,6 @@ def build(
     verbose: VerboseFlag = False,
 ) -> None:
     """Train, fold, convert, verify, inspect and benchmark; write OUT/report.json and report.md."""
-    from edgebn.pipeline.build import BuildConfig
-    from edgebn.pipeline.build import build as run_build
-    from edgebn.runtime.timing import BenchSettings
     config = BuildConfig(
         out=out, model=model, data=data, train=training,
         convert=ConvertOptions(quantize, fold, tolerance,
@@ -297,8 +300,6 @@ def build(
     tflite_route = check_model_options(model, signature, config.convert.bn_stats)
     with quiet(verbose), StageProgress() as progress:
         if tflite_route:
-            from edgebn.pipeline.tflite_build import run_tflite_build
-
             result = run_tflite_build(config, progress, signature)
         else:
             result = run_build(config, progress)
@@ -349,12 +350,6 @@ def bench(
     With several --threads (1,2,4) the .tflite is also timed at each further count: a
     scaling table of p50, speedup, GMAC/s and efficiency (Keras is timed once).
     """
-    import json
-
-    from edgebn.bench.run import BenchTargets, bench_threads
-    from edgebn.data.arrays import load_samples
-    from edgebn.files import write_atomic
-    from edgebn.runtime.timing import BenchSettings
 
     if inputs is not None and dataset is not None:
         raise typer.BadParameter("give --data or --dataset, not both")
@@ -407,15 +402,10 @@ def check(
 
     With $GITHUB_STEP_SUMMARY set (GitHub Actions), a Markdown summary is appended to it.
     """
-    from edgebn.pipeline.check import Thresholds
-    from edgebn.pipeline.check import check as run_check
-    from edgebn.runtime.timing import BenchSettings
-
     with quiet(verbose):  # the interpreters announce their delegate on fd 2
         result = run_check(report, baseline, Thresholds(max_accuracy_drop, max_latency_regression,
                                                         max_size_growth, tuple(allow_op or ())),
                            BenchSettings(min_time_s=bench_time))
-    from edgebn.pipeline.ci_formats import append_step_summary, write_junit
 
     if junit is not None:
         write_junit(result, junit)

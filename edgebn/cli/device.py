@@ -10,9 +10,18 @@ import typer
 from edgebn.cli import render, render_device
 from edgebn.cli.options import EXIT_PROBLEM, JsonFlag, VerboseFlag
 from edgebn.cli.ui import StageProgress, print_json, quiet
-from edgebn.deploy.policy import Engine, RolloutPolicy
+from edgebn.deploy import service as svc
+from edgebn.deploy.ansible_engine import Connection, export_playbook, rollout_ansible
+from edgebn.deploy.emulate import emulate as run_emulate
+from edgebn.deploy.fleet import parse_host, read_hosts, rollback_fleet
+from edgebn.deploy.policy import Engine, RolloutPolicy, parse_batches
 from edgebn.deploy.release import DeployOptions
+from edgebn.deploy.rollout import rollout_native
+from edgebn.deploy.ssh import SshTarget
+from edgebn.deploy.ssh import deploy as run_deploy
+from edgebn.deploy.ssh import rollback as rollback_host
 from edgebn.errors import EdgebnError
+from edgebn.pipeline.rebundle import bundle_build
 from edgebn.runtime.backends import Backend
 
 BundleIn = Annotated[Path, typer.Argument(exists=True, file_okay=False,
@@ -47,8 +56,6 @@ def bundle(
     verbose: VerboseFlag = False,
 ) -> None:
     """Write a self-verifying device bundle: model, labels, predict.py, golden I/O, manifest."""
-    from edgebn.pipeline.rebundle import bundle_build
-
     with quiet(verbose):  # the self-test's interpreter announces its delegate on fd 2
         result = bundle_build(build_dir, out, sign, profile)
     print_json(result.to_json()) if as_json else render_device.bundle(result)
@@ -72,8 +79,6 @@ def emulate(
     The runtime is installed by the bundle's own README steps (a venv that sees Debian's
     NumPy, then pip), run by the emulated arm64 Python.
     """
-    from edgebn.deploy.emulate import emulate as run_emulate
-
     with StageProgress() as notes:
         result = run_emulate(bundle_dir, tuple(runtime) if runtime else None, cache, log=notes.note,
                              os_name=os_name)
@@ -158,11 +163,6 @@ def deploy(
 ) -> None:
     """Ship a bundle to devices: staged, verified, self-tested, switched, health-checked, and
     rolled back on failure; in batches with a failure budget; --rollback, --check."""
-    from edgebn.deploy.ansible_engine import Connection
-    from edgebn.deploy.fleet import parse_host, read_hosts
-    from edgebn.deploy.policy import parse_batches
-    from edgebn.deploy.ssh import SshTarget
-
     base = SshTarget("localhost", port, identity, tuple(ssh_option or ()))
     targets = [parse_host(h, base) for h in host or ()]
     targets += read_hosts(hosts, base) if hosts is not None else []
@@ -205,8 +205,6 @@ def _check_hosts(targets, inventory: str | None, engine: Engine, export: bool) -
 
 def _deploy_one(bundle_dir: Path, target, options: DeployOptions, as_json: bool) -> None:
     """One host: its row; a deploy that did not run is one line, exit 2."""
-    from edgebn.deploy.ssh import deploy as run_deploy
-
     row = run_deploy(bundle_dir, target, options)
     print_json(row.to_json()) if as_json else render_device.deploy(row)
     if not row.passed:
@@ -215,11 +213,8 @@ def _deploy_one(bundle_dir: Path, target, options: DeployOptions, as_json: bool)
 
 def _rollback(targets: list, options: DeployOptions, parallel: int, one: bool, as_json: bool
               ) -> None:
-    from edgebn.deploy.fleet import rollback_fleet
-    from edgebn.deploy.ssh import rollback
-
     if one:
-        result = rollback(targets[0], options)
+        result = rollback_host(targets[0], options)
         print_json(result.to_json()) if as_json else render_device.rollback(result)
         return
     fleet = rollback_fleet(targets, options, parallel)
@@ -233,12 +228,8 @@ def _rollout(bundle_dir: Path, conn, options: DeployOptions, policy: RolloutPoli
     """Many hosts (or any of --batches, --max-failures, --check, --engine ansible): one row
     per host; exit 1 when a host failed, was refused or rolled back."""
     if engine is Engine.ansible:
-        from edgebn.deploy.ansible_engine import rollout_ansible
-
         result = rollout_ansible(bundle_dir, conn, options, policy)
     else:
-        from edgebn.deploy.rollout import rollout_native
-
         result = rollout_native(bundle_dir, list(conn.targets), options, policy)
     print_json(result.to_json()) if as_json else render_device.rollout(result)
     if not result.passed:
@@ -247,16 +238,12 @@ def _rollout(bundle_dir: Path, conn, options: DeployOptions, policy: RolloutPoli
 
 def _export(d: Path, bundle_dir: Path, conn, options: DeployOptions, policy: RolloutPolicy,
             as_json: bool) -> None:
-    from edgebn.deploy.ansible_engine import export_playbook
-
     exported = export_playbook(d, bundle_dir, conn, options, policy)
     print_json(exported.to_json()) if as_json else render_device.exported(exported)
 
 
 def _deploy_service(bundle_dir, targets, options, asked: tuple, parallel: int, as_json: bool) -> None:
     """--service: the release, then its server (edgebn.deploy.service); parallel 0: one host."""
-    from edgebn.deploy import service as svc
-
     on, listen, socket, workers = asked
     if not on:
         raise EdgebnError("--listen, --socket and --workers go with --service")

@@ -13,6 +13,7 @@ import typer
 from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
+from edgebn.bench.scaling import parse_thread_counts
 from edgebn.choices import QUANTIZE_HELP, Quantize
 from edgebn.data.dataset import DatasetName, DataSpec
 from edgebn.data.images import Color, Resize
@@ -21,6 +22,7 @@ from edgebn.fold.keras.statistics import RECALIBRATE_SAMPLES, STALE_DRIFT
 from edgebn.fold.keras.stats_check import StatsPolicy
 from edgebn.runtime.backends import Backend
 from edgebn.train.distribute import Strategy
+from edgebn.train.training import TrainConfig
 from edgebn.zoo.models import BACKBONE_NAMES, DEFAULT_ARCH, Arch
 
 EXIT_PROBLEM = 1  # the command ran and found a problem (BN residue, regression)
@@ -89,8 +91,6 @@ class ThreadCounts(tuple):
 
 
 def _thread_counts(text: str | tuple) -> ThreadCounts:
-    from edgebn.bench.scaling import parse_thread_counts
-
     if isinstance(text, tuple):  # the default
         return ThreadCounts(text)
     try:
@@ -183,8 +183,6 @@ _TRAIN_OPTIONS = [  # (name, annotation, default): the TrainConfig group of trai
 
 
 def _train_config(no_bn: bool, **options: Any) -> Any:
-    from edgebn.train.training import TrainConfig
-
     return TrainConfig(bn=not no_bn, **options)
 
 

@@ -11,6 +11,8 @@ from edgebn.cli import render
 from edgebn.cli.options import JsonFlag, RuntimeOpt, ThreadsOpt, VerboseFlag
 from edgebn.cli.ui import print_json, quiet
 from edgebn.runtime.backends import Backend
+from edgebn.runtime.profile.operators import profile as run_profile
+from edgebn.runtime.profile.result import ProfileSettings
 
 TflitePath = Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True,
                                             help="The .tflite to profile.")]
@@ -38,9 +40,6 @@ def profile(  # noqa: PLR0913 - a Typer command's parameters are its options
 ) -> None:
     """Time each operator isolated (same constants, threads, delegate), and in context by
     differences of the model's prefixes, beside the whole model."""
-    from edgebn.runtime.profile.operators import profile as run_profile
-    from edgebn.runtime.profile.result import ProfileSettings
-
     settings = ProfileSettings(threads=threads, backend=runtime, xnnpack=xnnpack,
                                min_time_s=min_time, residue=residue, context=context)
     with quiet(verbose):  # the interpreters announce their delegate on fd 2

@@ -12,6 +12,9 @@ from typing import Any
 from rich.table import Table
 
 from edgebn.cli.ui import out
+from edgebn.pipeline.plots import latency
+from edgebn.pipeline.report import training_summary
+from edgebn.tflite.reader import tensor_bytes
 
 _LATENCY_FIELDS = ("min", "p50", "p90", "p99", "mean", "std")
 
@@ -24,8 +27,6 @@ def new_table(title: str, columns: tuple[str, ...]) -> Table:
 
 
 def inspect(result: Any, show_tensors: bool = False) -> None:
-    from edgebn.tflite.reader import tensor_bytes
-
     m = result.model
     out.print(f"[bold]{m.path}[/]: {m.size_bytes} bytes ({m.weight_bytes} weights, "
               f"{m.graph_bytes} graph and metadata), schema v{m.version}")
@@ -243,8 +244,6 @@ def scaling(result: Any, model: str) -> None:
 
 def plot(result: Any, path: Path) -> Path:
     """Latency distributions per runtime on a log axis, written atomically as PNG."""
-    from edgebn.pipeline.plots import latency  # matplotlib: only when a plot is asked for
-
     title = (f"{result.environment.get('cpu', '')}, {result.tflite.threads} thread(s), "
              f"batch {result.tflite.batch}")
     return latency(result.rows(), path, title).path
@@ -287,8 +286,6 @@ def grown_ops(diffs: Any) -> None:
 
 
 def train(result: Any) -> None:
-    from edgebn.pipeline.report import training_summary
-
     t = result.trained
     out.print(f"saved {result.path}: {t.arch}, {t.params:,} params, {training_summary(t)}, "
               f"test accuracy {t.test_accuracy:.4f}")

@@ -13,6 +13,7 @@ when the command succeeds (or stops on bad input or Ctrl-C) and named when it fa
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import sys
@@ -171,8 +172,6 @@ class StageProgress:
 
 def print_json(doc: object) -> None:
     """A JSON document on stdout, plain (no colour, no wrapping), for machines."""
-    import json
-
     stream: TextIO = out.file
     stream.write(json.dumps(doc, indent=2) + "\n")
     stream.flush()

@@ -209,7 +209,7 @@ def _npz(spec: DataSpec):
 
 
 def _digits():
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # lazy: scikit-learn takes most of a second to import
 
     d = load_digits()
     x = d.images.astype(np.float32)[..., None]  # (1797, 8, 8, 1), values 0..16
@@ -223,7 +223,7 @@ _FASHION = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Sh
 
 def _keras_dataset(name: DatasetName):
     """keras.datasets loaders: they download into $KERAS_HOME/datasets on first use."""
-    from keras import datasets
+    from keras import datasets  # lazy: Keras imports TensorFlow (seconds)
 
     loader = datasets.mnist if name is DatasetName.mnist else datasets.fashion_mnist
     try:
@@ -245,6 +245,7 @@ def _folder(root: Path, pre: Preprocessing):
 
 def _limit(y, limit: int | None, seed: int) -> np.ndarray:
     """Indices of at most ``limit`` samples, stratified."""
+    # lazy: scikit-learn takes most of a second to import
     from sklearn.model_selection import train_test_split
 
     idx = np.arange(len(y))
@@ -254,6 +255,7 @@ def _limit(y, limit: int | None, seed: int) -> np.ndarray:
 
 
 def _split(x, y, spec: DataSpec, fixed_test=None):
+    # lazy: scikit-learn takes most of a second to import
     from sklearn.model_selection import train_test_split
 
     seed, limit = spec.seed, spec.limit

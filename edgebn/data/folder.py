@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from edgebn.data.images import IMAGE_SUFFIXES, Preprocessing, read_image
 from edgebn.errors import DatasetError, path_text, reason
@@ -63,8 +64,6 @@ def list_folder(root: Path) -> tuple[list[Path], np.ndarray, list[str]]:
 
 def read_checked(path: str | Path, pre: Preprocessing) -> np.ndarray:
     """One image as raw pixels, or a DatasetError naming the file."""
-    from PIL import Image, UnidentifiedImageError
-
     try:
         return read_image(path, pre)
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
@@ -73,8 +72,6 @@ def read_checked(path: str | Path, pre: Preprocessing) -> np.ndarray:
 
 def check_headers(paths: list[Path]) -> None:
     """Open every file's header (cheap: no pixels decoded) so a bad file fails before training."""
-    from PIL import Image, UnidentifiedImageError
-
     for p in paths:
         try:
             with Image.open(p):
@@ -115,7 +112,7 @@ class ImageFiles:
 
     def tf_dataset(self, batch_size: int, shuffle: bool = False, seed: int = 0) -> Any:
         """A ``tf.data.Dataset`` of (inputs, labels) batches, decoded in parallel, prefetched."""
-        import tensorflow as tf
+        import tensorflow as tf  # lazy: TensorFlow takes seconds to import
 
         pre, shape = self.pre, self.pre.input_shape
 

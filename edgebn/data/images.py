@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
@@ -87,8 +88,6 @@ def read_image(path: str | Path, pre: Preprocessing) -> np.ndarray:
 
     The device's predict.py does the same steps (convert, resize with the same filter).
     """
-    from PIL import Image
-
     h, w, _ = pre.input_shape
     with Image.open(path) as im:
         im = im.convert(pre.color.pil_mode).resize((w, h), _pil_filter(pre.resize))
@@ -97,6 +96,4 @@ def read_image(path: str | Path, pre: Preprocessing) -> np.ndarray:
 
 
 def _pil_filter(resize: Resize) -> int:
-    from PIL import Image
-
     return getattr(Image, resize.value.upper())

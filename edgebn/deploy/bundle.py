@@ -32,6 +32,8 @@ import numpy as np
 from edgebn import __version__
 from edgebn.choices import selftest_tolerance
 from edgebn.data.images import Preprocessing
+from edgebn.deploy.op_models import write_operator_models
+from edgebn.deploy.sign import sign_manifest
 from edgebn.errors import EdgebnError, InvalidModelError
 from edgebn.files import atomic_dir
 from edgebn.tflite.reader import TFLiteModel
@@ -217,7 +219,6 @@ def bundle(source: BundleSource, out: str | Path, sign: Path | None = None,
         (tmp / "requirements.txt").write_text(REQUIREMENTS, encoding="utf-8")
         (tmp / "README.md").write_text(_readme(out.name, spec), encoding="utf-8")
         if profile:  # one-operator models for predict.py --profile, listed in the manifest too
-            from edgebn.deploy.op_models import write_operator_models
 
             write_operator_models(source.model, source.golden_inputs, tmp,
                                   nchw=source.preprocessing.layout.value == "nchw")
@@ -228,8 +229,6 @@ def bundle(source: BundleSource, out: str | Path, sign: Path | None = None,
         if not selftest["passed"]:
             raise EdgebnError(f"the bundle's self-test fails on this machine: {selftest}")
         if sign is not None:
-            from edgebn.deploy.sign import sign_manifest
-
             sign_manifest(tmp, sign)
     return BundleResult(out, files, spec, selftest, signed=sign is not None)
 

@@ -36,6 +36,8 @@ import shlex
 import shutil
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -347,9 +349,6 @@ def runtime_venv(bundle: Path, runtime: Backend, root: Path, os_name: str = DEFA
 def _index_answers(runtime: Backend) -> bool:
     """Whether the package index pip used answers for the runtime's project: pip says "no
     matching distribution" both when it has no wheel and when it never reached the index."""
-    import urllib.error
-    import urllib.request
-
     index = os.environ.get("PIP_INDEX_URL") or "https://pypi.org/simple"
     name = RUNTIMES[runtime].split("=")[0].split(">")[0]
     try:

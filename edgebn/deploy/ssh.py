@@ -63,6 +63,7 @@ from edgebn.deploy.release import (
     release_host,
 )
 from edgebn.deploy.rows import HostRow
+from edgebn.deploy.sign import allowed_signers_line
 from edgebn.errors import EdgebnError
 
 __all__ = ["DeployOptions", "HostRow", "RollbackResult", "Shipment", "SshTarget", "SshTransport",
@@ -163,8 +164,6 @@ def prepare(bundle: str | Path, trust: Path | None = None) -> Shipment:
     with tempfile.TemporaryDirectory(prefix="edgebn-trust-") as tmp:
         allowed = Path(tmp) / "allowed_signers"  # absent: no signature check
         if trust is not None:
-            from edgebn.deploy.sign import allowed_signers_line
-
             allowed.write_text(allowed_signers_line(trust) + "\n", encoding="utf-8")
         try:
             verifier.check_bundle(str(bundle), str(allowed))
@@ -181,7 +180,6 @@ def trust_line(options: DeployOptions) -> str | None:
     """The allowed-signers line of ``--trust KEY.pub``, or None."""
     if options.trust is None:
         return None
-    from edgebn.deploy.sign import allowed_signers_line
 
     return allowed_signers_line(options.trust)
 

@@ -31,6 +31,7 @@ from edgebn.convert import (
 )
 from edgebn.data.dataset import CHECK_SAMPLES, Dataset, DataSpec
 from edgebn.deploy.bundle import GOLDEN_SAMPLES, BundleSource, bundle, check_bundle_out
+from edgebn.deploy.emulate import check_os_runtimes, emulate
 from edgebn.errors import DatasetError, EdgebnError
 from edgebn.files import atomic_path, recover_dir, staged_dir
 from edgebn.fold.keras.statistics import bn_layers_of
@@ -207,8 +208,6 @@ def _given_statistics(config: BuildConfig, data: DataSpec, ds: Dataset, given: T
 def refuse_early(config: BuildConfig) -> None:
     """Refuse what would fail late (a bad runtime, an --out that is not ours) before training."""
     if config.emulate:
-        from edgebn.deploy.emulate import check_os_runtimes
-
         check_os_runtimes(config.emulate_os, config.emulate)
     if config.bundle or config.emulate or config.sign:
         check_bundle_out(Path(config.out) / "bundle")
@@ -351,8 +350,6 @@ def _device(config: BuildConfig, result: BuildResult, stages: Stages,
         bundled = bundle(source, config.out / "bundle", config.sign)
     emulated = None
     if config.emulate:
-        from edgebn.deploy.emulate import emulate
-
         with stages.stage("emulate", ", ".join(r.value for r in config.emulate)):
             emulated = emulate(config.out / "bundle", config.emulate, log=stages.progress.note,
                                os_name=config.emulate_os)

@@ -24,6 +24,8 @@ from typing import Any
 from edgebn.errors import EdgebnError
 from edgebn.pipeline.report_read import read_report
 from edgebn.runtime.profile.opdiff import OpDiff
+from edgebn.runtime.profile.operators import grown_operators
+from edgebn.runtime.profile.result import ProfileSettings
 from edgebn.runtime.ratio import latency_ratio
 from edgebn.runtime.timing import BenchSettings
 from edgebn.tflite.residue import inspect_tflite
@@ -119,9 +121,6 @@ GROWN_OPS = 5  # operators named when latency regressed
 
 def _grown(current: Path, baseline: Path, settings: BenchSettings) -> tuple[OpDiff, ...]:
     """The operators whose isolated time grew most, same runtime, threads and delegate."""
-    from edgebn.runtime.profile.operators import grown_operators
-    from edgebn.runtime.profile.result import ProfileSettings
-
     profile_settings = ProfileSettings(threads=settings.threads, backend=settings.backend,
                                        xnnpack=settings.xnnpack, min_time_s=settings.min_time_s,
                                        residue=False)

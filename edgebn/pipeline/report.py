@@ -13,6 +13,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from edgebn import __version__
 from edgebn.bench.run import BenchResult
 from edgebn.convert import ConversionResult
@@ -287,8 +289,6 @@ CHANCE_MARGIN = 0.05  # accuracy within this (or 3 standard errors) of chance: n
 def at_chance(accuracy: float, labels: Any, classes: int) -> str | None:
     """A warning when ``accuracy`` is within a small margin of chance: the larger of
     1 / classes and the majority class's share of ``labels``; else None."""
-    import numpy as np
-
     labels = np.asarray(labels)
     if not len(labels) or classes < 2:
         return None

@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from dataclasses import asdict
 from typing import Any
 
@@ -24,8 +25,6 @@ from edgebn.tflite.reader import TFLiteModel
 def isolated_tflite(model: TFLiteModel, settings: BenchSettings, data,
                      baseline: TFLiteModel | None):
     """Run the interpreter side in a fresh process, so TensorFlow's memory is not counted."""
-    import tempfile
-
     with tempfile.TemporaryDirectory(prefix="edgebn-bench-") as tmp:
         data_path = None
         if data is not None:

@@ -59,6 +59,7 @@ _SHARED_OPTIONS = {**dict.fromkeys("MAX_POOL_2D AVERAGE_POOL_2D L2_POOL_2D".spli
 def schema() -> Any:
     """The generated schema module (ai_edge_litert's copy: never TensorFlow's)."""
     try:
+        # lazy: a missing binding is one error line (below), not an ImportError at import
         from ai_edge_litert import schema_py_generated
     except ImportError as exc:
         raise InvalidModelError("reading .tflite files needs the TFLite schema binding: "

@@ -44,6 +44,7 @@ Normalization and Rescaling chains are listed apart (``not_bn``), with their cos
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -148,8 +149,6 @@ class InspectResult:
 
     def to_json_line(self) -> str:
         """One compact JSON line per file (``edgebn inspect A B ... --json``): the verdict."""
-        import json
-
         return json.dumps({"path": self.model.path, "size_bytes": self.model.size_bytes,
                            "op_counts": self.model.op_counts(), "bn": self.bn.to_json()})
 

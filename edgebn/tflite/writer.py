@@ -32,6 +32,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import flatbuffers
 import numpy as np
 
 from edgebn.errors import EdgebnError, InvalidModelError
@@ -69,8 +70,6 @@ def buffers_of(model: TFLiteModel) -> list[Buffer]:
 
 def pack(m: Any) -> bytes:
     """A ``ModelT`` as .tflite bytes (file identifier TFL3); its buffers are :class:`Buffer`."""
-    import flatbuffers
-
     size = sum(len(getattr(b, "raw", b"")) for b in m.buffers or [])
     builder = flatbuffers.Builder(size + 4096)
     builder.Finish(m.Pack(builder), file_identifier=FILE_IDENTIFIER)

@@ -43,7 +43,7 @@ SINGLE = Distribution(Strategy.none, 1, ())
 
 
 def _cpu_devices(replicas: int) -> list[str]:
-    import tensorflow as tf
+    import tensorflow as tf  # lazy: TensorFlow takes seconds to import
 
     cpus = tf.config.list_physical_devices("CPU")
     try:
@@ -67,7 +67,7 @@ def distribution(strategy: Strategy, replicas: int | None = None) -> Distributio
         return SINGLE
     if replicas is not None and replicas < 1:
         raise EdgebnError(f"--replicas must be >= 1. Received: {replicas}")
-    import tensorflow as tf
+    import tensorflow as tf  # lazy: TensorFlow takes seconds to import
 
     gpus = tf.config.list_physical_devices("GPU")
     if gpus:

@@ -9,13 +9,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from edgebn.data.dataset import Dataset, DataSpec
+from edgebn.data.folder import raise_read_error
 from edgebn.errors import EdgebnError
 from edgebn.fold.keras.keras_fold import all_bn_layer_names
 from edgebn.fold.keras.statistics import DRIFT_SAMPLES, RECALIBRATE_SAMPLES, bn_layers_of
 from edgebn.fold.keras.stats_check import StatsCheck, StatsPolicy, StatsSamples, check_statistics
 from edgebn.progress import SILENT, Progress, timed
 from edgebn.train.distribute import SINGLE, Distribution, Strategy, distribution
+from edgebn.zoo.backbones import (
+    FINE_TUNE_LR_DIVISOR,
+    build_transfer,
+    check_weights,
+    data_for,
+    unfreeze_top,
+    with_augmentation,
+)
 from edgebn.zoo.keras_io import load_keras, save_keras
 from edgebn.zoo.models import BACKBONE_NAMES, DEFAULT_ARCH, Arch, arch_spec, build_model, is_backbone
 
@@ -54,8 +65,6 @@ class TrainConfig:
             raise EdgebnError(f"{self.arch.value} is a pretrained backbone: it has no "
                               "BN-free baseline (drop --no-bn)")
         if is_backbone(self.arch):
-            from edgebn.zoo.backbones import check_weights
-
             check_weights(self.weights)
             return
         for given, what in ((self.alpha != 1.0, "--alpha"), (self.weights != "none", "--weights"),
@@ -68,7 +77,6 @@ class TrainConfig:
         """The data spec this model trains on (a backbone: RGB, 96 px, raw pixels)."""
         if not is_backbone(self.arch):
             return data
-        from edgebn.zoo.backbones import data_for
 
         return data_for(self.arch, data)
 
@@ -182,7 +190,7 @@ def train(dataset: Dataset, config: TrainConfig = TrainConfig(),
     """
     config.validate()
     dist = distribution(config.strategy, config.replicas)  # before TensorFlow initializes
-    import keras
+    import keras  # lazy: Keras imports TensorFlow (seconds)
 
     keras.utils.set_random_seed(dataset.seed)  # the split's seed: one --seed for all
     with _scope(dist):
@@ -196,8 +204,6 @@ def train(dataset: Dataset, config: TrainConfig = TrainConfig(),
         ran, history = _fit(model, feeds, config, 0, config.epochs, total, progress)
         tuned = 0
         if config.fine_tune_epochs:
-            from edgebn.zoo.backbones import FINE_TUNE_LR_DIVISOR, unfreeze_top
-
             with _scope(dist):
                 unfreeze_top(model)
                 _compile(model, config.learning_rate / FINE_TUNE_LR_DIVISOR)
@@ -253,8 +259,6 @@ def _final_statistics(model: Any, dataset: Dataset, config: TrainConfig,
 
 def _statistics_samples(ds: Dataset, samples: int | None) -> StatsSamples:
     """Training inputs to recompute on, validation inputs to prove it on (in memory)."""
-    import numpy as np
-
     n = samples or RECALIBRATE_SAMPLES
     if ds.streams is None:
         x, val, labels = ds.x_train[:n], ds.x_val[:DRIFT_SAMPLES], ds.y_val[:DRIFT_SAMPLES]
@@ -271,21 +275,17 @@ def _scope(dist: Distribution):
 
 def _new_model(config: TrainConfig, dataset: Dataset) -> Any:
     if is_backbone(config.arch):
-        from edgebn.zoo.backbones import build_transfer
-
         model = build_transfer(config.arch, dataset.input_shape, dataset.classes, config.alpha,
                                config.weights)
     else:
         model = build_model(config.arch, dataset.input_shape, dataset.classes, bn=config.bn)
     if config.augment:
-        from edgebn.zoo.backbones import with_augmentation
-
         model = with_augmentation(model, dataset.seed)
     return model
 
 
 def _compile(model: Any, learning_rate: float) -> None:
-    import keras
+    import keras  # lazy: Keras imports TensorFlow (seconds)
 
     model.compile(optimizer=keras.optimizers.Adam(learning_rate),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
@@ -314,7 +314,7 @@ class _Feeds:
 def _fit(model: Any, feeds: _Feeds, config: TrainConfig, first: int, last: int, total: int,
          progress: Progress) -> tuple[int, EpochLog]:
     """Epochs ``first`` to ``last`` (of ``total``) with early stopping: epochs run, their log."""
-    import keras
+    import keras  # lazy: Keras imports TensorFlow (seconds)
 
     stop = keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=config.patience,
                                          restore_best_weights=True)
@@ -339,8 +339,6 @@ def _fit(model: Any, feeds: _Feeds, config: TrainConfig, first: int, last: int, 
 @contextlib.contextmanager
 def _named_read_errors() -> Iterator[None]:
     """A file that fails to decode mid-stream: its DatasetError (one line), not TF's."""
-    from edgebn.data.folder import raise_read_error
-
     try:
         yield
     except Exception as exc:

@@ -63,7 +63,7 @@ def check_weights(weights: str) -> None:
 
 def build_backbone(arch: Arch, input_shape, alpha: float = 1.0, weights: str = "none") -> Any:
     """The application without its top, weights loaded, named :data:`BACKBONE_NAME`."""
-    import keras
+    import keras  # lazy: Keras imports TensorFlow (seconds)
 
     spec = BACKBONES[arch]
     check_weights(weights)
@@ -91,8 +91,8 @@ def build_transfer(arch: Arch, input_shape, classes: int, alpha: float = 1.0,
     inference mode; with ``weights="none"`` there is nothing to keep, and the whole
     model trains from scratch, its BN layers learning their statistics.
     """
-    import keras
-    from keras import layers
+    import keras  # lazy: Keras imports TensorFlow (seconds)
+    from keras import layers  # lazy: Keras imports TensorFlow (seconds)
 
     backbone = build_backbone(arch, input_shape, alpha, weights)
     pretrained = weights != "none"
@@ -118,7 +118,7 @@ def _dropout_off(backbone: Any) -> None:
     would drop while the head trains; at rate 0 they are what inference sees, in
     training too. Inference is unchanged: Dropout is the identity there at any rate.
     """
-    from keras import layers
+    from keras import layers  # lazy: Keras imports TensorFlow (seconds)
 
     for layer in backbone.layers:
         if isinstance(layer, layers.Dropout):
@@ -145,7 +145,7 @@ def unfreeze_top(model: Any, fraction: float = FINE_TUNE_FRACTION) -> int:
     freezes what the first epochs learned: its BN statistics and its bottom 70 %; the
     top is then tuned at the lower rate. Returns the number of layers made trainable.
     """
-    from keras import layers
+    from keras import layers  # lazy: Keras imports TensorFlow (seconds)
 
     backbone = find_backbone(model)
     backbone.trainable = True
@@ -159,7 +159,7 @@ def unfreeze_top(model: Any, fraction: float = FINE_TUNE_FRACTION) -> int:
 
 def augmentation(seed: int) -> list[Any]:
     """Flip, small rotation, zoom: Keras preprocessing layers, identity at inference."""
-    from keras import layers
+    from keras import layers  # lazy: Keras imports TensorFlow (seconds)
 
     return [layers.RandomFlip("horizontal", seed=seed, name="augment_flip"),
             layers.RandomRotation(0.05, seed=seed + 1, name="augment_rotate"),
@@ -168,7 +168,7 @@ def augmentation(seed: int) -> list[Any]:
 
 def with_augmentation(model: Any, seed: int) -> Any:
     """``model`` behind the augmentation layers (active in training only)."""
-    import keras
+    import keras  # lazy: Keras imports TensorFlow (seconds)
 
     inputs = keras.Input(model.input_shape[1:], name="image")
     x = inputs

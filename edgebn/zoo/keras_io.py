@@ -44,7 +44,7 @@ def load_keras(path: str | Path) -> Any:
         check_h5_model(path)
     else:
         check_keras_archive(path)
-    import keras
+    import keras  # lazy: Keras imports TensorFlow (seconds)
 
     try:
         return keras.models.load_model(path, safe_mode=True, compile=False)
@@ -90,7 +90,7 @@ HDF5_SIGNATURE_OFFSETS = (0, 512, 1024, 2048)  # after a user block of 512 · 2^
 def check_h5_model(path: Path) -> None:
     """A legacy .h5 checked before Keras opens it: an HDF5 file within the size limits, a
     model (``model_config``), not weights alone, whose layers hold no Lambda."""
-    import h5py
+    import h5py  # lazy: only a legacy .h5 needs h5py (it comes with Keras)
 
     where = path_text(path)
     size = path.stat().st_size

@@ -31,7 +31,7 @@ def _namer():
 
 def _mlp(input_shape, classes: int, bn: bool):
     """The textbook model: Flatten, BN, Dense(300, relu), BN, Dense(100, relu), BN, softmax."""
-    from keras import Input, Model, layers
+    from keras import Input, Model, layers  # lazy: Keras imports TensorFlow (seconds)
 
     n = _namer()
     inputs = Input(input_shape, name="image")
@@ -48,7 +48,7 @@ def _mlp(input_shape, classes: int, bn: bool):
 
 def _mlp_prebn(input_shape, classes: int, bn: bool):
     """Dense(use_bias=False) -> BN -> ReLU for each hidden layer (the folding-friendly order)."""
-    from keras import Input, Model, layers
+    from keras import Input, Model, layers  # lazy: Keras imports TensorFlow (seconds)
 
     n = _namer()
     inputs = Input(input_shape, name="image")
@@ -64,7 +64,7 @@ def _mlp_prebn(input_shape, classes: int, bn: bool):
 
 def _cnn(input_shape, classes: int, bn: bool):
     """Conv(no bias) -> BN -> ReLU blocks, one depthwise-separable, global pooling, Dense head."""
-    from keras import Input, Model, layers
+    from keras import Input, Model, layers  # lazy: Keras imports TensorFlow (seconds)
 
     n = _namer()
 
@@ -159,7 +159,7 @@ def input_normalizer(model) -> str | None:
 
     Such a model takes raw pixels; without one, its inputs must be scaled before it.
     """
-    from keras import layers
+    from keras import layers  # lazy: Keras imports TensorFlow (seconds)
 
     def first(m):
         inputs = {id(t) for t in m.inputs}

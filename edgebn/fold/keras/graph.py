@@ -115,14 +115,14 @@ def _linear_kind(layer) -> str | None:
 
 def is_graph_model(layer) -> bool:
     """A functional or Sequential model: its graph is visible (a subclassed model's is not)."""
-    import keras
+    import keras  # lazy: Keras imports TensorFlow (seconds)
 
     return isinstance(layer, keras.Model) and hasattr(layer, "_inbound_nodes") \
         and bool(getattr(layer, "outputs", None))
 
 
 def as_functional(model):
-    import keras
+    import keras  # lazy: Keras imports TensorFlow (seconds)
 
     if isinstance(model, keras.Sequential):
         if not model.built or not getattr(model, "inputs", None):
@@ -137,7 +137,7 @@ def as_functional(model):
 
 
 def _is_identity_activation(layer) -> bool:
-    from keras import activations
+    from keras import activations  # lazy: Keras imports TensorFlow (seconds)
 
     return getattr(layer, "activation", None) in (None, activations.linear)
 
@@ -172,7 +172,7 @@ def normalization_affine(layer, rank: int) -> tuple[np.ndarray, np.ndarray, int]
     """``s`` and ``t`` of a Keras Normalization, ``(x − mean) / max(sqrt(var), ε)`` (or its
     inverse, ``mean + x · max(sqrt(var), ε)``), in float64, and the one axis they run along;
     or why it is not one per-channel map."""
-    from keras import backend
+    from keras import backend  # lazy: Keras imports TensorFlow (seconds)
 
     axes = sorted({a % rank for a in (layer.axis or ())})
     if len(axes) != 1:

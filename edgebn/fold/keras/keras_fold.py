@@ -48,6 +48,8 @@ from edgebn.errors import EdgebnError, FoldError
 from edgebn.fold.keras.graph import Folder, LayerFold, as_functional, is_graph_model, is_normalization
 from edgebn.fold.keras.stats_check import StatsCheck, StatsPolicy, bn_statistics, statistics_json
 from edgebn.runtime.accuracy import rows_per_chunk
+from edgebn.zoo.keras_io import load_keras, save_keras
+from edgebn.zoo.models import fit_data
 
 DEFAULT_TOLERANCE = 1e-5  # |Δ| allowed beyond float32 rounding, relative to the largest |output|
 # the float64 twin is the reference only within this of the original float32 model (relative
@@ -117,7 +119,7 @@ class FoldPlan:
 
 
 def _is_bn(layer) -> bool:
-    from keras import layers as L
+    from keras import layers as L  # lazy: Keras imports TensorFlow (seconds)
 
     return isinstance(layer, L.BatchNormalization)
 
@@ -180,7 +182,7 @@ def _rebuild(model, plan: FoldPlan):
 
     Folded BN layers are gone, folded weights set in the layer's dtype, nested models rebuilt.
     """
-    import keras
+    import keras  # lazy: Keras imports TensorFlow (seconds)
 
     model = as_functional(model)
     inner = {name: _rebuild(model.get_layer(name), sub) for name, sub in plan.nested.items()}
@@ -375,8 +377,6 @@ def fold_file(model_path: str | Path, out: str | Path, tolerance: float = DEFAUL
     are measured on the same data first, and recomputed when ``bn_stats`` asks
     (:mod:`edgebn.fold.keras.statistics`); the file at ``model_path`` is never changed.
     """
-    from edgebn.zoo.keras_io import load_keras, save_keras
-
     if Path(out).suffix != ".keras":
         raise EdgebnError(f"the folded model's path must end in .keras. Received: {out}")
     model = load_keras(model_path)
@@ -384,8 +384,6 @@ def fold_file(model_path: str | Path, out: str | Path, tolerance: float = DEFAUL
         raise EdgebnError(f"the model has {len(model.inputs)} inputs: edgebn fold checks "
                           "single-input models (call fold_model with a list of arrays)")
     if data is not None and data.data_dir is not None:
-        from edgebn.zoo.models import fit_data
-
         data = fit_data(data, model)[0]
     npz = data.npz if data is not None else None
     dataset = data.load() if data is not None and npz is None else None

@@ -31,6 +31,7 @@ proves it on held-out samples: every BN's drift must be at the samples' noise.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -125,7 +126,7 @@ class _Site:
 
 
 def _is_bn(layer: Any) -> bool:
-    from keras import layers
+    from keras import layers  # lazy: Keras imports TensorFlow (seconds)
 
     return isinstance(layer, layers.BatchNormalization)
 
@@ -208,7 +209,7 @@ class _Probe:
     """
 
     def __init__(self, sites: list[_Site]):
-        import keras
+        import keras  # lazy: Keras imports TensorFlow (seconds)
 
         self.parts: list[tuple[Any, list[tuple[int, int, list[_Site], _Probe | None]]]] = []
         by_graph: dict[int, list[_Site]] = {}
@@ -393,8 +394,6 @@ def set_statistics(model: Any, stats: dict[str, tuple[np.ndarray, np.ndarray]]) 
 def recompute(model: Any, x: np.ndarray, only: Any = None) -> Recomputed:
     """Set every BN's statistics (or those ``only(layer)`` accepts) to its population's on
     ``x``, layer by layer in graph order: each with the ones before it already recomputed."""
-    import time
-
     start = time.perf_counter()
     x = _samples(x)
     sites = [s for s in bn_sites(model)[0] if only is None or only(s.layer)]

@@ -18,6 +18,7 @@ import numpy as np
 from edgebn.errors import EdgebnError
 from edgebn.runtime.backends import interpreter_errors, load_interpreter
 from edgebn.runtime.timing import BenchSettings, Latency
+from edgebn.tflite.quantization import make_inputs
 from edgebn.tflite.reader import TFLiteModel
 
 AT_LOAD = frozenset({"DEQUANTIZE", "DENSIFY"})  # kernels that compute constants once, cached
@@ -61,8 +62,6 @@ def _fallback(detail: dict[str, Any], rng: np.random.Generator) -> np.ndarray:
 
 def _whole_input(detail: dict[str, Any]) -> np.ndarray:
     """What ``edgebn bench`` feeds: uniform [0, 1) floats, integers over their whole range."""
-    from edgebn.tflite.quantization import make_inputs
-
     return make_inputs(detail["shape"], detail["dtype"], detail["quantization"], 1)[0]
 
 
