@@ -20,6 +20,7 @@ from edgebn.choices import (
     selftest_tolerance,
 )
 from edgebn.cli.app import app
+from edgebn.cli.options import error_line
 from edgebn.convert import ConvertOptions, to_tflite
 from edgebn.errors import EdgebnError
 from edgebn.pipeline.precisions import FLOAT32_BESIDE
@@ -110,7 +111,8 @@ def test_a_backbone_option_error_names_the_backbone_rows():
     with pytest.raises(EdgebnError) as info:
         TrainConfig(arch="cnn", alpha=0.5).validate()
     names = ", ".join(s.name for s in ARCHS if s.backbone)
-    assert f"--alpha is for the backbones ({names}), not cnn" == str(info.value)
+    assert str(info.value) == f"applies to the backbones only ({names}), not cnn"
+    assert error_line(info.value) == f"--alpha: applies to the backbones only ({names}), not cnn"
 
 
 # Before the rows, the bundle chose by the output's dtype alone: the same numbers here.

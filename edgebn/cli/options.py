@@ -46,18 +46,36 @@ class OneLineErrors(TyperGroup):
             typer.echo(f"Error: {where}{message}", err=True)
             sys.exit(getattr(exc, "exit_code", EXIT_BAD_INPUT))
         except EdgebnError as exc:
-            typer.echo(f"Error: {error_line(exc)}", err=True)
+            typer.echo(f"Error: {error_line(exc, self.flags(args))}", err=True)
             sys.exit(EXIT_BAD_INPUT)
         except typer.Abort:
             typer.echo("Aborted.", err=True)
             sys.exit(130)
         sys.exit(rv if isinstance(rv, int) else 0)
 
+    def flags(self, args: list[str]) -> dict[str, str]:
+        """How the command in ``args`` spells its options, by parameter (``npz``: ``--data``)."""
+        name = next((a for a in args if a in self.commands), None)  # no global option takes a value
+        command = self.commands.get(name) if name is not None else None
+        return {p.name: next((o for o in p.opts if o.startswith("--")), p.opts[0])
+                for p in (command.params if command is not None else ())
+                if p.param_type_name == "option" and p.name}
 
-def error_line(exc: EdgebnError) -> str:
-    """A library error as the CLI says it: the flag it is about, when it names one."""
-    option = getattr(exc, "option", None)
-    return f"--{option.replace('_', '-')}: {exc}" if option else str(exc)
+
+# Library parameters that no option is named after: the flag that sets each.
+FLAGS = {"bn": "--no-bn"}
+
+
+def error_line(exc: EdgebnError, flags: dict[str, str] | None = None) -> str:
+    """A library error as the CLI says it: the flag it is about first, when it names one.
+
+    ``flags``: the command's own spelling of its parameters; else the parameter's name as a flag.
+    """
+    if exc.option is None:
+        return str(exc)
+    flag = (flags or {}).get(exc.option) or FLAGS.get(exc.option) or \
+        f"--{exc.option.replace('_', '-')}"
+    return f"{flag}: {exc}"
 
 
 # ---------------------------------------------------------------- shared options

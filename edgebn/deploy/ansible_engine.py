@@ -83,8 +83,8 @@ class Connection:
 
     def __post_init__(self) -> None:
         if bool(self.targets) == (self.inventory is not None):
-            raise EdgebnError("give the hosts either as a list (--hosts/--host) or as an "
-                              "Ansible inventory, not both and not neither")
+            raise EdgebnError("give the hosts either as a list or as an Ansible inventory, "
+                              "not both and not neither", option="inventory")
 
 
 @dataclass(frozen=True)

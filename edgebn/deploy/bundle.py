@@ -236,10 +236,11 @@ def bundle(source: BundleSource, out: str | Path, sign: Path | None = None,
 def check_bundle_out(out: Path) -> None:
     """OUT is replaced whole: refuse anything there that is not an earlier bundle."""
     if out.exists() and not out.is_dir():
-        raise EdgebnError(f"--out {out}: exists and is not a directory")
+        raise EdgebnError(f"{out}: exists and is not a directory", option="out")
     if out.is_dir() and any(out.iterdir()) and not (out / "manifest.json").is_file():
-        raise EdgebnError(f"--out {out}: a non-empty directory that is not an edgebn bundle "
-                          "(no manifest.json); it would be replaced whole: choose another path")
+        raise EdgebnError(f"{out}: a non-empty directory that is not an edgebn bundle "
+                          "(no manifest.json); it would be replaced whole: choose another path",
+                          option="out")
 
 
 def _sha256(path: Path) -> str:

@@ -90,7 +90,7 @@ def read_hosts(path: str | Path, base: SshTarget) -> list[SshTarget]:
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
-        raise EdgebnError(f"--hosts {path}: unreadable ({exc})") from exc
+        raise EdgebnError(f"{path}: unreadable ({exc})", option="hosts") from exc
     targets = []
     for number, line in enumerate(lines, 1):
         spec = line.split("#", 1)[0].strip()
@@ -101,7 +101,7 @@ def read_hosts(path: str | Path, base: SshTarget) -> list[SshTarget]:
         except EdgebnError as exc:
             raise EdgebnError(f"{path}, line {number}: {exc}") from None
     if not targets:
-        raise EdgebnError(f"--hosts {path}: no hosts in it")
+        raise EdgebnError(f"{path}: no hosts in it", option="hosts")
     return targets
 
 
@@ -122,7 +122,7 @@ def run_fleet(targets: list[SshTarget], action: Callable[[SshTarget], Any],
               parallel: int = DEFAULT_PARALLEL) -> FleetResult:
     """``action`` on every target in a pool of ``parallel`` threads; rows in the targets' order."""
     if parallel < 1:
-        raise EdgebnError(f"--parallel must be >= 1. Received: {parallel}")
+        raise EdgebnError(f"must be >= 1. Received: {parallel}", option="parallel")
     start = time.perf_counter()
     with ThreadPoolExecutor(max_workers=min(parallel, len(targets))) as pool:
         outcomes = list(pool.map(lambda t: _one(action, t), targets))

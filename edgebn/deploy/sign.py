@@ -41,11 +41,11 @@ def sign_manifest(bundle_dir: str | Path, key: str | Path) -> Path:
                                str(manifest)], stdin=subprocess.DEVNULL, capture_output=True,
                               timeout=SIGN_TIMEOUT_S)
     except subprocess.TimeoutExpired as exc:
-        raise EdgebnError(f"--sign {key}: ssh-keygen timed out after {SIGN_TIMEOUT_S} s "
-                          "(a passphrase prompt? load the key into ssh-agent)") from exc
+        raise EdgebnError(f"{key}: ssh-keygen timed out after {SIGN_TIMEOUT_S} s (a passphrase "
+                          "prompt? load the key into ssh-agent)", option="sign") from exc
     if done.returncode != 0 or not sig.is_file():
         why = (done.stderr.decode(errors="replace").strip().splitlines() or ["(no message)"])[-1]
-        raise EdgebnError(f"--sign {key}: ssh-keygen -Y sign failed: {why}")
+        raise EdgebnError(f"{key}: ssh-keygen -Y sign failed: {why}", option="sign")
     return sig
 
 
@@ -54,12 +54,12 @@ def allowed_signers_line(public_key: str | Path) -> str:
     try:
         fields = Path(public_key).read_text(encoding="utf-8").split()
     except (OSError, UnicodeDecodeError) as exc:
-        raise EdgebnError(f"--trust {public_key}: unreadable public key ({exc})") from exc
+        raise EdgebnError(f"{public_key}: unreadable public key ({exc})", option="trust") from exc
     if len(fields) < 2 or not (fields[0].startswith("ssh-") or fields[0].startswith("ecdsa-")
                                or fields[0].startswith("sk-")):
-        raise EdgebnError(f"--trust {public_key}: not an OpenSSH public key (KEY.pub: "
+        raise EdgebnError(f"{public_key}: not an OpenSSH public key (KEY.pub: "
                           "'ssh-ed25519 AAAA... comment'). Received: "
-                          f"{' '.join(fields[:1])[:40]!r}")
+                          f"{' '.join(fields[:1])[:40]!r}", option="trust")
     if not all(c.isalnum() or c in "+/=" for c in fields[1]):
-        raise EdgebnError(f"--trust {public_key}: the key is not base64")
+        raise EdgebnError(f"{public_key}: the key is not base64", option="trust")
     return f'{NAMESPACE} namespaces="{NAMESPACE}" {fields[0]} {fields[1]}'

@@ -205,10 +205,10 @@ def deploy(bundle: str | Path, target: SshTarget, options: DeployOptions = Deplo
 
 
 def check_profile(bundle: str | Path, options: DeployOptions) -> None:
-    """--profile needs the bundle's operator models: refused here, before anything is sent."""
+    """A profile needs the bundle's operator models: refused here, before anything is sent."""
     if options.profile and not (Path(bundle) / "profile" / "profile.json").is_file():
-        raise EdgebnError(f"{bundle}: no operator models for --profile: make the bundle with "
-                          "edgebn bundle BUILD --out B --profile")
+        raise EdgebnError(f"{bundle}: no operator models in it (profile/profile.json): bundle "
+                          "the build with its operator models", option="profile")
 
 
 def rollback(target: SshTarget, options: DeployOptions = DeployOptions(),

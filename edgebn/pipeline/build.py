@@ -227,13 +227,12 @@ def refuse_early(config: BuildConfig) -> None:
 
 def _refuse_training_options(train: TrainConfig) -> None:
     """``--model`` builds the model as it is: an option that shapes training cannot apply."""
-    given = [f"--{name.replace('_', '-')}" for name in ("arch", "alpha", "weights",
-                                                        "fine_tune_epochs", "augment",
-                                                        "strategy", "replicas")
+    given = [name for name in ("arch", "alpha", "weights", "fine_tune_epochs", "augment",
+                               "strategy", "replicas")
              if getattr(train, name) != getattr(TrainConfig(), name)]
     if given:
-        raise EdgebnError(f"--model builds a model as it is, untrained here: "
-                          f"{', '.join(given)} cannot apply")
+        raise EdgebnError(f"builds a model as it is, untrained here: the training options "
+                          f"{', '.join(given)} cannot apply", option="model")
 
 
 def _train(config: BuildConfig, ds: Dataset,

@@ -178,8 +178,8 @@ def _dataset(model: TFLiteModel, spec: DataSpec) -> Dataset:
     (h, w, c), nchw = image_layout(model)
     layout = Layout.nchw if nchw else Layout.nhwc
     if spec.npz is None and spec.data_dir is None:
-        raise EdgebnError("a .tflite build needs labelled data: --data-dir (images, a folder "
-                          "per class) or --data x.npz (x, y)")
+        raise EdgebnError("a .tflite build needs labelled data: an .npz of x and y, or images "
+                          "in a folder per class (data_dir)", option="npz")
     if spec.npz is None:
         ds = replace(spec.for_model((h, w, c), None), split=False).load()
         return replace(ds, preprocessing=replace(ds.preprocessing, layout=layout))

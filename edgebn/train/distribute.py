@@ -53,9 +53,9 @@ def _cpu_devices(replicas: int) -> list[str]:
         pass
     logical = tf.config.list_logical_devices("CPU")
     if len(logical) < replicas:
-        raise EdgebnError(f"--replicas {replicas}: TensorFlow was initialized with "
-                          f"{len(logical)} CPU device(s) before training; run training in a "
-                          "fresh process")
+        raise EdgebnError(f"{replicas}: TensorFlow was initialized with {len(logical)} CPU "
+                          "device(s) before training; run training in a fresh process",
+                          option="replicas")
     return [d.name for d in logical[:replicas]]
 
 
@@ -63,16 +63,17 @@ def distribution(strategy: Strategy, replicas: int | None = None) -> Distributio
     """Make the strategy; call it before anything else touches TensorFlow."""
     if strategy is Strategy.none:
         if replicas not in (None, 1):
-            raise EdgebnError("--replicas needs --strategy mirrored")
+            raise EdgebnError("needs strategy mirrored", option="replicas")
         return SINGLE
     if replicas is not None and replicas < 1:
-        raise EdgebnError(f"--replicas must be >= 1. Received: {replicas}")
+        raise EdgebnError(f"must be >= 1. Received: {replicas}", option="replicas")
     import tensorflow as tf  # lazy: TensorFlow takes seconds to import
 
     gpus = tf.config.list_physical_devices("GPU")
     if gpus:
         if replicas is not None and replicas > len(gpus):
-            raise EdgebnError(f"--replicas {replicas}: this machine has {len(gpus)} GPU(s)")
+            raise EdgebnError(f"{replicas}: this machine has {len(gpus)} GPU(s)",
+                              option="replicas")
         devices = [f"/gpu:{i}" for i in range(replicas or len(gpus))]
     else:
         devices = _cpu_devices(replicas or DEFAULT_CPU_REPLICAS)

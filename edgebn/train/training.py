@@ -63,15 +63,15 @@ class TrainConfig:
             raise EdgebnError(f"alpha must be > 0. Received: {self.alpha}")
         if not self.bn and not arch_spec(self.arch).twin:
             raise EdgebnError(f"{self.arch.value} is a pretrained backbone: it has no "
-                              "BN-free baseline (drop --no-bn)")
+                              "BN-free baseline", option="bn")
         if is_backbone(self.arch):
             check_weights(self.weights)
             return
-        for given, what in ((self.alpha != 1.0, "--alpha"), (self.weights != "none", "--weights"),
-                            (self.fine_tune_epochs > 0, "--fine-tune-epochs")):
+        for given, what in ((self.alpha != 1.0, "alpha"), (self.weights != "none", "weights"),
+                            (self.fine_tune_epochs > 0, "fine_tune_epochs")):
             if given:
-                raise EdgebnError(f"{what} is for the backbones ({BACKBONE_NAMES}), "
-                                  f"not {self.arch.value}")
+                raise EdgebnError(f"applies to the backbones only ({BACKBONE_NAMES}), "
+                                  f"not {self.arch.value}", option=what)
 
     def data_for(self, data: DataSpec) -> DataSpec:
         """The data spec this model trains on (a backbone: RGB, 96 px, raw pixels)."""

@@ -37,14 +37,15 @@ def data_for(arch: Arch, data: DataSpec) -> DataSpec:
     """The data spec a backbone needs: RGB, its size unless given, raw pixels unless declared."""
     spec = BACKBONES[Arch(arch)]
     if data.color is Color.grayscale:
-        raise EdgebnError(f"{arch.value} takes RGB images: drop --color grayscale")
+        raise EdgebnError(f"{arch.value} takes RGB images. Received: {data.color.value}",
+                          option="color")
     size = data.image_size or spec.image_size
     if not spec.min_size <= size <= spec.max_size:
-        raise EdgebnError(f"{arch.value}: --image-size must be {spec.min_size} to "
-                          f"{spec.max_size}. Received: {size}")
+        raise EdgebnError(f"{arch.value}: must be {spec.min_size} to {spec.max_size}. "
+                          f"Received: {size}", option="image_size")
     if data.npz is None and data.data_dir is None:
-        raise EdgebnError(f"{arch.value} trains on RGB images: give --data-dir (one sub-folder "
-                          "per class) or --data x.npz")
+        raise EdgebnError(f"{arch.value} trains on RGB images: give a folder of them (one "
+                          "sub-folder per class) or an .npz", option="data_dir")
     return replace(data, image_size=size, color=Color.rgb,
                    scale=1.0 if data.scale is None else data.scale)
 
@@ -55,10 +56,11 @@ def check_weights(weights: str) -> None:
         return
     path = Path(weights)
     if not path.is_file():
-        raise EdgebnError(f"--weights {weights}: no such file (none, imagenet or a .h5 file)")
+        raise EdgebnError(f"{weights}: no such file (none, imagenet or a .h5 file)",
+                          option="weights")
     if path.suffix != ".h5":
-        raise EdgebnError(f"--weights {weights}: expected a Keras .h5 weights file "
-                          "(a .weights.h5 or an application's .h5)")
+        raise EdgebnError(f"{weights}: expected a Keras .h5 weights file (a .weights.h5 or an "
+                          "application's .h5)", option="weights")
 
 
 def build_backbone(arch: Arch, input_shape, alpha: float = 1.0, weights: str = "none") -> Any:
@@ -72,7 +74,8 @@ def build_backbone(arch: Arch, input_shape, alpha: float = 1.0, weights: str = "
     if spec.alpha:
         kwargs["alpha"] = alpha
     elif alpha != 1.0:
-        raise EdgebnError(f"{arch.value} has no width multiplier: drop --alpha")
+        raise EdgebnError(f"{arch.value} has no width multiplier. Received: {alpha}",
+                          option="alpha")
     try:
         model = getattr(keras.applications, spec.application)(**kwargs)
     except Exception as exc:  # download, shape or weights mismatch: one line for the user

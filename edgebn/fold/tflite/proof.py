@@ -244,7 +244,8 @@ def proof_inputs(model: TFLiteModel, data: np.ndarray | None, samples: int
     if not details:
         raise EdgebnError(f"{model.path}: the model has no inputs to run the proof on")
     if data is not None and len(details) != 1:
-        raise EdgebnError(f"{model.path}: --data gives one input; the model takes {len(details)}")
+        raise EdgebnError(f"{model.path}: the samples feed one input; the model takes "
+                          f"{len(details)}", option="npz")
     per_input = [make_inputs(d["shape"], d["dtype"], d["quantization"], samples,
                              data if data is not None else None, seed=i)
                  for i, d in enumerate(details)]
