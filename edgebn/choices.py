@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 from edgebn.errors import EdgebnError
 
@@ -29,7 +29,7 @@ class Named(Protocol):
 R = TypeVar("R", bound=Named)
 
 
-def choice_enum(name: str, rows: Iterable[Named], module: str) -> Any:
+def choice_enum(name: str, rows: Iterable[Named], module: str) -> type[Enum]:
     """A ``str`` enum with one member per row: value ``row.name``, attribute with ``-`` as ``_``."""
     return Enum(name, [(r.name.replace("-", "_"), r.name) for r in rows], type=str,
                 module=module, qualname=name)
@@ -44,7 +44,7 @@ def by_name(rows: Iterable[R]) -> dict[str, R]:
     return table
 
 
-def pick(table: Mapping[str, R], value: Any, what: str) -> R:
+def pick(table: Mapping[str, R], value: object, what: str) -> R:
     """The row named ``value`` (a name or an enum member), or a one-line EdgebnError."""
     key = getattr(value, "value", value)
     if isinstance(key, str) and key in table:
@@ -95,7 +95,7 @@ QUANTIZE_HELP = "Post-training quantization: " + "; ".join(
 INTEGER_DTYPES = ("int8", "uint8", "int16")
 
 
-def quantize_spec(mode: Any) -> QuantizeSpec:
+def quantize_spec(mode: object) -> QuantizeSpec:
     """The row of ``mode`` (a name or a :class:`Quantize`); EdgebnError for any other."""
     return pick(QUANTIZE, mode, "quantize mode")
 

@@ -8,12 +8,13 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edgebn.choices import Quantize, QuantizeSpec, quantize_spec
 from edgebn.data.dataset import CHECK_SAMPLES, DataSpec, sample_inputs
+from edgebn.documents import JsonDict
 from edgebn.errors import EdgebnError, FoldError
 from edgebn.files import write_atomic
 from edgebn.fold.keras.keras_fold import FoldResult, all_bn_layer_names, fold_model
@@ -25,8 +26,12 @@ from edgebn.tflite.residue import InspectResult, inspect_model
 from edgebn.zoo.keras_io import load_keras, save_keras
 from edgebn.zoo.models import fit_data
 
+if TYPE_CHECKING:  # named in annotations only: importing TensorFlow takes seconds (edgebn.cli.app)
+    import keras
+    import tensorflow as tf
 
-def _configure(converter: Any, spec: QuantizeSpec, representative: np.ndarray | None) -> None:
+
+def _configure(converter: tf.lite.TFLiteConverter, spec: QuantizeSpec, representative: np.ndarray | None) -> None:
     """Set the converter up as the mode's row says (edgebn.choices.QUANTIZE_MODES)."""
     import tensorflow as tf  # lazy: TensorFlow takes seconds to import
 
@@ -80,7 +85,7 @@ class Converted:
         return self.model.size_bytes
 
 
-def to_tflite(model: Any, out: str | Path, quantize: Quantize | str = Quantize.none,
+def to_tflite(model: keras.Model, out: str | Path, quantize: Quantize | str = Quantize.none,
               representative: np.ndarray | None = None) -> Converted:
     """Convert a Keras model with the TFLite converter and write ``out`` atomically."""
     spec = quantize_spec(quantize)
@@ -107,7 +112,7 @@ class ConversionResult:
     tflite_fold_refused: str | None = None  # why that fold's proof refused it (the file is as converted)
     bn_statistics: StatsCheck | str | None = None  # the BN statistics on the data; a str: why not
 
-    def fold_json(self) -> dict[str, Any] | None:
+    def fold_json(self) -> JsonDict | None:
         """The fold and the two verdicts side by side, for reports and --json."""
         if self.fold is None or self.converter_only is None:
             return None
@@ -115,7 +120,7 @@ class ConversionResult:
                 "converter_only": _verdict_json(self.converter_only),
                 "pre_folded": _verdict_json(self.inspected)}
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JsonDict:
         """``edgebn convert --json``."""
         return {"model": self.source, "out": str(self.converted.path),
                 "size_bytes": self.converted.size_bytes,
@@ -124,7 +129,7 @@ class ConversionResult:
                 "bn_statistics": statistics_json(self.bn_statistics),
                 "inspect": self.inspected.to_json()}
 
-    def tflite_fold_json(self) -> dict[str, Any] | None:
+    def tflite_fold_json(self) -> JsonDict | None:
         """What ``edgebn fold`` did to the converter's file: each chain, the proof; or why not."""
         if self.tflite_fold_refused is not None:
             return {"refused": self.tflite_fold_refused}
@@ -134,7 +139,7 @@ class ConversionResult:
         return {k: doc[k] for k in ("measure", "max_rel_diff", "tolerance", "bn", "counts")}
 
 
-def _verdict_json(inspected: InspectResult) -> dict[str, Any]:
+def _verdict_json(inspected: InspectResult) -> JsonDict:
     bn = inspected.bn
     return {"verdict": bn.verdict, "residual": len(bn.residual),
             "residual_sources": [r.source for r in bn.residual],
@@ -142,13 +147,13 @@ def _verdict_json(inspected: InspectResult) -> dict[str, Any]:
             "size_bytes": inspected.model.size_bytes}
 
 
-def convert_model(model: Any, out: str | Path, options: ConvertOptions = ConvertOptions(),  # noqa: PLR0913
+def convert_model(model: keras.Model, out: str | Path, options: ConvertOptions = ConvertOptions(),  # noqa: PLR0913
                   representative: np.ndarray | None = None,
                   fold_inputs: tuple[np.ndarray, str] | None = None,
                   converter_only_out: str | Path | None = None,
                   folded_out: str | Path | None = None,
                   stages: Stages | None = None,
-                  also: Callable[[Any], None] | None = None) -> ConversionResult:
+                  also: Callable[[keras.Model], None] | None = None) -> ConversionResult:
     """Convert ``model`` to ``out`` and inspect it; fold its BN in Keras first when asked.
 
     ``representative`` is the caller's calibration policy: the samples a calibrating

@@ -9,9 +9,10 @@ import platform
 import resource
 import sys
 from pathlib import Path
-from typing import Any
 
 import numpy as np
+
+from edgebn.documents import JsonDict
 
 
 def cache_dir() -> Path:
@@ -43,7 +44,7 @@ def version(dist: str) -> str | None:
 
 
 def environment(backend: str | None = None, xnnpack: bool | None = None,
-                threads: int | None = None) -> dict[str, Any]:
+                threads: int | None = None) -> JsonDict:
     """Where the numbers came from. Reads versions without importing TensorFlow."""
     env = {"cpu": cpu_model(), "machine": platform.machine(), "cores": os.cpu_count(),
            "python": platform.python_version(), "numpy": np.__version__,

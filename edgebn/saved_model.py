@@ -16,17 +16,29 @@ from __future__ import annotations
 
 import contextlib
 import io
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
+from edgebn.documents import JsonDict
 from edgebn.errors import InvalidModelError, path_text, reason
 from edgebn.files import write_atomic
 from edgebn.progress import timed
 from edgebn.runtime.accuracy import rows_per_chunk
 from edgebn.tflite.reader import TFLiteModel, parse_tflite
+
+if TYPE_CHECKING:  # named in annotations only: importing TensorFlow takes seconds (edgebn.cli.app)
+    import tensorflow as tf
+
+
+class Loaded(Protocol):
+    """What ``tf.saved_model.load`` returns, as this module reads it: its signatures."""
+
+    @property
+    def signatures(self) -> Mapping[str, tf.types.experimental.ConcreteFunction]: ...
 
 DEFAULT_SIGNATURE = "serving_default"
 MAX_GRAPH_BYTES = 1 << 30  # saved_model.pb (the graph; the weights are in variables/)
@@ -44,7 +56,7 @@ class SavedModelSource:
     converted: TFLiteModel  # TensorFlow's converter's file (before any fold)
     convert_s: float
 
-    def route_json(self) -> dict[str, Any]:
+    def route_json(self) -> JsonDict:
         return {"format": "saved_model", "path": str(self.path), "signature": self.signature,
                 "input": self.input_name, "output": self.output_name,
                 "converted_by": "tf.lite.TFLiteConverter.from_saved_model",
@@ -69,7 +81,8 @@ def check_saved_model(path: Path) -> None:
                                 f"at most {MAX_GRAPH_BYTES} are read")
 
 
-def _signature(loaded: Any, path: Path, name: str) -> tuple[Any, str, str]:
+def _signature(loaded: Loaded, path: Path, name: str) -> tuple[tf.types.experimental.ConcreteFunction,
+                                                               str, str]:
     """The signature function, its one input's name and its one output's name."""
     where = path_text(path)
     signatures = dict(loaded.signatures)
@@ -86,7 +99,8 @@ def _signature(loaded: Any, path: Path, name: str) -> tuple[Any, str, str]:
     return fn, next(iter(inputs)), next(iter(outputs))
 
 
-def load(path: str | Path, signature: str | None = None) -> tuple[Any, str, str, Any]:
+def load(path: str | Path, signature: str | None = None
+         ) -> tuple[Loaded, str, str, tf.types.experimental.ConcreteFunction]:
     """The loaded SavedModel (kept alive), its signature's input and output names, the function."""
     import tensorflow as tf  # lazy: TensorFlow takes seconds to import
 
@@ -124,8 +138,8 @@ def convert(path: str | Path, out: str | Path, signature: str | None = None) -> 
 class Reference:
     """The SavedModel's own outputs on a batch of inputs (in its own layout), float64."""
 
-    loaded: Any  # keeps the signature's function alive
-    function: Any
+    loaded: Loaded  # keeps the signature's function alive
+    function: tf.types.experimental.ConcreteFunction
     input_name: str
     output_name: str
 

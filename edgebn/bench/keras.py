@@ -9,12 +9,17 @@ them alike.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from edgebn.documents import JsonDict
 from edgebn.runtime.timing import BenchSettings, Latency
+
+if TYPE_CHECKING:  # named in annotations only: importing Keras takes seconds (edgebn.cli.app)
+    import keras
 
 KERAS_MIN_RUNS = 10
 KERAS_MAX_RUNS = 5000
@@ -29,13 +34,13 @@ class KerasStats:
     latency_us: Latency
     samples_ns: np.ndarray = field(repr=False, compare=False)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JsonDict:
         return {"runs": self.runs, "latency_us": asdict(self.latency_us),
                 "throughput_per_s": 1e6 / self.latency_us.mean}
 
 
 
-def _keras_calls(model, x: np.ndarray, xla: bool) -> dict[str, Any]:
+def _keras_calls(model: keras.Model, x: np.ndarray, xla: bool) -> dict[str, Callable[[], object]]:
     import tensorflow as tf  # lazy: TensorFlow takes seconds to import
 
     x_tensor = tf.constant(x)
@@ -45,8 +50,8 @@ def _keras_calls(model, x: np.ndarray, xla: bool) -> dict[str, Any]:
             "compiled": lambda: compiled(x_tensor)}
 
 
-def bench_keras_models(models: dict[str, Any], x: np.ndarray, settings: BenchSettings,
-                       modes=KERAS_MODES) -> dict[str, dict[str, KerasStats]]:
+def bench_keras_models(models: dict[str, keras.Model], x: np.ndarray, settings: BenchSettings,
+                       modes: tuple[str, ...] = KERAS_MODES) -> dict[str, dict[str, KerasStats]]:
     """Time several Keras models on the batch ``x``, mode by mode, interleaved.
 
     Within a mode the models take turns in blocks of KERAS_BLOCK calls, so that drift

@@ -16,12 +16,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edgebn.bench.keras import KerasStats, bench_keras_models
 from edgebn.bench.scaling import ThreadScaling, check_thread_counts
+from edgebn.documents import JsonDict
 from edgebn.machine import environment
 from edgebn.runtime.measure import time_tflite
 from edgebn.runtime.ratio import RatioEstimate, latency_ratio
@@ -29,6 +30,9 @@ from edgebn.runtime.timing import BenchSettings, Latency, TFLiteStats
 from edgebn.tflite.quantization import make_inputs
 from edgebn.tflite.reader import TFLiteModel, as_tflite
 from edgebn.zoo.keras_io import load_keras
+
+if TYPE_CHECKING:  # named in annotations only: importing Keras takes seconds (edgebn.cli.app)
+    import keras
 
 
 @dataclass(frozen=True)
@@ -44,7 +48,7 @@ class BenchRow:
 
 @dataclass(frozen=True)
 class BenchResult:
-    environment: dict[str, Any]
+    environment: JsonDict
     tflite: TFLiteStats
     baseline: TFLiteStats | None = None
     keras: dict[str, KerasStats] = field(default_factory=dict)
@@ -72,9 +76,9 @@ class BenchResult:
                      for m, s in group.items()]
         return rows
 
-    def speedup(self) -> dict[str, Any]:
+    def speedup(self) -> JsonDict:
         p50 = self.tflite.latency_us.p50
-        out: dict[str, Any] = {f"vs_{mode}": s.latency_us.p50 / p50 for mode, s in self.keras.items()}
+        out: JsonDict = {f"vs_{mode}": s.latency_us.p50 / p50 for mode, s in self.keras.items()}
         if self.keras:
             fastest = min(self.keras.values(), key=lambda s: s.latency_us.p50)
             out["vs_fastest_keras"] = fastest.latency_us.p50 / p50
@@ -96,8 +100,8 @@ class BenchResult:
         return {f"keras_{mode}": s.latency_us.p50 / self.keras_folded[mode].latency_us.p50
                 for mode, s in self.keras.items() if mode in self.keras_folded}
 
-    def to_json(self) -> dict[str, Any]:
-        doc: dict[str, Any] = {"environment": self.environment, "tflite": self.tflite.to_json()}
+    def to_json(self) -> JsonDict:
+        doc: JsonDict = {"environment": self.environment, "tflite": self.tflite.to_json()}
         if self.baseline is not None:
             doc["baseline"] = self.baseline.to_json() | {"label": self.baseline_label}
         if self.keras:
@@ -131,14 +135,14 @@ class BenchTargets:
 
     tflite: TFLiteModel | str | Path
     baseline: TFLiteModel | str | Path | None = None
-    keras: Any = None
-    keras_baseline: Any = None
-    keras_folded: Any = None
+    keras: keras.Model | str | Path | None = None
+    keras_baseline: keras.Model | str | Path | None = None
+    keras_folded: keras.Model | str | Path | None = None
     baseline_label: str = "baseline"
-    others: dict[str, Any] = field(default_factory=dict)  # label -> .tflite, timed after the rest
+    others: dict[str, TFLiteModel] = field(default_factory=dict)  # label -> .tflite, timed last
     ratio_interval: bool = True  # with a baseline, also time both in rounds: the ratio's interval
 
-    def keras_models(self) -> dict[str, Any]:
+    def keras_models(self) -> dict[str, keras.Model]:
         given = {"model": self.keras, "baseline": self.keras_baseline,
                  "folded": self.keras_folded}
         return {k: load_keras(m) if isinstance(m, (str, Path)) else m

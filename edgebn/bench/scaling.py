@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
 
+from edgebn.documents import JsonDict
 from edgebn.errors import EdgebnError
 from edgebn.runtime.timing import CostStats, Latency, TFLiteStats
 
@@ -50,7 +50,7 @@ class ThreadRow:
     speedup: float  # the reference count's p50 over this count's p50
     cost: CostStats | None = None  # when measured
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JsonDict:
         return {"threads": self.threads, "runs": self.runs, "latency_us": asdict(self.latency_us),
                 "throughput_per_s": self.throughput_per_s, "speedup": self.speedup} | (
                     {"cost": self.cost.to_json()} if self.cost is not None else {})
@@ -80,6 +80,6 @@ class ThreadScaling:
             ThreadRow(s.threads, s.runs, s.latency_us, s.throughput_per_s,
                       reference.latency_us.p50 / s.latency_us.p50, s.cost) for s in stats))
 
-    def to_json(self) -> list[dict[str, Any]]:
+    def to_json(self) -> list[JsonDict]:
         """The bench document's ``threads_scaling``: one entry per thread count."""
         return [r.to_json() | {"speedup_vs_threads": self.reference_threads} for r in self.rows]

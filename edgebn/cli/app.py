@@ -45,7 +45,7 @@ from edgebn.cli.options import (
     train_options,
 )
 from edgebn.cli.perf import register_perf_commands
-from edgebn.cli.ui import StageProgress, print_json, quiet
+from edgebn.cli.ui import StageProgress, quiet, show
 from edgebn.convert import ConvertOptions, Quantize, convert_file
 from edgebn.data.arrays import load_samples
 from edgebn.data.dataset import DatasetName, DataSpec
@@ -104,12 +104,11 @@ def inspect(
         raise errors[0]
     for error in errors:
         typer.echo(f"Error: {error}", err=True)
-    if as_json:
+    if len(models) == 1:
+        show(results[0], as_json, lambda r: render.inspect(r, tensors))
+    elif as_json:  # several files: one JSON line each
         for r in results:
-            print_json(r.to_json()) if len(models) == 1 else render.out.file.write(
-                r.to_json_line() + "\n")
-    elif len(models) == 1:
-        render.inspect(results[0], tensors)
+            render.out.file.write(r.to_json_line() + "\n")
     else:
         render.inspect_many(results)
     if errors:
@@ -139,7 +138,7 @@ def train(
 
     with quiet(verbose), StageProgress() as progress:
         result = train_to_file(out, training, data, progress)
-    print_json(result.to_json()) if as_json else render.train(result)
+    show(result, as_json, render.train)
 
 
 @app.command()
@@ -167,7 +166,7 @@ def convert(
         result = convert_file(model, out or model.with_suffix(".tflite"),
                               ConvertOptions(quantize, fold, tolerance,
                                              StatsPolicy(recalibrate_bn, strict_bn_stats)), data)
-    print_json(result.to_json()) if as_json else render.conversion(result)
+    show(result, as_json, render.conversion)
     if not result.inspected.clean:
         raise typer.Exit(EXIT_PROBLEM)
 
@@ -213,11 +212,7 @@ def fold(
         else:
             result = fold_file(model, out, DEFAULT_TOLERANCE if tolerance is None else tolerance,
                                data, StatsPolicy(recalibrate_bn, strict_bn_stats))
-    if as_json:
-        print_json(result.to_json())
-    else:
-        render.fold_tflite(result) if model.suffix == ".tflite" else render.fold(result)
-        render.out.print(f"wrote {out}")
+    show(result, as_json, lambda r: render.folded(r, out))
     if not result.all_folded:
         raise typer.Exit(EXIT_PROBLEM)
 
@@ -243,7 +238,7 @@ def recalibrate(
     """
     with quiet(verbose):
         result = recalibrate_file(model, out, data, samples)
-    print_json(result.to_json()) if as_json else render.recalibrated(result)
+    show(result, as_json, render.recalibrated)
 
 
 # ---------------------------------------------------------------- build
@@ -303,7 +298,7 @@ def build(
             result = run_tflite_build(config, progress, signature)
         else:
             result = run_build(config, progress)
-    print_json(result.to_json()) if as_json else render.build(result)
+    show(result, as_json, render.build)
     if not result.passed:  # the build ran, and its own verification failed
         raise typer.Exit(EXIT_PROBLEM)
 
@@ -361,7 +356,7 @@ def bench(
         x = load_samples(inputs) if inputs else (
             DataSpec(dataset).load().x_test if dataset else None)
         result = bench_threads(targets, settings, threads, x)
-    print_json(result.to_json()) if as_json else render.bench(result)
+    show(result, as_json, render.bench)
     if json_file is not None:
         write_atomic(json_file, json.dumps(result.to_json(), indent=2) + "\n")
     if plot_out is not None:
@@ -410,7 +405,7 @@ def check(
     if junit is not None:
         write_junit(result, junit)
     append_step_summary(result)
-    print_json(result.to_json()) if as_json else render.check(result)
+    show(result, as_json, render.check)
     if not result.passed:
         raise typer.Exit(EXIT_PROBLEM)
 

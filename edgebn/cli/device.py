@@ -9,7 +9,7 @@ import typer
 
 from edgebn.cli import render, render_device
 from edgebn.cli.options import EXIT_PROBLEM, JsonFlag, VerboseFlag
-from edgebn.cli.ui import StageProgress, print_json, quiet
+from edgebn.cli.ui import StageProgress, quiet, show
 from edgebn.deploy import service as svc
 from edgebn.deploy.ansible_engine import Connection, export_playbook, rollout_ansible
 from edgebn.deploy.emulate import emulate as run_emulate
@@ -58,7 +58,7 @@ def bundle(
     """Write a self-verifying device bundle: model, labels, predict.py, golden I/O, manifest."""
     with quiet(verbose):  # the self-test's interpreter announces its delegate on fd 2
         result = bundle_build(build_dir, out, sign, profile)
-    print_json(result.to_json()) if as_json else render_device.bundle(result)
+    show(result, as_json, render_device.bundle)
 
 
 def emulate(
@@ -82,7 +82,7 @@ def emulate(
     with StageProgress() as notes:
         result = run_emulate(bundle_dir, tuple(runtime) if runtime else None, cache, log=notes.note,
                              os_name=os_name)
-    print_json(result.to_json()) if as_json else render.emulation(result)
+    show(result, as_json, render.emulation)
     if not result.passed:
         raise typer.Exit(EXIT_PROBLEM)
 
@@ -206,7 +206,7 @@ def _check_hosts(targets, inventory: str | None, engine: Engine, export: bool) -
 def _deploy_one(bundle_dir: Path, target, options: DeployOptions, as_json: bool) -> None:
     """One host: its row; a deploy that did not run is one line, exit 2."""
     row = run_deploy(bundle_dir, target, options)
-    print_json(row.to_json()) if as_json else render_device.deploy(row)
+    show(row, as_json, render_device.deploy)
     if not row.passed:
         raise typer.Exit(EXIT_PROBLEM)
 
@@ -215,10 +215,10 @@ def _rollback(targets: list, options: DeployOptions, parallel: int, one: bool, a
               ) -> None:
     if one:
         result = rollback_host(targets[0], options)
-        print_json(result.to_json()) if as_json else render_device.rollback(result)
+        show(result, as_json, render_device.rollback)
         return
     fleet = rollback_fleet(targets, options, parallel)
-    print_json(fleet.to_json()) if as_json else render_device.fleet(fleet)
+    show(fleet, as_json, render_device.fleet)
     if not fleet.passed:
         raise typer.Exit(EXIT_PROBLEM)
 
@@ -231,7 +231,7 @@ def _rollout(bundle_dir: Path, conn, options: DeployOptions, policy: RolloutPoli
         result = rollout_ansible(bundle_dir, conn, options, policy)
     else:
         result = rollout_native(bundle_dir, list(conn.targets), options, policy)
-    print_json(result.to_json()) if as_json else render_device.rollout(result)
+    show(result, as_json, render_device.rollout)
     if not result.passed:
         raise typer.Exit(EXIT_PROBLEM)
 
@@ -239,7 +239,7 @@ def _rollout(bundle_dir: Path, conn, options: DeployOptions, policy: RolloutPoli
 def _export(d: Path, bundle_dir: Path, conn, options: DeployOptions, policy: RolloutPolicy,
             as_json: bool) -> None:
     exported = export_playbook(d, bundle_dir, conn, options, policy)
-    print_json(exported.to_json()) if as_json else render_device.exported(exported)
+    show(exported, as_json, render_device.exported)
 
 
 def _deploy_service(bundle_dir, targets, options, asked: tuple, parallel: int, as_json: bool) -> None:
@@ -251,11 +251,11 @@ def _deploy_service(bundle_dir, targets, options, asked: tuple, parallel: int, a
     if not parallel:
         result = (svc.rollback_service(targets[0], options, service) if bundle_dir is None
                   else svc.deploy_service(bundle_dir, targets[0], options, service))
-        print_json(result.to_json()) if as_json else render_device.served(result)
+        show(result, as_json, render_device.served)
     else:
         result = (svc.rollback_service_fleet(targets, options, service, parallel) if bundle_dir is None
                   else svc.deploy_service_fleet(bundle_dir, targets, options, service, parallel))
-        print_json(result.to_json()) if as_json else render_device.fleet(result)
+        show(result, as_json, render_device.fleet)
     if not result.passed:
         raise typer.Exit(EXIT_PROBLEM)
 

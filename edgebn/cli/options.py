@@ -7,7 +7,7 @@ import inspect as pyinspect
 import sys
 import typing
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from typer.core import TyperGroup
@@ -200,7 +200,7 @@ _TRAIN_OPTIONS = [  # (name, annotation, default): the TrainConfig group of trai
 ]
 
 
-def _train_config(no_bn: bool, **options: Any) -> Any:
+def _train_config(no_bn: bool, **options: object) -> TrainConfig:
     return TrainConfig(bn=not no_bn, **options)
 
 
@@ -216,7 +216,7 @@ def _option_group(param: str, options: list, make):
                    for name, annotation, default in options]
 
         @functools.wraps(fn)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
+        def wrapper(*args: object, **kwargs: object) -> object:
             value = make(**{name: kwargs.pop(name) for name, _, _ in options})
             return fn(*args, **{param: value}, **kwargs)
 

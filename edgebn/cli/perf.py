@@ -9,7 +9,7 @@ import typer
 
 from edgebn.cli import render
 from edgebn.cli.options import JsonFlag, RuntimeOpt, ThreadsOpt, VerboseFlag
-from edgebn.cli.ui import print_json, quiet
+from edgebn.cli.ui import quiet, show
 from edgebn.runtime.backends import Backend
 from edgebn.runtime.profile.operators import profile as run_profile
 from edgebn.runtime.profile.result import ProfileSettings
@@ -44,7 +44,7 @@ def profile(  # noqa: PLR0913 - a Typer command's parameters are its options
                                min_time_s=min_time, residue=residue, context=context)
     with quiet(verbose):  # the interpreters announce their delegate on fd 2
         result = run_profile(model, settings, baseline)
-    print_json(result.to_json()) if as_json else render.profile(result, top)
+    show(result, as_json, lambda r: render.profile(r, top))
 
 
 def register_perf_commands(app: typer.Typer) -> None:

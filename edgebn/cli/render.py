@@ -6,15 +6,28 @@ formatted in one place. Nothing here imports TensorFlow.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from rich.table import Table
 
+from edgebn.bench.run import BenchResult
+from edgebn.bench.scaling import ThreadScaling
 from edgebn.cli.ui import out
+from edgebn.convert import ConversionResult
+from edgebn.deploy.emulate import EmulationResult
+from edgebn.fold.keras.keras_fold import FoldResult
+from edgebn.fold.keras.stats_check import RecalibratedFile, StatsCheck
+from edgebn.fold.tflite.tflite_fold import TFLiteFoldResult
+from edgebn.pipeline.check import CheckResult
 from edgebn.pipeline.plots import latency
-from edgebn.pipeline.report import training_summary
+from edgebn.pipeline.report import BuildResult, training_summary
+from edgebn.pipeline.tflite_build import TFLiteBuildResult
+from edgebn.runtime.profile.opdiff import OpDiff
+from edgebn.runtime.profile.result import ProfileResult
 from edgebn.tflite.reader import tensor_bytes
+from edgebn.tflite.residue import InspectResult
+from edgebn.train.training import SavedTraining
 
 _LATENCY_FIELDS = ("min", "p50", "p90", "p99", "mean", "std")
 
@@ -26,7 +39,7 @@ def new_table(title: str, columns: tuple[str, ...]) -> Table:
     return table
 
 
-def inspect(result: Any, show_tensors: bool = False) -> None:
+def inspect(result: InspectResult, show_tensors: bool = False) -> None:
     m = result.model
     out.print(f"[bold]{m.path}[/]: {m.size_bytes} bytes ({m.weight_bytes} weights, "
               f"{m.graph_bytes} graph and metadata), schema v{m.version}")
@@ -55,7 +68,7 @@ def inspect(result: Any, show_tensors: bool = False) -> None:
     bn_verdict(result)
 
 
-def bn_verdict(result: Any) -> None:
+def bn_verdict(result: InspectResult) -> None:
     bn = result.bn
     for f in bn.folded:
         out.print(f"  folded: {f.source} -> op {f.op} {f.into}")
@@ -75,7 +88,7 @@ def bn_verdict(result: Any) -> None:
               f"{len(bn.not_bn)} not BN{names})")
 
 
-def inspect_many(results: list[Any]) -> None:
+def inspect_many(results: list[InspectResult]) -> None:
     table = new_table("edgebn inspect", ("model", "bytes", "ops", "verdict", "residual", "folded"))
     for r in results:
         colour = "green" if r.clean else "red"
@@ -85,7 +98,7 @@ def inspect_many(results: list[Any]) -> None:
     out.print(table)
 
 
-def fold(result: Any) -> None:
+def fold(result: FoldResult) -> None:
     bn_statistics(result.bn_statistics)
     table = new_table(f"fold: max |Δ| {result.max_abs_diff:.3g} ({result.max_rel_diff:.3g} "
                    f"relative, tolerance {result.tolerance:g}) on {result.samples} inputs "
@@ -102,7 +115,7 @@ def fold(result: Any) -> None:
     out.print(table)
 
 
-def bn_statistics(check: Any) -> None:
+def bn_statistics(check: StatsCheck | str | None) -> None:
     """The BN statistics a command measured: the worst layers, what recomputing did."""
     if check is None:
         return
@@ -122,14 +135,14 @@ def bn_statistics(check: Any) -> None:
         warnings([f"{check.warning()} (--recalibrate-bn)"])
 
 
-def recalibrated(result: Any) -> None:
+def recalibrated(result: RecalibratedFile) -> None:
     r = result.recalibration
     out.print(f"wrote {result.out}: {r.summary()}")
     for label, drift in (("before", r.before), ("after", r.after)):
         out.print(f"  {label}: {drift.summary()}")
 
 
-def fold_tflite(result: Any) -> None:
+def fold_tflite(result: TFLiteFoldResult) -> None:
     """``edgebn fold model.tflite``: each BN chain and what became of it, the proof, the p50s."""
     worst = result.worst
     title = (f"fold: {result.measure} ({result.inputs}); largest |Δ| {result.max_rel_diff:.3g} of a "
@@ -154,7 +167,13 @@ def fold_tflite(result: Any) -> None:
                   f"({e.describe()})")
 
 
-def conversion(result: Any) -> None:
+def folded(result: FoldResult | TFLiteFoldResult, written: Path) -> None:
+    """``edgebn fold``: the fold of a .keras or of a .tflite, then where it was written."""
+    fold_tflite(result) if isinstance(result, TFLiteFoldResult) else fold(result)
+    out.print(f"wrote {written}")
+
+
+def conversion(result: ConversionResult) -> None:
     c = result.converted
     out.print(f"wrote {c.path} ({c.size_bytes} bytes, quantize {c.quantize.value})")
     inspect(result.inspected)
@@ -181,7 +200,7 @@ def summary(title: str, rows: list[tuple[str, str]]) -> None:
     out.print(table)
 
 
-def build(result: Any) -> None:
+def build(result: BuildResult | TFLiteBuildResult) -> None:
     summary(f"edgebn build -> {result.out}", result.rows())
     warnings(result.warnings())
     for failed in result.failed_checks():
@@ -197,7 +216,7 @@ def warnings(lines: list[str]) -> None:
         out.print(f"[bold yellow]warning[/]: {line}")
 
 
-def bench(result: Any) -> None:
+def bench(result: BenchResult) -> None:
     env, t = result.environment, result.tflite
     table = Table(title=f"{env['cpu']} ({env['cores']} cores), {t.backend}, threads {t.threads}, "
                         f"batch {t.batch}, XNNPACK {'on' if t.xnnpack else 'off'}")
@@ -230,7 +249,7 @@ def bench(result: Any) -> None:
         scaling(result.scaling, Path(t.model).name)
 
 
-def scaling(result: Any, model: str) -> None:
+def scaling(result: ThreadScaling, model: str) -> None:
     """The thread-scaling table: one row per thread count (edgebn.bench.scaling.ThreadScaling)."""
     table = Table(title=f"{model} by interpreter threads (speedup: p50 at "
                         f"{result.reference_threads} thread(s) / p50; efficiency: GMAC/s / "
@@ -242,14 +261,14 @@ def scaling(result: Any, model: str) -> None:
     out.print(table)
 
 
-def plot(result: Any, path: Path) -> Path:
+def plot(result: BenchResult, path: Path) -> Path:
     """Latency distributions per runtime on a log axis, written atomically as PNG."""
     title = (f"{result.environment.get('cpu', '')}, {result.tflite.threads} thread(s), "
              f"batch {result.tflite.batch}")
     return latency(result.rows(), path, title).path
 
 
-def emulation(result: Any) -> None:
+def emulation(result: EmulationResult) -> None:
     table = new_table(f"self-test on {result.platform}",
                    ("runtime", "result", "NumPy", "max |diff|", "top-1", "seconds"))
     for r in result.runs:
@@ -263,7 +282,7 @@ def emulation(result: Any) -> None:
     out.print(table)
 
 
-def check(result: Any) -> None:
+def check(result: CheckResult) -> None:
     table = new_table(f"edgebn check {result.report} against {result.baseline}",
                    ("metric", "baseline", "current", "threshold", "result"))
     for m in result.metrics:
@@ -274,7 +293,7 @@ def check(result: Any) -> None:
     out.print("[green]no regression[/]" if result.passed else "[red]regression[/]")
 
 
-def grown_ops(diffs: Any) -> None:
+def grown_ops(diffs: Sequence[OpDiff]) -> None:
     """The operators that grew most (edgebn.runtime.profile.opdiff.OpDiff), as ``edgebn check`` names them."""
     if diffs:
         out.print("operators that grew most (isolated time, baseline -> current):")
@@ -285,7 +304,7 @@ def grown_ops(diffs: Any) -> None:
                   f"{_us(d.time_us)} µs ([red]{d.delta_us:+,.1f}[/], {d.status})")
 
 
-def train(result: Any) -> None:
+def train(result: SavedTraining) -> None:
     t = result.trained
     out.print(f"saved {result.path}: {t.arch}, {t.params:,} params, {training_summary(t)}, "
               f"test accuracy {t.test_accuracy:.4f}")
@@ -298,11 +317,11 @@ def _us(value: float | None) -> str:
     return "-" if value is None else f"{value:,.1f}"
 
 
-def _shape(shape: Any) -> str:
+def _shape(shape: Sequence[int] | None) -> str:
     return "-" if shape is None else "x".join(str(d) for d in shape)
 
 
-def profile(result: Any, top: int = 15) -> None:
+def profile(result: ProfileResult, top: int = 15) -> None:
     ops = result.operators
     table = Table(title=f"{Path(result.model).name}: {result.method}, {result.backend}, "
                         f"threads {result.threads}, XNNPACK {'on' if result.xnnpack else 'off'} "
@@ -352,7 +371,7 @@ def profile(result: Any, top: int = 15) -> None:
         profile_diff(result, top)
 
 
-def profile_diff(result: Any, top: int = 15) -> None:
+def profile_diff(result: ProfileResult, top: int = 15) -> None:
     base = result.baseline
     table = Table(title=f"against {Path(base.model).name}: whole p50 "
                         f"{base.latency_us.p50:,.1f} -> {result.latency_us.p50:,.1f} µs, "

@@ -3,16 +3,19 @@ rollbacks and the service (edgebn.cli.device renders with these)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from edgebn.cli.render import new_table
 from edgebn.cli.ui import out
 from edgebn.deploy.ansible_engine import Exported
+from edgebn.deploy.bundle import BundleResult
+from edgebn.deploy.fleet import FleetResult
 from edgebn.deploy.policy import RolloutResult
 from edgebn.deploy.rows import HostRow
+from edgebn.deploy.service import ServedDeploy, ServedRollback
+from edgebn.deploy.ssh import RollbackResult
+from edgebn.documents import JsonDict
 
 
-def bundle(result: Any) -> None:
+def bundle(result: BundleResult) -> None:
     st = result.selftest
     out.print(f"wrote {result.out}: {', '.join(sorted(result.files))}, manifest.json")
     out.print(f"self-test here: {'passed' if st['passed'] else 'FAILED'} "
@@ -79,7 +82,7 @@ def exported(result: Exported) -> None:
     out.print(f"wrote {', '.join(result.files)} to {result.dir}; run it with:\n  {result.command}")
 
 
-def device_profile(host: str, p: dict[str, Any], top: int = 10) -> None:
+def device_profile(host: str, p: JsonDict, top: int = 10) -> None:
     """``deploy --profile``: the device's per-operator times, slowest first."""
     table = new_table(f"{host}: per operator ({p['runtime']}, {p['threads']} threads); sum "
                    f"{p['ops_sum_us']:,.1f} µs beside the whole model's p50 "
@@ -90,20 +93,20 @@ def device_profile(host: str, p: dict[str, Any], top: int = 10) -> None:
     out.print(table)
 
 
-def _bench_line(b: dict[str, Any]) -> str:
+def _bench_line(b: JsonDict) -> str:
     lat, dev = b["latency_us"], b.get("device", {})
     return (f"p50 {lat['p50']:.1f} us, p90 {lat['p90']:.1f} us, p99 {lat['p99']:.1f} us "
             f"({b['runtime']}, {b['threads']} threads, {dev.get('cpu', '?')}, "
             f"{dev.get('cores', '?')} cores)")
 
 
-def rollback(result: Any) -> None:
+def rollback(result: RollbackResult) -> None:
     out.print(f"{result.host}:{result.path} -> releases/{result.release} (was {result.previous})")
 
 
-def served(result: Any) -> None:
+def served(result: ServedDeploy | ServedRollback) -> None:
     """``deploy --service`` (a ServedDeploy) or ``--rollback --service`` (a ServedRollback)."""
-    deploy(result.deploy) if hasattr(result, "deploy") else rollback(result.rollback)
+    deploy(result.deploy) if isinstance(result, ServedDeploy) else rollback(result.rollback)
     s = result.service
     if s is None:
         out.print("[red]the release did not go live: the service was left as it was[/]")
@@ -118,7 +121,7 @@ def served(result: Any) -> None:
               f"self-test passed at load, {h['runtime']}", highlight=False)
 
 
-def fleet(result: Any) -> None:
+def fleet(result: FleetResult) -> None:
     table = new_table(f"{len(result.hosts)} hosts, {result.seconds:.1f} s",
                    ("host", "copied", "self-test", "p50 us", "OS", "Python", "runtime", "°C",
                     "throttled", "seconds", "error"))

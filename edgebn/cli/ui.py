@@ -19,12 +19,13 @@ import os
 import sys
 import tempfile
 import warnings
-from collections.abc import Iterator
-from typing import TextIO
+from collections.abc import Callable, Iterator
+from typing import Protocol, TextIO, TypeVar
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
+from edgebn.documents import JsonDict
 from edgebn.errors import EdgebnError
 
 out = Console(highlight=False)  # results: stdout
@@ -175,3 +176,20 @@ def print_json(doc: object) -> None:
     stream: TextIO = out.file
     stream.write(json.dumps(doc, indent=2) + "\n")
     stream.flush()
+
+
+class Documented(Protocol):
+    """A result with its JSON document (../shared/CONTRACTS.md)."""
+
+    def to_json(self) -> JsonDict: ...
+
+
+R = TypeVar("R", bound=Documented)
+
+
+def show(result: R, as_json: bool, table: Callable[[R], object]) -> None:
+    """``result`` for machines, its document on stdout (``--json``), or for people: ``table``."""
+    if as_json:
+        print_json(result.to_json())
+    else:
+        table(result)

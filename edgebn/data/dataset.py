@@ -9,13 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from edgebn.data.arrays import load_classified, load_samples
 from edgebn.data.folder import ImageFiles, Streams, check_headers, list_folder, read_checked
 from edgebn.data.images import Color, Preprocessing, Resize
+from edgebn.documents import JsonDict
 from edgebn.errors import DatasetError, path_text, reason
 
 TRAIN_SAMPLE = 200  # a streamed folder keeps this many training inputs in memory (int8 calibration)
@@ -61,7 +61,7 @@ class Dataset:
         return replace(self, x_test=head.load(), y_test=head.labels)
 
     @property
-    def test_split(self) -> tuple[Any, np.ndarray]:
+    def test_split(self) -> tuple[np.ndarray | ImageFiles, np.ndarray]:
         """The whole test split: (inputs, labels); a streamed folder's inputs as its files."""
         if self.streams is not None:
             return self.streams.test, self.streams.test.labels
@@ -71,7 +71,7 @@ class Dataset:
     def input_shape(self) -> tuple[int, int, int]:
         return self.preprocessing.input_shape
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JsonDict:
         train, val, test = self.counts
         return {"name": self.name, "train": train, "val": val, "test": test,
                 "streamed": self.streams is not None, "classes": self.classes,

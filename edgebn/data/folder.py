@@ -15,13 +15,16 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from edgebn.data.images import IMAGE_SUFFIXES, Preprocessing, read_image
 from edgebn.errors import DatasetError, path_text, reason
+
+if TYPE_CHECKING:  # named in annotations only: importing TensorFlow takes seconds (edgebn.cli.app)
+    import tensorflow as tf
 
 CACHE_BYTES = 256 * 2**20  # decoded float32 tensors of a split cached in memory up to this
 
@@ -92,6 +95,11 @@ class ImageFiles:
     def __len__(self) -> int:
         return len(self.paths)
 
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """One sample's shape, as the model takes it."""
+        return self.pre.input_shape
+
     def take(self, idx: np.ndarray) -> ImageFiles:
         return ImageFiles(tuple(self.paths[i] for i in idx), self.labels[idx], self.pre)
 
@@ -110,7 +118,7 @@ class ImageFiles:
     def decoded_bytes(self) -> int:
         return len(self.paths) * int(np.prod(self.pre.input_shape)) * 4
 
-    def tf_dataset(self, batch_size: int, shuffle: bool = False, seed: int = 0) -> Any:
+    def tf_dataset(self, batch_size: int, shuffle: bool = False, seed: int = 0) -> tf.data.Dataset:
         """A ``tf.data.Dataset`` of (inputs, labels) batches, decoded in parallel, prefetched."""
         import tensorflow as tf  # lazy: TensorFlow takes seconds to import
 

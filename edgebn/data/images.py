@@ -5,10 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image
+
+from edgebn.documents import JsonDict
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
@@ -70,13 +71,13 @@ class Preprocessing:
             np.float32
         )
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JsonDict:
         return {"input_shape": list(self.input_shape), "raw_max": self.raw_max,
                 "scale": self.scale, "offset": self.offset, "color": self.color.value,
                 "resize": self.resize.value, "source": self.source, "layout": self.layout.value}
 
     @classmethod
-    def from_json(cls, doc: dict[str, Any]) -> Preprocessing:
+    def from_json(cls, doc: JsonDict) -> Preprocessing:
         return cls(tuple(doc["input_shape"]), float(doc["raw_max"]), float(doc["scale"]),
                    float(doc.get("offset", 0.0)), Color(doc.get("color", "grayscale")),
                    Resize(doc.get("resize", "bilinear")), str(doc.get("source", "unknown")),

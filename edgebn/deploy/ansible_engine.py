@@ -40,7 +40,6 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from edgebn.deploy import policy
 from edgebn.deploy.policy import Engine, RolloutPolicy, RolloutResult
@@ -53,6 +52,7 @@ from edgebn.deploy.release import (
 )
 from edgebn.deploy.rows import HostRow, Status
 from edgebn.deploy.ssh import SshTarget, check_profile, prepare, trust_line
+from edgebn.documents import JsonDict
 from edgebn.errors import EdgebnError
 
 COLLECTIONS_PATH = Path(__file__).parent  # holds ansible_collections/edgebn/fleet
@@ -93,7 +93,7 @@ class Exported:
     files: tuple[str, ...]
     command: str  # how to run it
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JsonDict:
         return {"dir": str(self.dir), "files": list(self.files), "command": self.command,
                 "collections_path": str(COLLECTIONS_PATH)}
 
@@ -102,9 +102,9 @@ def _common_args(options: tuple[str, ...]) -> str:
     return " ".join(f"-o {shlex.quote(o)}" for o in options)
 
 
-def _host_vars(t: SshTarget) -> dict[str, Any]:
+def _host_vars(t: SshTarget) -> JsonDict:
     user, _, address = t.host.rpartition("@")
-    out: dict[str, Any] = {"ansible_host": address, "ansible_connection": "ssh",
+    out: JsonDict = {"ansible_host": address, "ansible_connection": "ssh",
                            "edgebn_name": t.host if t.port is None else f"{t.host}:{t.port}"}
     if user:
         out["ansible_user"] = user
@@ -117,7 +117,7 @@ def _host_vars(t: SshTarget) -> dict[str, Any]:
     return out
 
 
-def inventory(targets: tuple[SshTarget, ...]) -> dict[str, Any]:
+def inventory(targets: tuple[SshTarget, ...]) -> JsonDict:
     """An Ansible inventory (YAML's JSON subset) of the hosts, in their order: hosts named
     ``edgebn-NNN``, each with the connection options and edgebn's name for it."""
     width = max(3, len(str(len(targets))))
@@ -126,8 +126,8 @@ def inventory(targets: tuple[SshTarget, ...]) -> dict[str, Any]:
 
 
 def playbook_vars(shipment_tar: str, options: DeployOptions, rollout: RolloutPolicy,
-                  line: str | None, conn: Connection) -> dict[str, Any]:
-    out: dict[str, Any] = {
+                  line: str | None, conn: Connection) -> JsonDict:
+    out: JsonDict = {
         "edgebn_tar": shipment_tar, "edgebn_dest": options.dest, "edgebn_python": options.python,
         "edgebn_trust_file": options.trust_file, "edgebn_trust_line": line,
         "edgebn_timeout": options.timeout_s, "edgebn_health_timeout": options.health_timeout_s,

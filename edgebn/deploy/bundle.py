@@ -25,7 +25,6 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -34,6 +33,7 @@ from edgebn.choices import selftest_tolerance
 from edgebn.data.images import Preprocessing
 from edgebn.deploy.op_models import write_operator_models
 from edgebn.deploy.sign import sign_manifest
+from edgebn.documents import JsonDict
 from edgebn.errors import EdgebnError, InvalidModelError
 from edgebn.files import atomic_dir
 from edgebn.tflite.reader import TFLiteModel
@@ -109,11 +109,11 @@ x = pixel * {raw_scale} * {scale} + {offset}.
 class BundleResult:
     out: Path
     files: dict[str, str]  # name -> sha256
-    spec: dict[str, Any]
-    selftest: dict[str, Any]  # predict.py's self-test, run here
+    spec: JsonDict
+    selftest: JsonDict  # predict.py's self-test, run here
     signed: bool = False  # manifest.json.sig was written (--sign)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JsonDict:
         return {"out": str(self.out), "files": self.files, "selftest": self.selftest,
                 "input": self.spec["input"], "output": self.spec["output"],
                 "signature": "manifest.json.sig" if self.signed else None}
@@ -145,17 +145,8 @@ class BundleSource:
     test_accuracy: float
     bn_verdict: str
 
-    @classmethod
-    def from_build(cls, result: Any, golden_inputs: np.ndarray) -> BundleSource:
-        """From an ``edgebn build`` still in memory (a :class:`edgebn.pipeline.report.BuildResult`)."""
-        converted = result.conversion.converted
-        return cls(converted.model, result.dataset.preprocessing, result.dataset.class_names,
-                   np.asarray(golden_inputs[:GOLDEN_SAMPLES], np.float32), result.arch,
-                   converted.quantize.value, result.verified.tflite_accuracy,
-                   result.conversion.inspected.bn.verdict)
 
-
-def _tensor_spec(model: TFLiteModel, index: int) -> dict[str, Any]:
+def _tensor_spec(model: TFLiteModel, index: int) -> JsonDict:
     t = model.subgraphs[0].tensors[index]
     q = t.quantization
     return {"shape": list(t.shape), "dtype": t.dtype.lower(),
@@ -163,7 +154,7 @@ def _tensor_spec(model: TFLiteModel, index: int) -> dict[str, Any]:
             else None}
 
 
-def _spec(source: BundleSource) -> dict[str, Any]:
+def _spec(source: BundleSource) -> JsonDict:
     sg = source.model.subgraphs[0]
     if len(sg.inputs) != 1 or len(sg.outputs) != 1:
         raise InvalidModelError(f"{source.model.path}: a bundle needs one input and one output "
@@ -184,7 +175,7 @@ def _spec(source: BundleSource) -> dict[str, Any]:
     }
 
 
-def _readme(name: str, spec: dict[str, Any]) -> str:
+def _readme(name: str, spec: JsonDict) -> str:
     p, inp, b = spec["preprocessing"], spec["input"], spec["build"]
     return DEVICE_README.format(
         name=name, arch=b["arch"], classes=len(spec["labels"]), shape=inp["shape"][1:],

@@ -40,8 +40,8 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
+from edgebn.documents import JsonDict
 from edgebn.errors import EdgebnError
 from edgebn.machine import cache_dir
 from edgebn.runtime.backends import Backend
@@ -106,10 +106,10 @@ class EmulatedRun:
     passed: bool
     exit_code: int | None
     seconds: float
-    selftest: dict[str, Any] | None = None
+    selftest: JsonDict | None = None
     error: str | None = None
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JsonDict:
         return {"runtime": self.runtime, "passed": self.passed, "exit_code": self.exit_code,
                 "seconds": round(self.seconds, 2), "selftest": self.selftest, "error": self.error}
 
@@ -125,7 +125,7 @@ class EmulationResult:
     def passed(self) -> bool:
         return bool(self.runs) and all(r.passed for r in self.runs)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JsonDict:
         return {"bundle": self.bundle, "platform": self.platform, "os": self.os,
                 "passed": self.passed, "runs": [r.to_json() for r in self.runs]}
 

@@ -15,25 +15,37 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Protocol
 
 from edgebn.deploy.policy import DEFAULT_PARALLEL
-from edgebn.deploy.ssh import DeployOptions, RollbackResult, SshTarget, rollback
+from edgebn.deploy.ssh import DeployOptions, SshTarget, rollback
+from edgebn.documents import JsonDict
 from edgebn.errors import EdgebnError
+
+
+class HostResult(Protocol):
+    """What an action returns for one host (a RollbackResult, edgebn.deploy.service's
+    ServedDeploy or ServedRollback); its ``selftest`` and ``bench``, where it has them, are read
+    into the row."""
+
+    @property
+    def passed(self) -> bool: ...
+
+    def to_json(self) -> JsonDict: ...
 
 
 @dataclass(frozen=True)
 class HostOutcome:
     host: str  # user@host[:port], as in the hosts file
     seconds: float
-    result: RollbackResult | None = None
+    result: HostResult | None = None
     error: str | None = None
 
     @property
     def passed(self) -> bool:
         return self.error is None and bool(self.result.passed)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JsonDict:
         r = self.result
         st = getattr(r, "selftest", None)
         bench = getattr(r, "bench", None)
@@ -46,7 +58,7 @@ class HostOutcome:
                 "result": None if r is None else r.to_json()}
 
 
-def _device(selftest: dict[str, Any] | None, bench: dict[str, Any] | None) -> dict[str, Any]:
+def _device(selftest: JsonDict | None, bench: JsonDict | None) -> JsonDict:
     """What the host said of itself: OS, Python, runtime, and with a bench its temperature
     and throttle flag after the run (None where it did not say)."""
     st, b = selftest or {}, bench or {}
@@ -66,7 +78,7 @@ class FleetResult:
     def passed(self) -> bool:
         return all(h.passed for h in self.hosts)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JsonDict:
         return {"passed": self.passed, "seconds": round(self.seconds, 2),
                 "failed": sum(not h.passed for h in self.hosts),
                 "hosts": [h.to_json() for h in self.hosts]}
@@ -105,7 +117,7 @@ def read_hosts(path: str | Path, base: SshTarget) -> list[SshTarget]:
     return targets
 
 
-def _one(action: Callable[[SshTarget], Any], target: SshTarget) -> HostOutcome:
+def _one(action: Callable[[SshTarget], HostResult], target: SshTarget) -> HostOutcome:
     name = target.host if target.port is None else f"{target.host}:{target.port}"
     start = time.perf_counter()
     try:
@@ -118,7 +130,7 @@ def _one(action: Callable[[SshTarget], Any], target: SshTarget) -> HostOutcome:
     return HostOutcome(name, time.perf_counter() - start, result)
 
 
-def run_fleet(targets: list[SshTarget], action: Callable[[SshTarget], Any],
+def run_fleet(targets: list[SshTarget], action: Callable[[SshTarget], HostResult],
               parallel: int = DEFAULT_PARALLEL) -> FleetResult:
     """``action`` on every target in a pool of ``parallel`` threads; rows in the targets' order."""
     if parallel < 1:

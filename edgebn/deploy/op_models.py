@@ -17,10 +17,10 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from edgebn.documents import JsonDict
 from edgebn.errors import EdgebnError
 from edgebn.runtime.profile.fusion import fused_pads
 from edgebn.runtime.profile.op_timing import AT_LOAD, capture, captured
@@ -52,7 +52,7 @@ def _npy(a: np.ndarray) -> bytes:
 
 
 def write_operator_models(model: TFLiteModel, golden: np.ndarray, out: Path, nchw: bool = False
-                          ) -> dict[str, Any]:
+                          ) -> JsonDict:
     """``profile/`` in the bundle directory ``out``: one model and its inputs per operator."""
     if len(model.subgraphs[0].inputs) != 1:
         raise EdgebnError(f"{model.path}: operator models need a model with one input")
@@ -67,7 +67,7 @@ def write_operator_models(model: TFLiteModel, golden: np.ndarray, out: Path, nch
     (out / PROFILE_DIR).mkdir()
     rows = []
     for op in sg.operators:
-        row: dict[str, Any] = {"index": op.index, "op": op.op, "macs": macs.get(op.index, 0)}
+        row: JsonDict = {"index": op.index, "op": op.op, "macs": macs.get(op.index, 0)}
         rows.append(row)
         if op.op in AT_LOAD and all(t in static for t in op.inputs if t >= 0):
             static |= {t for t in op.outputs if t >= 0}

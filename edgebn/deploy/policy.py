@@ -22,9 +22,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
 
 from edgebn.deploy.rows import FAILING, HostRow, Status
+from edgebn.documents import JsonDict
 from edgebn.errors import EdgebnError
 
 
@@ -136,7 +136,7 @@ class RolloutResult:
     def counts(self) -> dict[str, int]:
         return {s.value: sum(r.status is s for r in self.rows) for s in Status}
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JsonDict:
         return {"engine": self.engine.value, "release": self.release, "passed": self.passed,
                 "check": self.check, "seconds": round(self.seconds, 2), "failed": self.failed,
                 "batches": list(self.batch_sizes), "max_failures": self.max_failures,

@@ -29,9 +29,10 @@ import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from edgebn.deploy.rows import DeviceFacts, HostRow, Status
+from edgebn.documents import JsonDict
 from edgebn.errors import EdgebnError
 
 DEVICE_DIR = Path(__file__).parent / "device"
@@ -219,7 +220,7 @@ def _trust_needed(st: DeviceStatus, line: str | None) -> bool:
 
 
 def predict(t: Transport, options: DeployOptions, args: tuple[str, ...], what: str,
-            timeout_s: float) -> tuple[dict[str, Any], int]:
+            timeout_s: float) -> tuple[JsonDict, int]:
     """predict.py ARGS --json in DEST/current: through the device's verifier when it trusts keys."""
     ran = t.run(release_command("predict", options.dest, options.device_trust, options.verifier,
                                 options.python, *args, "--json"), None, what, timeout_s)
@@ -233,7 +234,7 @@ def predict(t: Transport, options: DeployOptions, args: tuple[str, ...], what: s
     return doc, ran.rc
 
 
-def _selftest_reason(doc: dict[str, Any] | None, code: int | None, err: str) -> str:
+def _selftest_reason(doc: JsonDict | None, code: int | None, err: str) -> str:
     if doc and doc.get("passed") is False:
         return (f"self-test of the staged release failed: max |diff| {doc.get('max_abs_diff')} "
                 f"{doc.get('units', '')} (allowed {doc.get('atol')}), top-1 agreement "
@@ -257,9 +258,9 @@ def _deploy(t: Transport, shipment: Shipment, options: DeployOptions, timeout_s:
     return ran, _pairs(ran.stdout)
 
 
-def _measure(t: Transport, options: DeployOptions, deadline: float) -> dict[str, Any]:
+def _measure(t: Transport, options: DeployOptions, deadline: float) -> JsonDict:
     """--bench and --profile on the live release: their documents, or why they did not run."""
-    out: dict[str, Any] = {}
+    out: JsonDict = {}
     runs = str(int(options.bench_runs))
     for flag, key, wanted in (("--bench", "bench", options.bench),
                               ("--profile", "profile", options.profile)):
@@ -272,7 +273,7 @@ def _measure(t: Transport, options: DeployOptions, deadline: float) -> dict[str,
     return out
 
 
-def _json(text: str | None) -> dict[str, Any] | None:
+def _json(text: str | None) -> JsonDict | None:
     try:
         doc = json.loads(text) if text else None
     except ValueError:
@@ -293,10 +294,10 @@ class _Attempt:
     def left(self) -> float:
         return _left(self.deadline)
 
-    def row(self, status: Status, **kw: Any) -> HostRow:
+    def row(self, status: Status, **kw: object) -> HostRow:
         st = self.st
-        base: dict[str, Any] = {"previous": st.current if st else None,
-                                "device": st.facts if st else DeviceFacts()}
+        base: dict[str, object] = {"previous": st.current if st else None,
+                                   "device": st.facts if st else DeviceFacts()}
         return HostRow(self.t.name, status, self.shipment.release, batch=self.batch,
                        path=f"{self.options.dest}/current", bytes_sent=self.sent,
                        seconds=time.perf_counter() - self.start, **(base | kw))
@@ -378,7 +379,7 @@ def _measured(a: _Attempt, row: HostRow) -> HostRow:
 
 
 def _outcome(t: Transport, shipment: Shipment, options: DeployOptions, ran: Ran,
-             said: dict[str, str], doc: dict[str, Any] | None, code: int | None
+             said: dict[str, str], doc: JsonDict | None, code: int | None
              ) -> tuple[Status, str | None]:
     """release.sh deploy's exit code and lines as a status and its reason."""
     err = last_line(ran.stderr)

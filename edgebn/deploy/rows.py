@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 from enum import Enum
-from typing import Any
+
+from edgebn.documents import JsonDict
 
 
 class Status(str, Enum):
@@ -35,7 +36,7 @@ class DeviceFacts:
     throttled: bool | None = None
     thread_warning: str | None = None
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JsonDict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
@@ -52,12 +53,12 @@ class HostRow:
     seconds: float = 0.0
     bytes_sent: int = 0
     path: str | None = None  # DEST/current on the device
-    selftest: dict[str, Any] | None = None  # the staged release's predict.py --selftest document
+    selftest: JsonDict | None = None  # the staged release's predict.py --selftest document
     selftest_exit: int | None = None
     health: str | None = None  # "ok", or what the health check said
     device: DeviceFacts = field(default_factory=DeviceFacts)
-    bench: dict[str, Any] | None = None
-    profile: dict[str, Any] | None = None
+    bench: JsonDict | None = None
+    profile: JsonDict | None = None
     trusted: str | None = None  # the allowed-signers line installed (--trust)
     would_change: bool | None = None  # --check: this host is not on the release
 
@@ -65,7 +66,7 @@ class HostRow:
     def passed(self) -> bool:
         return self.status in OK and self.reason is None
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JsonDict:
         doc = {f.name: getattr(self, f.name) for f in fields(self)}
         doc["status"] = self.status.value
         doc["seconds"] = round(self.seconds, 2)
@@ -74,7 +75,7 @@ class HostRow:
         return doc
 
     @classmethod
-    def from_json(cls, doc: dict[str, Any]) -> HostRow:
+    def from_json(cls, doc: JsonDict) -> HostRow:
         """The row ``to_json`` wrote (the Ansible callback's file): unknown keys ignored."""
         names = {f.name for f in fields(cls)}
         values = {k: v for k, v in doc.items() if k in names}

@@ -35,7 +35,6 @@ import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from edgebn.deploy.fleet import DEFAULT_PARALLEL, FleetResult, run_fleet
 from edgebn.deploy.rows import HostRow
@@ -50,6 +49,7 @@ from edgebn.deploy.ssh import (
     run_remote,
     ship,
 )
+from edgebn.documents import JsonDict
 from edgebn.errors import EdgebnError
 
 DEFAULT_LISTEN = "127.0.0.1:8750"  # predict.py's SERVE_LISTEN: loopback unless told otherwise
@@ -176,7 +176,7 @@ class ServiceResult:
     unit: str
     address: dict[str, str]  # what DEST/service.json says
     command: str  # the server's command line on the device, shell-quoted
-    health: dict[str, Any] | None  # the server's last /health answer
+    health: JsonDict | None  # the server's last /health answer
     seconds: float
     error: str | None = None  # why /health does not name the release, when it does not
     linger: bool | None = None  # loginctl enable-linger worked: the unit starts at boot
@@ -185,7 +185,7 @@ class ServiceResult:
     def passed(self) -> bool:
         return self.error is None
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JsonDict:
         return {"host": self.host, "unit": self.unit, "address": self.address,
                 "command": self.command, "health": self.health, "error": self.error,
                 "linger": self.linger, "seconds": round(self.seconds, 2)}
@@ -208,14 +208,14 @@ class ServedDeploy:
         return self.deploy.bytes_sent
 
     @property
-    def selftest(self) -> dict[str, Any] | None:
+    def selftest(self) -> JsonDict | None:
         return self.deploy.selftest
 
     @property
-    def bench(self) -> dict[str, Any] | None:
+    def bench(self) -> JsonDict | None:
         return self.deploy.bench
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JsonDict:
         return {**self.deploy.to_json(),
                 "service": None if self.service is None else self.service.to_json()}
 
@@ -230,7 +230,7 @@ class ServedRollback:
     def passed(self) -> bool:
         return self.service.passed
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JsonDict:
         return {**self.rollback.to_json(), "reloaded": self.reloaded,
                 "service": self.service.to_json()}
 
@@ -254,7 +254,7 @@ def probe(target: SshTarget, options: DeployOptions, timeout_s: float) -> Device
 
 
 def health(target: SshTarget, options: DeployOptions, release: str, wait_s: float,
-           timeout_s: float) -> tuple[dict[str, Any] | None, str | None]:
+           timeout_s: float) -> tuple[JsonDict | None, str | None]:
     """The server's /health once it names ``release``; else the last answer and why not."""
     done = _script(target, "health check", timeout_s + wait_s, "health", options.dest,
                    options.python, release, wait_s)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -30,7 +30,7 @@ from edgebn.convert import (
     to_tflite,
 )
 from edgebn.data.dataset import CHECK_SAMPLES, Dataset, DataSpec
-from edgebn.deploy.bundle import GOLDEN_SAMPLES, BundleSource, bundle, check_bundle_out
+from edgebn.deploy.bundle import GOLDEN_SAMPLES, bundle, check_bundle_out
 from edgebn.deploy.emulate import check_os_runtimes, emulate
 from edgebn.errors import DatasetError, EdgebnError
 from edgebn.files import atomic_path, recover_dir, staged_dir
@@ -48,6 +48,9 @@ from edgebn.train.ledger import SweepLedger, SweepRun, sweep_ledger
 from edgebn.train.training import TrainConfig, TrainResult, given_model, train
 from edgebn.zoo.keras_io import save_keras
 from edgebn.zoo.models import arch_spec, fit_data
+
+if TYPE_CHECKING:  # named in annotations only: importing Keras takes seconds (edgebn.cli.app)
+    import keras
 
 
 @dataclass(frozen=True)
@@ -283,7 +286,7 @@ def _convert(config: BuildConfig, ds: Dataset, trained: TrainResult, twin: Train
     beside = options.quantize in FLOAT32_BESIDE
     made: dict[str, Converted] = {}
 
-    def twin_and_float32(converted_model: Any) -> None:  # inside the convert stage
+    def twin_and_float32(converted_model: keras.Model) -> None:  # inside the convert stage
         if twin is not None:
             made["twin"] = to_tflite(twin.model, out / "twin.tflite", options.quantize,
                                      representative)
@@ -345,8 +348,7 @@ def _device(config: BuildConfig, result: BuildResult, stages: Stages,
         return result
 
     with stages.stage("bundle", str(shown / "bundle")):
-        source = BundleSource.from_build(result, result.dataset.x_test)
-        bundled = bundle(source, config.out / "bundle", config.sign)
+        bundled = bundle(result.bundle_source(), config.out / "bundle", config.sign)
     emulated = None
     if config.emulate:
         with stages.stage("emulate", ", ".join(r.value for r in config.emulate)):

@@ -19,8 +19,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
+from edgebn.documents import JsonDict, JsonValue
 from edgebn.errors import EdgebnError
 from edgebn.pipeline.report_read import read_report
 from edgebn.runtime.profile.opdiff import OpDiff
@@ -47,13 +47,13 @@ class Thresholds:
 @dataclass(frozen=True)
 class Metric:
     name: str
-    baseline: Any
-    current: Any
+    baseline: JsonValue  # the metric as each report gives it
+    current: JsonValue
     threshold: str
     passed: bool
-    detail: dict[str, Any] = field(default_factory=dict)  # the latency ratio's interval, rounds
+    detail: JsonDict = field(default_factory=dict)  # the latency ratio's interval, rounds
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JsonDict:
         return {"metric": self.name, "baseline": self.baseline, "current": self.current,
                 "threshold": self.threshold, "passed": self.passed, **self.detail}
 
@@ -63,14 +63,14 @@ class CheckResult:
     report: str
     baseline: str
     metrics: tuple[Metric, ...]
-    environment: dict[str, Any] = field(default_factory=dict)
+    environment: JsonDict = field(default_factory=dict)
     grown_ops: tuple[OpDiff, ...] = ()  # when latency regressed: the operators that grew most
 
     @property
     def passed(self) -> bool:
         return all(m.passed for m in self.metrics)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JsonDict:
         return {"report": self.report, "baseline": self.baseline, "passed": self.passed,
                 "metrics": [m.to_json() for m in self.metrics],
                 "grown_ops": [d.to_json() for d in self.grown_ops]}

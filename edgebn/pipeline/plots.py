@@ -15,11 +15,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from edgebn.bench.run import BenchRow
 from edgebn.files import atomic_path
+from edgebn.runtime.profile.result import OpTime
+
+if TYPE_CHECKING:  # named in annotations only: matplotlib is imported when a plot is drawn
+    from matplotlib.figure import Figure
 
 
 @dataclass(frozen=True)
@@ -37,7 +43,7 @@ class Curve:
     steps_per_epoch: int
 
 
-def _pyplot() -> Any:
+def _pyplot() -> ModuleType:
     import matplotlib  # lazy: matplotlib only when a plot is drawn
 
     matplotlib.use("Agg")
@@ -46,7 +52,7 @@ def _pyplot() -> Any:
     return plt
 
 
-def _save(fig: Any, path: Path) -> None:
+def _save(fig: Figure, path: Path) -> None:
     plt = _pyplot()
     fig.tight_layout()
     with atomic_path(path) as tmp:
@@ -83,7 +89,7 @@ def training(curves: Sequence[Curve], target: float | None, path: str | Path,
     return Plot(Path(path), tuple(shows))
 
 
-def latency(rows: Sequence[Any], path: str | Path, title: str = "") -> Plot:
+def latency(rows: Sequence[BenchRow], path: str | Path, title: str = "") -> Plot:
     """Each row's latency samples (``label``, ``samples_ns``) as a box, on a log axis."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 0.6 * len(rows) + 1.5))
@@ -100,7 +106,7 @@ def latency(rows: Sequence[Any], path: str | Path, title: str = "") -> Plot:
 PROFILE_TOP = 15
 
 
-def profile(operators: Sequence[Any], path: str | Path, title: str = "",
+def profile(operators: Sequence[OpTime], path: str | Path, title: str = "",
             top: int = PROFILE_TOP) -> Plot:
     """The ``top`` slowest operators (``op``, ``index``, ``time_us``, ``residual_bn``) as bars;
     residual BN in red."""

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from edgebn.bench.run import BenchResult
 from edgebn.choices import QUANTIZE_MODES, Quantize
 from edgebn.convert import Converted
+from edgebn.documents import JsonDict
 from edgebn.runtime.accuracy import VerifyResult
 from edgebn.runtime.timing import CostStats, TFLiteStats
 from edgebn.tflite.reader import TFLiteModel
@@ -59,7 +59,7 @@ class Precision:
     def cost(self) -> CostStats | None:
         return None if self.stats is None else self.stats.cost
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JsonDict:
         c = self.cost
         return {"path": self.path, "size_bytes": self.size_bytes,
                 "test_accuracy": self.test_accuracy, "top1_agreement": self.top1_agreement,
@@ -95,7 +95,7 @@ def precision_rows(precisions: list[Precision]) -> list[tuple[str, str]]:
     def row(metric: str, cell, unit: str = "") -> tuple[str, str]:
         return f"{names} {metric}", " / ".join(cell(p) for p in precisions) + unit
 
-    def maybe(fmt: str, value: Any) -> str:
+    def maybe(fmt: str, value: float | None) -> str:
         return "-" if value is None else format(value, fmt)
 
     rows = [row("file", lambda p: f"{p.path} {p.size_bytes:,}", " bytes"),

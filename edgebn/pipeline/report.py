@@ -11,16 +11,17 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from edgebn import __version__
 from edgebn.bench.run import BenchResult
 from edgebn.convert import ConversionResult
 from edgebn.data.dataset import Dataset, DataSpec
-from edgebn.deploy.bundle import BundleResult
+from edgebn.deploy.bundle import GOLDEN_SAMPLES, BundleResult, BundleSource
 from edgebn.deploy.emulate import EmulationResult
+from edgebn.documents import JsonDict
 from edgebn.files import write_atomic
 from edgebn.fold.keras.stats_check import StatsCheck, statistics_json
 from edgebn.fold.tflite.tflite_fold import TFLiteFoldResult
@@ -75,7 +76,7 @@ class BuildResult:
                       for c in self.float32.verified.checks if not c.passed]
         return found
 
-    def route_json(self) -> dict[str, Any]:
+    def route_json(self) -> JsonDict:
         """Which route the build took: a zoo model trained here, or the user's .keras or .h5."""
         source = self.trained.source
         fmt = "zoo" if source is None else Path(source).suffix.lstrip(".")
@@ -83,7 +84,7 @@ class BuildResult:
                 "verified_against": "the Keras model" + (" trained here" if source is None
                                                          else f" loaded from the .{fmt} file")}
 
-    def statistics_json(self) -> dict[str, Any] | None:
+    def statistics_json(self) -> JsonDict | None:
         """The BN statistics: training's (a zoo model), or the brought model's check."""
         trained = self.trained.bn_statistics
         return trained.to_json() if trained is not None else statistics_json(self.given_statistics)
@@ -105,16 +106,25 @@ class BuildResult:
     def arch(self) -> str:
         return self.trained.arch
 
+    def bundle_source(self) -> BundleSource:
+        """What the device bundle ships of this build: the .tflite, its preprocessing and labels,
+        the first test inputs as golden samples."""
+        converted = self.conversion.converted
+        return BundleSource(converted.model, self.dataset.preprocessing, self.dataset.class_names,
+                            np.asarray(self.dataset.x_test[:GOLDEN_SAMPLES], np.float32),
+                            self.arch, converted.quantize.value, self.verified.tflite_accuracy,
+                            self.conversion.inspected.bn.verdict)
+
     @property
     def keras_accuracy(self) -> float:
         """Trained here: measured after training; brought: measured by verify, on the same data."""
         t = self.trained.test_accuracy
         return self.verified.keras_accuracy if t is None else t
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JsonDict:
         """report.json; paths inside it are relative to ``out``."""
         converted, inspected = self.conversion.converted, self.conversion.inspected
-        doc: dict[str, Any] = {
+        doc: JsonDict = {
             "edgebn": __version__,
             "route": self.route_json(),
             "dataset": self.dataset.to_json(),
@@ -159,10 +169,10 @@ class BuildResult:
             doc["emulation"] = self.emulated.to_json() | {"bundle": str(self.out / "bundle")}
         return doc
 
-    def _baseline_json(self) -> dict[str, Any]:
+    def _baseline_json(self) -> JsonDict:
         """The BN-free baseline ("twin" in the document), the BN vs no-BN training ledger, and
         the learning-rate sweep."""
-        doc: dict[str, Any] = {}
+        doc: JsonDict = {}
         if self.twin is not None:
             doc["twin"] = {"available": True, "keras_path": "twin.keras",
                            "tflite_path": "twin.tflite", "params": self.twin.params,
@@ -178,7 +188,7 @@ class BuildResult:
             doc["lr_sweep"] = self.sweep.to_json()
         return doc
 
-    def _model_json(self) -> dict[str, Any]:
+    def _model_json(self) -> JsonDict:
         t = self.trained
         return {"arch": self.arch, "bn": t.bn, "params": t.params,
                 "bn_layers": len(t.bn_layers), "bn_layer_names": t.bn_layers,
@@ -188,7 +198,7 @@ class BuildResult:
                 "strategy": t.distribution.to_json(), "history": t.history.to_json(),
                 "train": t.config.to_json() if t.config else None}
 
-    def _bench_json(self) -> dict[str, Any]:
+    def _bench_json(self) -> JsonDict:
         doc = self.benched.to_json()
         for key in ("tflite", "baseline"):
             if key in doc:
@@ -286,7 +296,7 @@ class BuildResult:
 CHANCE_MARGIN = 0.05  # accuracy within this (or 3 standard errors) of chance: nothing learned
 
 
-def at_chance(accuracy: float, labels: Any, classes: int) -> str | None:
+def at_chance(accuracy: float, labels: npt.ArrayLike, classes: int) -> str | None:
     """A warning when ``accuracy`` is within a small margin of chance: the larger of
     1 / classes and the majority class's share of ``labels``; else None."""
     labels = np.asarray(labels)
@@ -338,8 +348,8 @@ def _bench_summary(b: BenchResult) -> list[tuple[str, str]]:
 # ---------------------------------------------------------------- Markdown
 
 
-def markdown_table(header: tuple[str, ...], rows: list[tuple[Any, ...]]) -> list[str]:
-    def cell(x: Any) -> str:
+def markdown_table(header: tuple[str, ...], rows: list[tuple[object, ...]]) -> list[str]:
+    def cell(x: object) -> str:
         return str(x).replace("|", "\\|")
 
     return ([f"| {' | '.join(header)} |", f"| {' | '.join('---' for _ in header)} |"]

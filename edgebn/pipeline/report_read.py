@@ -15,15 +15,16 @@ import re
 import reprlib
 import stat
 from collections import Counter, namedtuple
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
 import numpy as np
 
 from edgebn.data.images import Color, Layout, Preprocessing, Resize
+from edgebn.documents import JsonDict, JsonValue
 from edgebn.errors import EdgebnError, InvalidModelError
 
 MAX_REPORT_BYTES = 16 * 1024 * 1024  # a build's report.json is ~20 KB
@@ -34,6 +35,7 @@ MAX_DIGITS = 19  # an integer fits in 64 bits
 _NOT_BRACKETS = bytes(sorted(set(range(256)) - set(b"[]{}")))
 _SHOWN = reprlib.Repr()  # a received value, shortened
 _SHOWN.maxstring = _SHOWN.maxother = 60
+E = TypeVar("E", bound=Enum)
 _LongInt = namedtuple("_LongInt", "digits")  # too long to convert: refused by name once parsed
 
 
@@ -42,7 +44,7 @@ def _int(text: str) -> int | _LongInt:
     return int(text) if digits <= MAX_DIGITS else _LongInt(digits)
 
 
-def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+def _object(pairs: list[tuple[str, JsonValue]]) -> JsonDict:
     keys = Counter(k for k, _ in pairs)
     if len(keys) < len(pairs):  # two values under one key: which one would a reader see?
         raise ValueError(f"duplicate key {_SHOWN.repr(keys.most_common(1)[0][0])}")
@@ -62,24 +64,24 @@ def _nesting(data: bytes) -> int:
     return int(np.cumsum(steps, dtype=np.int32).max(initial=0))
 
 
-def _dotted(keys: list[Any]) -> str:
+def _dotted(keys: list[str | int]) -> str:
     """``bench.tflite.runs`` from the walk's keys, each shown short."""
     parts = [f"[{k}]" if isinstance(k, int) else "." + _SHOWN.repr(k)[1:-1] for k in keys]
     return "".join(parts).lstrip(".") or "the report"
 
 
-def _items(container: dict | list) -> Any:
+def _items(container: dict | list) -> Iterator[tuple[str | int, JsonValue]]:
     return iter(container.items() if isinstance(container, dict) else enumerate(container))
 
 
-def _bounded_values(doc: Any, where: Path) -> None:
+def _bounded_values(doc: JsonValue, where: Path) -> None:
     """Every string, key and integer of ``doc`` within bounds.
 
     Depth first with one iterator per open container, no recursion: what is alive at once
     is bounded by the nesting, so a document of millions of values costs no more than its
     length (a stack of every value would keep the garbage collector busy).
     """
-    keys: list[Any] = []  # the path to the container being walked
+    keys: list[str | int] = []  # the path to the container being walked
     frames = [_items(doc)] if isinstance(doc, dict | list) else []
     while frames:
         for key, value in frames[-1]:
@@ -101,7 +103,7 @@ def _bounded_values(doc: Any, where: Path) -> None:
             keys = keys[:-1]
 
 
-def load_json(path: str | Path) -> Any:
+def load_json(path: str | Path) -> JsonValue:
     """A JSON file, its size, nesting, strings and integers bounded before they are used."""
     p = Path(path)
     try:
@@ -147,13 +149,13 @@ class BuildReport:
 class _Fields:
     """One report's fields, each refused by its dotted name unless of its kind."""
 
-    doc: Any
+    doc: JsonValue
     where: Path
 
-    def refuse(self, name: str, allowed: str, value: Any) -> InvalidModelError:
+    def refuse(self, name: str, allowed: str, value: JsonValue) -> InvalidModelError:
         return InvalidModelError(f"{self.where}: {name} must be {allowed}. Received: {_SHOWN.repr(value)}")
 
-    def get(self, name: str, default: Any = KeyError) -> Any:
+    def get(self, name: str, default: JsonValue = KeyError) -> JsonValue:
         value, parts = self.doc, name.split(".")
         for i, key in enumerate(parts):
             if not isinstance(value, dict):
@@ -194,13 +196,14 @@ class _Fields:
             raise EdgebnError(f"{self.where}: its model {shown} is not a regular file")
         return model
 
-    def number(self, name: str, allowed: str, ok: Callable[[float], bool], default: Any = KeyError) -> float:
+    def number(self, name: str, allowed: str, ok: Callable[[float], bool],
+               default: JsonValue = KeyError) -> float:
         value = self.get(name, default)
         if isinstance(value, bool) or not isinstance(value, int | float) or not ok(value):
             raise self.refuse(name, allowed, value)  # NaN fails every comparison: ok(NaN) is False
         return float(value)
 
-    def choice(self, name: str, kind: type[Enum], default: str) -> Any:
+    def choice(self, name: str, kind: type[E], default: str) -> E:
         value = self.text(name, default)
         if value not in {k.value for k in kind}:
             raise self.refuse(name, f"one of {', '.join(k.value for k in kind)}", value)

@@ -22,7 +22,6 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -31,6 +30,7 @@ from edgebn.data.dataset import CHECK_SAMPLES, Dataset, DataSpec
 from edgebn.data.images import Color, Layout
 from edgebn.deploy.bundle import GOLDEN_SAMPLES, BundleResult, BundleSource, bundle
 from edgebn.deploy.emulate import EmulationResult, emulate
+from edgebn.documents import JsonDict
 from edgebn.errors import DatasetError, EdgebnError, FoldError
 from edgebn.files import atomic_path, staged_dir, write_atomic
 from edgebn.fold.tflite.samples import image_layout
@@ -66,7 +66,7 @@ class Agreement:
     def passed(self) -> bool:
         return all(c.passed for c in self.checks)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JsonDict:
         return {"samples": self.samples, "original_test_accuracy": self.original_accuracy,
                 "test_accuracy": self.folded_accuracy, "top1_agreement": self.top1_agreement,
                 "max_abs_diff": self.max_abs_diff, "backend": self.backend,
@@ -87,7 +87,7 @@ class TFLiteBuildResult:
     bundled: BundleResult | None = None
     emulated: EmulationResult | None = None
     seconds: dict[str, float] = field(default_factory=dict)
-    route: dict[str, Any] = field(default_factory=lambda: dict(TFLITE_ROUTE))
+    route: JsonDict = field(default_factory=lambda: dict(TFLITE_ROUTE))
 
     arch = "custom"
 
@@ -109,9 +109,9 @@ class TFLiteBuildResult:
         chance = at_chance(self.verified.folded_accuracy, self.dataset.y_test, self.dataset.classes)
         return [] if chance is None else [chance]
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JsonDict:
         v = self.verified
-        doc: dict[str, Any] = {
+        doc: JsonDict = {
             "edgebn": __version__, "model": {"arch": self.arch, "source": self.source},
             "route": self.route,
             "dataset": self.dataset.to_json(),

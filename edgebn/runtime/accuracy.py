@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Protocol
 
 import numpy as np
 
 from edgebn.choices import quantize_spec
+from edgebn.documents import JsonDict
 from edgebn.errors import EdgebnError
-from edgebn.runtime.backends import Backend, interpreter_errors, load_interpreter
+from edgebn.runtime.backends import Backend, Interpreter, interpreter_errors, load_interpreter
 from edgebn.tflite.quantization import dequantize, quantize
 from edgebn.tflite.reader import TFLiteModel
 
@@ -36,7 +38,7 @@ class VerifyLimits:
     mode: str = "none"
 
     @classmethod
-    def of(cls, mode: Any, min_agreement: float | None = None,
+    def of(cls, mode: str | Enum, min_agreement: float | None = None,
            max_prob_diff: float | None = None) -> VerifyLimits:
         spec = quantize_spec(mode)
         return cls(spec.min_agreement if min_agreement is None else min_agreement,
@@ -48,7 +50,7 @@ class VerifyLimits:
                 VerifyCheck("max_abs_diff", max_prob_diff, self.max_prob_diff,
                             bool(max_prob_diff <= self.max_prob_diff), "<="))
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JsonDict:
         return {"mode": self.mode, "min_agreement": self.min_agreement,
                 "max_prob_diff": self.max_prob_diff}
 
@@ -69,7 +71,7 @@ class VerifyCheck:
             return f"{what} {self.value:.4g} {self.relation} {self.limit:g}"
         return f"{what} {self.value:.4g}, the limit {self.relation} {self.limit:g}"
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JsonDict:
         return {"name": self.name, "value": self.value, "limit": self.limit,
                 "relation": self.relation, "passed": self.passed}
 
@@ -94,36 +96,53 @@ class VerifyResult:
             return self
         return replace(self, checks=limits.judge(self.top1_agreement, self.max_abs_diff))
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JsonDict:
         return {"samples": self.samples, "test_accuracy": self.tflite_accuracy,
                 "keras_test_accuracy": self.keras_accuracy, "top1_agreement": self.top1_agreement,
                 "max_abs_diff": self.max_abs_diff, "backend": self.backend,
                 "passed": self.passed, "checks": [c.to_json() for c in self.checks]}
 
 
-def _chunks(x: Any) -> Iterator[np.ndarray]:
-    """``x`` a chunk at a time: an array, or a streamed split's files (``.chunks``).
+class Streamed(Protocol):
+    """A split read a chunk at a time, never whole (:class:`edgebn.data.folder.ImageFiles`)."""
+
+    @property
+    def input_shape(self) -> tuple[int, ...]: ...
+
+    def chunks(self, size: int) -> Iterator[np.ndarray]: ...
+
+
+class Predicts(Protocol):
+    """The model a .tflite came from, as verify runs it (a ``keras.Model``)."""
+
+    def predict(self, x: np.ndarray, batch_size: int, verbose: int) -> np.ndarray: ...
+
+
+Samples = np.ndarray | Streamed  # a split's inputs: in memory, or streamed
+
+
+def _chunks(x: Samples) -> Iterator[np.ndarray]:
+    """``x`` a chunk at a time: an array, or a streamed split's files.
 
     A chunk is CHUNK rows, fewer for large inputs (:func:`rows_per_chunk`).
     """
-    shape = x.pre.input_shape if hasattr(x, "chunks") else x.shape[1:]
-    rows = rows_per_chunk(int(np.prod(shape)), CHUNK)
-    if hasattr(x, "chunks"):
-        yield from x.chunks(rows)
+    if isinstance(x, np.ndarray):
+        rows = rows_per_chunk(int(np.prod(x.shape[1:])), CHUNK)
+        for start in range(0, len(x), rows):
+            yield x[start:start + rows]
         return
-    for start in range(0, len(x), rows):
-        yield x[start:start + rows]
+    yield from x.chunks(rows_per_chunk(int(np.prod(x.input_shape)), CHUNK))
 
 
-def predict_tflite(model: TFLiteModel | str | Path, x: Any, backend: Backend | str = Backend.auto,
+def predict_tflite(model: TFLiteModel | str | Path, x: Samples, backend: Backend | str = Backend.auto,
                    threads: int = 1) -> tuple[np.ndarray, str]:
     """Float outputs of the .tflite for every row of ``x`` (quantized I/O handled)."""
     outputs, info, _ = _predict(model, x, backend, threads)
     return outputs, info
 
 
-def _predict(model: TFLiteModel | str | Path, x: Any, backend: Backend | str, threads: int,
-             keras_model: Any = None) -> tuple[np.ndarray, str, np.ndarray | None]:
+def _predict(model: TFLiteModel | str | Path, x: Samples, backend: Backend | str, threads: int,
+             keras_model: Predicts | None = None) -> tuple[np.ndarray, str, np.ndarray | None]:
     """The .tflite's outputs, and ``keras_model``'s on the same rows when given; ``x`` is
     read one chunk at a time."""
     interp, info = load_interpreter(model, backend, threads)
@@ -133,7 +152,7 @@ def _predict(model: TFLiteModel | str | Path, x: Any, backend: Backend | str, th
         return _run(interp, str(info), x, keras_model)
 
 
-def _run(interp: Any, info: str, x: Any, keras_model: Any
+def _run(interp: Interpreter, info: str, x: Samples, keras_model: Predicts | None
          ) -> tuple[np.ndarray, str, np.ndarray | None]:
     inp = interp.get_input_details()[0]
     outputs, keras_outputs = [], []
@@ -154,8 +173,8 @@ def _run(interp: Any, info: str, x: Any, keras_model: Any
             np.concatenate(keras_outputs) if keras_model is not None else None)
 
 
-def verify(model: TFLiteModel | str | Path, x: Any, y: np.ndarray,
-           keras_model: Any = None, backend: Backend | str = Backend.auto) -> VerifyResult:
+def verify(model: TFLiteModel | str | Path, x: Samples, y: np.ndarray,
+           keras_model: Predicts | None = None, backend: Backend | str = Backend.auto) -> VerifyResult:
     """Accuracy of the .tflite on (x, y), and its agreement with ``keras_model`` if given.
 
     ``x``: the inputs as an array, or a streamed folder's files, read a chunk at a time.

@@ -32,10 +32,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Protocol, TypedDict
 
 import numpy as np
 
+from edgebn.documents import JsonDict
 from edgebn.errors import RuntimeBackendError
 from edgebn.machine import version
 from edgebn.tflite.reader import TFLiteModel, read_tflite
@@ -48,6 +49,35 @@ class Backend(str, Enum):
     ai_edge_litert = "ai-edge-litert"
     tflite_runtime = "tflite-runtime"
     tensorflow = "tensorflow"
+
+
+class TensorDetail(TypedDict):
+    """One input or output as the interpreter describes it (``get_input_details()``)."""
+
+    name: str
+    index: int
+    shape: np.ndarray
+    dtype: type[np.generic]
+    quantization: tuple[float, int]  # (scale, zero point); a scale of 0: not quantized
+
+
+class Interpreter(Protocol):
+    """What edgebn calls of a TFLite Interpreter: ai_edge_litert's, tflite_runtime's or
+    TensorFlow's (their classes share these methods, not a base class)."""
+
+    def allocate_tensors(self) -> None: ...
+
+    def get_input_details(self) -> list[TensorDetail]: ...
+
+    def get_output_details(self) -> list[TensorDetail]: ...
+
+    def resize_tensor_input(self, input_index: int, tensor_size: list[int]) -> None: ...
+
+    def set_tensor(self, tensor_index: int, value: np.ndarray) -> None: ...
+
+    def invoke(self) -> None: ...
+
+    def get_tensor(self, tensor_index: int, subgraph_index: int = 0) -> np.ndarray: ...
 
 
 _MODULES = {
@@ -73,7 +103,7 @@ def backend_version(backend: Backend) -> str:
     return version(_MODULES[backend][1]) or "unknown"
 
 
-def import_backend(backend: Backend) -> tuple[Any, str, str]:
+def import_backend(backend: Backend) -> tuple[type[Interpreter], str, str]:
     """The backend's Interpreter class, its package name and its installed version."""
     module, _, short = _MODULES[backend]
     version = backend_version(backend)
@@ -121,7 +151,7 @@ def interpreter_errors(where: str) -> Iterator[None]:
         raise RuntimeBackendError(f"{where}: {_first_line(exc)}") from exc
 
 
-def _no_delegates(cls: Any) -> Any:
+def _no_delegates(cls: type[Interpreter]) -> object | None:
     """The op resolver without default delegates (XNNPACK), or None if the backend has none."""
     resolver = getattr(importlib.import_module(cls.__module__), "OpResolverType", None)
     return None if resolver is None else resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES
@@ -134,7 +164,7 @@ def load_interpreter(  # noqa: PLR0913 - the interpreter's own options
     xnnpack: bool = True,
     preserve_all_tensors: bool = False,
     checked: bool = True,
-) -> tuple[Any, BackendInfo]:
+) -> tuple[Interpreter, BackendInfo]:
     """An allocated interpreter for ``model`` and a description of its backend.
 
     A path is read and bounds-checked first, so that a malformed model ends in an
@@ -154,7 +184,7 @@ def load_interpreter(  # noqa: PLR0913 - the interpreter's own options
         refusal = preflight(model, chosen, xnnpack).refusal
         if refusal is not None:
             raise RuntimeBackendError(f"{model.path}: {label} cannot load this model: {refusal}")
-    kwargs: dict[str, Any] = {"model_content": model.data, "num_threads": threads}
+    kwargs: dict[str, object] = {"model_content": model.data, "num_threads": threads}
     if preserve_all_tensors:
         kwargs["experimental_preserve_all_tensors"] = True
     if not xnnpack:
@@ -171,7 +201,7 @@ def load_interpreter(  # noqa: PLR0913 - the interpreter's own options
     return interpreter, BackendInfo(name, version, threads, xnnpack)
 
 
-def delegate_partitions(interpreter: Any) -> int | None:
+def delegate_partitions(interpreter: Interpreter) -> int | None:
     """How many delegate nodes (XNNPACK partitions) the interpreter's graph has; None where the
     runtime does not say. One partition means every operator was delegated; each operator the
     delegate refuses splits the graph."""
@@ -241,7 +271,7 @@ class _Server:
             stream.close()
 
     def check(self, data: bytes, xnnpack: bool) -> Preflight:
-        ready: list[Any] = []
+        ready: list[IO[bytes]] = []
         try:
             self.proc.stdin.write(b"%d %d\n" % (int(xnnpack), len(data)) + data)
             self.proc.stdin.flush()
@@ -257,7 +287,7 @@ class _Server:
         return _outcome(json.loads(line))
 
 
-def _outcome(reply: dict[str, Any]) -> Preflight:
+def _outcome(reply: JsonDict) -> Preflight:
     """The server's reply as a Preflight: the child's refusal, its crash, or None."""
     lines = reply["lines"]
     stage = next((ln.split()[1] for ln in reversed(lines) if ln.startswith("stage ")), "prepare")

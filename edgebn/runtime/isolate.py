@@ -12,10 +12,10 @@ import subprocess
 import sys
 import tempfile
 from dataclasses import asdict
-from typing import Any
 
 import numpy as np
 
+from edgebn.documents import JsonDict
 from edgebn.errors import EdgebnError
 from edgebn.runtime.backends import Backend
 from edgebn.runtime.timing import BenchSettings, Latency, TFLiteStats, bench_tflite
@@ -51,7 +51,7 @@ def isolated_tflite(model: TFLiteModel, settings: BenchSettings, data,
     return stats[0], stats[1]
 
 
-def _worker(job: dict[str, Any]) -> None:
+def _worker(job: JsonDict) -> None:
     settings = BenchSettings(**(job["settings"] | {"backend": Backend(job["settings"]["backend"])}))
     data = np.load(job["data"]) if job["data"] else None
     tfl, base = bench_tflite(job["model"], settings, data, job["baseline"])

@@ -12,10 +12,10 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from edgebn.documents import JsonDict
 from edgebn.runtime.timing import BLOCK_S, INTERLEAVE_BLOCK, BenchSettings, Runner
 from edgebn.tflite.reader import TFLiteModel, as_tflite
 
@@ -66,12 +66,12 @@ class RatioEstimate:
         """Slower than ``limit`` (a ratio) with confidence: the whole interval above it."""
         return self.interval[0] > limit
 
-    def interval_json(self) -> dict[str, Any]:
+    def interval_json(self) -> JsonDict:
         """The fields CONTRACTS gives every interleaved ratio."""
         return {"ratio": self.ratio, "interval": list(self.interval), "confidence": self.confidence,
                 "rounds": self.rounds, "significant": self.significant}
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JsonDict:
         return self.interval_json() | {"current_p50_us": self.current_p50_us,
                                        "baseline_p50_us": self.baseline_p50_us, "seconds": self.seconds}
 

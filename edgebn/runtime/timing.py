@@ -11,10 +11,10 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from edgebn.documents import JsonDict
 from edgebn.errors import EdgebnError
 from edgebn.machine import peak_rss_mb
 from edgebn.runtime.backends import Backend, interpreter_errors, load_interpreter
@@ -84,7 +84,7 @@ class CostStats:
     def efficiency(self) -> float:
         return self.gmacs_per_s / self.ceiling_gmacs_per_s if self.ceiling_gmacs_per_s else 0.0
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JsonDict:
         return {"macs": self.macs, "gmacs_per_s": self.gmacs_per_s,
                 "ceiling_gmacs_per_s": self.ceiling_gmacs_per_s, "efficiency": self.efficiency}
 
@@ -109,7 +109,7 @@ class TFLiteStats:
     def throughput_per_s(self) -> float:
         return 1e6 / self.latency_us.mean
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JsonDict:
         return {"model": self.model, "backend": self.backend, "xnnpack": self.xnnpack,
                 "threads": self.threads, "batch": self.batch, "runs": self.runs,
                 "warmup": self.warmup, "init_ms": self.init_ms, "first_us": self.first_us,

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from math import prod
-from typing import Any
 
+from edgebn.documents import JsonDict
 from edgebn.tflite.reader import Operator, Subgraph, TFLiteModel
 
 
@@ -32,7 +32,7 @@ class OpCost:
     macs: int
     weight_bytes: int  # bytes of the operator's constant inputs (filter, bias)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JsonDict:
         return {"subgraph": self.subgraph, "index": self.index, "op": self.op,
                 "macs": self.macs, "weight_bytes": self.weight_bytes}
 
@@ -43,7 +43,7 @@ class ModelCost:
     macs: int  # per inference at the file's input shape
     weight_bytes: int  # constant buffers of the whole model, each counted once
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JsonDict:
         return {"macs": self.macs, "weight_bytes": self.weight_bytes,
                 "ops": [o.to_json() for o in self.ops if o.macs]}
 

@@ -28,10 +28,11 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
-from typing import Any
+from types import ModuleType
 
 import numpy as np
 
+from edgebn.documents import JsonDict
 from edgebn.errors import InvalidModelError
 
 FILE_IDENTIFIER = b"TFL3"
@@ -56,7 +57,7 @@ _SHARED_OPTIONS = {**dict.fromkeys("MAX_POOL_2D AVERAGE_POOL_2D L2_POOL_2D".spli
 
 
 @cache
-def schema() -> Any:
+def schema() -> ModuleType:
     """The generated schema module (ai_edge_litert's copy: never TensorFlow's)."""
     try:
         # lazy: a missing binding is one error line (below), not an ImportError at import
@@ -88,7 +89,7 @@ class Quantization:
     zero_point: tuple[int, ...]
     quantized_dimension: int
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JsonDict:
         return {"scale": list(self.scale), "zero_point": list(self.zero_point),
                 "quantized_dimension": self.quantized_dimension}
 
@@ -111,7 +112,7 @@ class Tensor:
     def num_elements(self) -> int:
         return int(np.prod(self.shape)) if self.shape else 1
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JsonDict:
         return {
             "index": self.index, "name": self.name, "shape": list(self.shape),
             "dtype": self.dtype, "buffer": self.buffer, "constant_bytes": self.constant_bytes,
@@ -127,7 +128,7 @@ class Operator:
     outputs: tuple[int, ...]
     activation: str = "NONE"  # the fused activation function, where the options carry one
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JsonDict:
         return {"index": self.index, "op": self.op, "inputs": list(self.inputs),
                 "outputs": list(self.outputs), "activation": self.activation}
 
@@ -141,7 +142,7 @@ class Subgraph:
     tensors: tuple[Tensor, ...]
     operators: tuple[Operator, ...]
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JsonDict:
         return {"index": self.index, "name": self.name, "inputs": list(self.inputs),
                 "outputs": list(self.outputs), "operators": [op.to_json() for op in self.operators]}
 

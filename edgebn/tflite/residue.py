@@ -48,8 +48,8 @@ import json
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
+from edgebn.documents import JsonDict
 from edgebn.errors import EdgebnError
 from edgebn.tflite.chains import affine_chains, chain_kind, consumers
 from edgebn.tflite.provenance import (
@@ -79,7 +79,7 @@ class ResidualBN:
         """A chain of per-channel MUL/ADD/SUB steps (what a bypass or a fold can remove)."""
         return self.kind not in ("flex", "batch_stats")
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JsonDict:
         flops = len(self.ops) * self.cost_elements if self.affine else 2 * self.cost_elements
         return {"subgraph": self.subgraph, "ops": list(self.ops), "kind": self.kind,
                 "channels": self.channels, "axis": self.axis, "cost_elements": self.cost_elements,
@@ -94,7 +94,7 @@ class FoldedBN:
     op: int
     into: str
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JsonDict:
         return {"source": self.source, "subgraph": self.subgraph, "op": self.op, "into": self.into}
 
 
@@ -109,7 +109,7 @@ class BNAnalysis:
     def verdict(self) -> str:
         return "residual" if self.residual else "clean"
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JsonDict:
         return {"verdict": self.verdict,
                 "residual_count": len(self.residual),
                 "residual": [r.to_json() for r in self.residual],
@@ -127,7 +127,7 @@ class InspectResult:
     def clean(self) -> bool:
         return self.bn.verdict == "clean"
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JsonDict:
         m = self.model
         subgraphs = []
         for sg in m.subgraphs:

@@ -30,13 +30,16 @@ import copy
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import flatbuffers
 import numpy as np
 
 from edgebn.errors import EdgebnError, InvalidModelError
 from edgebn.tflite.reader import FILE_IDENTIFIER, TFLiteModel, parse_tflite, schema
+
+if TYPE_CHECKING:  # the schema's object API, named in annotations only: reader.schema() loads it
+    from ai_edge_litert import schema_py_generated as fb
 
 BUFFER_ALIGN = 16  # bytes; the converter aligns constant data the same way
 
@@ -68,7 +71,7 @@ def buffers_of(model: TFLiteModel) -> list[Buffer]:
     return [Buffer(model.buffer_bytes(i)) for i in range(model.buffer_count)]
 
 
-def pack(m: Any) -> bytes:
+def pack(m: fb.ModelT) -> bytes:
     """A ``ModelT`` as .tflite bytes (file identifier TFL3); its buffers are :class:`Buffer`."""
     size = sum(len(getattr(b, "raw", b"")) for b in m.buffers or [])
     builder = flatbuffers.Builder(size + 4096)
@@ -76,7 +79,7 @@ def pack(m: Any) -> bytes:
     return bytes(builder.Output())
 
 
-def operator_code(builtin: str) -> Any:
+def operator_code(builtin: str) -> fb.OperatorCodeT:
     """The ``OperatorCodeT`` of builtin operator ``builtin`` (a name: ``"CONV_2D"``), version 1."""
     code = schema().OperatorCodeT()
     code.builtinCode = getattr(schema().BuiltinOperator, builtin)
@@ -92,20 +95,21 @@ class Graph:
 
     def __init__(self) -> None:
         self.buffers: list[Buffer] = [Buffer()]
-        self.tensors: list[Any] = []
-        self.operators: list[Any] = []
-        self.codes: list[Any] = []
+        self.tensors: list[fb.TensorT] = []
+        self.operators: list[fb.OperatorT] = []
+        self.codes: list[fb.OperatorCodeT] = []
 
     def add_buffer(self, raw: bytes) -> int:
         self.buffers.append(Buffer(raw))
         return len(self.buffers) - 1
 
-    def add_tensor(self, tensor: Any) -> int:
+    def add_tensor(self, tensor: fb.TensorT) -> int:
         """Add a ``TensorT`` as it is (its ``buffer`` an index of this graph's); its index."""
         self.tensors.append(tensor)
         return len(self.tensors) - 1
 
-    def tensor(self, shape: Sequence[int], dtype: str = "FLOAT32", data: Any = None,
+    def tensor(self, shape: Sequence[int], dtype: str = "FLOAT32",
+               data: bytes | np.ndarray | None = None,
                name: str | None = None) -> int:
         """A new tensor; with ``data`` (bytes, or an array already of the stored dtype and
         byte order) a constant. Its index."""
@@ -115,7 +119,7 @@ class Graph:
             data if isinstance(data, bytes) else np.ascontiguousarray(data).tobytes())
         return self.add_tensor(t)
 
-    def add_operator(self, op: Any, code: Any) -> int:
+    def add_operator(self, op: fb.OperatorT, code: fb.OperatorCodeT) -> int:
         """Add an ``OperatorT`` as it is, but for its operator code (``OperatorCodeT``)."""
         same = [i for i, c in enumerate(self.codes) if c is code]
         if not same:
@@ -125,7 +129,7 @@ class Graph:
         return len(self.operators) - 1
 
     def operator(self, builtin: str, inputs: Sequence[int], outputs: Sequence[int],
-                 options: Any = None) -> int:
+                 options: object | None = None) -> int:
         """A builtin operator (``"ADD"``) with its options (an ``AddOptionsT``, or None)."""
         s = schema()
         op = s.OperatorT()
@@ -148,7 +152,7 @@ class Graph:
         return pack(m)
 
 
-def unpack(model: TFLiteModel) -> Any:
+def unpack(model: TFLiteModel) -> fb.ModelT:
     """The model as the schema's mutable object tree (``ModelT``); constants stay in ``model``.
 
     The object API decodes every table, also those ``parse_tflite`` does not read
@@ -162,7 +166,7 @@ def unpack(model: TFLiteModel) -> Any:
                                 f"while decoding its operators ({exc})") from None
 
 
-def calls_subgraphs(op: Any) -> bool:
+def calls_subgraphs(op: fb.OperatorT) -> bool:
     """Whether an unpacked operator runs other subgraphs (its options name subgraph indices)."""
     for opts in (getattr(op, "builtinOptions", None), getattr(op, "builtinOptions2", None)):
         if opts is not None and any("ubgraphInd" in name for name in vars(opts)):
@@ -178,7 +182,7 @@ class OneOp:
     inputs: tuple[int, ...]  # tensor indices in the original subgraph
 
 
-def single_op(model: TFLiteModel, unpacked: Any, subgraph: int, index: int,
+def single_op(model: TFLiteModel, unpacked: fb.ModelT, subgraph: int, index: int,
               frozen: dict[int, np.ndarray] | None = None) -> OneOp:
     """Operator ``index`` of ``subgraph`` as a model of its own (see the module docstring).
 
@@ -188,7 +192,7 @@ def single_op(model: TFLiteModel, unpacked: Any, subgraph: int, index: int,
     return op_group(model, unpacked, subgraph, (index,), frozen)
 
 
-def op_group(model: TFLiteModel, unpacked: Any, subgraph: int, indices: Sequence[int],
+def op_group(model: TFLiteModel, unpacked: fb.ModelT, subgraph: int, indices: Sequence[int],
              frozen: dict[int, np.ndarray] | None = None) -> OneOp:
     """Operators ``indices`` of ``subgraph`` (in execution order) as a model of their own: what
     :func:`single_op` makes of one operator, for a run of them (a PAD and the convolution that
@@ -273,7 +277,7 @@ _FUSIBLE = ("ADD", "SUB", "MUL", "CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTE
             "MAX_POOL_2D", "AVERAGE_POOL_2D")
 
 
-def _fused_activation(op: Any) -> str | None:
+def _fused_activation(op: fb.OperatorT) -> str | None:
     """The name of the activation fused into an unpacked operator, or None."""
     code = getattr(op.builtinOptions, "fusedActivationFunction", 0)
     if not code:
@@ -285,7 +289,7 @@ def _fused_activation(op: Any) -> str | None:
     return name
 
 
-def _as_activation(m: Any, op: Any, name: str, x: int) -> None:
+def _as_activation(m: fb.ModelT, op: fb.OperatorT, name: str, x: int) -> None:
     """Turn the unpacked ``op`` into the standalone activation ``name`` of tensor ``x``."""
     s = schema()
     builtin = getattr(s.BuiltinOperator, _ACTIVATION_OPS[name])
@@ -318,8 +322,8 @@ def _chain_input(model: TFLiteModel, sg_index: int, ops: tuple[int, ...]) -> int
     return data[0]
 
 
-def _fusible_producer(model: TFLiteModel, sg: Any, sg_index: int, x: int, busy: set[int]
-                      ) -> Any | None:
+def _fusible_producer(model: TFLiteModel, sg: fb.SubGraphT, sg_index: int, x: int,
+                      busy: set[int]) -> fb.OperatorT | None:
     """The unpacked op that makes ``x``, if the activation can be fused into it as the
     converter would: ``x`` read by the pair alone, an op with an empty activation slot."""
     parsed = model.subgraphs[sg_index]
@@ -335,7 +339,7 @@ def _fusible_producer(model: TFLiteModel, sg: Any, sg_index: int, x: int, busy: 
     return producer
 
 
-def _bypass_in(model: TFLiteModel, m: Any, sg_index: int, chains: list[tuple[int, ...]]) -> None:
+def _bypass_in(model: TFLiteModel, m: fb.ModelT, sg_index: int, chains: list[tuple[int, ...]]) -> None:
     sg = m.subgraphs[sg_index]
     target: dict[int, int] = {}  # the chain's output -> its data input
     drop: set[int] = set()

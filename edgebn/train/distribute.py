@@ -13,9 +13,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING
 
+from edgebn.documents import JsonDict
 from edgebn.errors import EdgebnError
+
+if TYPE_CHECKING:  # named in annotations only: importing TensorFlow takes seconds (edgebn.cli.app)
+    import tensorflow as tf
 
 DEFAULT_CPU_REPLICAS = 2
 
@@ -32,9 +36,9 @@ class Distribution:
     strategy: Strategy
     replicas: int
     devices: tuple[str, ...]
-    scope: Any = None  # the tf.distribute strategy (None: the default device)
+    scope: tf.distribute.Strategy | None = None  # None: the default device
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JsonDict:
         return {"name": self.strategy.value, "replicas": self.replicas,
                 "devices": list(self.devices)}
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass
-from typing import Any
 
+from edgebn.documents import JsonDict
 from edgebn.train.training import EpochLog, TrainResult
 
 
@@ -35,7 +35,7 @@ class LedgerRow:
                    None if reached is None else float(sum(log.seconds[:reached])),
                    float(statistics.median(rest)) if rest else 0.0, len(log.val_accuracy))
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JsonDict:
         return {"epochs_to_target": self.epochs_to_target, "steps_to_target": self.steps_to_target,
                 "seconds_to_target": self.seconds_to_target,
                 "seconds_per_epoch": self.seconds_per_epoch, "epochs_run": self.epochs_run}
@@ -63,7 +63,7 @@ class SeedLedger:
     def wall_speedup(self) -> float | None:
         return _ratio(self.twin.seconds_to_target, self.bn.seconds_to_target)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JsonDict:
         return {"target_val_accuracy": self.target, "bn": self.bn.to_json(), "twin": self.twin.to_json(),
                 "ratios": {"fewer_steps": self.fewer_steps, "epoch_slowdown": self.epoch_slowdown,
                            "wall_speedup": self.wall_speedup}}
@@ -133,7 +133,7 @@ class SweepLedger:
         return SeedLedger(self.target, LedgerRow.of(self.best_bn.bn.history, self.target),
                           LedgerRow.of(self.best_twin.twin.history, self.target))
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JsonDict:
         return {"target_val_accuracy": self.target,
                 "best": {"bn": self.best_bn.multiplier, "twin": self.best_twin.multiplier},
                 "best_against_best": self.ledger.to_json(),

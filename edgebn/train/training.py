@@ -7,12 +7,13 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edgebn.data.dataset import Dataset, DataSpec
 from edgebn.data.folder import raise_read_error
+from edgebn.documents import JsonDict
 from edgebn.errors import EdgebnError
 from edgebn.fold.keras.keras_fold import all_bn_layer_names
 from edgebn.fold.keras.statistics import DRIFT_SAMPLES, RECALIBRATE_SAMPLES, bn_layers_of
@@ -29,6 +30,12 @@ from edgebn.zoo.backbones import (
 )
 from edgebn.zoo.keras_io import load_keras, save_keras
 from edgebn.zoo.models import BACKBONE_NAMES, DEFAULT_ARCH, Arch, arch_spec, build_model, is_backbone
+
+if TYPE_CHECKING:  # named in annotations only: importing TensorFlow takes seconds (edgebn.cli.app)
+    import keras
+    import tensorflow as tf
+
+    Feed = tuple[np.ndarray, np.ndarray] | tuple[tf.data.Dataset]  # what fit() reads: x, y or a stream
 
 
 @dataclass(frozen=True)
@@ -80,7 +87,7 @@ class TrainConfig:
 
         return data_for(self.arch, data)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JsonDict:
         return {"arch": self.arch.value, "epochs": self.epochs, "batch_size": self.batch_size,
                 "learning_rate": self.learning_rate, "alpha": self.alpha,
                 "weights": self.weights, "fine_tune_epochs": self.fine_tune_epochs,
@@ -99,7 +106,7 @@ class EpochLog:
         return EpochLog(self.val_accuracy + other.val_accuracy, self.seconds + other.seconds,
                         self.steps_per_epoch or other.steps_per_epoch)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JsonDict:
         return {"val_accuracy": list(self.val_accuracy), "epoch_s": list(self.seconds),
                 "steps_per_epoch": self.steps_per_epoch}
 
@@ -122,7 +129,7 @@ class TrainedStatistics:
     test_accuracy_stored: float  # with the statistics training left
     kept: str | None = None  # why the statistics were not recomputed
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JsonDict:
         return {**self.check.to_json(), "momentum": self.momentum,
                 "momentum_from": list(self.momentum_from),
                 "test_accuracy_stored": self.test_accuracy_stored, "kept": self.kept}
@@ -132,7 +139,7 @@ class TrainedStatistics:
 class TrainResult:
     """A model trained here, or (``config`` None) one the user brought, loaded as it is."""
 
-    model: Any  # keras.Model
+    model: keras.Model
     config: TrainConfig | None
     epochs_run: int
     val_accuracy: float | None
@@ -167,7 +174,7 @@ class TrainResult:
         """Every BN layer, at any depth (a nested backbone's too), by its own name."""
         return all_bn_layer_names(self.model)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JsonDict:
         return {"arch": self.arch, "bn": self.bn, "params": self.params,
                 "bn_layers": self.bn_layers, "epochs_run": self.epochs_run,
                 "fine_tune_epochs_run": self.fine_tune_epochs_run,
@@ -224,7 +231,7 @@ def train(dataset: Dataset, config: TrainConfig = TrainConfig(),
 BN_MOMENTUM_FLOOR = 0.9  # a momentum fitted to very few steps per epoch stays at least this
 
 
-def fit_bn_momentum(model: Any, steps_per_epoch: int) -> tuple[float, tuple[float, ...]] | None:
+def fit_bn_momentum(model: keras.Model, steps_per_epoch: int) -> tuple[float, tuple[float, ...]] | None:
     """Lower each trainable BN's momentum to remember about one epoch, ``1 − 1/steps``.
 
     Returns the momentum set and the momenta it replaced; None when every BN already
@@ -240,7 +247,7 @@ def fit_bn_momentum(model: Any, steps_per_epoch: int) -> tuple[float, tuple[floa
     return fit, replaced
 
 
-def _final_statistics(model: Any, dataset: Dataset, config: TrainConfig,
+def _final_statistics(model: keras.Model, dataset: Dataset, config: TrainConfig,
                       momentum: tuple[float, tuple[float, ...]] | None, test_stored: float,
                       policy: StatsPolicy) -> TrainedStatistics | None:
     """Recompute every BN statistic on the training inputs (a model trained from scratch, or
@@ -273,7 +280,7 @@ def _scope(dist: Distribution):
     return dist.scope.scope() if dist.scope is not None else contextlib.nullcontext()
 
 
-def _new_model(config: TrainConfig, dataset: Dataset) -> Any:
+def _new_model(config: TrainConfig, dataset: Dataset) -> keras.Model:
     if is_backbone(config.arch):
         model = build_transfer(config.arch, dataset.input_shape, dataset.classes, config.alpha,
                                config.weights)
@@ -284,7 +291,7 @@ def _new_model(config: TrainConfig, dataset: Dataset) -> Any:
     return model
 
 
-def _compile(model: Any, learning_rate: float) -> None:
+def _compile(model: keras.Model, learning_rate: float) -> None:
     import keras  # lazy: Keras imports TensorFlow (seconds)
 
     model.compile(optimizer=keras.optimizers.Adam(learning_rate),
@@ -295,10 +302,10 @@ def _compile(model: Any, learning_rate: float) -> None:
 class _Feeds:
     """What fit and evaluate read: arrays, or a streamed folder's tf.data pipelines."""
 
-    train: tuple[Any, ...]
-    val: tuple[Any, ...]
-    test: tuple[Any, ...]
-    fit_kwargs: dict[str, Any]
+    train: Feed
+    val: Feed
+    test: Feed
+    fit_kwargs: dict[str, object]
 
     @classmethod
     def of(cls, ds: Dataset, batch_size: int) -> _Feeds:
@@ -311,7 +318,7 @@ class _Feeds:
                    {"shuffle": False})  # the pipeline shuffles its file names itself
 
 
-def _fit(model: Any, feeds: _Feeds, config: TrainConfig, first: int, last: int, total: int,
+def _fit(model: keras.Model, feeds: _Feeds, config: TrainConfig, first: int, last: int, total: int,
          progress: Progress) -> tuple[int, EpochLog]:
     """Epochs ``first`` to ``last`` (of ``total``) with early stopping: epochs run, their log."""
     import keras  # lazy: Keras imports TensorFlow (seconds)
@@ -321,7 +328,7 @@ def _fit(model: Any, feeds: _Feeds, config: TrainConfig, first: int, last: int, 
     began: list[float] = []
     seconds: list[float] = []
 
-    def ended(epoch: int, logs: dict[str, Any] | None) -> None:
+    def ended(epoch: int, logs: dict[str, float] | None) -> None:
         seconds.append(time.perf_counter() - began[-1])
         progress.epoch(epoch + 1, total, {k: float(v) for k, v in (logs or {}).items()})
 
@@ -354,7 +361,7 @@ class SavedTraining:
     dataset: Dataset
     trained: TrainResult
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JsonDict:
         return {"path": str(self.path), "dataset": self.dataset.to_json(),
                 **self.trained.to_json()}
 

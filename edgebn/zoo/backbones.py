@@ -21,12 +21,15 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from edgebn.data.dataset import DataSpec
 from edgebn.data.images import Color
 from edgebn.errors import EdgebnError
 from edgebn.zoo.models import BACKBONES, Arch  # the backbones are rows of edgebn.zoo.models
+
+if TYPE_CHECKING:  # named in annotations only: importing Keras takes seconds (edgebn.cli.app)
+    import keras
 
 FINE_TUNE_FRACTION = 0.3  # the top share of the backbone's layers that fine-tuning unfreezes
 FINE_TUNE_LR_DIVISOR = 30.0  # fine-tuning's learning rate: the head's over this
@@ -63,13 +66,14 @@ def check_weights(weights: str) -> None:
                           "application's .h5)", option="weights")
 
 
-def build_backbone(arch: Arch, input_shape, alpha: float = 1.0, weights: str = "none") -> Any:
+def build_backbone(arch: Arch, input_shape: tuple[int, ...], alpha: float = 1.0,
+                   weights: str = "none") -> keras.Model:
     """The application without its top, weights loaded, named :data:`BACKBONE_NAME`."""
     import keras  # lazy: Keras imports TensorFlow (seconds)
 
     spec = BACKBONES[arch]
     check_weights(weights)
-    kwargs: dict[str, Any] = {"input_shape": tuple(input_shape), "include_top": False,
+    kwargs: dict[str, object] = {"input_shape": tuple(input_shape), "include_top": False,
                               "weights": None if weights == "none" else weights}
     if spec.alpha:
         kwargs["alpha"] = alpha
@@ -87,7 +91,7 @@ def build_backbone(arch: Arch, input_shape, alpha: float = 1.0, weights: str = "
 
 
 def build_transfer(arch: Arch, input_shape, classes: int, alpha: float = 1.0,
-                   weights: str = "none") -> Any:
+                   weights: str = "none") -> keras.Model:
     """Input -> [Rescaling] -> backbone -> GAP -> Dropout -> Dense.
 
     With pretrained weights (imagenet or a file) the backbone is frozen and called in
@@ -114,7 +118,7 @@ def build_transfer(arch: Arch, input_shape, classes: int, alpha: float = 1.0,
     return keras.Model(inputs, outputs, name=arch.value.replace("-", "_"))
 
 
-def _dropout_off(backbone: Any) -> None:
+def _dropout_off(backbone: keras.Model) -> None:
     """Rate 0 for the backbone's own Dropout layers (EfficientNet's stochastic depth).
 
     Keras 3 passes the outer ``training`` flag into the backbone (see above), so they
@@ -128,7 +132,7 @@ def _dropout_off(backbone: Any) -> None:
             layer.rate = 0.0
 
 
-def find_backbone(model: Any) -> Any:
+def find_backbone(model: keras.Model) -> keras.Model:
     """The nested application inside a built model (inside an augmentation wrapper too)."""
     for layer in model.layers:
         if layer.name == BACKBONE_NAME:
@@ -140,7 +144,7 @@ def find_backbone(model: Any) -> Any:
     return None
 
 
-def unfreeze_top(model: Any, fraction: float = FINE_TUNE_FRACTION) -> int:
+def unfreeze_top(model: keras.Model, fraction: float = FINE_TUNE_FRACTION) -> int:
     """Make the top ``fraction`` of the backbone's layers trainable, never its BN layers.
 
     A BN layer with ``trainable=False`` runs in inference mode in Keras 3: its statistics
@@ -160,7 +164,7 @@ def unfreeze_top(model: Any, fraction: float = FINE_TUNE_FRACTION) -> int:
     return unfrozen
 
 
-def augmentation(seed: int) -> list[Any]:
+def augmentation(seed: int) -> list[keras.layers.Layer]:
     """Flip, small rotation, zoom: Keras preprocessing layers, identity at inference."""
     from keras import layers  # lazy: Keras imports TensorFlow (seconds)
 
@@ -169,7 +173,7 @@ def augmentation(seed: int) -> list[Any]:
             layers.RandomZoom(0.1, seed=seed + 2, name="augment_zoom")]
 
 
-def with_augmentation(model: Any, seed: int) -> Any:
+def with_augmentation(model: keras.Model, seed: int) -> keras.Model:
     """``model`` behind the augmentation layers (active in training only)."""
     import keras  # lazy: Keras imports TensorFlow (seconds)
 

@@ -12,13 +12,17 @@ from __future__ import annotations
 import json
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
+from edgebn.documents import JsonValue
 from edgebn.errors import EdgebnError, InvalidModelError, path_text, reason
 from edgebn.files import atomic_path
 
+if TYPE_CHECKING:  # named in annotations only: importing Keras takes seconds (edgebn.cli.app)
+    import keras
 
-def save_keras(model: Any, path: str | Path) -> Path:
+
+def save_keras(model: keras.Model, path: str | Path) -> Path:
     """Save ``model`` to ``path`` (.keras) atomically."""
     path = Path(path)
     if path.suffix != ".keras":
@@ -31,7 +35,7 @@ def save_keras(model: Any, path: str | Path) -> Path:
 KERAS_SUFFIXES = (".keras", ".h5")
 
 
-def load_keras(path: str | Path) -> Any:
+def load_keras(path: str | Path) -> keras.Model:
     """Load a .keras (or legacy .h5) file with Keras' safe mode on (no code from lambdas)."""
     path = Path(path)
     where = path_text(path)
@@ -135,7 +139,7 @@ def check_h5_model(path: Path) -> None:
                                 "the code that defines it)")
 
 
-def _lambda_layer(tree: Any, depth: int = 0) -> str | None:
+def _lambda_layer(tree: JsonValue, depth: int = 0) -> str | None:
     """The name of the first Lambda layer in a model config, at any nesting, or None."""
     if depth > 200:
         raise ValueError("it nests deeper than 200 levels")

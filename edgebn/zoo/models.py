@@ -13,10 +13,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from enum import Enum
+from typing import TYPE_CHECKING
 
 from edgebn.choices import by_name, choice_enum, pick
+from edgebn.data.dataset import DataSpec
 from edgebn.errors import EdgebnError
+
+if TYPE_CHECKING:  # named in annotations only: importing Keras takes seconds (edgebn.cli.app)
+    import keras
 
 
 def _namer():
@@ -29,7 +34,7 @@ def _namer():
     return name
 
 
-def _mlp(input_shape, classes: int, bn: bool):
+def _mlp(input_shape: tuple[int, ...], classes: int, bn: bool) -> keras.Model:
     """The textbook model: Flatten, BN, Dense(300, relu), BN, Dense(100, relu), BN, softmax."""
     from keras import Input, Model, layers  # lazy: Keras imports TensorFlow (seconds)
 
@@ -46,7 +51,7 @@ def _mlp(input_shape, classes: int, bn: bool):
     return Model(inputs, outputs, name="mlp" if bn else "mlp_nobn")
 
 
-def _mlp_prebn(input_shape, classes: int, bn: bool):
+def _mlp_prebn(input_shape: tuple[int, ...], classes: int, bn: bool) -> keras.Model:
     """Dense(use_bias=False) -> BN -> ReLU for each hidden layer (the folding-friendly order)."""
     from keras import Input, Model, layers  # lazy: Keras imports TensorFlow (seconds)
 
@@ -62,7 +67,7 @@ def _mlp_prebn(input_shape, classes: int, bn: bool):
     return Model(inputs, outputs, name="mlp_prebn" if bn else "mlp_prebn_nobn")
 
 
-def _cnn(input_shape, classes: int, bn: bool):
+def _cnn(input_shape: tuple[int, ...], classes: int, bn: bool) -> keras.Model:
     """Conv(no bias) -> BN -> ReLU blocks, one depthwise-separable, global pooling, Dense head."""
     from keras import Input, Model, layers  # lazy: Keras imports TensorFlow (seconds)
 
@@ -104,7 +109,7 @@ class ArchSpec:
 
     name: str
     summary: str
-    build: Callable[..., Any] | None = None  # build(input_shape, classes, bn)
+    build: Callable[[tuple[int, ...], int, bool], keras.Model] | None = None  # (shape, classes, bn)
     backbone: Backbone | None = None
 
     @property
@@ -127,23 +132,24 @@ ARCHS: tuple[ArchSpec, ...] = (
 ARCH = by_name(ARCHS)
 Arch = choice_enum("Arch", ARCHS, __name__)
 DEFAULT_ARCH = Arch.cnn
-ZOO: dict[Any, ArchSpec] = {Arch(s.name): s for s in ARCHS if s.backbone is None}
-BACKBONES: dict[Any, Backbone] = {Arch(s.name): s.backbone for s in ARCHS if s.backbone}
+ZOO: dict[Enum, ArchSpec] = {Arch(s.name): s for s in ARCHS if s.backbone is None}
+BACKBONES: dict[Enum, Backbone] = {Arch(s.name): s.backbone for s in ARCHS if s.backbone}
 BACKBONE_ARCHS = frozenset(BACKBONES)
 BACKBONE_NAMES = ", ".join(s.name for s in ARCHS if s.backbone)  # for help and errors
 
 
-def arch_spec(arch: Any) -> ArchSpec:
+def arch_spec(arch: str | Enum) -> ArchSpec:
     """The row of ``arch`` (a name or an :class:`Arch`); EdgebnError for any other."""
     return pick(ARCH, arch, "arch")
 
 
-def is_backbone(arch: Any) -> bool:
+def is_backbone(arch: str | Enum) -> bool:
     """A pretrained keras.applications backbone with a new head (edgebn.zoo.backbones)."""
     return arch_spec(arch).backbone is not None
 
 
-def build_model(arch: Any, input_shape, classes: int, bn: bool = True):
+def build_model(arch: str | Enum, input_shape: tuple[int, ...], classes: int, bn: bool = True
+                ) -> keras.Model:
     """A fresh, uncompiled Keras model of ``arch`` (its BN-free twin when ``bn`` is False).
 
     The backbones are built by :func:`edgebn.zoo.backbones.build_transfer`.
@@ -154,14 +160,14 @@ def build_model(arch: Any, input_shape, classes: int, bn: bool = True):
     return spec.build(tuple(input_shape), classes, bn)
 
 
-def input_normalizer(model) -> str | None:
+def input_normalizer(model: keras.Model) -> str | None:
     """The name of the Rescaling/Normalization layer a model starts with (at any nesting), if any.
 
     Such a model takes raw pixels; without one, its inputs must be scaled before it.
     """
     from keras import layers  # lazy: Keras imports TensorFlow (seconds)
 
-    def first(m):
+    def first(m: keras.Model) -> keras.layers.Layer | None:
         inputs = {id(t) for t in m.inputs}
         for layer in m.layers:
             if isinstance(layer, layers.InputLayer):
@@ -179,7 +185,7 @@ def input_normalizer(model) -> str | None:
     return None
 
 
-def fit_data(data, model):
+def fit_data(data: DataSpec, model: keras.Model) -> tuple[DataSpec, str]:
     """``data`` (a DataSpec) made to fit a model trained elsewhere, and who decided the scale."""
     normalizer = input_normalizer(model)
     shape = tuple(model.input_shape[1:])

@@ -22,11 +22,15 @@ not ``t``) nor a transposed convolution; a negative scale cannot pass a max-pool
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
+from edgebn.documents import JsonDict
 from edgebn.errors import InvalidModelError
+
+if TYPE_CHECKING:  # named in annotations only: importing Keras takes seconds (edgebn.cli.app)
+    import keras
 
 
 @dataclass(frozen=True)
@@ -38,7 +42,7 @@ class LayerFold:
     reason: str | None = None
     layer_type: str = "BatchNormalization"  # or "Normalization": input normalization, not BN
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JsonDict:
         key = "bn" if self.layer_type == "BatchNormalization" else "layer"
         extra = {} if key == "bn" else {"type": self.layer_type}
         if self.folded:
@@ -47,13 +51,26 @@ class LayerFold:
         return {key: self.bn, **extra, "folded": False, "reason": self.reason}
 
 
+class Node(Protocol):
+    """One call of a layer in a functional graph (Keras' Node: its class is not public API)."""
+
+    @property
+    def operation(self) -> keras.layers.Layer: ...
+
+    @property
+    def input_tensors(self) -> list[keras.KerasTensor]: ...
+
+    @property
+    def output_tensors(self) -> list[keras.KerasTensor]: ...
+
+
 @dataclass
 class Graph:
     """The functional graph as nodes, with each tensor's producer and consumers."""
 
-    nodes: list[Any] = field(default_factory=list)  # keras Node, topological order
-    producer: dict[int, Any] = field(default_factory=dict)  # id(tensor) -> node
-    consumers: dict[int, list[Any]] = field(default_factory=dict)  # id(tensor) -> nodes
+    nodes: list[Node] = field(default_factory=list)  # topological order
+    producer: dict[int, Node] = field(default_factory=dict)  # id(tensor) -> node
+    consumers: dict[int, list[Node]] = field(default_factory=dict)  # id(tensor) -> nodes
     outputs: set[int] = field(default_factory=set)  # ids of the model's output tensors
     calls: dict[str, int] = field(default_factory=dict)  # layer name -> nodes in this graph
 
@@ -255,7 +272,7 @@ def _refuses_to_pass(layer, kind: str | None, s: np.ndarray, channels_last: bool
 class _Route:
     """Where a BN's output goes forward: the linear node, and how its channels arrive there."""
 
-    node: Any
+    node: Node
     channels_last: bool
     expand: int | None  # after Flatten: positions per channel (feature = position * C + c)
 
@@ -275,7 +292,7 @@ class Folder:
             node = self.g.producer.get(id(node.input_tensors[0]))
         return node
 
-    def consumers(self, tensor) -> list[Any]:
+    def consumers(self, tensor: keras.KerasTensor) -> list[Node]:
         found = []
         for node in self.g.consumers.get(id(tensor), []):
             found.extend(self.consumers(node.output_tensors[0]) if id(node) in self.removed else [node])

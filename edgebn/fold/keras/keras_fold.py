@@ -39,17 +39,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edgebn.data.dataset import sample_inputs
+from edgebn.data.dataset import DataSpec, sample_inputs
+from edgebn.documents import JsonDict
 from edgebn.errors import EdgebnError, FoldError
 from edgebn.fold.keras.graph import Folder, LayerFold, as_functional, is_graph_model, is_normalization
 from edgebn.fold.keras.stats_check import StatsCheck, StatsPolicy, bn_statistics, statistics_json
 from edgebn.runtime.accuracy import rows_per_chunk
 from edgebn.zoo.keras_io import load_keras, save_keras
 from edgebn.zoo.models import fit_data
+
+if TYPE_CHECKING:  # named in annotations only: importing Keras takes seconds (edgebn.cli.app)
+    import keras
 
 DEFAULT_TOLERANCE = 1e-5  # |Δ| allowed beyond float32 rounding, relative to the largest |output|
 # the float64 twin is the reference only within this of the original float32 model (relative
@@ -64,7 +68,7 @@ MEASURE_FLOAT32 = "float32"
 
 @dataclass(frozen=True)
 class FoldResult:
-    model: Any  # the folded keras.Model (BN layers that could not fold are still in it)
+    model: keras.Model  # folded (BN layers that could not fold are still in it)
     layers: tuple[LayerFold, ...]
     max_abs_diff: float  # folded vs original, both float32
     max_rel_diff: float  # max |Δ| / max |original output|
@@ -88,7 +92,7 @@ class FoldResult:
     def kept(self) -> list[LayerFold]:
         return [f for f in self.layers if not f.folded]
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JsonDict:
         return {"model": self.source, "out": self.out, "max_abs_diff": self.max_abs_diff,
                 "max_rel_diff": self.max_rel_diff, "tolerance": self.tolerance,
                 "samples": self.samples, "inputs": self.inputs, "measure": self.measure,
@@ -99,7 +103,7 @@ class FoldResult:
                 "other_affine": [f.to_json() for f in self.others],
                 "bn_statistics": self._statistics_json()}
 
-    def _statistics_json(self) -> dict[str, Any] | None:
+    def _statistics_json(self) -> JsonDict | None:
         return statistics_json(self.bn_statistics)
 
 
@@ -107,7 +111,7 @@ class FoldResult:
 class FoldPlan:
     """Every BN's fold in one functional model, and the plans of the models nested in it."""
 
-    model: Any  # the functional model planned (a Sequential is wrapped as one)
+    model: keras.Model  # the functional model planned (a Sequential is wrapped as one)
     folds: tuple[LayerFold, ...]  # graph order, nested models' BN included (named by path)
     state: dict[str, dict[str, np.ndarray]]  # layer name -> folded weights (float64)
     removed: frozenset[str]  # names of this model's BN (and Normalization) layers folded away
@@ -251,7 +255,7 @@ def copy_state(source, target) -> None:
     where Keras also sets up state that is not a variable (a Normalization's adapted mean
     and variance, made into its constants by ``finalize_state``)."""
     for a, b in _layer_pairs(source, target):
-        store: dict[str, Any] = {}
+        store: JsonDict = {}
         a.save_own_variables(store)
         if store:
             b.load_own_variables({key: np.asarray(value) for key, value in store.items()})
@@ -369,7 +373,7 @@ def fold_model(model, x: np.ndarray, tolerance: float = DEFAULT_TOLERANCE,
 
 
 def fold_file(model_path: str | Path, out: str | Path, tolerance: float = DEFAULT_TOLERANCE,
-              data: Any = None, bn_stats: StatsPolicy = StatsPolicy()) -> FoldResult:
+              data: DataSpec | None = None, bn_stats: StatsPolicy = StatsPolicy()) -> FoldResult:
     """``edgebn fold``: load a .keras (safe mode), fold, check, save ``out`` atomically.
 
     The check runs on ``data`` (a DataSpec): its .npz/.npy inputs, else its test split

@@ -32,15 +32,22 @@ proves it on held-out samples: every BN's drift must be at the samples' noise.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
+import numpy.typing as npt
 
+from edgebn.documents import JsonDict
 from edgebn.errors import EdgebnError
 from edgebn.fold.keras.graph import as_functional, graph, is_graph_model
 from edgebn.runtime.accuracy import rows_per_chunk
+
+if TYPE_CHECKING:  # named in annotations only: importing Keras takes seconds (edgebn.cli.app)
+    import keras
+
+    Tensors = keras.KerasTensor | list[keras.KerasTensor]  # a graph's tensor(s) at one point
 
 STALE_DRIFT = 0.25  # a normalized output off by a quarter of its spread (RMS over channels)
 NOISE_FACTOR = 4.0  # and this many times the sampling noise of the figure
@@ -120,12 +127,13 @@ class _Site:
     """One BN node: its path, the layer, and the chain of graphs that lead to its input."""
 
     path: str  # "backbone/conv1_bn"
-    layer: Any  # keras BatchNormalization
+    layer: keras.layers.BatchNormalization
     axis: int  # the channel axis of its input
-    route: tuple[tuple[Any, Any], ...]  # (functional model, tensor in it): the last is the BN's input
+    route: tuple[tuple[keras.Model, Tensors], ...]  # (functional model, tensor in it): the last
+    # is the BN's input
 
 
-def _is_bn(layer: Any) -> bool:
+def _is_bn(layer: keras.layers.Layer) -> bool:
     from keras import layers  # lazy: Keras imports TensorFlow (seconds)
 
     return isinstance(layer, layers.BatchNormalization)
@@ -138,16 +146,17 @@ class Skipped:
     bn: str
     reason: str
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JsonDict:
         return {"bn": self.bn, "reason": self.reason}
 
 
-def bn_sites(model: Any) -> tuple[list[_Site], list[Skipped]]:
+def bn_sites(model: keras.Model) -> tuple[list[_Site], list[Skipped]]:
     """Every BN node of ``model``'s graph at any depth, in graph order, and the ones left out."""
     sites: list[_Site] = []
     skipped: list[Skipped] = []
 
-    def visit(functional: Any, prefix: str, route: tuple[tuple[Any, Any], ...]) -> None:
+    def visit(functional: keras.Model, prefix: str,
+              route: tuple[tuple[keras.Model, Tensors], ...]) -> None:
         g = graph(functional)
         for node in g.nodes:
             layer = node.operation
@@ -179,7 +188,7 @@ def bn_sites(model: Any) -> tuple[list[_Site], list[Skipped]]:
     return sites, skipped
 
 
-def _bn_paths(layer: Any, prefix: str = "") -> list[str]:
+def _bn_paths(layer: keras.layers.Layer, prefix: str = "") -> list[str]:
     found = []
     for sub in getattr(layer, "layers", []):
         if _is_bn(sub):
@@ -188,7 +197,7 @@ def _bn_paths(layer: Any, prefix: str = "") -> list[str]:
     return found
 
 
-def _has_bn(layer: Any) -> bool:
+def _has_bn(layer: keras.layers.Layer) -> bool:
     return bool(_bn_paths(layer))
 
 
@@ -211,18 +220,18 @@ class _Probe:
     def __init__(self, sites: list[_Site]):
         import keras  # lazy: Keras imports TensorFlow (seconds)
 
-        self.parts: list[tuple[Any, list[tuple[int, int, list[_Site], _Probe | None]]]] = []
+        self.parts: list[tuple[keras.Model, list[tuple[int, int, list[_Site], _Probe | None]]]] = []
         by_graph: dict[int, list[_Site]] = {}
         for site in sites:
             by_graph.setdefault(id(site.route[0][0]), []).append(site)
         for group in by_graph.values():
             functional = group[0].route[0][0]
-            ends: dict[tuple[int, ...], tuple[Any, list[_Site]]] = {}
+            ends: dict[tuple[int, ...], tuple[Tensors, list[_Site]]] = {}
             for site in group:  # sites reading the same tensor(s) share an output
                 tensor = site.route[0][1]
                 key = tuple(id(t) for t in (tensor if isinstance(tensor, list) else [tensor]))
                 ends.setdefault(key, (tensor, []))[1].append(site)
-            tensors: list[Any] = []
+            tensors: list[keras.KerasTensor] = []
             outputs = []
             for tensor, at in ends.values():
                 many = tensor if isinstance(tensor, list) else [tensor]
@@ -235,7 +244,7 @@ class _Probe:
             self.parts.append((keras.Model(inputs[0] if len(inputs) == 1 else inputs, tensors),
                                outputs))
 
-    def __call__(self, x: Any) -> dict[str, np.ndarray]:
+    def __call__(self, x: npt.ArrayLike) -> dict[str, np.ndarray]:
         found: dict[str, np.ndarray] = {}
         for probe, outputs in self.parts:
             values = probe(x, training=False)
@@ -276,7 +285,7 @@ class BNDrift:
     noise: float  # the sampling noise of ``drift``
     stale: bool
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JsonDict:
         return {"bn": self.bn, "channels": self.channels, "drift": self.drift,
                 "worst_channel": self.worst_channel, "mean_shift": self.mean_shift,
                 "spread_ratio": self.spread_ratio, "noise": self.noise, "stale": self.stale}
@@ -302,7 +311,7 @@ def _drift(site: _Site, split: _Split, mean_s: np.ndarray, var_s: np.ndarray) ->
                    drift > STALE_DRIFT and drift > NOISE_FACTOR * noise)
 
 
-def _stored(layer: Any) -> tuple[np.ndarray, np.ndarray]:
+def _stored(layer: keras.layers.BatchNormalization) -> tuple[np.ndarray, np.ndarray]:
     return (np.asarray(layer.moving_mean.numpy(), np.float64),
             np.asarray(layer.moving_variance.numpy(), np.float64))
 
@@ -339,7 +348,7 @@ class DriftReport:
                 f"all {len(self.layers)} BN layers describe the data")
         return f"{head}; largest drift {worst} (on {self.samples} inputs, {self.inputs})"
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JsonDict:
         return {"samples": self.samples, "inputs": self.inputs, "stale_drift": self.stale_drift,
                 "noise_factor": self.noise_factor, "stale": len(self.stale),
                 "max_drift": self.max_drift, "worst": [d.bn for d in self.worst()],
@@ -347,7 +356,7 @@ class DriftReport:
                 "skipped": [s.to_json() for s in self.skipped]}
 
 
-def measure_drift(model: Any, x: np.ndarray, inputs: str = "given") -> DriftReport:
+def measure_drift(model: keras.Model, x: np.ndarray, inputs: str = "given") -> DriftReport:
     """Each BN's stored statistics against the population of its input on ``x``."""
     x = _samples(x)
     sites, skipped = bn_sites(model)
@@ -356,7 +365,7 @@ def measure_drift(model: Any, x: np.ndarray, inputs: str = "given") -> DriftRepo
     return DriftReport(len(x), inputs, layers, tuple(skipped))
 
 
-def _samples(x: Any) -> np.ndarray:
+def _samples(x: npt.ArrayLike) -> np.ndarray:
     if isinstance(x, (list, tuple)):
         raise StatisticsError("BN statistics are measured on models with one input. "
                               f"Received: {len(x)} input arrays")
@@ -379,7 +388,7 @@ class Recomputed:
     seconds: float = 0.0
 
 
-def set_statistics(model: Any, stats: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+def set_statistics(model: keras.Model, stats: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
     """Assign ``stats`` (BN path -> mean, variance) to the BN layers of ``model``."""
     by_path = {s.path: s.layer for s in bn_sites(model)[0]}
     for path, (mean, var) in stats.items():
@@ -391,7 +400,8 @@ def set_statistics(model: Any, stats: dict[str, tuple[np.ndarray, np.ndarray]]) 
         layer.moving_variance.assign(np.asarray(var).astype(layer.moving_variance.dtype))
 
 
-def recompute(model: Any, x: np.ndarray, only: Any = None) -> Recomputed:
+def recompute(model: keras.Model, x: np.ndarray,
+              only: Callable[[keras.layers.Layer], bool] | None = None) -> Recomputed:
     """Set every BN's statistics (or those ``only(layer)`` accepts) to its population's on
     ``x``, layer by layer in graph order: each with the ones before it already recomputed."""
     start = time.perf_counter()
@@ -407,7 +417,7 @@ def recompute(model: Any, x: np.ndarray, only: Any = None) -> Recomputed:
     return Recomputed(len(x), stats, noise, time.perf_counter() - start)
 
 
-def accuracy(model: Any, x: np.ndarray, y: np.ndarray) -> float:
+def accuracy(model: keras.Model, x: np.ndarray, y: np.ndarray) -> float:
     """Top-1 accuracy of ``model`` on (x, y), in inference mode."""
     hits, start = 0, 0
     for batch in _chunks(x):
@@ -429,7 +439,7 @@ class Recalibration:
     accuracy_after: float | None = None
     seconds: float = 0.0
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JsonDict:
         return {"samples": self.samples, "source": self.source, "seconds": self.seconds,
                 "accuracy_before": self.accuracy_before, "accuracy_after": self.accuracy_after,
                 "before": self.before.to_json(), "after": self.after.to_json()}
@@ -462,7 +472,7 @@ def check_recalibrated(after: DriftReport, noise: dict[str, float] | None = None
                               f"(bound {bound[worst.bn]:.3g})")
 
 
-def recalibrate(model: Any, x: np.ndarray, held_out: np.ndarray, labels: np.ndarray | None = None,
+def recalibrate(model: keras.Model, x: np.ndarray, held_out: np.ndarray, labels: np.ndarray | None = None,
                 source: str = "given", held_out_source: str = "held-out") -> Recalibration:
     """Recompute every BN's statistics from ``x`` in place, and prove them on ``held_out``.
 
@@ -480,11 +490,11 @@ def recalibrate(model: Any, x: np.ndarray, held_out: np.ndarray, labels: np.ndar
     return Recalibration(done.samples, source, before, after, acc_before, acc_after, done.seconds)
 
 
-def bn_layers_of(model: Any) -> list[Any]:
+def bn_layers_of(model: keras.Model) -> list[keras.layers.BatchNormalization]:
     """Every BN layer at any depth (graph or not), each once."""
-    found: dict[int, Any] = {}
+    found: dict[int, keras.layers.BatchNormalization] = {}
 
-    def visit(layer: Any) -> None:
+    def visit(layer: keras.layers.Layer) -> None:
         for sub in getattr(layer, "layers", []):
             if _is_bn(sub):
                 found[id(sub)] = sub

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edgebn.data.arrays import load_labelled
+from edgebn.data.dataset import Dataset, DataSpec
+from edgebn.documents import JsonDict
 from edgebn.fold.keras.statistics import (
     DRIFT_SAMPLES,
     RECALIBRATE_SAMPLES,
@@ -27,6 +29,9 @@ from edgebn.fold.keras.statistics import (
 )
 from edgebn.zoo.keras_io import load_keras, save_keras
 from edgebn.zoo.models import fit_data
+
+if TYPE_CHECKING:  # named in annotations only: importing Keras takes seconds (edgebn.cli.app)
+    import keras
 
 
 @dataclass(frozen=True)
@@ -87,13 +92,13 @@ class StatsCheck:
     def summary(self) -> str:
         return self.recalibration.summary() if self.recalibration else self.drift.summary()
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JsonDict:
         return {"drift": self.drift.to_json(), "warning": self.warning(),
                 "recalibration": None if self.recalibration is None
                 else self.recalibration.to_json()}
 
 
-def check_statistics(model: Any, samples: StatsSamples, policy: StatsPolicy) -> StatsCheck:
+def check_statistics(model: keras.Model, samples: StatsSamples, policy: StatsPolicy) -> StatsCheck:
     """Measure every BN's drift on the held-out samples; recompute first when asked.
 
     StatisticsError when ``policy.strict`` and a BN is stale (nothing recomputed), or when
@@ -110,8 +115,8 @@ def check_statistics(model: Any, samples: StatsSamples, policy: StatsPolicy) -> 
     return check
 
 
-def samples_from_data(data: Any, input_shape: tuple[int, ...], most: int | None = None,
-                      ds: Any = None) -> StatsSamples | str:
+def samples_from_data(data: DataSpec, input_shape: tuple[int, ...], most: int | None = None,
+                      ds: Dataset | None = None) -> StatsSamples | str:
     """The samples a command measures BN statistics on, from its data options (a DataSpec):
     a .npy/.npz of inputs (split in two halves), else the dataset's training and validation
     splits when they fit the model (``ds``: ``data`` already loaded); else why there are none
@@ -134,14 +139,15 @@ def samples_from_data(data: Any, input_shape: tuple[int, ...], most: int | None 
                         f"{ds.name} validation split")
 
 
-def statistics_json(check: StatsCheck | str | None) -> dict[str, Any] | None:
+def statistics_json(check: StatsCheck | str | None) -> JsonDict | None:
     """A command's BN statistics document: the check, or why it was not measured."""
     if check is None or isinstance(check, StatsCheck):
         return None if check is None else check.to_json()
     return {"drift": None, "warning": None, "recalibration": None, "not_measured": check}
 
 
-def bn_statistics(model: Any, data: Any, policy: StatsPolicy, ds: Any = None) -> StatsCheck | str | None:
+def bn_statistics(model: keras.Model, data: DataSpec, policy: StatsPolicy, ds: Dataset | None = None
+                  ) -> StatsCheck | str | None:
     """The BN statistics of a loaded model on the data given (convert, fold): measured,
     recomputed when ``policy`` asks; a str says why not; None for a model without BN.
     ``ds``: ``data`` already loaded."""
@@ -166,11 +172,11 @@ class RecalibratedFile:
     out: str
     recalibration: Recalibration
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JsonDict:
         return {"model": self.model, "out": self.out, **self.recalibration.to_json()}
 
 
-def recalibrate_file(model_path: str | Path, out: str | Path, data: Any,
+def recalibrate_file(model_path: str | Path, out: str | Path, data: DataSpec,
                      samples: int = RECALIBRATE_SAMPLES) -> RecalibratedFile:
     """Load a .keras, recompute every BN's statistics from ``data`` (a DataSpec), prove them
     on held-out inputs, write ``out`` atomically; ``model_path`` is never changed."""

@@ -26,13 +26,16 @@ NumPy only; the caller (:mod:`edgebn.fold.tflite.rewrite`) writes the result int
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edgebn.errors import EdgebnError
 from edgebn.tflite.chains import constant_source
 from edgebn.tflite.reader import Operator, Subgraph, TFLiteModel, schema
+
+if TYPE_CHECKING:  # the schema's object API, named in annotations only: reader.schema() loads it
+    from ai_edge_litert import schema_py_generated as fb
 
 INT32_MAX = 2 ** 31 - 1
 INT8_MIN = -128
@@ -164,13 +167,14 @@ def absorb(k: Int8Kernel, s: np.ndarray, t: np.ndarray, op: str) -> Int8Kernel |
     return Int8Kernel(q, scale, k.axis, bias.astype(np.int64), k.input_scale)
 
 
-def constants(k: Int8Kernel) -> tuple[tuple[np.ndarray, str, str, Any], ...]:
+def constants(k: Int8Kernel
+              ) -> tuple[tuple[np.ndarray, str, str, fb.QuantizationParametersT], ...]:
     """The folded weights and bias to store: values, name, dtype, quantization parameters."""
     return ((k.q.astype(np.int8), "folded_weights", "INT8", quantization(k.scale, k.axis)),
             (k.bias.astype(np.int32), "folded_bias", "INT32", quantization(k.input_scale * k.scale, 0)))
 
 
-def quantization(scale: np.ndarray, axis: int) -> Any:
+def quantization(scale: np.ndarray, axis: int) -> fb.QuantizationParametersT:
     """Symmetric quantization parameters: ``scale`` (float32) along ``axis``, zero points 0."""
     q = schema().QuantizationParametersT()
     q.scale = [float(v) for v in np.asarray(scale, np.float32).reshape(-1)]

@@ -11,10 +11,10 @@ float32 rounding of the new scale, :data:`SCALE_ROUNDING`), its bias, read at th
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
+from edgebn.documents import JsonDict
 from edgebn.errors import FoldError
 from edgebn.fold.tflite.proof import SCALE_ROUNDING
 from edgebn.fold.tflite.rewrite import KERNELS, Rewrite
@@ -30,7 +30,7 @@ class ParameterCheck:
     max_weight_rel_diff: float  # |folded − s⊗W| relative to the channel's largest (a float bias too)
     max_bias_steps: float  # an int32 bias: |folded − (s⊗b + t)| in steps of S_in·S_w'[o]
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JsonDict:
         return {"kernels": self.kernels, "max_weight_rel_diff": self.max_weight_rel_diff,
                 "max_bias_steps": self.max_bias_steps, "weight_tolerance": SCALE_ROUNDING,
                 "bias_tolerance_steps": 0.5}

@@ -41,10 +41,10 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
+from edgebn.documents import JsonDict
 from edgebn.errors import EdgebnError
 from edgebn.fold.tflite.rewrite import Rewrite, const_values
 from edgebn.fold.tflite.tensor_diff import activation_scale, difference
@@ -71,7 +71,7 @@ class TensorDiff:
     max_rel_diff: float
     max_steps: float | None = None  # a quantized tensor: max |Δ| in steps of its scale
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JsonDict:
         doc = {"subgraph": self.subgraph, "tensor": self.tensor, "name": self.name,
                "max_abs_diff": self.max_abs_diff, "max_rel_diff": self.max_rel_diff}
         return doc | ({} if self.max_steps is None else {"max_steps": self.max_steps})

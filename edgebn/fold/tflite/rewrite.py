@@ -25,16 +25,20 @@ those the fold changes on purpose. Constants nothing reads any more are emptied.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from edgebn.documents import JsonDict
 from edgebn.fold.tflite import int8 as fold_int8
 from edgebn.fold.tflite.int8 import const_values
 from edgebn.tflite.chains import Step, affine_chains, chain_kind, constant_source
 from edgebn.tflite.provenance import attribute, has_names
 from edgebn.tflite.reader import Operator, Subgraph, TFLiteModel, schema
 from edgebn.tflite.writer import Buffer, buffers_of, operator_code, pack, unpack
+
+if TYPE_CHECKING:  # the schema's object API, named in annotations only: reader.schema() loads it
+    from ai_edge_litert import schema_py_generated as fb
 
 # the linear operators a BN folds into: weights input, bias input, the weights' output-channel axis
 KERNELS = {"CONV_2D": (1, 2, 0), "DEPTHWISE_CONV_2D": (1, 2, 3), "FULLY_CONNECTED": (1, 2, 0),
@@ -61,8 +65,8 @@ class ChainFold:
     float16: bool = False  # folded into float16 weights, stored as float16 again
     int8: bool = False  # folded into int8 weights: new scales, flipped signs, a requantized bias
 
-    def to_json(self) -> dict[str, Any]:
-        doc: dict[str, Any] = {"subgraph": self.subgraph, "ops": list(self.ops), "kind": self.kind,
+    def to_json(self) -> JsonDict:
+        doc: JsonDict = {"subgraph": self.subgraph, "ops": list(self.ops), "kind": self.kind,
                                "channels": self.channels, "result": self.result,
                                "source": self.source, "source_type": self.source_type}
         if self.result == "folded":
@@ -121,7 +125,7 @@ class _Kernel:
 class _Folder:
     """Folds the chains of one subgraph into the unpacked model ``m``."""
 
-    def __init__(self, model: TFLiteModel, m: Any, sg_index: int) -> None:
+    def __init__(self, model: TFLiteModel, m: fb.ModelT, sg_index: int) -> None:
         self.model, self.m, self.sg = model, m, model.subgraphs[sg_index]
         self.usg = m.subgraphs[sg_index]
         self.producer = {t: op for op in self.sg.operators for t in op.outputs if t >= 0}
@@ -343,9 +347,9 @@ class _Folder:
         self.changed.add(mid)
 
     # ------------------------------------------------------------ writing
-    def write_kernels(self) -> dict[int, list[Any]]:
+    def write_kernels(self) -> dict[int, list[fb.OperatorT]]:
         """Each rewritten kernel's new constants; the DEQUANTIZE ops to run before an op."""
-        before: dict[int, list[Any]] = {}
+        before: dict[int, list[fb.OperatorT]] = {}
         for index, k in self.kernels.items():
             uop = self.usg.operators[index]
             inputs = [int(i) for i in uop.inputs]
@@ -423,8 +427,8 @@ def _absorb_input(kernel: _Kernel, op: Operator, s_full: np.ndarray, t_full: np.
     return None
 
 
-def _new_tensor(usg: Any, shape: list[int], dtype: str, name: str, buffer: int = 0,
-                quantization: Any = None) -> int:
+def _new_tensor(usg: fb.SubGraphT, shape: list[int], dtype: str, name: str, buffer: int = 0,
+                quantization: fb.QuantizationParametersT | None = None) -> int:
     t = schema().TensorT()
     t.shape, t.type, t.name, t.buffer = list(shape), getattr(schema().TensorType, dtype), name, buffer
     t.quantization = quantization
@@ -432,14 +436,15 @@ def _new_tensor(usg: Any, shape: list[int], dtype: str, name: str, buffer: int =
     return len(usg.tensors) - 1
 
 
-def _new_const(m: Any, usg: Any, values: np.ndarray, name: str, dtype: str = "FLOAT32",
-               quantization: Any = None) -> int:
+def _new_const(m: fb.ModelT, usg: fb.SubGraphT, values: np.ndarray, name: str,
+               dtype: str = "FLOAT32", quantization: fb.QuantizationParametersT | None = None
+               ) -> int:
     m.buffers.append(Buffer(np.ascontiguousarray(values).astype(values.dtype.newbyteorder("<")).tobytes()))
     return _new_tensor(usg, list(values.shape), dtype, name, len(m.buffers) - 1, quantization)
 
 
 
-def _set_builtin(m: Any, op: Any, builtin: str, options: Any) -> None:
+def _set_builtin(m: fb.ModelT, op: fb.OperatorT, builtin: str, options: object) -> None:
     code = getattr(schema().BuiltinOperator, builtin)
     same = [i for i, c in enumerate(m.operatorCodes) if max(c.builtinCode, c.deprecatedBuiltinCode) == code]
     if not same:
@@ -450,7 +455,7 @@ def _set_builtin(m: Any, op: Any, builtin: str, options: Any) -> None:
     op.builtinOptions = options
 
 
-def _prune(model: TFLiteModel, m: Any) -> None:
+def _prune(model: TFLiteModel, m: fb.ModelT) -> None:
     """Empty the constants no operator reads any more, and drop DEQUANTIZE ops nobody reads."""
     for usg in m.subgraphs:
         while True:

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from edgebn.data.dataset import DataSpec
+from edgebn.documents import JsonDict
 from edgebn.errors import EdgebnError, FoldError
 from edgebn.files import write_atomic
 from edgebn.fold.tflite.parameters import ParameterCheck, check_parameters
@@ -77,8 +77,8 @@ class TFLiteFoldResult:
     def measure(self) -> str:
         return f"every tensor present in both files ({self.compared}), {self.samples} inputs"
 
-    def to_json(self) -> dict[str, Any]:
-        doc: dict[str, Any] = {
+    def to_json(self) -> JsonDict:
+        doc: JsonDict = {
             "model": self.model, "out": self.out, "measure": self.measure, "inputs": self.inputs,
             "tolerance": self.tolerance, "compared_tensors": self.compared,
             "max_rel_diff": self.max_rel_diff,

@@ -28,14 +28,19 @@ one subgraph, or whose operators call others, get no segments (the rows stay iso
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from edgebn.documents import JsonDict
+from edgebn.runtime.backends import Interpreter
 from edgebn.runtime.profile.op_timing import AT_LOAD, ROUNDS, Timed, captured
 from edgebn.runtime.timing import BenchSettings
-from edgebn.tflite.reader import TFLiteModel, parse_tflite
+from edgebn.tflite.reader import Operator, Subgraph, TFLiteModel, parse_tflite
 from edgebn.tflite.writer import calls_subgraphs, op_group
+
+if TYPE_CHECKING:  # the schema's object API, named in annotations only: reader.schema() loads it
+    from ai_edge_litert import schema_py_generated as fb
 
 SEGMENTS = 8  # prefixes timed: more resolve finer, each difference is noisier
 
@@ -55,7 +60,7 @@ class Segment:
         """context / isolated: how much slower the segment runs inside the model."""
         return self.context_us / self.isolated_us if self.isolated_us > 0 else None
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JsonDict:
         return {"ops": [self.first, self.last], "context_us": self.context_us,
                 "prefix_fraction": self.fraction, "isolated_us": self.isolated_us,
                 "factor": self.factor}
@@ -75,7 +80,7 @@ def segment_cuts(n_ops: int, fused: dict[int, int], segments: int = SEGMENTS) ->
     return [*cuts, n_ops]
 
 
-def context_unsupported(model: TFLiteModel, unpacked: Any) -> str | None:
+def context_unsupported(model: TFLiteModel, unpacked: fb.ModelT) -> str | None:
     """Why a model cannot be cut into prefixes, or None."""
     if len(model.subgraphs) != 1:
         return f"{len(model.subgraphs)} subgraphs: prefixes are cut from a single subgraph"
@@ -86,8 +91,9 @@ def context_unsupported(model: TFLiteModel, unpacked: Any) -> str | None:
     return None
 
 
-def prefix_fractions(model: TFLiteModel, unpacked: Any, settings: BenchSettings, whole: Timed,
-                     reference: Any, cuts: list[int], budget_s: float) -> list[float]:
+def prefix_fractions(model: TFLiteModel, unpacked: fb.ModelT, settings: BenchSettings,  # noqa: PLR0913
+                     whole: Timed, reference: Interpreter | None, cuts: list[int], budget_s: float
+                     ) -> list[float]:
     """``f_k`` for each cut but the last (which is the whole model, 1): each prefix timed in
     blocks against the whole model, taking turns ``ROUNDS`` times, ``budget_s`` each (the
     whole model as long); one prefix alive at a time."""
@@ -117,7 +123,7 @@ def prefix_fractions(model: TFLiteModel, unpacked: Any, settings: BenchSettings,
     return fractions
 
 
-def _at_load(sg: Any, op: Any) -> bool:
+def _at_load(sg: Subgraph, op: Operator) -> bool:
     """An operator of constants only (a DEQUANTIZE of float16 weights): computed once, at load."""
     return op.op in AT_LOAD and all(sg.tensors[t].is_constant for t in op.inputs if t >= 0)
 

@@ -9,9 +9,7 @@ runs as fast as the convolution alone.
 
 from __future__ import annotations
 
-from typing import Any
-
-from edgebn.tflite.reader import TFLiteModel
+from edgebn.tflite.reader import Operator, Subgraph, TFLiteModel
 
 PADS = ("PAD", "PADV2")
 PAD_CONSUMERS = ("CONV_2D", "DEPTHWISE_CONV_2D")
@@ -21,7 +19,7 @@ def fused_pads(model: TFLiteModel, sg_index: int) -> dict[int, int]:
     """PAD operator -> the CONV_2D / DEPTHWISE_CONV_2D XNNPACK fuses it into: a constant,
     non-negative padding of the spatial axes only, read by that convolution alone as its data."""
     sg = model.subgraphs[sg_index]
-    readers: dict[int, list[Any]] = {}
+    readers: dict[int, list[Operator]] = {}
     for op in sg.operators:
         for t in set(op.inputs):
             readers.setdefault(t, []).append(op)
@@ -44,7 +42,7 @@ def fused_pads(model: TFLiteModel, sg_index: int) -> dict[int, int]:
     return fused
 
 
-def _zero_pad_value(model: TFLiteModel, sg: Any, op: Any) -> bool:
+def _zero_pad_value(model: TFLiteModel, sg: Subgraph, op: Operator) -> bool:
     value = model.constant(sg.tensors[op.inputs[2]]) if op.inputs[2] >= 0 else None
     q = sg.tensors[op.inputs[2]].quantization if op.inputs[2] >= 0 else None
     zero = q.zero_point[0] if q is not None and q.zero_point else 0

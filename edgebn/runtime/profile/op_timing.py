@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import time
 import warnings
-from typing import Any
 
 import numpy as np
 
 from edgebn.errors import EdgebnError
-from edgebn.runtime.backends import interpreter_errors, load_interpreter
+from edgebn.runtime.backends import Interpreter, TensorDetail, interpreter_errors, load_interpreter
 from edgebn.runtime.timing import BenchSettings, Latency
 from edgebn.tflite.quantization import make_inputs
 from edgebn.tflite.reader import TFLiteModel
@@ -27,7 +26,8 @@ MIN_RUNS = 16  # timed runs per interpreter at the least
 WARMUP_RUNS = 5
 
 
-def capture(model: TFLiteModel, settings: BenchSettings, feeds: list[np.ndarray]) -> Any:
+def capture(model: TFLiteModel, settings: BenchSettings, feeds: list[np.ndarray]
+            ) -> Interpreter | None:
     """One reference run of the whole model with every tensor kept; None if that fails."""
     try:  # reference kernels: a delegate would not keep its tensors
         with warnings.catch_warnings():
@@ -42,7 +42,7 @@ def capture(model: TFLiteModel, settings: BenchSettings, feeds: list[np.ndarray]
     return interp
 
 
-def captured(interp: Any, subgraph: int, tensor: int) -> np.ndarray | None:
+def captured(interp: Interpreter | None, subgraph: int, tensor: int) -> np.ndarray | None:
     if interp is None:
         return None
     try:
@@ -52,7 +52,7 @@ def captured(interp: Any, subgraph: int, tensor: int) -> np.ndarray | None:
     return None if value is None else np.array(value)
 
 
-def _fallback(detail: dict[str, Any], rng: np.random.Generator) -> np.ndarray:
+def _fallback(detail: TensorDetail, rng: np.random.Generator) -> np.ndarray:
     """Random values in [0, 1) for floats; zeros for integers (indices stay in range)."""
     shape, dtype = detail["shape"], np.dtype(detail["dtype"])
     if np.issubdtype(dtype, np.floating):
@@ -60,7 +60,7 @@ def _fallback(detail: dict[str, Any], rng: np.random.Generator) -> np.ndarray:
     return np.zeros(shape, dtype=dtype)
 
 
-def _whole_input(detail: dict[str, Any]) -> np.ndarray:
+def _whole_input(detail: TensorDetail) -> np.ndarray:
     """What ``edgebn bench`` feeds: uniform [0, 1) floats, integers over their whole range."""
     return make_inputs(detail["shape"], detail["dtype"], detail["quantization"], 1)[0]
 

@@ -12,7 +12,28 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from difflib import SequenceMatcher
-from typing import Any
+from typing import Protocol
+
+from edgebn.documents import JsonDict
+
+
+class ProfiledOp(Protocol):
+    """An operator's row of a profile (:class:`edgebn.runtime.profile.result.OpTime`)."""
+
+    @property
+    def subgraph(self) -> int: ...
+
+    @property
+    def index(self) -> int: ...
+
+    @property
+    def op(self) -> str: ...
+
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+
+    @property
+    def time_us(self) -> float | None: ...
 
 
 @dataclass(frozen=True)
@@ -35,7 +56,7 @@ class OpDiff:
     def delta_us(self) -> float:
         return (self.time_us or 0.0) - (self.baseline_time_us or 0.0)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JsonDict:
         return {"op": self.op, "subgraph": self.subgraph, "status": self.status,
                 "index": self.index, "baseline_index": self.baseline_index,
                 "shape": None if self.shape is None else list(self.shape),
@@ -44,7 +65,7 @@ class OpDiff:
                 "delta_us": self.delta_us}
 
 
-def _pair(cur: Any | None, base: Any | None) -> OpDiff:
+def _pair(cur: ProfiledOp | None, base: ProfiledOp | None) -> OpDiff:
     some = cur if cur is not None else base
     return OpDiff(some.op, some.subgraph, cur.index if cur is not None else None,
                   base.index if base is not None else None,
@@ -53,9 +74,10 @@ def _pair(cur: Any | None, base: Any | None) -> OpDiff:
                   base.time_us if base is not None else None)
 
 
-def diff_operators(current: Sequence[Any], baseline: Sequence[Any]) -> tuple[OpDiff, ...]:
+def diff_operators(current: Sequence[ProfiledOp], baseline: Sequence[ProfiledOp]
+                   ) -> tuple[OpDiff, ...]:
     """One row per operator of either model (rows with ``subgraph, index, op, shape, time_us``)."""
-    def key(o: Any) -> tuple[Any, ...]:
+    def key(o: ProfiledOp) -> tuple[int, str, tuple[int, ...]]:
         return (o.subgraph, o.op, tuple(o.shape))
 
     matcher = SequenceMatcher(None, [key(o) for o in baseline], [key(o) for o in current],

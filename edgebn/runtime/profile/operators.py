@@ -43,9 +43,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from edgebn.errors import EdgebnError
+from edgebn.runtime.backends import Interpreter
 from edgebn.runtime.profile.context import (
     context_unsupported,
     prefix_fractions,
@@ -67,10 +68,13 @@ from edgebn.runtime.profile.result import (
     ProfileResult,
     ProfileSettings,
 )
-from edgebn.tflite.macs import model_cost
-from edgebn.tflite.reader import TFLiteModel, as_tflite, parse_tflite
+from edgebn.tflite.macs import OpCost, model_cost
+from edgebn.tflite.reader import Subgraph, TFLiteModel, as_tflite, parse_tflite
 from edgebn.tflite.residue import BNAnalysis
 from edgebn.tflite.writer import empty_model, op_group, unpack
+
+if TYPE_CHECKING:  # the schema's object API, named in annotations only: reader.schema() loads it
+    from ai_edge_litert import schema_py_generated as fb
 
 OP_MIN_TIME_S = 0.01  # timed seconds per operator at the least
 CONSTANT_NOTE = "only constant inputs: the runtime computes it once, when the model is loaded"
@@ -83,7 +87,7 @@ MAX_OPERATORS = 5000  # one interpreter each is alive at once: refuse what would
 class _Op:
     """One operator waiting for the rounds: its cost, and its interpreter or why it has none."""
 
-    cost: Any  # edgebn.runtime.cost.OpCost
+    cost: OpCost
     shape: tuple[int, ...]
     residual: bool
     timed: Timed | None = None
@@ -109,8 +113,8 @@ class _Prepared:
 
     model: TFLiteModel
     whole: Timed
-    reference: Any  # the run that kept every tensor: the operators' and prefixes' inputs
-    unpacked: Any
+    reference: Interpreter | None  # the run that kept every tensor: the operators' and prefixes' inputs
+    unpacked: fb.ModelT
     pads: dict[int, int]  # subgraph 0's PAD -> the convolution XNNPACK fuses it into
     ops: list[_Op] = field(default_factory=list)
 
@@ -127,7 +131,7 @@ class _Prepared:
                              self.whole.latency(), tuple(rows), invoke_overhead_us=overhead_us)
 
 
-def _static(sg: Any) -> set[int]:
+def _static(sg: Subgraph) -> set[int]:
     """Tensors fixed before the first inference: constants, and what operators of constants
     compute from them (once, at load: a DEQUANTIZE of float16 weights)."""
     static = {t.index for t in sg.tensors if t.is_constant}

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Any
 
+from edgebn.documents import JsonDict
 from edgebn.errors import EdgebnError
 from edgebn.runtime.profile.context import Segment
 from edgebn.runtime.profile.opdiff import OpDiff
@@ -68,7 +68,7 @@ class OpTime:
     def gmacs_per_s(self) -> float | None:
         return self.macs / self.time_us / 1e3 if self.macs and self.time_us else None
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JsonDict:
         return {"subgraph": self.subgraph, "index": self.index, "op": self.op,
                 "shape": list(self.shape), "time_us": self.time_us, "share": self.share,
                 "macs": self.macs, "gmacs_per_s": self.gmacs_per_s,
@@ -98,7 +98,7 @@ class ResidueCost:
     def significant(self) -> bool | None:
         return None if self.estimate is None else self.estimate.significant
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JsonDict:
         doc = {"pairs": self.pairs, "model_p50_us": self.model_p50_us,
                "bypassed_p50_us": self.bypassed_p50_us, "ratio": self.ratio, "note": RESIDUE_NOTE}
         if self.estimate is not None:
@@ -170,9 +170,9 @@ class ProfileResult:
         """How many residual BN chains the model has (each of two or more operators)."""
         return self.residual_count
 
-    def by_op(self) -> dict[str, dict[str, Any]]:
+    def by_op(self) -> dict[str, JsonDict]:
         """Per operator type: how many, their summed time and share, slowest type first."""
-        out: dict[str, dict[str, Any]] = {}
+        out: dict[str, JsonDict] = {}
         for o in self.operators:
             row = out.setdefault(o.op, {"count": 0, "time_us": 0.0, "macs": 0})
             row["count"] += 1
@@ -186,7 +186,7 @@ class ProfileResult:
         """Against the baseline: the ``n`` operators whose time grew most."""
         return sorted((d for d in self.diff if d.delta_us > 0), key=lambda d: -d.delta_us)[:n]
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JsonDict:
         p50 = self.latency_us.p50
         doc = {"model": self.model, "method": self.method, "methods": self.methods(), "backend": self.backend,
                "threads": self.threads, "xnnpack": self.xnnpack,
