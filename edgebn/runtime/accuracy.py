@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from enum import Enum
 from pathlib import Path
 from typing import Protocol
@@ -45,10 +45,10 @@ class VerifyLimits:
                    spec.max_prob_diff if max_prob_diff is None else max_prob_diff, spec.name)
 
     def judge(self, agreement: float, max_prob_diff: float) -> tuple[VerifyCheck, ...]:
-        return (VerifyCheck("top1_agreement", agreement, self.min_agreement,
-                            agreement >= self.min_agreement, ">="),
-                VerifyCheck("max_abs_diff", max_prob_diff, self.max_prob_diff,
-                            bool(max_prob_diff <= self.max_prob_diff), "<="))
+        return (VerifyCheck("top1_agreement", agreement, self.min_agreement, ">=",
+                            agreement >= self.min_agreement),
+                VerifyCheck("max_abs_diff", max_prob_diff, self.max_prob_diff, "<=",
+                            bool(max_prob_diff <= self.max_prob_diff)))
 
     def to_json(self) -> JsonDict:
         return {"mode": self.mode, "min_agreement": self.min_agreement,
@@ -62,8 +62,8 @@ class VerifyCheck:
     name: str  # "top1_agreement" | "max_abs_diff"
     value: float
     limit: float
-    passed: bool
     relation: str  # how value must stand to the limit: ">=" or "<="
+    passed: bool
 
     def describe(self) -> str:
         what = {"top1_agreement": "top-1 agreement", "max_abs_diff": "max |Δp|"}[self.name]
@@ -72,8 +72,7 @@ class VerifyCheck:
         return f"{what} {self.value:.4g}, the limit {self.relation} {self.limit:g}"
 
     def to_json(self) -> JsonDict:
-        return {"name": self.name, "value": self.value, "limit": self.limit,
-                "relation": self.relation, "passed": self.passed}
+        return asdict(self)
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ Dynamic dimensions (-1) count as 1.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from math import prod
 
 from edgebn.documents import JsonDict
@@ -33,8 +33,7 @@ class OpCost:
     weight_bytes: int  # bytes of the operator's constant inputs (filter, bias)
 
     def to_json(self) -> JsonDict:
-        return {"subgraph": self.subgraph, "index": self.index, "op": self.op,
-                "macs": self.macs, "weight_bytes": self.weight_bytes}
+        return asdict(self)
 
 
 @dataclass(frozen=True)

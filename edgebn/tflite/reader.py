@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 import struct
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from functools import cache
 from pathlib import Path
 from types import ModuleType
@@ -90,8 +90,7 @@ class Quantization:
     quantized_dimension: int
 
     def to_json(self) -> JsonDict:
-        return {"scale": list(self.scale), "zero_point": list(self.zero_point),
-                "quantized_dimension": self.quantized_dimension}
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -129,8 +128,7 @@ class Operator:
     activation: str = "NONE"  # the fused activation function, where the options carry one
 
     def to_json(self) -> JsonDict:
-        return {"index": self.index, "op": self.op, "inputs": list(self.inputs),
-                "outputs": list(self.outputs), "activation": self.activation}
+        return asdict(self)
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from edgebn.documents import JsonDict
@@ -95,7 +95,7 @@ class FoldedBN:
     into: str
 
     def to_json(self) -> JsonDict:
-        return {"source": self.source, "subgraph": self.subgraph, "op": self.op, "into": self.into}
+        return asdict(self)
 
 
 @dataclass(frozen=True)

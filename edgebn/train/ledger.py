@@ -13,7 +13,7 @@ the target (above 1: BN got there sooner).
 from __future__ import annotations
 
 import statistics
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from edgebn.documents import JsonDict
 from edgebn.train.training import EpochLog, TrainResult
@@ -36,9 +36,7 @@ class LedgerRow:
                    float(statistics.median(rest)) if rest else 0.0, len(log.val_accuracy))
 
     def to_json(self) -> JsonDict:
-        return {"epochs_to_target": self.epochs_to_target, "steps_to_target": self.steps_to_target,
-                "seconds_to_target": self.seconds_to_target,
-                "seconds_per_epoch": self.seconds_per_epoch, "epochs_run": self.epochs_run}
+        return asdict(self)
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -147,7 +147,7 @@ class Skipped:
     reason: str
 
     def to_json(self) -> JsonDict:
-        return {"bn": self.bn, "reason": self.reason}
+        return asdict(self)
 
 
 def bn_sites(model: keras.Model) -> tuple[list[_Site], list[Skipped]]:
@@ -286,9 +286,7 @@ class BNDrift:
     stale: bool
 
     def to_json(self) -> JsonDict:
-        return {"bn": self.bn, "channels": self.channels, "drift": self.drift,
-                "worst_channel": self.worst_channel, "mean_shift": self.mean_shift,
-                "spread_ratio": self.spread_ratio, "noise": self.noise, "stale": self.stale}
+        return asdict(self)
 
 
 def _noise(split: _Split, eps: float) -> float:
