@@ -175,22 +175,26 @@ def deploy(
     policy = RolloutPolicy(parse_batches(batches) if batches is not None else (), max_failures,
                            check, parallel)
     conn = Connection(tuple(targets), inventory, base, port is not None)
+    fleet = len(targets) > 1 or hosts is not None
+    native = engine is Engine.native and inventory is None and export_playbook is None
     if service or listen or socket or workers:
-        if engine is not Engine.native or inventory is not None or export_playbook is not None:
-            raise EdgebnError("--service runs with the native engine and --host/--hosts only")
-        return _deploy_service(bundle_dir, targets, options, (service, listen, socket, workers),
-                               parallel if len(targets) > 1 or hosts is not None else 0, as_json)
-    if rollback:
-        if engine is not Engine.native or inventory is not None or export_playbook is not None:
-            raise EdgebnError("--rollback runs with the native engine and --host/--hosts only")
-        _rollback(targets, options, parallel, hosts is None and len(targets) == 1, as_json)
+        _native_only("--service", native)
+        _deploy_service(bundle_dir, targets, options, (service, listen, socket, workers),
+                        parallel if fleet else 0, as_json)
+    elif rollback:
+        _native_only("--rollback", native)
+        _rollback(targets, options, parallel, not fleet, as_json)
     elif export_playbook is not None:
         _export(export_playbook, bundle_dir, conn, options, policy, as_json)
-    elif (len(targets) == 1 and hosts is None and engine is Engine.native and batches is None
-          and max_failures is None and not check):
+    elif not fleet and native and (batches, max_failures, check) == (None, None, False):
         _deploy_one(bundle_dir, targets[0], options, as_json)
     else:
         _rollout(bundle_dir, conn, options, policy, engine, as_json)
+
+
+def _native_only(what: str, native: bool) -> None:
+    if not native:
+        raise EdgebnError(f"{what} runs with the native engine and --host/--hosts only")
 
 
 def _check_hosts(targets, inventory: str | None, engine: Engine, export: bool) -> None:

@@ -24,7 +24,7 @@ from edgebn.pipeline.plots import latency
 from edgebn.pipeline.report import BuildResult, training_summary
 from edgebn.pipeline.tflite_build import TFLiteBuildResult
 from edgebn.runtime.profile.opdiff import OpDiff
-from edgebn.runtime.profile.result import ProfileResult
+from edgebn.runtime.profile.result import OpTime, ProfileResult
 from edgebn.tflite.reader import tensor_bytes
 from edgebn.tflite.residue import InspectResult
 from edgebn.train.training import SavedTraining
@@ -322,6 +322,27 @@ def _shape(shape: Sequence[int] | None) -> str:
 
 
 def profile(result: ProfileResult, top: int = 15) -> None:
+    """``edgebn profile``: the slowest operators, then the sums, notes and the residue's cost."""
+    out.print(_operators_table(result, top))
+    out.print("by op type: " + ", ".join(f"{k} {v['share']:.0%} ({v['count']})"
+                                         for k, v in result.by_op().items()))
+    out.print(f"sum of isolated operators {result.ops_sum_us:,.1f} µs beside the whole model's "
+              f"p50 {result.latency_us.p50:,.1f} µs ({result.explained:.0%}); each less an "
+              f"empty invoke() ({result.invoke_overhead_us:.2f} µs); "
+              f"{result.macs / 1e6:,.2f} M MACs")
+    _operator_notes(result.operators)
+    if result.residual_pairs():
+        residual = [o for o in result.operators if o.residual_bn]
+        spent = sum(o.time_us or 0.0 for o in residual)
+        out.print(f"[red]residual BN[/]: {result.residual_pairs()} chains ({len(residual)} "
+                  f"operators), {spent:,.1f} µs "
+                  f"isolated ({spent / (result.ops_sum_us or 1):.1%} of the sum)")
+    _residue_cost(result)
+    if result.baseline is not None:
+        profile_diff(result, top)
+
+
+def _operators_table(result: ProfileResult, top: int) -> Table:
     ops = result.operators
     table = Table(title=f"{Path(result.model).name}: {result.method}, {result.backend}, "
                         f"threads {result.threads}, XNNPACK {'on' if result.xnnpack else 'off'} "
@@ -332,43 +353,41 @@ def profile(result: ProfileResult, top: int = 15) -> None:
     for o in result.top(top):
         where = str(o.index) if o.subgraph == 0 else f"{o.subgraph}:{o.index}"
         table.add_row(where, o.op, _shape(o.shape), _us(o.time_us),
-                      "-" if o.share is None else f"{o.share:.1%}", f"{o.macs:,}" if o.macs else "",
+                      "-" if o.share is None else f"{o.share:.1%}",
+                      f"{o.macs:,}" if o.macs else "",
                       f"{o.gmacs_per_s:.1f}" if o.gmacs_per_s else "",
                       "[red]residue[/]" if o.residual_bn else "")
-    out.print(table)
-    out.print("by op type: " + ", ".join(f"{k} {v['share']:.0%} ({v['count']})"
-                                         for k, v in result.by_op().items()))
-    out.print(f"sum of isolated operators {result.ops_sum_us:,.1f} µs beside the whole model's "
-              f"p50 {result.latency_us.p50:,.1f} µs ({result.explained:.0%}); each less an "
-              f"empty invoke() ({result.invoke_overhead_us:.2f} µs); "
-              f"{result.macs / 1e6:,.2f} M MACs")
+    return table
+
+
+FUSED_NOTE = "fused by XNNPACK into the convolution after it: timed with it"
+
+
+def _operator_notes(ops: Sequence[OpTime]) -> None:
+    """Each note once, with the first three operators it is about."""
     notes: dict[str, list[str]] = {}
     for o in (o for o in ops if o.note):
-        notes.setdefault(o.note if o.method != "fused" else "fused by XNNPACK into the convolution "
-                         "after it: timed with it", []).append(f"{o.index} {o.op}")
+        notes.setdefault(o.note if o.method != "fused" else FUSED_NOTE, []).append(
+            f"{o.index} {o.op}")
     for note, which in notes.items():
         more = f" and {len(which) - 3} more" if len(which) > 3 else ""
         out.print(f"  op {', '.join(which[:3])}{more}: {note}")
-    if result.residual_pairs():
-        residual = [o for o in ops if o.residual_bn]
-        spent = sum(o.time_us or 0.0 for o in residual)
-        out.print(f"[red]residual BN[/]: {result.residual_pairs()} chains ({len(residual)} operators), "
-                  f"{spent:,.1f} µs "
-                  f"isolated ({spent / (result.ops_sum_us or 1):.1%} of the sum)")
-    if result.residue is not None:
-        r = result.residue
-        measured = f"{r.ratio:.3f}x" if r.estimate is None else r.estimate.describe()
-        out.print(f"residue cost: {measured} (p50 {r.model_p50_us:,.1f} µs against "
-                  f"{r.bypassed_p50_us:,.1f} µs with the {r.pairs} chains bypassed); an estimate: "
-                  "the bypassed graph computes different outputs")
-        if r.lost_delegation:
-            out.print(f"  [yellow]the bypassed copy has {r.partitions[1]} XNNPACK partitions against "
-                      f"the model's {r.partitions[0]}: an operator fell out of the delegate, so the "
-                      "cost is understated[/]")
-    elif result.residue_skipped:
-        out.print(f"residue cost: not measured ({result.residue_skipped})")
-    if result.baseline is not None:
-        profile_diff(result, top)
+
+
+def _residue_cost(result: ProfileResult) -> None:
+    if result.residue is None:
+        if result.residue_skipped:
+            out.print(f"residue cost: not measured ({result.residue_skipped})")
+        return
+    r = result.residue
+    measured = f"{r.ratio:.3f}x" if r.estimate is None else r.estimate.describe()
+    out.print(f"residue cost: {measured} (p50 {r.model_p50_us:,.1f} µs against "
+              f"{r.bypassed_p50_us:,.1f} µs with the {r.pairs} chains bypassed); an estimate: "
+              "the bypassed graph computes different outputs")
+    if r.lost_delegation:
+        out.print(f"  [yellow]the bypassed copy has {r.partitions[1]} XNNPACK partitions against "
+                  f"the model's {r.partitions[0]}: an operator fell out of the delegate, so the "
+                  "cost is understated[/]")
 
 
 def profile_diff(result: ProfileResult, top: int = 15) -> None:

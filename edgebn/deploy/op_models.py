@@ -16,20 +16,26 @@ from __future__ import annotations
 
 import io
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edgebn.documents import JsonDict
 from edgebn.errors import EdgebnError
+from edgebn.runtime.backends import Interpreter
 from edgebn.runtime.profile.fusion import fused_pads
 from edgebn.runtime.profile.op_timing import AT_LOAD, capture, captured
 from edgebn.runtime.profile.operators import CONSTANT_NOTE
 from edgebn.runtime.timing import BenchSettings
 from edgebn.tflite.macs import model_cost
 from edgebn.tflite.quantization import make_inputs
-from edgebn.tflite.reader import TFLiteModel
+from edgebn.tflite.reader import Operator, TFLiteModel
 from edgebn.tflite.writer import op_group, unpack
+
+if TYPE_CHECKING:  # the schema's object API, named in annotations only: reader.schema() loads it
+    from ai_edge_litert import schema_py_generated as fb
 
 PROFILE_DIR = "profile"
 INDEX = f"{PROFILE_DIR}/profile.json"
@@ -58,48 +64,65 @@ def write_operator_models(model: TFLiteModel, golden: np.ndarray, out: Path, nch
         raise EdgebnError(f"{model.path}: operator models need a model with one input")
     reference = capture(model, BenchSettings(cost=False), _feed(model, golden, nchw))
     if reference is None:
-        raise EdgebnError(f"{model.path}: the model cannot run with every tensor kept; no operator models")
-    sg, unpacked = model.subgraphs[0], unpack(model)
+        raise EdgebnError(f"{model.path}: the model cannot run with every tensor kept; no "
+                          "operator models")
+    sg = model.subgraphs[0]
     macs = {c.index: c.macs for c in model_cost(model).ops if c.subgraph == 0}
-    static = {t.index for t in sg.tensors if t.is_constant}
-    pads = fused_pads(model, 0)
-    padded = {conv: pad for pad, conv in pads.items()}
+    writer = _OperatorModels(model, unpack(model), reference, out, fused_pads(model, 0),
+                             {t.index for t in sg.tensors if t.is_constant})
     (out / PROFILE_DIR).mkdir()
-    rows = []
-    for op in sg.operators:
-        row: JsonDict = {"index": op.index, "op": op.op, "macs": macs.get(op.index, 0)}
-        rows.append(row)
-        if op.op in AT_LOAD and all(t in static for t in op.inputs if t >= 0):
-            static |= {t for t in op.outputs if t >= 0}
-            row["note"], row["method"] = CONSTANT_NOTE, "at load"
-            continue
-        if op.index in pads:
-            row["note"] = (f"XNNPACK makes it the padding of the {sg.operators[pads[op.index]].op} "
-                           f"#{pads[op.index]}: timed with it")
-            row["method"] = "fused"
-            continue
-        group = (padded[op.index], op.index) if op.index in padded else (op.index,)
-        if len(group) == 2:
-            row["method"] = "with the PAD before it"
-        reads = [t for i in group for t in sg.operators[i].inputs]
-        frozen = {t: v for t in reads if t in static and not sg.tensors[t].is_constant
-                  and (v := captured(reference, 0, t)) is not None}
-        try:
-            one = op_group(model, unpacked, 0, group, frozen)
-        except EdgebnError as exc:
-            row["note"] = str(exc)
-            continue
-        feeds = [captured(reference, 0, t) for t in one.inputs]
-        if any(f is None for f in feeds):
-            row["note"] = "an input was not kept by the reference run"
-            continue
-        name = f"{PROFILE_DIR}/op{op.index:04d}"
-        (out / f"{name}.tflite").write_bytes(one.data)
-        row["model"], row["inputs"] = f"{name}.tflite", []
-        for k, f in enumerate(feeds):
-            (out / f"{name}_in{k}.npy").write_bytes(_npy(f))
-            row["inputs"].append(f"{name}_in{k}.npy")
+    rows = [writer.row(op, macs.get(op.index, 0)) for op in sg.operators]  # execution order
     doc = {"operators": rows, "source": "edgebn profile's one-operator models, inputs from "
                                         "the first golden input"}
     (out / INDEX).write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
     return doc
+
+
+@dataclass
+class _OperatorModels:
+    """Writes the main subgraph's operators, one by one in execution order, into ``out``."""
+
+    model: TFLiteModel
+    unpacked: fb.ModelT
+    reference: Interpreter  # the whole model's run with every tensor kept
+    out: Path
+    pads: dict[int, int]  # PAD -> the convolution XNNPACK fuses it into
+    static: set[int]  # tensors fixed before the first inference, so far
+
+    def row(self, op: Operator, macs: int) -> JsonDict:
+        """The operator's row of profile.json: computed at load, fused, or its model's files."""
+        sg = self.model.subgraphs[0]
+        row: JsonDict = {"index": op.index, "op": op.op, "macs": macs}
+        if op.op in AT_LOAD and all(t in self.static for t in op.inputs if t >= 0):
+            self.static |= {t for t in op.outputs if t >= 0}
+            row["note"], row["method"] = CONSTANT_NOTE, "at load"
+            return row
+        if op.index in self.pads:
+            conv = self.pads[op.index]
+            row["note"] = (f"XNNPACK makes it the padding of the {sg.operators[conv].op} "
+                           f"#{conv}: timed with it")
+            row["method"] = "fused"
+            return row
+        pad = next((p for p, conv in self.pads.items() if conv == op.index), None)
+        if pad is not None:
+            row["method"] = "with the PAD before it"
+        return row | self._write(op.index, (op.index,) if pad is None else (pad, op.index))
+
+    def _write(self, index: int, group: tuple[int, ...]) -> JsonDict:
+        """The group's model and its inputs as files, named in the row; or why there are none."""
+        sg = self.model.subgraphs[0]
+        reads = [t for i in group for t in sg.operators[i].inputs]
+        frozen = {t: v for t in reads if t in self.static and not sg.tensors[t].is_constant
+                  and (v := captured(self.reference, 0, t)) is not None}
+        try:
+            one = op_group(self.model, self.unpacked, 0, group, frozen)
+        except EdgebnError as exc:
+            return {"note": str(exc)}
+        feeds = [captured(self.reference, 0, t) for t in one.inputs]
+        if any(f is None for f in feeds):
+            return {"note": "an input was not kept by the reference run"}
+        name = f"{PROFILE_DIR}/op{index:04d}"
+        (self.out / f"{name}.tflite").write_bytes(one.data)
+        for k, f in enumerate(feeds):
+            (self.out / f"{name}_in{k}.npy").write_bytes(_npy(f))
+        return {"model": f"{name}.tflite", "inputs": [f"{name}_in{k}.npy" for k in range(len(feeds))]}

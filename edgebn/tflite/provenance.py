@@ -46,22 +46,9 @@ _RESCALING = re.compile(r"^rescaling(_\d+)*$")
 def attribute(model: TFLiteModel, sg: Subgraph, chain: tuple[Step, ...], bn_layers=None,
               names: bool = True) -> Attribution:
     """What ``chain`` was: BN, Normalization, Rescaling or unknown (the module docstring)."""
-    bn = _first([n for st in chain for n in bn_sources(sg, st.op, bn_layers)])
-    if bn is not None:
-        return Attribution("bn", bn, "names: a BN layer's scope")
-    outputs = [part for st in chain for t in st.op.outputs if t >= 0
-               for part in sg.tensors[t].name.split(";") if part]
-    scopes: dict[str, set[str]] = {}
-    for part in outputs:
-        *path, leaf = part.split("/")
-        if path:
-            scopes.setdefault(path[-1], set()).add(leaf)
-    for scope, leaves in scopes.items():
-        if {"Sub", "truediv"} <= leaves:
-            return Attribution("normalization", _resolve(scope, None),
-                               "names: a Keras Normalization's Sub and truediv")
-        if _RESCALING.match(scope):
-            return Attribution("rescaling", _resolve(scope, None), "names: a Rescaling layer's scope")
+    named = _named(sg, chain, bn_layers)
+    if named is not None:
+        return named
     told = any(part for st in chain for t in (*st.op.outputs, *st.op.inputs) if t >= 0
                for part in sg.tensors[t].name.split(";"))
     if chain_kind(chain) == "sub_mul" and _on_model_input(model, sg, chain[0].data):
@@ -72,6 +59,27 @@ def attribute(model: TFLiteModel, sg: Subgraph, chain: tuple[Step, ...], bn_laye
                            "not tell what it was: counted as BN")
     return Attribution("bn", None, "form: a per-channel scale and shift, as converters write "
                        "BN (the file has no names)")
+
+
+def _named(sg: Subgraph, chain: tuple[Step, ...], bn_layers) -> Attribution | None:
+    """What the chain's tensor names say it was (a BN layer's scope, a Keras Normalization's
+    Sub and truediv, a Rescaling's scope), or None where they say none of these."""
+    bn = _first([n for st in chain for n in bn_sources(sg, st.op, bn_layers)])
+    if bn is not None:
+        return Attribution("bn", bn, "names: a BN layer's scope")
+    scopes: dict[str, set[str]] = {}
+    for part in (part for st in chain for t in st.op.outputs if t >= 0
+                 for part in sg.tensors[t].name.split(";") if part):
+        *path, leaf = part.split("/")
+        if path:
+            scopes.setdefault(path[-1], set()).add(leaf)
+    for scope, leaves in scopes.items():
+        if {"Sub", "truediv"} <= leaves:
+            return Attribution("normalization", _resolve(scope, None),
+                               "names: a Keras Normalization's Sub and truediv")
+        if _RESCALING.match(scope):
+            return Attribution("rescaling", _resolve(scope, None), "names: a Rescaling layer's scope")
+    return None
 
 
 _THROUGH = ("TRANSPOSE", "RESHAPE", "DEQUANTIZE", "QUANTIZE")

@@ -58,7 +58,7 @@ from edgebn.tflite.provenance import (
     bn_sources,
     has_names,
 )
-from edgebn.tflite.reader import Subgraph, TFLiteModel, read_tflite, tensor_bytes
+from edgebn.tflite.reader import Operator, Subgraph, TFLiteModel, read_tflite, tensor_bytes
 
 
 @dataclass(frozen=True)
@@ -235,22 +235,29 @@ def _batch_stats_in(model: TFLiteModel, sg: Subgraph, bn_layers) -> list[Residua
                 or len(op.outputs) != 1):
             continue
         for x, m in (op.inputs, op.inputs[::-1]):
-            mean = producer.get(m)
-            if mean is None or mean.op != "MEAN" or len(mean.inputs) != 2 or mean.inputs[0] != x:
-                continue
-            data = sg.tensors[x]
-            axes = _axes(model, sg, mean.inputs[1], len(data.shape))
-            if axes is None or 0 not in axes or len(data.shape) - 1 in axes:
-                continue
-            var = [u for u in readers.get(op.outputs[0], []) if u.op == "MEAN"]
-            if not var:
-                continue
-            ops = (mean.index, op.index, var[0].index)
-            source = _first([n for o in ops for n in bn_sources(sg, sg.operators[o], bn_layers)])
-            found.append(ResidualBN(sg.index, ops, "batch_stats", data.shape[-1],
-                                    cost_elements=data.num_elements, source=source))
-            break
+            ops = _batch_moments(model, sg, producer.get(m), x, op,
+                                 readers.get(op.outputs[0], []))
+            if ops is not None:
+                data = sg.tensors[x]
+                source = _first([n for o in ops for n in bn_sources(sg, sg.operators[o], bn_layers)])
+                found.append(ResidualBN(sg.index, ops, "batch_stats", data.shape[-1],
+                                        cost_elements=data.num_elements, source=source))
+                break
     return found
+
+
+def _batch_moments(model: TFLiteModel, sg: Subgraph, mean: Operator | None, x: int,
+                   diff: Operator, readers: list[Operator]) -> tuple[int, int, int] | None:
+    """(MEAN, SQUARED_DIFFERENCE, MEAN) when ``mean`` averages ``x`` over the batch axis (and
+    others, not the channels) and a MEAN reads the squared difference: a batch's variance."""
+    if mean is None or mean.op != "MEAN" or len(mean.inputs) != 2 or mean.inputs[0] != x:
+        return None
+    rank = len(sg.tensors[x].shape)
+    axes = _axes(model, sg, mean.inputs[1], rank)
+    if axes is None or 0 not in axes or rank - 1 in axes:
+        return None
+    var = [u for u in readers if u.op == "MEAN"]
+    return (mean.index, diff.index, var[0].index) if var else None
 
 
 def _axes(model: TFLiteModel, sg: Subgraph, index: int, rank: int) -> set[int] | None:

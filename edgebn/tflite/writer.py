@@ -36,7 +36,7 @@ import flatbuffers
 import numpy as np
 
 from edgebn.errors import EdgebnError, InvalidModelError
-from edgebn.tflite.reader import FILE_IDENTIFIER, TFLiteModel, parse_tflite, schema
+from edgebn.tflite.reader import FILE_IDENTIFIER, Subgraph, Tensor, TFLiteModel, parse_tflite, schema
 
 if TYPE_CHECKING:  # the schema's object API, named in annotations only: reader.schema() loads it
     from ai_edge_litert import schema_py_generated as fb
@@ -199,52 +199,89 @@ def op_group(model: TFLiteModel, unpacked: fb.ModelT, subgraph: int, indices: Se
     XNNPACK fuses it into). The group's inputs are what it reads and does not make; its
     outputs what it makes and does not read itself."""
     frozen = frozen or {}
-    if not 0 <= subgraph < len(model.subgraphs) or not indices or not all(
-            0 <= i < len(model.subgraphs[subgraph].operators) for i in indices):
-        index = next((i for i in indices if not 0 <= subgraph < len(model.subgraphs)
-                      or not 0 <= i < len(model.subgraphs[subgraph].operators)), None)
-        raise EdgebnError(f"{model.path}: no operator {index} in subgraph {subgraph}; it has "
-                          f"{len(model.subgraphs)} subgraphs" + (
-                              f", subgraph {subgraph} {len(model.subgraphs[subgraph].operators)} "
-                              "operators" if 0 <= subgraph < len(model.subgraphs) else ""))
+    _check_group(model, subgraph, indices)
     sg, parsed = unpacked.subgraphs[subgraph], model.subgraphs[subgraph]
     ops = [sg.operators[i] for i in indices]
     for i, op in zip(indices, ops, strict=True):
         if calls_subgraphs(op):
             raise EdgebnError(f"{parsed.operators[i].op} runs other subgraphs; it cannot be "
                               "timed on its own")
-    intermediates = [[int(t) for t in (op.intermediates if op.intermediates is not None else [])]
-                     for op in ops]
-    used = [int(t) for op, mid in zip(ops, intermediates, strict=True)
-            for t in (*op.inputs, *op.outputs, *mid) if t >= 0]
-    order = list(dict.fromkeys(used))
+    intermediates = [_intermediates(op) for op in ops]
+    order = list(dict.fromkeys(t for op, mid in zip(ops, intermediates, strict=True)
+                               for t in (*op.inputs, *op.outputs, *mid) if t >= 0))
+    order = [int(t) for t in order]
     remap = {old: new for new, old in enumerate(order)}
     graph = Graph()
     for old in order:
-        t = copy.copy(sg.tensors[old])
-        t.buffer = 0
-        if old in frozen:
-            t.buffer = graph.add_buffer(np.ascontiguousarray(frozen[old]).tobytes())
-        elif parsed.tensors[old].is_constant:
-            t.buffer = graph.add_buffer(model.buffer_bytes(parsed.tensors[old].buffer))
-        graph.add_tensor(t)
+        graph.add_tensor(_group_tensor(model, graph, sg.tensors[old], parsed.tensors[old],
+                                       frozen.get(old)))
     for op, mid in zip(ops, intermediates, strict=True):
-        one = copy.copy(op)
-        one.inputs = [remap[int(t)] if t >= 0 else -1 for t in op.inputs]
-        one.outputs = [remap[int(t)] if t >= 0 else -1 for t in op.outputs]
-        one.intermediates = [remap[t] for t in mid] or None
-        graph.add_operator(one, unpacked.operatorCodes[op.opcodeIndex])
-    made = {int(t) for op in ops for t in op.outputs if t >= 0}
-    read = {int(t) for op in ops for t in op.inputs if t >= 0}
-    inputs = tuple(t for t in dict.fromkeys(int(i) for op in ops for i in op.inputs)
-                   if t >= 0 and t not in made and not parsed.tensors[t].is_constant
-                   and t not in frozen and not sg.tensors[t].isVariable)
-    outputs = [t for t in dict.fromkeys(int(i) for op in ops for i in op.outputs)
-               if t >= 0 and t not in read] or [int(t) for t in ops[-1].outputs if t >= 0]
+        graph.add_operator(_remapped(op, mid, remap), unpacked.operatorCodes[op.opcodeIndex])
+    inputs, outputs = _group_ends(ops, sg, parsed, frozen)
     data = graph.pack([remap[t] for t in inputs], [remap[t] for t in outputs],
                       name=f"op{indices[0]}" if len(indices) == 1 else
                       f"ops{indices[0]}-{indices[-1]}", version=unpacked.version or 3)
     return OneOp(data, inputs)
+
+
+def _check_group(model: TFLiteModel, subgraph: int, indices: Sequence[int]) -> None:
+    """An EdgebnError unless every one of ``indices`` is an operator of ``subgraph``."""
+    if not 0 <= subgraph < len(model.subgraphs):
+        raise EdgebnError(f"{model.path}: no operator {indices[0] if indices else None} in "
+                          f"subgraph {subgraph}; it has {len(model.subgraphs)} subgraphs")
+    count = len(model.subgraphs[subgraph].operators)
+    missing = [i for i in indices if not 0 <= i < count]
+    if missing or not indices:
+        raise EdgebnError(f"{model.path}: no operator {missing[0] if missing else None} in "
+                          f"subgraph {subgraph}; it has {len(model.subgraphs)} subgraphs, "
+                          f"subgraph {subgraph} {count} operators")
+
+
+def _intermediates(op: fb.OperatorT) -> list[int]:
+    return [int(t) for t in (op.intermediates if op.intermediates is not None else [])]
+
+
+def _group_tensor(model: TFLiteModel, graph: Graph, tensor: fb.TensorT, parsed: Tensor,
+                  frozen: np.ndarray | None) -> fb.TensorT:
+    """A copy of ``tensor`` for the group's model: its constant (or ``frozen`` values) in a
+    buffer of ``graph``, else buffer 0 (computed)."""
+    t = copy.copy(tensor)
+    t.buffer = 0
+    if frozen is not None:
+        t.buffer = graph.add_buffer(np.ascontiguousarray(frozen).tobytes())
+    elif parsed.is_constant:
+        t.buffer = graph.add_buffer(model.buffer_bytes(parsed.buffer))
+    return t
+
+
+def _remapped(op: fb.OperatorT, intermediates: list[int], remap: dict[int, int]) -> fb.OperatorT:
+    """A copy of ``op`` reading and writing the group's tensor indices."""
+    one = copy.copy(op)
+    one.inputs = [remap[int(t)] if t >= 0 else -1 for t in op.inputs]
+    one.outputs = [remap[int(t)] if t >= 0 else -1 for t in op.outputs]
+    one.intermediates = [remap[t] for t in intermediates] or None
+    return one
+
+
+def _group_ends(ops: list[fb.OperatorT], sg: fb.SubGraphT, parsed: Subgraph,
+                frozen: dict[int, np.ndarray]) -> tuple[tuple[int, ...], list[int]]:
+    """The group's inputs and outputs, as the original's tensor indices."""
+    made = {int(t) for op in ops for t in op.outputs if t >= 0}
+    read = {int(t) for op in ops for t in op.inputs if t >= 0}
+    return (tuple(t for t in _in_order(ops, "inputs") if t not in made
+                  and _fed(t, sg, parsed, frozen)),
+            [t for t in _in_order(ops, "outputs") if t not in read]
+            or [int(t) for t in ops[-1].outputs if t >= 0])
+
+
+def _in_order(ops: list[fb.OperatorT], side: str) -> list[int]:
+    """Every tensor the operators read (``side="inputs"``) or write, first use first."""
+    return [t for t in dict.fromkeys(int(i) for op in ops for i in getattr(op, side)) if t >= 0]
+
+
+def _fed(t: int, sg: fb.SubGraphT, parsed: Subgraph, frozen: dict[int, np.ndarray]) -> bool:
+    """A tensor the group's model takes as an input: not a constant, frozen or a variable."""
+    return not parsed.tensors[t].is_constant and t not in frozen and not sg.tensors[t].isVariable
 
 
 def _resolve(target: dict[int, int], t: int) -> int:

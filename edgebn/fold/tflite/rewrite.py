@@ -458,17 +458,11 @@ def _set_builtin(m: fb.ModelT, op: fb.OperatorT, builtin: str, options: object) 
 def _prune(model: TFLiteModel, m: fb.ModelT) -> None:
     """Empty the constants no operator reads any more, and drop DEQUANTIZE ops nobody reads."""
     for usg in m.subgraphs:
-        while True:
-            read = {int(t) for op in usg.operators for t in op.inputs} | {int(t) for t in usg.outputs}
-            dead = [op for op in usg.operators if op.opcodeIndex is not None
-                    and m.operatorCodes[op.opcodeIndex].builtinCode == schema().BuiltinOperator.DEQUANTIZE
-                    and all(int(t) not in read for t in op.outputs)]
-            if not dead:
-                break
+        while dead := _dead_dequantize(m, usg):
             usg.operators = [op for op in usg.operators if all(op is not d for d in dead)]
         read = {int(t) for op in usg.operators for t in (*op.inputs, *op.outputs)} | \
             {int(t) for t in (*usg.inputs, *usg.outputs)}
-        shared = {}
+        shared: dict[int, set[tuple[int, int]]] = {}
         for sg in m.subgraphs:
             for i, t in enumerate(sg.tensors):
                 shared.setdefault(t.buffer, set()).add((id(sg), i))
@@ -476,6 +470,15 @@ def _prune(model: TFLiteModel, m: fb.ModelT) -> None:
             if i not in read and t.buffer and len(shared.get(t.buffer, ())) == 1 and not t.isVariable:
                 m.buffers[t.buffer] = Buffer(b"")
                 t.buffer = 0
+
+
+def _dead_dequantize(m: fb.ModelT, usg: fb.SubGraphT) -> list[fb.OperatorT]:
+    """The DEQUANTIZE operators of ``usg`` whose outputs nothing reads (nor the subgraph gives)."""
+    read = {int(t) for op in usg.operators for t in op.inputs} | {int(t) for t in usg.outputs}
+    dequantize = schema().BuiltinOperator.DEQUANTIZE
+    return [op for op in usg.operators if op.opcodeIndex is not None
+            and m.operatorCodes[op.opcodeIndex].builtinCode == dequantize
+            and all(int(t) not in read for t in op.outputs)]
 
 
 def fold_chains(model: TFLiteModel) -> Rewrite:

@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING
 from edgebn.errors import EdgebnError
 from edgebn.runtime.backends import Interpreter
 from edgebn.runtime.profile.context import (
+    Segment,
     context_unsupported,
     prefix_fractions,
     segment_cuts,
@@ -143,49 +144,79 @@ def _static(sg: Subgraph) -> set[int]:
 
 def _prepare(model: TFLiteModel, settings: ProfileSettings,
              pairs: list[tuple[int, ...]]) -> _Prepared:
+    """The whole model's interpreter, its reference run, and each operator's, in file order."""
     n_inputs = len(model.subgraphs[0].inputs) if model.subgraphs else 0
     whole = Timed(model, settings, [None] * n_inputs, settings.min_time_s, whole=True)
     reference = capture(model, settings, whole.inputs())
     residual = {(s, i) for s, *ops in pairs for i in ops}
     costs = model_cost(model).ops
-    budget = max(settings.min_time_s / max(len(costs), 1), OP_MIN_TIME_S)
     unpacked = unpack(model)
-    static = {sg.index: _static(sg) for sg in model.subgraphs}
     pads = {sg.index: fused_pads(model, sg.index) if settings.xnnpack else {}
             for sg in model.subgraphs}
-    padded = {(s, conv): pad for s, fused in pads.items() for pad, conv in fused.items()}
+    plan = _Plan(model, settings, unpacked, reference, pads,
+                 {sg.index: _static(sg) for sg in model.subgraphs},
+                 max(settings.min_time_s / max(len(costs), 1), OP_MIN_TIME_S))
     prepared = _Prepared(model, whole, reference if settings.context else None, unpacked,
                          pads.get(0, {}))
-    for cost in costs:
-        sg = model.subgraphs[cost.subgraph]
+    for cost in costs:  # one at a time: each operator's interpreter is made in file order
+        prepared.ops.append(plan.op(cost, (cost.subgraph, cost.index) in residual))
+    return prepared
+
+
+@dataclass
+class _Plan:
+    """What timing one operator needs of its model: the reference run that feeds it, XNNPACK's
+    fused PADs, the tensors fixed at load, the seconds each operator gets."""
+
+    model: TFLiteModel
+    settings: ProfileSettings
+    unpacked: fb.ModelT
+    reference: Interpreter | None
+    pads: dict[int, dict[int, int]]  # subgraph -> PAD -> the convolution it is fused into
+    static: dict[int, set[int]]  # subgraph -> tensors fixed before the first inference
+    budget_s: float
+
+    def op(self, cost: OpCost, residual: bool) -> _Op:
+        """The operator's row-to-be: computed at load, fused, or with its interpreter."""
+        sg = self.model.subgraphs[cost.subgraph]
         op = sg.operators[cost.index]
         shape = sg.tensors[op.outputs[0]].shape if op.outputs and op.outputs[0] >= 0 else ()
-        entry = _Op(cost, shape, (cost.subgraph, cost.index) in residual)
-        prepared.ops.append(entry)
-        if op.op in AT_LOAD and all(t in static[sg.index] for t in op.outputs if t >= 0):
+        entry = _Op(cost, shape, residual)
+        fused = self.pads[cost.subgraph]
+        if op.op in AT_LOAD and all(t in self.static[sg.index] for t in op.outputs if t >= 0):
             entry.note, entry.method = CONSTANT_NOTE, AT_LOAD_METHOD
-            continue
-        if cost.index in pads[cost.subgraph]:
-            conv = pads[cost.subgraph][cost.index]
+        elif cost.index in fused:
+            conv = fused[cost.index]
             entry.method = FUSED
-            entry.note = f"XNNPACK makes it the padding of the {sg.operators[conv].op} #{conv}: timed with it"
-            continue
-        group = (cost.index,)
-        if (cost.subgraph, cost.index) in padded:
-            group = (padded[(cost.subgraph, cost.index)], cost.index)
-            entry.method = WITH_PAD
-        group_inputs = {t for i in group for t in sg.operators[i].inputs}
-        frozen = {t: captured(reference, sg.index, t) for t in group_inputs
-                  if t in static[sg.index] and not sg.tensors[t].is_constant}
+            entry.note = (f"XNNPACK makes it the padding of the {sg.operators[conv].op} #{conv}: "
+                          "timed with it")
+        else:
+            pad = next((p for p, conv in fused.items() if conv == cost.index), None)
+            if pad is not None:
+                entry.method = WITH_PAD
+            self._time(entry, sg, (cost.index,) if pad is None else (pad, cost.index))
+        return entry
+
+    def _time(self, entry: _Op, sg: Subgraph, group: tuple[int, ...]) -> None:
+        """``group`` as a model of its own, fed what it reads in the whole model; where it
+        cannot be made or loaded, the first line of why."""
+        index = group[-1]
+        reads = {t for i in group for t in sg.operators[i].inputs}
+        frozen = {t: captured(self.reference, sg.index, t) for t in reads
+                  if t in self.static[sg.index] and not sg.tensors[t].is_constant}
         try:
-            one = op_group(model, unpacked, cost.subgraph, group,
+            one = op_group(self.model, self.unpacked, sg.index, group,
                            {t: v for t, v in frozen.items() if v is not None})
-            feeds = [captured(reference, cost.subgraph, t) for t in one.inputs]
-            entry.timed = Timed(parse_tflite(one.data, f"{model.path} operator {cost.index}"),
-                                settings, feeds, budget, checked=False)  # a preflighted node
+            feeds = [captured(self.reference, sg.index, t) for t in one.inputs]
+            entry.timed = Timed(parse_tflite(one.data, f"{self.model.path} operator {index}"),
+                                self.settings, feeds, self.budget_s,
+                                checked=False)  # a node of a preflighted model
         except (EdgebnError, ValueError, RuntimeError) as exc:
-            entry.note = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    return prepared
+            entry.note = _first_line(exc)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def in_context(result: ProfileResult, prepared: _Prepared, settings: ProfileSettings,
@@ -198,34 +229,34 @@ def in_context(result: ProfileResult, prepared: _Prepared, settings: ProfileSett
         why = "the reference run that feeds the prefixes failed"
     if why is not None:
         return replace(result, context_skipped=why)
-    n_ops = len(model.subgraphs[0].operators)
-    cuts = segment_cuts(n_ops, prepared.pads)
+    cuts = segment_cuts(len(model.subgraphs[0].operators), prepared.pads)
     budget = max(settings.min_time_s / len(cuts), OP_MIN_TIME_S)
     try:
         fractions = prefix_fractions(model, prepared.unpacked, settings, prepared.whole,
                                      prepared.reference, cuts, budget)
     except (EdgebnError, ValueError, RuntimeError) as exc:
-        return replace(result, context_skipped="a prefix of the model cannot be timed: " + (
-            str(exc).strip().splitlines() or [type(exc).__name__])[0])
+        return replace(result, context_skipped="a prefix of the model cannot be timed: "
+                       + _first_line(exc))
     segments = segments_of(cuts, fractions, result.latency_us.p50, overhead_us)
     of = {i: k for k, g in enumerate(segments) for i in range(g.first, g.last + 1)}
     isolated = [0.0] * len(segments)
     for o in result.operators:
         isolated[of[o.index]] += o.time_us or 0.0
     segments = [replace(g, isolated_us=iso) for g, iso in zip(segments, isolated, strict=True)]
-    rows = []
-    for o in result.operators:
-        g = segments[of[o.index]]
-        if o.time_us is None or o.method in (FUSED, AT_LOAD_METHOD) or g.factor is None:
-            rows.append(replace(o, isolated_us=o.time_us, segment=of[o.index]))
-            continue
-        method = IN_CONTEXT if o.method == ISOLATED else f"{IN_CONTEXT}, {o.method}"
-        rows.append(replace(o, time_us=o.time_us * g.factor, isolated_us=o.time_us,
-                            segment=of[o.index], method=method))
+    rows = [_in_segment(o, segments[of[o.index]], of[o.index]) for o in result.operators]
     total = sum(r.time_us for r in rows if r.time_us is not None) or 1.0
     rows = [replace(r, share=r.time_us / total) if r.time_us is not None else r for r in rows]
     return replace(result, operators=tuple(rows), segments=tuple(segments))
 
+
+def _in_segment(o: OpTime, g: Segment, k: int) -> OpTime:
+    """Row ``o`` of segment ``k``: its isolated time scaled by the segment's factor, where it
+    has one (an operator fused or computed at load keeps its 0)."""
+    if o.time_us is None or o.method in (FUSED, AT_LOAD_METHOD) or g.factor is None:
+        return replace(o, isolated_us=o.time_us, segment=k)
+    method = IN_CONTEXT if o.method == ISOLATED else f"{IN_CONTEXT}, {o.method}"
+    return replace(o, time_us=o.time_us * g.factor, isolated_us=o.time_us, segment=k,
+                   method=method)
 
 
 def profile(model: TFLiteModel | str | Path, settings: ProfileSettings = ProfileSettings(),

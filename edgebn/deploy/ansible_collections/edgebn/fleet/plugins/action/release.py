@@ -112,27 +112,11 @@ class ActionModule(ActionBase):
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
         task_vars = task_vars or {}
-        args = self._task.args
         me = task_vars["inventory_hostname"]
         hosts = list(task_vars.get("ansible_play_hosts_all") or [me])
         hostvars = task_vars.get("hostvars") or {}
-        items = tuple(str(b) for b in (args.get("batches") or ()))
-        budget = args.get("max_failures")
-        budget = None if budget in (None, "", "None") else int(budget)
         index = hosts.index(me)
-        batch = policy.batch_of(index, items, len(hosts))
-        name = str(task_vars.get("edgebn_name") or me)
-        shipment, options = _shipment(str(args["tar"])), _options(args)
-        earlier = [row["status"] for h in hosts if (row := self._row(hostvars, h)) is not None
-                   and (row.get("batch") or batch) < batch]
-        if policy.budget_spent(earlier, budget):
-            row = not_attempted(name, shipment, options, batch, policy.spent_reason(
-                budget, policy.failures(earlier), batch))
-        else:
-            login = f"{self._play_context.remote_user}@" if self._play_context.remote_user else ""
-            transport = AnsibleTransport(self, name, login + str(self._play_context.remote_addr))
-            row = host_row(transport, shipment, options, trust_line=args.get("trust_line") or None,
-                           batch=batch, check=bool(self._task.check_mode))
+        row = self._host(str(task_vars.get("edgebn_name") or me), index, hosts, hostvars)
         result.update(edgebn_row=row.to_json(), edgebn_index=index,
                       changed=row.status in (Status.deployed, Status.rolled_back)
                       or bool(row.would_change),
@@ -141,6 +125,25 @@ class ActionModule(ActionBase):
             result["edgebn_hosts"] = [str((hostvars.get(h) or {}).get("edgebn_name") or h)
                                       for h in hosts]
         return result
+
+    def _host(self, name: str, index: int, hosts: list, hostvars: dict):
+        """This host's HostRow: not attempted once the earlier batches spent the failure
+        budget, else its release (edgebn.deploy.release.host_row) over Ansible's connection."""
+        args = self._task.args
+        items = tuple(str(b) for b in (args.get("batches") or ()))
+        budget = args.get("max_failures")
+        budget = None if budget in (None, "", "None") else int(budget)
+        batch = policy.batch_of(index, items, len(hosts))
+        shipment, options = _shipment(str(args["tar"])), _options(args)
+        earlier = [row["status"] for h in hosts if (row := self._row(hostvars, h)) is not None
+                   and (row.get("batch") or batch) < batch]
+        if policy.budget_spent(earlier, budget):
+            return not_attempted(name, shipment, options, batch, policy.spent_reason(
+                budget, policy.failures(earlier), batch))
+        login = f"{self._play_context.remote_user}@" if self._play_context.remote_user else ""
+        transport = AnsibleTransport(self, name, login + str(self._play_context.remote_addr))
+        return host_row(transport, shipment, options, trust_line=args.get("trust_line") or None,
+                        batch=batch, check=bool(self._task.check_mode))
 
     @staticmethod
     def _row(hostvars, host: str):
