@@ -101,7 +101,8 @@ def quantize_spec(mode: object) -> QuantizeSpec:
 
 
 def selftest_tolerance(mode: str, output_dtype: str) -> tuple[float, str]:
-    """The device self-test's (atol, units) for a model of ``mode`` whose output is ``output_dtype``.
+    """The device self-test's (atol, units) for a model of ``mode`` whose output is
+    ``output_dtype``.
 
     The file decides where it and the mode disagree (a report names any mode): an integer
     output takes the first integer-output row's tolerance, a float one the first float row's.

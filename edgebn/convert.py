@@ -31,7 +31,8 @@ if TYPE_CHECKING:  # named in annotations only: importing TensorFlow takes secon
     import tensorflow as tf
 
 
-def _configure(converter: tf.lite.TFLiteConverter, spec: QuantizeSpec, representative: np.ndarray | None) -> None:
+def _configure(converter: tf.lite.TFLiteConverter, spec: QuantizeSpec, representative: np.ndarray
+               | None) -> None:
     """Set the converter up as the mode's row says (edgebn.choices.QUANTIZE_MODES)."""
     import tensorflow as tf  # lazy: TensorFlow takes seconds to import
 
@@ -108,8 +109,10 @@ class ConversionResult:
     fold: FoldResult | None = None  # when the model was folded in Keras first
     converter_only: InspectResult | None = None  # of the unfolded model's conversion
     source: str | None = None  # the .keras it came from
-    tflite_fold: TFLiteFoldResult | None = None  # the residue the converter left, folded in the file
-    tflite_fold_refused: str | None = None  # why that fold's proof refused it (the file is as converted)
+    # the residue the converter left, folded in the file
+    tflite_fold: TFLiteFoldResult | None = None
+    # why that fold's proof refused it (the file is as converted)
+    tflite_fold_refused: str | None = None
     bn_statistics: StatsCheck | str | None = None  # the BN statistics on the data; a str: why not
 
     def fold_json(self) -> JsonDict | None:

@@ -1,4 +1,5 @@
-"""Files a run writes: atomic writes, and directories staged beside their target and swapped in whole."""
+"""Files a run writes: atomic writes, and directories staged beside their target and swapped in
+whole."""
 
 from __future__ import annotations
 
@@ -179,7 +180,8 @@ def recover_dir(target: str | Path) -> None:
     for kind in ("old", "tmp"):
         for leftover in sorted(target.parent.glob(f".{kind}-{glob.escape(target.name)}-*-*")):
             # NAME-PID-random exactly: not the directories of a sibling such as NAME-2
-            owner = re.fullmatch(r"(\d+)-[a-z0-9_]+", leftover.name[len(f".{kind}-{target.name}-"):])
+            owner = re.fullmatch(r"(\d+)-[a-z0-9_]+",
+                                 leftover.name[len(f".{kind}-{target.name}-"):])
             if owner is None or not leftover.is_dir() or _running(int(owner[1])):
                 continue
             kept = leftover / target.name

@@ -1,4 +1,5 @@
-"""A TensorFlow SavedModel directory (``model.export(...)``, TF Serving, TF Hub) on the .tflite route.
+"""A TensorFlow SavedModel directory (``model.export(...)``, TF Serving, TF Hub) on the .tflite
+route.
 
 TensorFlow's converter takes the directory as it is, through one of its signatures
 (``serving_default`` unless told); the file it writes then goes the way of ``edgebn build
@@ -81,7 +82,8 @@ def check_saved_model(path: Path) -> None:
                                 f"at most {MAX_GRAPH_BYTES} are read")
 
 
-def _signature(loaded: Loaded, path: Path, name: str) -> tuple[tf.types.experimental.ConcreteFunction,
+def _signature(loaded: Loaded, path: Path,
+               name: str) -> tuple[tf.types.experimental.ConcreteFunction,
                                                                str, str]:
     """The signature function, its one input's name and its one output's name."""
     where = path_text(path)

@@ -119,7 +119,8 @@ def profile_bundles(small_builds, tmp_path_factory):
     from edgebn.pipeline.rebundle import bundle_build
 
     root = tmp_path_factory.mktemp("profile-bundles")
-    return {q: bundle_build(d, root / f"bundle-{q}", profile=True).out for q, d in small_builds.items()}
+    return {q: bundle_build(d, root / f"bundle-{q}", profile=True).out for q,
+            d in small_builds.items()}
 
 
 @pytest.fixture(scope="session")
@@ -176,11 +177,13 @@ def mobilenet_weights_untrained(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def sshds(tmp_path_factory):
-    """Three sshds on 127.0.0.1 that accept one generated key; skipped with the reason if they cannot run."""
+    """Three sshds on 127.0.0.1 that accept one generated key; skipped with the reason if they
+    cannot run."""
     from sshd_hosts import REAL_SSH, SSHD, _free_port, _start_sshd
 
     if not Path(SSHD).exists() or REAL_SSH is None:
-        pytest.skip("openssh-server / openssh-client not installed (tools/install-system-deps installs them)")
+        pytest.skip("openssh-server / openssh-client not installed (tools/install-system-deps "
+                    "installs them)")
     d = tmp_path_factory.mktemp("sshd")
     for key in ("host", "user"):
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / key)],

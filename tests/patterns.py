@@ -174,7 +174,8 @@ FOLD_PATTERNS = {
                                     [r"negative scale cannot pass the max-pool"]),
     "add_bn_gap_dense": (_fold_add_bn_gap_dense, False, ["forward"]),
     "bn_before_conv_same": (_fold_bn_before_conv_same, False,
-                            [r"shift cannot pass the zero padding of conv2d_\d+ \(padding='same'\)"]),
+                            [r"shift cannot pass the zero padding of conv2d_\d+ "
+                             r"\(padding='same'\)"]),
     "bn_before_dwconv": (_fold_bn_before_dwconv, False, ["forward"]),
     "input_bn_flatten_dense": (_fold_input_bn_flatten_dense, False, ["forward"]),
     "transpose_bn": (_fold_transpose_bn, False, ["backward"]),
@@ -236,7 +237,8 @@ def randomise_bn_statistics(model, seed: int = 0) -> int:
 
 
 def _fold_separable_bn(L, x):
-    return L.ReLU()(L.BatchNormalization()(L.SeparableConv2D(5, 3, depth_multiplier=2, use_bias=False)(x)))
+    conv = L.SeparableConv2D(5, 3, depth_multiplier=2, use_bias=False)
+    return L.ReLU()(L.BatchNormalization()(conv(x)))
 
 
 def _fold_separable1d_bn(L, x):

@@ -45,7 +45,8 @@ class _Net:
         w = self.const(self.rng.normal(0, (2 / (k * k * cin)) ** 0.5, (cout, k, k, cin)))
         b = self.const(self.rng.normal(0, 0.1, cout))
         return self.op("CONV_2D", [x, w, b], out_shape,
-                       _opts("Conv2DOptionsT", activation, padding=getattr(schema().Padding, padding),
+                       _opts("Conv2DOptionsT", activation,
+                             padding=getattr(schema().Padding, padding),
                              strideH=stride, strideW=stride, dilationHFactor=1, dilationWFactor=1))
 
     def dwconv(self, x: int, c: int, out_shape, stride: int = 1, activation: str = "RELU") -> int:
@@ -97,7 +98,8 @@ def densenet_like(seed: int = 0, size: int = 32, layers: int = 8, growth: int = 
         shape = [1, size, size, c]
         joined = features[0] if len(features) == 1 else n.concat(features, shape)
         y = n.conv(n.bn(joined, shape), c, 4 * growth, [1, size, size, 4 * growth], k=1)
-        y = n.conv(y, 4 * growth, growth, [1, size, size, growth], padding="SAME", activation="NONE")
+        y = n.conv(y, 4 * growth, growth, [1, size, size, growth], padding="SAME",
+                   activation="NONE")
         features.append(y)
         widths.append(growth)
     c = sum(widths)

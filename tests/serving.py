@@ -21,7 +21,8 @@ START_TIMEOUT_S = 120
 class Served:
     """``python -I PREDICT --serve ARGS`` in the background; its stdout/stderr go to files."""
 
-    def __init__(self, command: list[str], env: dict[str, str], logs: Path, cwd: Path | None = None):
+    def __init__(self, command: list[str], env: dict[str, str], logs: Path, cwd: Path
+                 | None = None):
         logs.mkdir(parents=True, exist_ok=True)
         self.out_path, self.err_path = logs / "server.out", logs / "server.err"
         with open(self.out_path, "wb") as out, open(self.err_path, "wb") as err:
@@ -47,7 +48,8 @@ class Served:
                 raise ServerExited(self.proc.returncode, self.err_path.read_text())
             time.sleep(0.05)
         self.stop()
-        raise TimeoutError(f"no 'serving' line within {START_TIMEOUT_S} s: {self.err_path.read_text()}")
+        raise TimeoutError(f"no 'serving' line within {START_TIMEOUT_S} s: "
+                           f"{self.err_path.read_text()}")
 
     def events(self) -> list[dict]:
         return [json.loads(line) for line in self.out_path.read_text().splitlines()]

@@ -101,8 +101,8 @@ class Device:
     def set_python(self, python: str, before: str = "") -> None:
         """The device's ``python3``: ``python``, after the shell lines ``before``."""
         wrapper = self.home / "bin" / "python3"
-        wrapper.write_text(f"#!/bin/sh\nprintf '%s\\n' \"$*\" | cut -c 1-120 >> \"$HOME/python.log\"\n"
-                           f"{before}exec {python} \"$@\"\n")
+        wrapper.write_text("#!/bin/sh\nprintf '%s\\n' \"$*\" | cut -c 1-120 >> "
+                           f"\"$HOME/python.log\"\n{before}exec {python} \"$@\"\n")
         wrapper.chmod(0o755)
 
     def calls(self, needle: str) -> int:

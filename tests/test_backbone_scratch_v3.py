@@ -1,4 +1,5 @@
-"""``edgebn build --arch mobilenet-v3-small --weights none`` on the digits as 32 px RGB images (issue 33)."""
+"""``edgebn build --arch mobilenet-v3-small --weights none`` on the digits as 32 px RGB images
+(issue 33)."""
 
 import pytest
 from scratch_builds import from_scratch_build

@@ -67,7 +67,8 @@ def test_a_model_build_refuses_training_options(cnn, tmp_path):
                             "mirrored", "--out", str(tmp_path / "b")])
     assert r.exit_code == 2, r.output
     lines = [line for line in r.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0] == ("Error: --model: builds a model as it is, untrained here: "
+    assert len(lines) == 1 and lines[0] == ("Error: --model: builds a model as it is, untrained "
+                                            "here: "
                                             "the training options augment, strategy cannot apply")
 
 

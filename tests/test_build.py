@@ -441,7 +441,8 @@ def test_a_wrong_fold_of_a_tflite_fails_the_build(cnn, digits, tmp_path, monkeyp
     npz = tmp_path / "digits.npz"
     np.savez(npz, x=digits.x_test, y=digits.y_test)
     out = tmp_path / "b"
-    args = ["build", "--model", str(cnn["tflite"]), "--data", str(npz), "--no-bench", "--out", str(out)]
+    args = ["build", "--model", str(cnn["tflite"]), "--data", str(npz), "--no-bench", "--out",
+            str(out)]
     assert runner.invoke(app, args).exit_code == 0  # the honest fold passes
     monkeypatch.setattr(tflite_build, "fold_tflite", wrong)
     r = runner.invoke(app, args)

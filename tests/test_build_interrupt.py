@@ -84,7 +84,8 @@ def finished(tmp_path_factory):
                           capture_output=True, text=True, timeout=600, env=_env(root / "cache"),
                           cwd=root)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert f"edgebn build -> {out}" in proc.stdout and f"report: {out / 'report.json'}" in proc.stdout
+    assert f"edgebn build -> {out}" in proc.stdout
+    assert f"report: {out / 'report.json'}" in proc.stdout
     assert sorted(p.name for p in out.parent.iterdir()) == ["out"]  # no staging left beside it
     report = (out / "report.json").read_text()
     assert ".tmp-" not in report and ".old-" not in report  # no path into the staging directory

@@ -153,7 +153,8 @@ def test_bundle_refuses_a_directory_that_is_not_a_build(tmp_path):
     ("samples.npy", b"\x93NUMPY garbage", "samples.npy: .npy format version"),
     ("model.tflite", b"TFL3" + b"\xff" * 64, "model.tflite"),
 ])
-def test_bundle_refuses_a_damaged_build_in_one_line(small_builds, tmp_path, victim, content, needle):
+def test_bundle_refuses_a_damaged_build_in_one_line(small_builds, tmp_path, victim, content,
+                                                    needle):
     import shutil
 
     build = shutil.copytree(small_builds["none"], tmp_path / "build")
@@ -179,7 +180,8 @@ def test_bundle_never_replaces_what_is_not_a_bundle(small_builds, tmp_path):
     assert a_file.read_text() == "mine" and (docs / "important.txt").read_text() == "mine"
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert runner.invoke(app, ["bundle", str(small_builds["none"]), "--out", str(empty)]).exit_code == 0
+    done = runner.invoke(app, ["bundle", str(small_builds["none"]), "--out", str(empty)])
+    assert done.exit_code == 0
 
 
 def test_build_refuses_a_bad_emulate_runtime_before_training(tmp_path):
@@ -201,6 +203,7 @@ def test_requirements_pick_the_runtime_for_each_pi_os_python(bundles):
     for python, wanted in (("3.11", {"tflite-runtime", "numpy"}), ("3.13", {"ai-edge-litert"}),
                            ("3.12", {"ai-edge-litert"})):
         env = {"python_version": python, "python_full_version": f"{python}.0"}
-        assert {r.name for r in reqs if r.marker is None or r.marker.evaluate(env)} == wanted, python
+        named = {r.name for r in reqs if r.marker is None or r.marker.evaluate(env)}
+        assert named == wanted, python
     numpy = next(r for r in reqs if r.name == "numpy")
     assert not numpy.specifier.contains("2.0") and numpy.specifier.contains("1.24.2")

@@ -272,7 +272,8 @@ def test_deep_nesting_long_strings_and_big_files_are_refused(tmp_path):
                                            + ', "was": {', 1)
     _refused(_committed(tmp_path, "deep_inside", text), good, "nested more than 64 deep")
     quoted = '["' + "[" * 1000 + '"]'  # brackets inside a string do not nest
-    assert "nested" not in _refused(_committed(tmp_path, "quoted", quoted), good, "must be an object")
+    assert "nested" not in _refused(_committed(tmp_path, "quoted", quoted), good,
+                                    "must be an object")
     _refused(_committed(tmp_path, "arch", **{"quantize": "x" * 70_000}), good,
              r"tflite.quantize: a string of 70000 characters \(at most 65536\)")
     big = _committed(tmp_path, "big")
@@ -280,7 +281,8 @@ def test_deep_nesting_long_strings_and_big_files_are_refused(tmp_path):
         f.truncate(16 * 1024 * 1024 + 1)
     _refused(big, good, "larger than 16 MiB")
     _refused(_committed(tmp_path, "dup", text=(COMMITTED / "report.json").read_text().replace(
-        '"tflite": {', '"tflite": {"test_accuracy": 0.1, ', 1)), good, "duplicate key 'test_accuracy'")
+        '"tflite": {', '"tflite": {"test_accuracy": 0.1, ', 1)), good,
+             "duplicate key 'test_accuracy'")
 
 
 def test_wrong_shapes_name_their_field(tmp_path):

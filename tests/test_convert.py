@@ -87,9 +87,11 @@ def test_int8_calibration_data_of_another_shape_is_refused(cnn, tmp_path):
     npz = tmp_path / "x.npz"
     np.savez(npz, x=np.zeros((4, 28, 28, 1), np.float32), y=np.zeros(4, np.int64))
     int8 = ConvertOptions(Quantize.int8)
-    with pytest.raises(EdgebnError, match=r"inputs of shape \[28, 28, 1\], the model expects \[8, 8, 1\]"):
+    with pytest.raises(EdgebnError,
+                       match=r"inputs of shape \[28, 28, 1\], the model expects \[8, 8, 1\]"):
         convert_file(cnn["keras"], tmp_path / "q.tflite", int8, DataSpec(npz=npz))
-    with pytest.raises(EdgebnError, match=r"the model's input is 8x8x1: image size 28 does not fit"):
+    with pytest.raises(EdgebnError,
+                       match=r"the model's input is 8x8x1: image size 28 does not fit"):
         convert_file(cnn["keras"], tmp_path / "q.tflite", int8,
                      DataSpec(data_dir=_folder(tmp_path, 40), image_size=28))
     # Without a size, the folder's images are read at the model's: they calibrate it.

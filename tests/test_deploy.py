@@ -52,7 +52,8 @@ def test_deploy_lands_in_a_release_and_runs_the_selftest_in_current(sshd, bundle
     current = Path(dest) / "current"
     release = Path(dest) / "releases" / result.release
     assert os.readlink(current) == f"releases/{release.name}" and len(release.name) == 16
-    assert (current / "manifest.json").read_bytes() == (bundles["int8"] / "manifest.json").read_bytes()
+    manifest = (current / "manifest.json").read_bytes()
+    assert manifest == (bundles["int8"] / "manifest.json").read_bytes()
     assert sorted(p.name for p in Path(dest).iterdir()) == [".lock", "current", "releases",
                                                             "releases.log"]
     assert [p.name for p in (Path(dest) / "releases").iterdir()] == [release.name]  # no staging
@@ -133,9 +134,11 @@ def test_deploy_cli_json_with_bench(sshd, bundles, tmp_path):
     assert doc["selftest"]["passed"] and doc["selftest_exit"] == 0 and doc["bytes_sent"] > 0
     assert doc["status"] == "deployed" and doc["health"] == "ok" and len(doc["release"]) == 16
     bench = doc["bench"]
-    assert 0 < bench["latency_us"]["p50"] <= bench["latency_us"]["p90"] <= bench["latency_us"]["p99"]
+    lat = bench["latency_us"]
+    assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"]
     assert bench["device"]["cores"] == os.cpu_count() and bench["device"]["cpu"]
-    assert bench["runtime_name"] in ("ai_edge_litert", "tflite_runtime") and bench["runtime_version"]
+    assert bench["runtime_name"] in ("ai_edge_litert", "tflite_runtime")
+    assert bench["runtime_version"]
 
 
 def test_trust_then_deploy_verifies_the_signature_on_the_device(sshd, bundles, tmp_path):
@@ -216,7 +219,8 @@ def test_a_fleet_runs_in_parallel_and_one_dead_host_stops_nothing(sshds, bundles
         lat = h["bench"]["latency_us"]
         assert 0 < lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"]
         dev = h["device"]  # the table's OS, Python, runtime, temperature, throttle columns
-        assert dev["python"] == platform.python_version() and dev["runtime"].startswith("ai_edge_litert")
+        assert dev["python"] == platform.python_version()
+        assert dev["runtime"].startswith("ai_edge_litert")
         assert dev["os"] == _os_release() and "temp_c" in dev and dev["throttled"] is None
         assert h["bench"]["device"]["cores"] >= 1 and h["selftest"]["passed"]
     assert doc["hosts"][3]["bench"] is None and doc["hosts"][3]["bytes_sent"] == 0
@@ -264,7 +268,8 @@ def _os_release() -> str | None:
     return None
 
 
-def test_deploy_profile_brings_each_hosts_operator_table_back(sshds, profile_bundles, bundles, tmp_path):
+def test_deploy_profile_brings_each_hosts_operator_table_back(sshds, profile_bundles, bundles,
+                                                              tmp_path):
     """``edgebn deploy --profile`` against the test's sshd hosts: predict.py --profile runs on
     each, and its per-operator table comes back per host (--json, and the terminal's tables)."""
     from edgebn.tflite.reader import read_tflite
@@ -275,7 +280,8 @@ def test_deploy_profile_brings_each_hosts_operator_table_back(sshds, profile_bun
             "--profile", "--runs", "20", "--python", sys.executable, *_ssh_args(sshds[0])]
     res = runner.invoke(app, [*args, "--json"])
     assert res.exit_code == 0, res.output
-    ops = [o.op for o in read_tflite(profile_bundles["none"] / "model.tflite").subgraphs[0].operators]
+    model = read_tflite(profile_bundles["none"] / "model.tflite")
+    ops = [o.op for o in model.subgraphs[0].operators]
     doc = json.loads(res.stdout)
     assert len(doc["hosts"]) == 2
     for h in doc["hosts"]:
@@ -283,6 +289,7 @@ def test_deploy_profile_brings_each_hosts_operator_table_back(sshds, profile_bun
         assert [r["op"] for r in p["operators"]] == ops and p["ops_sum_us"] > 0
     shown = runner.invoke(app, args)
     assert shown.exit_code == 0 and shown.stdout.count("per operator") == 2, shown.output
-    refused = runner.invoke(app, ["deploy", str(bundles["none"]), "--hosts", str(hosts), "--profile",
+    refused = runner.invoke(app, ["deploy", str(bundles["none"]), "--hosts", str(hosts),
+                                  "--profile",
                                   "--python", sys.executable, *_ssh_args(sshds[0])])
     assert refused.exit_code == 2 and "--profile" in refused.stderr

@@ -86,7 +86,8 @@ def test_a_full_disk_says_so_and_leaves_nothing_behind(sshd, bundles, tmp_path):
     if mount.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs here: {mount.stderr.strip()}")
     try:
-        with pytest.raises(EdgebnError, match="no space left on the device in .* nothing was changed"):
+        with pytest.raises(EdgebnError,
+                           match="no space left on the device in .* nothing was changed"):
             deploy(bundles["none"], _target(sshd), DeployOptions(str(dest), selftest=False))
         assert [p.name for p in (dest / "releases").iterdir()] == []  # no .incoming left
         assert not (dest / "current").exists()

@@ -29,7 +29,8 @@ def pi(bundles):
         for os_name, release in PI_OS.items():
             root = userland(os_name=os_name)
             for runtime in release.runtimes:
-                out[(os_name, runtime)] = root, runtime_venv(bundles["none"], runtime, root, os_name)
+                out[(os_name, runtime)] = root, runtime_venv(bundles["none"], runtime, root,
+                                                             os_name)
     except EmulationUnavailable as exc:
         pytest.skip(f"arm64 emulation unavailable: {exc}")
     return out
@@ -37,7 +38,8 @@ def pi(bundles):
 
 # release -> (runtime, Python, NumPy) each run must report
 EXPECTED = {"trixie": [("ai_edge_litert", "3.13", "2.2")],
-            "bookworm": [("tflite_runtime 2.14.0", "3.11", "1.24"), ("ai_edge_litert", "3.11", "2.")]}
+            "bookworm": [("tflite_runtime 2.14.0", "3.11", "1.24"),
+                         ("ai_edge_litert", "3.11", "2.")]}
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +50,8 @@ def signer(tmp_path_factory):
     from edgebn.deploy.sign import allowed_signers_line
 
     d = tmp_path_factory.mktemp("signer")
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "key")], check=True)
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "key")],
+                   check=True)
     (d / "allowed_signers").write_text(allowed_signers_line(d / "key.pub") + "\n")
     return d / "key", d / "allowed_signers"
 
@@ -75,14 +78,16 @@ def test_selftest_passes_on_each_pi_os_with_each_runtime(pi, bundles, signer, os
         assert run.passed, run
         st = run.selftest
         assert st["machine"] == "aarch64" and st["python"].startswith(python)
-        assert st["numpy"].startswith(numpy), st  # Debian's NumPy, or the venv's own where pip chose one
+        # Debian's NumPy, or the venv's own where pip chose one
+        assert st["numpy"].startswith(numpy), st
         assert st["runtime"].startswith(runtime)
         assert st["top1_agreement"] == 1.0 and st["max_abs_diff"] <= st["atol"]
     assert result.passed
 
 
 def test_tflite_runtime_on_trixie_is_refused_in_one_line(bundles):
-    message = "tflite-runtime has no wheel for Python 3.13 (Raspberry Pi OS trixie): use ai-edge-litert"
+    message = ("tflite-runtime has no wheel for Python 3.13 (Raspberry Pi OS trixie): use "
+               "ai-edge-litert")
     with pytest.raises(EdgebnError, match=message.replace("(", r"\(").replace(")", r"\)")):
         emulate(bundles["none"], ("tflite-runtime",), os_name="trixie")
     from typer.testing import CliRunner
@@ -91,7 +96,8 @@ def test_tflite_runtime_on_trixie_is_refused_in_one_line(bundles):
 
     res = CliRunner().invoke(app, ["emulate", str(bundles["none"]), "--os", "trixie",
                                    "--runtime", "tflite-runtime"])
-    assert res.exit_code == 2 and res.stderr.strip().splitlines() == [f"Error: {message}"], res.stderr
+    assert res.exit_code == 2, res.stderr
+    assert res.stderr.strip().splitlines() == [f"Error: {message}"], res.stderr
 
 
 def test_a_changed_byte_is_refused_on_the_emulated_pi(pi, bundles, tmp_path):
@@ -136,10 +142,12 @@ def test_build_records_the_emulated_selftest_in_its_report(pi, cnn, tmp_path):
 
     out = tmp_path / "build"
     build(BuildConfig(out=out, model=cnn["keras"], run_bench=False,
-                      emulate=(Backend.tflite_runtime, Backend.ai_edge_litert), emulate_os="bookworm"))
+                      emulate=(Backend.tflite_runtime, Backend.ai_edge_litert),
+                      emulate_os="bookworm"))
     report = json.loads((out / "report.json").read_text())
     em = report["emulation"]
-    assert em["passed"] and [r["runtime"] for r in em["runs"]] == ["tflite-runtime", "ai-edge-litert"]
+    assert em["passed"] and [r["runtime"] for r in em["runs"]] == ["tflite-runtime",
+                                                                   "ai-edge-litert"]
     assert em["os"] == "bookworm"
     assert all(r["selftest"]["machine"] == "aarch64" for r in em["runs"])
     assert "qemu-aarch64-static" in em["platform"] and "-cpu cortex-a72" in em["platform"]
@@ -232,7 +240,8 @@ def test_predict_profile_under_emulation_gives_a_row_per_operator(pi, profile_bu
 
     root, python = pi[("trixie", Backend.ai_edge_litert)]
     bundle = profile_bundles["int8"]
-    done = subprocess.run(_qemu(root, str(python), str(bundle / "predict.py"), "--profile", "--json",
+    done = subprocess.run(_qemu(root, str(python), str(bundle / "predict.py"), "--profile",
+                                "--json",
                                 "--threads", "1", "--runs", "5"),
                           capture_output=True, text=True, timeout=600, env=_env(python.parents[2]))
     assert done.returncode == 0, done.stderr

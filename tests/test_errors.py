@@ -80,7 +80,8 @@ def test_the_cli_puts_the_commands_own_flag_before_the_message():
     err = EdgebnError("a .tflite build needs labelled data", option="npz")
     assert error_line(err, build) == "--data: a .tflite build needs labelled data"
     assert error_line(err) == "--npz: a .tflite build needs labelled data"  # no command to ask
-    assert error_line(EdgebnError("no BN-free baseline", option="bn")) == "--no-bn: no BN-free baseline"
+    no_bn = EdgebnError("no BN-free baseline", option="bn")
+    assert error_line(no_bn) == "--no-bn: no BN-free baseline"
     assert error_line(DatasetError("x.npz: no such file")) == "x.npz: no such file"
 
 

@@ -21,7 +21,13 @@ from typer.testing import CliRunner
 
 from edgebn.cli.app import app
 from edgebn.errors import FoldError
-from edgebn.fold.keras.keras_fold import all_bn_layer_names, bn_layer_paths, fold_file, fold_model, plan_fold
+from edgebn.fold.keras.keras_fold import (
+    all_bn_layer_names,
+    bn_layer_paths,
+    fold_file,
+    fold_model,
+    plan_fold,
+)
 from edgebn.zoo.models import ZOO, build_model
 
 runner = CliRunner()
@@ -114,7 +120,8 @@ def test_channels_first_is_planned_backward():
     bn = model.get_layer(fold.bn)
     gamma, beta, mean, var = (np.asarray(w, np.float64) for w in bn.get_weights())
     sigma = np.sqrt(var + bn.epsilon)
-    np.testing.assert_allclose(plan.state[conv.name]["kernel"], conv.get_weights()[0] * gamma / sigma)
+    np.testing.assert_allclose(plan.state[conv.name]["kernel"],
+                               conv.get_weights()[0] * gamma / sigma)
     np.testing.assert_allclose(plan.state[conv.name]["bias"], gamma * (0 - mean) / sigma + beta)
 
 
@@ -137,8 +144,10 @@ def _wrong_in_one_channel(monkeypatch, bn_name: str) -> None:
 def test_a_wrong_fold_is_refused_and_nothing_is_written(cnn, tmp_path, monkeypatch):
     _wrong_in_one_channel(monkeypatch, "bn3")
     out = tmp_path / "folded.keras"
-    with pytest.raises(FoldError, match=r"^the fold is not exact: in float64 the folded model differs "
-                                        r"from the original by \S+ relative on 16 inputs \(a correct "
+    with pytest.raises(FoldError,
+                       match=r"^the fold is not exact: in float64 the folded model differs "
+                                        r"from the original by \S+ relative on 16 inputs \(a "
+                                        r"correct "
                                         r"fold: ≤ 1e-09\): nothing written$"):
         fold_file(cnn["keras"], out)
     assert not out.exists() and list(tmp_path.iterdir()) == []
@@ -220,7 +229,8 @@ def _random_bn(rng, c, log_var_min):
     return gamma, rng.normal(0, 1, c), rng.normal(0, 1, c), var
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(kind=st.sampled_from(sorted(_LAYERS)), seed=st.integers(0, 2**31 - 1),
        log_var_min=st.floats(-6.0, 0.0))
 def test_backward_fold_is_the_seed_formula(backward_models, kind, seed, log_var_min):
@@ -252,7 +262,8 @@ def test_backward_fold_is_the_seed_formula(backward_models, kind, seed, log_var_
     else:  # dense, conv, separable's pointwise (1, 1, in * m, out)
         want_kernel = kernel * scale
     want_bias = gamma * (bias - mean) / sigma + beta
-    np.testing.assert_allclose(folded[0], want_kernel, rtol=1e-6, atol=1e-6 * np.abs(want_kernel).max())
+    np.testing.assert_allclose(folded[0], want_kernel, rtol=1e-6,
+                               atol=1e-6 * np.abs(want_kernel).max())
     np.testing.assert_allclose(folded[1], want_bias, rtol=1e-6, atol=1e-6 * np.abs(want_bias).max())
     assert _relative_diff(model, result.model, x) <= EXACT
 
@@ -278,8 +289,10 @@ def forward_models():
     return models
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(kind=st.sampled_from(["dense", "conv", "depthwise", "separable"]), seed=st.integers(0, 2**31 - 1),
+@settings(max_examples=30, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(kind=st.sampled_from(["dense", "conv", "depthwise", "separable"]),
+       seed=st.integers(0, 2**31 - 1),
        log_var_min=st.floats(-6.0, 0.0))
 def test_forward_fold_is_exact(forward_models, kind, seed, log_var_min):
     model = forward_models[kind]
@@ -409,9 +422,11 @@ def _block(name: str, shape, inner=None):
     from keras import layers as L
 
     x_in = keras.Input(shape, name=f"{name}_in")
-    y = L.ReLU()(L.BatchNormalization(name=f"{name}_bn1")(L.Conv2D(4, 3, name=f"{name}_conv1")(x_in)))
+    y = L.Conv2D(4, 3, name=f"{name}_conv1")(x_in)
+    y = L.ReLU()(L.BatchNormalization(name=f"{name}_bn1")(y))
     y = inner(y) if inner is not None else y
-    y = L.BatchNormalization(name=f"{name}_bn2")(L.Conv2D(4, 1, use_bias=False, name=f"{name}_conv2")(y))
+    y = L.Conv2D(4, 1, use_bias=False, name=f"{name}_conv2")(y)
+    y = L.BatchNormalization(name=f"{name}_bn2")(y)
     return keras.Model(x_in, y, name=name)
 
 
@@ -432,13 +447,16 @@ def test_models_nested_at_any_depth_fold_on_their_own_graphs():
     assert [(f.bn, f.into) for f in result.layers] == [
         ("top_bn", "top_conv"), ("seq/mid/mid_bn1", "seq/mid/mid_conv1"),
         ("seq/mid/deep/deep_bn1", "seq/mid/deep/deep_conv1"),
-        ("seq/mid/deep/deep_bn2", "seq/mid/deep/deep_conv2"), ("seq/mid/mid_bn2", "seq/mid/mid_conv2")]
+        ("seq/mid/deep/deep_bn2", "seq/mid/deep/deep_conv2"),
+        ("seq/mid/mid_bn2", "seq/mid/mid_conv2")]
     assert sorted(bn_layer_paths(model)) == sorted(f.bn for f in result.layers)
-    assert set(all_bn_layer_names(model)) == {"top_bn", "mid_bn1", "mid_bn2", "deep_bn1", "deep_bn2"}
+    assert set(all_bn_layer_names(model)) == {"top_bn", "mid_bn1", "mid_bn2", "deep_bn1",
+                                              "deep_bn2"}
     assert all_bn_layer_names(result.model) == []
     # the same names at every depth, for the converter's tensor names to map back
     names = [p for p, _ in _paths(result.model)]
-    assert [p for p, _ in _paths(model) if p.rsplit("/", 1)[-1] not in all_bn_layer_names(model)] == names
+    bn_names = all_bn_layer_names(model)
+    assert [p for p, _ in _paths(model) if p.rsplit("/", 1)[-1] not in bn_names] == names
     assert result.measure == "float64 reference" and result.fold_rel_diff < 1e-12
     assert _relative_diff(model, result.model, x) <= EXACT
 

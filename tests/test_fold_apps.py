@@ -37,7 +37,8 @@ FAMILIES = {
 # Where no exact fold exists: the BN reads an Add, a Concatenate or a pool (no linear layer
 # owns its input) and a ReLU reads it (nothing linear to absorb it forward).
 NO_EXACT_FOLD = re.compile(r"^backward: its input comes from \S+ \((Add|Concatenate|MaxPooling2D|"
-                           r"AveragePooling2D)\).*; forward: \S+ after it \(Activation\) applies relu$")
+                           r"AveragePooling2D)\).*; forward: \S+ after it \(Activation\) applies "
+                           r"relu$")
 SAMPLES = 4
 
 
@@ -120,7 +121,8 @@ def test_a_transfer_learning_model_folds_its_backbone_completely():
     from keras import layers as L
 
     keras.utils.set_random_seed(0)
-    backbone = keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(96, 96, 3))
+    backbone = keras.applications.MobileNetV2(include_top=False, weights=None,
+                                              input_shape=(96, 96, 3))
     model = keras.Sequential([keras.Input((96, 96, 3)), L.Rescaling(1 / 127.5, offset=-1), backbone,
                               L.GlobalAveragePooling2D(), L.Dropout(0.2), L.Dense(5)])
     assert randomise_bn_statistics(model, seed=2) == 52

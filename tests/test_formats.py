@@ -52,7 +52,8 @@ def normalized_h5(tmp_path_factory):
     norm.adapt(x)
     model = keras.Sequential([keras.Input((16, 16, 3)), norm, layers.Conv2D(8, 3, use_bias=False),
                               layers.BatchNormalization(), layers.ReLU(),
-                              layers.GlobalAveragePooling2D(), layers.Dense(3, activation="softmax")])
+                              layers.GlobalAveragePooling2D(),
+                              layers.Dense(3, activation="softmax")])
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
     model.fit(x, y, epochs=2, verbose=0)
     root = tmp_path_factory.mktemp("h5n")

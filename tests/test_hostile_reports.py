@@ -55,7 +55,8 @@ RAW = {"@big401": "9" * 401, "@big5000": "9" * 5000, "@big30": "-" + "1" * 30,
 
 def _leaves(doc, prefix=""):
     """Every dotted path of ``doc`` (list items by index)."""
-    items = doc.items() if isinstance(doc, dict) else enumerate(doc) if isinstance(doc, list) else ()
+    items = (doc.items() if isinstance(doc, dict) else
+             enumerate(doc) if isinstance(doc, list) else ())
     for key, value in items:
         name = f"{prefix}.{key}" if prefix else str(key)
         yield name
@@ -90,7 +91,8 @@ def _text(rng, base, leaves):
         cut = rng.randrange(len(text))
         return rng.choice([
             text[:cut], text[:cut] + "\x7f" + text[cut + 1:], "\ufeff" + text, "", "\udcff",
-            "[]", "0.99", '"report"', "null", text.replace('"tflite": {', '"tflite": {"path": 1, ', 1),
+            "[]", "0.99", '"report"', "null",
+            text.replace('"tflite": {', '"tflite": {"path": 1, ', 1),
             text.replace('"test_accuracy": 0.99', '"test_accuracy": 0.1, "test_accuracy": 0.99', 1),
         ]), f"damaged at {cut}"
     field = rng.choice(READ if kind != "leaf" else leaves)

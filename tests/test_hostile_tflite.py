@@ -132,7 +132,8 @@ def _object_mutation(data: bytes, rng: random.Random) -> bytes:  # noqa: C901 - 
     kind = rng.randrange(8)
     if kind == 0:  # opcode swapped (keeping the operator's options)
         code = s.OperatorCodeT()
-        code.builtinCode = code.deprecatedBuiltinCode = getattr(s.BuiltinOperator, rng.choice(SWAPS))
+        code.builtinCode = code.deprecatedBuiltinCode = getattr(s.BuiltinOperator,
+                                                                rng.choice(SWAPS))
         code.version = 1
         m.operatorCodes.append(code)
         op.opcodeIndex = len(m.operatorCodes) - 1
@@ -201,7 +202,8 @@ INDEX_FIELDS = ("operator inputs", "operator outputs", "operator intermediates",
 
 
 def _index_value(rng: random.Random, n: int) -> int:
-    return rng.choice([-1, -2, -3, n, n + 1, n + 100, 2**31 - 1, -(2**31), rng.randrange(max(n, 1))])
+    return rng.choice([-1, -2, -3, n, n + 1, n + 100, 2**31 - 1, -(2**31),
+                       rng.randrange(max(n, 1))])
 
 
 def _index_mutation(data: bytes, rng: random.Random, field: str) -> bytes:  # noqa: C901 - one case per field
@@ -233,7 +235,8 @@ def _index_mutation(data: bytes, rng: random.Random, field: str) -> bytes:  # no
         if t.quantization is None or t.quantization.scale is None:
             t.quantization = s.QuantizationParametersT()
             t.quantization.scale, t.quantization.zeroPoint = [0.1, 0.2], [0, 0]
-        t.quantization.quantizedDimension = _index_value(rng, len(t.shape if t.shape is not None else []))
+        t.quantization.quantizedDimension = _index_value(rng, len(t.shape if t.shape is not None
+                                                                  else []))
     elif m.signatureDefs:
         sig = rng.choice(m.signatureDefs)
         if field == "signature subgraph":
@@ -420,7 +423,8 @@ def _swapped(data: bytes, index: int, name: str, drop_options: bool = False) -> 
 @pytest.mark.parametrize("index, name, message", [
     (0, "SPLIT", r"subgraph 0 operator 0 \(SPLIT\) has 3 inputs; SPLIT takes 2"),
     (3, "STRIDED_SLICE", r"subgraph 0 operator 3 \(STRIDED_SLICE\) has 3 inputs; .* takes 4"),
-    (4, "SPLIT", r"subgraph 0 operator 4 \(SPLIT\) carries ReducerOptions; SPLIT takes SplitOptions"),
+    (4, "SPLIT",
+     r"subgraph 0 operator 4 \(SPLIT\) carries ReducerOptions; SPLIT takes SplitOptions"),
 ])
 def test_a_swapped_opcode_is_refused_by_the_reader(index, name, message):
     """Each of these made the XNNPACK delegate die with SIGSEGV inside edgebn bench."""

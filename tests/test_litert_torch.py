@@ -17,9 +17,10 @@ from edgebn.tflite.reader import parse_tflite, read_tflite
 from edgebn.tflite.residue import analyse_bn
 from edgebn.tflite.writer import strip_names
 
-torch = pytest.importorskip("torch", reason="the torch extra is not installed: pip install '.[torch]'")
-litert_torch = pytest.importorskip("litert_torch",
-                                   reason="the torch extra is not installed: pip install '.[torch]'")
+torch = pytest.importorskip("torch", reason="the torch extra is not installed: pip install "
+                                            "'.[torch]'")
+litert_torch = pytest.importorskip(
+    "litert_torch", reason="the torch extra is not installed: pip install '.[torch]'")
 nn = torch.nn
 
 SHAPE = (1, 3, 8, 8)
@@ -30,7 +31,8 @@ class DenseBlock(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.conv, self.bn, self.out = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(7), nn.Conv2d(7, 4, 1)
+        self.conv, self.bn = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(7)
+        self.out = nn.Conv2d(7, 4, 1)
 
     def forward(self, x):
         return self.out(torch.relu(self.bn(torch.cat([x, self.conv(x)], 1))))
@@ -63,7 +65,8 @@ class BnLinear(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.conv, self.bn, self.fc = nn.Conv2d(3, 4, 3), nn.BatchNorm1d(4 * 6 * 6), nn.Linear(4 * 6 * 6, 5)
+        self.conv, self.bn = nn.Conv2d(3, 4, 3), nn.BatchNorm1d(4 * 6 * 6)
+        self.fc = nn.Linear(4 * 6 * 6, 5)
 
     def forward(self, x):
         return self.fc(self.bn(torch.relu(self.conv(x)).flatten(1)))
@@ -282,9 +285,11 @@ def test_build_a_litert_torch_model_with_nchw_input_to_a_bundle(photos, tmp_path
     assert (out / "original.tflite").read_bytes() == path.read_bytes()
     selftest = subprocess.run([sys.executable, str(out / "bundle" / "predict.py"), "--selftest",
                                "--json"], capture_output=True, text=True, timeout=300)
-    assert selftest.returncode == 0 and json.loads(selftest.stdout)["selftest"]["passed"], selftest.stderr
+    assert selftest.returncode == 0, selftest.stderr
+    assert json.loads(selftest.stdout)["selftest"]["passed"], selftest.stderr
     image = sorted(sorted(photos.iterdir())[1].iterdir())[0]
-    device = subprocess.run([sys.executable, str(out / "bundle" / "predict.py"), str(image), "--json"],
+    device = subprocess.run([sys.executable, str(out / "bundle" / "predict.py"), str(image),
+                             "--json"],
                             capture_output=True, text=True, timeout=300)
     assert device.returncode == 0, device.stderr
     x = Preprocessing.from_json(pre).apply(read_image(image, Preprocessing.from_json(pre)))
@@ -293,10 +298,12 @@ def test_build_a_litert_torch_model_with_nchw_input_to_a_bundle(photos, tmp_path
     top = json.loads(device.stdout)["predictions"][0]["top"][0]
     assert top["label"] == report["dataset"]["class_names"][int(want.argmax())], (top, want)
     assert top["score"] == pytest.approx(float(want.max()), abs=1e-5)
-    gate = runner.invoke(app, ["check", str(out / "report.json"), "--baseline", str(out / "report.json"),
+    gate = runner.invoke(app, ["check", str(out / "report.json"), "--baseline",
+                               str(out / "report.json"),
                                "--bench-time", "0.1", "--json"])
     failed = [m["metric"] for m in json.loads(gate.stdout)["metrics"] if not m["passed"]]
-    assert gate.exit_code == 1 and failed == ["bn_verdict"], gate.output  # the collapsed chain is residue
+    # the collapsed chain is residue
+    assert gate.exit_code == 1 and failed == ["bn_verdict"], gate.output
 
 
 @pytest.mark.slow

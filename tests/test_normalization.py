@@ -39,7 +39,8 @@ def _fit(model, x, y):
 
 
 def _sequential(padding: str):
-    """The issue's model: Normalization (adapted) -> Conv2D(8, 3) -> BN -> ReLU -> GAP -> Dense(3)."""
+    """The issue's model: Normalization (adapted) -> Conv2D(8, 3) -> BN -> ReLU -> GAP ->
+    Dense(3)."""
     import keras
     from keras import layers
 
@@ -49,7 +50,8 @@ def _sequential(padding: str):
     norm.adapt(x)
     model = keras.Sequential([keras.Input((16, 16, 3)), norm, layers.Conv2D(8, 3, padding=padding),
                               layers.BatchNormalization(), layers.ReLU(),
-                              layers.GlobalAveragePooling2D(), layers.Dense(3, activation="softmax")])
+                              layers.GlobalAveragePooling2D(),
+                              layers.Dense(3, activation="softmax")])
     return _fit(model, x, y)
 
 
@@ -75,7 +77,8 @@ def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("norm")
     x, y = _task()
     out = {}
-    for name, make in (("valid", lambda: _sequential("valid")), ("same", lambda: _sequential("same")),
+    for name, make in (("valid", lambda: _sequential("valid")),
+                       ("same", lambda: _sequential("same")),
                        ("mid", _mid_network)):
         path = root / f"{name}.keras"
         make().save(path)
@@ -281,7 +284,8 @@ def test_the_tflite_fold_folds_input_normalization_where_exact(models, name, tmp
     inputs = tmp_path / "x.npy"
     np.save(inputs, x)
     out = tmp_path / "f.tflite"
-    r = runner.invoke(app, ["fold", str(source), "--out", str(out), "--data", str(inputs), "--json"])
+    r = runner.invoke(app, ["fold", str(source), "--out", str(out), "--data", str(inputs),
+                            "--json"])
     assert r.exit_code == 0, r.output
     norm = [c for c in json.loads(r.stdout)["bn"] if c["source_type"] == "normalization"]
     assert [c["result"] for c in norm] == (["folded"] if name == "valid" else ["kept"])

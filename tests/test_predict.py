@@ -117,7 +117,8 @@ _DTYPES = ["float32", "float64", "float16", "int8", "uint8", "int64", "bool", "c
 
 def _random_npy(rng: random.Random) -> bytes:
     shape = rng.choice([(8, 8, 1), (1, 8, 8, 1), (2, 8, 8, 1), (8, 8), (8, 8, 3), (0,), (),
-                        (rng.randint(0, 3), rng.randint(1, 9), rng.randint(1, 9), rng.randint(1, 3))])
+                        (rng.randint(0, 3), rng.randint(1, 9), rng.randint(1, 9),
+                         rng.randint(1, 3))])
     dtype = np.dtype(rng.choice(_DTYPES))
     np_rng = np.random.default_rng(rng.randrange(1 << 30))
     arr = np.zeros(shape, dtype)

@@ -137,7 +137,8 @@ def test_residual_pairs_are_marked(files, preact_profile):
     pairs = residual_chains(read_tflite(files["preact"]))
     assert len(pairs) == PREACT_PAIRS
     marked = [(o.index, o.op) for o in preact_profile.operators if o.residual_bn]
-    assert marked == sorted((i, op) for _, mul, add in pairs for i, op in ((mul, "MUL"), (add, "ADD")))
+    assert marked == sorted((i, op) for _, mul, add in pairs for i,
+                            op in ((mul, "MUL"), (add, "ADD")))
     assert preact_profile.residual_pairs() == PREACT_PAIRS
 
 

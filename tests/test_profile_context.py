@@ -1,4 +1,5 @@
-"""edgebn profile explains the model: XNNPACK's fusions timed as they run, segments timed in context.
+"""edgebn profile explains the model: XNNPACK's fusions timed as they run, segments timed in
+context.
 
 The models are written by tests/profile_models.py with edgebn's own writer. On the
 MediaPipe-like model, timing each PAD alone (what profile did before) summed to 2.2-2.3 of
@@ -32,7 +33,8 @@ def mediapipe():
 
 def test_isolated_sum_explains_a_mediapipe_like_model(mediapipe):
     pads = fused_pads(mediapipe, 0)
-    assert len(pads) == 7 and all(mediapipe.subgraphs[0].operators[c].op in ("CONV_2D", "DEPTHWISE_CONV_2D")
+    assert len(pads) == 7 and all(mediapipe.subgraphs[0].operators[c].op in ("CONV_2D",
+                                                                             "DEPTHWISE_CONV_2D")
                                   for c in pads.values())
     result = profile(mediapipe, FAST)
     rows = {o.index: o for o in result.operators}
@@ -112,7 +114,8 @@ def test_cli_shows_the_method_of_each_row(tmp_path):
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
     assert doc["method"] == "isolated ops" and doc["methods"]["fused"] == 7
-    assert {o["method"] for o in doc["operators"]} >= {"fused", "in context, with the PAD before it"}
+    methods = {o["method"] for o in doc["operators"]}
+    assert methods >= {"fused", "in context, with the PAD before it"}
     table = CliRunner().invoke(app, ["profile", str(path), "--min-time", "0.2", "--no-residue",
                                      "--no-context"])
     assert table.exit_code == 0, table.output

@@ -353,7 +353,8 @@ class _UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer
     ("healthy", "unix", Status.deployed, None),
     ("rejected", "tcp", Status.rolled_back, "rejected {new}: golden outputs differ"),
     ("stale", "unix", Status.rolled_back, "did not report {new} healthy within 2 s (last: it "
-                                          "reports release 0000000000000000, selftest_passed True)"),
+                                          "reports release 0000000000000000, selftest_passed "
+                                          "True)"),
     ("bad", "tcp", Status.rolled_back, 'expected {"listen": "HOST:PORT"} or {"socket": "PATH"}'),
 ])
 def test_the_health_check_asks_the_service(devices, bundles, tmp_path, mode, where, status, needle):
@@ -428,7 +429,8 @@ def test_hosts_that_go_away_are_reported_and_the_rollout_completes(devices, bund
     assert all(r["seconds"] < 45 for r in rows), [(r["host"], r["seconds"]) for r in rows]
     assert wall < 60, wall
     assert "deploy: ssh" in rows[3]["reason"] and "failed" in rows[3]["reason"], rows[3]["reason"]
-    assert rows[4]["reason"].startswith("status: ssh") and rows[5]["reason"].startswith("status: ssh")
+    assert rows[4]["reason"].startswith("status: ssh")
+    assert rows[5]["reason"].startswith("status: ssh")
     assert "Connection refused" in rows[5]["reason"]
     assert not (dying.home / dest[2:] / "current").exists()  # it never went live there
     dying.restart()
@@ -511,11 +513,13 @@ def test_an_exported_playbook_runs_with_ansible_playbook(devices, bundles, tmp_p
                               "--json"])
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
-    assert doc["files"] == ["rollout.yml", "inventory.yml", "vars.json", "release.tar", "ansible.cfg"]
+    assert doc["files"] == ["rollout.yml", "inventory.yml", "vars.json", "release.tar",
+                            "ansible.cfg"]
     assert not (devices[0].home / "exported").exists()  # nothing run
     cfg = (out / "ansible.cfg").read_text()
     ssh_args = next(line for line in cfg.splitlines() if line.startswith("ssh_args"))
-    assert "ServerAliveInterval=5 -o ServerAliveCountMax=4" in ssh_args and "ControlPersist" in ssh_args
+    assert "ServerAliveInterval=5 -o ServerAliveCountMax=4" in ssh_args
+    assert "ControlPersist" in ssh_args
     assert " -C" not in ssh_args and "Compression=yes" not in ssh_args
     assert "forks = 1" in cfg.splitlines()  # sized to the largest batch
     assert f"collections_path = {doc['collections_path']}" in cfg
@@ -527,7 +531,8 @@ def test_an_exported_playbook_runs_with_ansible_playbook(devices, bundles, tmp_p
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     for d in devices[:2]:
-        assert os.readlink(d.home / "exported" / "current") == f"releases/{_release(bundles['none'])}"
+        release = _release(bundles["none"])
+        assert os.readlink(d.home / "exported" / "current") == f"releases/{release}"
         assert f"edgebn: {d.spec}: deployed" in done.stdout  # the callback, without a rows file
 
 

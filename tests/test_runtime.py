@@ -13,7 +13,8 @@ def test_auto_prefers_litert():
 def test_each_installed_backend_loads_and_names_itself(cnn, backend):
     interp, info = load_interpreter(cnn["tflite"], backend, threads=2)
     assert info.threads == 2 and info.version != "unknown"
-    assert info.name == {"ai-edge-litert": "ai_edge_litert", "tensorflow": "tensorflow"}[backend.value]
+    names = {"ai-edge-litert": "ai_edge_litert", "tensorflow": "tensorflow"}
+    assert info.name == names[backend.value]
     interp.invoke()
 
 

@@ -93,7 +93,8 @@ def _cli(bundle: Path, *args: str) -> dict:
     return json.loads(done.stdout)
 
 
-PROM_LINE = re.compile(r'^[a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-zA-Z_][a-zA-Z0-9_]*="([^"\\]|\\.)*",?)*\})? '
+PROM_LINE = re.compile(r'^[a-zA-Z_:][a-zA-Z0-9_:]*'
+                       r'(\{([a-zA-Z_][a-zA-Z0-9_]*="([^"\\]|\\.)*",?)*\})? '
                        r'(-?[0-9.]+(e[-+]?[0-9]+)?|\+Inf|NaN)$')
 
 
@@ -132,7 +133,8 @@ def test_predict_health_and_metrics_answer_as_the_cli_does(dest, tmp_path, bundl
         status, _, body = srv.call("POST", "/predict", (tmp_path / "three.npy").read_bytes())
         want = _cli(dest["path"] / "current", str(tmp_path / "three.npy"), "--threads", "1")
         assert status == 200
-        assert [p["top"] for p in json.loads(body)["predictions"]] == [p["top"] for p in want["predictions"]]
+        assert [p["top"] for p in json.loads(body)["predictions"]] == [p["top"]
+                                                                       for p in want["predictions"]]
 
         health = srv.health()
         model = (dest["path"] / "releases" / dest["A"] / "model.tflite").read_bytes()
@@ -148,7 +150,8 @@ def test_predict_health_and_metrics_answer_as_the_cli_does(dest, tmp_path, bundl
         assert m['edgebn_requests_total{path="/health",code="200"}'] == 1
         assert m["edgebn_predict_duration_seconds_count"] == 2
         assert m['edgebn_predict_duration_seconds_bucket{le="+Inf"}'] == 2
-        buckets = [v for k, v in m.items() if k.startswith("edgebn_predict_duration_seconds_bucket")]
+        buckets = [v for k, v in m.items()
+                   if k.startswith("edgebn_predict_duration_seconds_bucket")]
         assert buckets == sorted(buckets)  # cumulative
         assert m[f'edgebn_model_load_seconds{{release="{dest["A"]}"}}'] > 0
         assert m[f'edgebn_selftest_passed{{release="{dest["A"]}"}}'] == 1
@@ -223,7 +226,8 @@ def test_reloads_under_load_drop_nothing(sshd, bundles, tmp_path):
     a, b = prepare(bundles["none"]), prepare(bundles["int8"])
     ship(a, target, opts)
     ship(b, target, opts)  # current: B; releases.log: A, B
-    srv = serve(tmp_path / "device", tmp_path, "--poll", "0.05", "--workers", "2", "--timeout", "60")
+    srv = serve(tmp_path / "device", tmp_path, "--poll", "0.05", "--workers", "2", "--timeout",
+                "60")
     x = np.load(bundles["none"] / "golden" / "inputs.npy")
     bodies = [_npy(x[i]) for i in range(len(x))]
     switches, results, failures, order = [0], [], [], []
@@ -363,20 +367,27 @@ def hostile_requests(bundle: Path) -> list[tuple[str, bytes, dict]]:
     png = _png((64, 64), "RGB")
     x = np.load(bundle / "golden" / "inputs.npy")
     fixed = [
-        ("huge Content-Length", _request("POST", "/predict", headers={"Content-Length": str(10**12)}), {}),
+        ("huge Content-Length",
+         _request("POST", "/predict", headers={"Content-Length": str(10**12)}), {}),
         ("huge body, expecting 100", _request("POST", "/predict", headers={
             "Content-Length": str(1 << 30), "Expect": "100-continue"}), {}),
         ("body over the limit", _request("POST", "/predict", b"\0" * (2 << 20)), {}),
-        ("object .npy", _request("POST", "/predict", _npy(np.array([{"a": 1}] * 64, object), True)), {}),
-        ("object .npy, shaped", _request("POST", "/predict", _npy(np.empty((8, 8, 1), object), True)), {}),
+        ("object .npy", _request("POST", "/predict", _npy(np.array([{"a": 1}] * 64, object), True)),
+         {}),
+        ("object .npy, shaped",
+         _request("POST", "/predict", _npy(np.empty((8, 8, 1), object), True)), {}),
         ("strings .npy", _request("POST", "/predict", _npy(np.full((8, 8, 1), "x"))), {}),
         ("complex .npy", _request("POST", "/predict", _npy(np.zeros((8, 8, 1), np.complex64))), {}),
         ("record .npy", _request("POST", "/predict", _npy(np.zeros((8, 8, 1), "f4,f4"))), {}),
-        ("NaN .npy", _request("POST", "/predict", _npy(np.full((8, 8, 1), np.nan, np.float32))), {}),
-        ("empty batch .npy", _request("POST", "/predict", _npy(np.zeros((0, 8, 8, 1), np.float32))), {}),
-        ("batch too large", _request("POST", "/predict", _npy(np.zeros((300, 8, 8, 1), np.float32))), {}),
+        ("NaN .npy", _request("POST", "/predict", _npy(np.full((8, 8, 1), np.nan, np.float32))),
+         {}),
+        ("empty batch .npy", _request("POST", "/predict", _npy(np.zeros((0, 8, 8, 1), np.float32))),
+         {}),
+        ("batch too large",
+         _request("POST", "/predict", _npy(np.zeros((300, 8, 8, 1), np.float32))), {}),
         ("header claims 10^12 floats", _request("POST", "/predict", _npy_header((10**12,))), {}),
-        ("header claims 10^6 inputs", _request("POST", "/predict", _npy_header((10**6, 8, 8, 1))), {}),
+        ("header claims 10^6 inputs", _request("POST", "/predict", _npy_header((10**6, 8, 8, 1))),
+         {}),
         ("npy version 9", _request("POST", "/predict", b"\x93NUMPY\x09\x00" + _npy(x[:1])[8:]), {}),
         ("empty body", _request("POST", "/predict", headers={"Content-Length": "0"}), {}),
         ("decompression bomb", _request("POST", "/predict", _bomb()), {}),
@@ -386,7 +397,8 @@ def hostile_requests(bundle: Path) -> list[tuple[str, bytes, dict]]:
                              {"Transfer-Encoding": "chunked"}, length=False), {}),
         ("Content-Length -1", _request("POST", "/predict", headers={"Content-Length": "-1"}), {}),
         ("Content-Length abc", _request("POST", "/predict", headers={"Content-Length": "abc"}), {}),
-        ("Content-Length twice", _request("POST", "/predict", b"abcd", {"Content-Length": "3"}), {}),
+        ("Content-Length twice", _request("POST", "/predict", b"abcd", {"Content-Length": "3"}),
+         {}),
         ("Content-Length of 5000 digits",
          _request("POST", "/predict", headers={"Content-Length": "9" * 5000}), {}),
         ("top_k 0", _request("POST", "/predict?top_k=0", _npy(x[0])), {}),
@@ -398,14 +410,16 @@ def hostile_requests(bundle: Path) -> list[tuple[str, bytes, dict]]:
         ("HTTP/0.9 POST", b"POST /predict\r\n\r\n", {}),
         ("URL of 70 kB", _request("GET", "/" + "a" * 70000), {}),
         ("header of 70 kB", _request("GET", "/health", headers={"X": "a" * 70000}), {}),
-        ("200 headers", _request("GET", "/health", headers={f"X-{i}": "1" for i in range(200)}), {}),
+        ("200 headers", _request("GET", "/health", headers={f"X-{i}": "1" for i in range(200)}),
+         {}),
         ("GET /predict", _request("GET", "/predict"), {}),
         ("POST /health", _request("POST", "/health", b"{}"), {}),
         ("POST /metrics", _request("POST", "/metrics", b"{}"), {}),
     ]
     for method in ("PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "HEAD", "CONNECT", "FOO", "get"):
         for path in ("/predict", "/health"):
-            fixed.append((f"{method} {path}", _request(method, path, b"x" if method == "PUT" else b""), {}))
+            fixed.append((f"{method} {path}",
+                          _request(method, path, b"x" if method == "PUT" else b""), {}))
     for path in ("/../../etc/passwd", "/%2e%2e/%2e%2e/etc/passwd", "/predict/../../../etc/passwd",
                  "//etc/passwd", "/health/../predict", "/..%2f..%2fetc%2fpasswd",
                  "http://127.0.0.1/../../etc/passwd", "/predict%00.png", "/./health/.",
@@ -416,7 +430,8 @@ def hostile_requests(bundle: Path) -> list[tuple[str, bytes, dict]]:
         ("silent after the request line", b"POST /predict HTTP/1.1\r\n", {"pause": 2 * TIMEOUT_S}),
         ("headers never ended", b"POST /predict HTTP/1.1\r\nContent-Length: 100\r\n",
          {"pause": 2 * TIMEOUT_S}),
-        ("body cut short", _request("POST", "/predict", headers={"Content-Length": "1000"}) + b"x" * 10,
+        ("body cut short", _request("POST", "/predict", headers={"Content-Length": "1000"})
+         + b"x" * 10,
          {"pause": 2 * TIMEOUT_S}),
         ("slowloris headers", _request("GET", "/health", headers={"X": "y" * 40}),
          {"pause": 0.1, "chunks": 60}),
@@ -431,7 +446,8 @@ def hostile_requests(bundle: Path) -> list[tuple[str, bytes, dict]]:
             jpg = _png((48, 48), "RGB", "JPEG", seed=rng.randrange(100))
             body = jpg[: rng.randint(2, len(jpg) // 2)]
         elif kind == "npy-shape":
-            shape = rng.choice([(8, 8), (8, 8, 3), (1, 8, 8, 2), (2, 4, 4, 1), (64,), (8, 8, 1, 1, 1)])
+            shape = rng.choice([(8, 8), (8, 8, 3), (1, 8, 8, 2), (2, 4, 4, 1), (64,),
+                                (8, 8, 1, 1, 1)])
             body = _npy(np.zeros(shape, rng.choice(["float32", "int8", "float64"])))
         else:
             whole = _npy(x[: rng.randint(1, 4)])
@@ -530,12 +546,14 @@ def test_a_trusting_device_refuses_a_release_tampered_after_deploy(bundles, tmp_
     (rehashed / "labels.txt").write_text("tampered\n" * 10)
     rehash(rehashed)
 
-    verifier = [sys.executable, "-I", str(config / "verify.py"), "run", str(d / "current"), "--serve",
+    verifier = [sys.executable, "-I", str(config / "verify.py"), "run", str(d / "current"),
+                "--serve",
                 "--listen", "127.0.0.1:0", "--poll", "0.05"]
     srv = Served(verifier, env, tmp_path / "logs")
     try:
         assert srv.health()["signature"].startswith("verified by ED25519")
-        for name, needle in (("B", "model.tflite: sha256"), ("C", "manifest.json.sig does not verify")):
+        for name, needle in (("B", "model.tflite: sha256"),
+                             ("C", "manifest.json.sig does not verify")):
             switch(d, ids[name])
             h = wait_rejected(srv, ids[name])
             assert h["release"] == ids["A"] and h["rejected"]["release"] == ids[name]
@@ -603,7 +621,8 @@ def test_a_unix_socket_serves_and_is_removed_at_sigterm(dest, tmp_path, bundles)
     try:
         assert srv.serving["address"] == f"unix:{sock}" and sock.is_socket()
         conn = UnixHTTPConnection(str(sock))
-        conn.request("POST", "/predict", body=_npy(np.load(bundles["none"] / "golden" / "inputs.npy")[0]))
+        conn.request("POST", "/predict",
+                     body=_npy(np.load(bundles["none"] / "golden" / "inputs.npy")[0]))
         resp = conn.getresponse()
         assert resp.status == 200 and json.loads(resp.read())["release"] == dest["A"]
         conn.request("GET", "/health")
@@ -636,7 +655,8 @@ def test_the_server_runs_on_an_emulated_pi(pi_trixie, dest, tmp_path, bundles):
     from edgebn.deploy.emulate import _env, _qemu
 
     root, python = pi_trixie
-    command = _qemu(root, str(python), "-I", str(dest["path"] / "current" / "predict.py"), "--serve",
+    command = _qemu(root, str(python), "-I", str(dest["path"] / "current" / "predict.py"),
+                    "--serve",
                     "--listen", "127.0.0.1:0", "--poll", "0.2", "--workers", "2")
     env = _env(python.parents[2]) | {"EDGEBN_TRUST": str(tmp_path / "no-trust-file")}
     srv = Served(command, env, tmp_path / "logs")

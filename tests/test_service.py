@@ -55,7 +55,8 @@ def _served_by_hand(line: str, tmp_path: Path, name: str) -> Served:
 def test_deploy_service_without_systemd_is_one_line_and_the_server_runs_by_hand(
         sshd, bundles, tmp_path):
     dest, port = str(tmp_path / "device"), _free_port()
-    res = runner.invoke(app, ["deploy", str(bundles["none"]), "--host", sshd["host"], "--dest", dest,
+    res = runner.invoke(app, ["deploy", str(bundles["none"]), "--host", sshd["host"], "--dest",
+                              dest,
                               "--python", sys.executable, "--service", "--listen",
                               f"127.0.0.1:{port}", *_ssh_args(sshd)])
     assert res.exit_code == 2, res.output

@@ -79,13 +79,15 @@ def test_recompute_sets_each_bn_to_its_inputs_population_layer_by_layer():
     # outer BN with its new statistics (what "layer by layer" means)
     outer_in = keras.Model(model.input, model.get_layer("conv_outer").output)(x).numpy()
     bn = model.get_layer("bn_outer")
-    np.testing.assert_allclose(bn.moving_mean.numpy(), outer_in.mean((0, 1, 2)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(bn.moving_mean.numpy(), outer_in.mean((0, 1, 2)), rtol=1e-5,
+                               atol=1e-6)
     np.testing.assert_allclose(bn.moving_variance.numpy(), outer_in.var((0, 1, 2)), rtol=1e-4)
     h = keras.Model(model.input, model.get_layer("relu").output)(x).numpy()
     inner = model.get_layer("inner")
     inner_in = keras.Model(inner.input, inner.get_layer("conv_inner").output)(h).numpy()
     bn = inner.get_layer("bn_inner")
-    np.testing.assert_allclose(bn.moving_mean.numpy(), inner_in.mean((0, 1, 2)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(bn.moving_mean.numpy(), inner_in.mean((0, 1, 2)), rtol=1e-5,
+                               atol=1e-6)
     np.testing.assert_allclose(bn.moving_variance.numpy(), inner_in.var((0, 1, 2)), rtol=1e-4)
 
 
@@ -229,4 +231,5 @@ def test_recalibrate_option_takes_an_optional_count():
         ["fold", "--recalibrate-bn", "600", "m.keras"]
     assert with_optional_values(["fold", "--recalibrate-bn", "50", "m.keras"]) == \
         ["fold", "--recalibrate-bn", "50", "m.keras"]
-    assert with_optional_values(["build", "--recalibrate-bn"]) == ["build", "--recalibrate-bn", "600"]
+    assert with_optional_values(["build", "--recalibrate-bn"]) == ["build", "--recalibrate-bn",
+                                                                   "600"]

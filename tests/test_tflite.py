@@ -50,7 +50,8 @@ def analyzer(pattern_files, cnn):
     paths = [str(pattern_files[key]) for key in ANALYZED] + [str(cnn["tflite"])]
     proc = subprocess.run([sys.executable, "-c", _ANALYZE, *paths], capture_output=True,
                           text=True, check=True)
-    return {p: _parse_analyzer(text) for p, text in json.loads(proc.stdout.splitlines()[-1]).items()}
+    return {p: _parse_analyzer(text) for p,
+            text in json.loads(proc.stdout.splitlines()[-1]).items()}
 
 
 @pytest.mark.parametrize("key", ANALYZED)
@@ -172,7 +173,8 @@ def test_forged_vector_length_is_refused_without_looping(tmp_path):
 
 
 def test_fuzz_the_batch_statistics_detector(tmp_path):
-    """Mutations of a training-mode BN graph, so the MEAN/SQUARED_DIFFERENCE path meets hostile input."""
+    """Mutations of a training-mode BN graph, so the MEAN/SQUARED_DIFFERENCE path meets hostile
+    input."""
     from test_analysis import _training_mode_bn_tflite
 
     data = _training_mode_bn_tflite(tmp_path / "train_bn.tflite").read_bytes()

@@ -54,7 +54,8 @@ def test_each_form_is_found_whole_and_folded_collapsed_or_kept(name, float16):
     left = analyse_bn(parse_tflite(result.data)).residual
     assert [r.kind for r in left] == ([] if expected == "folded" else ["decomposed"])
     # the output against the original's, on inputs the proof did not see
-    x = np.random.default_rng(9).normal(0, 1, model.subgraphs[0].tensors[0].shape).astype(np.float32)
+    shape = model.subgraphs[0].tensors[0].shape
+    x = np.random.default_rng(9).normal(0, 1, shape).astype(np.float32)
     want, got = _run(data, x), _run(result.data, x)
     rounding = 2e-3 if float16 and expected == "folded" else 1e-5
     assert np.abs(got - want).max() <= rounding * np.abs(want).max()
@@ -79,7 +80,8 @@ def test_a_max_pool_stops_a_negative_scale_and_passes_a_positive_one():
     assert chain.result == "kept" and "MAX_POOL_2D on the way and a scale ≤ 0" in chain.reason
     result = tflite_fold.fold_tflite(parse_tflite(relu_bn_pool_dense(0, positive=True)))
     (chain,) = result.chains
-    assert (chain.result, chain.direction, chain.into_type) == ("folded", "forward", "FULLY_CONNECTED")
+    assert (chain.result, chain.direction, chain.into_type) == ("folded", "forward",
+                                                                "FULLY_CONNECTED")
     assert result.max_rel_diff <= result.tolerance
 
 
@@ -112,7 +114,8 @@ def test_the_cli_json_and_exit_codes(tmp_path):
     assert doc["bn"][0]["result"] == "folded" and doc["bn"][0]["into"]["type"] == "CONV_2D"
     assert doc["bn"][0]["kind"] == "sub_mul_mul_add" and doc["latency_us"]["ratio"] > 0
     assert analyse_bn(read_tflite(tmp_path / "a.folded.tflite")).residual == ()
-    result = runner.invoke(app, ["fold", str(collapsed), "--out", str(tmp_path / "b.folded.tflite")])
+    result = runner.invoke(app, ["fold", str(collapsed), "--out",
+                                 str(tmp_path / "b.folded.tflite")])
     assert result.exit_code == 1 and "collapsed" in result.stdout
     result = runner.invoke(app, ["fold", str(folded), "--out", str(tmp_path / "x.keras")])
     assert result.exit_code == 2
@@ -150,20 +153,24 @@ def float16_patterns(tmp_path_factory):
     return out
 
 
-RESIDUE_PATTERNS = {"relu_bn_pool": "kept", "add_bn": "kept", "bn_last": "kept", "bn_before_conv": "folded"}
+RESIDUE_PATTERNS = {"relu_bn_pool": "kept", "add_bn": "kept", "bn_last": "kept",
+                    "bn_before_conv": "folded"}
 INT8_REASONS = {"relu_bn_pool": "backward: a RELU fused into the CONV_2D stands between",
                 "add_bn": "backward: it follows a ADD, not a linear operator; forward: it makes a "
                           "model output",
                 "bn_last": "forward: it makes a model output",
-                "bn_before_conv": "forward: the CONV_2D after it is int8: a scale per input channel would "
-                                  "requantize its int8 weights, quantized per output channel (not exact)"}
+                "bn_before_conv": "forward: the CONV_2D after it is int8: a scale per input "
+                                  "channel would "
+                                  "requantize its int8 weights, quantized per output channel (not "
+                                  "exact)"}
 
 
 @pytest.mark.parametrize("quantize", ["none", "float16", "int8"])
 @pytest.mark.parametrize("pattern", list(RESIDUE_PATTERNS))
 def test_the_converters_residue_folds_where_an_exact_fold_exists(pattern_files, float16_patterns,
                                                                    pattern, quantize):
-    path = float16_patterns[pattern] if quantize == "float16" else pattern_files[(pattern, quantize, False)]
+    path = float16_patterns[pattern] if quantize == "float16" else pattern_files[(pattern, quantize,
+                                                                                  False)]
     model = read_tflite(path)
     before = analyse_bn(model).residual
     assert len(before) == 1

@@ -51,7 +51,8 @@ def _errors(original, folded, truth, xs) -> tuple[np.ndarray, np.ndarray, np.nda
 def _inputs(model, n: int = 16, seed: int = 11) -> list[np.ndarray]:
     sg = model.subgraphs[0]
     rng = np.random.default_rng(seed)
-    return [rng.integers(-128, 128, sg.tensors[sg.inputs[0]].shape).astype(np.int8) for _ in range(n)]
+    return [rng.integers(-128, 128, sg.tensors[sg.inputs[0]].shape).astype(np.int8)
+            for _ in range(n)]
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -115,7 +116,8 @@ def test_a_negative_channel_holding_minus_128_is_kept_with_its_reason():
 def test_per_tensor_weights_fold_only_when_every_scale_is_the_same():
     q = np.arange(-8, 8, dtype=np.int8).reshape(4, 4)
     kernel = fold_int8.Int8Kernel(q, np.array([0.01]), 0, np.arange(4), 0.5)
-    reason = fold_int8.absorb(kernel, np.array([1.0, -2.0, 1.0, 1.0]), np.zeros(4), "FULLY_CONNECTED")
+    reason = fold_int8.absorb(kernel, np.array([1.0, -2.0, 1.0, 1.0]), np.zeros(4),
+                              "FULLY_CONNECTED")
     assert reason.startswith("the FULLY_CONNECTED's int8 weights share one scale (per tensor)")
     same = fold_int8.absorb(kernel, np.array([2.0, -2.0, 2.0, 2.0]), np.ones(4), "FULLY_CONNECTED")
     assert same.scale.tolist() == [np.float32(0.02)] and (same.q[1] == -q[1]).all()
@@ -124,7 +126,8 @@ def test_per_tensor_weights_fold_only_when_every_scale_is_the_same():
 def test_a_zero_scale_channel_outputs_its_shift():
     q = np.full((2, 3), 5, np.int8)
     kernel = fold_int8.Int8Kernel(q, np.array([0.1, 0.1]), 0, np.zeros(2, np.int64), 0.5)
-    folded = fold_int8.absorb(kernel, np.array([0.0, 1.0]), np.array([0.25, 0.0]), "FULLY_CONNECTED")
+    folded = fold_int8.absorb(kernel, np.array([0.0, 1.0]), np.array([0.25, 0.0]),
+                              "FULLY_CONNECTED")
     assert (folded.q[0] == 0).all() and folded.real_bias[0] == pytest.approx(0.25)
 
 

@@ -156,7 +156,8 @@ def test_unlisted_modules_never_reach_a_trusting_device(trusting, signed, tmp_pa
 def test_a_replaced_predict_py_rehashed_never_runs(trusting, signed, device, key, tmp_path):
     b = shutil.copytree(signed, tmp_path / "b")
     canary = tmp_path / "canary"
-    (b / "predict.py").write_text(_canary_code(canary) + "print('{\"selftest\": {\"passed\": true}}')\n")
+    (b / "predict.py").write_text(_canary_code(canary)
+                                  + "print('{\"selftest\": {\"passed\": true}}')\n")
     _rehash(b, "predict.py")
     _refused(_verifier(b, device), "manifest.json.sig does not verify")
     with pytest.raises(EdgebnError, match="manifest.json.sig does not verify"):  # --trust: here

@@ -97,7 +97,8 @@ class Form:
         s, t = p["gamma"] * p["inv_std"], p["beta"] - p["mean"] * p["gamma"] * p["inv_std"]
         steps = {"sub_mul_mul_add": [("SUB", p["mean"]), ("MUL", p["inv_std"]), ("MUL", p["gamma"]),
                                      ("ADD", p["beta"])],
-                 "sub_mul_add": [("SUB", p["mean"]), ("MUL", p["inv_std"] * p["gamma"]), ("ADD", p["beta"])],
+                 "sub_mul_add": [("SUB", p["mean"]), ("MUL", p["inv_std"] * p["gamma"]),
+                                 ("ADD", p["beta"])],
                  "decomposed": [("MUL", s), ("ADD", t)],
                  "sub_mul": [("SUB", p["mean"]), ("MUL", p["inv_std"])],  # a BN without γ and β
                  "mul_sub": [("MUL", s), ("SUB", -t)]}[form]
@@ -119,11 +120,13 @@ class Form:
                        _opts("ReshapeOptionsT", newShape=list(shape)))
 
     def mean(self, x: int, axes, shape) -> int:
-        return self.op("MEAN", [x, self.g.tensor([len(axes)], "INT32", data=np.array(axes, np.int32))],
+        return self.op("MEAN", [x, self.g.tensor([len(axes)], "INT32",
+                                                 data=np.array(axes, np.int32))],
                        shape, _opts("ReducerOptionsT", keepDims=False))
 
     def transpose(self, x: int, perm, shape) -> int:
-        return self.op("TRANSPOSE", [x, self.g.tensor([len(perm)], "INT32", data=np.array(perm, np.int32))],
+        return self.op("TRANSPOSE",
+                       [x, self.g.tensor([len(perm)], "INT32", data=np.array(perm, np.int32))],
                        shape, _opts("TransposeOptionsT"))
 
     def pack(self, x: int, y: int) -> bytes:
@@ -134,12 +137,14 @@ def conv_bn(seed, float16=False, form="sub_mul_mul_add", activation="RELU"):
     """Conv → BN (→ ReLU fused into the chain's ADD): folds backward into the conv."""
     f = Form(seed, float16)
     x = f.data([1, H, W, 3])
-    y = f.bn(f.conv(x, 3, C, [1, H - 2, W - 2, C]), [1, H - 2, W - 2, C], form, activation=activation)
+    y = f.bn(f.conv(x, 3, C, [1, H - 2, W - 2, C]), [1, H - 2, W - 2, C], form,
+             activation=activation)
     return f.pack(x, f.conv(y, C, 2, [1, H - 4, W - 4, 2], padding="SAME"))
 
 
 def transpose_conv_bn(seed, float16=False):
-    """ConvTranspose without a bias → BN (earlier litert-torch got this wrong): the fold adds one."""
+    """ConvTranspose without a bias → BN (earlier litert-torch got this wrong): the fold adds
+    one."""
     f = Form(seed, float16)
     x = f.data([1, H, W, 3])
     shape = [1, H + 2, W + 2, C]
@@ -153,7 +158,8 @@ def transpose_conv_bn(seed, float16=False):
 def dwconv_bn(seed, float16=False):
     f = Form(seed, float16)
     x = f.data([1, H, W, C])
-    return f.pack(x, f.bn(f.dwconv(x, C, [1, H - 2, W - 2, C]), [1, H - 2, W - 2, C], "sub_mul_add"))
+    return f.pack(x, f.bn(f.dwconv(x, C, [1, H - 2, W - 2, C]), [1, H - 2, W - 2, C],
+                          "sub_mul_add"))
 
 
 def dense_bn(seed, float16=False):
@@ -194,7 +200,8 @@ def relu_bn_same_conv(seed, float16=False):
     f = Form(seed, float16)
     x = f.data([1, H, W, 3])
     a = f.conv(x, 3, C, [1, H - 2, W - 2, C], activation="RELU")
-    return f.pack(x, f.conv(f.bn(a, [1, H - 2, W - 2, C]), C, 2, [1, H - 2, W - 2, 2], padding="SAME"))
+    return f.pack(x, f.conv(f.bn(a, [1, H - 2, W - 2, C]), C, 2, [1, H - 2, W - 2, 2],
+                            padding="SAME"))
 
 
 def concat_bn_relu(seed, float16=False):
@@ -217,7 +224,8 @@ def nchw_input_bn(seed, float16=False):
 
 
 def bn_output(seed, float16=False):
-    """A BN whose output is the model's: the pair is kept as it is (no fold, nothing to collapse)."""
+    """A BN whose output is the model's: the pair is kept as it is (no fold, nothing to
+    collapse)."""
     f = Form(seed, float16)
     x = f.data([1, H, W, C])
     a = f.op("CONCATENATION", [x], [1, H, W, C], _opts("ConcatenationOptionsT", axis=3))
@@ -284,13 +292,15 @@ def transpose_conv(x: np.ndarray, w: np.ndarray) -> np.ndarray:
 
 
 class Int8Form:
-    """An int8 graph under construction; ``values`` carries each tensor's float64 calibration run."""
+    """An int8 graph under construction; ``values`` carries each tensor's float64 calibration
+    run."""
 
     def __init__(self, seed: int, shape, samples: int = 32) -> None:
         self.g, self.rng = Graph(), np.random.default_rng(seed)
         q = self.rng.integers(-128, 128, (samples, *shape[1:]))
         self.values: dict[int, np.ndarray] = {}
-        self.input = self.tensor(list(shape), "INT8", INT8_INPUT, (q - INT8_INPUT[1]) * INT8_INPUT[0])
+        self.input = self.tensor(list(shape), "INT8", INT8_INPUT,
+                                 (q - INT8_INPUT[1]) * INT8_INPUT[0])
 
     def tensor(self, shape, dtype: str, quant, values=None, data=None, axis: int = 0) -> int:
         t = schema().TensorT()
@@ -298,7 +308,8 @@ class Int8Form:
         t.buffer = 0 if data is None else self.g.add_buffer(np.ascontiguousarray(data).tobytes())
         q = schema().QuantizationParametersT()
         scale, zero = quant
-        q.scale, q.zeroPoint = [float(v) for v in np.atleast_1d(scale)], [int(v) for v in np.atleast_1d(zero)]
+        q.scale = [float(v) for v in np.atleast_1d(scale)]
+        q.zeroPoint = [int(v) for v in np.atleast_1d(zero)]
         q.quantizedDimension = axis
         t.quantization = q
         index = self.g.add_tensor(t)
@@ -322,7 +333,8 @@ class Int8Form:
             q[o, k] = -127 if extreme >= 0 else -128
         q = np.moveaxis(q.reshape(np.moveaxis(w, axis, 0).shape), 0, axis).astype(np.int8)
         real = q * np.expand_dims(scale, [i for i in range(w.ndim) if i != axis])
-        index = self.tensor(w.shape, "INT8", (scale.astype(np.float32), np.zeros(len(scale))), data=q,
+        index = self.tensor(w.shape, "INT8", (scale.astype(np.float32), np.zeros(len(scale))),
+                            data=q,
                             axis=axis)
         return index, real, scale
 
@@ -335,7 +347,8 @@ class Int8Form:
         return self.g.tensors[x].quantization.scale[0]
 
     def kernel(self, builtin: str, x: int, w: np.ndarray, shape, extreme=None, bias=True) -> int:
-        """An int8 CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED / TRANSPOSE_CONV (stride 1, VALID)."""
+        """An int8 CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED / TRANSPOSE_CONV (stride 1,
+        VALID)."""
         axis = 3 if builtin == "DEPTHWISE_CONV_2D" else 0
         wt, real, scale = self.weights(w, axis, extreme)
         channels = w.shape[axis]
@@ -356,7 +369,8 @@ class Int8Form:
                                             dilationHFactor=1, dilationWFactor=1),
                    "DEPTHWISE_CONV_2D": lambda: _opts(
                        "DepthwiseConv2DOptionsT", padding=valid, strideH=1, strideW=1,
-                       depthMultiplier=channels // v.shape[3], dilationHFactor=1, dilationWFactor=1),
+                       depthMultiplier=channels // v.shape[3], dilationHFactor=1,
+                       dilationWFactor=1),
                    "FULLY_CONNECTED": lambda: _opts("FullyConnectedOptionsT")}[builtin]()
         self.g.operator(builtin, [x, wt, bt], [out], options)
         return out

@@ -55,8 +55,8 @@ def main() -> None:
             recal = stats.check.recalibration
             momentum = (f"fitted: {stats.momentum:.3f}" if stats.momentum is not None
                         else "the application's")
-            print(f"| {arch} | {momentum} | {result.epochs_run} | {stats.test_accuracy_stored:.4f} | "
-                  f"{result.test_accuracy:.4f} | {recal.before.max_drift:.2f} → "
+            print(f"| {arch} | {momentum} | {result.epochs_run} | {stats.test_accuracy_stored:.4f} "
+                  f"| {result.test_accuracy:.4f} | {recal.before.max_drift:.2f} → "
                   f"{recal.after.max_drift:.2f} | {time.perf_counter() - t0:.0f} |", flush=True)
 
 

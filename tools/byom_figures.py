@@ -60,7 +60,8 @@ def main() -> None:
              lambda r: f"{r['bench']['keras']['eager']['latency_us']['p50'] / 1e3:.1f} ms"),
             ("Keras tf.function p50",
              lambda r: f"{r['bench']['keras']['compiled']['latency_us']['p50'] / 1e3:.1f} ms"),
-            ("speedup vs fastest Keras", lambda r: f"{r['bench']['speedup']['vs_fastest_keras']:.1f}x"),
+            ("speedup vs fastest Keras",
+             lambda r: f"{r['bench']['speedup']['vs_fastest_keras']:.1f}x"),
             ("fold gain, Keras eager", lambda r: f"{r['bench']['fold_gain']['keras_eager']:.2f}x"),
             ("top-1 agreement with Keras", lambda r: f"{r['tflite']['top1_agreement']:.3f}"),
             ("bundle self-test here", lambda r: "passed" if r["bundle"]["selftest_here"]["passed"]

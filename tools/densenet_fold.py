@@ -49,12 +49,13 @@ def main() -> None:
     with torch.no_grad():
         want = model(torch.from_numpy(x)).numpy().astype(np.float64)
     print(f"CPU: {cpu_model()}; torch {torch.__version__}, torchvision {torchvision.__version__}, "
-          f"litert-torch {litert_torch.__version__ if hasattr(litert_torch, '__version__') else ''}")
+          f"litert-torch {getattr(litert_torch, '__version__', '')}")
     print("| run | chains: folded / collapsed / kept | largest |Δ| of a tensor | folded vs PyTorch "
           "| p50 before µs | p50 after µs | ratio before / after (95 % interval) |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for run in range(args.repeats):
-        result = fold_tflite(original, x, bench=BenchSettings(min_time_s=args.bench_time, cost=False))
+        result = fold_tflite(original, x,
+                             bench=BenchSettings(min_time_s=args.bench_time, cost=False))
         counts = result.to_json()["counts"]
         folded = Path(tempfile.mkdtemp()) / "folded.tflite"
         folded.write_bytes(result.data)

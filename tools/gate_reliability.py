@@ -97,8 +97,10 @@ def _series(label: str, report: Path, baseline: Path, args) -> list[tuple[bool, 
     runs = []
     for i in range(args.runs):
         runs.append(_check(report, baseline, args.bench_time))
-        print(f"  {label} {i + 1}/{args.runs}: passed={runs[-1][0]} ratio={runs[-1][1]['ratio']:.3f} "
-              f"interval={[round(v, 3) for v in runs[-1][1]['interval']]} rounds={runs[-1][1]['rounds']} "
+        print(f"  {label} {i + 1}/{args.runs}: passed={runs[-1][0]} "
+              f"ratio={runs[-1][1]['ratio']:.3f} "
+              f"interval={[round(v, 3) for v in runs[-1][1]['interval']]} "
+              f"rounds={runs[-1][1]['rounds']} "
               f"{runs[-1][2]:.1f} s", file=sys.stderr)
     return runs
 
@@ -136,7 +138,8 @@ def main() -> None:
                 if ln.startswith("model name")), "unknown CPU")
     print(f"{cpu}, {'one core busy' if busy else 'idle'}, --bench-time {args.bench_time}\n")
     print("| check | runs | wrong verdicts | ratio median (range) | interval width (median) | "
-          "rounds (median) | longest timing (cap 2 × --bench-time) | slowest check, whole process |")
+          "rounds (median) | longest timing (cap 2 × --bench-time) | slowest check, whole "
+          "process |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     print(_summary("a build against itself (must pass)", same, True))
     print(_summary("3 extra convolutions against the original (must fail)", slower, False))

@@ -32,7 +32,8 @@ def main() -> None:
     walls = []
     for _ in range(5):
         t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "edgebn.cli.app", "inspect", str(path), "--json"],
+        proc = subprocess.run([sys.executable, "-m", "edgebn.cli.app", "inspect", str(path),
+                               "--json"],
                               capture_output=True, text=True, env=os.environ)
         walls.append(time.perf_counter() - t0)
         assert proc.returncode in (0, 1), proc.stderr

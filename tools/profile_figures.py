@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Reproduce the README's "Where the time goes" figures: `edgebn profile` on keras.applications.
 
-    python tools/profile_figures.py [--min-time S] [--repeats N] [--cache DIR] [--tflite F ...] 2>/dev/null
+    python tools/profile_figures.py [--min-time S] [--repeats N] [--cache DIR] [--tflite F ...]
+    2>/dev/null
 
 Three models, weights=None, converted float32 by edgebn.convert, 1 thread, XNNPACK on (and
 any ``--tflite`` files, e.g. MediaPipe's, profiled as they are). For each: the whole model's
@@ -51,7 +52,8 @@ def _random_bn(model, seed: int = 0) -> None:
             weights = layer.get_weights()
             c = weights[0].shape[0]
             stats = {"gamma": rng.uniform(0.5, 1.5, c), "beta": rng.normal(0, 0.1, c),
-                     "moving_mean": rng.normal(0, 0.1, c), "moving_variance": rng.uniform(0.5, 1.5, c)}
+                     "moving_mean": rng.normal(0, 0.1, c),
+                     "moving_variance": rng.uniform(0.5, 1.5, c)}
             layer.set_weights([stats[w.name.split("/")[-1].split(":")[0]].astype(np.float32)
                                for w in layer.weights])
 

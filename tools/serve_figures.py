@@ -13,7 +13,8 @@ Two bundles, made by edgebn's own code:
 For each, in a device's layout (DEST/releases/<id>, DEST/current):
 
 * **invoke p50**: ``predict.py --bench --threads 1`` on the bundle (a process of its own);
-* **POST /predict p50**: one client on a kept-alive connection posting a preloaded JPEG (quality 90) of the
+* **POST /predict p50**: one client on a kept-alive connection posting a preloaded JPEG (quality 90)
+of the
   model's input size to ``predict.py --serve --workers 1 --threads 1`` (the same interpreter
   settings); measured in ``--rounds`` rounds that alternate with the bench, so both see the
   same load on a shared machine; the ratio and the difference in µs, each the median of
@@ -149,7 +150,8 @@ class Server:
         logs.mkdir(parents=True, exist_ok=True)
         self.out = logs / "server.out"
         with open(self.out, "wb") as out, open(logs / "server.err", "wb") as err:
-            self.proc = subprocess.Popen([sys.executable, "-I", str(dest / "current" / "predict.py"),
+            self.proc = subprocess.Popen([sys.executable, "-I",
+                                          str(dest / "current" / "predict.py"),
                                           "--serve", "--listen", "127.0.0.1:0", *args],
                                          stdout=out, stderr=err, env=env(logs / "home"))
         deadline = time.monotonic() + 300
@@ -337,7 +339,8 @@ def main() -> None:
           f"{args.rounds} rounds of {args.runs}; p50s, ratio and overhead: the medians over the "
           f"rounds; load average before: {load_before}, after: {os.getloadavg()[0]:.1f}\n")
     print("| model | invoke p50 | POST /predict p50 | server / invoke | overhead | of which "
-          "JPEG decode | req/s, 1 / 2 / 4 clients | reload: new / back | dropped during 10 reloads |")
+          "JPEG decode | req/s, 1 / 2 / 4 clients | reload: new / back | dropped during 10 reloads "
+          "|")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
         rps = " / ".join(f"{r['rps'][c]:,.0f}" for c in (1, 2, 4))
@@ -347,7 +350,8 @@ def main() -> None:
               f"{r['reload_new_ms']:,.0f} / {r['reload_back_ms']:,.0f} ms | "
               f"{r['failed']} of {r['answered']:,} |")
     print("\nper round (invoke p50, server p50) in µs: " + "; ".join(
-        f"{r['model']}: " + ", ".join(f"({i:,.0f}, {s:,.0f})" for i, s in r["rounds"]) for r in rows))
+        f"{r['model']}: " + ", ".join(f"({i:,.0f}, {s:,.0f})" for i, s in r["rounds"])
+        for r in rows))
 
 
 if __name__ == "__main__":

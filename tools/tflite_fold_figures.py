@@ -88,8 +88,10 @@ def _conv3d_int8(tmp: Path) -> list[tuple[str, str, bytes]]:
         set_random_bn(model, negative=True)
         path = tmp / f"conv3d_{relu}.tflite"
         with contextlib.redirect_stdout(io.StringIO()):
-            to_tflite(model, path, "int8", np.random.default_rng(0).random((32, 4, 6, 6, 3), np.float32))
-        rows.append((f"Conv3D → BN{' → ReLU' if relu else ''} (int8)", "TF converter", path.read_bytes()))
+            to_tflite(model, path, "int8",
+                      np.random.default_rng(0).random((32, 4, 6, 6, 3), np.float32))
+        rows.append((f"Conv3D → BN{' → ReLU' if relu else ''} (int8)", "TF converter",
+                     path.read_bytes()))
     return rows
 
 

@@ -68,7 +68,8 @@ from edgebn.train.training import TrainConfig, train_to_file
 app = typer.Typer(
     cls=OneLineErrors, no_args_is_help=True, add_completion=False,
     pretty_exceptions_enable=False,
-    help="Train BatchNorm Keras classifiers, convert them to TFLite, and prove every BN was folded.",
+    help="Train BatchNorm Keras classifiers, convert them to TFLite, and prove every BN was "
+         "folded.",
 )
 
 
@@ -126,8 +127,9 @@ def inspect(
 def train(
     data: DataSpec,
     training: TrainConfig,
-    out: Annotated[Path, typer.Option("--out", callback=suffix(".keras"), dir_okay=False,
-                                      help="Where to save the .keras model.")] = Path("model.keras"),
+    out: Annotated[Path, typer.Option(
+        "--out", callback=suffix(".keras"), dir_okay=False,
+        help="Where to save the .keras model.")] = Path("model.keras"),
     as_json: JsonFlag = False,
     verbose: VerboseFlag = False,
 ) -> None:
@@ -175,12 +177,14 @@ def convert(
 @data_options
 def fold(
     data: DataSpec,
-    model: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True,
-                                          help="The .keras model, or a .tflite from any converter.")],
-    out: Annotated[Path, typer.Option("--out", dir_okay=False,
-                                      help="Where to write the folded model (same type as MODEL).")],
+    model: Annotated[Path, typer.Argument(
+        exists=True, dir_okay=False, readable=True,
+        help="The .keras model, or a .tflite from any converter.")],
+    out: Annotated[Path, typer.Option(
+        "--out", dir_okay=False, help="Where to write the folded model (same type as MODEL).")],
     tolerance: Annotated[float | None, typer.Option(
-        "--tolerance", min=1e-12, help="Largest |Δ| beyond float32 rounding, relative to the largest "
+        "--tolerance", min=1e-12,
+        help="Largest |Δ| beyond float32 rounding, relative to the largest "
         "|value| [default: 1e-5; a .tflite: per tensor]")] = None,
     recalibrate_bn: RecalibrateOpt = None,
     strict_bn_stats: StrictStatsOpt = False,
@@ -267,7 +271,8 @@ def build(
         help="Sign the bundle's manifest with this SSH private key. Implies --bundle.")] = None,
     emulate: Annotated[list[Backend] | None, typer.Option(
         "--emulate", help="Run the bundle's self-test on an emulated arm64 Pi with this runtime "
-                          "(tflite-runtime, ai-edge-litert; repeatable). Implies --bundle.")] = None,
+                          "(tflite-runtime, ai-edge-litert; repeatable). Implies --bundle.")
+    ] = None,
     emulate_os: Annotated[str, typer.Option(
         "--emulate-os", help="The Raspberry Pi OS release --emulate runs: trixie or bookworm.")
     ] = "trixie",
@@ -312,11 +317,13 @@ def bench(
                                           help="The .tflite to benchmark.")],
     keras: Annotated[Path | None, typer.Option("--keras", help="The .keras it came from.")] = None,
     baseline: Annotated[Path | None, typer.Option(
-        "--baseline", help="Another .tflite (e.g. the BN-free baseline), timed interleaved.")] = None,
+        "--baseline", help="Another .tflite (e.g. the BN-free baseline), timed interleaved.")
+    ] = None,
     keras_baseline: Annotated[Path | None, typer.Option(
         "--keras-baseline", help="The baseline's .keras, to show BN's cost inside Keras.")] = None,
     keras_folded: Annotated[Path | None, typer.Option(
-        "--keras-folded", help="The folded .keras (edgebn fold), to show the fold's effect in Keras.")
+        "--keras-folded",
+        help="The folded .keras (edgebn fold), to show the fold's effect in Keras.")
     ] = None,
     inputs: Annotated[Path | None, typer.Option(
         "--data", exists=True, dir_okay=False,
@@ -377,7 +384,8 @@ def check(
     report: Annotated[Path, typer.Argument(help="The new build's report.json.")],
     baseline: Annotated[Path, typer.Option("--baseline", help="The baseline's report.json.")],
     max_accuracy_drop: Annotated[float, typer.Option(
-        "--max-accuracy-drop", min=0, help="Largest allowed accuracy drop (0.01 = 1 point).")] = 0.01,
+        "--max-accuracy-drop", min=0, help="Largest allowed accuracy drop (0.01 = 1 point).")
+    ] = 0.01,
     max_latency_regression: Annotated[float, typer.Option(
         "--max-latency-regression", min=0, help="Largest allowed p50 increase (0.10 = 10 %).")
     ] = 0.10,

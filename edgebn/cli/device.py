@@ -246,7 +246,8 @@ def _export(d: Path, bundle_dir: Path, conn, options: DeployOptions, policy: Rol
     show(exported, as_json, render_device.exported)
 
 
-def _deploy_service(bundle_dir, targets, options, asked: tuple, parallel: int, as_json: bool) -> None:
+def _deploy_service(bundle_dir, targets, options, asked: tuple, parallel: int,
+                    as_json: bool) -> None:
     """--service: the release, then its server (edgebn.deploy.service); parallel 0: one host."""
     on, listen, socket, workers = asked
     if not on:
@@ -257,7 +258,8 @@ def _deploy_service(bundle_dir, targets, options, asked: tuple, parallel: int, a
                   else svc.deploy_service(bundle_dir, targets[0], options, service))
         show(result, as_json, render_device.served)
     else:
-        result = (svc.rollback_service_fleet(targets, options, service, parallel) if bundle_dir is None
+        result = (svc.rollback_service_fleet(targets, options, service, parallel)
+                  if bundle_dir is None
                   else svc.deploy_service_fleet(bundle_dir, targets, options, service, parallel))
         show(result, as_json, render_device.fleet)
     if not result.passed:

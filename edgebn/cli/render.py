@@ -145,14 +145,15 @@ def recalibrated(result: RecalibratedFile) -> None:
 def fold_tflite(result: TFLiteFoldResult) -> None:
     """``edgebn fold model.tflite``: each BN chain and what became of it, the proof, the p50s."""
     worst = result.worst
-    title = (f"fold: {result.measure} ({result.inputs}); largest |Δ| {result.max_rel_diff:.3g} of a "
-             f"tensor's largest value, tolerance {result.tolerance:.3g}")
+    title = (f"fold: {result.measure} ({result.inputs}); largest |Δ| {result.max_rel_diff:.3g} of "
+             f"a tensor's largest value, tolerance {result.tolerance:.3g}")
     table = new_table(title, ("BN", "form", "result", "into / reason"))
     for c in result.chains:
         name = c.source or f"ops {list(c.ops)}"
         if c.result == "folded":
             table.add_row(name, c.kind, f"[green]folded {c.direction}[/]",
-                          f"op {c.into} {c.into_type}" + (" (float16 weights)" if c.float16 else ""))
+                          f"op {c.into} {c.into_type}"
+                          + (" (float16 weights)" if c.float16 else ""))
         else:
             colour = "yellow" if c.result == "collapsed" else "red"
             table.add_row(name, c.kind, f"[{colour}]{c.result}[/]", c.reason)
@@ -294,7 +295,8 @@ def check(result: CheckResult) -> None:
 
 
 def grown_ops(diffs: Sequence[OpDiff]) -> None:
-    """The operators that grew most (edgebn.runtime.profile.opdiff.OpDiff), as ``edgebn check`` names them."""
+    """The operators that grew most (edgebn.runtime.profile.opdiff.OpDiff), as ``edgebn check``
+    names them."""
     if diffs:
         out.print("operators that grew most (isolated time, baseline -> current):")
     for d in diffs:
@@ -310,7 +312,8 @@ def train(result: SavedTraining) -> None:
               f"test accuracy {t.test_accuracy:.4f}")
 
 
-# ---------------------------------------------------------------- profile (edgebn.runtime.profile.operators)
+# ---------------------------------------------------------------- profile
+# (edgebn.runtime.profile.operators)
 
 
 def _us(value: float | None) -> str:

@@ -35,7 +35,8 @@ def deploy(row: HostRow) -> None:
     if st is not None:
         out.print(f"self-test of the staged release on {row.host}: "
                   f"{'passed' if st.get('passed') else 'FAILED'} ({st.get('runtime')}, NumPy "
-                  f"{st.get('numpy')}, {st.get('machine')}, max |diff| {st.get('max_abs_diff'):.3g} "
+                  f"{st.get('numpy')}, {st.get('machine')}, max |diff| "
+                  f"{st.get('max_abs_diff'):.3g} "
                   f"{st.get('units')}; signature {st.get('signature', 'unknown')})")
     if row.health is not None:
         out.print(f"health check: {row.health}")
@@ -48,13 +49,15 @@ def deploy(row: HostRow) -> None:
 
 
 _STATUS_COLOUR = {"deployed": "green", "unchanged": "green", "offline": "yellow",
-                  "not_attempted": "yellow", "rolled_back": "red", "failed": "red", "refused": "red"}
+                  "not_attempted": "yellow", "rolled_back": "red", "failed": "red",
+                  "refused": "red"}
 
 
 def rollout(result: RolloutResult) -> None:
     """A rollout's rows (either engine): one line per host, then what happened in all."""
     sizes = "+".join(map(str, result.batch_sizes))
-    table = new_table(f"{len(result.rows)} hosts in batches of {sizes}, {result.engine.value} engine, "
+    table = new_table(f"{len(result.rows)} hosts in batches of {sizes}, {result.engine.value} "
+                      "engine, "
                    f"release {result.release}, {result.seconds:.1f} s"
                    + (" (check: nothing changed)" if result.check else ""),
                    ("host", "batch", "status", "previous", "p50 us", "OS", "Python", "runtime",
@@ -88,7 +91,8 @@ def device_profile(host: str, p: JsonDict, top: int = 10) -> None:
                    f"{p['ops_sum_us']:,.1f} µs beside the whole model's p50 "
                    f"{p['latency_us']['p50']:,.1f} µs", ("#", "op", "µs", "share", "MACs", "note"))
     for r in sorted(p["operators"], key=lambda r: -(r["time_us"] or 0))[:top]:
-        table.add_row(str(r["index"]), r["op"], "-" if r["time_us"] is None else f"{r['time_us']:,.1f}",
+        table.add_row(str(r["index"]), r["op"], "-" if r["time_us"] is None
+                      else f"{r['time_us']:,.1f}",
                       f"{r['share']:.1%}", f"{r['macs']:,}" if r["macs"] else "", r["note"] or "")
     out.print(table)
 
@@ -130,8 +134,10 @@ def fleet(result: FleetResult) -> None:
         st = {None: "-", True: "[green]passed[/]", False: "[red]FAILED[/]"}[row["selftest"]]
         lat, dev = row["latency_us"], row["device"]
         table.add_row(h.host, "yes" if row["copied"] else "no", st,
-                      "-" if not lat else f"{lat['p50']:.1f}", dev["os"] or "-", dev["python"] or "-",
-                      dev["runtime"] or "-", "-" if dev["temp_c"] is None else f"{dev['temp_c']:.0f}",
+                      "-" if not lat else f"{lat['p50']:.1f}", dev["os"] or "-", dev["python"]
+                      or "-",
+                      dev["runtime"] or "-", "-" if dev["temp_c"] is None
+                      else f"{dev['temp_c']:.0f}",
                       {None: "-", True: "[red]yes[/]", False: "no"}[dev["throttled"]],
                       f"{h.seconds:.1f}", h.error or dev["thread_warning"] or "")
     out.print(table)

@@ -1,4 +1,5 @@
-"""Images as the model sees them: colour mode, resize filter, scale and offset (the bundle's too)."""
+"""Images as the model sees them: colour mode, resize filter, scale and offset (the bundle's
+too)."""
 
 from __future__ import annotations
 

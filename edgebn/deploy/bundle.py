@@ -120,8 +120,10 @@ class BundleResult:
 
 
 def load_device_module(name: str):
-    """A device script (predict, verify) as a module, so that this machine runs the device's code."""
-    spec = importlib.util.spec_from_file_location(f"edgebn_device_{name}", DEVICE_DIR / f"{name}.py")
+    """A device script (predict, verify) as a module, so that this machine runs the device's
+    code."""
+    spec = importlib.util.spec_from_file_location(f"edgebn_device_{name}",
+                                                  DEVICE_DIR / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

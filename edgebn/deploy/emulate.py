@@ -24,8 +24,8 @@ ai-edge-litert on Python 3.12+ and tflite-runtime 2.14 with NumPy < 2 on 3.11 â€
 ai-edge-litert on bookworm, the README's ``pip install ai-edge-litert``. So what is proven
 is the README. A runtime that has no wheel for the release's Python is refused in one
 line. Userlands and venvs are cached in ``pi-<release>-arm64`` of edgebn's cache directory
-(``$EDGEBN_CACHE``, default ``~/.cache/edgebn``; the older ``EDGEBN_PI_CACHE`` still names bookworm's, see
-:func:`pi_cache_dir`). Latency under emulation means nothing; correctness does.
+(``$EDGEBN_CACHE``, default ``~/.cache/edgebn``; the older ``EDGEBN_PI_CACHE`` still names
+bookworm's, see :func:`pi_cache_dir`). Latency under emulation means nothing; correctness does.
 """
 
 from __future__ import annotations
@@ -81,12 +81,14 @@ READY = ".edgebn-ready"
 
 
 class EmulationUnavailable(EdgebnError):
-    """The emulator cannot run here: a tool is missing, or Debian's packages or PyPI are unreachable."""
+    """The emulator cannot run here: a tool is missing, or Debian's packages or PyPI are
+    unreachable."""
 
 
 def pi_os(name: str) -> PiOS:
     if name not in PI_OS:
-        raise EdgebnError(f"unknown Raspberry Pi OS release {name!r}: choose from {', '.join(PI_OS)}")
+        raise EdgebnError(f"unknown Raspberry Pi OS release {name!r}: choose from "
+                          f"{', '.join(PI_OS)}")
     return PI_OS[name]
 
 
@@ -95,8 +97,9 @@ def check_os_runtimes(name: str, runtimes) -> tuple[Backend, ...]:
     release, chosen = pi_os(name), check_runtimes(runtimes)
     for r in chosen:
         if r not in release.runtimes:
-            raise EdgebnError(f"{r.value} has no wheel for Python {release.python} (Raspberry Pi OS "
-                              f"{release.suite}): use {', '.join(b.value for b in release.runtimes)}")
+            raise EdgebnError(f"{r.value} has no wheel for Python {release.python} (Raspberry Pi "
+                              f"OS {release.suite}): use "
+                              f"{', '.join(b.value for b in release.runtimes)}")
     return chosen
 
 
@@ -247,14 +250,18 @@ def _raspberry_pi_cpu(root: Path) -> None:
     files = {"possible": "0-3", "present": "0-3", "online": "0-3", "kernel_max": "3"}
     for i in range(4):
         d = f"cpu{i}"
-        files |= {f"{d}/topology/physical_package_id": "0", f"{d}/topology/cluster_cpus_list": "0-3",
-                  f"{d}/topology/core_siblings_list": "0-3", f"{d}/topology/thread_siblings_list": str(i),
-                  f"{d}/cpufreq/cpuinfo_max_freq": "1800000", f"{d}/cpufreq/cpuinfo_min_freq": "600000"}
+        files |= {f"{d}/topology/physical_package_id": "0",
+                  f"{d}/topology/cluster_cpus_list": "0-3",
+                  f"{d}/topology/core_siblings_list": "0-3",
+                  f"{d}/topology/thread_siblings_list": str(i),
+                  f"{d}/cpufreq/cpuinfo_max_freq": "1800000",
+                  f"{d}/cpufreq/cpuinfo_min_freq": "600000"}
         caches = [(1, "Data", "32K", str(i)), (1, "Instruction", "48K", str(i)),
                   (2, "Unified", "1024K", "0-3")]
         for k, (level, kind, size, shared) in enumerate(caches):
             files |= {f"{d}/cache/index{k}/level": str(level), f"{d}/cache/index{k}/type": kind,
-                      f"{d}/cache/index{k}/size": size, f"{d}/cache/index{k}/shared_cpu_list": shared}
+                      f"{d}/cache/index{k}/size": size,
+                      f"{d}/cache/index{k}/shared_cpu_list": shared}
     files |= {"cpu0/cpufreq/scaling_cur_freq": "1800000"}
     thermal = root / "sys" / "class" / "thermal" / "thermal_zone0"  # a Pi 4 at rest
     thermal.mkdir(parents=True, exist_ok=True)
@@ -324,7 +331,8 @@ def runtime_venv(bundle: Path, runtime: Backend, root: Path, os_name: str = DEFA
     commands += [_qemu(root, str(tmp / "bin" / "python3"), "-m", "pip", *step)
                  for step in steps]
     for cmd in commands:
-        done = _run(cmd, INSTALL_TIMEOUT_S, "the bundle's install steps", cwd=bundle, env=_env(cache))
+        done = _run(cmd, INSTALL_TIMEOUT_S, "the bundle's install steps", cwd=bundle,
+                    env=_env(cache))
         if done.returncode != 0:
             shutil.rmtree(tmp, ignore_errors=True)
             text = done.stdout + done.stderr
@@ -432,6 +440,7 @@ def emulate(bundle: str | Path, runtimes=None, cache: Path | None = None,
         log(f"self-test with {runtime.value} under qemu-aarch64 ({release.suite})")
         runs.append(run_selftest(bundle, runtime, root, python))
     platform = (f"Raspberry Pi OS {release.suite} as Debian arm64 (Python {release.python}, "
-                f"Debian's python3-numpy), qemu-aarch64-static {version.split()[0] if version else '?'} "
+                "Debian's python3-numpy), qemu-aarch64-static "
+                f"{version.split()[0] if version else '?'} "
                 f"-cpu {QEMU_CPU}, Raspberry Pi 4 CPU description")
     return EmulationResult(str(bundle), platform, tuple(runs), os=release.suite)

@@ -125,4 +125,5 @@ class _OperatorModels:
         (self.out / f"{name}.tflite").write_bytes(one.data)
         for k, f in enumerate(feeds):
             (self.out / f"{name}_in{k}.npy").write_bytes(_npy(f))
-        return {"model": f"{name}.tflite", "inputs": [f"{name}_in{k}.npy" for k in range(len(feeds))]}
+        return {"model": f"{name}.tflite",
+                "inputs": [f"{name}_in{k}.npy" for k in range(len(feeds))]}

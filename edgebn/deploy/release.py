@@ -82,7 +82,8 @@ class DeployOptions:
     bench: bool = False
     bench_runs: int = 200
     trust: Path | None = None  # a public key to install in the device's trust file first
-    trust_file: str | None = None  # the device's trust file when not the default (sets EDGEBN_TRUST)
+    # the device's trust file when not the default (sets EDGEBN_TRUST)
+    trust_file: str | None = None
     timeout_s: float = SSH_TIMEOUT_S  # per host: all of one host's ssh calls together
     profile: bool = False  # predict.py --profile on the device (a bundle made with --profile)
     health_timeout_s: float = HEALTH_TIMEOUT_S  # for the service's /health after the switch

@@ -1,7 +1,7 @@
 """The bundle's model in service on the device: ``edgebn deploy --service``.
 
-    edgebn deploy BUNDLE --host pi@raspberrypi.local --service [--listen 127.0.0.1:8750 | --socket PATH]
-    edgebn deploy --rollback --host pi@raspberrypi.local --service
+    edgebn deploy BUNDLE --host pi@raspberrypi.local --service [--listen 127.0.0.1:8750 | --socket
+    PATH] edgebn deploy --rollback --host pi@raspberrypi.local --service
 
 After the release is live (edgebn.deploy.ssh), a systemd *user* unit runs the bundle's
 server, ``predict.py --serve`` (edgebn/deploy/device/predict.py), from ``DEST/current``:
@@ -53,6 +53,7 @@ from edgebn.documents import JsonDict
 from edgebn.errors import EdgebnError
 
 DEFAULT_LISTEN = "127.0.0.1:8750"  # predict.py's SERVE_LISTEN: loopback unless told otherwise
+LISTEN = r"(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):\d{1,5}"  # HOST:PORT, a bracketed IPv6 host too
 HEALTH_TIMEOUT_S = 60.0
 SCRIPT = "service.sh"
 EXIT_NO_SYSTEMD, EXIT_NO_SERVICE, EXIT_NOT_HEALTHY = 7, 8, 9  # service.sh's own exit codes
@@ -70,8 +71,7 @@ class ServiceOptions:
     def __post_init__(self) -> None:
         if self.listen is not None and self.socket is not None:
             raise EdgebnError("give a listen address or a socket, not both")
-        if self.listen is not None and not re.fullmatch(r"(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):\d{1,5}",
-                                                        self.listen):
+        if self.listen is not None and not re.fullmatch(LISTEN, self.listen):
             raise EdgebnError(f"listen address {self.listen!r}: expected HOST:PORT, e.g. "
                               f"{DEFAULT_LISTEN}, or 0.0.0.0:8750 for every interface")
         if self.listen is not None and not 0 < int(self.listen.rpartition(":")[2]) < 65536:
@@ -277,12 +277,14 @@ def health(target: SshTarget, options: DeployOptions, release: str, wait_s: floa
 
 def install(target: SshTarget, options: DeployOptions, service: ServiceOptions, release: str
             ) -> ServiceResult:
-    """The unit on the device, running the server of DEST/current; its /health naming ``release``."""
+    """The unit on the device, running the server of DEST/current; its /health naming
+    ``release``."""
     start = time.perf_counter()
     facts = probe(target, options, options.timeout_s)
     unit = unit_name(options.dest)
     command = server_command(facts, options, service)
-    line = shlex.join(command if not facts.trusting else ["env", f"EDGEBN_TRUST={facts.trust}", *command])
+    line = shlex.join(command if not facts.trusting
+                      else ["env", f"EDGEBN_TRUST={facts.trust}", *command])
     if facts.systemd != "ok":
         raise EdgebnError(f"{target.host} has no systemd user session ({facts.systemd}): release "
                           f"{release} is live in {options.dest}/current but no service was "

@@ -1,1 +1,2 @@
-"""Folding BatchNorm into the layers around it: in Keras (``keras/``) and in the .tflite (``tflite/``)."""
+"""Folding BatchNorm into the layers around it: in Keras (``keras/``) and in the .tflite
+(``tflite/``)."""

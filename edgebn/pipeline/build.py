@@ -34,7 +34,7 @@ from edgebn.deploy.bundle import GOLDEN_SAMPLES, bundle, check_bundle_out
 from edgebn.deploy.emulate import check_os_runtimes, emulate
 from edgebn.errors import DatasetError, EdgebnError
 from edgebn.files import atomic_path, recover_dir, staged_dir
-from edgebn.fold.keras.statistics import bn_layers_of
+from edgebn.fold.keras.bn_sites import bn_layers_of
 from edgebn.fold.keras.stats_check import StatsCheck, bn_statistics
 from edgebn.pipeline.precisions import FLOAT32_BESIDE, FLOAT32_FILE, Float32Beside, float32_models
 from edgebn.pipeline.report import PLOTS, BuildResult, write_report

@@ -41,7 +41,8 @@ class Thresholds:
     def validate(self) -> None:
         for name in ("max_accuracy_drop", "max_latency_regression", "max_size_growth"):
             if not 0 <= getattr(self, name) < math.inf:  # NaN too: a threshold nothing fails
-                raise EdgebnError(f"{name} must be a finite number >= 0. Received: {getattr(self, name)}")
+                raise EdgebnError(f"{name} must be a finite number >= 0. Received: "
+                                  f"{getattr(self, name)}")
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,8 @@ def check(report: str | Path, baseline: str | Path, thresholds: Thresholds = Thr
     p50s = (est.current_p50_us, est.baseline_p50_us)
     if not all(0 < t < math.inf for t in p50s):  # a timer that measured nothing gates nothing
         raise EdgebnError(f"the latency p50s measured must be finite and > 0. Received: {p50s}")
-    metrics.append(Metric("latency_p50_ratio", round(est.baseline_p50_us, 3), round(est.current_p50_us, 3),
+    metrics.append(Metric("latency_p50_ratio", round(est.baseline_p50_us, 3),
+                          round(est.current_p50_us, 3),
                           f"ratio <= {limit:.2f} with {est.confidence:.0%} confidence (measured "
                           f"{est.describe()})", not est.beyond(limit), detail=est.to_json()))
     grown = () if metrics[-1].passed else _grown(cur.tflite, base.tflite, bench_settings)

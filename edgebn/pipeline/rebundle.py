@@ -7,7 +7,13 @@ from pathlib import Path
 import numpy as np
 
 from edgebn.data.arrays import load_samples
-from edgebn.deploy.bundle import GOLDEN_SAMPLES, BundleResult, BundleSource, bundle, check_bundle_out
+from edgebn.deploy.bundle import (
+    GOLDEN_SAMPLES,
+    BundleResult,
+    BundleSource,
+    bundle,
+    check_bundle_out,
+)
 from edgebn.errors import EdgebnError, InvalidModelError
 from edgebn.pipeline.report_read import read_report
 from edgebn.tflite.reader import read_tflite
@@ -35,6 +41,7 @@ def source_from_build_dir(build_dir: str | Path) -> BundleSource:
 
 def bundle_build(build_dir: str | Path, out: str | Path, sign: Path | None = None,
                  profile: bool = False) -> BundleResult:
-    """``edgebn bundle BUILD --out OUT [--sign KEY] [--profile]``: a bundle from a build directory."""
+    """``edgebn bundle BUILD --out OUT [--sign KEY] [--profile]``: a bundle from a build
+    directory."""
     check_bundle_out(Path(out))
     return bundle(source_from_build_dir(build_dir), out, sign, profile)

@@ -208,7 +208,8 @@ class BuildResult:
         return doc
 
     def precisions(self) -> list[Precision]:
-        """float32 beside the quantized model, when the build kept both (edgebn.pipeline.precisions)."""
+        """float32 beside the quantized model, when the build kept both
+        (edgebn.pipeline.precisions)."""
         return side_by_side(self.float32, self.conversion.converted, self.verified, self.benched,
                             rel=_name)
 
@@ -341,7 +342,8 @@ def _bench_summary(b: BenchResult) -> list[tuple[str, str]]:
         rows += [("TFLite MACs per inference", f"{c.macs:,} ({c.macs / 1e6:.2f} M)"),
                  ("TFLite GMAC/s at p50", f"{c.gmacs_per_s:.1f}"),
                  ("TFLite efficiency", f"{c.efficiency:.0%} of the probe's "
-                                       f"{c.ceiling_gmacs_per_s:.1f} GMAC/s ({t.threads} thread(s))")]
+                                       f"{c.ceiling_gmacs_per_s:.1f} GMAC/s ({t.threads} "
+                                       "thread(s))")]
     return rows
 
 
@@ -361,7 +363,8 @@ def tflite_fold_lines(fold: TFLiteFoldResult, what: str) -> list[str]:
     return ["", f"## Fold in the .tflite ({what}; {fold.measure}, largest |Δ| "
                 f"{fold.max_rel_diff:.3g})", ""] + [
         f"- ops {list(c.ops)} ({c.kind}): {c.result}"
-        + (f" {c.direction} into op {c.into} {c.into_type}" if c.result == "folded" else f", {c.reason}")
+        + (f" {c.direction} into op {c.into} {c.into_type}" if c.result == "folded"
+           else f", {c.reason}")
         for c in fold.chains]
 
 

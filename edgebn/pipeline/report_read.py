@@ -88,7 +88,8 @@ def _bounded_values(doc: JsonValue, where: Path) -> None:
             if isinstance(value, dict | list):
                 keys.append(key)
                 frames.append(_items(value))
-                if isinstance(value, dict) and len(longest := max(value, key=len, default="")) > MAX_STRING:
+                longest = max(value, key=len, default="") if isinstance(value, dict) else ""
+                if len(longest) > MAX_STRING:
                     raise InvalidModelError(f"{where}: {_dotted(keys)}: a key of {len(longest)} "
                                             f"characters (at most {MAX_STRING})")
                 break
@@ -96,8 +97,8 @@ def _bounded_values(doc: JsonValue, where: Path) -> None:
                 raise InvalidModelError(f"{where}: {_dotted([*keys, key])}: an integer of "
                                         f"{value.digits} digits (at most {MAX_DIGITS})")
             if isinstance(value, str) and len(value) > MAX_STRING:
-                raise InvalidModelError(f"{where}: {_dotted([*keys, key])}: a string of {len(value)} "
-                                        f"characters (at most {MAX_STRING})")
+                raise InvalidModelError(f"{where}: {_dotted([*keys, key])}: a string of "
+                                        f"{len(value)} characters (at most {MAX_STRING})")
         else:
             frames.pop()
             keys = keys[:-1]
@@ -153,7 +154,8 @@ class _Fields:
     where: Path
 
     def refuse(self, name: str, allowed: str, value: JsonValue) -> InvalidModelError:
-        return InvalidModelError(f"{self.where}: {name} must be {allowed}. Received: {_SHOWN.repr(value)}")
+        return InvalidModelError(f"{self.where}: {name} must be {allowed}. Received: "
+                                 f"{_SHOWN.repr(value)}")
 
     def get(self, name: str, default: JsonValue = KeyError) -> JsonValue:
         value, parts = self.doc, name.split(".")
@@ -162,7 +164,8 @@ class _Fields:
                 raise self.refuse(".".join(parts[:i]) or "the report", "an object", value)
             if key not in value:
                 if default is KeyError:
-                    raise InvalidModelError(f"{self.where}: not an edgebn build report (it has no {name})")
+                    raise InvalidModelError(f"{self.where}: not an edgebn build report (it has no "
+                                            f"{name})")
                 return default
             value = value[key]
         return value
@@ -190,8 +193,8 @@ class _Fields:
             raise EdgebnError(f"{self.where}: its model {shown} cannot be read "
                               f"({getattr(exc, 'strerror', None) or exc})") from None
         if mode is None:
-            raise EdgebnError(f"{self.where}: {name} {shown} leads outside the report's directory, to "
-                              f"{str(model)!r}; only a build's own files are gated")
+            raise EdgebnError(f"{self.where}: {name} {shown} leads outside the report's directory, "
+                              f"to {str(model)!r}; only a build's own files are gated")
         if not stat.S_ISREG(mode):
             raise EdgebnError(f"{self.where}: its model {shown} is not a regular file")
         return model
@@ -222,12 +225,14 @@ class _Fields:
             tuple(shape), self.number(f"{p}.raw_max", f"{finite} > 0", lambda x: 0 < x < math.inf),
             self.number(f"{p}.scale", finite, math.isfinite),
             self.number(f"{p}.offset", finite, math.isfinite, 0.0),
-            self.choice(f"{p}.color", Color, "grayscale"), self.choice(f"{p}.resize", Resize, "bilinear"),
+            self.choice(f"{p}.color", Color, "grayscale"),
+            self.choice(f"{p}.resize", Resize, "bilinear"),
             self.text(f"{p}.source", "unknown"), self.choice(f"{p}.layout", Layout, "nhwc"))
 
     def labels(self) -> tuple[str, ...] | None:
         names = self.get("dataset.class_names", None)
-        if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+        if names is not None and not (isinstance(names, list)
+                                      and all(isinstance(n, str) for n in names)):
             raise self.refuse("dataset.class_names", "a list of strings", names)
         return None if names is None else tuple(names)
 

@@ -122,7 +122,8 @@ class TFLiteBuildResult:
             "verify": {"passed": self.passed, "failed": self.failed_checks(),
                        "checks": [c.to_json() for c in v.checks]},
             "tflite_fold": ({"refused": self.fold_refused} if self.fold is None else
-                            {k: self.fold.to_json()[k] for k in ("measure", "max_rel_diff", "tolerance",
+                            {k: self.fold.to_json()[k]
+                             for k in ("measure", "max_rel_diff", "tolerance",
                                                                   "bn", "counts")}),
             "warnings": self.warnings(),
             "timings": {f"{k}_s": s for k, s in self.seconds.items()},
@@ -154,13 +155,14 @@ class TFLiteBuildResult:
         if self.fold is not None:
             counts = self.fold.to_json()["counts"]
             rows.append(("fold in the .tflite", f"{counts['folded']} folded, {counts['collapsed']} "
-                                               f"collapsed, {counts['kept']} kept; largest |Δ| of a "
-                                               f"tensor {self.fold.max_rel_diff:.3g}"))
+                                               f"collapsed, {counts['kept']} kept; largest |Δ| of "
+                                               f"a tensor {self.fold.max_rel_diff:.3g}"))
         else:
             rows.append(("fold in the .tflite", f"refused: {self.fold_refused}"))
         if self.speed is not None:
             e = self.speed
-            rows.append(("p50 original / folded", f"{e.current_p50_us:,.1f} / {e.baseline_p50_us:,.1f} µs "
+            rows.append(("p50 original / folded",
+                         f"{e.current_p50_us:,.1f} / {e.baseline_p50_us:,.1f} µs "
                                                   f"({e.describe()})"))
         if self.bundled is not None:
             rows.append(("device bundle", "bundle, self-test here "
@@ -219,7 +221,8 @@ def _agreement(original: TFLiteModel | Callable[[np.ndarray], np.ndarray], folde
                            f"{int(y.max()) + 1} classes")
     agreement = float((p_orig.argmax(1) == p_fold.argmax(1)).mean())
     diff = float(np.abs(p_orig - p_fold).max())
-    return Agreement(len(y), float((p_orig.argmax(1) == y).mean()), float((p_fold.argmax(1) == y).mean()),
+    return Agreement(len(y), float((p_orig.argmax(1) == y).mean()),
+                     float((p_fold.argmax(1) == y).mean()),
                      agreement, diff, info, limits.judge(agreement, diff))
 
 
@@ -254,11 +257,13 @@ def build_tflite(config: BuildConfig, stages: Stages, shown: Path,
                               file_limits(config, model, fold))
     with stages.stage("inspect", "BN residue in model.tflite"):
         inspected = inspect_model(model)
-    result = TFLiteBuildResult(out, str(config.model), ds, model, fold, refused, inspected, verified,
+    result = TFLiteBuildResult(out, str(config.model), ds, model, fold, refused, inspected,
+                               verified,
                                route=dict(TFLITE_ROUTE) if source is None else source.route_json())
     if config.run_bench:
         with stages.stage("bench", "the folded file against the original, interleaved"):
-            speed = latency_ratio(original, model, config.bench, width=0.02, data=model_input(x, layout))
+            speed = latency_ratio(original, model, config.bench, width=0.02,
+                                  data=model_input(x, layout))
         result = replace(result, speed=speed)
     with atomic_path(out / "samples.npy") as tmp:
         np.save(tmp, x[:GOLDEN_SAMPLES])
@@ -275,12 +280,18 @@ def build_tflite(config: BuildConfig, stages: Stages, shown: Path,
                     os_name=config.emulate_os))
     result = replace(result, seconds=dict(stages.seconds))
     with stages.stage("report", str(shown / "report.json")):
-        write_atomic(out / "report.json", json.dumps(result.to_json(), indent=2) + "\n")
-        lines = [f"# edgebn build: {result.source}", "", *markdown_table(("metric", "value"), result.rows())]
-        if fold is not None:
-            lines += tflite_fold_lines(fold, "the file as given")
-        write_atomic(out / "report.md", "\n".join(lines) + "\n")
+        write_report(result)
     return result
+
+
+def write_report(result: TFLiteBuildResult) -> None:
+    """report.json and report.md in ``result.out``, each written once, atomically."""
+    write_atomic(result.out / "report.json", json.dumps(result.to_json(), indent=2) + "\n")
+    lines = [f"# edgebn build: {result.source}", "",
+             *markdown_table(("metric", "value"), result.rows())]
+    if result.fold is not None:
+        lines += tflite_fold_lines(result.fold, "the file as given")
+    write_atomic(result.out / "report.md", "\n".join(lines) + "\n")
 
 
 def run_tflite_build(config: BuildConfig, progress: Progress,

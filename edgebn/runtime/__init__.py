@@ -1,1 +1,2 @@
-"""A TFLite interpreter without TensorFlow: backends, timing, ratios, the ceiling, accuracy, profiles."""
+"""A TFLite interpreter without TensorFlow: backends, timing, ratios, the ceiling, accuracy,
+profiles."""

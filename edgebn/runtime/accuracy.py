@@ -133,7 +133,8 @@ def _chunks(x: Samples) -> Iterator[np.ndarray]:
     yield from x.chunks(rows_per_chunk(int(np.prod(x.input_shape)), CHUNK))
 
 
-def predict_tflite(model: TFLiteModel | str | Path, x: Samples, backend: Backend | str = Backend.auto,
+def predict_tflite(model: TFLiteModel | str | Path, x: Samples, backend: Backend
+                   | str = Backend.auto,
                    threads: int = 1) -> tuple[np.ndarray, str]:
     """Float outputs of the .tflite for every row of ``x`` (quantized I/O handled)."""
     outputs, info, _ = _predict(model, x, backend, threads)
@@ -146,8 +147,10 @@ def _predict(model: TFLiteModel | str | Path, x: Samples, backend: Backend | str
     read one chunk at a time."""
     interp, info = load_interpreter(model, backend, threads)
     if not interp.get_input_details() or not interp.get_output_details():
-        raise EdgebnError(f"{getattr(model, 'path', model)}: the model needs an input and an output")
-    with interpreter_errors(f"{getattr(model, 'path', model)}: the interpreter cannot run this model"):
+        raise EdgebnError(f"{getattr(model, 'path', model)}: the model needs an input and an "
+                          "output")
+    with interpreter_errors(f"{getattr(model, 'path', model)}: the interpreter cannot run this "
+                            "model"):
         return _run(interp, str(info), x, keras_model)
 
 
@@ -173,7 +176,8 @@ def _run(interp: Interpreter, info: str, x: Samples, keras_model: Predicts | Non
 
 
 def verify(model: TFLiteModel | str | Path, x: Samples, y: np.ndarray,
-           keras_model: Predicts | None = None, backend: Backend | str = Backend.auto) -> VerifyResult:
+           keras_model: Predicts | None = None, backend: Backend
+           | str = Backend.auto) -> VerifyResult:
     """Accuracy of the .tflite on (x, y), and its agreement with ``keras_model`` if given.
 
     ``x``: the inputs as an array, or a streamed folder's files, read a chunk at a time.

@@ -117,7 +117,8 @@ def import_backend(backend: Backend) -> tuple[type[Interpreter], str, str]:
     try:
         mod = importlib.import_module(module)
     except ImportError as exc:
-        raise RuntimeBackendError(f"runtime {backend.value}: cannot import {module} ({exc})") from exc
+        raise RuntimeBackendError(f"runtime {backend.value}: cannot import {module} "
+                                  f"({exc})") from exc
     return mod.Interpreter, short, version
 
 

@@ -38,7 +38,8 @@ def isolated_tflite(model: TFLiteModel, settings: BenchSettings, data,
                               capture_output=True, text=True)
         if proc.returncode != 0:
             lines = (proc.stderr or "").strip().splitlines()
-            raise EdgebnError(f"isolated benchmark failed: {lines[-1] if lines else proc.returncode}")
+            raise EdgebnError("isolated benchmark failed: "
+                              f"{lines[-1] if lines else proc.returncode}")
         results = json.loads(proc.stdout.strip().splitlines()[-1])
         samples = np.load(out_path)
     stats = []

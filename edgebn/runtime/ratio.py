@@ -43,9 +43,9 @@ class RatioEstimate:
     ratio is the median of the rounds' p50 ratios. Both interpreters are made anew every
     REFRESH_ROUNDS rounds, and the interval is Student's t over those pairs' median ratios
     (on their logarithms: ``exp(mean ± t·s/√n)``, n pairs, n − 1 degrees of freedom), widened
-    to hold the ratio itself, so that what differs between two instances of one file widens it. A busy core
-    slows whole rounds of both models alike: the ratio stands, the interval widens, and the
-    run goes on until it is narrow enough or time is up.
+    to hold the ratio itself, so that what differs between two instances of one file widens it. A
+    busy core slows whole rounds of both models alike: the ratio stands, the interval widens, and
+    the run goes on until it is narrow enough or time is up.
     """
 
     ratio: float
@@ -73,13 +73,14 @@ class RatioEstimate:
 
     def to_json(self) -> JsonDict:
         return self.interval_json() | {"current_p50_us": self.current_p50_us,
-                                       "baseline_p50_us": self.baseline_p50_us, "seconds": self.seconds}
+                                       "baseline_p50_us": self.baseline_p50_us,
+                                       "seconds": self.seconds}
 
     def describe(self) -> str:
         """``1.032x, interval [1.010, 1.051] over 40 interleaved rounds: significant``."""
         low, high = self.interval
-        return (f"{self.ratio:.3f}x, interval [{low:.3f}, {high:.3f}] over {self.rounds} interleaved "
-                f"rounds: {'significant' if self.significant else 'not significant'}")
+        return (f"{self.ratio:.3f}x, interval [{low:.3f}, {high:.3f}] over {self.rounds} "
+                f"interleaved rounds: {'significant' if self.significant else 'not significant'}")
 
 
 def _interval(pairs: np.ndarray) -> tuple[float, float]:
@@ -105,7 +106,8 @@ def latency_ratio(model: TFLiteModel | str | Path, baseline: TFLiteModel | str |
     for r in runners:
         r.warm_up(settings.warmup)
     kept: list[list[int]] = [[], []]  # samples of the interpreters already replaced
-    block = max(1, min(INTERLEAVE_BLOCK, int(BLOCK_S * 1e6 / max(max(r.first_us for r in runners), 1.0))))
+    block = max(1, min(INTERLEAVE_BLOCK,
+                       int(BLOCK_S * 1e6 / max(max(r.first_us for r in runners), 1.0))))
     cap = max_time_s if max_time_s is not None else 2 * settings.min_time_s
     start = time.perf_counter()
     ratios: list[float] = []
@@ -124,12 +126,14 @@ def latency_ratio(model: TFLiteModel | str | Path, baseline: TFLiteModel | str |
         ratios.append(float(cur / max(base, 1)))
         if len(ratios) >= MIN_ROUNDS:
             blocks = [np.median(ratios[i:i + REFRESH_ROUNDS])
-                      for i in range(0, len(ratios) - REFRESH_ROUNDS + 1, REFRESH_ROUNDS)]  # full pairs
+                      # full pairs
+                      for i in range(0, len(ratios) - REFRESH_ROUNDS + 1, REFRESH_ROUNDS)]
             interval = _interval(np.array(blocks))  # over interpreter pairs, not rounds
             spent = time.perf_counter() - start
             if (interval[1] - interval[0] < width and spent >= MIN_SHARE * cap) or spent >= cap:
                 break
-    p50s = [float(np.median(np.array(k + r.samples)) / 1e3) for k, r in zip(kept, runners, strict=True)]
+    p50s = [float(np.median(np.array(k + r.samples)) / 1e3) for k,
+            r in zip(kept, runners, strict=True)]
     ratio = float(np.median(ratios))
     interval = (min(interval[0], ratio), max(interval[1], ratio))
     return RatioEstimate(ratio, interval, len(ratios), p50s[0], p50s[1],

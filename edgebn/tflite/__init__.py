@@ -1,1 +1,2 @@
-"""The .tflite flatbuffer without TensorFlow: read, write, BN residue, MACs (NumPy + flatbuffers)."""
+"""The .tflite flatbuffer without TensorFlow: read, write, BN residue, MACs (NumPy +
+flatbuffers)."""

@@ -32,7 +32,8 @@ def channel_axis(const_shape: tuple[int, ...], data_shape: tuple[int, ...]) -> i
         return None
     offset = len(data_shape) - len(const_shape)
     axes = [offset + i for i, d in enumerate(const_shape) if d != 1]
-    if len(axes) != 1 or const_shape[axes[0] - offset] != data_shape[axes[0]] or data_shape[axes[0]] < 2:
+    if len(axes) != 1 or const_shape[axes[0] - offset] != data_shape[axes[0]] \
+            or data_shape[axes[0]] < 2:
         return None
     return axes[0]
 
@@ -52,7 +53,8 @@ def constant_source(model: TFLiteModel, sg: Subgraph, tensor: int,
     return None
 
 
-def _step(model: TFLiteModel, sg: Subgraph, op: Operator, producer: dict[int, Operator]) -> Step | None:
+def _step(model: TFLiteModel, sg: Subgraph, op: Operator,
+          producer: dict[int, Operator]) -> Step | None:
     if op.op not in AFFINE_OPS or len(op.inputs) != 2 or len(op.outputs) != 1 or min(op.inputs) < 0:
         return None
     for data, const in (op.inputs, op.inputs[::-1]):

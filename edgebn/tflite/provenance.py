@@ -78,7 +78,8 @@ def _named(sg: Subgraph, chain: tuple[Step, ...], bn_layers) -> Attribution | No
             return Attribution("normalization", _resolve(scope, None),
                                "names: a Keras Normalization's Sub and truediv")
         if _RESCALING.match(scope):
-            return Attribution("rescaling", _resolve(scope, None), "names: a Rescaling layer's scope")
+            return Attribution("rescaling", _resolve(scope, None),
+                               "names: a Rescaling layer's scope")
     return None
 
 
@@ -97,7 +98,8 @@ def _on_model_input(model: TFLiteModel, sg: Subgraph, tensor: int) -> bool:
         if op is None or not op.inputs or op.inputs[0] < 0:
             return False
         if op.op in AFFINE_OPS:
-            data = [t for t in op.inputs if t >= 0 and constant_source(model, sg, t, producer) is None]
+            data = [t for t in op.inputs if t >= 0
+                    and constant_source(model, sg, t, producer) is None]
             consts = [t for t in op.inputs if t >= 0 and t not in data]
             if len(data) != 1 or len(consts) != 1 or sg.tensors[consts[0]].num_elements != 1:
                 return False

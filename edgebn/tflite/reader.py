@@ -42,16 +42,19 @@ MAX_FILE_BYTES = 2 << 30  # 2 GiB: a flatbuffer's own limit, and far beyond an e
 # builtin -> (fewest inputs, most (None: any), leading inputs that may not be -1 (None: all))
 _INPUTS: dict[str, tuple[int, int | None, int | None]] = {
     **dict.fromkeys("CONV_2D DEPTHWISE_CONV_2D FULLY_CONNECTED CONV_3D".split(), (2, 3, 2)),
-    **dict.fromkeys("MAX_POOL_2D AVERAGE_POOL_2D SOFTMAX SQUEEZE QUANTIZE DEQUANTIZE RELU RELU6 TANH "
-                    "LOGISTIC HARD_SWISH RSQRT".split(), (1, 1, 1)),
-    **dict.fromkeys("ADD SUB MUL DIV MEAN SUM REDUCE_MAX REDUCE_MIN PAD SPLIT GATHER TRANSPOSE PRELU "
-                    "BATCH_MATMUL RESIZE_BILINEAR RESIZE_NEAREST_NEIGHBOR SQUARED_DIFFERENCE MAXIMUM "
-                    "MINIMUM".split(), (2, 2, 2)),
+    **dict.fromkeys("MAX_POOL_2D AVERAGE_POOL_2D SOFTMAX SQUEEZE QUANTIZE DEQUANTIZE RELU RELU6 "
+                    "TANH LOGISTIC HARD_SWISH RSQRT".split(), (1, 1, 1)),
+    **dict.fromkeys("ADD SUB MUL DIV MEAN SUM REDUCE_MAX REDUCE_MIN PAD SPLIT GATHER TRANSPOSE "
+                    "PRELU BATCH_MATMUL RESIZE_BILINEAR RESIZE_NEAREST_NEIGHBOR SQUARED_DIFFERENCE "
+                    "MAXIMUM MINIMUM".split(), (2, 2, 2)),
     "TRANSPOSE_CONV": (3, 4, 3), "RESHAPE": (1, 2, 1), "PADV2": (2, 3, 2), "SPLIT_V": (3, 3, 3),
-    "SLICE": (3, 3, 3), "STRIDED_SLICE": (4, 4, 4), "CONCATENATION": (1, None, None), "PACK": (1, None, None)}
+    "SLICE": (3, 3, 3), "STRIDED_SLICE": (4, 4, 4), "CONCATENATION": (1, None, None),
+    "PACK": (1, None, None)}
 # builtins whose options table is not named after them (the rest: CONV_2D -> Conv2DOptions)
-_SHARED_OPTIONS = {**dict.fromkeys("MAX_POOL_2D AVERAGE_POOL_2D L2_POOL_2D".split(), "Pool2DOptions"),
-                   **dict.fromkeys("MEAN SUM REDUCE_MAX REDUCE_MIN REDUCE_PROD REDUCE_ANY REDUCE_ALL"
+_SHARED_OPTIONS = {**dict.fromkeys("MAX_POOL_2D AVERAGE_POOL_2D L2_POOL_2D".split(),
+                                   "Pool2DOptions"),
+                   **dict.fromkeys("MEAN SUM REDUCE_MAX REDUCE_MIN REDUCE_PROD REDUCE_ANY "
+                                   "REDUCE_ALL"
                                    .split(), "ReducerOptions"),
                    "MAXIMUM": "MaximumMinimumOptions", "MINIMUM": "MaximumMinimumOptions"}
 
@@ -211,7 +214,8 @@ class _Budget:
             raise InvalidModelError(f"{what} claims {n} entries, more than the file can hold")
         self.left -= n
         if self.left < 0:
-            raise InvalidModelError(f"{what}: more entries than the file size allows (aliased offsets?)")
+            raise InvalidModelError(f"{what}: more entries than the file size allows (aliased "
+                                    "offsets?)")
         return n
 
 
@@ -358,7 +362,8 @@ def _subgraph(sg, s: int, op_codes: list[str], buffers, budget: _Budget) -> Subg
         refs(op.IntermediatesLength(), op.Intermediates, f"{where} intermediates")
         _check_operator(operator, op.BuiltinOptionsType(), where)
         activation = _activation(op, op.BuiltinOptionsType())
-        operators.append(operator if activation == "NONE" else replace(operator, activation=activation))
+        operators.append(operator if activation == "NONE"
+                         else replace(operator, activation=activation))
     return Subgraph(s, _text(sg.Name()) or ("main" if s == 0 else f"subgraph_{s}"),
                     refs(sg.InputsLength(), sg.Inputs, f"subgraph {s} inputs"),
                     refs(sg.OutputsLength(), sg.Outputs, f"subgraph {s} outputs"),
@@ -392,7 +397,8 @@ def _check_operator(op: Operator, options_type: int, where: str) -> None:
     names = _enum_names("BuiltinOptions")  # CONV_2D -> Conv2DOptions, unless shared
     given = names.get(options_type, f"options type {options_type}")
     expected = _SHARED_OPTIONS.get(op.op) or next(
-        (n for n in names.values() if n.lower() == op.op.replace("_", "").lower() + "options"), None)
+        (n for n in names.values() if n.lower() == op.op.replace("_", "").lower() + "options"),
+        None)
     if options_type and expected is not None and given != expected:
         raise InvalidModelError(f"{where} ({op.op}) carries {given}; {op.op} takes {expected}")
 

@@ -154,7 +154,8 @@ class InspectResult:
 
 
 def inspect_files(paths: list[Path]) -> tuple[list[InspectResult], list[EdgebnError]]:
-    """Inspect several files (a model directory's audit): results, and each unreadable file's error."""
+    """Inspect several files (a model directory's audit): results, and each unreadable file's
+    error."""
     results, errors = [], []
     for path in paths:
         try:
@@ -239,7 +240,8 @@ def _batch_stats_in(model: TFLiteModel, sg: Subgraph, bn_layers) -> list[Residua
                                  readers.get(op.outputs[0], []))
             if ops is not None:
                 data = sg.tensors[x]
-                source = _first([n for o in ops for n in bn_sources(sg, sg.operators[o], bn_layers)])
+                source = _first([n for o in ops
+                                 for n in bn_sources(sg, sg.operators[o], bn_layers)])
                 found.append(ResidualBN(sg.index, ops, "batch_stats", data.shape[-1],
                                         cost_elements=data.num_elements, source=source))
                 break

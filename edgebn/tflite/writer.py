@@ -36,7 +36,14 @@ import flatbuffers
 import numpy as np
 
 from edgebn.errors import EdgebnError, InvalidModelError
-from edgebn.tflite.reader import FILE_IDENTIFIER, Subgraph, Tensor, TFLiteModel, parse_tflite, schema
+from edgebn.tflite.reader import (
+    FILE_IDENTIFIER,
+    Subgraph,
+    Tensor,
+    TFLiteModel,
+    parse_tflite,
+    schema,
+)
 
 if TYPE_CHECKING:  # the schema's object API, named in annotations only: reader.schema() loads it
     from ai_edge_litert import schema_py_generated as fb
@@ -319,7 +326,8 @@ def _fused_activation(op: fb.OperatorT) -> str | None:
     code = getattr(op.builtinOptions, "fusedActivationFunction", 0)
     if not code:
         return None
-    names = {v: k for k, v in vars(schema().ActivationFunctionType).items() if not k.startswith("_")}
+    names = {v: k for k, v in vars(schema().ActivationFunctionType).items()
+             if not k.startswith("_")}
     name = names.get(code, str(code))
     if name not in _ACTIVATION_OPS:
         raise EdgebnError(f"an ADD with fused activation {name} cannot be kept on its own")
@@ -376,7 +384,8 @@ def _fusible_producer(model: TFLiteModel, sg: fb.SubGraphT, sg_index: int, x: in
     return producer
 
 
-def _bypass_in(model: TFLiteModel, m: fb.ModelT, sg_index: int, chains: list[tuple[int, ...]]) -> None:
+def _bypass_in(model: TFLiteModel, m: fb.ModelT, sg_index: int,
+               chains: list[tuple[int, ...]]) -> None:
     sg = m.subgraphs[sg_index]
     target: dict[int, int] = {}  # the chain's output -> its data input
     drop: set[int] = set()

@@ -62,7 +62,8 @@ class SeedLedger:
         return _ratio(self.twin.seconds_to_target, self.bn.seconds_to_target)
 
     def to_json(self) -> JsonDict:
-        return {"target_val_accuracy": self.target, "bn": self.bn.to_json(), "twin": self.twin.to_json(),
+        return {"target_val_accuracy": self.target, "bn": self.bn.to_json(),
+                "twin": self.twin.to_json(),
                 "ratios": {"fewer_steps": self.fewer_steps, "epoch_slowdown": self.epoch_slowdown,
                            "wall_speedup": self.wall_speedup}}
 
@@ -136,13 +137,15 @@ class SweepLedger:
                 "best": {"bn": self.best_bn.multiplier, "twin": self.best_twin.multiplier},
                 "best_against_best": self.ledger.to_json(),
                 "rates": [{"multiplier": run.multiplier, "learning_rate": run.learning_rate,
-                           "bn": bn.to_json() | {"best_val_accuracy": max(run.bn.history.val_accuracy)},
+                           "bn": bn.to_json()
+                           | {"best_val_accuracy": max(run.bn.history.val_accuracy)},
                            "twin": twin.to_json() | {
                                "best_val_accuracy": max(run.twin.history.val_accuracy)}}
                           for run, (bn, twin) in zip(self.runs, self.rows, strict=True)]}
 
     def summary(self) -> str:
-        return (f"best rate x{self.best_bn.multiplier:g} (BN) against x{self.best_twin.multiplier:g} "
+        return (f"best rate x{self.best_bn.multiplier:g} (BN) against "
+                f"x{self.best_twin.multiplier:g} "
                 f"(BN-free): {self.ledger.summary()}")
 
 

@@ -15,8 +15,9 @@ from edgebn.data.dataset import Dataset, DataSpec
 from edgebn.data.folder import raise_read_error
 from edgebn.documents import JsonDict
 from edgebn.errors import EdgebnError
+from edgebn.fold.keras.bn_sites import bn_layers_of
 from edgebn.fold.keras.keras_fold import all_bn_layer_names
-from edgebn.fold.keras.statistics import DRIFT_SAMPLES, RECALIBRATE_SAMPLES, bn_layers_of
+from edgebn.fold.keras.statistics import DRIFT_SAMPLES, RECALIBRATE_SAMPLES
 from edgebn.fold.keras.stats_check import StatsCheck, StatsPolicy, StatsSamples, check_statistics
 from edgebn.progress import SILENT, Progress, timed
 from edgebn.train.distribute import SINGLE, Distribution, Strategy, distribution
@@ -29,13 +30,21 @@ from edgebn.zoo.backbones import (
     with_augmentation,
 )
 from edgebn.zoo.keras_io import load_keras, save_keras
-from edgebn.zoo.models import BACKBONE_NAMES, DEFAULT_ARCH, Arch, arch_spec, build_model, is_backbone
+from edgebn.zoo.models import (
+    BACKBONE_NAMES,
+    DEFAULT_ARCH,
+    Arch,
+    arch_spec,
+    build_model,
+    is_backbone,
+)
 
 if TYPE_CHECKING:  # named in annotations only: importing TensorFlow takes seconds (edgebn.cli.app)
     import keras
     import tensorflow as tf
 
-    Feed = tuple[np.ndarray, np.ndarray] | tuple[tf.data.Dataset]  # what fit() reads: x, y or a stream
+    # what fit() reads: x, y or a stream
+    Feed = tuple[np.ndarray, np.ndarray] | tuple[tf.data.Dataset]
 
 
 @dataclass(frozen=True)
@@ -231,7 +240,8 @@ def train(dataset: Dataset, config: TrainConfig = TrainConfig(),
 BN_MOMENTUM_FLOOR = 0.9  # a momentum fitted to very few steps per epoch stays at least this
 
 
-def fit_bn_momentum(model: keras.Model, steps_per_epoch: int) -> tuple[float, tuple[float, ...]] | None:
+def fit_bn_momentum(model: keras.Model,
+                    steps_per_epoch: int) -> tuple[float, tuple[float, ...]] | None:
     """Lower each trainable BN's momentum to remember about one epoch, ``1 − 1/steps``.
 
     Returns the momentum set and the momenta it replaced; None when every BN already
@@ -340,7 +350,8 @@ def _fit(model: keras.Model, feeds: _Feeds, config: TrainConfig, first: int, las
                             validation_data=val, callbacks=[stop, report], verbose=0,
                             **feeds.fit_kwargs)
     accuracy = tuple(float(v) for v in history.history.get("val_accuracy", []))
-    return len(history.epoch), EpochLog(accuracy, tuple(seconds), int(history.params.get("steps") or 0))
+    return len(history.epoch), EpochLog(accuracy, tuple(seconds),
+                                        int(history.params.get("steps") or 0))
 
 
 @contextlib.contextmanager

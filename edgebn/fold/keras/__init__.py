@@ -1,1 +1,2 @@
-"""The Keras fold: BN folded into the Keras layers around it, its proof, and the BN statistics it trusts."""
+"""The Keras fold: BN folded into the Keras layers around it, its proof, and the BN statistics it
+trusts."""

@@ -295,7 +295,8 @@ class Folder:
     def consumers(self, tensor: keras.KerasTensor) -> list[Node]:
         found = []
         for node in self.g.consumers.get(id(tensor), []):
-            found.extend(self.consumers(node.output_tensors[0]) if id(node) in self.removed else [node])
+            found.extend(self.consumers(node.output_tensors[0]) if id(node) in self.removed
+                         else [node])
         return found
 
     def is_output(self, tensor) -> bool:
@@ -360,7 +361,8 @@ class Folder:
         out = prev.output_tensors[0]
         others = [n.operation.name for n in self.consumers(out) if n is not consumer]
         if others or self.is_output(out):
-            return f"the output of {layer.name} also feeds {', '.join(others) or 'the model output'}"
+            return (f"the output of {layer.name} also feeds "
+                    f"{', '.join(others) or 'the model output'}")
         if axis != _channel_axis(layer, rank):
             return f"BN axis {axis} is not the channel axis of {layer.name}"
         return None
@@ -379,10 +381,12 @@ class Folder:
             return (f"its input comes from {layer.name} (Concatenate), whose output also feeds "
                     f"{', '.join(others) or 'the model output'}")
         if layer.axis % rank != axis:
-            return f"{layer.name} concatenates axis {layer.axis % rank}, the BN normalizes axis {axis}"
+            return (f"{layer.name} concatenates axis {layer.axis % rank}, the BN normalizes axis "
+                    f"{axis}")
         parts = [self.producer(x) for x in concat.input_tensors]
         if any(p is None for p in parts) or len({id(p) for p in parts}) < len(parts):
-            return f"its input comes from {layer.name} (Concatenate) of the model input or a repeated input"
+            return (f"its input comes from {layer.name} (Concatenate) of the model input or a "
+                    "repeated input")
         for part in parts:
             why = self._owned_linear(part, concat, axis, rank)
             if why is not None:
@@ -417,7 +421,8 @@ class Folder:
             return "nothing linear follows it (it reaches the model output)" if not path else \
                 f"nothing linear follows it ({' -> '.join(path)} reaches the model output)"
         if len(nxt) > 1:
-            return f"its output feeds {len(nxt)} layers ({', '.join(n.operation.name for n in nxt)})"
+            return (f"its output feeds {len(nxt)} layers "
+                    f"({', '.join(n.operation.name for n in nxt)})")
         layer = nxt[0].operation
         if self.g.calls.get(layer.name, 0) > 1:
             return f"{layer.name} after it is a shared layer"

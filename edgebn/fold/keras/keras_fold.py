@@ -46,7 +46,13 @@ import numpy as np
 from edgebn.data.dataset import DataSpec, sample_inputs
 from edgebn.documents import JsonDict
 from edgebn.errors import EdgebnError, FoldError
-from edgebn.fold.keras.graph import Folder, LayerFold, as_functional, is_graph_model, is_normalization
+from edgebn.fold.keras.graph import (
+    Folder,
+    LayerFold,
+    as_functional,
+    is_graph_model,
+    is_normalization,
+)
 from edgebn.fold.keras.stats_check import StatsCheck, StatsPolicy, bn_statistics, statistics_json
 from edgebn.runtime.accuracy import rows_per_chunk
 from edgebn.zoo.keras_io import load_keras, save_keras
@@ -61,7 +67,8 @@ DEFAULT_TOLERANCE = 1e-5  # |Δ| allowed beyond float32 rounding, relative to th
 REFERENCE_LIMIT = 1e-4
 EXACT_FLOAT64 = 1e-9  # a correct fold's float64 error is float64 rounding: ~1e-15 relative
 FLOAT32_SLACK = 4.0  # the folded float32 model may be this many times as far from float64
-FLOAT64_SAMPLES = 16  # float64 runs ~10x slower than float32 on a CPU; a wrong fold shows on any input
+# float64 runs ~10x slower than float32 on a CPU; a wrong fold shows on any input
+FLOAT64_SAMPLES = 16
 MEASURE_FLOAT64 = "float64 reference"
 MEASURE_FLOAT32 = "float32"
 
@@ -136,12 +143,14 @@ def _walk(layer, prefix: str = ""):
 
 
 def bn_layer_paths(model) -> list[str]:
-    """Every BN layer at any depth, by path from ``model`` (``backbone/conv1_bn``), as in LayerFold.bn."""
+    """Every BN layer at any depth, by path from ``model`` (``backbone/conv1_bn``), as in
+    LayerFold.bn."""
     return [path for path, layer in _walk(model) if _is_bn(layer)]
 
 
 def all_bn_layer_names(model) -> list[str]:
-    """Every BN layer's own name at any depth, once each: the names the converter's tensors carry."""
+    """Every BN layer's own name at any depth, once each: the names the converter's tensors
+    carry."""
     return list(dict.fromkeys(path.rsplit("/", 1)[-1] for path in bn_layer_paths(model)))
 
 
@@ -312,7 +321,8 @@ def _float64_measures(plan: FoldPlan, x, y32, f32) -> _Check | str:
         y64 = _predict(original64, x)
         f64 = _predict(_rebuild(original64, plan), x)
     except Exception as e:  # a layer without a float64 kernel or config: judge in float32
-        return f"no float64 run: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]
+        first = str(e).splitlines()[0] if str(e) else ""
+        return f"no float64 run: {type(e).__name__}: {first}"[:200]
     reference = _max_diff(y32, y64) / _peak(y32)
     if not reference <= REFERENCE_LIMIT:  # the twin is not the model: it cannot be the truth
         return (f"the float64 reference differs from the original model by {reference:.3g} of "
@@ -334,7 +344,8 @@ def _judge(plan: FoldPlan, folded, x, tolerance: float, samples: int) -> _Check:
         if not np.isfinite(diff) or check.max_rel_diff > tolerance:
             raise FoldError(f"the folded model differs from the original by {diff:.3g} "
                             f"({check.max_rel_diff:.3g} relative) on {samples} inputs, above the "
-                            f"tolerance {tolerance:g}, measured in {check.measure}: nothing written")
+                            f"tolerance {tolerance:g}, measured in {check.measure}: nothing "
+                            "written")
         return check
     samples = min(samples, FLOAT64_SAMPLES)  # the float64 measures' inputs
     if not check.fold_rel_diff <= EXACT_FLOAT64:

@@ -32,7 +32,7 @@ proves it on held-out samples: every BN's drift must be at the samples' noise.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
@@ -41,8 +41,7 @@ import numpy.typing as npt
 
 from edgebn.documents import JsonDict
 from edgebn.errors import EdgebnError
-from edgebn.fold.keras.graph import as_functional, graph, is_graph_model
-from edgebn.runtime.accuracy import rows_per_chunk
+from edgebn.fold.keras.bn_sites import Probe, Site, Skipped, bn_sites, chunks
 
 if TYPE_CHECKING:  # named in annotations only: importing Keras takes seconds (edgebn.cli.app)
     import keras
@@ -53,12 +52,12 @@ STALE_DRIFT = 0.25  # a normalized output off by a quarter of its spread (RMS ov
 NOISE_FACTOR = 4.0  # and this many times the sampling noise of the figure
 RECALIBRATE_SAMPLES = 600  # --recalibrate-bn's default N
 DRIFT_SAMPLES = 512  # the held-out samples a drift is measured on, at most
-CHUNK = 512  # samples per forward pass, at most (fewer for large inputs: edgebn.data.arrays)
 WORST = 5  # BN layers named in a summary
 
 
 class StatisticsError(EdgebnError):
-    """BN statistics that cannot be measured or recomputed, or a recalibration that failed its check."""
+    """BN statistics that cannot be measured or recomputed, or a recalibration that failed its
+    check."""
 
 
 # ---------------------------------------------------------------- per-channel moments
@@ -119,151 +118,12 @@ def _rms(values: np.ndarray) -> float:
     return float(np.sqrt(np.mean(np.square(values)))) if values.size else 0.0
 
 
-# ---------------------------------------------------------------- where each BN is
-
-
-@dataclass(frozen=True)
-class _Site:
-    """One BN node: its path, the layer, and the chain of graphs that lead to its input."""
-
-    path: str  # "backbone/conv1_bn"
-    layer: keras.layers.BatchNormalization
-    axis: int  # the channel axis of its input
-    route: tuple[tuple[keras.Model, Tensors], ...]  # (functional model, tensor in it): the last
-    # is the BN's input
-
-
-def _is_bn(layer: keras.layers.Layer) -> bool:
-    from keras import layers  # lazy: Keras imports TensorFlow (seconds)
-
-    return isinstance(layer, layers.BatchNormalization)
-
-
-@dataclass(frozen=True)
-class Skipped:
-    """A BN whose statistics are not measured, and why."""
-
-    bn: str
-    reason: str
-
-    def to_json(self) -> JsonDict:
-        return asdict(self)
-
-
-def bn_sites(model: keras.Model) -> tuple[list[_Site], list[Skipped]]:
-    """Every BN node of ``model``'s graph at any depth, in graph order, and the ones left out."""
-    sites: list[_Site] = []
-    skipped: list[Skipped] = []
-
-    def visit(functional: keras.Model, prefix: str,
-              route: tuple[tuple[keras.Model, Tensors], ...]) -> None:
-        g = graph(functional)
-        for node in g.nodes:
-            layer = node.operation
-            path = prefix + layer.name
-            if _is_bn(layer):
-                tensor = node.input_tensors[0]
-                axes = layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]
-                if g.calls.get(layer.name, 0) > 1:
-                    skipped.append(Skipped(path, f"called {g.calls[layer.name]} times (a shared layer)"))
-                elif len(axes) != 1:
-                    skipped.append(Skipped(path, f"normalizes over several axes ({layer.axis})"))
-                else:
-                    sites.append(_Site(path, layer, axes[0] % len(tensor.shape),
-                                       (*route, (functional, tensor))))
-            elif is_graph_model(layer) and _has_bn(layer):
-                if g.calls.get(layer.name, 0) > 1:
-                    skipped.extend(Skipped(f"{path}/{p}", f"inside {layer.name}, called "
-                                           f"{g.calls[layer.name]} times") for p in _bn_paths(layer))
-                    continue
-                inputs = node.input_tensors
-                visit(as_functional(layer), f"{path}/",
-                      (*route, (functional, inputs[0] if len(inputs) == 1 else list(inputs))))
-            elif _has_bn(layer):
-                skipped.extend(Skipped(f"{path}/{p}", f"inside {layer.name} "
-                                       f"({type(layer).__name__}), whose graph is not visible")
-                               for p in _bn_paths(layer))
-
-    visit(as_functional(model), "", ())
-    return sites, skipped
-
-
-def _bn_paths(layer: keras.layers.Layer, prefix: str = "") -> list[str]:
-    found = []
-    for sub in getattr(layer, "layers", []):
-        if _is_bn(sub):
-            found.append(prefix + sub.name)
-        found.extend(_bn_paths(sub, f"{prefix}{sub.name}/"))
-    return found
-
-
-def _has_bn(layer: keras.layers.Layer) -> bool:
-    return bool(_bn_paths(layer))
-
-
-# ---------------------------------------------------------------- BN inputs on data
-
-
-def _chunks(x: np.ndarray, most: int = CHUNK) -> Iterator[np.ndarray]:
-    rows = rows_per_chunk(int(np.prod(x.shape[1:])), most)
-    for start in range(0, len(x), rows):
-        yield np.asarray(x[start:start + rows], np.float32)
-
-
-class _Probe:
-    """The inputs of ``sites`` on a batch, everything in inference mode.
-
-    One probe model per graph, built once: its outputs are the BN inputs of that graph and
-    the inputs of the nested models that hold the other sites, probed in turn.
-    """
-
-    def __init__(self, sites: list[_Site]):
-        import keras  # lazy: Keras imports TensorFlow (seconds)
-
-        self.parts: list[tuple[keras.Model, list[tuple[int, int, list[_Site], _Probe | None]]]] = []
-        by_graph: dict[int, list[_Site]] = {}
-        for site in sites:
-            by_graph.setdefault(id(site.route[0][0]), []).append(site)
-        for group in by_graph.values():
-            functional = group[0].route[0][0]
-            ends: dict[tuple[int, ...], tuple[Tensors, list[_Site]]] = {}
-            for site in group:  # sites reading the same tensor(s) share an output
-                tensor = site.route[0][1]
-                key = tuple(id(t) for t in (tensor if isinstance(tensor, list) else [tensor]))
-                ends.setdefault(key, (tensor, []))[1].append(site)
-            tensors: list[keras.KerasTensor] = []
-            outputs = []
-            for tensor, at in ends.values():
-                many = tensor if isinstance(tensor, list) else [tensor]
-                deeper = [_Site(s.path, s.layer, s.axis, s.route[1:]) for s in at
-                          if len(s.route) > 1]
-                outputs.append((len(tensors), len(many), [s for s in at if len(s.route) == 1],
-                                _Probe(deeper) if deeper else None))
-                tensors.extend(many)
-            inputs = functional.inputs
-            self.parts.append((keras.Model(inputs[0] if len(inputs) == 1 else inputs, tensors),
-                               outputs))
-
-    def __call__(self, x: npt.ArrayLike) -> dict[str, np.ndarray]:
-        found: dict[str, np.ndarray] = {}
-        for probe, outputs in self.parts:
-            values = probe(x, training=False)
-            values = list(values) if isinstance(values, (list, tuple)) else [values]
-            for first, width, here, deeper in outputs:
-                for site in here:
-                    found[site.path] = np.asarray(values[first])
-                if deeper is not None:
-                    part = values[first:first + width]
-                    found.update(deeper(part[0] if width == 1 else part))
-        return found
-
-
-def _population(sites: list[_Site], x: np.ndarray) -> dict[str, _Split]:
+def _population(sites: list[Site], x: np.ndarray) -> dict[str, _Split]:
     """Each BN input's moments over every row of ``x``."""
     moments = {site.path: _Split() for site in sites}
     axes = {site.path: site.axis for site in sites}
-    probe = _Probe(sites)
-    for batch in _chunks(x):
+    probe = Probe(sites)
+    for batch in chunks(x):
         for path, value in probe(batch).items():
             moments[path].add(value, axes[path])
     return moments
@@ -296,7 +156,7 @@ def _noise(split: _Split, eps: float) -> float:
     return _rms(channel_drift(a.mean, a.var, b.mean, b.var, eps)) / 2 if b.count else float("inf")
 
 
-def _drift(site: _Site, split: _Split, mean_s: np.ndarray, var_s: np.ndarray) -> BNDrift:
+def _drift(site: Site, split: _Split, mean_s: np.ndarray, var_s: np.ndarray) -> BNDrift:
     eps = float(site.layer.epsilon)
     whole = split.whole
     per_channel = channel_drift(mean_s, var_s, whole.mean, whole.var, eps)
@@ -316,7 +176,8 @@ def _stored(layer: keras.layers.BatchNormalization) -> tuple[np.ndarray, np.ndar
 
 @dataclass(frozen=True)
 class DriftReport:
-    """Every BN's drift on ``samples`` inputs (``inputs`` says which), worst first in ``worst()``."""
+    """Every BN's drift on ``samples`` inputs (``inputs`` says which), worst first in
+    ``worst()``."""
 
     samples: int
     inputs: str
@@ -418,7 +279,7 @@ def recompute(model: keras.Model, x: np.ndarray,
 def accuracy(model: keras.Model, x: np.ndarray, y: np.ndarray) -> float:
     """Top-1 accuracy of ``model`` on (x, y), in inference mode."""
     hits, start = 0, 0
-    for batch in _chunks(x):
+    for batch in chunks(x):
         p = np.asarray(model(batch, training=False))
         hits += int((p.argmax(-1) == y[start:start + len(batch)]).sum())
         start += len(batch)
@@ -470,7 +331,8 @@ def check_recalibrated(after: DriftReport, noise: dict[str, float] | None = None
                               f"(bound {bound[worst.bn]:.3g})")
 
 
-def recalibrate(model: keras.Model, x: np.ndarray, held_out: np.ndarray, labels: np.ndarray | None = None,
+def recalibrate(model: keras.Model, x: np.ndarray, held_out: np.ndarray, labels: np.ndarray
+                | None = None,
                 source: str = "given", held_out_source: str = "held-out") -> Recalibration:
     """Recompute every BN's statistics from ``x`` in place, and prove them on ``held_out``.
 
@@ -486,17 +348,3 @@ def recalibrate(model: keras.Model, x: np.ndarray, held_out: np.ndarray, labels:
     check_recalibrated(after, done.noise)
     acc_after = None if labels is None else accuracy(model, held_out, labels)
     return Recalibration(done.samples, source, before, after, acc_before, acc_after, done.seconds)
-
-
-def bn_layers_of(model: keras.Model) -> list[keras.layers.BatchNormalization]:
-    """Every BN layer at any depth (graph or not), each once."""
-    found: dict[int, keras.layers.BatchNormalization] = {}
-
-    def visit(layer: keras.layers.Layer) -> None:
-        for sub in getattr(layer, "layers", []):
-            if _is_bn(sub):
-                found[id(sub)] = sub
-            visit(sub)
-
-    visit(model)
-    return list(found.values())

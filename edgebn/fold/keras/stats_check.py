@@ -16,6 +16,7 @@ import numpy as np
 from edgebn.data.arrays import load_labelled
 from edgebn.data.dataset import Dataset, DataSpec
 from edgebn.documents import JsonDict
+from edgebn.fold.keras.bn_sites import bn_layers_of
 from edgebn.fold.keras.statistics import (
     DRIFT_SAMPLES,
     RECALIBRATE_SAMPLES,
@@ -23,7 +24,6 @@ from edgebn.fold.keras.statistics import (
     DriftReport,
     Recalibration,
     StatisticsError,
-    bn_layers_of,
     measure_drift,
     recalibrate,
 )

@@ -171,7 +171,8 @@ def constants(k: Int8Kernel
               ) -> tuple[tuple[np.ndarray, str, str, fb.QuantizationParametersT], ...]:
     """The folded weights and bias to store: values, name, dtype, quantization parameters."""
     return ((k.q.astype(np.int8), "folded_weights", "INT8", quantization(k.scale, k.axis)),
-            (k.bias.astype(np.int32), "folded_bias", "INT32", quantization(k.input_scale * k.scale, 0)))
+            (k.bias.astype(np.int32), "folded_bias", "INT32",
+             quantization(k.input_scale * k.scale, 0)))
 
 
 def quantization(scale: np.ndarray, axis: int) -> fb.QuantizationParametersT:

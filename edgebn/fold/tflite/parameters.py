@@ -27,7 +27,8 @@ class ParameterCheck:
     """The folded int8 kernels' weights and bias against ``s⊗W`` and ``s⊗b + t`` (float64)."""
 
     kernels: int  # backward folds of int8 chains checked
-    max_weight_rel_diff: float  # |folded − s⊗W| relative to the channel's largest (a float bias too)
+    # |folded − s⊗W| relative to the channel's largest (a float bias too)
+    max_weight_rel_diff: float
     max_bias_steps: float  # an int32 bias: |folded − (s⊗b + t)| in steps of S_in·S_w'[o]
 
     def to_json(self) -> JsonDict:
@@ -36,7 +37,8 @@ class ParameterCheck:
                 "bias_tolerance_steps": 0.5}
 
 
-def _chain_affine(model: TFLiteModel, ops: tuple[int, ...], sg: int) -> tuple[np.ndarray, np.ndarray]:
+def _chain_affine(model: TFLiteModel, ops: tuple[int, ...], sg: int) -> tuple[np.ndarray,
+                                                                              np.ndarray]:
     """``s`` and ``t`` of a chain, re-derived here from its stored constants (not the fold's)."""
     s = t = np.zeros(0)
     graph = model.subgraphs[sg]
@@ -67,7 +69,8 @@ def _real(model: TFLiteModel, tensor: Tensor) -> np.ndarray:
     return (raw.astype(np.float64) - zero) * step
 
 
-def check_parameters(original: TFLiteModel, folded: TFLiteModel, rewrite: Rewrite) -> ParameterCheck | None:
+def check_parameters(original: TFLiteModel, folded: TFLiteModel,
+                     rewrite: Rewrite) -> ParameterCheck | None:
     """Each backward fold of an int8 chain: the folded kernel's weights and bias against
     ``s⊗W`` and ``s⊗b + t`` from the original's constants (the module docstring)."""
     kernels, w_worst, b_worst = 0, 0.0, 0.0
@@ -91,9 +94,11 @@ def check_parameters(original: TFLiteModel, folded: TFLiteModel, rewrite: Rewrit
         others = tuple(i for i in range(w_old.ndim) if i != axis)
         top = np.abs(want_w).max(axis=others)
         err = np.abs(w_new - want_w).max(axis=others)
-        w_worst = max(w_worst, float(np.max(np.where(top > 0, err / np.where(top > 0, top, 1), err))))
+        w_worst = max(w_worst, float(np.max(np.where(top > 0, err / np.where(top > 0, top, 1),
+                                                     err))))
         if b_step is None:  # a float kernel's bias: relative to its largest value, as a weight
-            w_worst = max(w_worst, float(np.abs(b_new - want_b).max() / max(np.abs(want_b).max(), 1e-30)))
+            w_worst = max(w_worst, float(np.abs(b_new - want_b).max() / max(np.abs(want_b).max(),
+                                                                            1e-30)))
         else:
             b_worst = max(b_worst, float((np.abs(b_new - want_b) / b_step).max()))
         kernels += 1
@@ -118,5 +123,6 @@ def _kernel_parts(model: TFLiteModel, sg_index: int, op: Operator
     data = sg.tensors[op.inputs[2 if op.op == "TRANSPOSE_CONV" else 0]]
     step = data.quantization.scale[0] * np.broadcast_to(
         np.array(w_tensor.quantization.scale, np.float64), (channels,))
-    raw = np.zeros(channels) if b < 0 else model.constant(sg.tensors[b]).reshape(-1).astype(np.float64)
+    raw = np.zeros(channels) if b < 0 else \
+        model.constant(sg.tensors[b]).reshape(-1).astype(np.float64)
     return w, raw * step, step

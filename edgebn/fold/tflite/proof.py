@@ -53,7 +53,8 @@ from edgebn.tflite.chains import constant_source
 from edgebn.tflite.quantization import make_inputs
 from edgebn.tflite.reader import Tensor, TFLiteModel
 
-DEFAULT_TOLERANCE = 1e-5  # |Δ| per tensor beyond which a fold is refused, relative to its max |value|
+# |Δ| per tensor beyond which a fold is refused, relative to its max |value|
+DEFAULT_TOLERANCE = 1e-5
 FLOAT16_ROUNDING = 2.0 ** -10  # weights rounded to float16 again: relative error per weight ≤ 2⁻¹¹
 SAMPLES = 8  # inputs each file runs on for the proof (a wrong fold shows on any)
 INT8_STEPS = 2.0  # |Δ| per quantized tensor, in steps of its scale: the roundings a fold removes
@@ -79,11 +80,14 @@ class TensorDiff:
 
 def _run_all(model: TFLiteModel, feeds: list[list[np.ndarray]], checked: bool
              ) -> list[dict[tuple[int, int], np.ndarray]]:
-    """Every float tensor, and every quantized one dequantized, after each run, by (subgraph, index)."""
+    """Every float tensor, and every quantized one dequantized, after each run, by (subgraph,
+    index)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "preserve_all_tensors is for debugging"
-        interp, _ = load_interpreter(model, xnnpack=False, preserve_all_tensors=True, checked=checked)
-    made = {(sg.index, t) for sg in model.subgraphs for op in sg.operators for t in op.outputs if t >= 0}
+        interp, _ = load_interpreter(model, xnnpack=False, preserve_all_tensors=True,
+                                     checked=checked)
+    made = {(sg.index, t) for sg in model.subgraphs for op in sg.operators for t in op.outputs
+            if t >= 0}
     runs = []
     for feed in feeds:
         for detail, x in zip(interp.get_input_details(), feed, strict=True):
@@ -124,7 +128,8 @@ def step_bound(model: TFLiteModel, rewrite: Rewrite) -> float:
         producer = {t: op for op in sg.operators for t in op.outputs if t >= 0}
         total, factor = 1.0, 1.0
         for op in reversed(ops):  # the factor after each step's input, from the end
-            const = next((t for t in op.inputs if constant_source(model, sg, t, producer) is not None), None)
+            const = next((t for t in op.inputs
+                          if constant_source(model, sg, t, producer) is not None), None)
             if op.op == "MUL" and const is not None:
                 factor = factor * float(np.abs(const_values(model, sg, const, producer)).max())
             data = next((t for t in op.inputs if t != const and t >= 0), None)
@@ -165,7 +170,8 @@ def _downstream(model: TFLiteModel, outputs: set[tuple[int, int]]) -> set[tuple[
     return out
 
 
-def _clipped(original: TFLiteModel, rewrite: Rewrite, before: list[dict[tuple[int, int], np.ndarray]]
+def _clipped(original: TFLiteModel, rewrite: Rewrite,
+             before: list[dict[tuple[int, int], np.ndarray]]
              ) -> tuple[dict[tuple[int, int], np.ndarray], np.ndarray]:
     """Where the original saturated a tensor a fold removes (the chain's input and middle): the
     elements of each chain output, stacked over runs; and the runs with any."""
@@ -230,7 +236,8 @@ def compare(original: TFLiteModel, folded: TFLiteModel, rewrite: Rewrite,
                 worst_q = found
         elif worst is None or rel > worst.max_rel_diff:
             worst = TensorDiff(key[0], key[1], tensor.name, diff, rel)
-    return Comparison(compared, worst, worst_q, quantized, int(sum(m.sum() for m in masks.values())),
+    return Comparison(compared, worst, worst_q, quantized,
+                      int(sum(m.sum() for m in masks.values())),
                       int(runs.sum()) if after_clipped else 0)
 
 

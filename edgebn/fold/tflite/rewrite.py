@@ -33,9 +33,10 @@ from edgebn.documents import JsonDict
 from edgebn.fold.tflite import int8 as fold_int8
 from edgebn.fold.tflite.int8 import const_values
 from edgebn.tflite.chains import Step, affine_chains, chain_kind, constant_source
+from edgebn.tflite.edit import new_const, new_tensor, prune, set_builtin
 from edgebn.tflite.provenance import attribute, has_names
 from edgebn.tflite.reader import Operator, Subgraph, TFLiteModel, schema
-from edgebn.tflite.writer import Buffer, buffers_of, operator_code, pack, unpack
+from edgebn.tflite.writer import buffers_of, pack, unpack
 
 if TYPE_CHECKING:  # the schema's object API, named in annotations only: reader.schema() loads it
     from ai_edge_litert import schema_py_generated as fb
@@ -171,7 +172,8 @@ class _Folder:
             f"; {fold_int8.COLLAPSE}" if int8 and len(chain) > 2 else "")
         if collapse:
             self._collapse(chain, s, t)
-        self.results.append(replace(base, result="collapsed" if collapse else "kept", reason=reason))
+        self.results.append(replace(base, result="collapsed" if collapse else "kept",
+                                    reason=reason))
 
     def _kernel(self, index: int) -> _Kernel | str:
         if index in self.kernels:
@@ -230,7 +232,8 @@ class _Folder:
                          float16=float16, int8=int8)
 
     def _absorb_output(self, op: Operator, int8: bool, s: np.ndarray, t: np.ndarray) -> bool | str:
-        """``op``'s weights and bias scaled over its output channels (whether float16), or why not."""
+        """``op``'s weights and bias scaled over its output channels (whether float16), or why
+        not."""
         if int8:
             kernel = fold_int8.read_kernel(self.model, self.sg, op, KERNELS[op.op],
                                            2 if op.op == "TRANSPOSE_CONV" else 0)
@@ -254,7 +257,8 @@ class _Folder:
         sg = self.sg
         last = chain[-1].op
         if last.activation != "NONE":
-            return f"a {last.activation} fused into its {last.op} stands between it and the next operator"
+            return (f"a {last.activation} fused into its {last.op} stands between it and the next "
+                    "operator")
         shape = sg.tensors[chain[0].data].shape
         axis_shape = [1] * len(shape)
         axis_shape[chain[0].axis] = len(s)
@@ -268,7 +272,8 @@ class _Folder:
             if len(readers) != 1:
                 return f"its output is read by {len(readers)} operators"
             nxt = readers[0]
-            if nxt.inputs[0] != tensor or (nxt.op in KERNELS and nxt.inputs[KERNELS[nxt.op][0]] == tensor):
+            if nxt.inputs[0] != tensor or (nxt.op in KERNELS
+                                           and nxt.inputs[KERNELS[nxt.op][0]] == tensor):
                 return f"it reaches a {nxt.op} other than as its data input"
             if nxt.op not in PASS_THROUGH:
                 break
@@ -279,12 +284,15 @@ class _Folder:
             path.append(nxt)
             tensor = nxt.outputs[0]
         if nxt.op not in FORWARD_INTO:
-            return f"it reaches a {nxt.op}, which does not commute with a per-channel scale and shift"
+            return (f"it reaches a {nxt.op}, which does not commute with a per-channel scale and "
+                    "shift")
         padding = getattr(self.usg.operators[nxt.index].builtinOptions, "padding", None)
         if nxt.op != "FULLY_CONNECTED" and padding != schema().Padding.VALID:
-            return f"the {nxt.op} after it pads with zeros (SAME): border outputs would see 0, not the shift"
+            return (f"the {nxt.op} after it pads with zeros (SAME): border outputs would see 0, "
+                    "not the shift")
         int8 = sg.tensors[chain[0].data].dtype == "INT8"  # int8 activations, int8 weights
-        kernel = f"the {nxt.op} after it is int8: {fold_int8.FORWARD}" if int8 else self._kernel(nxt.index)
+        kernel = (f"the {nxt.op} after it is int8: {fold_int8.FORWARD}" if int8
+                  else self._kernel(nxt.index))
         if isinstance(kernel, str):
             return kernel
         done = _absorb_input(kernel, nxt, s_full, t_full)
@@ -292,9 +300,11 @@ class _Folder:
             return done
         # the first operator after the chain reads x; the tensors on the way carry x's image now
         reader = self.usg.operators[(path[0] if path else nxt).index]
-        reader.inputs = [chain[0].data if int(i) == last.outputs[0] else int(i) for i in reader.inputs]
+        reader.inputs = [chain[0].data if int(i) == last.outputs[0] else int(i)
+                         for i in reader.inputs]
         self.changed |= {p.outputs[0] for p in path}
-        return ChainFold(0, (), "", 0, "folded", nxt.index, nxt.op, "forward", float16=kernel.float16)
+        return ChainFold(0, (), "", 0, "folded", nxt.index, nxt.op, "forward",
+                         float16=kernel.float16)
 
     def _through(self, op: Operator, s_full: np.ndarray, t_full: np.ndarray
                  ) -> tuple[np.ndarray, np.ndarray] | str:
@@ -318,7 +328,8 @@ class _Folder:
                 return "a MEAN on the way averages across channels"
             return _reduce(s_full, axes, out_shape), _reduce(t_full, axes, out_shape)
         # pooling, NHWC
-        if s_full.ndim != 4 or not _constant_along(s_full, [1, 2]) or not _constant_along(t_full, [1, 2]):
+        if s_full.ndim != 4 or not (_constant_along(s_full, [1, 2])
+                                    and _constant_along(t_full, [1, 2])):
             return f"the {op.op} on the way pools across channels"
         padding = self.usg.operators[op.index].builtinOptions.padding
         if op.op == "AVERAGE_POOL_2D" and padding != schema().Padding.VALID:
@@ -334,14 +345,15 @@ class _Folder:
         rank = len(sg.tensors[chain[0].data].shape)
         shape = [len(s)] + [1] * (rank - 1 - chain[0].axis)
         first, last = usg.operators[chain[0].op.index], usg.operators[chain[-1].op.index]
-        s_tensor = _new_const(self.m, usg, s.astype(np.float32).reshape(shape), "bn_scale")
-        t_tensor = _new_const(self.m, usg, t.astype(np.float32).reshape(shape), "bn_shift")
+        s_tensor = new_const(self.m, usg, s.astype(np.float32).reshape(shape), "bn_scale")
+        t_tensor = new_const(self.m, usg, t.astype(np.float32).reshape(shape), "bn_shift")
         mid = chain[0].op.outputs[0]
-        _set_builtin(self.m, first, "MUL", schema().MulOptionsT())
+        set_builtin(self.m, first, "MUL", schema().MulOptionsT())
         first.inputs, first.outputs = [chain[0].data, s_tensor], [mid]
         options = schema().AddOptionsT()
-        options.fusedActivationFunction = getattr(schema().ActivationFunctionType, chain[-1].op.activation)
-        _set_builtin(self.m, last, "ADD", options)
+        options.fusedActivationFunction = getattr(schema().ActivationFunctionType,
+                                                  chain[-1].op.activation)
+        set_builtin(self.m, last, "ADD", options)
         last.inputs = [mid, t_tensor]
         self.drop |= {st.op.index for st in chain[1:-1]}
         self.changed.add(mid)
@@ -354,16 +366,17 @@ class _Folder:
             uop = self.usg.operators[index]
             inputs = [int(i) for i in uop.inputs]
             if k.float16:
-                half = _new_const(self.m, self.usg, k.w.astype(np.float16), "folded_weights", "FLOAT16")
-                w = _new_tensor(self.usg, list(k.w.shape), "FLOAT32", "folded_weights_dequantized")
+                half = new_const(self.m, self.usg, k.w.astype(np.float16), "folded_weights",
+                                  "FLOAT16")
+                w = new_tensor(self.usg, list(k.w.shape), "FLOAT32", "folded_weights_dequantized")
                 deq = schema().OperatorT()
-                _set_builtin(self.m, deq, "DEQUANTIZE", None)
+                set_builtin(self.m, deq, "DEQUANTIZE", None)
                 deq.inputs, deq.outputs = [half], [w]
                 before.setdefault(index, []).append(deq)
             else:
-                w = _new_const(self.m, self.usg, k.w.astype(np.float32), "folded_weights")
+                w = new_const(self.m, self.usg, k.w.astype(np.float32), "folded_weights")
             inputs[k.w_slot] = w
-            b = _new_const(self.m, self.usg, k.b.astype(np.float32), "folded_bias")
+            b = new_const(self.m, self.usg, k.b.astype(np.float32), "folded_bias")
             while len(inputs) <= k.b_slot:
                 inputs.append(-1)
             inputs[k.b_slot] = b
@@ -372,9 +385,10 @@ class _Folder:
             uop = self.usg.operators[index]
             w_slot, b_slot, _ = KERNELS[self.sg.operators[index].op]
             inputs = [int(i) for i in uop.inputs] + [-1] * (b_slot + 1 - len(uop.inputs))
-            for slot, (values, name, dtype, quantization) in zip((w_slot, b_slot), fold_int8.constants(q),
+            for slot, (values, name, dtype, quantization) in zip((w_slot, b_slot),
+                                                                 fold_int8.constants(q),
                                                                  strict=True):
-                inputs[slot] = _new_const(self.m, self.usg, values, name, dtype, quantization)
+                inputs[slot] = new_const(self.m, self.usg, values, name, dtype, quantization)
             uop.inputs = inputs
         return before
 
@@ -392,7 +406,8 @@ def _reduce(a: np.ndarray, axes: list[int], out_shape: tuple[int, ...]) -> np.nd
     return a.reshape(out_shape)
 
 
-def _absorb_input(kernel: _Kernel, op: Operator, s_full: np.ndarray, t_full: np.ndarray) -> str | None:
+def _absorb_input(kernel: _Kernel, op: Operator, s_full: np.ndarray,
+                  t_full: np.ndarray) -> str | None:
     """Scale ``kernel``'s weights over its input channels by ``s``, its bias by ``Σ W⊗t``."""
     w = kernel.w
     if op.op == "FULLY_CONNECTED":
@@ -405,7 +420,8 @@ def _absorb_input(kernel: _Kernel, op: Operator, s_full: np.ndarray, t_full: np.
         kernel.b = kernel.b + w @ rows_t[0]
         kernel.w = w * rows_s[0][None, :]
         return None
-    if s_full.ndim != 4 or not _constant_along(s_full, [1, 2]) or not _constant_along(t_full, [1, 2]):
+    if s_full.ndim != 4 or not (_constant_along(s_full, [1, 2])
+                                and _constant_along(t_full, [1, 2])):
         return f"the {op.op}'s input is not scaled per channel"
     s, t = s_full[0, 0, 0, :], t_full[0, 0, 0, :]
     if op.op == "DEPTHWISE_CONV_2D":
@@ -425,60 +441,6 @@ def _absorb_input(kernel: _Kernel, op: Operator, s_full: np.ndarray, t_full: np.
     kernel.b = kernel.b + (w * t_oi[:, None, None, :]).sum(axis=(1, 2, 3))
     kernel.w = w * s_oi[:, None, None, :]
     return None
-
-
-def _new_tensor(usg: fb.SubGraphT, shape: list[int], dtype: str, name: str, buffer: int = 0,
-                quantization: fb.QuantizationParametersT | None = None) -> int:
-    t = schema().TensorT()
-    t.shape, t.type, t.name, t.buffer = list(shape), getattr(schema().TensorType, dtype), name, buffer
-    t.quantization = quantization
-    usg.tensors.append(t)
-    return len(usg.tensors) - 1
-
-
-def _new_const(m: fb.ModelT, usg: fb.SubGraphT, values: np.ndarray, name: str,
-               dtype: str = "FLOAT32", quantization: fb.QuantizationParametersT | None = None
-               ) -> int:
-    m.buffers.append(Buffer(np.ascontiguousarray(values).astype(values.dtype.newbyteorder("<")).tobytes()))
-    return _new_tensor(usg, list(values.shape), dtype, name, len(m.buffers) - 1, quantization)
-
-
-
-def _set_builtin(m: fb.ModelT, op: fb.OperatorT, builtin: str, options: object) -> None:
-    code = getattr(schema().BuiltinOperator, builtin)
-    same = [i for i, c in enumerate(m.operatorCodes) if max(c.builtinCode, c.deprecatedBuiltinCode) == code]
-    if not same:
-        m.operatorCodes.append(operator_code(builtin))
-        same = [len(m.operatorCodes) - 1]
-    op.opcodeIndex = same[0]
-    op.builtinOptionsType = getattr(schema().BuiltinOptions, type(options).__name__[:-1]) if options else 0
-    op.builtinOptions = options
-
-
-def _prune(model: TFLiteModel, m: fb.ModelT) -> None:
-    """Empty the constants no operator reads any more, and drop DEQUANTIZE ops nobody reads."""
-    for usg in m.subgraphs:
-        while dead := _dead_dequantize(m, usg):
-            usg.operators = [op for op in usg.operators if all(op is not d for d in dead)]
-        read = {int(t) for op in usg.operators for t in (*op.inputs, *op.outputs)} | \
-            {int(t) for t in (*usg.inputs, *usg.outputs)}
-        shared: dict[int, set[tuple[int, int]]] = {}
-        for sg in m.subgraphs:
-            for i, t in enumerate(sg.tensors):
-                shared.setdefault(t.buffer, set()).add((id(sg), i))
-        for i, t in enumerate(usg.tensors):
-            if i not in read and t.buffer and len(shared.get(t.buffer, ())) == 1 and not t.isVariable:
-                m.buffers[t.buffer] = Buffer(b"")
-                t.buffer = 0
-
-
-def _dead_dequantize(m: fb.ModelT, usg: fb.SubGraphT) -> list[fb.OperatorT]:
-    """The DEQUANTIZE operators of ``usg`` whose outputs nothing reads (nor the subgraph gives)."""
-    read = {int(t) for op in usg.operators for t in op.inputs} | {int(t) for t in usg.outputs}
-    dequantize = schema().BuiltinOperator.DEQUANTIZE
-    return [op for op in usg.operators if op.opcodeIndex is not None
-            and m.operatorCodes[op.opcodeIndex].builtinCode == dequantize
-            and all(int(t) not in read for t in op.outputs)]
 
 
 def fold_chains(model: TFLiteModel) -> Rewrite:
@@ -504,5 +466,5 @@ def fold_chains(model: TFLiteModel) -> Rewrite:
         changed |= {(sg.index, t) for t in folder.changed}
     if not results:
         return Rewrite(model.data, (), frozenset())
-    _prune(model, m)
+    prune(m)
     return Rewrite(pack(m), tuple(results), frozenset(changed))

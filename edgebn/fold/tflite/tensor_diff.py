@@ -1,4 +1,5 @@
-"""How a tensor of one file differs from the same tensor of another, as the fold's proof measures it.
+"""How a tensor of one file differs from the same tensor of another, as the fold's proof measures
+it.
 
 Relative to the tensor's own largest finite value; equal infinities are equal (litert-torch
 pads a max-pool with −inf, in both files); a tensor whose every value is 0 is measured

@@ -90,7 +90,8 @@ class TFLiteFoldResult:
             self.worst_quantized.to_json(),
             "parameters": None if self.parameters is None else self.parameters.to_json(),
             "bn": [c.to_json() for c in self.chains],
-            "counts": {k: sum(c.result == k for c in self.chains) for k in ("folded", "collapsed", "kept")},
+            "counts": {k: sum(c.result == k for c in self.chains)
+                       for k in ("folded", "collapsed", "kept")},
             "latency_us": None}
         if self.speed is not None:
             e = self.speed
@@ -100,10 +101,12 @@ class TFLiteFoldResult:
 
 
 def fold_tflite(model: TFLiteModel | str | Path, data: np.ndarray | None = None,
-                tolerance: float | None = None, bench: BenchSettings | None = None) -> TFLiteFoldResult:
+                tolerance: float | None = None, bench: BenchSettings
+                | None = None) -> TFLiteFoldResult:
     """Fold ``model``'s residual BN, prove the folded file, and time both (``bench``)."""
     original = as_tflite(model)
-    load_interpreter(original, xnnpack=False)  # preflighted: a file the interpreter refuses stops here
+    # preflighted: a file the interpreter refuses stops here
+    load_interpreter(original, xnnpack=False)
     try:
         rewrite = fold_chains(original)
     except (ValueError, IndexError, KeyError, TypeError, ArithmeticError) as exc:
@@ -116,9 +119,11 @@ def fold_tflite(model: TFLiteModel | str | Path, data: np.ndarray | None = None,
     try:
         found = compare(original, folded, rewrite, feeds)
     except (ValueError, RuntimeError) as exc:
-        raise FoldError(f"{original.path}: the folded file cannot run: {exc}; nothing written") from None
+        raise FoldError(f"{original.path}: the folded file cannot run: {exc}; nothing "
+                        "written") from None
     result = TFLiteFoldResult(original.path, None, rewrite.chains, found.compared, SAMPLES, where,
-                              limit, found.worst, data=rewrite.data, worst_quantized=found.worst_quantized,
+                              limit, found.worst, data=rewrite.data,
+                              worst_quantized=found.worst_quantized,
                               compared_quantized=found.quantized, clipped=found.clipped,
                               clipped_runs=found.clipped_runs,
                               step_tolerance=step_bound(original, rewrite),
@@ -134,11 +139,14 @@ def _refuse_beyond(result: TFLiteFoldResult, weight_rounding: float) -> None:
     worst, worst_q, check = result.worst, result.worst_quantized, result.parameters
     if worst is not None and not worst.max_rel_diff <= result.tolerance:
         raise FoldError(f"{result.model}: the folded file differs from the original at tensor "
-                        f"{worst.tensor} ({worst.name or 'unnamed'}) by {worst.max_rel_diff:.3g} of its "
-                        f"largest value, above the tolerance {result.tolerance:.3g}: nothing written")
+                        f"{worst.tensor} ({worst.name or 'unnamed'}) by {worst.max_rel_diff:.3g} "
+                        "of its "
+                        f"largest value, above the tolerance {result.tolerance:.3g}: nothing "
+                        "written")
     if worst_q is not None and not (worst_q.max_steps or 0.0) <= result.step_tolerance:
         raise FoldError(f"{result.model}: the folded file differs from the original at quantized "
-                        f"tensor {worst_q.tensor} ({worst_q.name or 'unnamed'}) by {worst_q.max_steps:.3g} "
+                        f"tensor {worst_q.tensor} ({worst_q.name or 'unnamed'}) by "
+                        f"{worst_q.max_steps:.3g} "
                         f"steps of its scale, above {result.step_tolerance:g}: nothing written")
     if check is not None and not check.max_weight_rel_diff <= weight_rounding:
         raise FoldError(f"{result.model}: a folded kernel's weights differ from s⊗W by "
@@ -146,7 +154,8 @@ def _refuse_beyond(result: TFLiteFoldResult, weight_rounding: float) -> None:
                         f"{weight_rounding:.3g}: nothing written")
     if check is not None and not check.max_bias_steps <= 0.5 + 1e-6:
         raise FoldError(f"{result.model}: a folded kernel's bias differs from s⊗b + t by "
-                        f"{check.max_bias_steps:.3g} bias steps, above half a step: nothing written")
+                        f"{check.max_bias_steps:.3g} bias steps, above half a step: nothing "
+                        "written")
 
 
 def fold_tflite_file(model: str | Path, out: str | Path, data: np.ndarray | None = None,

@@ -1,4 +1,5 @@
-"""Loading, feeding and timing the interpreters of ``edgebn profile`` (see edgebn.runtime.profile.operators).
+"""Loading, feeding and timing the interpreters of ``edgebn profile`` (see
+edgebn.runtime.profile.operators).
 
 An isolated operator is fed what it sees inside the whole model: one reference run
 with every intermediate tensor preserved (:func:`capture`), read back per tensor

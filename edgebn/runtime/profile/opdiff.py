@@ -60,7 +60,8 @@ class OpDiff:
         return {"op": self.op, "subgraph": self.subgraph, "status": self.status,
                 "index": self.index, "baseline_index": self.baseline_index,
                 "shape": None if self.shape is None else list(self.shape),
-                "baseline_shape": None if self.baseline_shape is None else list(self.baseline_shape),
+                "baseline_shape": None if self.baseline_shape is None
+                else list(self.baseline_shape),
                 "time_us": self.time_us, "baseline_time_us": self.baseline_time_us,
                 "delta_us": self.delta_us}
 

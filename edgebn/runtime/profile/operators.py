@@ -114,7 +114,8 @@ class _Prepared:
 
     model: TFLiteModel
     whole: Timed
-    reference: Interpreter | None  # the run that kept every tensor: the operators' and prefixes' inputs
+    # the run that kept every tensor: the operators' and prefixes' inputs
+    reference: Interpreter | None
     unpacked: fb.ModelT
     pads: dict[int, int]  # subgraph 0's PAD -> the convolution XNNPACK fuses it into
     ops: list[_Op] = field(default_factory=list)
@@ -285,7 +286,8 @@ def profile(model: TFLiteModel | str | Path, settings: ProfileSettings = Profile
     results = [replace(p.result(overhead_us), residual_count=len(c))
                for p, c in zip(prepared, pairs, strict=True)]
     base = prepared[1:]
-    del prepared[1:], empty  # free the baseline's interpreters, and the operators', before the prefixes
+    # free the baseline's interpreters, and the operators', before the prefixes
+    del prepared[1:], empty
     base.clear()
     main = prepared.pop()
     main.ops.clear()

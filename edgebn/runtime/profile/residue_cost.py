@@ -12,7 +12,9 @@ from pathlib import Path
 from edgebn.runtime.backends import delegate_partitions, load_interpreter
 from edgebn.runtime.profile.result import ProfileSettings, ResidueCost
 from edgebn.runtime.ratio import latency_ratio
-from edgebn.tflite import residue  # residue.analyse_bn looked up when called: a test counts the inspections
+
+# residue.analyse_bn looked up when called: a test counts the inspections
+from edgebn.tflite import residue
 from edgebn.tflite.reader import TFLiteModel, as_tflite, parse_tflite
 from edgebn.tflite.residue import BNAnalysis
 from edgebn.tflite.writer import bypass_chains
@@ -32,7 +34,8 @@ def residual_chains(model: TFLiteModel) -> list[tuple[int, ...]]:
 
 def residue_cost(model: TFLiteModel | str | Path, settings: ProfileSettings = ProfileSettings(),
                  pairs: list[tuple[int, ...]] | None = None) -> ResidueCost | None:
-    """p50 of ``model`` over p50 of it with its residual BN chains bypassed; None without residue."""
+    """p50 of ``model`` over p50 of it with its residual BN chains bypassed; None without
+    residue."""
 
     model = as_tflite(model)
     pairs = residual_chains(model) if pairs is None else pairs
@@ -41,8 +44,10 @@ def residue_cost(model: TFLiteModel | str | Path, settings: ProfileSettings = Pr
     bypassed = parse_tflite(bypass_chains(model, pairs), f"{model.path} (residual BN bypassed)")
     est = latency_ratio(model, bypassed, settings, width=0.02)
     partitions = None
-    if settings.xnnpack:  # a ratio below 1 would mean the bypassed copy ran slower: is it delegated?
-        partitions = tuple(delegate_partitions(load_interpreter(m, settings.backend, settings.threads,
+    # a ratio below 1 would mean the bypassed copy ran slower: is it delegated?
+    if settings.xnnpack:
+        partitions = tuple(delegate_partitions(load_interpreter(m, settings.backend,
+                                                                settings.threads,
                                                                 checked=False)[0])
                            for m in (model, bypassed))
     return ResidueCost(len(pairs), est.current_p50_us, est.baseline_p50_us, est, partitions)

@@ -14,7 +14,8 @@ from edgebn.runtime.timing import BenchSettings, Latency
 METHOD = "isolated ops"
 ISOLATED, WITH_PAD, FUSED, AT_LOAD_METHOD, NOT_TIMED = (
     "isolated", "with the PAD before it", "fused", "at load", "not timed")
-IN_CONTEXT = "in context"  # an isolated time scaled to its segment's (edgebn.runtime.profile.context)
+# an isolated time scaled to its segment's (edgebn.runtime.profile.context)
+IN_CONTEXT = "in context"
 RESIDUE_NOTE = "an estimate: the bypassed graph computes different outputs"
 
 
@@ -60,7 +61,8 @@ class OpTime:
     share: float | None = None  # of the operators' sum
     note: str | None = None
     measured_us: float | None = None  # p50 of the one-op model's invoke(), before the overhead
-    method: str = ISOLATED  # how the row was timed: isolated, with the PAD before it, fused, at load
+    # how the row was timed: isolated, with the PAD before it, fused, at load
+    method: str = ISOLATED
     isolated_us: float | None = None  # the isolated time, before its segment's scaling
     segment: int | None = None  # its segment (ProfileResult.segments), when timed in context
 
@@ -104,7 +106,8 @@ class ResidueCost:
         if self.estimate is not None:
             doc |= self.estimate.interval_json()
         if self.partitions is not None:
-            doc["delegate_partitions"] = {"model": self.partitions[0], "bypassed": self.partitions[1]}
+            doc["delegate_partitions"] = {"model": self.partitions[0],
+                                          "bypassed": self.partitions[1]}
         return doc
 
     @property
@@ -129,7 +132,8 @@ class ProfileResult:
     invoke_overhead_us: float = 0.0  # an empty invoke(), taken off each operator's time
     method: str = METHOD
     residual_count: int = 0  # residual BN chains; their operators are marked residual_bn
-    segments: tuple[Segment, ...] = ()  # the model's prefixes timed in it (edgebn.runtime.profile.context)
+    # the model's prefixes timed in it (edgebn.runtime.profile.context)
+    segments: tuple[Segment, ...] = ()
     context_skipped: str | None = None  # why there are no segments, when there are none
 
     @property
@@ -188,7 +192,8 @@ class ProfileResult:
 
     def to_json(self) -> JsonDict:
         p50 = self.latency_us.p50
-        doc = {"model": self.model, "method": self.method, "methods": self.methods(), "backend": self.backend,
+        doc = {"model": self.model, "method": self.method, "methods": self.methods(),
+               "backend": self.backend,
                "threads": self.threads, "xnnpack": self.xnnpack,
                "latency_us": asdict(self.latency_us), "ops_sum_us": self.ops_sum_us,
                "invoke_overhead_us": self.invoke_overhead_us,
