@@ -14,6 +14,14 @@ import pytest
 from edgebn.tflite.writer import strip_names
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The ``heavy`` files first, the rest in path order: pytest-xdist (``--dist loadfile``)
+    hands out files in the order collected, so the long builds start at once, side by side on
+    two workers, instead of one of them starting last."""
+    # a stable sort: each file's tests stay together, in their order
+    items.sort(key=lambda item: item.get_closest_marker("heavy") is None)
+
+
 @pytest.fixture(scope="session")
 def digits():
     from edgebn.data.dataset import DataSpec

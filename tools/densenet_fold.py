@@ -3,9 +3,9 @@
     python tools/densenet_fold.py [--size 64] [--bench-time 2.0] [--repeats 3]
 
 Needs the torch extra (torch, torchvision, litert-torch). The model is built with
-``weights=None`` and random BN statistics (as tests/test_litert_torch.py does), converted by
-litert-torch, folded by ``edgebn fold`` (every shared tensor compared), and its outputs checked
-against PyTorch's on the same inputs. The p50 ratio before / after comes from interleaved
+``weights=None`` and random BN statistics (as tests/fold/tflite/test_tflite_fold_torch.py does),
+converted by litert-torch, folded by ``edgebn fold`` (every shared tensor compared), and its outputs
+checked against PyTorch's on the same inputs. The p50 ratio before / after comes from interleaved
 rounds on one core, with its 95 % interval, ``--repeats`` times. The CPU is named.
 """
 

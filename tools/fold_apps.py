@@ -3,8 +3,8 @@
 
     python tools/fold_apps.py [FAMILY ...]
 
-Each family is built as tests/test_fold_apps.py builds it (weights=None, small input,
-random BN statistics), folded by edgebn (the float64 check included), then converted
+Each family is built as tests/fold/keras/test_keras_fold_apps.py builds it (weights=None, small
+input, random BN statistics), folded by edgebn (the float64 check included), then converted
 twice, folded first and by the converter alone; inspect counts the residual BN in both.
 """
 

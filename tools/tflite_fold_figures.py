@@ -4,11 +4,11 @@
 
 Rows: the forms tests/tflite_forms.py writes with edgebn's writer (float32 and float16
 weights, and its int8 forms), the TensorFlow converter's full-integer Conv3D → BN (→ ReLU)
-and, when the torch extra is installed, the litert-torch models of tests/test_litert_torch.py.
-For an int8 file the Δ column is the worst quantized tensor in steps of its scale. Each is
-folded and proven (every shared tensor compared), then both files are timed interleaved on
-one core; the p50 ratio is before / after. The CPU is named: absolute times depend on it,
-ratios less so.
+and, when the torch extra is installed, the litert-torch models of
+tests/fold/tflite/test_tflite_fold_torch.py. For an int8 file the Δ column is the worst quantized
+tensor in steps of its scale. Each is folded and proven (every shared tensor compared), then both
+files are timed interleaved on one core; the p50 ratio is before / after. The CPU is named: absolute
+times depend on it, ratios less so.
 """
 
 from __future__ import annotations

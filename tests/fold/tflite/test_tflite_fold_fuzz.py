@@ -1,6 +1,6 @@
 """A seeded mutation fuzz of ``edgebn fold model.tflite``: every case a result or one clear error.
 
-Mutations (tests/test_hostile_tflite.py's object- and byte-level ones, plus constants replaced
+Mutations (tests/fuzzing.py's object- and byte-level ones, plus constants replaced
 by NaN, infinities and huge values) of residue forms written with edgebn's writer run through
 the library's fold, proof included, in worker processes: a native crash is a signal there,
 a hang a timeout, a traceback a finding.
@@ -17,14 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_hostile_tflite import (
-    _byte_mutation,
-    _object_mutation,
-    _own_rss_mb,
-    _pack,
-    _unpacked,
-    run_worker,
-)
+from fuzzing import byte_mutation, object_mutation, own_rss_mb, pack, run_worker, unpacked
 from tflite_forms import (
     FORMS,
     INT8_FORMS,
@@ -40,7 +33,7 @@ CASES = 2000
 
 
 def _constant_mutation(data: bytes, rng: random.Random) -> bytes:
-    m = _unpacked(data)
+    m = unpacked(data)
     full = [b for b in m.buffers if b.data is not None and len(b.data) >= 4]
     buf = rng.choice(full)
     values = np.frombuffer(bytes(buf.data), dtype=np.uint8).copy()
@@ -48,7 +41,7 @@ def _constant_mutation(data: bytes, rng: random.Random) -> bytes:
     at = rng.randrange(len(values) // 4) * 4
     values[at:at + 4] = np.frombuffer(bad[rng.randrange(len(bad))].tobytes(), np.uint8)
     buf.data = values
-    return _pack(m)
+    return pack(m)
 
 
 def fold_mutations(seed: int, count: int) -> list[tuple[str, bytes]]:
@@ -62,7 +55,7 @@ def fold_mutations(seed: int, count: int) -> list[tuple[str, bytes]]:
     cases = []
     for i in range(count):
         source = rng.choice(list(sources))
-        mutate = rng.choice([_object_mutation, _object_mutation, _byte_mutation,
+        mutate = rng.choice([object_mutation, object_mutation, byte_mutation,
                              _constant_mutation])
         cases.append((f"{source}-{mutate.__name__.strip('_')}-{i}", mutate(sources[source], rng)))
     return cases
@@ -88,7 +81,7 @@ def _worker(seed: int, start: int, stop: int) -> None:
     from edgebn.runtime import backends
 
     peak = max((p.peak_rss_mb for p in backends._PREFLIGHTS.values()), default=0.0)
-    print(json.dumps({"preflight_peak_mb": peak, "rss_mb": _own_rss_mb()}), flush=True)
+    print(json.dumps({"preflight_peak_mb": peak, "rss_mb": own_rss_mb()}), flush=True)
 
 
 def _run(seed: int, start: int, stop: int) -> dict[int, str]:

@@ -181,7 +181,7 @@ def test_the_table_and_the_markdown_show_the_same_rows(cnn, tmp_path):
 @pytest.mark.parametrize("bn", [True, False], ids=["bn", "no-bn"])
 def test_every_arch_builds_with_and_without_bn(tmp_path, arch, bn):
     config = BuildConfig(out=tmp_path, train=TrainConfig(arch=arch, bn=bn, epochs=1), twin=False,
-                         run_bench=False)  # bench: the default build and test_bench.py
+                         run_bench=False)  # bench: the default build and tests/bench/test_run.py
     report = build(config).to_json()
     assert report["model"]["arch"] == arch.value and report["model"]["bn"] is bn
     assert report["model"]["bn_layers"] == ({"mlp": 3, "mlp-prebn": 2, "cnn": 4}[arch.value]

@@ -175,7 +175,7 @@ def test_forged_vector_length_is_refused_without_looping(tmp_path):
 def test_fuzz_the_batch_statistics_detector(tmp_path):
     """Mutations of a training-mode BN graph, so the MEAN/SQUARED_DIFFERENCE path meets hostile
     input."""
-    from test_analysis import _training_mode_bn_tflite
+    from test_residue import _training_mode_bn_tflite
 
     data = _training_mode_bn_tflite(tmp_path / "train_bn.tflite").read_bytes()
     rng = random.Random(99)

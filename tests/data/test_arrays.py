@@ -25,7 +25,8 @@ from edgebn.errors import DatasetError, EdgebnError, InvalidModelError
 from edgebn.tflite.quantization import make_inputs
 
 runner = CliRunner()
-TFLITE = Path(__file__).parent.parent / "models" / "digits-cnn" / "model.tflite"  # (1, 8, 8, 1)
+# (1, 8, 8, 1)
+TFLITE = Path(__file__).resolve().parents[2] / "models" / "digits-cnn" / "model.tflite"
 MiB = 2**20
 
 

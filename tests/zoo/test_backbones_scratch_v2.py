@@ -4,6 +4,8 @@
 import pytest
 from scratch_builds import from_scratch_build
 
+pytestmark = pytest.mark.heavy  # scheduled first (tests/conftest.py)
+
 
 @pytest.mark.slow
 def test_mobilenet_v2_from_scratch_learns_in_the_default_epochs(digits_rgb, tmp_path):

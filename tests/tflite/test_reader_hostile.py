@@ -18,36 +18,37 @@ import sys
 import time
 from pathlib import Path
 
-import flatbuffers
 import numpy as np
 import pytest
+from fuzzing import (
+    CASE_TIMEOUT_S,
+    DIGITS,
+    ROOT,
+    byte_mutation,
+    object_mutation,
+    own_rss_mb,
+    pack,
+    run_worker,
+    unpacked,
+    worker_env,
+)
 
 from edgebn.errors import EdgebnError, InvalidModelError
 from edgebn.runtime.profile.operators import profile
 from edgebn.runtime.profile.residue_cost import residual_chains
 from edgebn.runtime.profile.result import ProfileSettings
 from edgebn.runtime.timing import BenchSettings, bench_tflite
-from edgebn.tflite.reader import FILE_IDENTIFIER, parse_tflite, read_tflite
+from edgebn.tflite.reader import parse_tflite, read_tflite
 from edgebn.tflite.reader import schema as _schema
 from edgebn.tflite.writer import single_op, unpack
 
-ROOT = Path(__file__).resolve().parents[1]
-DIGITS = ROOT / "models" / "digits-cnn" / "model.tflite"
-CASE_TIMEOUT_S = 30  # per case, in the worker
 RSS_LIMIT_MB = 1024
-SWAPS = ("SPLIT", "STRIDED_SLICE", "GATHER", "RESHAPE", "CONCATENATION", "WHILE", "SOFTMAX",
-         "MAX_POOL_2D", "ADD", "TRANSPOSE")
+
 
 s = _schema()
 
 
 # ---------------------------------------------------------------- the models
-
-
-def _pack(m) -> bytes:
-    builder = flatbuffers.Builder(4096)
-    builder.Finish(m.Pack(builder), file_identifier=FILE_IDENTIFIER)
-    return bytes(builder.Output())
 
 
 def int8_residual_model() -> bytes:
@@ -107,93 +108,10 @@ def int8_residual_model() -> bytes:
     sg.tensors, sg.operators, sg.inputs, sg.outputs = tensors, ops, [x], [out]
     m = s.ModelT()
     m.version, m.operatorCodes, m.subgraphs, m.buffers = 3, codes, [sg], buffers
-    return _pack(m)
+    return pack(m)
 
 
 # ---------------------------------------------------------------- mutations
-
-
-def _unpacked(data: bytes):
-    return s.ModelT.InitFromPackedBuf(bytearray(data), 0)
-
-
-def _table_region(data: bytes) -> tuple[int, int]:
-    """Bytes before the first constant buffer: the graph's tables, not weights."""
-    model = parse_tflite(data)
-    starts = [start for start, length in model._buffers if length]
-    return 8, min(starts) if starts else len(data)
-
-
-def _object_mutation(data: bytes, rng: random.Random) -> bytes:  # noqa: C901 - one case per kind
-    m = _unpacked(data)
-    sg = m.subgraphs[0]
-    op = rng.choice(sg.operators)
-    n = len(sg.tensors)
-    kind = rng.randrange(8)
-    if kind == 0:  # opcode swapped (keeping the operator's options)
-        code = s.OperatorCodeT()
-        code.builtinCode = code.deprecatedBuiltinCode = getattr(s.BuiltinOperator,
-                                                                rng.choice(SWAPS))
-        code.version = 1
-        m.operatorCodes.append(code)
-        op.opcodeIndex = len(m.operatorCodes) - 1
-        if rng.random() < 0.5:
-            op.builtinOptionsType, op.builtinOptions = 0, None
-    elif kind == 1:  # opcode index out of range
-        op.opcodeIndex = rng.choice([len(m.operatorCodes), 2**31 - 1, 255])
-    elif kind in (2, 3):  # a tensor index -1, out of range, huge, negative
-        vec = op.inputs if kind == 2 or not len(op.outputs) else op.outputs
-        vec = np.array(vec, dtype=np.int32)
-        vec[rng.randrange(len(vec))] = rng.choice([-1, n, n + 7, 2**31 - 1, -2, -(2**31)])
-        if kind == 2:
-            op.inputs = vec
-        else:
-            op.outputs = vec
-    elif kind == 4:  # a shape truncated, grown or a dimension forged
-        t = rng.choice(sg.tensors)
-        shape = list(t.shape if t.shape is not None else [])
-        choice = rng.randrange(3)
-        if choice == 0 and shape:
-            shape = shape[:rng.randrange(len(shape))]
-        elif choice == 1 and shape:
-            shape[rng.randrange(len(shape))] = rng.choice([0, -1, 2**31 - 1, 10**6, 3])
-        else:
-            shape = shape + [rng.choice([1, 2, 1000])]
-        t.shape = shape
-    elif kind == 5:  # a constant buffer truncated, or a tensor pointed at another buffer
-        t = rng.choice(sg.tensors)
-        if t.buffer and m.buffers[t.buffer].data is not None and rng.random() < 0.5:
-            buf = m.buffers[t.buffer]
-            buf.data = buf.data[:rng.randrange(len(buf.data))]
-        else:
-            t.buffer = rng.randrange(len(m.buffers))
-    elif kind == 6:  # graph inputs or outputs changed
-        target = rng.choice(["inputs", "outputs"])
-        vec = [rng.randrange(n)] if rng.random() < 0.7 else []
-        setattr(sg, target, vec)
-    else:  # operator options dropped, or tensor type changed
-        if rng.random() < 0.5:
-            op.builtinOptionsType, op.builtinOptions = 0, None
-        else:
-            rng.choice(sg.tensors).type = rng.randrange(18)
-    return _pack(m)
-
-
-def _byte_mutation(data: bytes, rng: random.Random) -> bytes:
-    out = bytearray(data)
-    lo, hi = _table_region(data)
-    kind = rng.randrange(3)
-    if kind == 0:  # random bytes flipped in the tables
-        for _ in range(rng.randint(1, 4)):
-            out[rng.randrange(lo, hi)] ^= 1 << rng.randrange(8)
-    elif kind == 1:  # an offset or length forged
-        at = rng.randrange(lo, hi - 4) & ~3
-        value = rng.choice([0, 4, 0xFFFFFFFF, 0x7FFFFFFF, len(data), len(data) - 4,
-                            int.from_bytes(out[at:at + 4], "little") + rng.choice([-8, -4, 4, 8])])
-        out[at:at + 4] = (value & 0xFFFFFFFF).to_bytes(4, "little")
-    else:  # truncated
-        out = out[:rng.randrange(len(out))]
-    return bytes(out)
 
 
 INDEX_FIELDS = ("operator inputs", "operator outputs", "operator intermediates", "subgraph inputs",
@@ -208,7 +126,7 @@ def _index_value(rng: random.Random, n: int) -> int:
 
 def _index_mutation(data: bytes, rng: random.Random, field: str) -> bytes:  # noqa: C901 - one case per field
     """One index field of the model set to a value in or (mostly) out of range."""
-    m = _unpacked(data)
+    m = unpacked(data)
     sg = m.subgraphs[0]
     n = len(sg.tensors)
     op = rng.choice(sg.operators)
@@ -244,7 +162,7 @@ def _index_mutation(data: bytes, rng: random.Random, field: str) -> bytes:  # no
         else:
             rng.choice([*(sig.inputs or []), *(sig.outputs or [])]).tensorIndex = \
                 _index_value(rng, n) & 0xFFFFFFFF
-    return _pack(m)
+    return pack(m)
 
 
 def index_mutations(seed: int, count: int) -> list[tuple[str, bytes]]:
@@ -266,7 +184,7 @@ def mutations(seed: int, count: int) -> list[tuple[str, bytes]]:
     cases = []
     for i in range(count):
         source = rng.choice(list(sources))
-        mutate = _object_mutation if rng.random() < 0.6 else _byte_mutation
+        mutate = object_mutation if rng.random() < 0.6 else byte_mutation
         cases.append((f"{source}-{mutate.__name__.strip('_')}-{i}", mutate(sources[source], rng)))
     return cases
 
@@ -335,27 +253,7 @@ def _worker(seed: int, start: int, stop: int, index: bool = False) -> None:
             outcome = f"BUG {type(exc).__name__}: {exc}"
         print(json.dumps({"case": i, "outcome": outcome}), flush=True)
     peak = max((p.peak_rss_mb for p in runtime._PREFLIGHTS.values()), default=0.0)
-    print(json.dumps({"preflight_peak_mb": peak, "rss_mb": _own_rss_mb()}), flush=True)
-
-
-def run_worker(seed: int, start: int, stop: int, script: str = __file__, per_case_s: float = 5,
-               mode: tuple[str, ...] = ()) -> dict:
-    """The worker's (``script``'s) outcomes; a signal, a hang or a traceback fails with the
-    case named."""
-    budget = CASE_TIMEOUT_S + per_case_s * (stop - start)
-    proc = subprocess.run([sys.executable, script, *mode, str(seed), str(start), str(stop)],
-                          capture_output=True, text=True, timeout=budget, cwd=ROOT,
-                          env=os.environ | {"TF_CPP_MIN_LOG_LEVEL": "3"})
-    lines = [json.loads(ln) for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    started = [ln for ln in lines if "start" in ln]
-    assert proc.returncode == 0, (f"worker ended with {proc.returncode} in case "
-                                  f"{started[-1] if started else None}: {proc.stderr[-2000:]}")
-    outcomes = {ln["case"]: ln["outcome"] for ln in lines if "case" in ln}
-    bugs = {i: o for i, o in outcomes.items() if o.startswith("BUG")}
-    assert not bugs, bugs
-    assert len(outcomes) == stop - start
-    return {"outcomes": outcomes, "preflight_peak_mb": lines[-1]["preflight_peak_mb"],
-            "rss_mb": lines[-1]["rss_mb"]}
+    print(json.dumps({"preflight_peak_mb": peak, "rss_mb": own_rss_mb()}), flush=True)
 
 
 # ---------------------------------------------------------------- the CLI, in a worker
@@ -401,14 +299,14 @@ def _cli_worker(seed: int, count: int) -> None:
             print(json.dumps({"start": i, "name": name}), flush=True)
             code, err = _cli_case(i, path)
             print(json.dumps({"case": i, "code": code, "stderr": err}), flush=True)
-    print(json.dumps({"rss_mb": _own_rss_mb()}), flush=True)
+    print(json.dumps({"rss_mb": own_rss_mb()}), flush=True)
 
 
 # ---------------------------------------------------------------- the findings
 
 
 def _swapped(data: bytes, index: int, name: str, drop_options: bool = False) -> bytes:
-    m = _unpacked(data)
+    m = unpacked(data)
     code = s.OperatorCodeT()
     code.builtinCode = code.deprecatedBuiltinCode = getattr(s.BuiltinOperator, name)
     code.version = 1
@@ -417,7 +315,7 @@ def _swapped(data: bytes, index: int, name: str, drop_options: bool = False) -> 
     op.opcodeIndex = len(m.operatorCodes) - 1
     if drop_options:
         op.builtinOptionsType, op.builtinOptions = 0, None
-    return _pack(m)
+    return pack(m)
 
 
 @pytest.mark.parametrize("index, name, message", [
@@ -433,10 +331,10 @@ def test_a_swapped_opcode_is_refused_by_the_reader(index, name, message):
 
 
 def test_a_required_input_of_minus_one_is_refused_by_the_reader():
-    m = _unpacked(DIGITS.read_bytes())
+    m = unpacked(DIGITS.read_bytes())
     m.subgraphs[0].operators[0].inputs = np.array([0, -1, 11], dtype=np.int32)
     with pytest.raises(InvalidModelError, match=r"operator 0 \(CONV_2D\) omits a tensor it needs"):
-        parse_tflite(_pack(m), "minus_one.tflite")
+        parse_tflite(pack(m), "minus_one.tflite")
 
 
 def test_a_split_the_reader_passes_is_refused_before_xnnpack_sees_it(tmp_path):
@@ -485,10 +383,10 @@ def test_an_invoke_error_is_one_line(tmp_path):
 
 
 def test_a_model_without_inputs_is_one_line(tmp_path):
-    m = _unpacked(DIGITS.read_bytes())
+    m = unpacked(DIGITS.read_bytes())
     m.subgraphs[0].inputs = []
     path = tmp_path / "no_inputs.tflite"
-    path.write_bytes(_pack(m))
+    path.write_bytes(pack(m))
     with pytest.raises(EdgebnError, match="has no inputs|lacks data"):
         bench_tflite(path, QUICK_BENCH)
 
@@ -514,22 +412,12 @@ def test_profile_of_int8_residue_stands_when_the_bypassed_copy_cannot_load(tmp_p
 # ---------------------------------------------------------------- the fuzz
 
 
-def _own_rss_mb() -> float:
-    """This worker's own peak resident memory (VmHWM: per address space, so not inherited
-    from the pytest process it was forked from, as getrusage's ru_maxrss is across exec).
-    The preflight children report theirs in preflight_peak_mb; the CLI worker's commands run
-    in this process."""
-    with open("/proc/self/status", encoding="ascii") as f:
-        kib = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
-    return kib / 1024
-
-
 def _check_memory(worker_mb: float, peak_mb: float = 0.0) -> None:
     assert worker_mb < RSS_LIMIT_MB and peak_mb < RSS_LIMIT_MB, (worker_mb, peak_mb)
 
 
 def test_fuzz_the_library_quick():
-    result = run_worker(1, 0, 150)
+    result = run_worker(1, 0, 150, __file__)
     assert "ok" in result["outcomes"].values() and "refused" in result["outcomes"].values()
     _check_memory(result["rss_mb"], result["preflight_peak_mb"])
 
@@ -540,7 +428,7 @@ def test_fuzz_the_library():
     t0 = time.perf_counter()
     outcomes: dict = {}
     for start in range(0, 1000, 500):
-        result = run_worker(0, start, start + 500)
+        result = run_worker(0, start, start + 500, __file__)
         outcomes |= result["outcomes"]
         _check_memory(result["rss_mb"], result["preflight_peak_mb"])
     assert len(outcomes) == 1000
@@ -558,7 +446,7 @@ def test_fuzz_every_index_field():
     t0 = time.perf_counter()
     outcomes: dict = {}
     for start in range(0, 1000, 500):
-        result = run_worker(3, start, start + 500, mode=("index",))
+        result = run_worker(3, start, start + 500, __file__, mode=("index",))
         outcomes |= result["outcomes"]
         _check_memory(result["rss_mb"], result["preflight_peak_mb"])
     counts = {o: list(outcomes.values()).count(o) for o in set(outcomes.values())}
@@ -568,18 +456,17 @@ def test_fuzz_every_index_field():
 
 def test_an_intermediate_out_of_range_is_refused_by_the_reader():
     """What made profile raise KeyError: -3 (issue 27): the reader refuses it now."""
-    m = _unpacked(DIGITS.read_bytes())
+    m = unpacked(DIGITS.read_bytes())
     m.subgraphs[0].operators[0].intermediates = np.array([-3], dtype=np.int32)
     with pytest.raises(InvalidModelError, match=r"operator 0 intermediates refers to tensor -3"):
-        parse_tflite(_pack(m))
+        parse_tflite(pack(m))
 
 
 @pytest.mark.slow
 def test_fuzz_the_cli():
     """30 mutations through bench, profile, check and fold: exit 0, 1 or 2 with one line."""
     proc = subprocess.run([sys.executable, __file__, "cli", "7", "30"], capture_output=True,
-                          text=True, timeout=30 * CASE_TIMEOUT_S, cwd=ROOT,
-                          env=os.environ | {"TF_CPP_MIN_LOG_LEVEL": "3"})
+                          text=True, timeout=30 * CASE_TIMEOUT_S, cwd=ROOT, env=worker_env())
     lines = [json.loads(ln) for ln in proc.stdout.splitlines() if ln.startswith("{")]
     started = [ln for ln in lines if "start" in ln]
     assert proc.returncode == 0, (proc.returncode, started[-1:], proc.stderr[-2000:])

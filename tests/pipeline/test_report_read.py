@@ -28,7 +28,7 @@ SEED = 22
 CASES = 320
 BENCHED = 4  # cases that pass reading and go on to the benchmark
 CLI_EVERY = 7  # every 7th refused case also through the CLI
-COMMITTED = Path(__file__).resolve().parent.parent / "models" / "digits-cnn"
+COMMITTED = Path(__file__).resolve().parents[2] / "models" / "digits-cnn"
 QUICK = BenchSettings(warmup=5, min_time_s=0.02)
 LOOSE = Thresholds(max_latency_regression=100.0)  # no per-operator profile on a noisy ratio
 runner = CliRunner()

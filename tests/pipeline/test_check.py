@@ -162,7 +162,7 @@ def test_check_in_a_terminal_shows_only_its_own_lines(cnn, baseline, tmp_path):
 
 # ---------------------------------------------------------------- hostile reports (issue 22)
 
-COMMITTED = Path(__file__).resolve().parent.parent / "models" / "digits-cnn"
+COMMITTED = Path(__file__).resolve().parents[2] / "models" / "digits-cnn"
 
 
 def _committed(root, name, text=None, **tflite):

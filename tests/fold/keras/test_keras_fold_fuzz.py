@@ -19,6 +19,8 @@ from typer.testing import CliRunner
 
 from edgebn.cli.app import app
 
+pytestmark = pytest.mark.heavy  # scheduled first (tests/conftest.py)
+
 runner = CliRunner()
 CASES = 200
 SHAPE = (8, 8, 3)

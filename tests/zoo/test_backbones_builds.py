@@ -1,7 +1,7 @@
 """The issue's backbone builds on an image folder: a weights file with fine-tuning; from
 scratch and int8; each with a report, a clean BN verdict and a bundle that self-tests.
 
-Named to sort early: pytest-xdist hands out files in order, and these are the heaviest.
+The heaviest tests: marked ``heavy``, they are scheduled first (tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import pytest
 from typer.testing import CliRunner
 
 from edgebn.cli.app import app
+
+pytestmark = pytest.mark.heavy  # scheduled first (tests/conftest.py)
 
 runner = CliRunner()
 ALPHA = 0.35

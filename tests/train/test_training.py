@@ -1,5 +1,5 @@
 """Transfer learning on an image folder: a frozen backbone whose BN statistics never move,
-and fine-tuning of its top (the builds: test_backbone_builds.py).
+and fine-tuning of its top (the builds: tests/zoo/test_backbones_builds.py).
 """
 
 from __future__ import annotations
