@@ -1,6 +1,7 @@
 """The shape the code keeps: small modules, short functions, ruff clean (issue 11)."""
 
 import ast
+import re
 import shutil
 import subprocess
 import sys
@@ -52,3 +53,43 @@ def test_ruff_passes_with_the_complexity_and_argument_limits():
     proc = subprocess.run([ruff, "check", "edgebn", "tests", "tools"], cwd=root,
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:]
+
+
+def _edgebn_sources():
+    from pathlib import Path
+
+    import edgebn
+
+    root = Path(edgebn.__file__).parent
+    return {str(p.relative_to(root)): p.read_text() for p in sorted(root.rglob("*.py"))}
+
+
+def test_one_flatbuffer_writer():
+    """Only edgebn.tflite.writer packs a flatbuffer (one-op models, the probe, the rewrites)."""
+    packing = sorted(name for name, text in _edgebn_sources().items()
+                     if re.search(r"flatbuffers\.Builder|\.Pack\(|import flatbuffers", text))
+    assert packing == ["tflite/writer.py"]
+
+
+# attributes of other libraries' objects, underscored by their authors
+FOREIGN_PRIVATE = {"_keras_history", "_inbound_nodes", "_tab", "_exit",
+                   "_get_ops_details",  # LiteRT: the only view of the delegated graph
+                   # Ansible's plugin API: how an action plugin runs a raw command, and a
+                   # callback reads a task's result (ansible-core's own plugins do the same)
+                   "_low_level_execute_command", "_result", "_task", "_host"}
+
+
+def test_no_private_name_is_used_outside_its_module():
+    import ast
+
+    used = []
+    for name, text in _edgebn_sources().items():
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("edgebn"):
+                used += [f"{name}: {a.name}" for a in node.names
+                         if a.name.startswith("_") and not a.name.startswith("__")]
+            if isinstance(node, ast.Attribute) and node.attr.startswith("_") and \
+                    not node.attr.startswith("__") and node.attr not in FOREIGN_PRIVATE and \
+                    not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")):
+                used.append(f"{name}:{node.lineno}: {ast.unparse(node)}")
+    assert used == []

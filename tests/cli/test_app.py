@@ -38,15 +38,6 @@ def test_version():
     assert result.exit_code == 0 and result.stdout.strip() == f"edgebn {__version__}"
 
 
-def test_the_data_option_group_is_shared(tmp_path):
-    """One set of DataSpec options on every command that reads a dataset."""
-    for command in ("train", "convert", "fold", "build"):
-        text = runner.invoke(app, [command, "--help"], terminal_width=200).stdout
-        for option in ("--dataset", "--data-dir", "--image-size", "--color", "--resize",
-                       "--seed", "--limit"):
-            assert option in text, (command, option)
-
-
 def test_inspect_clean_exits_0_and_residual_exits_1(cnn, pattern_files):
     clean = runner.invoke(app, ["inspect", str(cnn["tflite"])])
     assert clean.exit_code == 0 and "BN verdict: clean" in clean.stdout

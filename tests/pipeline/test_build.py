@@ -212,36 +212,6 @@ def test_build_on_an_image_folder(tmp_path):
     assert "bench" not in report
 
 
-def test_interrupted_write_leaves_the_old_file_and_no_temp(tmp_path):
-    target = tmp_path / "report.json"
-    target.write_text("old")
-
-    class Boom(Exception):
-        pass
-
-    from edgebn.files import atomic_path
-
-    with pytest.raises(Boom):
-        with atomic_path(target) as tmp:
-            tmp.write_text("half-writ")
-            raise Boom
-    assert target.read_text() == "old"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]
-    write_atomic(target, "new")
-    assert target.read_text() == "new"
-
-
-def test_atomic_writes_get_the_umask_mode_not_mkstemp_0600(tmp_path):
-    import os
-
-    old = os.umask(0o022)
-    try:
-        path = write_atomic(tmp_path / "m.tflite", b"x")
-    finally:
-        os.umask(old)
-    assert path.stat().st_mode & 0o777 == 0o644
-
-
 # ---------------------------------------------------------------- cost and precisions (issue 15)
 
 
@@ -331,17 +301,6 @@ def test_a_default_build_reports_the_seeds_ledger_from_the_training_history(defa
     assert "| BN vs no-BN training |" in (out / "report.md").read_text()
 
 
-def test_at_chance_hand_worked():
-    from edgebn.pipeline.report import at_chance
-
-    labels = np.array([0] * 50 + [1] * 30 + [2] * 20)  # the majority class is 0.5 of them
-    assert "at chance (0.5000: the majority class" in at_chance(0.55, labels, 3)
-    assert at_chance(0.56 + 3 * np.sqrt(0.25 / 100), labels, 3) is None  # 3 standard errors
-    balanced = np.repeat(np.arange(10), 100)
-    assert "1 of 10 classes" in at_chance(0.149, balanced, 10)
-    assert at_chance(0.151, balanced, 10) is None  # margin 0.05 > 3 standard errors (0.028)
-
-
 def test_a_build_at_chance_warns_in_the_table_and_the_report(tmp_path):
     """Random labels: nothing to learn. The build still succeeds (it made what was asked),
     and says, in the table, report.json and report.md, that the model learned nothing."""
@@ -357,21 +316,6 @@ def test_a_build_at_chance_warns_in_the_table_and_the_report(tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert [w for w in report["warnings"] if "learned nothing" in w]
     assert "> **Warning:** test accuracy" in (out / "report.md").read_text()
-
-
-def test_verify_limits_hand_worked():
-    from edgebn.runtime.accuracy import VerifyLimits
-
-    limits = VerifyLimits.of("none")
-    assert (limits.min_agreement, limits.max_prob_diff) == (0.99, 1e-4)
-    ok, diff = limits.judge(1.0, 9e-5)
-    assert ok.passed and diff.passed
-    ok, diff = limits.judge(0.985, 2e-4)
-    assert not ok.passed and not diff.passed
-    assert diff.describe() == "max |Δp| 0.0002, the limit <= 0.0001"
-    loose = VerifyLimits.of("none", max_prob_diff=1e-3)
-    assert loose.judge(1.0, 2e-4)[1].passed and loose.min_agreement == 0.99
-    assert VerifyLimits.of("int8").min_agreement < VerifyLimits.of("float16").min_agreement
 
 
 def one_weight_perturbed(m, factor: float = 1.01) -> bytes:
@@ -463,56 +407,6 @@ def test_a_default_build_plots_training_latency_and_profile(default_build):
         assert f"![{name}]({plot['path']})" in (out / "report.md").read_text()
     assert plots["training"]["shows"] == ["BN", "BN-free baseline", "target"]
     assert report["seed_ledger"]["target_val_accuracy"] > 0
-
-
-def test_the_training_plot_marks_where_each_curve_reaches_the_target(tmp_path):
-    from edgebn.pipeline.plots import Curve, training
-
-    plot = training([Curve("BN", (0.5, 0.9, 0.95), 10), Curve("BN-free baseline", (0.4, 0.7, 0.9),
-                                                             10)], 0.9, tmp_path / "t.png")
-    assert plot.shows == ("BN", "BN-free baseline", "target")
-    assert plot.path.read_bytes()[:4] == b"\x89PNG"
-
-
-def _log(val, steps=10, seconds=1.0):
-    from edgebn.train.training import EpochLog
-
-    return EpochLog(tuple(val), tuple(seconds for _ in val), steps)
-
-
-def test_ledger_row_hand_worked():
-    from edgebn.train.ledger import LedgerRow
-
-    row = LedgerRow.of(_log([0.5, 0.8, 0.9, 0.95], steps=36, seconds=2.0), target=0.9)
-    assert (row.epochs_to_target, row.steps_to_target, row.seconds_to_target) == (3, 108, 6.0)
-    assert row.seconds_per_epoch == 2.0 and row.epochs_run == 4
-    never = LedgerRow.of(_log([0.5, 0.6]), target=0.9)
-    assert never.steps_to_target is None and never.seconds_to_target is None
-
-
-def test_sweep_ledger_takes_each_model_at_its_own_best_rate():
-    """Hand-worked: the BN-free model's best accuracy at any rate (0.9, at x1) is the target;
-    BN reaches it soonest at x10 (2 epochs), the BN-free model only at x1 (4 epochs)."""
-    from types import SimpleNamespace
-
-    from edgebn.train.ledger import SweepRun, sweep_ledger
-
-    def result(val):
-        return SimpleNamespace(history=_log(val, steps=10))
-
-    runs = [SweepRun(1, 3e-3, result([0.5, 0.7, 0.85, 0.92]), result([0.4, 0.6, 0.8, 0.9])),
-            SweepRun(3, 9e-3, result([0.6, 0.85, 0.91]), result([0.5, 0.7, 0.85])),
-            SweepRun(10, 3e-2, result([0.8, 0.93]), result([0.3, 0.4]))]
-    sweep = sweep_ledger(runs)
-    assert sweep.target == 0.9
-    assert sweep.best_bn.multiplier == 10 and sweep.best_twin.multiplier == 1
-    ledger = sweep.ledger
-    assert ledger.bn.steps_to_target == 20 and ledger.twin.steps_to_target == 40
-    assert ledger.fewer_steps == 2.0
-    doc = sweep.to_json()
-    assert [r["multiplier"] for r in doc["rates"]] == [1, 3, 10]
-    assert doc["rates"][1]["bn"]["steps_to_target"] == 30
-    assert doc["rates"][2]["twin"]["steps_to_target"] is None
 
 
 @pytest.mark.slow

@@ -6,6 +6,7 @@ import json
 import math
 
 import numpy as np
+import pytest
 from profile_models import two_halves
 from typer.testing import CliRunner
 
@@ -55,3 +56,41 @@ def test_bench_baseline_reports_the_interval(tmp_path):
     doc = json.loads(result.stdout)["baseline_ratio"]
     assert set(doc) >= {"ratio", "interval", "confidence", "rounds", "significant"}
     assert doc["ratio"] > 1.3 and doc["significant"] is True
+
+
+# ---------------------------------------------------------------- hand-worked
+
+
+def test_the_interval_is_students_t_over_the_pairs_logarithms():
+    """Three pairs at ratios 1, e^0.1, e^-0.1: logs 0, ±0.1, mean 0, s = 0.1; two degrees of
+    freedom, t = 4.303: exp(±4.303 · 0.1 / √3) = exp(±0.248434) = [0.780021, 1.282016]."""
+    low, high = _interval(np.array([1.0, math.exp(0.1), math.exp(-0.1)]))
+    assert low == pytest.approx(0.780021, abs=1e-6) and high == pytest.approx(1.282016, abs=1e-6)
+    assert _interval(np.array([1.05])) == (0.0, math.inf)  # one pair: no interval
+    # 12 pairs, 11 degrees of freedom: the table's row for 10 (t = 2.228), the wider
+    logs = np.array([0.1, -0.1] * 6)
+    low, high = _interval(np.exp(logs))
+    half = 2.228 * float(np.std(logs, ddof=1)) / math.sqrt(12)
+    assert (low, high) == pytest.approx((math.exp(-half), math.exp(half)))
+
+
+@pytest.mark.parametrize("ratio, interval, significant", [
+    (1.05, (1.01, 1.09), True),  # the interval above 1, the ratio beyond the resolution
+    (1.01, (1.005, 1.015), False),  # above 1, but within what the method resolves
+    (1.05, (0.98, 1.10), False),  # the interval holds 1
+    (0.90, (0.85, 0.95), True),  # faster, as sure
+])
+def test_significant_needs_the_interval_off_1_and_the_ratio_past_the_resolution(
+        ratio, interval, significant):
+    e = RatioEstimate(ratio, interval, 40, 110.0, 100.0)
+    assert e.significant is significant
+    assert RESOLUTION == 0.02
+
+
+def test_beyond_a_limit_means_the_whole_interval_above_it():
+    e = RatioEstimate(1.12, (1.08, 1.16), 40, 112.0, 100.0)
+    assert e.beyond(1.05) and not e.beyond(1.10)
+    assert e.describe() == ("1.120x, interval [1.080, 1.160] over 40 interleaved rounds: "
+                            "significant")
+    assert e.interval_json() == {"ratio": 1.12, "interval": [1.08, 1.16], "confidence": 0.95,
+                                 "rounds": 40, "significant": True}

@@ -10,7 +10,6 @@ import pytest
 from edgebn.errors import InvalidModelError
 from edgebn.tflite.reader import parse_tflite, read_tflite
 from edgebn.tflite.residue import analyse_bn
-from edgebn.tflite.writer import strip_names
 
 _ANALYZE = """
 import contextlib, io, json, sys
@@ -77,15 +76,6 @@ def test_reads_tensors_quantization_and_sizes(pattern_files):
     assert model.signatures[0].key == "serving_default"
     const = model.constant(weights[0])
     assert const.dtype == np.int8 and const.shape == weights[0].shape
-
-
-def test_strip_names_keeps_graph_and_drops_names(pattern_files):
-    data = pattern_files[("relu_bn_pool", "none", False)].read_bytes()
-    before, after = parse_tflite(data), parse_tflite(strip_names(data))
-    assert [o.op for o in after.subgraphs[0].operators] == \
-        [o.op for o in before.subgraphs[0].operators]
-    assert all(t.name == "" for t in after.subgraphs[0].tensors)
-    assert analyse_bn(after).verdict == analyse_bn(before).verdict == "residual"
 
 
 @pytest.mark.parametrize("data, message", [
@@ -192,68 +182,3 @@ def test_fuzz_the_batch_statistics_detector(tmp_path):
     assert outcomes["invalid"] > 0 and outcomes["batch_stats"] > 0
 
 
-def _constant_starts(model):
-    return [(start, model.buffer_bytes(i)) for i, (start, length) in enumerate(model._buffers)
-            if length]
-
-
-def test_strip_names_keeps_every_constant_and_aligns_it(pattern_files):
-    """The converter writes constants 16-byte aligned; so does edgebn's one writer."""
-    data = pattern_files[("conv_bn_relu", "int8", False)].read_bytes()
-    before, after = parse_tflite(data), parse_tflite(strip_names(data))
-    assert [raw for _, raw in _constant_starts(after)] == \
-        [raw for _, raw in _constant_starts(before)]
-    assert _constant_starts(after) and all(start % 16 == 0 for start, _ in _constant_starts(after))
-
-
-def test_empty_model_runs_and_adds():
-    from edgebn.runtime.backends import load_interpreter
-    from edgebn.tflite.writer import empty_model
-
-    interp, _ = load_interpreter(parse_tflite(empty_model(), "empty"), "auto", 1, False,
-                                 checked=False)
-    a, b = interp.get_input_details()
-    interp.set_tensor(a["index"], np.array([2.0], np.float32))
-    interp.set_tensor(b["index"], np.array([3.5], np.float32))
-    interp.invoke()
-    assert interp.get_tensor(interp.get_output_details()[0]["index"]).tolist() == [5.5]
-
-
-def _edgebn_sources():
-    from pathlib import Path
-
-    import edgebn
-
-    root = Path(edgebn.__file__).parent
-    return {str(p.relative_to(root)): p.read_text() for p in sorted(root.rglob("*.py"))}
-
-
-def test_one_flatbuffer_writer():
-    """Only edgebn.tflite.writer packs a flatbuffer (one-op models, the probe, the rewrites)."""
-    packing = sorted(name for name, text in _edgebn_sources().items()
-                     if re.search(r"flatbuffers\.Builder|\.Pack\(|import flatbuffers", text))
-    assert packing == ["tflite/writer.py"]
-
-
-# attributes of other libraries' objects, underscored by their authors
-FOREIGN_PRIVATE = {"_keras_history", "_inbound_nodes", "_tab", "_exit",
-                   "_get_ops_details",  # LiteRT: the only view of the delegated graph
-                   # Ansible's plugin API: how an action plugin runs a raw command, and a
-                   # callback reads a task's result (ansible-core's own plugins do the same)
-                   "_low_level_execute_command", "_result", "_task", "_host"}
-
-
-def test_no_private_name_is_used_outside_its_module():
-    import ast
-
-    used = []
-    for name, text in _edgebn_sources().items():
-        for node in ast.walk(ast.parse(text)):
-            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("edgebn"):
-                used += [f"{name}: {a.name}" for a in node.names
-                         if a.name.startswith("_") and not a.name.startswith("__")]
-            if isinstance(node, ast.Attribute) and node.attr.startswith("_") and \
-                    not node.attr.startswith("__") and node.attr not in FOREIGN_PRIVATE and \
-                    not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")):
-                used.append(f"{name}:{node.lineno}: {ast.unparse(node)}")
-    assert used == []
