@@ -451,3 +451,24 @@ class Folder:
             return (f"shift cannot pass the transposed convolution {layer.name} "
                     "(its outputs sum different numbers of kernel taps)")
         return None
+
+
+def _is_keras_bn(layer: Any) -> bool:
+    from keras import layers  # Keras is imported only when a model is there to walk
+
+    return isinstance(layer, layers.BatchNormalization)
+
+
+def bn_layers_of(model: Any) -> list[Any]:
+    """Every BN layer at any depth (graph or not), each once."""
+    found: dict[int, Any] = {}
+
+    def visit(layer: Any) -> None:
+        for sub in getattr(layer, "layers", []):
+            if _is_keras_bn(sub):
+                found[id(sub)] = sub
+            visit(sub)
+
+    visit(model)
+    return list(found.values())
+

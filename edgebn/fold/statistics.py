@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from edgebn.errors import EdgebnError
+from edgebn.fold import recompute as one_pass
 from edgebn.fold.graph import as_functional, graph, is_graph_model
 from edgebn.tensors import rows_per_chunk
 
@@ -400,11 +401,25 @@ def recompute(model: Any, x: np.ndarray, only: Any = None) -> Recomputed:
     sites = [s for s in bn_sites(model)[0] if only is None or only(s.layer)]
     stats: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     noise: dict[str, float] = {}
-    for site in sites:
-        split = _population([site], x)[site.path]
-        stats[site.path] = (split.whole.mean, split.whole.var)
-        noise[site.path] = _noise(split, float(site.layer.epsilon))
-        set_statistics(model, {site.path: stats[site.path]})
+
+    def record(path: str, split: _Split, layer: Any) -> None:
+        stats[path] = (split.whole.mean, split.whole.var)
+        noise[path] = _noise(split, float(layer.epsilon))
+        layer.moving_mean.assign(split.whole.mean.astype(layer.moving_mean.dtype))
+        layer.moving_variance.assign(split.whole.var.astype(layer.moving_variance.dtype))
+
+    if one_pass.fits(model, len(x)):  # the graph once, node by node, over all the samples
+        axes = {id(s.layer): s.axis for s in sites}
+
+        def at_bn(path: str, layer: Any, value: np.ndarray) -> None:
+            split = _Split()
+            split.add(value, axes[id(layer)])
+            record(path, split, layer)
+
+        one_pass.run(model, x, at_bn, set(axes))
+    else:  # too large to keep in memory: each BN probed from the input, in graph order
+        for site in sites:
+            record(site.path, _population([site], x)[site.path], site.layer)
     return Recomputed(len(x), stats, noise, time.perf_counter() - start)
 
 
@@ -479,17 +494,3 @@ def recalibrate(model: Any, x: np.ndarray, held_out: np.ndarray, labels: np.ndar
     check_recalibrated(after, done.noise)
     acc_after = None if labels is None else accuracy(model, held_out, labels)
     return Recalibration(done.samples, source, before, after, acc_before, acc_after, done.seconds)
-
-
-def bn_layers_of(model: Any) -> list[Any]:
-    """Every BN layer at any depth (graph or not), each once."""
-    found: dict[int, Any] = {}
-
-    def visit(layer: Any) -> None:
-        for sub in getattr(layer, "layers", []):
-            if _is_bn(sub):
-                found[id(sub)] = sub
-            visit(sub)
-
-    visit(model)
-    return list(found.values())

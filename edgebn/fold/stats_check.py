@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from edgebn.fold.graph import bn_layers_of
 from edgebn.fold.statistics import (
     DRIFT_SAMPLES,
     RECALIBRATE_SAMPLES,
@@ -20,7 +21,6 @@ from edgebn.fold.statistics import (
     DriftReport,
     Recalibration,
     StatisticsError,
-    bn_layers_of,
     measure_drift,
     recalibrate,
 )

@@ -32,7 +32,7 @@ from edgebn.convert import (
 from edgebn.data.dataset import Dataset, DataSpec
 from edgebn.deploy.bundle import GOLDEN_SAMPLES, BundleSource, bundle, check_bundle_out
 from edgebn.errors import DatasetError, EdgebnError
-from edgebn.fold.statistics import bn_layers_of
+from edgebn.fold.graph import bn_layers_of
 from edgebn.fold.stats_check import StatsCheck, bn_statistics
 from edgebn.pipeline.ledger import SweepLedger, SweepRun, sweep_ledger
 from edgebn.pipeline.precisions import FLOAT32_BESIDE, FLOAT32_FILE, Float32Beside, float32_models

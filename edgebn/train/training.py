@@ -11,8 +11,9 @@ from typing import Any
 
 from edgebn.data.dataset import Dataset, DataSpec
 from edgebn.errors import EdgebnError
+from edgebn.fold.graph import bn_layers_of
 from edgebn.fold.keras_fold import all_bn_layer_names
-from edgebn.fold.statistics import DRIFT_SAMPLES, RECALIBRATE_SAMPLES, bn_layers_of
+from edgebn.fold.statistics import DRIFT_SAMPLES, RECALIBRATE_SAMPLES
 from edgebn.fold.stats_check import StatsCheck, StatsPolicy, StatsSamples, check_statistics
 from edgebn.stages import SILENT, Progress, timed
 from edgebn.train.distribute import SINGLE, Distribution, Strategy, distribution
