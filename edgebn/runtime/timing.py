@@ -267,7 +267,7 @@ class RatioEstimate:
         return self.interval[0] > limit
 
     def interval_json(self) -> dict[str, Any]:
-        """The fields CONTRACTS gives every interleaved ratio."""
+        """The fields every interleaved ratio carries in a JSON document (docs/reference/json.md)."""
         return {"ratio": self.ratio, "interval": list(self.interval), "confidence": self.confidence,
                 "rounds": self.rounds, "significant": self.significant}
 
