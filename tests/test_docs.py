@@ -305,7 +305,7 @@ def resolves(dotted: str) -> bool:
 
 def named_modules(page: Path) -> list[tuple[str, str]]:
     text = page.read_text(encoding="utf-8")
-    paths = re.findall(r"(?<![\w/.~-])(edgebn/[\w/.-]*?\.py)\b", text)
+    paths = re.findall(r"(?<![\w/.~-])(edgebn/[\w/.-]*?\.(?:py|sh))\b", text)
     dotted = re.findall(r"(?<![\w/.~-])(edgebn(?:\.[A-Za-z_]\w*)+)", text)
     return [("path", p) for p in paths] + [("module", d) for d in dotted]
 

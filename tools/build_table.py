@@ -54,7 +54,7 @@ def sweep_table(sweep: dict) -> str:
                          f"{_cell(r['seconds_to_target'], '.1f')} | {r['seconds_per_epoch']:.2f} |")
     ratios = sweep["best_against_best"]["ratios"]
     lines += ["", "Each at its own best rate: " + ", ".join(
-        f"{what} {_cell(ratios[key], '.2f')}x" for key, what in (
+        f"{what} " + ("n/a" if ratios[key] is None else f"{ratios[key]:.2f}x") for key, what in (
             ("fewer_steps", "BN needs fewer steps by"), ("epoch_slowdown", "a BN epoch is slower by"),
             ("wall_speedup", "wall-time speedup to the target")))]
     return "\n".join(lines)
@@ -68,7 +68,7 @@ def copy_plots(report: dict, build: Path, page: Path, block: str) -> list[str]:
         figures.mkdir(exist_ok=True)
         target = figures / f"{block}-{name}.png"
         shutil.copyfile(build / plot["path"], target)
-        shown.append(f"![{name}: {', '.join(plot['shows'])}](figures/{target.name})")
+        shown.append(f"![{name}](figures/{target.name})")
     return shown
 
 
