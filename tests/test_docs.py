@@ -470,7 +470,10 @@ def test_runnable_blocks_run_as_written(page, tmp_path):
     that name, one without is run; shell blocks run with bash -e."""
     (tmp_path / "models").symlink_to(ROOT / "models")
     path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    env = dict(os.environ, PYTHONPATH=path, TF_CPP_MIN_LOG_LEVEL="2")
+    # the blocks say python and edgebn: this interpreter's, as an activated venv would give
+    bindir = os.path.dirname(sys.executable)
+    env = dict(os.environ, PYTHONPATH=path, TF_CPP_MIN_LOG_LEVEL="2",
+               PATH=os.pathsep.join([bindir, os.environ.get("PATH", "")]))
     env.pop("GITHUB_STEP_SUMMARY", None)
     for number, (language, code, name, _) in enumerate(runnable_blocks(page), 1):
         if language == "python" and name:
