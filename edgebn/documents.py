@@ -1,4 +1,4 @@
-"""The JSON documents edgebn writes and reads: ../shared/CONTRACTS.md gives their shapes.
+"""The JSON documents edgebn writes and reads: docs/reference/json.md gives their shapes.
 
 ``to_json()`` returns a :data:`JsonDict`; a value read from a document is a :data:`JsonValue`
 until it has been checked (:mod:`edgebn.pipeline.report_read`).

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""The README's backbone table: each zoo backbone at 96 and 224 px, float32 and int8.
+"""The measured backbone table: each zoo backbone at 96 and 224 px, float32 and int8.
 
-    python tools/backbone_figures.py [--sizes 96,224] [--time 1.0] [ARCH ...]
+    python tools/backbone_figures.py [--sizes 96,224] [--time 1.0] [ARCH ...] [--write PAGE]
 
 Each backbone is built as ``edgebn build --arch`` builds it (edgebn.zoo.backbones: the
 application without its top, a new 5-class head; weights none, BN statistics set from
@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from figure_block import add_write_option, captured
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -62,14 +63,22 @@ def _row(arch, size: int, seconds: float, work: Path) -> str:
 
 
 def main() -> None:
-    from edgebn.zoo.models import BACKBONE_ARCHS, Arch
+    from edgebn.zoo.models import BACKBONE_ARCHS
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("archs", nargs="*", default=sorted(a.value for a in BACKBONE_ARCHS))
     parser.add_argument("--sizes", default="96,224")
     parser.add_argument("--time", type=float, default=1.0, help="seconds per timed model")
+    add_write_option(parser, "backbones")
     a = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="edgebn-backbones-"))
+    with captured(a.write, "backbones"):
+        _table(a, work)
+
+
+def _table(a, work: Path) -> None:
+    from edgebn.zoo.models import Arch
+
     print("| backbone | px | params | BN layers | TFLite float32 | TFLite int8 | "
           "TFLite p50 float32 | TFLite p50 int8 | Keras compiled p50 | GMAC/s (of ceiling) |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")

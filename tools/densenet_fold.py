@@ -1,6 +1,6 @@
-"""torchvision's DenseNet121 through litert-torch, folded on the flatbuffer: the README's row.
+"""torchvision's DenseNet121 through litert-torch, folded on the flatbuffer: the measured row.
 
-    python tools/densenet_fold.py [--size 64] [--bench-time 2.0] [--repeats 3]
+    python tools/densenet_fold.py [--size 64] [--bench-time 2.0] [--repeats 3] [--write PAGE]
 
 Needs the torch extra (torch, torchvision, litert-torch). The model is built with
 ``weights=None`` and random BN statistics (as tests/fold/tflite/test_tflite_fold_torch.py does),
@@ -20,6 +20,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+from figure_block import add_write_option, captured  # noqa: E402
+
 from edgebn.machine import cpu_model  # noqa: E402  (after the tests' folder is on the path)
 
 
@@ -28,6 +30,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--bench-time", type=float, default=2.0)
     parser.add_argument("--repeats", type=int, default=3)
+    add_write_option(parser, "densenet-fold")
     args = parser.parse_args()
 
     import litert_torch
@@ -48,23 +51,27 @@ def main() -> None:
     x = np.random.default_rng(0).uniform(0, 1, (8, 3, args.size, args.size)).astype(np.float32)
     with torch.no_grad():
         want = model(torch.from_numpy(x)).numpy().astype(np.float64)
-    print(f"CPU: {cpu_model()}; torch {torch.__version__}, torchvision {torchvision.__version__}, "
-          f"litert-torch {getattr(litert_torch, '__version__', '')}")
-    print("| run | chains: folded / collapsed / kept | largest |Δ| of a tensor | folded vs PyTorch "
-          "| p50 before µs | p50 after µs | ratio before / after (95 % interval) |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    for run in range(args.repeats):
-        result = fold_tflite(original, x,
-                             bench=BenchSettings(min_time_s=args.bench_time, cost=False))
-        counts = result.to_json()["counts"]
-        folded = Path(tempfile.mkdtemp()) / "folded.tflite"
-        folded.write_bytes(result.data)
-        got, _ = predict_tflite(folded, x)
-        e = result.speed
-        print(f"| {run + 1} | {counts['folded']} / {counts['collapsed']} / {counts['kept']} | "
-              f"{result.max_rel_diff:.2g} | "
-              f"{np.max(np.abs(got - want)) / np.max(np.abs(want)):.2g} | "
-              f"{e.current_p50_us:,.0f} | {e.baseline_p50_us:,.0f} | {e.describe()} |")
+    with captured(args.write, "densenet-fold", packages=('torch', 'torchvision', 'litert-torch')):
+        print(f"CPU: {cpu_model()}; torch {torch.__version__}, "
+              f"torchvision {torchvision.__version__}, "
+              "litert-torch "
+              f"{litert_torch.__version__ if hasattr(litert_torch, '__version__') else ''}")
+        print("| run | chains: folded / collapsed / kept | largest \\|Δ\\| of a tensor "
+              "| folded vs PyTorch "
+              "| p50 before µs | p50 after µs | ratio before / after (95 % interval) |")
+        print("| --- | --- | --- | --- | --- | --- | --- |")
+        for run in range(args.repeats):
+            result = fold_tflite(original, x,
+                                 bench=BenchSettings(min_time_s=args.bench_time, cost=False))
+            counts = result.to_json()["counts"]
+            folded = Path(tempfile.mkdtemp()) / "folded.tflite"
+            folded.write_bytes(result.data)
+            got, _ = predict_tflite(folded, x)
+            e = result.speed
+            print(f"| {run + 1} | {counts['folded']} / {counts['collapsed']} / {counts['kept']} | "
+                  f"{result.max_rel_diff:.2g} | "
+                  f"{np.max(np.abs(got - want)) / np.max(np.abs(want)):.2g} | "
+                  f"{e.current_p50_us:,.0f} | {e.baseline_p50_us:,.0f} | {e.describe()} |")
 
 
 if __name__ == "__main__":

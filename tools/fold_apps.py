@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""The README's keras.applications table: fold, then convert, per family.
+"""The measured keras.applications table: fold, then convert, per family.
 
-    python tools/fold_apps.py [FAMILY ...]
+    python tools/fold_apps.py [FAMILY ...] [--write docs/measurements.md]
 
 Each family is built as tests/fold/keras/test_keras_fold_apps.py builds it (weights=None, small
 input, random BN statistics), folded by edgebn (the float64 check included), then converted
@@ -10,6 +10,7 @@ twice, folded first and by the converter alone; inspect counts the residual BN i
 
 from __future__ import annotations
 
+import argparse
 import sys
 import tempfile
 import time
@@ -17,15 +18,31 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+from figure_block import add_write_option, captured  # noqa: E402
+
 
 def main() -> None:
+    from test_fold_apps import FAMILIES
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("families", nargs="*", metavar="FAMILY", help=", ".join(FAMILIES))
+    add_write_option(parser, "fold-apps")
+    args = parser.parse_args()
+    families = args.families or list(FAMILIES)
+    unknown = sorted(set(families) - set(FAMILIES))
+    if unknown:
+        parser.error(f"unknown families: {', '.join(unknown)}")
+    tmp = Path(tempfile.mkdtemp(prefix="edgebn-apps-"))
+    with captured(args.write, "fold-apps"):
+        _table(families, tmp)
+
+
+def _table(families: list[str], tmp: Path) -> None:
     from patterns import randomise_bn_statistics
     from test_fold_apps import FAMILIES, _build, _inputs
 
     from edgebn.convert import ConvertOptions, convert_model
 
-    families = sys.argv[1:] or list(FAMILIES)
-    tmp = Path(tempfile.mkdtemp(prefix="edgebn-apps-"))
     print("| family | input | BN | folded in Keras | kept | max \\|Δ\\| rel (float32) | "
           "float64 fold error | residual BN: converter alone | residual BN: folded first | "
           "fold + 2 conversions |")

@@ -1,6 +1,6 @@
 """How often the latency gate cries wolf, and how often it catches a real regression.
 
-    python tools/gate_reliability.py [--runs 50] [--bench-time 1.0] [--no-busy]
+    python tools/gate_reliability.py [--runs 50] [--bench-time 1.0] [--no-busy] [--write PAGE]
 
 With a CPU-bound process busy on one of the machine's cores (unless --no-busy), runs
 ``edgebn check`` of the committed digits-cnn build against itself ``--runs`` times (every
@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from figure_block import add_write_option, captured
 
 ROOT = Path(__file__).resolve().parent.parent
 DIGITS = ROOT / "models" / "digits-cnn"
@@ -120,6 +121,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--bench-time", type=float, default=1.0)
     parser.add_argument("--no-busy", action="store_true")
+    add_write_option(parser, "gate-reliability")
     args = parser.parse_args()
     busy = None if args.no_busy else subprocess.Popen(
         [sys.executable, "-c", "while True: pass"])  # one core kept busy the whole time
@@ -136,13 +138,14 @@ def main() -> None:
             busy.kill()
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                 if ln.startswith("model name")), "unknown CPU")
-    print(f"{cpu}, {'one core busy' if busy else 'idle'}, --bench-time {args.bench_time}\n")
-    print("| check | runs | wrong verdicts | ratio median (range) | interval width (median) | "
-          "rounds (median) | longest timing (cap 2 × --bench-time) | slowest check, whole "
-          "process |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    print(_summary("a build against itself (must pass)", same, True))
-    print(_summary("3 extra convolutions against the original (must fail)", slower, False))
+    with captured(args.write, "gate-reliability"):
+        print(f"{cpu}, {'one core busy' if busy else 'idle'}, --bench-time {args.bench_time}\n")
+        print("| check | runs | wrong verdicts | ratio median (range) | interval width (median) | "
+              "rounds (median) | longest timing (cap 2 × --bench-time) | "
+              "slowest check, whole process |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+        print(_summary("a build against itself (must pass)", same, True))
+        print(_summary("3 extra convolutions against the original (must fail)", slower, False))
 
 
 if __name__ == "__main__":

@@ -3,10 +3,13 @@
 
 Builds a BN MLP of about 1 MB (Dense 512x512 float32), converts it, then times the
 whole `edgebn inspect --json` process (interpreter start-up included) five times.
+
+    python tools/inspect_speed.py [--write docs/measurements.md]
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import statistics
 import subprocess
@@ -15,8 +18,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from figure_block import add_write_option, captured
+
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_write_option(parser, "inspect-speed")
+    args = parser.parse_args()
     import keras
 
     from edgebn.convert import to_tflite as convert
@@ -40,10 +48,14 @@ def main() -> None:
     from edgebn.tflite.residue import inspect_tflite
 
     lib = min(inspect_tflite(path).elapsed_ms for _ in range(5))
-    print(f"{path.name}: {size / 1e6:.2f} MB")
-    print(f"edgebn inspect --json, whole process: median {statistics.median(walls):.3f} s, "
-          f"max {max(walls):.3f} s over {len(walls)} runs")
-    print(f"library parse + BN analysis alone: {lib:.1f} ms (best of 5)")
+    with captured(args.write, "inspect-speed"):
+        print(f"{path.name}: {size / 1e6:.2f} MB\n")
+        print("| what is timed | time |")
+        print("| --- | --- |")
+        print(f"| `edgebn inspect --json`, the whole process (median of {len(walls)}) | "
+              f"{statistics.median(walls):.3f} s |")
+        print(f"| the same, slowest of {len(walls)} | {max(walls):.3f} s |")
+        print(f"| the library's parse and BN analysis alone (best of 5) | {lib:.1f} ms |")
 
 
 if __name__ == "__main__":

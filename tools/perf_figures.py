@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""Reproduce the README's "How close to the machine's limit" table.
+"""Reproduce the measured "How close to the machine's limit" table.
 
-    python tools/perf_figures.py [BUILD_DIR]   # default: `edgebn build --no-bench` into a temp dir
+    python tools/perf_figures.py [BUILD_DIR] [--write docs/measurements.md]
+    # default: `edgebn build --no-bench` into a temp dir
 
 Two models, each at 1 and 2 interpreter threads (edgebn.bench.scaling.bench_threads, bench
 defaults: XNNPACK, batch 1, 1 s of timed runs per count):
@@ -19,11 +20,14 @@ the models are timed under the same load.
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from figure_block import add_write_option, captured
 
 THREADS = (1, 2)
 
@@ -50,6 +54,11 @@ def _mobilenet_v2(tmp: Path) -> Path:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("build_dir", nargs="?", type=Path,
+                        help="a default build (else one is made)")
+    add_write_option(parser, "efficiency")
+    args = parser.parse_args()
     from edgebn.bench.run import BenchTargets, bench_threads
     from edgebn.bench.scaling import ThreadScaling
     from edgebn.cli.ui import quiet
@@ -61,7 +70,7 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="edgebn-figures-"))
     os.environ["EDGEBN_CACHE"] = str(tmp / "cache")  # probe the ceiling now, not from a cache
-    build_dir = Path(sys.argv[1]) if len(sys.argv) > 1 else None
+    build_dir = args.build_dir
     models = {  # name -> (.tflite, its inputs: None for random)
         "default cnn (digits, folded, float32)": (_default_model(build_dir, tmp),
                                                   DataSpec().load().x_test),
@@ -72,17 +81,18 @@ def main() -> None:
             results[name] = bench_threads(BenchTargets(path), BenchSettings(), THREADS, data)
     env = next(iter(results.values())).environment
     probe_macs = model_cost(parse_tflite(probe_model(), "probe")).macs
-    print(f"{env['cpu']}, {env['cores']} cores, Python {env['python']}, {env['backend']}, "
-          f"XNNPACK on, batch 1. Ceiling: the probe ({PROBE_LAYERS} 1x1 CONV_2D, "
-          f"{PROBE_CHANNELS} channels, {PROBE_SIZE}x{PROBE_SIZE}, float32, "
-          f"{probe_macs / 1e6:.0f} M MACs), its fastest run at the same thread count.\n")
-    header = ("model", "MACs", *ThreadScaling.HEADER)
-    print(f"| {' | '.join(header)} |")
-    print(f"| {' | '.join('---' for _ in header)} |")
-    for name, result in results.items():
-        macs = f"{result.tflite.cost.macs / 1e6:.2f} M"
-        for row in result.scaling.rows:
-            print(f"| {name} | {macs} | {' | '.join(row.cells())} |")
+    with captured(args.write, "efficiency"):
+        print(f"{env['cpu']}, {env['cores']} cores, Python {env['python']}, {env['backend']}, "
+              f"XNNPACK on, batch 1. Ceiling: the probe ({PROBE_LAYERS} 1x1 CONV_2D, "
+              f"{PROBE_CHANNELS} channels, {PROBE_SIZE}x{PROBE_SIZE}, float32, "
+              f"{probe_macs / 1e6:.0f} M MACs), its fastest run at the same thread count.\n")
+        header = ("model", "MACs", *ThreadScaling.HEADER)
+        print(f"| {' | '.join(header)} |")
+        print(f"| {' | '.join('---' for _ in header)} |")
+        for name, result in results.items():
+            macs = f"{result.tflite.cost.macs / 1e6:.2f} M"
+            for row in result.scaling.rows:
+                print(f"| {name} | {macs} | {' | '.join(row.cells())} |")
 
 
 if __name__ == "__main__":

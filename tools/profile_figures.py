@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""Reproduce the README's "Where the time goes" figures: `edgebn profile` on keras.applications.
+"""Reproduce the measured "Where the time goes" figures: `edgebn profile` on keras.applications.
 
-    python tools/profile_figures.py [--min-time S] [--repeats N] [--cache DIR] [--tflite F ...]
-    2>/dev/null
+    python tools/profile_figures.py [--min-time S] [--repeats N] [--cache DIR] [--tflite F ...] \
+        [--write docs/measurements.md] 2>/dev/null
 
 Three models, weights=None, converted float32 by edgebn.convert, 1 thread, XNNPACK on (and
 any ``--tflite`` files, e.g. MediaPipe's, profiled as they are). For each: the whole model's
@@ -17,7 +17,7 @@ range of the segments' factors (in context / isolated):
   residual MUL+ADD pairs are marked, and the residue cost is measured N times (the model's
   p50 over the p50 of the same graph with the pairs bypassed, interleaved). As a cross-check,
   the issue's own method: the model against the converter's .tflite of the same Keras model
-  with every BN layer replaced by a pass-through (the "BN-free twin"), interleaved.
+  with every BN layer replaced by a pass-through (the BN-free baseline), interleaved.
 
 With weights=None every BN has beta = 0 and moving mean = 0, so its shift is zero and the
 converter drops the ADD, leaving a lone MUL that is not BN-shaped; a trained model has a
@@ -34,6 +34,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from figure_block import add_write_option, captured
 
 MODELS = {  # name -> (keras.applications builder, keyword arguments, input, random BN stats)
     "MobileNetV2": ("MobileNetV2", {"alpha": 0.35}, 96, False),
@@ -120,6 +121,7 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=5, help="operators listed per model")
     parser.add_argument("--tflite", type=Path, nargs="*", default=[],
                         help="other .tflite files to profile as they are")
+    add_write_option(parser, "profile")
     args = parser.parse_args()
     cache = args.cache or Path(tempfile.mkdtemp(prefix="edgebn-profile-"))
     cache.mkdir(parents=True, exist_ok=True)
@@ -140,20 +142,21 @@ def main() -> None:
                     for name, path in paths.items() if results[name].residual_pairs()}
     first = next(iter(results.values()))
     env = environment(first.backend, first.xnnpack, first.threads)
-    print(f"{env['cpu']}, {env['cores']} cores, Python {env['python']}, {env['backend']}, "
-          f"XNNPACK on, 1 thread, batch 1, float32, keras.applications weights=None; "
-          f"--min-time {args.min_time:g} s; load average {load_before:.1f} before the timing, "
-          f"{os.getloadavg()[0]:.1f} after\n")
-    _summary(results, residues)
-    print()
-    _top(results, args.top)
+    with captured(args.write, "profile"):
+        print(f"{env['cpu']}, {env['cores']} cores, Python {env['python']}, {env['backend']}, "
+              f"XNNPACK on, 1 thread, batch 1, float32, keras.applications weights=None; "
+              f"--min-time {args.min_time:g} s; load average {load_before:.1f} before the timing, "
+              f"{os.getloadavg()[0]:.1f} after\n")
+        _summary(results, residues)
+        print()
+        _top(results, args.top)
 
 
 def _summary(results, residues) -> None:
     print("| model | input | M MACs | operators | residual BN chains | whole p50 µs | "
           "isolated sum / p50 | in context sum / p50 | segment factors | rows by method | "
           "residue cost: chains bypassed (median, range) | "
-          "cross-check: against the BN-free Keras twin |")
+          "cross-check: against the BN-free Keras baseline |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, r in results.items():
         if name in MODELS:

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""The README's rollout figures: both engines on loopback fleets of real sshds.
+"""The measured rollout figures: both engines on loopback fleets of real sshds.
 
-    python tools/rollout_figures.py [BUNDLE] [--hosts 24] [--big 100] [--parallel 8] [--rounds 3]
+    python tools/rollout_figures.py [BUNDLE] [--hosts 24] [--big 100] [--parallel 8] [--rounds 3] \
+        [--write docs/measurements.md]
 
 Each device is an sshd of its own on 127.0.0.1 with its own HOME (tests/sshd_hosts.Device),
 its python3 this Python. BUNDLE defaults to a fresh `edgebn build --bundle` of the default
@@ -34,6 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))  # the tests' sshd devices
 
+from figure_block import add_write_option, captured  # noqa: E402
 from sshd_hosts import Device, make_keys  # noqa: E402
 
 from edgebn.deploy.ansible_engine import Connection, rollout_ansible  # noqa: E402
@@ -142,6 +144,7 @@ def main() -> int:
     ap.add_argument("--big", type=int, default=100)
     ap.add_argument("--parallel", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=3)
+    add_write_option(ap, "rollout")
     args = ap.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     with tempfile.TemporaryDirectory(prefix="edgebn-rollout-") as tmp:
@@ -183,18 +186,20 @@ def main() -> int:
         finally:
             for d in devices:
                 d.kill()
-    print(f"CPU: {_cpu()}, {os.cpu_count()} cores (shared); Python {platform.python_version()}; "
-          f"{_versions()}; --parallel {args.parallel} (threads / Ansible forks); "
-          f"sshd MaxStartups {startups} each, one sshd per host; open files limit "
-          f"{soft}/{hard}\n")
-    print("| hosts | engine | deploy wall s | s per host | re-run (all unchanged) wall s "
-          "| peak processes | peak open fds |")
-    print("| ---: | --- | ---: | ---: | ---: | ---: | ---: |")
-    for n, engine, d, per, r, procs, fds in rows + big:
-        rerun = "-" if r is None else f"{r:.1f}"
-        print(f"| {n} | {engine} | {d:.1f} | {per:.3f} | {rerun} | {procs} | {fds} |")
-    print(f"\n{args.hosts} hosts: ansible / native deploy wall time = {ratio:.2f} "
-          f"(median of {args.rounds} rounds each)")
+    with captured(args.write, "rollout", packages=('ansible-core',)):
+        print(f"CPU: {_cpu()}, {os.cpu_count()} cores (shared); "
+              f"Python {platform.python_version()}; "
+              f"{_versions()}; --parallel {args.parallel} (threads / Ansible forks); "
+              f"sshd MaxStartups {startups} each, one sshd per host; open files limit "
+              f"{soft}/{hard}\n")
+        print("| hosts | engine | deploy wall s | s per host | re-run (all unchanged) wall s "
+              "| peak processes | peak open fds |")
+        print("| ---: | --- | ---: | ---: | ---: | ---: | ---: |")
+        for n, engine, d, per, r, procs, fds in rows + big:
+            rerun = "-" if r is None else f"{r:.1f}"
+            print(f"| {n} | {engine} | {d:.1f} | {per:.3f} | {rerun} | {procs} | {fds} |")
+        print(f"\n{args.hosts} hosts: ansible / native deploy wall time = {ratio:.2f} "
+              f"(median of {args.rounds} rounds each)")
     return 0
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""The figures of the device's server (predict.py --serve), for the README.
+"""The figures of the device's server (predict.py --serve), for the documentation.
 
-    python tools/serve_figures.py [--runs 200] [--rounds 3]
+    python tools/serve_figures.py [--runs 200] [--rounds 3] [--write docs/measurements.md]
 
 Two bundles, made by edgebn's own code:
 
@@ -53,6 +53,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from figure_block import add_write_option, captured
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -321,6 +322,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=50, help="requests and invokes per round")
     ap.add_argument("--rounds", type=int, default=15)
+    add_write_option(ap, "serve")
     args = ap.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.path.insert(0, str(ROOT))
@@ -334,24 +336,27 @@ def main() -> None:
     runtime = subprocess.run([sys.executable, "-c", "import importlib.metadata as m;"
                               "print(m.version('ai-edge-litert'))"], capture_output=True,
                              text=True).stdout.strip()
-    print(f"CPU: {cpu_model()}, {os.cpu_count()} cores (shared with other work: read the ratios); "
-          f"Python {platform.python_version()}, ai-edge-litert {runtime}; "
-          f"{args.rounds} rounds of {args.runs}; p50s, ratio and overhead: the medians over the "
-          f"rounds; load average before: {load_before}, after: {os.getloadavg()[0]:.1f}\n")
-    print("| model | invoke p50 | POST /predict p50 | server / invoke | overhead | of which "
-          "JPEG decode | req/s, 1 / 2 / 4 clients | reload: new / back | dropped during 10 reloads "
-          "|")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for r in rows:
-        rps = " / ".join(f"{r['rps'][c]:,.0f}" for c in (1, 2, 4))
-        print(f"| {r['model']} | {r['invoke_p50_us']:,.0f} µs | {r['server_p50_us']:,.0f} µs | "
-              f"{r['ratio']:.3f} | {r['overhead_us']:,.0f} µs | {r['decode_p50_us']:,.0f} µs | "
-              f"{rps} ({r['workers']} workers) | "
-              f"{r['reload_new_ms']:,.0f} / {r['reload_back_ms']:,.0f} ms | "
-              f"{r['failed']} of {r['answered']:,} |")
-    print("\nper round (invoke p50, server p50) in µs: " + "; ".join(
-        f"{r['model']}: " + ", ".join(f"({i:,.0f}, {s:,.0f})" for i, s in r["rounds"])
-        for r in rows))
+    with captured(args.write, "serve"):
+        print(f"CPU: {cpu_model()}, {os.cpu_count()} cores "
+              "(shared with other work: read the ratios); "
+              f"Python {platform.python_version()}, ai-edge-litert {runtime}; "
+              f"{args.rounds} rounds of {args.runs}; "
+              "p50s, ratio and overhead: the medians over the "
+              f"rounds; load average before: {load_before}, after: {os.getloadavg()[0]:.1f}\n")
+        print("| model | invoke p50 | POST /predict p50 | server / invoke | overhead | of which "
+              "JPEG decode | req/s, 1 / 2 / 4 clients | reload: new / back | "
+              "dropped during 10 reloads |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for r in rows:
+            rps = " / ".join(f"{r['rps'][c]:,.0f}" for c in (1, 2, 4))
+            print(f"| {r['model']} | {r['invoke_p50_us']:,.0f} µs | {r['server_p50_us']:,.0f} µs | "
+                  f"{r['ratio']:.3f} | {r['overhead_us']:,.0f} µs | {r['decode_p50_us']:,.0f} µs | "
+                  f"{rps} ({r['workers']} workers) | "
+                  f"{r['reload_new_ms']:,.0f} / {r['reload_back_ms']:,.0f} ms | "
+                  f"{r['failed']} of {r['answered']:,} |")
+        print("\nper round (invoke p50, server p50) in µs: " + "; ".join(
+            f"{r['model']}: " + ", ".join(f"({i:,.0f}, {s:,.0f})" for i, s in r["rounds"])
+            for r in rows))
 
 
 if __name__ == "__main__":

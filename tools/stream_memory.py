@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Peak memory of training on a big image folder: streamed, not loaded.
 
-    python tools/stream_memory.py [WORK_DIR] [--images 5000] [--size 224] [--build]
+    python tools/stream_memory.py [WORK_DIR] [--images 5000] [--size 224] [--build] [--write PAGE]
 
 Generates a folder of N images (3 classes, noise over a raised colour channel, PNG and
 JPEG alternating, a few pixels larger than SIZE so every one is resized), MobileNetV2
@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from figure_block import add_write_option, captured
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # this script builds the weights with Keras
 
@@ -52,6 +53,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=5000)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--build", action="store_true")
+    add_write_option(parser, "stream-memory")
     a = parser.parse_args()
     work = a.work or Path(tempfile.mkdtemp(prefix="edgebn-stream-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -81,11 +83,12 @@ def main() -> None:
         report = json.loads((out / "report.json").read_text())
         rows.append(("edgebn build --no-bench", peak, secs, report["tflite"]["test_accuracy"]))
     decoded_gb = n * a.size * a.size * 3 * 4 / 1e9
-    print(f"{n} images at {a.size}x{a.size} ({disk_mb:.0f} MB on disk, {decoded_gb:.2f} GB "
-          "as float32 tensors); MobileNetV2 alpha 1.0, frozen, batch 32\n")
-    print("| command | peak RSS | wall time | test accuracy |\n|---|---:|---:|---:|")
-    for name, peak, secs, acc in rows:
-        print(f"| {name} | {peak:,.0f} MB | {secs:.0f} s | {acc:.3f} |")
+    with captured(a.write, "stream-memory"):
+        print(f"{n} images at {a.size}x{a.size} ({disk_mb:.0f} MB on disk, {decoded_gb:.2f} GB "
+              "as float32 tensors); MobileNetV2 alpha 1.0, frozen, batch 32\n")
+        print("| command | peak RSS | wall time | test accuracy |\n|---|---:|---:|---:|")
+        for name, peak, secs, acc in rows:
+            print(f"| {name} | {peak:,.0f} MB | {secs:.0f} s | {acc:.3f} |")
 
 
 if __name__ == "__main__":

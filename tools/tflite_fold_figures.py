@@ -1,6 +1,6 @@
-"""The README's table for ``edgebn fold model.tflite``: each residue form, what the fold made of it.
+"""The measured table for ``edgebn fold model.tflite``: each residue form, what the fold made of it.
 
-    python tools/tflite_fold_figures.py [--bench-time S]
+    python tools/tflite_fold_figures.py [--bench-time S] [--write docs/measurements.md]
 
 Rows: the forms tests/tflite_forms.py writes with edgebn's writer (float32 and float16
 weights, and its int8 forms), the TensorFlow converter's full-integer Conv3D → BN (→ ReLU)
@@ -22,6 +22,8 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from figure_block import add_write_option, captured  # noqa: E402
 
 
 def _cpu() -> str:
@@ -98,32 +100,35 @@ def _conv3d_int8(tmp: Path) -> list[tuple[str, str, bytes]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bench-time", type=float, default=1.0)
+    add_write_option(parser, "tflite-fold")
     args = parser.parse_args()
     from edgebn.fold.tflite.tflite_fold import fold_tflite
     from edgebn.runtime.timing import BenchSettings
     from edgebn.tflite.reader import parse_tflite
 
     settings = BenchSettings(min_time_s=args.bench_time, cost=False)
-    print(f"CPU: {_cpu()}, 1 thread, XNNPACK\n")
-    print("| model | from | form | result | into / reason | tensors compared | max rel Δ | "
-          "p50 before → after (µs) | ratio |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, source, data in _models(Path(tmp)):
-            result = fold_tflite(parse_tflite(data, name), bench=settings)
-            for c in result.chains or [None]:
-                form = c.kind if c else "(none)"
-                outcome = c.result if c else "clean"
-                where = (f"{c.direction} into {c.into_type}" if c and c.result == "folded"
-                         else (c.reason if c else "the converter folded it"))
-                e = result.speed
-                timing = ("—", "—") if e is None else (
-                    f"{e.current_p50_us:.1f} → {e.baseline_p50_us:.1f}",
-                    f"{e.ratio:.2f} [{e.interval[0]:.2f}, {e.interval[1]:.2f}]")
-                diff = (f"{result.max_steps:g} steps" if result.compared_quantized
-                        else f"{result.max_rel_diff:.1e}")
-                print(f"| {name} | {source} | {form} | {outcome} | {where} | {result.compared} | "
-                      f"{diff} | {timing[0]} | {timing[1]} |")
+    with captured(args.write, "tflite-fold", packages=("litert-torch", "torch")):
+        print(f"CPU: {_cpu()}, 1 thread, XNNPACK\n")
+        print("| model | from | form | result | into / reason | tensors compared | max rel Δ | "
+              "p50 before → after (µs) | ratio |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, source, data in _models(Path(tmp)):
+                result = fold_tflite(parse_tflite(data, name), bench=settings)
+                for c in result.chains or [None]:
+                    form = c.kind if c else "(none)"
+                    outcome = c.result if c else "clean"
+                    where = (f"{c.direction} into {c.into_type}" if c and c.result == "folded"
+                             else (c.reason if c else "the converter folded it"))
+                    e = result.speed
+                    timing = ("—", "—") if e is None else (
+                        f"{e.current_p50_us:.1f} → {e.baseline_p50_us:.1f}",
+                        f"{e.ratio:.2f} [{e.interval[0]:.2f}, {e.interval[1]:.2f}]")
+                    diff = (f"{result.max_steps:g} steps" if result.compared_quantized
+                            else f"{result.max_rel_diff:.1e}")
+                    print(f"| {name} | {source} | {form} | {outcome} | {where} | "
+                          f"{result.compared} | "
+                          f"{diff} | {timing[0]} | {timing[1]} |")
 
 
 if __name__ == "__main__":

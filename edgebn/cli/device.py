@@ -97,7 +97,7 @@ InventoryOpt = Annotated[str | None, typer.Option(
                         "hosts, with --engine ansible.")]
 EngineOpt = Annotated[Engine, typer.Option(
     "--engine", help="native: edgebn's own threads over ssh; ansible: ansible-playbook with the "
-                     "edgebn.fleet collection (pip install 'edgebn[fleet]').")]
+                     "edgebn.fleet collection (pip install 'edgebn\\[fleet]').")]
 BatchesOpt = Annotated[str | None, typer.Option(
     "--batches", help="Batch sizes or percentages, as Ansible's serial: e.g. 1,10%,100% (the "
                       "last repeats until every host has one).")]

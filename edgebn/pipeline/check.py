@@ -4,8 +4,8 @@ Only the accuracies are taken from the reports; everything else is measured on t
 artifacts the reports point to: sizes from the files, the op set and BN verdict by
 inspecting the new .tflite, and latency as a ratio of both files timed interleaved in
 rounds on this machine (absolute times move between machines, ratios do not), with a
-bootstrap interval over the rounds: the run goes on until the interval is narrower than the
-threshold or ``--bench-time`` per model is spent, and latency fails only when the whole
+Student's t interval over interpreter pairs: the run goes on until the interval is narrower
+than the threshold or ``--bench-time`` per model is spent, and latency fails only when the whole
 interval lies beyond the threshold (:func:`edgebn.runtime.ratio.latency_ratio`).
 When the latency ratio fails, both files are profiled operator by operator
 (:mod:`edgebn.runtime.profile.operators`) and the operators whose isolated time grew most are named.

@@ -1,4 +1,4 @@
-"""The build's result and its report: report.json (../shared/CONTRACTS.md) and report.md.
+"""The build's result and its report: report.json (docs/reference/json.md) and report.md.
 
 :class:`BuildResult` is the typed outcome of ``edgebn build``; ``to_json()`` is the
 report document, ``rows()`` the summary that the terminal table and the Markdown both

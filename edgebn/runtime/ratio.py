@@ -67,7 +67,7 @@ class RatioEstimate:
         return self.interval[0] > limit
 
     def interval_json(self) -> JsonDict:
-        """The fields CONTRACTS gives every interleaved ratio."""
+        """The fields every interleaved ratio carries in a JSON document (docs/reference/json)."""
         return {"ratio": self.ratio, "interval": list(self.interval), "confidence": self.confidence,
                 "rounds": self.rounds, "significant": self.significant}
 

@@ -49,7 +49,10 @@ def test_build_mobilenet_v2_from_scratch_int8(photos, tmp_path):
     r = runner.invoke(app, ["build", "--arch", "mobilenet-v2", "--alpha", str(ALPHA),
                             "--image-size", "64", "--data-dir", str(photos), "--epochs", "1",
                             "--fine-tune-epochs", "1", "--bundle", "--no-bench", "--weights",
-                            "none", "--quantize", "int8", "--out", str(out)])
+                            "none", "--quantize", "int8", "--out", str(out),
+                            # two epochs on 76 photos leave it near chance: its int8 top-1 flips
+                            # on near-ties; verify's int8 limit (0.9) is for models that learned
+                            "--min-agreement", "0.5"])
     assert r.exit_code == 0, r.output
     report = json.loads((out / "report.json").read_text())
     assert report["model"]["train"]["weights"] == "none"

@@ -145,7 +145,7 @@ def as_functional(model):
         if not model.built or not getattr(model, "inputs", None):
             raise InvalidModelError("a Sequential model needs a known input shape to fold. "
                                     f"Received: {model.name} without an Input")
-        one = lambda ts: ts[0] if len(ts) == 1 else ts  # noqa: E731 - a bare tensor, not a list of one
+        one = lambda ts: ts[0] if len(ts) == 1 else ts  # noqa: E731 - a bare tensor, not a [one]
         return keras.Model(one(model.inputs), one(model.outputs), name=model.name)
     if not is_graph_model(model):
         raise InvalidModelError(f"cannot fold a subclassed model ({type(model).__name__}): "

@@ -23,12 +23,12 @@ original's own float32 rounding ``y32``, which grows with depth::
 
     max|f32 − y64|  ≤  FLOAT32_SLACK · max|y32 − y64| + tolerance · max|y64|
 
-**The reference is proven first.** ``y64`` comes from a float64 twin that edgebn rebuilt,
-and a twin rebuilt by the same machinery as the folded model can lose the same state (a
+**The reference is proven first.** ``y64`` comes from a float64 copy that edgebn rebuilt,
+and a copy rebuilt by the same machinery as the folded model can lose the same state (a
 ``Normalization`` layer's adapted mean and variance, which Keras sets up when a file is
-loaded, not in ``set_weights``). So the twin is the reference only when it is the model:
+loaded, not in ``set_weights``). So the copy is the reference only when it is the model:
 its outputs must equal the original float32 model's within float32 rounding,
-``max|y32 − y64| ≤ REFERENCE_LIMIT · max|y32|``, a bound that does not come from the twin.
+``max|y32 − y64| ≤ REFERENCE_LIMIT · max|y32|``, a bound that does not come from the copy.
 When it is not, or when a model cannot run in float64, the measure is float32 alone,
 ``max|f32 − y32| ≤ tolerance · max|y32|``; :attr:`FoldResult.measure` says which was used
 and why. Every layer's state travels through each rebuild as it does through a saved file
@@ -62,7 +62,7 @@ if TYPE_CHECKING:  # named in annotations only: importing Keras takes seconds (e
     import keras
 
 DEFAULT_TOLERANCE = 1e-5  # |Δ| allowed beyond float32 rounding, relative to the largest |output|
-# the float64 twin is the reference only within this of the original float32 model (relative
+# the float64 reference is used only within this of the original float32 model (relative
 # to its largest |output|): float32 rounding, <= 1e-6 on every keras.applications family
 REFERENCE_LIMIT = 1e-4
 EXACT_FLOAT64 = 1e-9  # a correct fold's float64 error is float64 rounding: ~1e-15 relative

@@ -41,6 +41,7 @@ import numpy.typing as npt
 
 from edgebn.documents import JsonDict
 from edgebn.errors import EdgebnError
+from edgebn.fold.keras import recompute as one_pass
 from edgebn.fold.keras.bn_sites import Probe, Site, Skipped, bn_sites, chunks
 
 if TYPE_CHECKING:  # named in annotations only: importing Keras takes seconds (edgebn.cli.app)
@@ -268,11 +269,25 @@ def recompute(model: keras.Model, x: np.ndarray,
     sites = [s for s in bn_sites(model)[0] if only is None or only(s.layer)]
     stats: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     noise: dict[str, float] = {}
-    for site in sites:
-        split = _population([site], x)[site.path]
-        stats[site.path] = (split.whole.mean, split.whole.var)
-        noise[site.path] = _noise(split, float(site.layer.epsilon))
-        set_statistics(model, {site.path: stats[site.path]})
+
+    def record(path: str, split: _Split, layer: keras.layers.BatchNormalization) -> None:
+        stats[path] = (split.whole.mean, split.whole.var)
+        noise[path] = _noise(split, float(layer.epsilon))
+        layer.moving_mean.assign(split.whole.mean.astype(layer.moving_mean.dtype))
+        layer.moving_variance.assign(split.whole.var.astype(layer.moving_variance.dtype))
+
+    if one_pass.fits(model, len(x)):  # the graph once, node by node, over all the samples
+        axes = {id(s.layer): s.axis for s in sites}
+
+        def at_bn(path: str, layer: keras.layers.BatchNormalization, value: np.ndarray) -> None:
+            split = _Split()
+            split.add(value, axes[id(layer)])
+            record(path, split, layer)
+
+        one_pass.run(model, x, at_bn, set(axes))
+    else:  # too large to keep in memory: each BN probed from the input, in graph order
+        for site in sites:
+            record(site.path, _population([site], x)[site.path], site.layer)
     return Recomputed(len(x), stats, noise, time.perf_counter() - start)
 
 

@@ -233,3 +233,21 @@ def test_recalibrate_option_takes_an_optional_count():
         ["fold", "--recalibrate-bn", "50", "m.keras"]
     assert with_optional_values(["build", "--recalibrate-bn"]) == ["build", "--recalibrate-bn",
                                                                    "600"]
+
+
+def test_one_pass_and_per_bn_probes_recompute_the_same(monkeypatch):
+    """The one-pass recompute (the graph node by node over all samples) against its fallback
+    (each BN probed from the input): the same statistics, to float64 rounding."""
+    from edgebn.fold.keras import recompute as one_pass
+
+    x = _inputs()
+    fast, slow = _small_model(), _small_model()
+    assert one_pass.fits(fast, len(x))
+    a = S.recompute(fast, x)
+    monkeypatch.setattr(one_pass, "fits", lambda *args, **kwargs: False)
+    b = S.recompute(slow, x)
+    assert set(a.stats) == set(b.stats) == {"bn_outer", "inner/bn_inner"}
+    for path in a.stats:
+        np.testing.assert_allclose(a.stats[path][0], b.stats[path][0], rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(a.stats[path][1], b.stats[path][1], rtol=1e-9)
+    assert not one_pass.fits(fast, len(x), budget=1000)  # a budget it cannot keep: refused
