@@ -91,7 +91,8 @@ def _quiet(verbose: bool) -> Iterator[None]:
         if ok:
             os.unlink(log.name)
         elif os.path.getsize(log.name):
-            err.print(f"(TensorFlow's own log of this run: {log.name})", highlight=False)
+            err.print(f"(TensorFlow's own log of this run: {log.name})", highlight=False,
+                      soft_wrap=True)
         else:
             os.unlink(log.name)
 

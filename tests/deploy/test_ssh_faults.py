@@ -8,15 +8,13 @@ before it.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from sshd_hosts import _target
+from sshd_hosts import _target, tarpit
 from typer.testing import CliRunner
 
 from edgebn.cli.app import app
@@ -132,35 +130,11 @@ def test_a_destination_that_is_no_directory_of_its_own_is_refused(bundles, dest)
 
 def test_a_host_that_sends_its_banner_and_goes_silent_is_dropped(bundles):
     """A tarpit: the SSH banner, then nothing. ssh's keepalive ends it, not the 600 s timeout."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(4)
-    stop = threading.Event()
-
-    def tarpit():
-        server.settimeout(0.5)
-        held = []
-        while not stop.is_set():
-            try:
-                conn, _ = server.accept()
-            except OSError:
-                continue
-            conn.sendall(b"SSH-2.0-OpenSSH_9.2\r\n")
-            held.append(conn)
-        for conn in held:
-            conn.close()
-
-    thread = threading.Thread(target=tarpit, daemon=True)
-    thread.start()
-    try:
-        target = SshTarget("pi@127.0.0.1", server.getsockname()[1],
+    with tarpit() as port:
+        target = SshTarget("pi@127.0.0.1", port,
                            options=("StrictHostKeyChecking=no", "UserKnownHostsFile=/dev/null"),
                            keepalive_s=1)
         start = time.perf_counter()
         with pytest.raises(EdgebnError, match="ssh pi@127.0.0.1 failed"):
             deploy(bundles["none"], target, DeployOptions(timeout_s=600))
         assert time.perf_counter() - start < 30
-    finally:
-        stop.set()
-        thread.join(5)
-        server.close()

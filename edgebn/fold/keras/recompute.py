@@ -40,13 +40,15 @@ def _numel(tensor: keras.KerasTensor) -> int:
     return int(np.prod([d or 1 for d in tensor.shape[1:]]))
 
 
+def _last_readers(nodes: list[keras.ops.node.Node]) -> dict[int, int]:
+    """Each tensor's (by id) last reader: the index of the last node that takes it in."""
+    return {id(t): i for i, node in enumerate(nodes) for t in node.input_tensors}
+
+
 def _peak(functional: keras.Model, nested: Callable[[keras.layers.Layer], bool]) -> int:
     """The most values per sample alive at once while running ``functional`` node by node."""
     g = graph(functional)
-    last = {}
-    for i, node in enumerate(g.nodes):
-        for t in node.input_tensors:
-            last[id(t)] = i
+    last = _last_readers(g.nodes)
     outputs = {id(t) for t in functional.outputs}
     alive = {id(t): _numel(t) for t in functional.inputs}
     peak = sum(alive.values())
@@ -86,6 +88,23 @@ def _call(node: keras.ops.node.Node, values: dict[int, np.ndarray],
     return [np.asarray(o, np.float32) for o in out]
 
 
+def _outputs(node: keras.ops.node.Node, needed: dict[int, np.ndarray], on_bn: Stats,
+             targets: set[int], prefix: str, nested_once: bool) -> list[np.ndarray]:
+    """One node's outputs on all the rows of its inputs: a nested model with BNs inside is
+    run node by node itself (its BNs recomputed on the way), any other layer in chunks."""
+    layer = node.operation
+    if id(layer) in targets:
+        on_bn(prefix + layer.name, layer, needed[id(node.input_tensors[0])])
+    if nested_once and _has_bn_inside(layer):
+        given = [needed[id(t)] for t in node.input_tensors]
+        return run(layer, given if len(given) > 1 else given[0], on_bn, targets,
+                   f"{prefix}{layer.name}/")
+    n = len(next(iter(needed.values())))
+    rows = rows_per_chunk(max(_numel(t) for t in node.input_tensors), CHUNK)
+    parts = [_call(node, needed, slice(s, s + rows)) for s in range(0, n, rows)]
+    return [np.concatenate(p) for p in zip(*parts, strict=True)]
+
+
 def run(model: keras.Model, x: np.ndarray | list[np.ndarray], on_bn: Stats, targets: set[int],
         prefix: str = "") -> list[np.ndarray]:
     """``model``'s outputs on ``x`` (all rows), calling ``on_bn`` with each target BN's whole
@@ -94,29 +113,15 @@ def run(model: keras.Model, x: np.ndarray | list[np.ndarray], on_bn: Stats, targ
     g = graph(functional)
     inputs = x if isinstance(x, list) else [x]
     values = {id(t): v for t, v in zip(functional.inputs, inputs, strict=True)}
-    last = {}
-    for i, node in enumerate(g.nodes):
-        for t in node.input_tensors:
-            last[id(t)] = i
+    last = _last_readers(g.nodes)
     keep = {id(t) for t in functional.outputs}
-    n = len(inputs[0])
     for i, node in enumerate(g.nodes):
         if not node.input_tensors:  # an input layer: its tensor is given
             continue
-        layer = node.operation
         needed = {id(t): values[id(t)] for t in node.input_tensors}
-        if id(layer) in targets:
-            on_bn(prefix + layer.name, layer, needed[id(node.input_tensors[0])])
-        if _has_bn_inside(layer) and g.calls.get(layer.name, 0) == 1:
-            given = [needed[id(t)] for t in node.input_tensors]
-            outs = run(layer, given if len(given) > 1 else given[0], on_bn, targets,
-                       f"{prefix}{layer.name}/")
-        else:
-            rows = rows_per_chunk(max(_numel(t) for t in node.input_tensors), CHUNK)
-            parts = [_call(node, needed, slice(s, s + rows)) for s in range(0, n, rows)]
-            outs = [np.concatenate(p) for p in zip(*parts, strict=True)]
-        for t, value in zip(node.output_tensors, outs, strict=True):
-            values[id(t)] = value
+        once = g.calls.get(node.operation.name, 0) == 1  # a model shared by two calls: a layer
+        outs = _outputs(node, needed, on_bn, targets, prefix, once)
+        values.update((id(t), v) for t, v in zip(node.output_tensors, outs, strict=True))
         for t in node.input_tensors:
             if last.get(id(t)) == i and id(t) not in keep:
                 values.pop(id(t), None)

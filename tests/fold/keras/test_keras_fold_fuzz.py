@@ -12,6 +12,7 @@ bias, and BN before, after and between them with random statistics (γ of either
 from __future__ import annotations
 
 import collections
+import os
 
 import numpy as np
 import pytest
@@ -22,7 +23,9 @@ from edgebn.cli.app import app
 pytestmark = pytest.mark.heavy  # scheduled first (tests/conftest.py)
 
 runner = CliRunner()
-CASES = 200
+# 100 seeded models in the suite (its 10-minute budget); EDGEBN_FOLD_FUZZ_CASES=200 runs the
+# issue's full count (its outcome counts are in the note)
+CASES = int(os.environ.get("EDGEBN_FOLD_FUZZ_CASES", "100"))
 SHAPE = (8, 8, 3)
 TOLERANCE = 1e-5  # fold's default: beyond float32 rounding, relative to the largest output
 
