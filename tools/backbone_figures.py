@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 from figure_block import add_write_option, captured
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # synthetic images
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 

@@ -21,12 +21,13 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "pipeline"))
 
 from figure_block import add_write_option, captured  # noqa: E402
 
 
 def main() -> None:
-    from test_byom import image_folder, transfer_model
+    from test_build_byom import image_folder, transfer_model
 
     from edgebn.zoo.keras_io import save_keras
 

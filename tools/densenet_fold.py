@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "fold/tflite"))
 
 from figure_block import add_write_option, captured  # noqa: E402
 
@@ -36,7 +37,7 @@ def main() -> None:
     import litert_torch
     import torch
     import torchvision
-    from test_litert_torch import randomise_bn
+    from test_tflite_fold_torch import randomise_bn
 
     from edgebn.fold.tflite.tflite_fold import fold_tflite
     from edgebn.runtime.accuracy import predict_tflite

@@ -17,12 +17,13 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "fold/keras"))
 
 from figure_block import add_write_option, captured  # noqa: E402
 
 
 def main() -> None:
-    from test_fold_apps import FAMILIES
+    from test_keras_fold_apps import FAMILIES
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("families", nargs="*", metavar="FAMILY", help=", ".join(FAMILIES))
@@ -39,7 +40,7 @@ def main() -> None:
 
 def _table(families: list[str], tmp: Path) -> None:
     from patterns import randomise_bn_statistics
-    from test_fold_apps import FAMILIES, _build, _inputs
+    from test_keras_fold_apps import FAMILIES, _build, _inputs
 
     from edgebn.convert import ConvertOptions, convert_model
 

@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 from figure_block import add_write_option, captured
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # synthetic images
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # this script builds the weights with Keras
 
 

@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "fold/tflite"))
 
 from figure_block import add_write_option, captured  # noqa: E402
 
@@ -46,7 +47,7 @@ def _models(tmp: Path) -> list[tuple[str, str, bytes]]:
     try:
         import litert_torch
         import torch
-        from test_litert_torch import CASES, INT8_CASES, SHAPE, pt2e_int8, randomise_bn
+        from test_tflite_fold_torch import CASES, INT8_CASES, SHAPE, pt2e_int8, randomise_bn
     except ImportError:
         print("(torch extra not installed: litert-torch rows left out)", file=sys.stderr)
         return rows
