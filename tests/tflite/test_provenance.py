@@ -197,6 +197,29 @@ def test_a_reference_that_is_not_the_model_is_not_used(models, tmp_path, monkeyp
     assert _keras_rel_diff(path, out, np.load(npz)["x"][:64]) <= 1e-5
 
 
+def test_state_lost_from_the_reference_and_the_fold_alike_is_refused(models, tmp_path,
+                                                                     monkeypatch):
+    """The bug this issue found, put back: every rebuild copies weights with set_weights, so
+    a Normalization's adapted mean and variance are lost from the float64 reference and the
+    folded model alike. The reference is then not the model, the fold is measured against
+    the original float32 model, and the fold is refused: exit 2, nothing written."""
+    import edgebn.fold.keras.keras_fold as keras_fold
+
+    def set_weights_only(source, target):
+        for a, b in keras_fold._layer_pairs(source, target):
+            if a.weights and not getattr(a, "layers", None):
+                b.set_weights(a.get_weights())
+
+    monkeypatch.setattr(keras_fold, "copy_state", set_weights_only)
+    # the model whose Normalization stays a layer (first, SAME padding); where it folds into
+    # the next conv (VALID padding, or mid-network) the fold reads the original's own state
+    path, npz = models["same"]
+    out = tmp_path / "same.keras"
+    r = runner.invoke(app, ["fold", str(path), "--out", str(out), "--data", str(npz)])
+    assert r.exit_code == 2, r.output
+    assert "differs" in r.output and not out.exists(), r.output
+
+
 # ---------------------------------------------------------------- inspect on keras.applications
 
 
