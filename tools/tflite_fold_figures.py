@@ -103,6 +103,10 @@ def main() -> None:
     parser.add_argument("--bench-time", type=float, default=1.0)
     add_write_option(parser, "tflite-fold")
     args = parser.parse_args()
+    # PyTorch before TensorFlow: the CUDA build's triton crashes (SIGSEGV) when it loads after
+    # TensorFlow's libraries in one process
+    with contextlib.suppress(ImportError):
+        import litert_torch  # noqa: F401
     from edgebn.fold.tflite.tflite_fold import fold_tflite
     from edgebn.runtime.timing import BenchSettings
     from edgebn.tflite.reader import parse_tflite
