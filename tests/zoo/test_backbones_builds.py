@@ -47,7 +47,7 @@ def test_build_mobilenet_v2_from_scratch_int8(photos, tmp_path):
     Each was also run on its own; one build keeps the suite's time."""
     out = tmp_path / "b"
     r = runner.invoke(app, ["build", "--arch", "mobilenet-v2", "--alpha", str(ALPHA),
-                            "--image-size", "32", "--data-dir", str(photos), "--epochs", "1",
+                            "--image-size", "64", "--data-dir", str(photos), "--epochs", "1",
                             "--fine-tune-epochs", "1", "--bundle", "--no-bench", "--weights",
                             "none", "--quantize", "int8", "--out", str(out),
                             # two epochs on 76 photos leave it near chance: its int8 top-1 flips
