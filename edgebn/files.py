@@ -18,6 +18,14 @@ from pathlib import Path
 from edgebn.errors import EdgebnError
 
 
+def check_not_source(out: str | Path, source: str | Path) -> None:
+    """Refuse an output path that is the input file itself: a command that promises to leave
+    its input as it was cannot write its result over it."""
+    if Path(out).resolve() == Path(source).resolve():
+        raise EdgebnError(f"{out} is the input model itself; the input is never changed: "
+                          "write the result to another file", option="out")
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; rename it over ``target`` only on success.

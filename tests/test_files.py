@@ -2,7 +2,8 @@
 
 import pytest
 
-from edgebn.files import write_atomic
+from edgebn.errors import EdgebnError
+from edgebn.files import check_not_source, write_atomic
 
 
 def test_interrupted_write_leaves_the_old_file_and_no_temp(tmp_path):
@@ -33,3 +34,13 @@ def test_atomic_writes_get_the_umask_mode_not_mkstemp_0600(tmp_path):
     finally:
         os.umask(old)
     assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_an_output_that_is_the_input_itself_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sub").mkdir()
+    for out in ("m.keras", "./m.keras", str(tmp_path / "m.keras"), "sub/../m.keras"):
+        with pytest.raises(EdgebnError, match="is the input model itself") as info:
+            check_not_source(out, "m.keras")
+        assert info.value.option == "out"
+    check_not_source("f.keras", "m.keras")  # any other file is fine

@@ -46,6 +46,7 @@ import numpy as np
 from edgebn.data.dataset import DataSpec, sample_inputs
 from edgebn.documents import JsonDict
 from edgebn.errors import EdgebnError, FoldError
+from edgebn.files import check_not_source
 from edgebn.fold.keras.graph import (
     Folder,
     LayerFold,
@@ -394,6 +395,7 @@ def fold_file(model_path: str | Path, out: str | Path, tolerance: float = DEFAUL
     """
     if Path(out).suffix != ".keras":
         raise EdgebnError(f"the folded model's path must end in .keras. Received: {out}")
+    check_not_source(out, model_path)
     model = load_keras(model_path)
     if len(model.inputs) != 1:
         raise EdgebnError(f"the model has {len(model.inputs)} inputs: edgebn fold checks "

@@ -16,6 +16,7 @@ import numpy as np
 from edgebn.data.arrays import load_labelled
 from edgebn.data.dataset import Dataset, DataSpec
 from edgebn.documents import JsonDict
+from edgebn.files import check_not_source
 from edgebn.fold.keras.bn_sites import bn_layers_of
 from edgebn.fold.keras.statistics import (
     DRIFT_SAMPLES,
@@ -183,6 +184,7 @@ def recalibrate_file(model_path: str | Path, out: str | Path, data: DataSpec,
     if Path(out).suffix != ".keras":
         raise StatisticsError(f"the recalibrated model's path must end in .keras. Received: {out}",
                               option="out")
+    check_not_source(out, model_path)
     model = load_keras(model_path)
     if data.data_dir is not None:
         data = fit_data(data, model)[0]

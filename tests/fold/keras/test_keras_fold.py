@@ -543,3 +543,15 @@ def test_a_refused_forward_fold_leaves_the_next_layer_untouched():
     folded_conv = result.model.get_layer(conv.name)
     assert not folded_conv.use_bias and folded_conv.count_params() == conv.count_params()
     np.testing.assert_array_equal(folded_conv.get_weights()[0], conv.get_weights()[0])
+
+
+@pytest.mark.parametrize("command", ["fold", "recalibrate"])
+def test_fold_and_recalibrate_never_write_over_their_input(cnn, tmp_path, command):
+    """`--out` naming the model itself: one line, exit 2, the file byte for byte as it was."""
+    model = tmp_path / "m.keras"
+    model.write_bytes(cnn["keras"].read_bytes())
+    before = model.read_bytes()
+    r = runner.invoke(app, [command, str(model), "--out", str(tmp_path / "." / "m.keras"),
+                            "--dataset", "digits"])
+    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
+    assert "is the input model itself" in r.output and model.read_bytes() == before
