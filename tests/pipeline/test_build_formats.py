@@ -12,6 +12,7 @@ import json
 
 import numpy as np
 import pytest
+from normalization_models import sequential, task
 from typer.testing import CliRunner
 
 from edgebn.cli.app import app
@@ -39,23 +40,8 @@ def cnn_h5(cnn, tmp_path_factory):
 @pytest.fixture(scope="module")
 def normalized_h5(tmp_path_factory):
     """Normalization (adapted) -> Conv2D -> BN -> ReLU -> GAP -> Dense, trained 2 epochs, .h5."""
-    import keras
-    from keras import layers
-
-    keras.utils.set_random_seed(0)
-    rng = np.random.default_rng(0)
-    y = rng.integers(0, 3, 600)
-    x = (rng.normal(0, 1, (600, 16, 16, 3)) * 20 + 100).astype(np.float32)
-    for c in range(3):
-        x[y == c, :, :, c] += 30
-    norm = layers.Normalization()
-    norm.adapt(x)
-    model = keras.Sequential([keras.Input((16, 16, 3)), norm, layers.Conv2D(8, 3, use_bias=False),
-                              layers.BatchNormalization(), layers.ReLU(),
-                              layers.GlobalAveragePooling2D(),
-                              layers.Dense(3, activation="softmax")])
-    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
-    model.fit(x, y, epochs=2, verbose=0)
+    x, y = task()
+    model = sequential("valid", use_bias=False)
     root = tmp_path_factory.mktemp("h5n")
     model.save(root / "norm.h5")
     np.savez(root / "norm.npz", x=x, y=y)

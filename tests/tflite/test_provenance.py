@@ -12,6 +12,7 @@ import json
 
 import numpy as np
 import pytest
+from normalization_models import fit, sequential, task
 from typer.testing import CliRunner
 
 from edgebn.cli.app import app
@@ -22,63 +23,30 @@ from edgebn.tflite.writer import strip_names
 runner = CliRunner()
 
 
-def _task(n: int = 600, seed: int = 0):
-    """16x16x3 inputs around 100 (raw-pixel scale), the class in one channel's brightness."""
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, 3, n)
-    x = rng.normal(0, 1, (n, 16, 16, 3)).astype(np.float32) * 20 + 100
-    for c in range(3):
-        x[y == c, :, :, c] += 30
-    return x, y
-
-
-def _fit(model, x, y):
-    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
-    model.fit(x, y, epochs=2, verbose=0)
-    return model
-
-
-def _sequential(padding: str):
-    """The issue's model: Normalization (adapted) -> Conv2D(8, 3) -> BN -> ReLU -> GAP ->
-    Dense(3)."""
-    import keras
-    from keras import layers
-
-    keras.utils.set_random_seed(0)
-    x, y = _task()
-    norm = layers.Normalization()
-    norm.adapt(x)
-    model = keras.Sequential([keras.Input((16, 16, 3)), norm, layers.Conv2D(8, 3, padding=padding),
-                              layers.BatchNormalization(), layers.ReLU(),
-                              layers.GlobalAveragePooling2D(),
-                              layers.Dense(3, activation="softmax")])
-    return _fit(model, x, y)
-
-
 def _mid_network():
     """A functional model with a Normalization between layers (adapted on what it reads)."""
     import keras
     from keras import layers
 
     keras.utils.set_random_seed(0)
-    x, y = _task()
+    x, y = task()
     inputs = keras.Input((16, 16, 3))
     h = layers.ReLU()(layers.Conv2D(8, 3, name="c1")(layers.Rescaling(1 / 255)(inputs)))
     norm = layers.Normalization(name="mid_norm")
     norm.adapt(keras.Model(inputs, h).predict(x, verbose=0))
     h = layers.BatchNormalization()(layers.Conv2D(8, 3, use_bias=False)(norm(h)))
     out = layers.Dense(3, activation="softmax")(layers.GlobalAveragePooling2D()(layers.ReLU()(h)))
-    return _fit(keras.Model(inputs, out), x, y)
+    return fit(keras.Model(inputs, out), x, y)
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     """{name: (.keras, .npz of its data)} for the three models, trained 2 epochs here."""
     root = tmp_path_factory.mktemp("norm")
-    x, y = _task()
+    x, y = task()
     out = {}
-    for name, make in (("valid", lambda: _sequential("valid")),
-                       ("same", lambda: _sequential("same")),
+    for name, make in (("valid", lambda: sequential("valid")),
+                       ("same", lambda: sequential("same")),
                        ("mid", _mid_network)):
         path = root / f"{name}.keras"
         make().save(path)
@@ -113,12 +81,17 @@ def test_fold_carries_normalization_state(models, name, tmp_path):
         assert "zero padding" in norm["reason"]
 
 
-def test_build_with_valid_padding_folds_the_normalization(models, tmp_path):
-    path, npz = models["valid"]
+def _build(path, npz, tmp_path) -> dict:
+    """``edgebn build --model PATH --data NPZ --no-bench --json``: exit 0, its document."""
     r = runner.invoke(app, ["build", "--model", str(path), "--data", str(npz), "--no-bench",
                             "--out", str(tmp_path / "b"), "--json"])
     assert r.exit_code == 0, r.output
-    doc = json.loads(r.stdout)
+    return json.loads(r.stdout)
+
+
+def test_build_with_valid_padding_folds_the_normalization(models, tmp_path):
+    path, npz = models["valid"]
+    doc = _build(path, npz, tmp_path)
     assert doc["tflite"]["top1_agreement"] >= 0.999 and doc["inspect"]["bn"]["verdict"] == "clean"
     assert doc["fold"]["other_affine"][0]["folded"] and doc["inspect"]["bn"]["not_bn"] == []
     assert "SUB" not in doc["inspect"]["op_counts"]  # nothing of the normalization is left
@@ -127,10 +100,7 @@ def test_build_with_valid_padding_folds_the_normalization(models, tmp_path):
 def test_build_with_same_padding_keeps_the_normalization_as_not_bn(models, tmp_path):
     """Before, this build said "clean" because the normalization was dropped (agreement 0.30)."""
     path, npz = models["same"]
-    r = runner.invoke(app, ["build", "--model", str(path), "--data", str(npz), "--no-bench",
-                            "--out", str(tmp_path / "b"), "--json"])
-    assert r.exit_code == 0, r.output
-    doc = json.loads(r.stdout)
+    doc = _build(path, npz, tmp_path)
     assert doc["tflite"]["top1_agreement"] >= 0.999 and doc["inspect"]["bn"]["verdict"] == "clean"
     (chain,) = doc["inspect"]["bn"]["not_bn"]
     assert chain["source_type"] == "normalization" and chain["kind"] == "sub_mul"
@@ -139,10 +109,7 @@ def test_build_with_same_padding_keeps_the_normalization_as_not_bn(models, tmp_p
 
 def test_build_of_the_mid_network_normalization_is_at_float32_rounding(models, tmp_path):
     path, npz = models["mid"]
-    r = runner.invoke(app, ["build", "--model", str(path), "--data", str(npz), "--no-bench",
-                            "--out", str(tmp_path / "b"), "--json"])
-    assert r.exit_code == 0, r.output
-    doc = json.loads(r.stdout)
+    doc = _build(path, npz, tmp_path)
     assert doc["tflite"]["max_abs_diff"] <= 1e-5 and doc["verify"]["passed"]
 
 
