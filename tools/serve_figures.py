@@ -13,20 +13,25 @@ Two bundles, made by edgebn's own code:
 For each, in a device's layout (DEST/releases/<id>, DEST/current):
 
 * **invoke p50**: ``predict.py --bench --threads 1`` on the bundle (a process of its own);
-* **POST /predict p50**: one client on a kept-alive connection posting a preloaded JPEG (quality 90)
-of the
-  model's input size to ``predict.py --serve --workers 1 --threads 1`` (the same interpreter
-  settings); measured in ``--rounds`` rounds that alternate with the bench, so both see the
-  same load on a shared machine; the ratio and the difference in µs, each the median of
-  the rounds' own;
-* **requests/s** with 1, 2 and 4 concurrent clients (each its own kept-alive connection)
-  against the server's defaults (workers min(4, cores), threads cores // workers);
+* **POST /predict p50** of a preloaded body to ``predict.py --serve --workers 1 --threads 1``
+  (the same interpreter settings), one client on a kept-alive connection. Two bodies: a
+  JPEG (quality 90) of the model's input size, which is what a camera or a browser sends,
+  and the same picture already preprocessed, as the .npy of the model's float input. Two
+  clients: Python's http.client, and a lean one that sends the request's bytes built once
+  and reads the answer by its Content-Length (what the server costs, without
+  http.client's own parsing). Each round starts a fresh server and a fresh bench, one
+  after the other, so both see the same load and neither keeps one process's luck (the
+  same invoke loop differs by up to 6 % between two processes here); the ratio and the
+  difference in µs are the medians of the rounds' own;
+* **the server's split**: the medians of the Server-Timing header of the lean client's
+  answers: reading the body, decoding it, running the model (set_tensor, invoke, the
+  output);
+* **requests/s** with 1, 2 and 4 concurrent clients (each its own kept-alive connection,
+  http.client, the JPEG) against the server's defaults (workers min(4, cores), threads
+  cores // workers);
 * **reload**: from the ``mv -T`` that switches current to a release the server has not
   loaded to the first /health naming it (``--poll 0.05``: the poll wait is at most 50 ms of
   it), and back to the release before (kept: verified again, not loaded again);
-* **of which JPEG decode**: the p50 of the server's own decode and preprocessing of that
-  image (the bundle's predict.py in this process): the part of the overhead any reader of
-  an image pays, beside HTTP;
 * **dropped during reloads**: 4 clients posting without pause while current switches 10
   times; every answer that is not a 200 or a connection that fails counts.
 
@@ -44,6 +49,7 @@ import os
 import platform
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -189,6 +195,7 @@ def post(conn: http.client.HTTPConnection, body: bytes) -> int:
 
 
 def server_times(server: Server, body: bytes, runs: int) -> list[float]:
+    """µs per POST through http.client, on one kept-alive connection."""
     conn = server.connection()
     for _ in range(10):
         post(conn, body)
@@ -201,6 +208,33 @@ def server_times(server: Server, body: bytes, runs: int) -> list[float]:
     return times
 
 
+def lean_times(server: Server, body: bytes, runs: int) -> tuple[list[float], list[dict]]:
+    """µs per POST from a lean HTTP/1.1 client: the request's bytes built once, the answer
+    read by its Content-Length; and each answer's Server-Timing, in µs by part."""
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=60)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    request = (b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: "
+               + str(len(body)).encode() + b"\r\n\r\n" + body)
+    answers = sock.makefile("rb")
+    times, splits = [], []
+    for i in range(runs + 10):
+        t0 = time.perf_counter_ns()
+        sock.sendall(request)
+        status = answers.readline()
+        headers = {}
+        while (line := answers.readline()) not in (b"\r\n", b""):
+            key, _, value = line.partition(b":")
+            headers[key.strip().lower()] = value.strip()
+        answers.read(int(headers[b"content-length"]))
+        if i >= 10:  # the first ten warm up
+            times.append((time.perf_counter_ns() - t0) / 1e3)
+            assert status.split()[1] == b"200", status
+            splits.append({k: float(v) * 1e3 for k, v in (
+                part.split(";dur=") for part in headers[b"server-timing"].decode().split(", "))})
+    sock.close()
+    return times, splits
+
+
 def bench_p50(bundle: Path, runs: int, home: Path) -> float:
     done = subprocess.run([sys.executable, "-I", str(bundle / "predict.py"), "--bench", "--runs",
                            str(runs), "--threads", "1", "--json"], capture_output=True, text=True,
@@ -208,20 +242,16 @@ def bench_p50(bundle: Path, runs: int, home: Path) -> float:
     return json.loads(done.stdout)["bench"]["latency_us"]["p50"]
 
 
-def decode_p50(bundle: Path, body: bytes, runs: int) -> float:
-    """p50 of the server's own decode of ``body`` (the bundle's predict.py, in this process):
-    the part of the overhead that is image decoding and preprocessing, not HTTP."""
+def preprocessed(bundle: Path, body: bytes) -> bytes:
+    """``body`` (an image) as the server decodes it, saved as a .npy: the model's float input."""
     from edgebn.deploy.bundle import load_predict_module
 
     predict = load_predict_module()
     served = predict.load_serve(str(bundle), json.loads((bundle / "manifest.json").read_text()))
     spec = json.loads((bundle / "bundle.json").read_text())
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter_ns()
-        served["decode_body"](body, spec)
-        times.append((time.perf_counter_ns() - t0) / 1e3)
-    return statistics.median(times)
+    buf = io.BytesIO()
+    np.save(buf, np.stack([x for _, x in served["decode_body"](body, spec)]))
+    return buf.getvalue()
 
 
 def throughput(server: Server, body: bytes, clients: int, seconds: float) -> float:
@@ -285,37 +315,103 @@ def dropped_during_reloads(server: Server, dest: Path, ids: tuple[str, str], bod
     return failed[0], answered[0]
 
 
+def _echo(port_out) -> None:
+    """A bare echo server for one connection (run in a process of its own)."""
+    srv = socket.create_server(("127.0.0.1", 0))
+    port_out.put(srv.getsockname()[1])
+    conn, _ = srv.accept()
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    while data := conn.recv(1 << 16):
+        conn.sendall(data)
+
+
+def round_trip_us(trips: int = 2000) -> float:
+    """p50 of a bare loopback round trip (100 bytes each way) between two Python processes:
+    the floor under any request to a server in another process."""
+    import multiprocessing
+
+    ports = multiprocessing.Queue()
+    echo = multiprocessing.Process(target=_echo, args=(ports,), daemon=True)
+    echo.start()
+    sock = socket.create_connection(("127.0.0.1", ports.get(timeout=30)), timeout=30)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    times = []
+    for _ in range(trips + 100):
+        t0 = time.perf_counter_ns()
+        sock.sendall(b"x" * 100)
+        got = 0
+        while got < 100:
+            got += len(sock.recv(1 << 16))
+        times.append((time.perf_counter_ns() - t0) / 1e3)
+    sock.close()
+    echo.join(30)
+    return statistics.median(times[100:])
+
+
+def decode_p50(bundle: Path, body: bytes, runs: int) -> float:
+    """p50 of the server's own decode of ``body`` (the bundle's serve.py) in a tight loop in
+    this process: the same call as in the server, with warm caches."""
+    from edgebn.deploy.bundle import load_predict_module
+
+    predict = load_predict_module()
+    served = predict.load_serve(str(bundle), json.loads((bundle / "manifest.json").read_text()))
+    spec = json.loads((bundle / "bundle.json").read_text())
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter_ns()
+        served["decode_body"](body, spec)
+        times.append((time.perf_counter_ns() - t0) / 1e3)
+    return statistics.median(times)
+
+
+BODIES = ("JPEG", ".npy")
+CLIENTS = ("http.client", "lean")
+
+
 def measure(name: str, bundle: Path, work: Path, runs: int, rounds: int) -> dict:
     spec = json.loads((bundle / "bundle.json").read_text())
-    body = image(tuple(spec["preprocessing"]["input_shape"]))
+    jpeg = image(tuple(spec["preprocessing"]["input_shape"]))
+    bodies = {"JPEG": jpeg, ".npy": preprocessed(bundle, jpeg)}
     dest = work / f"{name}-device"
     a, b = device(bundle, dest)
-    one = Server(dest, work / f"{name}-one", "--workers", "1", "--threads", "1")
-    invoke, served = [], []
-    try:
-        for _ in range(rounds):  # alternate, so that both see the same load
-            invoke.append(bench_p50(dest / "current", runs, work / "bench-home"))
-            served.append(statistics.median(server_times(one, body, runs)))
-    finally:
-        one.stop()
+    invoke = []
+    served = {(k, c): [] for k in BODIES for c in CLIENTS}
+    splits = {k: [] for k in BODIES}
+    for r in range(rounds):  # a fresh server and a fresh bench each round, one after the other
+        one = Server(dest, work / f"{name}-one-{r}", "--workers", "1", "--threads", "1")
+        try:
+            for kind, body in bodies.items():
+                served[kind, "http.client"].append(statistics.median(server_times(one, body, runs)))
+                times, split = lean_times(one, body, runs)
+                served[kind, "lean"].append(statistics.median(times))
+                splits[kind] += split
+        finally:
+            one.stop()
+        invoke.append(bench_p50(dest / "current", runs, work / "bench-home"))
     server = Server(dest, work / f"{name}-default", "--poll", "0.05")
     try:
         workers = server.health()["workers"]
-        rps = {c: throughput(server, body, c, 5.0) for c in (1, 2, 4)}
+        rps = {c: throughput(server, jpeg, c, 5.0) for c in (1, 2, 4)}
         new = reload_ms(server, dest, b)  # not loaded before
         back = reload_ms(server, dest, a)  # the release before: kept
-        failed, answered = dropped_during_reloads(server, dest, (a, b), body)
+        failed, answered = dropped_during_reloads(server, dest, (a, b), jpeg)
     finally:
         server.stop()
-    inv, srv = statistics.median(invoke), statistics.median(served)
-    return {"model": name, "image_bytes": len(body), "invoke_p50_us": inv, "server_p50_us": srv,
-            "decode_p50_us": decode_p50(bundle, body, runs),
-            # per round, so that a load that comes and goes between rounds cancels out
-            "ratio": statistics.median(s / i for i, s in zip(invoke, served, strict=True)),
-            "overhead_us": statistics.median(s - i for i, s in zip(invoke, served, strict=True)),
-            "rounds": list(zip(invoke, served, strict=True)),
-            "rps": rps, "workers": workers, "reload_new_ms": new, "reload_back_ms": back,
-            "failed": failed, "answered": answered}
+    rows = {}
+    for (kind, client), times in served.items():
+        # per round, so that a load that comes and goes between rounds cancels out
+        rows[kind, client] = {
+            "p50_us": statistics.median(times),
+            "ratio": statistics.median(s / i for i, s in zip(invoke, times, strict=True)),
+            "overhead_us": statistics.median(s - i for i, s in zip(invoke, times, strict=True)),
+            "rounds": [round(t) for t in times]}
+    split = {kind: {part: statistics.median(d[part] for d in splits[kind])
+                    for part in ("read", "decode", "model")} for kind in BODIES}
+    return {"model": name, "sizes": {k: len(v) for k, v in bodies.items()},
+            "jpeg_decode_loop_us": decode_p50(bundle, jpeg, max(runs, 100)),
+            "invoke_p50_us": statistics.median(invoke), "invoke_rounds": [round(i) for i in invoke],
+            "rows": rows, "split": split, "rps": rps, "workers": workers,
+            "reload_new_ms": new, "reload_back_ms": back, "failed": failed, "answered": answered}
 
 
 def main() -> None:
@@ -333,6 +429,7 @@ def main() -> None:
                    "MobileNetV2 224x224x3": mobilenet_bundle(work)}
         for i, (name, bundle) in enumerate(bundles.items()):
             rows.append(measure(f"m{i}", bundle, work, args.runs, args.rounds) | {"model": name})
+    trip = round_trip_us()
     runtime = subprocess.run([sys.executable, "-c", "import importlib.metadata as m;"
                               "print(m.version('ai-edge-litert'))"], capture_output=True,
                              text=True).stdout.strip()
@@ -343,21 +440,37 @@ def main() -> None:
               f"{args.rounds} rounds of {args.runs}; "
               "p50s, ratio and overhead: the medians over the "
               f"rounds; load average before: {load_before}, after: {os.getloadavg()[0]:.1f}\n")
-        print("| model | invoke p50 | POST /predict p50 | server / invoke | overhead | of which "
-              "JPEG decode | req/s, 1 / 2 / 4 clients | reload: new / back | "
+        print("| model | body | invoke p50 | client | POST /predict p50 | server / invoke | "
+              "overhead | server's own: read / decode / model |")
+        print("| --- | --- | ---: | --- | ---: | ---: | ---: | ---: |")
+        for r in rows:
+            for kind in BODIES:
+                sp = r["split"][kind]
+                for client in CLIENTS:
+                    row = r["rows"][kind, client]
+                    print(f"| {r['model']} | {kind} ({r['sizes'][kind]:,} bytes) | "
+                          f"{r['invoke_p50_us']:,.0f} µs | {client} | {row['p50_us']:,.0f} µs | "
+                          f"{row['ratio']:.3f} | {row['overhead_us']:,.0f} µs | "
+                          f"{sp['read']:,.0f} / {sp['decode']:,.0f} / {sp['model']:,.0f} µs |")
+        print("\n| model | req/s, 1 / 2 / 4 clients | reload: new / back | "
               "dropped during 10 reloads |")
-        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        print("| --- | ---: | ---: | ---: |")
         for r in rows:
             rps = " / ".join(f"{r['rps'][c]:,.0f}" for c in (1, 2, 4))
-            print(f"| {r['model']} | {r['invoke_p50_us']:,.0f} µs | {r['server_p50_us']:,.0f} µs | "
-                  f"{r['ratio']:.3f} | {r['overhead_us']:,.0f} µs | {r['decode_p50_us']:,.0f} µs | "
-                  f"{rps} ({r['workers']} workers) | "
+            print(f"| {r['model']} | {rps} ({r['workers']} workers) | "
                   f"{r['reload_new_ms']:,.0f} / {r['reload_back_ms']:,.0f} ms | "
                   f"{r['failed']} of {r['answered']:,} |")
-        print("\nper round (invoke p50, server p50) in µs: " + "; ".join(
-            f"{r['model']}: " + ", ".join(f"({i:,.0f}, {s:,.0f})" for i, s in r["rounds"])
+        print(f"\nWhere the time goes: a bare loopback round trip between two Python processes, "
+              f"p50 {trip:,.0f} µs; the JPEG's decode by the same call in a tight loop in one "
+              "process (warm caches), against the server's own: " + "; ".join(
+                  f"{r['model']} {r['jpeg_decode_loop_us']:,.0f} µs against "
+                  f"{r['split']['JPEG']['decode']:,.0f} µs" for r in rows) + ".")
+        print("\nper round, invoke p50 and the lean client's p50s (JPEG, .npy) in µs: " + "; ".join(
+            f"{r['model']}: " + ", ".join(
+                f"({i:,}, {j:,}, {n:,})" for i, j, n in zip(
+                    r["invoke_rounds"], r["rows"]["JPEG", "lean"]["rounds"],
+                    r["rows"][".npy", "lean"]["rounds"], strict=True))
             for r in rows))
-
 
 if __name__ == "__main__":
     main()

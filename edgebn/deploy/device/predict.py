@@ -283,8 +283,12 @@ def load_npy(path: str, shape: tuple):
     return check_inputs(np, arr, shape, path)
 
 
-def check_inputs(np, arr, shape: tuple, name: str):
-    """Inputs (N, H, W, C) as float32 from an array of (N, H, W, C) or (H, W, C)."""
+def check_inputs(np, arr, shape: tuple, name: str, copy: bool = True):
+    """Inputs (N, H, W, C) as float32 from an array of (N, H, W, C) or (H, W, C).
+
+    ``copy=False`` returns ``arr`` itself when it is float32 already: only for an array
+    nothing else can change (the server's request body, immutable bytes), never a file's
+    memory map."""
     if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "biuf":
         raise BundleError(f"{name}: dtype {getattr(arr, 'dtype', type(arr).__name__)}, "
                           "expected a float or integer array")
@@ -294,7 +298,7 @@ def check_inputs(np, arr, shape: tuple, name: str):
         raise BundleError(f"{name}: inputs of shape {list(arr.shape)}, the model "
                           f"expects (N, {', '.join(map(str, shape))}) with N >= 1")
     with np.errstate(over="ignore", invalid="ignore"):
-        x = np.array(arr, dtype=np.float32)
+        x = arr if not copy and arr.dtype == np.float32 else np.array(arr, dtype=np.float32)
     if not np.isfinite(x).all():
         raise BundleError(f"{name}: holds NaN or infinite values (or values beyond float32)")
     return x

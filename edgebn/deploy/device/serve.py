@@ -301,6 +301,48 @@ class Service:
 
 
 NPY_MAGIC = b"\x93NUMPY"
+NPY_HEADERS_KEPT = 32  # parsed .npy headers kept: a client sends the same one every time
+
+
+class _NpyHeaders:
+    """.npy headers already parsed, by their bytes: NumPy's header parser (a Python literal
+    evaluator) costs more than the rest of a small request, and a client sends the same
+    header with every frame. Only headers that parsed and passed the checks are kept."""
+
+    def __init__(self):
+        self.kept: dict = {}
+
+    def parse(self, data: bytes, name: str) -> tuple:
+        """(dims, fortran, dtype, offset of the data) of the .npy in ``data``."""
+        import numpy as np
+
+        size = {1: 2, 2: 4}.get(data[6]) if len(data) > 8 and data[7] == 0 else None
+        if size is not None and len(data) >= 8 + size:
+            end = 8 + size + int.from_bytes(data[8:8 + size], "little")
+            known = self.kept.get(data[:end])
+            if known is not None:
+                return known
+        f = io.BytesIO(data)
+        try:
+            version = np.lib.format.read_magic(f)
+            if version not in ((1, 0), (2, 0)):
+                raise ValueError(f"format version {version[0]}.{version[1]}")
+            read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                    else np.lib.format.read_array_header_2_0)
+            dims, fortran, dtype = read(f)
+        except Exception as exc:  # hostile bytes make the header parser raise many types
+            raise p.BundleError(f"{name}: not a readable .npy ({type(exc).__name__}: "
+                                f"{str(exc)[:100]})") from exc
+        if dtype.hasobject or dtype.kind not in "biuf" or dtype.fields is not None:
+            raise p.BundleError(f"{name}: dtype {dtype}, expected a float or integer array")
+        parsed = (tuple(dims), fortran, dtype, f.tell())
+        if len(self.kept) >= NPY_HEADERS_KEPT:
+            self.kept.clear()
+        self.kept[data[:f.tell()]] = parsed  # (one dict item set: safe across threads)
+        return parsed
+
+
+NPY_HEADERS = _NpyHeaders()
 
 
 def npy_from_bytes(data: bytes, shape: tuple, name: str):
@@ -308,30 +350,19 @@ def npy_from_bytes(data: bytes, shape: tuple, name: str):
 
     The header is read first: only a float or integer dtype, and a shape whose bytes are
     exactly what follows the header, go on to be decoded (np.load would allocate whatever
-    the header claims, and unpickle objects if asked to).
+    the header claims, and unpickle objects if asked to). A float32 array is not copied:
+    the model reads it straight from the body's bytes.
     """
     import numpy as np
 
-    f = io.BytesIO(data)
-    try:
-        version = np.lib.format.read_magic(f)
-        if version not in ((1, 0), (2, 0)):
-            raise ValueError(f"format version {version[0]}.{version[1]}")
-        read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                else np.lib.format.read_array_header_2_0)
-        dims, fortran, dtype = read(f)
-    except Exception as exc:  # hostile bytes make the header parser raise many types
-        raise p.BundleError(f"{name}: not a readable .npy ({type(exc).__name__}: "
-                            f"{str(exc)[:100]})") from exc
-    if dtype.hasobject or dtype.kind not in "biuf" or dtype.fields is not None:
-        raise p.BundleError(f"{name}: dtype {dtype}, expected a float or integer array")
+    dims, fortran, dtype, offset = NPY_HEADERS.parse(data, name)
     count = math.prod(dims)
-    rest = len(data) - f.tell()
+    rest = len(data) - offset
     if count * dtype.itemsize != rest:
         raise p.BundleError(f"{name}: the header claims {list(dims)} of {dtype} "
                             f"({count * dtype.itemsize} bytes); {rest} bytes follow it")
-    arr = np.frombuffer(data, dtype, count, f.tell()).reshape(dims, order="F" if fortran else "C")
-    return p.check_inputs(np, arr, shape, name)
+    arr = np.frombuffer(data, dtype, count, offset).reshape(dims, order="F" if fortran else "C")
+    return p.check_inputs(np, arr, shape, name, copy=False)
 
 
 def decode_body(body: bytes, spec: dict) -> list:
@@ -539,12 +570,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             top_k = self._top_k(release)
             if not body:
                 raise p.BundleError("empty body: send an image file or a .npy")
+            t_decode = time.perf_counter()
             inputs = decode_body(body, release.spec)
         except p.BundleError as exc:
             return self._json(400, {"error": str(exc)[:500]})
         model = release.slots.get()
         try:
+            t_model = time.perf_counter()
             scores = [model.probabilities(x) for _, x in inputs]
+            t_done = time.perf_counter()
         except Exception as exc:  # the runtime failed on an input it had accepted: one line
             service.event(event="error", error=f"{type(exc).__name__}: {str(exc)[:200]}")
             return self._json(500, {"error": f"the model failed: {type(exc).__name__}"})
@@ -556,8 +590,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             top = probs.argsort()[::-1][:top_k]
             preds.append({"input": name, "top": [{"label": labels[i], "index": int(i),
                                                   "score": float(probs[i])} for i in top]})
+        timing = (f"read;dur={(t_decode - self.t0) * 1e3:.3f}, "
+                  f"decode;dur={(t_model - t_decode) * 1e3:.3f}, "
+                  f"model;dur={(t_done - t_model) * 1e3:.3f}")
         self._json(200, {"signature": release.signature, "predictions": preds,
-                         "release": release.id})
+                         "release": release.id}, {"Server-Timing": timing})
 
     def _top_k(self, release: Release) -> int:
         query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)

@@ -171,6 +171,66 @@ def test_predict_health_and_metrics_answer_as_the_cli_does(dest, tmp_path, bundl
     assert srv.events()[-1] == {"event": "stopped", "release": dest["A"]}
 
 
+def test_a_known_npy_header_is_still_checked_and_a_float32_body_is_not_copied(predict, bundles):
+    """The server keeps the .npy headers it has parsed (NumPy's parser costs more than a
+    small request): a kept header must not let a body through that the parser would
+    refuse, and a float32 body reaches the model without a copy."""
+    manifest = json.loads((bundles["none"] / "manifest.json").read_text())
+    served = predict.load_serve(str(bundles["none"]), manifest)
+    decode = served["npy_from_bytes"]
+    x = np.load(bundles["none"] / "golden" / "inputs.npy")[:2]
+    shape = x.shape[1:]
+    good = _npy(x)
+    for _ in range(2):  # parsed, then kept
+        got = decode(good, shape, "body")
+        assert got.dtype == np.float32 and np.array_equal(got, x)
+        assert not got.flags.owndata and not got.flags.writeable  # the body's own bytes
+    assert np.array_equal(decode(_npy(x.astype(np.float64)), shape, "body"), x)
+    assert np.array_equal(decode(_npy(np.asfortranarray(x)), shape, "body"), x)
+    header_len = len(good) - x.nbytes
+    with pytest.raises(predict.BundleError, match="bytes follow it"):
+        decode(good[:-4], shape, "body")  # the kept header, the data cut short
+    with pytest.raises(predict.BundleError, match="bytes follow it"):
+        decode(good + b"\0" * 4, shape, "body")
+    with pytest.raises(predict.BundleError, match="bytes follow it"):
+        decode(good[:header_len], shape, "body")
+    bad = x.copy()
+    bad[0, 0, 0, 0] = np.nan
+    with pytest.raises(predict.BundleError, match="NaN or infinite"):
+        decode(_npy(bad), shape, "body")  # the same header: the values are checked each time
+    for _ in range(2):  # a refused header is never kept
+        with pytest.raises(predict.BundleError, match="dtype object"):
+            decode(_npy(np.array([None] * 64, object), allow_pickle=True), shape, "body")
+    with pytest.raises(predict.BundleError, match="the model expects"):
+        decode(_npy(x[:, :4]), shape, "body")
+    for i in range(served["NPY_HEADERS_KEPT"] + 5):  # many shapes: the kept ones stay bounded
+        with pytest.raises(predict.BundleError):
+            decode(_npy(np.zeros((i + 1, 3), np.float32)), shape, "body")
+    assert len(served["NPY_HEADERS"].kept) <= served["NPY_HEADERS_KEPT"]
+    assert np.array_equal(decode(good, shape, "body"), x)
+
+
+def test_an_answer_says_where_its_time_went(dest, tmp_path, bundles):
+    """Server-Timing: reading the body, decoding it and running the model, in ms."""
+    srv = serve(dest["path"], tmp_path, "--threads", "1", "--workers", "1")
+    try:
+        x = np.load(bundles["none"] / "golden" / "inputs.npy")[:1]
+        for body in (_npy(x), _png()):
+            t0 = time.perf_counter()
+            status, headers, _ = srv.call("POST", "/predict", body)
+            seconds = time.perf_counter() - t0
+            assert status == 200
+            parts = dict(part.split(";dur=") for part in headers["Server-Timing"].split(", "))
+            assert list(parts) == ["read", "decode", "model"]
+            ms = [float(v) for v in parts.values()]
+            assert all(v >= 0 for v in ms) and ms[2] > 0
+            assert sum(ms) <= seconds * 1e3
+        status, headers, _ = srv.call("POST", "/predict", b"not an image")
+        assert status == 400 and "Server-Timing" not in headers
+    finally:
+        assert srv.stop() == 0
+
+
 def test_a_passing_selftest_writes_nothing_to_stderr(bundles, tmp_path):
     """LiteRT's XNNPACK line is printed by C++ on fd 2: kept off it unless --verbose."""
     env = untrusting_env(tmp_path / "home")
