@@ -79,6 +79,10 @@ if TYPE_CHECKING:  # the schema's object API, named in annotations only: reader.
 
 OP_MIN_TIME_S = 0.01  # timed seconds per operator at the least
 CONSTANT_NOTE = "only constant inputs: the runtime computes it once, when the model is loaded"
+AT_OVERHEAD_NOTE = ("no slower than an empty invoke(): too short to tell apart from the "
+                    "invoke overhead taken off every operator")
+NO_CONTEXT_TIME_NOTE = ("its segment took no time that could be measured inside the whole "
+                        "model: the two prefixes around it timed within noise of each other")
 MAX_OPERATORS = 5000  # one interpreter each is alive at once: refuse what would exhaust memory
 
 
@@ -98,13 +102,16 @@ class _Op:
     def row(self, overhead_us: float) -> OpTime:
         c, measured = self.cost, self.timed.latency().p50 if self.timed is not None else None
         time_us = None if measured is None else max(measured - overhead_us, 0.0)
+        note = self.note
+        if measured is not None and measured <= overhead_us and note is None:
+            note = AT_OVERHEAD_NOTE  # said, not shown as an operator that takes no time
         method = self.method if self.timed is not None or self.method in (FUSED, AT_LOAD_METHOD) \
             else NOT_TIMED
         if self.method in (FUSED, AT_LOAD_METHOD):
             time_us = 0.0
         return OpTime(c.subgraph, c.index, c.op, self.shape, time_us,
                       len(self.timed.samples) if self.timed is not None else 0, c.macs,
-                      c.weight_bytes, self.residual, note=self.note, measured_us=measured,
+                      c.weight_bytes, self.residual, note=note, measured_us=measured,
                       method=method)
 
 
@@ -256,8 +263,10 @@ def _in_segment(o: OpTime, g: Segment, k: int) -> OpTime:
     if o.time_us is None or o.method in (FUSED, AT_LOAD_METHOD) or g.factor is None:
         return replace(o, isolated_us=o.time_us, segment=k)
     method = IN_CONTEXT if o.method == ISOLATED else f"{IN_CONTEXT}, {o.method}"
-    return replace(o, time_us=o.time_us * g.factor, isolated_us=o.time_us, segment=k,
-                   method=method)
+    time_us = o.time_us * g.factor
+    note = NO_CONTEXT_TIME_NOTE if time_us <= 0 and o.note is None else o.note
+    return replace(o, time_us=time_us, isolated_us=o.time_us, segment=k, method=method,
+                   note=note)
 
 
 def profile(model: TFLiteModel | str | Path, settings: ProfileSettings = ProfileSettings(),

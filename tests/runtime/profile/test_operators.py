@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from edgebn.cli.app import app
 from edgebn.errors import EdgebnError
 from edgebn.runtime.backends import load_interpreter
-from edgebn.runtime.profile.operators import profile
+from edgebn.runtime.profile.operators import AT_OVERHEAD_NOTE, NO_CONTEXT_TIME_NOTE, profile
 from edgebn.runtime.profile.residue_cost import residual_chains, residue_cost
 from edgebn.runtime.profile.result import ProfileSettings
 from edgebn.tflite.reader import parse_tflite, read_tflite
@@ -92,7 +92,16 @@ def test_rows_cover_every_operator(files, preact_profile):
     expected = [(sg.index, op.index, op.op) for sg in model.subgraphs for op in sg.operators]
     result = preact_profile
     assert [(o.subgraph, o.index, o.op) for o in result.operators] == expected
-    assert all(o.time_us is not None and o.time_us > 0 and o.runs > 0 for o in result.operators)
+    assert all(o.time_us is not None and o.runs > 0 for o in result.operators)
+    # an operator whose time is lost in noise is said so, never shown as taking no time
+    unclear = [o for o in result.operators
+               if not (o.time_us > 0
+                       or (o.time_us == 0 and o.note == AT_OVERHEAD_NOTE
+                           and o.measured_us <= result.invoke_overhead_us)
+                       or (o.time_us == 0 and o.note == NO_CONTEXT_TIME_NOTE
+                           and result.segments[o.segment].context_us == 0))]
+    assert not unclear, (unclear, result.invoke_overhead_us)
+    assert sum(o.time_us > 0 for o in result.operators) >= len(result.operators) // 2
     assert result.ops_sum_us == pytest.approx(sum(o.time_us for o in result.operators))
     assert sum(o.share for o in result.operators) == pytest.approx(1.0)
     assert 0 < result.explained < 20 and result.latency_us.p50 > 0
@@ -294,3 +303,31 @@ def test_profile_settings_are_bench_settings_with_the_residue_switch():
     for field, value in (("batch", 2), ("runs", 10), ("isolate", True)):
         with pytest.raises(EdgebnError, match=f"{field}.*Received: {value}"):
             ProfileSettings(**{field: value}).validate()
+
+
+def test_an_operator_no_slower_than_an_empty_invoke_is_said_so(files):
+    """Its time is the measured p50 less the empty invoke(): when that is not above zero the
+    row says why (an operator too short to tell apart), not that it took no time."""
+    from edgebn.runtime.profile.op_timing import Timed
+    from edgebn.runtime.profile.operators import _Op
+    from edgebn.tflite.macs import model_cost
+
+    model = read_tflite(files["conv"])
+    timed = Timed(model, QUICK.bench_settings(), [None], 0.01, whole=True)
+    timed.run(20)
+    measured = timed.latency().p50
+    op = _Op(model_cost(model).ops[0], (1,), residual=False, timed=timed)
+    seen = op.row(overhead_us=measured / 2)
+    assert seen.time_us == pytest.approx(measured / 2) and seen.note is None
+    hidden = op.row(overhead_us=measured + 1.0)
+    assert hidden.time_us == 0.0 and hidden.note == AT_OVERHEAD_NOTE
+    assert hidden.measured_us == measured
+    # inside the model: a segment whose two prefixes timed within noise of each other
+    from edgebn.runtime.profile.context import Segment
+    from edgebn.runtime.profile.operators import _in_segment
+
+    lost = _in_segment(seen, Segment(0, 0, 0.0, 0.5, isolated_us=seen.time_us), 0)
+    assert lost.time_us == 0.0 and lost.note == NO_CONTEXT_TIME_NOTE
+    assert lost.isolated_us == seen.time_us
+    kept = _in_segment(seen, Segment(0, 0, 2 * seen.time_us, 0.5, isolated_us=seen.time_us), 0)
+    assert kept.time_us == pytest.approx(2 * seen.time_us) and kept.note is None
