@@ -429,7 +429,9 @@ def test_the_readme_is_short_and_keeps_the_quickstart():
     assert len(text.splitlines()) <= 200
     for command in QUICKSTART:
         assert f"\n{command}\n" in text
-    assert [b.name for b in figure_block.blocks() if b.page == Path("README.md")] == ["build"]
+    # the build table, and the device server's cost in two lines (issue 28 asks for it here)
+    assert [b.name for b in figure_block.blocks() if b.page == Path("README.md")] == [
+        "build", "serve-summary"]
     # no jargon: "twin" only as the build's file names (twin.tflite, twin.keras)
     assert "twin" not in re.sub(r"\btwin\.(tflite|keras)\b", "", INLINE_CODE.sub("", text))
 

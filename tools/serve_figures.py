@@ -59,7 +59,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from figure_block import add_write_option, captured
+from figure_block import add_write_option, captured, write_block
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -419,6 +419,9 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=50, help="requests and invokes per round")
     ap.add_argument("--rounds", type=int, default=15)
     add_write_option(ap, "serve")
+    ap.add_argument("--summary", action="append", metavar="PAGE",
+                    help="also write the short form into block 'serve-summary' of PAGE "
+                         "(the README)")
     args = ap.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.path.insert(0, str(ROOT))
@@ -471,6 +474,23 @@ def main() -> None:
                     r["invoke_rounds"], r["rows"]["JPEG", "lean"]["rounds"],
                     r["rows"][".npy", "lean"]["rounds"], strict=True))
             for r in rows))
+    for page in args.summary or ():
+        write_block(page, "serve-summary", summary(rows))
+
+
+def summary(rows: list[dict]) -> str:
+    """Two lines for the README: the default CNN's overhead in µs, MobileNetV2's ratio."""
+    cnn, mobilenet = rows
+    lean, client = cnn["rows"][".npy", "lean"], cnn["rows"]["JPEG", "http.client"]
+    ratios = [mobilenet["rows"][kind, c]["ratio"] for kind in BODIES for c in CLIENTS]
+    return (f"The device's server (`predict.py --serve`) on {cpu_model()}, {os.cpu_count()} cores: "
+            f"the default CNN's `POST /predict` costs **{lean['overhead_us']:,.0f} µs** over its "
+            f"{cnn['invoke_p50_us']:,.0f} µs `invoke()` (a .npy body, a lean client; "
+            f"{client['overhead_us']:,.0f} µs with a JPEG and Python's http.client). "
+            f"MobileNetV2 at 224 px: server / invoke **{min(ratios):.3f}-{max(ratios):.3f}** "
+            f"on a {mobilenet['invoke_p50_us']:,.0f} µs invoke (the target, at most 1.05, is not "
+            "met here; why: [Measurements](docs/measurements.md#the-devices-server)).")
+
 
 if __name__ == "__main__":
     main()

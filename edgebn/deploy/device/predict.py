@@ -284,11 +284,9 @@ def load_npy(path: str, shape: tuple):
 
 
 def check_inputs(np, arr, shape: tuple, name: str, copy: bool = True):
-    """Inputs (N, H, W, C) as float32 from an array of (N, H, W, C) or (H, W, C).
-
-    ``copy=False`` returns ``arr`` itself when it is float32 already: only for an array
-    nothing else can change (the server's request body, immutable bytes), never a file's
-    memory map."""
+    """Inputs (N, H, W, C) as float32 from an array of (N, H, W, C) or (H, W, C). ``copy=False``
+    returns a float32 ``arr`` itself: only for bytes nothing can change (the server's request
+    body), never a file's memory map."""
     if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "biuf":
         raise BundleError(f"{name}: dtype {getattr(arr, 'dtype', type(arr).__name__)}, "
                           "expected a float or integer array")

@@ -301,48 +301,38 @@ class Service:
 
 
 NPY_MAGIC = b"\x93NUMPY"
-NPY_HEADERS_KEPT = 32  # parsed .npy headers kept: a client sends the same one every time
+NPY_HEADERS_KEPT = 32  # parsed .npy headers kept, by their bytes (only ones that passed)
+NPY_HEADERS: dict = {}
 
 
-class _NpyHeaders:
-    """.npy headers already parsed, by their bytes: NumPy's header parser (a Python literal
-    evaluator) costs more than the rest of a small request, and a client sends the same
-    header with every frame. Only headers that parsed and passed the checks are kept."""
+def npy_header(data: bytes, name: str) -> tuple:
+    """(dims, fortran, dtype, data offset) of the .npy in ``data``. NumPy's header parser (a
+    Python literal evaluator) costs more than the rest of a small request, and a client sends
+    the same header with every frame: a header that parsed and passed is kept."""
+    import numpy as np
 
-    def __init__(self):
-        self.kept: dict = {}
-
-    def parse(self, data: bytes, name: str) -> tuple:
-        """(dims, fortran, dtype, offset of the data) of the .npy in ``data``."""
-        import numpy as np
-
-        size = {1: 2, 2: 4}.get(data[6]) if len(data) > 8 and data[7] == 0 else None
-        if size is not None and len(data) >= 8 + size:
-            end = 8 + size + int.from_bytes(data[8:8 + size], "little")
-            known = self.kept.get(data[:end])
-            if known is not None:
-                return known
-        f = io.BytesIO(data)
-        try:
-            version = np.lib.format.read_magic(f)
-            if version not in ((1, 0), (2, 0)):
-                raise ValueError(f"format version {version[0]}.{version[1]}")
-            read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                    else np.lib.format.read_array_header_2_0)
-            dims, fortran, dtype = read(f)
-        except Exception as exc:  # hostile bytes make the header parser raise many types
-            raise p.BundleError(f"{name}: not a readable .npy ({type(exc).__name__}: "
-                                f"{str(exc)[:100]})") from exc
-        if dtype.hasobject or dtype.kind not in "biuf" or dtype.fields is not None:
-            raise p.BundleError(f"{name}: dtype {dtype}, expected a float or integer array")
-        parsed = (tuple(dims), fortran, dtype, f.tell())
-        if len(self.kept) >= NPY_HEADERS_KEPT:
-            self.kept.clear()
-        self.kept[data[:f.tell()]] = parsed  # (one dict item set: safe across threads)
-        return parsed
-
-
-NPY_HEADERS = _NpyHeaders()
+    size = {1: 2, 2: 4}.get(data[6]) if len(data) > 8 and data[7] == 0 else None
+    if size is not None and len(data) >= 8 + size:
+        known = NPY_HEADERS.get(data[:8 + size + int.from_bytes(data[8:8 + size], "little")])
+        if known is not None:
+            return known
+    f = io.BytesIO(data)
+    try:
+        version = np.lib.format.read_magic(f)
+        if version not in ((1, 0), (2, 0)):
+            raise ValueError(f"format version {version[0]}.{version[1]}")
+        read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                else np.lib.format.read_array_header_2_0)
+        dims, fortran, dtype = read(f)
+    except Exception as exc:  # hostile bytes make the header parser raise many types
+        raise p.BundleError(f"{name}: not a readable .npy ({type(exc).__name__}: "
+                            f"{str(exc)[:100]})") from exc
+    if dtype.hasobject or dtype.kind not in "biuf" or dtype.fields is not None:
+        raise p.BundleError(f"{name}: dtype {dtype}, expected a float or integer array")
+    if len(NPY_HEADERS) >= NPY_HEADERS_KEPT:
+        NPY_HEADERS.clear()
+    NPY_HEADERS[data[:f.tell()]] = parsed = (tuple(dims), fortran, dtype, f.tell())
+    return parsed
 
 
 def npy_from_bytes(data: bytes, shape: tuple, name: str):
@@ -355,7 +345,7 @@ def npy_from_bytes(data: bytes, shape: tuple, name: str):
     """
     import numpy as np
 
-    dims, fortran, dtype, offset = NPY_HEADERS.parse(data, name)
+    dims, fortran, dtype, offset = npy_header(data, name)
     count = math.prod(dims)
     rest = len(data) - offset
     if count * dtype.itemsize != rest:
