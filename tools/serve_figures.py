@@ -242,15 +242,21 @@ def bench_p50(bundle: Path, runs: int, home: Path) -> float:
     return json.loads(done.stdout)["bench"]["latency_us"]["p50"]
 
 
-def preprocessed(bundle: Path, body: bytes) -> bytes:
-    """``body`` (an image) as the server decodes it, saved as a .npy: the model's float input."""
+def bundle_decoder(bundle: Path):
+    """The bundle's own decode of a request body (its serve.py, loaded as the device loads
+    it): body bytes -> [(name, model input)]."""
     from edgebn.deploy.bundle import load_predict_module
 
     predict = load_predict_module()
     served = predict.load_serve(str(bundle), json.loads((bundle / "manifest.json").read_text()))
     spec = json.loads((bundle / "bundle.json").read_text())
+    return lambda body: served["decode_body"](body, spec)
+
+
+def preprocessed(decode, body: bytes) -> bytes:
+    """``body`` (an image) as the server decodes it, saved as a .npy: the model's float input."""
     buf = io.BytesIO()
-    np.save(buf, np.stack([x for _, x in served["decode_body"](body, spec)]))
+    np.save(buf, np.stack([x for _, x in decode(body)]))
     return buf.getvalue()
 
 
@@ -348,18 +354,13 @@ def round_trip_us(trips: int = 2000) -> float:
     return statistics.median(times[100:])
 
 
-def decode_p50(bundle: Path, body: bytes, runs: int) -> float:
-    """p50 of the server's own decode of ``body`` (the bundle's serve.py) in a tight loop in
-    this process: the same call as in the server, with warm caches."""
-    from edgebn.deploy.bundle import load_predict_module
-
-    predict = load_predict_module()
-    served = predict.load_serve(str(bundle), json.loads((bundle / "manifest.json").read_text()))
-    spec = json.loads((bundle / "bundle.json").read_text())
+def decode_p50(decode, body: bytes, runs: int) -> float:
+    """p50 of the server's own decode of ``body`` in a tight loop in this process: the same
+    call as in the server, with warm caches."""
     times = []
     for _ in range(runs):
         t0 = time.perf_counter_ns()
-        served["decode_body"](body, spec)
+        decode(body)
         times.append((time.perf_counter_ns() - t0) / 1e3)
     return statistics.median(times)
 
@@ -371,7 +372,8 @@ CLIENTS = ("http.client", "lean")
 def measure(name: str, bundle: Path, work: Path, runs: int, rounds: int) -> dict:
     spec = json.loads((bundle / "bundle.json").read_text())
     jpeg = image(tuple(spec["preprocessing"]["input_shape"]))
-    bodies = {"JPEG": jpeg, ".npy": preprocessed(bundle, jpeg)}
+    decode = bundle_decoder(bundle)
+    bodies = {"JPEG": jpeg, ".npy": preprocessed(decode, jpeg)}
     dest = work / f"{name}-device"
     a, b = device(bundle, dest)
     invoke = []
@@ -408,7 +410,7 @@ def measure(name: str, bundle: Path, work: Path, runs: int, rounds: int) -> dict
     split = {kind: {part: statistics.median(d[part] for d in splits[kind])
                     for part in ("read", "decode", "model")} for kind in BODIES}
     return {"model": name, "sizes": {k: len(v) for k, v in bodies.items()},
-            "jpeg_decode_loop_us": decode_p50(bundle, jpeg, max(runs, 100)),
+            "jpeg_decode_loop_us": decode_p50(decode, jpeg, max(runs, 100)),
             "invoke_p50_us": statistics.median(invoke), "invoke_rounds": [round(i) for i in invoke],
             "rows": rows, "split": split, "rps": rps, "workers": workers,
             "reload_new_ms": new, "reload_back_ms": back, "failed": failed, "answered": answered}
